@@ -1,0 +1,655 @@
+//! The neutral cluster model shared by every DCS backend, the HA core and the REST API.
+//!
+//! Nothing here knows about etcd or Kubernetes. Backends map these types to their wire
+//! format (key layout, annotations); the formats of the JSON payloads themselves (member data,
+//! history rows, failover and sync objects) are Patroni's and are produced/parsed here so that
+//! every backend writes byte-compatible values.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A member's role, as published in member data and on REST.
+///
+/// Written the way Patroni 4 writes it (`primary`); `master` is accepted on read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Role {
+    Primary,
+    Replica,
+    StandbyLeader,
+    Demoted,
+    Promoted,
+    Uninitialized,
+    Other(String),
+}
+
+impl Default for Role {
+    fn default() -> Self {
+        Role::Uninitialized
+    }
+}
+
+impl Role {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::StandbyLeader => "standby_leader",
+            Role::Demoted => "demoted",
+            Role::Promoted => "promoted",
+            Role::Uninitialized => "uninitialized",
+            Role::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> Role {
+        match s {
+            "primary" | "master" => Role::Primary,
+            "replica" => Role::Replica,
+            "standby_leader" | "standby-leader" => Role::StandbyLeader,
+            "demoted" => Role::Demoted,
+            "promoted" => Role::Promoted,
+            "uninitialized" => Role::Uninitialized,
+            other => Role::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Role::parse(&s))
+    }
+}
+
+/// Member tags (`tags:` in the config, `tags` in member data). Kept as the raw JSON map so custom
+/// tags survive; typed accessors interpret the well-known ones leniently (Patroni accepts
+/// booleans written as strings).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Tags(pub Map<String, Value>);
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
+        Value::Number(n) => n.as_i64().map(|i| i != 0).unwrap_or(false),
+        _ => false,
+    }
+}
+
+impl Tags {
+    pub fn flag(&self, name: &str) -> bool {
+        self.0.get(name).map(truthy).unwrap_or(false)
+    }
+    pub fn nofailover(&self) -> bool {
+        self.flag("nofailover")
+    }
+    pub fn noloadbalance(&self) -> bool {
+        self.flag("noloadbalance")
+    }
+    pub fn clonefrom(&self) -> bool {
+        self.flag("clonefrom")
+    }
+    pub fn nosync(&self) -> bool {
+        self.flag("nosync")
+    }
+    pub fn nostream(&self) -> bool {
+        self.flag("nostream")
+    }
+    pub fn replicatefrom(&self) -> Option<&str> {
+        self.0.get("replicatefrom").and_then(Value::as_str)
+    }
+    /// `failover_priority`, default 1; `nofailover: true` means 0 (never leader).
+    pub fn failover_priority(&self) -> i64 {
+        if self.nofailover() {
+            return 0;
+        }
+        match self.0.get("failover_priority") {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(1),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(1),
+            _ => 1,
+        }
+    }
+    /// May this member ever become leader?
+    pub fn can_be_leader(&self) -> bool {
+        self.failover_priority() > 0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One member as published in the DCS (Patroni's member JSON, reference §3).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default = "default_role")]
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xlog_location: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_lsn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_restart: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_restart_reason: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_restart: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_after_promote: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<bool>,
+    /// Fields Regent does not interpret, kept so nothing written by a peer is lost.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn default_role() -> Role {
+    Role::Uninitialized
+}
+
+impl MemberData {
+    /// Parse member data written by anyone (Regent, Patroni, a human). Errors name the field.
+    ///
+    /// Accepts the legacy plain value `postgres://u:p@host:port/db?application_name=<api_url>`.
+    pub fn parse(raw: &str) -> Result<MemberData, String> {
+        let trimmed = raw.trim();
+        if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+            let (conn, query) = trimmed.split_once('?').unwrap_or((trimmed, ""));
+            let api_url = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("application_name="))
+                .map(str::to_string);
+            return Ok(MemberData {
+                conn_url: Some(conn.to_string()),
+                api_url,
+                state: "running".into(),
+                role: Role::Replica,
+                ..Default::default()
+            });
+        }
+        let value: Value =
+            serde_json::from_str(trimmed).map_err(|e| format!("member data is not JSON: {e}"))?;
+        let mut obj = match value {
+            Value::Object(m) => m,
+            _ => return Err("member data is not a JSON object".into()),
+        };
+        // Patroni readers accept conn_kwargs instead of conn_url.
+        if !obj.contains_key("conn_url") {
+            if let Some(Value::Object(kw)) = obj.get("conn_kwargs") {
+                let host = kw.get("host").and_then(Value::as_str).unwrap_or("localhost");
+                let port = kw
+                    .get("port")
+                    .map(|p| match p {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_else(|| "5432".into());
+                let db = kw.get("dbname").and_then(Value::as_str).unwrap_or("postgres");
+                obj.insert(
+                    "conn_url".into(),
+                    Value::String(format!("postgres://{host}:{port}/{db}")),
+                );
+            }
+        }
+        // Accept numbers written as strings for the integer fields.
+        for field in ["xlog_location", "timeline", "receive_lsn", "replay_lsn"] {
+            if let Some(Value::String(s)) = obj.get(field) {
+                if let Ok(n) = s.trim().parse::<u64>() {
+                    obj.insert(field.into(), Value::from(n));
+                }
+            }
+        }
+        serde_path_to_error_lite(Value::Object(obj))
+    }
+
+    /// `host` and `port` from `conn_url`.
+    pub fn conn_host_port(&self) -> Option<(String, u16)> {
+        parse_url_host_port(self.conn_url.as_deref()?, 5432)
+    }
+
+    /// Patroni's "WAL position" of a member: the published `xlog_location`.
+    pub fn wal_position(&self) -> u64 {
+        self.xlog_location.unwrap_or(0)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// Deserialize a member object and, on failure, name the offending field.
+fn serde_path_to_error_lite(v: Value) -> Result<MemberData, String> {
+    if let Value::Object(m) = &v {
+        // Check each typed field on its own so the error names it.
+        let probe = |name: &str, ok: fn(&Value) -> bool| -> Result<(), String> {
+            match m.get(name) {
+                Some(val) if !val.is_null() && !ok(val) => {
+                    Err(format!("member data field '{name}' has an invalid value: {val}"))
+                }
+                _ => Ok(()),
+            }
+        };
+        probe("conn_url", Value::is_string)?;
+        probe("api_url", Value::is_string)?;
+        probe("state", Value::is_string)?;
+        probe("role", Value::is_string)?;
+        probe("version", Value::is_string)?;
+        probe("xlog_location", Value::is_u64)?;
+        probe("timeline", Value::is_u64)?;
+        probe("receive_lsn", Value::is_u64)?;
+        probe("replay_lsn", Value::is_u64)?;
+        probe("tags", Value::is_object)?;
+        probe("pending_restart", Value::is_boolean)?;
+        probe("checkpoint_after_promote", Value::is_boolean)?;
+        probe("pause", Value::is_boolean)?;
+    }
+    serde_json::from_value(v).map_err(|e| format!("member data: {e}"))
+}
+
+/// Parse `scheme://[user[:pw]@]host[:port][/...]` into host and port.
+pub fn parse_url_host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    if hostport.is_empty() {
+        return None;
+    }
+    if let Some(stripped) = hostport.strip_prefix('[') {
+        // [ipv6]:port
+        let (host, after) = stripped.split_once(']')?;
+        let port = after
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default_port);
+        return Some((host.to_string(), port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((hostport.to_string(), default_port)),
+    }
+}
+
+/// A member: its name plus its published data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub data: MemberData,
+    /// Backend-specific object version (etcd mod_revision, Kubernetes resourceVersion).
+    pub version: Option<String>,
+}
+
+impl Member {
+    pub fn new(name: impl Into<String>, data: MemberData) -> Self {
+        Member { name: name.into(), data, version: None }
+    }
+}
+
+/// The leader lock as seen by a reader. Present only while the lock is held (unexpired).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leader {
+    pub name: String,
+    /// Backend-specific version of the lock object, for compare-and-swap.
+    pub version: Option<String>,
+}
+
+/// The dynamic configuration (`config` key), reference §6.3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// The whole JSON object as stored; keys Regent does not know are kept.
+    pub raw: Value,
+    pub version: Option<String>,
+}
+
+/// One timeline-history row: `[timeline, switch_lsn, reason, timestamp, new_leader]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub timeline: u32,
+    pub lsn: u64,
+    pub reason: String,
+    pub timestamp: Option<String>,
+    pub new_leader: Option<String>,
+}
+
+impl HistoryEntry {
+    pub fn to_json(&self) -> Value {
+        let mut row = vec![Value::from(self.timeline), Value::from(self.lsn), Value::from(self.reason.clone())];
+        if let Some(ts) = &self.timestamp {
+            row.push(Value::from(ts.clone()));
+            if let Some(l) = &self.new_leader {
+                row.push(Value::from(l.clone()));
+            }
+        }
+        Value::Array(row)
+    }
+
+    pub fn from_json(v: &Value) -> Result<HistoryEntry, String> {
+        let row = v.as_array().ok_or("history row is not a list")?;
+        if row.len() < 3 {
+            return Err("history row has fewer than 3 items".into());
+        }
+        let num = |i: usize, what: &str| -> Result<u64, String> {
+            match &row[i] {
+                Value::Number(n) => n.as_u64().ok_or(format!("history {what} is not a non-negative integer")),
+                Value::String(s) => s.parse().map_err(|_| format!("history {what} is not an integer")),
+                _ => Err(format!("history {what} is not an integer")),
+            }
+        };
+        Ok(HistoryEntry {
+            timeline: u32::try_from(num(0, "timeline")?).map_err(|_| "history timeline too large")?,
+            lsn: num(1, "lsn")?,
+            reason: row[2].as_str().unwrap_or_default().to_string(),
+            timestamp: row.get(3).and_then(Value::as_str).map(str::to_string),
+            new_leader: row.get(4).and_then(Value::as_str).map(str::to_string),
+        })
+    }
+}
+
+/// Parse the `history` value (a JSON list of rows); bad rows are reported, not fatal.
+pub fn parse_history(raw: &str) -> Result<Vec<HistoryEntry>, String> {
+    let v: Value = serde_json::from_str(raw).map_err(|e| format!("history is not JSON: {e}"))?;
+    let rows = v.as_array().ok_or("history is not a JSON list")?;
+    rows.iter().map(HistoryEntry::from_json).collect()
+}
+
+pub fn history_to_json(rows: &[HistoryEntry]) -> String {
+    Value::Array(rows.iter().map(HistoryEntry::to_json).collect()).to_string()
+}
+
+/// A requested manual failover / switchover (`failover` key).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Failover {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The candidate (`member` on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+    #[serde(skip)]
+    pub version: Option<String>,
+}
+
+impl Failover {
+    /// Parse JSON or the legacy `leader:candidate` form.
+    pub fn parse(raw: &str) -> Result<Failover, String> {
+        let t = raw.trim();
+        if t.is_empty() {
+            return Ok(Failover::default());
+        }
+        if t.starts_with('{') {
+            return serde_json::from_str(t).map_err(|e| format!("failover value: {e}"));
+        }
+        let (l, m) = t.split_once(':').unwrap_or((t, ""));
+        Ok(Failover {
+            leader: (!l.is_empty()).then(|| l.to_string()),
+            member: (!m.is_empty()).then(|| m.to_string()),
+            ..Default::default()
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leader.is_none() && self.member.is_none()
+    }
+}
+
+/// Synchronous replication state (`sync` key).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncState {
+    pub leader: Option<String>,
+    pub sync_standby: Vec<String>,
+    pub quorum: Option<u32>,
+    pub version: Option<String>,
+}
+
+impl SyncState {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("leader".into(), self.leader.clone().map(Value::from).unwrap_or(Value::Null));
+        let ss = if self.sync_standby.is_empty() {
+            Value::Null
+        } else {
+            Value::from(self.sync_standby.join(","))
+        };
+        m.insert("sync_standby".into(), ss);
+        if let Some(q) = self.quorum {
+            m.insert("quorum".into(), Value::from(q));
+        }
+        Value::Object(m)
+    }
+
+    pub fn parse(raw: &str) -> Result<SyncState, String> {
+        let v: Value = serde_json::from_str(raw).map_err(|e| format!("sync value is not JSON: {e}"))?;
+        let obj = v.as_object().ok_or("sync value is not a JSON object")?;
+        let mut names: Vec<String> = obj
+            .get("sync_standby")
+            .and_then(Value::as_str)
+            .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default();
+        names.sort();
+        Ok(SyncState {
+            leader: obj.get("leader").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string),
+            sync_standby: names,
+            quorum: obj.get("quorum").and_then(|q| match q {
+                Value::Number(n) => n.as_u64().map(|x| x as u32),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            }),
+            version: None,
+        })
+    }
+}
+
+/// The leader's status (`status` key): last known WAL position and permanent slot positions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Status {
+    pub optime: Option<u64>,
+    pub slots: Map<String, Value>,
+    pub retain_slots: Vec<String>,
+}
+
+impl Status {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(o) = self.optime {
+            m.insert("optime".into(), Value::from(o));
+        }
+        if !self.slots.is_empty() {
+            m.insert("slots".into(), Value::Object(self.slots.clone()));
+        }
+        if !self.retain_slots.is_empty() {
+            m.insert("retain_slots".into(), Value::from(self.retain_slots.clone()));
+        }
+        Value::Object(m)
+    }
+
+    pub fn parse(raw: &str) -> Result<Status, String> {
+        let t = raw.trim();
+        // Legacy: a bare integer optime.
+        if let Ok(n) = t.parse::<u64>() {
+            return Ok(Status { optime: Some(n), ..Default::default() });
+        }
+        let v: Value = serde_json::from_str(t).map_err(|e| format!("status value is not JSON: {e}"))?;
+        let obj = v.as_object().ok_or("status value is not a JSON object")?;
+        Ok(Status {
+            optime: obj.get("optime").and_then(|o| match o {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            }),
+            slots: obj.get("slots").and_then(Value::as_object).cloned().unwrap_or_default(),
+            retain_slots: obj
+                .get("retain_slots")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Everything a member knows about its cluster (or Citus group) after one read of the DCS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cluster {
+    /// `None`: never initialized. `Some("")`: bootstrap in progress. `Some(sysid)`: initialized.
+    pub initialize: Option<String>,
+    pub config: Option<ClusterConfig>,
+    /// The lock, only while held.
+    pub leader: Option<Leader>,
+    pub status: Status,
+    pub members: Vec<Member>,
+    pub failover: Option<Failover>,
+    pub sync: SyncState,
+    pub history: Vec<HistoryEntry>,
+    /// Problems met while reading objects written by others (named field, what was wrong).
+    pub warnings: Vec<String>,
+}
+
+impl Cluster {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn leader_name(&self) -> Option<&str> {
+        self.leader.as_ref().map(|l| l.name.as_str())
+    }
+
+    pub fn leader_member(&self) -> Option<&Member> {
+        self.member(self.leader_name()?)
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.leader.is_some()
+    }
+
+    /// Is the cluster initialized with a real system identifier?
+    pub fn initialized_sysid(&self) -> Option<&str> {
+        self.initialize.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// Timeline the cluster is on according to its history: last row + 1, or 1.
+    pub fn timeline(&self) -> u32 {
+        self.history.last().map(|h| h.timeline + 1).unwrap_or(1)
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.config
+            .as_ref()
+            .and_then(|c| c.raw.get("pause"))
+            .map(truthy)
+            .unwrap_or(false)
+    }
+}
+
+/// Convert an LSN in `X/Y` text form to its absolute byte offset.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    Some((hi << 32) | lo)
+}
+
+/// Format an absolute LSN as `X/Y`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_accepts_master_and_writes_primary() {
+        let d = MemberData::parse(r#"{"role":"master","state":"running"}"#).unwrap();
+        assert_eq!(d.role, Role::Primary);
+        assert!(serde_json::to_string(&d).unwrap().contains(r#""role":"primary""#));
+    }
+
+    #[test]
+    fn member_bad_field_is_named() {
+        let e = MemberData::parse(r#"{"role":"replica","xlog_location":"abc"}"#).unwrap_err();
+        assert!(e.contains("xlog_location"), "{e}");
+        let e = MemberData::parse(r#"{"tags":[1]}"#).unwrap_err();
+        assert!(e.contains("tags"), "{e}");
+    }
+
+    #[test]
+    fn member_keeps_unknown_fields() {
+        let raw = r#"{"role":"replica","state":"running","proxy_url":"x","xlog_location":"12"}"#;
+        let d = MemberData::parse(raw).unwrap();
+        assert_eq!(d.xlog_location, Some(12));
+        assert_eq!(d.extra.get("proxy_url"), Some(&Value::from("x")));
+    }
+
+    #[test]
+    fn legacy_member_value() {
+        let d = MemberData::parse("postgres://u:p@10.0.0.1:5433/postgres?application_name=http://10.0.0.1:8008/patroni").unwrap();
+        assert_eq!(d.conn_host_port(), Some(("10.0.0.1".into(), 5433)));
+        assert_eq!(d.api_url.as_deref(), Some("http://10.0.0.1:8008/patroni"));
+    }
+
+    #[test]
+    fn tags_priority() {
+        let t: Tags = serde_json::from_str(r#"{"nofailover":"true"}"#).unwrap();
+        assert_eq!(t.failover_priority(), 0);
+        let t: Tags = serde_json::from_str(r#"{"failover_priority":3}"#).unwrap();
+        assert_eq!(t.failover_priority(), 3);
+        assert_eq!(Tags::default().failover_priority(), 1);
+    }
+
+    #[test]
+    fn history_round_trip() {
+        let raw = r#"[[1,25623960,"no recovery target specified","2024-06-01T09:59:00+02:00","pg-1"],[2,3,"x"]]"#;
+        let h = parse_history(raw).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].new_leader.as_deref(), Some("pg-1"));
+        assert_eq!(parse_history(&history_to_json(&h)).unwrap(), h);
+    }
+
+    #[test]
+    fn lsn_text() {
+        assert_eq!(parse_lsn("0/4000060"), Some(67108960));
+        assert_eq!(format_lsn(67108960), "0/4000060");
+    }
+
+    #[test]
+    fn failover_legacy_and_json() {
+        let f = Failover::parse("a:b").unwrap();
+        assert_eq!((f.leader.as_deref(), f.member.as_deref()), (Some("a"), Some("b")));
+        let f = Failover::parse(r#"{"member":"c"}"#).unwrap();
+        assert_eq!(f.member.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn url_host_port() {
+        assert_eq!(parse_url_host_port("http://127.0.0.1:8008/patroni", 80), Some(("127.0.0.1".into(), 8008)));
+        assert_eq!(parse_url_host_port("postgres://h/postgres", 5432), Some(("h".into(), 5432)));
+        assert_eq!(parse_url_host_port("postgres://[::1]:5433/x", 5432), Some(("::1".into(), 5433)));
+    }
+}
