@@ -1,8 +1,258 @@
-//! `regent`: a high-availability agent for PostgreSQL (Patroni-compatible).
+//! `regent`: a high-availability agent for PostgreSQL, compatible with Patroni's configuration,
+//! DCS layout and REST API. Runs as the container entrypoint (PID 1) of each Postgres pod.
 
 mod config;
 mod ha;
+mod logging;
 mod pid1;
 mod postgres;
+mod snapshot;
 
-fn main() {}
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use config::{Config, DcsConfig, DynamicConfig};
+
+/// Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad configuration or usage.
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "regent", version, about = "PostgreSQL high-availability agent (Patroni-compatible)")]
+struct Cli {
+    /// Check the configuration file and exit (0 when valid, 2 otherwise); starts nothing.
+    #[arg(long)]
+    validate_config: bool,
+    /// Patroni-format YAML configuration file or directory. Without it, the configuration comes
+    /// from PATRONI_CONFIGURATION or PATRONI_* environment variables.
+    config_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let cfg = match config::load_with_env(cli.config_file.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("regent: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = config::validate(&cfg) {
+        eprintln!("regent: invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if cli.validate_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    // Patroni removes PATRONI_* from the environment so Postgres and its children never see
+    // credentials.
+    for key in env.keys().filter(|k| k.starts_with("PATRONI_")) {
+        std::env::remove_var(key);
+    }
+    logging::init(&cfg.log.level, matches!(cfg.log.type_, config::LogType::Json));
+
+    // One thread: small footprint, and every child is spawned from the thread that lives as
+    // long as the agent (the parent-death signal is bound to the spawning thread).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("regent: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> ExitCode {
+    pid1::start_reaper();
+    info!(scope = %cfg.scope, name = %cfg.name, version = env!("CARGO_PKG_VERSION"), "starting regent");
+
+    let dcs: Arc<dyn dcs::Dcs> = match build_dcs(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("cannot set up the DCS: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let pg = match postgres::Postgres::new(pg_settings(&cfg)) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("cannot set up Postgres control: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+
+    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(rest::Snapshot::default());
+    let (command_tx, _command_rx) = tokio::sync::mpsc::channel(16);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+
+    let listen = cfg.restapi.listen.clone();
+    let listener = match tokio::net::TcpListener::bind(listen_addr(&listen)).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("cannot listen on restapi.listen {listen}: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let api_state = rest::ApiState { snapshot: snapshot_rx, commands: command_tx };
+    let mut rest_shutdown = shutdown_rx.clone();
+    let rest_task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = rest_shutdown.wait_for(|v| *v).await;
+        };
+        if let Err(e) = rest::serve(listener, api_state, stop).await {
+            error!("REST API stopped: {e}");
+        }
+    });
+
+    tokio::spawn(forward_signals(shutdown_tx));
+
+    let agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx);
+    let exit = agent.run(shutdown_rx).await;
+    rest_task.abort();
+    match exit {
+        ha::cycle::Exit::Shutdown => ExitCode::SUCCESS,
+        ha::cycle::Exit::Fatal(msg) => {
+            error!("exiting: {msg}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// SIGTERM/SIGINT start a clean shutdown; a second one is ignored while it runs.
+async fn forward_signals(shutdown: tokio::sync::watch::Sender<bool>) {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => info!("received SIGTERM"),
+            _ = int.recv() => info!("received SIGINT"),
+        }
+        let _ = shutdown.send(true);
+    }
+}
+
+/// `restapi.listen` is `host:port`; an empty host or `*` means all interfaces.
+fn listen_addr(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("", port)) | Some(("*", port)) => format!("0.0.0.0:{port}"),
+        Some(_) => listen.to_string(),
+        None => format!("0.0.0.0:{listen}"),
+    }
+}
+
+fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
+    let (dynamic, _) = DynamicConfig::from_value(&cfg.bootstrap.dcs);
+    let timing = dcs::Timing { ttl: dynamic.ttl, loop_wait: dynamic.loop_wait, retry_timeout: dynamic.retry_timeout };
+    match &cfg.dcs {
+        DcsConfig::Etcd3(e) => {
+            let backend = dcs::etcd::Etcd3::new(dcs::etcd::EtcdConfig {
+                hosts: e.hosts.clone(),
+                namespace: cfg.namespace.clone(),
+                scope: cfg.scope.clone(),
+                name: cfg.name.clone(),
+                group: cfg.citus.as_ref().map(|c| c.group),
+                username: e.username.clone(),
+                password: e.password.clone(),
+                timing,
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(Arc::new(backend))
+        }
+        DcsConfig::Kubernetes(_) => Err("the kubernetes DCS is not available in this build".into()),
+    }
+}
+
+/// Postgres parameters: the DCS copy, overridden by the local file (Patroni's precedence).
+pub fn merged_parameters(cfg: &Config, dynamic: &DynamicConfig) -> serde_json::Map<String, serde_json::Value> {
+    let mut params = dynamic.parameters.clone();
+    for (k, v) in &cfg.postgresql.parameters {
+        params.insert(k.clone(), v.clone());
+    }
+    params
+}
+
+/// pg_hba lines: local `postgresql.pg_hba`, else the DCS copy, else legacy `bootstrap.pg_hba`.
+pub fn merged_pg_hba(cfg: &Config, dynamic: &DynamicConfig) -> Vec<String> {
+    if !cfg.postgresql.pg_hba.is_empty() {
+        cfg.postgresql.pg_hba.clone()
+    } else if !dynamic.pg_hba.is_empty() {
+        dynamic.pg_hba.clone()
+    } else {
+        cfg.bootstrap.pg_hba.clone()
+    }
+}
+
+fn pg_settings(cfg: &Config) -> postgres::PgSettings {
+    let (dynamic, _) = DynamicConfig::from_value(&cfg.bootstrap.dcs);
+    let (hosts, port) = cfg.postgres_listen_host_port();
+    let (connect_host, _) = cfg.pg_connect_host_port();
+    let data_dir = cfg.postgresql.data_dir.clone();
+    postgres::PgSettings {
+        data_dir: data_dir.clone(),
+        bin_dir: cfg.bin("postgres").parent().map(PathBuf::from).unwrap_or_default(),
+        scope: cfg.scope.clone(),
+        name: cfg.name.clone(),
+        listen_addresses: hosts.join(","),
+        port,
+        connect_host,
+        superuser: pg_user(&cfg.postgresql.authentication.superuser),
+        replication: pg_user(&cfg.postgresql.authentication.replication),
+        rewind: cfg.postgresql.authentication.rewind.as_ref().map(pg_user),
+        parameters: merged_parameters(cfg, &dynamic),
+        pg_hba: merged_pg_hba(cfg, &dynamic),
+        initdb_options: cfg.bootstrap.initdb.clone(),
+        basebackup_options: cfg.postgresql.basebackup.clone(),
+        run_as: run_as_user(&data_dir),
+        pg_ctl_timeout: std::time::Duration::from_secs(cfg.postgresql.pg_ctl_timeout),
+        ..postgres::PgSettings::default()
+    }
+}
+
+fn pg_user(u: &config::PgUser) -> postgres::PgUser {
+    postgres::PgUser {
+        username: u.username.clone(),
+        password: u.password.clone(),
+        sslmode: u.sslmode.clone(),
+        sslkey: u.sslkey.clone(),
+        sslcert: u.sslcert.clone(),
+        sslrootcert: u.sslrootcert.clone(),
+    }
+}
+
+/// Postgres refuses to run as root: when the agent is root, run it as the owner of the data
+/// directory (or its parent), else as the `postgres` user.
+fn run_as_user(data_dir: &std::path::Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    for p in [Some(data_dir), data_dir.parent()].into_iter().flatten() {
+        if let Ok(md) = std::fs::metadata(p) {
+            if md.uid() != 0 {
+                return Some((md.uid(), md.gid()));
+            }
+        }
+    }
+    match nix::unistd::User::from_name("postgres") {
+        Ok(Some(u)) => Some((u.uid.as_raw(), u.gid.as_raw())),
+        _ => None,
+    }
+}

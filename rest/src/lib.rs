@@ -1,1 +1,215 @@
+//! Patroni-compatible REST API (reference patroni-compat.md §4).
+//!
+//! The API is a view: handlers read the latest [`Snapshot`] published by the HA loop through a
+//! `tokio::sync::watch` channel, and requests that change something are handed to the loop as
+//! [`Command`]s over an `mpsc` channel. Nothing here talks to Postgres or the DCS.
+//!
+//! Routing follows Patroni: the first path segment picks the handler; any `GET` without a
+//! dedicated handler is a health check (unknown paths answer 503 with the status JSON); `HEAD`
+//! and `OPTIONS` are health checks answering with the status code only; anything else is 501.
 
+mod cluster;
+mod health;
+mod lag;
+mod metrics;
+mod reply;
+mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+
+pub use lag::parse_size;
+
+/// Everything the API shows, published by the HA loop after each cycle.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub scope: String,
+    pub name: String,
+    /// Patroni version Regent reports (`patroni.version`, `patroni_version` metric).
+    pub version: String,
+    pub api_url: String,
+    /// Last DCS view; `None` before the first successful read.
+    pub cluster: Option<dcs::Cluster>,
+    /// Unix seconds of the last successful DCS round-trip.
+    pub dcs_last_seen: Option<i64>,
+    /// This member holds an unexpired leader lock.
+    pub has_lock: bool,
+    /// The effective configuration describes a standby cluster.
+    pub standby_cluster: bool,
+    pub postgres: PostgresStatus,
+    /// Configured tags, plus any the HA loop injects (e.g. `nosync` while leaving sync duty).
+    pub tags: dcs::Tags,
+    /// Maintenance mode (`pause: true` in the dynamic configuration).
+    pub paused: bool,
+    pub ttl: u32,
+    pub loop_wait: u32,
+    /// When the HA loop last finished a cycle (unix milliseconds); drives `/liveness`.
+    pub last_cycle_unix_ms: Option<i64>,
+    /// The dynamic configuration (`config` object) as last read from the DCS.
+    pub dynamic_config: Option<serde_json::Value>,
+    /// DCS failsafe mode currently keeps this primary running without the DCS.
+    pub failsafe_mode_is_active: bool,
+    /// The `/failsafe` topology (`{name: api_url}`) when failsafe mode is enabled.
+    pub failsafe: Option<serde_json::Value>,
+    /// A scheduled restart as shown on REST (`{"schedule": ISO, ...filters}`).
+    pub scheduled_restart: Option<serde_json::Value>,
+    /// The watchdog is required but unhealthy.
+    pub watchdog_failed: bool,
+}
+
+/// What the HA loop last learned about the local Postgres.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresStatus {
+    /// `running`, `starting`, `stopped`, `crashed`, ... (reference §3).
+    pub state: String,
+    pub role: dcs::Role,
+    /// `server_version_num`, e.g. 150004.
+    pub server_version: Option<u32>,
+    /// `pg_postmaster_start_time()` as text, e.g. `2024-06-01 10:00:00.123+00:00`.
+    pub postmaster_start_time: Option<String>,
+    pub timeline: Option<u32>,
+    pub sysid: Option<String>,
+    /// WAL positions; `Unknown` when Postgres could not be queried.
+    pub wal: Wal,
+    /// `pg_stat_replication` rows (on a primary or cascading replica).
+    pub replication: Vec<ReplicationInfo>,
+    /// `streaming` or `in archive recovery` on replicas.
+    pub replication_state: Option<String>,
+    pub pending_restart: bool,
+    /// `{"param": {"old_value": ..., "new_value": ...}}`.
+    pub pending_restart_reason: Option<serde_json::Value>,
+}
+
+/// WAL positions as absolute byte offsets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Wal {
+    /// Not in recovery: the flush LSN.
+    Primary { location: u64 },
+    /// In recovery.
+    Replica {
+        received: Option<u64>,
+        replayed: Option<u64>,
+        /// `pg_last_xact_replay_timestamp()` as text.
+        replayed_timestamp: Option<String>,
+        paused: bool,
+    },
+    /// Postgres was not queryable.
+    #[default]
+    Unknown,
+}
+
+/// One `pg_stat_replication` row as shown in the status JSON.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ReplicationInfo {
+    pub usename: String,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: String,
+    pub sync_state: String,
+    pub sync_priority: i32,
+}
+
+/// Requests the API hands to the HA loop. Mutating endpoints add variants (with a reply
+/// channel) as they are implemented.
+#[derive(Debug)]
+pub enum Command {
+    Noop,
+}
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub snapshot: tokio::sync::watch::Receiver<Snapshot>,
+    pub commands: tokio::sync::mpsc::Sender<Command>,
+}
+
+/// The whole API as one router. Patroni routes on the first path segment and treats unknown GETs
+/// as health checks, which axum's path router cannot express, so a single handler dispatches.
+pub fn router(state: ApiState) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+/// Serve the API on `listener` until `shutdown` completes. The peer address is made available to
+/// handlers (`ConnectInfo<SocketAddr>`) for access control.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
+    // Clone so no lock on the channel is held while the reply is built.
+    let snapshot = state.snapshot.borrow().clone();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = Query::parse(request.uri().query());
+    let segment = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+
+    match (&method, segment) {
+        (&Method::GET, "patroni") => {
+            reply::json(StatusCode::OK, &status::status_json(&snapshot))
+        }
+        (&Method::GET, "cluster") => cluster::cluster(&snapshot),
+        (&Method::GET, "history") => cluster::history(&snapshot),
+        (&Method::GET, "config") => cluster::config(&snapshot),
+        (&Method::GET, "failsafe") => cluster::failsafe(&snapshot),
+        (&Method::GET, "metrics") => metrics::metrics(&snapshot),
+        (&Method::GET, "liveness") => reply::status_only(health::liveness(&snapshot, now_ms)),
+        (&Method::GET, "readiness") => reply::status_only(health::readiness(&snapshot, &query)),
+        (&Method::GET, _) => {
+            let body = status::status_json(&snapshot);
+            let code = health::health_check(&snapshot, &body, &path, &query);
+            reply::json(code, &body)
+        }
+        (&Method::HEAD, _) | (&Method::OPTIONS, _) => {
+            let body = status::status_json(&snapshot);
+            reply::status_only(health::health_check(&snapshot, &body, &path, &query))
+        }
+        _ => reply::error_page(
+            StatusCode::NOT_IMPLEMENTED,
+            &format!("Unsupported method ('{}')", method.as_str()),
+        ),
+    }
+}
+
+/// Query parameters the way Patroni reads them: blank values dropped, first value of a key wins.
+#[derive(Debug, Default)]
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Query {
+        let pairs: Vec<(String, String)> = raw
+            .and_then(|q| {
+                let uri: axum::http::Uri = format!("/?{q}").parse().ok()?;
+                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).ok()
+            })
+            .map(|axum::extract::Query(pairs)| pairs)
+            .unwrap_or_default();
+        Query(pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect())
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Every distinct key with its first value.
+    pub(crate) fn first_values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| !self.0[..*i].iter().any(|(earlier, _)| earlier == k))
+            .map(|(_, (k, v))| (k.as_str(), v.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

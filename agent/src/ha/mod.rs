@@ -1,1 +1,3 @@
-//! placeholder
+//! The HA loop: a pure decision core and the loop that executes its actions.
+
+pub mod decide;

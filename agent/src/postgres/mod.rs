@@ -1,1 +1,344 @@
-//! placeholder
+//! Postgres control: rendering configuration files, running the postmaster and the one-shot tools
+//! (initdb, pg_basebackup, pg_rewind, pg_controldata) and observing the running server.
+//!
+//! Every child process is spawned through [`crate::pid1`], so PID 1 reaping never steals an exit
+//! status we wait for, and children die with the agent. One [`Postgres`] value owns the postmaster.
+#![allow(dead_code)]
+
+mod conf;
+mod process;
+mod query;
+mod tools;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use conf::{slot_name_for, ConfChange, ConfRole};
+pub use query::{PgObservation, ReplicationRow, TimelineSwitch};
+pub use tools::{ControlData, RewindOutcome};
+
+/// Credentials and TLS options of one Postgres role the agent connects as.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgUser {
+    pub username: String,
+    pub password: Option<String>,
+    pub sslmode: Option<String>,
+    pub sslkey: Option<String>,
+    pub sslpassword: Option<String>,
+    pub sslcert: Option<String>,
+    pub sslrootcert: Option<String>,
+    pub sslcrl: Option<String>,
+    pub sslcrldir: Option<String>,
+    pub gssencmode: Option<String>,
+    pub channel_binding: Option<String>,
+}
+
+impl PgUser {
+    pub fn new(username: impl Into<String>, password: Option<&str>) -> Self {
+        PgUser {
+            username: username.into(),
+            password: password.map(str::to_owned),
+            ..PgUser::default()
+        }
+    }
+
+    /// libpq connection options other than user/password, in a stable order.
+    fn conninfo_options(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("sslmode", &self.sslmode),
+            ("sslkey", &self.sslkey),
+            ("sslpassword", &self.sslpassword),
+            ("sslcert", &self.sslcert),
+            ("sslrootcert", &self.sslrootcert),
+            ("sslcrl", &self.sslcrl),
+            ("sslcrldir", &self.sslcrldir),
+            ("gssencmode", &self.gssencmode),
+            ("channel_binding", &self.channel_binding),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// Everything the Postgres control module needs, filled from the agent configuration.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub data_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    /// Cluster scope; rendered as `cluster_name`.
+    pub scope: String,
+    /// Member name: `application_name` of the replication connection and source of the slot name.
+    pub name: String,
+    pub listen_addresses: String,
+    pub port: u16,
+    /// Host other members use to reach this server.
+    pub connect_host: String,
+    pub superuser: PgUser,
+    pub replication: PgUser,
+    pub rewind: Option<PgUser>,
+    /// Merged GUCs (dynamic config + local overrides).
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// pg_hba.conf lines; empty = a default set of rules.
+    pub pg_hba: Vec<String>,
+    /// Ready initdb flags such as `--data-checksums`, `--encoding=UTF8`.
+    pub initdb_options: Vec<String>,
+    /// Extra pg_basebackup flags, appended after ours (so they win).
+    pub basebackup_options: Vec<String>,
+    /// uid/gid to run the Postgres binaries as (needed when the agent runs as root).
+    pub run_as: Option<(u32, u32)>,
+    pub pg_ctl_timeout: Duration,
+    /// Directory of the Unix socket the agent connects through; rendered as
+    /// `unix_socket_directories` unless `parameters` sets that itself. Must be writable by Postgres.
+    pub socket_dir: PathBuf,
+    /// Postmaster stderr/stdout goes here (appended); `None` inherits the agent's.
+    pub log_file: Option<PathBuf>,
+    /// Password file for libpq tools and the WAL receiver; `None` = `<data_dir parent>/.pgpass_<name>`.
+    pub pgpass: Option<PathBuf>,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            data_dir: PathBuf::from("/var/lib/postgresql/data"),
+            bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            scope: String::new(),
+            name: String::new(),
+            listen_addresses: "127.0.0.1".into(),
+            port: 5432,
+            connect_host: "127.0.0.1".into(),
+            superuser: PgUser::new("postgres", None),
+            replication: PgUser::new("replicator", None),
+            rewind: None,
+            parameters: serde_json::Map::new(),
+            pg_hba: Vec::new(),
+            initdb_options: Vec::new(),
+            basebackup_options: Vec::new(),
+            run_as: None,
+            pg_ctl_timeout: Duration::from_secs(60),
+            socket_dir: PathBuf::from("/var/run/postgresql"),
+            log_file: None,
+            pgpass: None,
+        }
+    }
+}
+
+/// A server to replicate, clone or rewind from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+/// How to shut the postmaster down (SIGTERM / SIGINT / SIGQUIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    Smart,
+    Fast,
+    Immediate,
+}
+
+/// What the postmaster is doing, from our child handle and `postmaster.pid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PgProcessState {
+    #[default]
+    Stopped,
+    /// Our postmaster exited without being asked to.
+    Crashed,
+    Starting,
+    /// Accepting connections as a primary (`ready`).
+    Running,
+    /// Accepting read-only connections in recovery (`standby`).
+    Standby,
+    Stopping,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{step}: {source}")]
+    Io {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step} failed ({status}): {stderr}")]
+    Command {
+        step: &'static str,
+        status: String,
+        stderr: String,
+    },
+    #[error("postgresql parameter {name}: {reason}")]
+    Parameter { name: String, reason: String },
+    #[error("postmaster exited during start ({status}); log tail: {log_tail}")]
+    StartFailed { status: String, log_tail: String },
+    #[error("postmaster did not accept connections within {0:?}")]
+    StartTimeout(Duration),
+    #[error("postmaster already running (pid {0})")]
+    AlreadyRunning(i32),
+    #[error("postgres is not running")]
+    NotRunning,
+    #[error("postmaster {0} still alive after SIGKILL")]
+    StopFailed(i32),
+    #[error("{step}: {source}")]
+    Sql {
+        step: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{step}: no answer within {timeout:?}")]
+    Timeout {
+        step: &'static str,
+        timeout: Duration,
+    },
+    #[error("{step}: {detail}")]
+    Unexpected { step: &'static str, detail: String },
+}
+
+impl PgError {
+    fn io(step: impl Into<String>, source: std::io::Error) -> Self {
+        PgError::Io {
+            step: step.into(),
+            source,
+        }
+    }
+}
+
+/// Owner of one Postgres data directory and its postmaster.
+pub struct Postgres {
+    settings: PgSettings,
+    child: Option<crate::pid1::ManagedChild>,
+    /// A postmaster we did not start (found running at agent start).
+    adopted_pid: Option<i32>,
+    stop_requested: bool,
+    unexpected_exit: Option<std::process::ExitStatus>,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Postgres {
+    /// Relative `data_dir`/`socket_dir` are resolved against the current directory.
+    pub fn new(mut settings: PgSettings) -> Self {
+        settings.data_dir = absolute(&settings.data_dir);
+        settings.socket_dir = absolute(&settings.socket_dir);
+        Postgres {
+            settings,
+            child: None,
+            adopted_pid: None,
+            stop_requested: false,
+            unexpected_exit: None,
+            client: None,
+        }
+    }
+
+    pub fn settings(&self) -> &PgSettings {
+        &self.settings
+    }
+
+    /// Replace the settings (after a config reload); call `write_config` afterwards.
+    pub fn set_settings(&mut self, settings: PgSettings) {
+        let pid_state = (self.child.take(), self.adopted_pid.take());
+        let mut fresh = Postgres::new(settings);
+        fresh.child = pid_state.0;
+        fresh.adopted_pid = pid_state.1;
+        fresh.stop_requested = self.stop_requested;
+        fresh.unexpected_exit = self.unexpected_exit;
+        *self = fresh;
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.settings.data_dir
+    }
+
+    pub fn pgpass_path(&self) -> PathBuf {
+        if let Some(p) = &self.settings.pgpass {
+            return absolute(p);
+        }
+        let parent = self
+            .settings
+            .data_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        parent.join(format!(".pgpass_{}", slot_name_for(&self.settings.name)))
+    }
+
+    /// The socket directory we connect through: the first entry of a user-set
+    /// `unix_socket_directories`, else `socket_dir`.
+    fn effective_socket_dir(&self) -> PathBuf {
+        let user_set = self
+            .settings
+            .parameters
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("unix_socket_directories"))
+            .and_then(|(_, v)| v.as_str())
+            .and_then(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .find(|d| !d.is_empty() && !d.starts_with('@'))
+                    .map(PathBuf::from)
+            });
+        user_set.unwrap_or_else(|| self.settings.socket_dir.clone())
+    }
+
+    /// True when the data directory is missing or has no entries.
+    pub fn data_dir_is_empty(&self) -> bool {
+        match std::fs::read_dir(&self.settings.data_dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(_) => true,
+        }
+    }
+
+    /// True when the data directory looks like an initialised cluster.
+    pub fn is_valid_data_dir(&self) -> bool {
+        let d = &self.settings.data_dir;
+        d.join("PG_VERSION").is_file() && d.join("global").join("pg_control").is_file()
+    }
+
+    /// Major version from `PG_VERSION` (e.g. 15), if readable.
+    pub fn data_dir_major_version(&self) -> Option<u32> {
+        std::fs::read_to_string(self.settings.data_dir.join("PG_VERSION"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// chown to `run_as` when set.
+    fn chown(&self, path: &Path) -> Result<(), PgError> {
+        if let Some((uid, gid)) = self.settings.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| PgError::io(format!("chown {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// A command for one of the Postgres binaries: run as `run_as`, from `/`, with our passfile
+    /// and without the agent's own configuration variables.
+    fn command(&self, program: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.settings.bin_dir.join(program));
+        cmd.current_dir("/");
+        if let Some((uid, gid)) = self.settings.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("PATRONI_") || k.starts_with("REGENT_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("PGPASSFILE", self.pgpass_path());
+        cmd
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}

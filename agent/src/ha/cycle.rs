@@ -1,0 +1,1019 @@
+//! The HA loop: observe (DCS + Postgres), decide (pure), execute, publish.
+//!
+//! One task owns the Postgres child, the DCS session and the lock bookkeeping. The loop wakes
+//! every `loop_wait` or as soon as the DCS reports a change that matters (watch), and a lease guard
+//! cancels whatever the loop is doing to take a primary down before its lock could expire.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dcs::{Cluster, Dcs, HistoryEntry, MemberData, Role, Timing};
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::decide::{decide, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole, Settings};
+use crate::config::{Config, DynamicConfig};
+use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
+
+/// The Patroni version Regent reports to peers: they gate behaviour on it.
+pub const PATRONI_COMPAT_VERSION: &str = "4.1.5";
+
+/// Why the loop ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Clean shutdown on SIGTERM/SIGINT.
+    Shutdown,
+    /// Unrecoverable condition (e.g. the data directory belongs to another cluster).
+    Fatal(String),
+}
+
+/// What ended a wait in the main loop.
+enum Wake {
+    Shutdown,
+    LeaseGuard,
+    CycleDone(Result<(), String>),
+    Timer,
+}
+
+/// The outcome of executing one plan.
+enum PlanOutcome {
+    Done,
+    /// The renew failed: decide again with that fact.
+    RenewFailed,
+    /// A race was lost or a step failed; the next cycle re-reads the DCS.
+    Aborted,
+    Fatal(String),
+}
+
+pub struct Agent {
+    cfg: Config,
+    dynamic: DynamicConfig,
+    dcs: Arc<dyn Dcs>,
+    pg: Postgres,
+    http: reqwest::Client,
+    snapshot: watch::Sender<rest::Snapshot>,
+    /// Monotonic instant until which the lock we hold is guaranteed (renew start + ttl).
+    lock_deadline: Option<Instant>,
+    start_failures: u32,
+    /// We started Postgres and did not ask it to stop: an exit is a crash.
+    pg_expected_up: bool,
+    pg_crashed: bool,
+    /// Published state (`running`, `starting`, `creating replica`, ...).
+    state: String,
+    role: Role,
+    following: Option<ConnTarget>,
+    last_member: Option<MemberData>,
+    last_optime_written: Option<u64>,
+    last_reason: String,
+    last_cluster: Option<Cluster>,
+    dcs_last_seen: Option<i64>,
+    last_obs: PgObservation,
+    last_cycle_ms: Option<i64>,
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Agent {
+    pub fn new(
+        cfg: Config,
+        dcs: Arc<dyn Dcs>,
+        pg: Postgres,
+        snapshot: watch::Sender<rest::Snapshot>,
+    ) -> Agent {
+        let (dynamic, warnings) = DynamicConfig::from_value(&cfg.bootstrap.dcs);
+        for w in warnings {
+            warn!("bootstrap.dcs: {w}");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap_or_default();
+        Agent {
+            cfg,
+            dynamic,
+            dcs,
+            pg,
+            http,
+            snapshot,
+            lock_deadline: None,
+            start_failures: 0,
+            pg_expected_up: false,
+            pg_crashed: false,
+            state: "stopped".into(),
+            role: Role::Uninitialized,
+            following: None,
+            last_member: None,
+            last_optime_written: None,
+            last_reason: String::new(),
+            last_cluster: None,
+            dcs_last_seen: None,
+            last_obs: PgObservation::default(),
+            last_cycle_ms: None,
+        }
+    }
+
+    fn timing(&self) -> Timing {
+        Timing { ttl: self.dynamic.ttl, loop_wait: self.dynamic.loop_wait, retry_timeout: self.dynamic.retry_timeout }
+    }
+
+    fn safety_margin(&self) -> f64 {
+        (f64::from(self.dynamic.ttl) * 0.2).clamp(1.0, 5.0)
+    }
+
+    /// When the lease guard must fire: a primary must be down `safety_margin` before its lock
+    /// could expire.
+    fn guard_instant(&self) -> Option<Instant> {
+        let deadline = self.lock_deadline?;
+        if !self.pg_expected_up {
+            return None;
+        }
+        Some(deadline.checked_sub(Duration::from_secs_f64(self.safety_margin())).unwrap_or(deadline))
+    }
+
+    /// Run until shutdown is requested or a fatal condition occurs.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Exit {
+        self.dcs.set_timing(self.timing());
+        if let Err(e) = self.pg.adopt_running().await {
+            warn!("cannot check for an already running postmaster: {e}");
+        }
+        loop {
+            let guard = self.guard_instant();
+            let ended = {
+                let cycle = self.run_cycle();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => Wake::Shutdown,
+                    _ = sleep_until_opt(guard) => Wake::LeaseGuard,
+                    r = cycle => Wake::CycleDone(r),
+                }
+            };
+            match ended {
+                Wake::Shutdown => return self.shutdown().await,
+                Wake::LeaseGuard => self.lease_guard_fired().await,
+                Wake::CycleDone(Err(msg)) => {
+                    error!("{msg}");
+                    self.stop_postgres(StopMode::Fast, Duration::from_secs(30)).await;
+                    let _ = self.dcs.close().await;
+                    return Exit::Fatal(msg);
+                }
+                Wake::CycleDone(Ok(())) | Wake::Timer => {}
+            }
+            self.last_cycle_ms = Some(chrono::Utc::now().timestamp_millis());
+            self.publish_snapshot();
+            crate::pid1::reap_orphans();
+
+            let wait = Duration::from_secs(u64::from(self.dynamic.loop_wait.max(1)));
+            let guard = self.guard_instant();
+            let dcs = self.dcs.clone();
+            let woke = {
+                let pg_exit = self.pg.wait_exit();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => Wake::Shutdown,
+                    _ = sleep_until_opt(guard) => Wake::LeaseGuard,
+                    _ = dcs.watch(wait) => Wake::Timer,
+                    _ = pg_exit => Wake::Timer,
+                }
+            };
+            match woke {
+                Wake::Shutdown => return self.shutdown().await,
+                Wake::LeaseGuard => self.lease_guard_fired().await,
+                _ => {}
+            }
+        }
+    }
+
+    async fn lease_guard_fired(&mut self) {
+        warn!(
+            "the leader lock could not be renewed and may expire in {:.1}s: stopping Postgres",
+            self.safety_margin()
+        );
+        self.demote(DemoteMode::Offline).await;
+    }
+
+    /// One HA cycle. `Err` is fatal.
+    async fn run_cycle(&mut self) -> Result<(), String> {
+        let retry = Duration::from_secs(u64::from(self.dynamic.retry_timeout) + 1);
+        let cluster = match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
+            Ok(Ok(c)) => {
+                self.dcs_last_seen = Some(unix_now());
+                for w in &c.warnings {
+                    warn!("DCS content: {w}");
+                }
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                warn!("cannot read the cluster from the DCS: {e}");
+                None
+            }
+            Err(_) => {
+                warn!("reading the cluster from the DCS timed out");
+                None
+            }
+        };
+        if let Some(c) = &cluster {
+            self.apply_dynamic_config(c).await;
+        }
+        let mut local = self.observe(cluster.as_ref()).await;
+        if let Some(c) = &cluster {
+            if c.leader.is_none() && local.pg_running && matches!(local.data_dir, DataDir::Valid { .. }) {
+                local.peers = self.fetch_peers(c).await;
+            }
+        }
+        let settings = self.settings();
+        let mut decision = decide(cluster.as_ref(), &local, &settings);
+        for attempt in 0..2 {
+            self.log_decision(&decision.reason);
+            match self.execute(cluster.as_ref(), &decision.actions).await {
+                PlanOutcome::Done | PlanOutcome::Aborted => break,
+                PlanOutcome::Fatal(msg) => return Err(msg),
+                PlanOutcome::RenewFailed if attempt == 0 => {
+                    local.renew_failed = true;
+                    local.holds_lock = false;
+                    decision = decide(cluster.as_ref(), &local, &settings);
+                }
+                PlanOutcome::RenewFailed => break,
+            }
+        }
+        self.last_cluster = cluster;
+        self.publish_member().await;
+        Ok(())
+    }
+
+    fn log_decision(&mut self, reason: &str) {
+        if reason != self.last_reason {
+            info!("{reason}");
+            self.last_reason = reason.to_string();
+        } else {
+            debug!("{reason}");
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            name: self.cfg.name.clone(),
+            tags: self.cfg.tags.clone(),
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            check_timeline: self.dynamic.check_timeline,
+            use_slots: self.dynamic.use_slots,
+            primary_start_timeout: self.dynamic.primary_start_timeout,
+            lease_safety_margin: self.safety_margin(),
+            max_primary_start_failures: 3,
+        }
+    }
+
+    /// Follow the DCS copy of the dynamic configuration.
+    async fn apply_dynamic_config(&mut self, cluster: &Cluster) {
+        let Some(cfg) = &cluster.config else { return };
+        let (dynamic, warnings) = DynamicConfig::from_value(&cfg.raw);
+        if dynamic == self.dynamic {
+            return;
+        }
+        for w in warnings {
+            warn!("DCS config: {w}");
+        }
+        let timing_changed = dynamic.ttl != self.dynamic.ttl
+            || dynamic.loop_wait != self.dynamic.loop_wait
+            || dynamic.retry_timeout != self.dynamic.retry_timeout;
+        let params_changed = dynamic.parameters != self.dynamic.parameters || dynamic.pg_hba != self.dynamic.pg_hba;
+        self.dynamic = dynamic;
+        if timing_changed {
+            info!(
+                ttl = self.dynamic.ttl,
+                loop_wait = self.dynamic.loop_wait,
+                retry_timeout = self.dynamic.retry_timeout,
+                "applying timing from the DCS config"
+            );
+            self.dcs.set_timing(self.timing());
+        }
+        if params_changed {
+            self.pg.set_parameters(crate::merged_parameters(&self.cfg, &self.dynamic), crate::merged_pg_hba(&self.cfg, &self.dynamic));
+            if self.pg.is_running() {
+                let role = self.current_conf_role();
+                match self.pg.write_config(role) {
+                    Ok(change) if change.changed => {
+                        info!(needs_restart = change.needs_restart, "Postgres configuration changed: reloading");
+                        self.pg.reload();
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("cannot write the Postgres configuration: {e}"),
+                }
+            }
+        }
+    }
+
+    fn current_conf_role(&self) -> ConfRole {
+        if self.role == Role::Primary {
+            ConfRole::Primary
+        } else {
+            match &self.following {
+                Some(t) => ConfRole::Replica { primary: Some(t.clone()), slot: self.slot_for_me() },
+                None => ConfRole::Replica { primary: None, slot: None },
+            }
+        }
+    }
+
+    fn slot_for_me(&self) -> Option<String> {
+        self.dynamic.use_slots.then(|| crate::postgres::slot_name_for(&self.cfg.name))
+    }
+
+    async fn observe(&mut self, cluster: Option<&Cluster>) -> LocalState {
+        let mut local = LocalState::default();
+        // Crash detection: a postmaster we did not ask to stop has exited.
+        if self.pg_expected_up && !self.pg.is_running() {
+            if !self.pg_crashed {
+                warn!("Postgres exited unexpectedly");
+            }
+            self.pg_crashed = true;
+            self.pg_expected_up = false;
+            self.state = "crashed".into();
+        }
+        local.pg_crashed = self.pg_crashed;
+        local.data_dir = if self.pg.is_valid_data_dir() {
+            match self.pg.controldata().await {
+                Ok(cd) => DataDir::Valid {
+                    was_primary: cd.state == "in production" || cd.state == "shut down",
+                    sysid: cd.sysid,
+                },
+                Err(e) => {
+                    warn!("cannot read pg_control: {e}");
+                    DataDir::Empty
+                }
+            }
+        } else {
+            DataDir::Empty
+        };
+        let obs = self.pg.observe().await;
+        local.pg_running = obs.running && obs.in_recovery.is_some();
+        local.pg_role = match obs.in_recovery {
+            Some(true) => PgRole::Replica,
+            Some(false) => PgRole::Primary,
+            None => PgRole::Unknown,
+        };
+        if obs.running {
+            self.pg_expected_up = true;
+        }
+        local.timeline = obs.timeline;
+        local.wal_position = match local.pg_role {
+            PgRole::Primary => obs.wal_position.unwrap_or(0),
+            _ => obs.received_lsn.unwrap_or(0).max(obs.replayed_lsn.unwrap_or(0)),
+        };
+        if local.pg_running {
+            self.state = "running".into();
+            self.role = match local.pg_role {
+                PgRole::Primary => Role::Primary,
+                _ => Role::Replica,
+            };
+        }
+        local.start_failures = self.start_failures;
+        let me = self.cfg.name.as_str();
+        let cluster_says_mine = cluster.and_then(|c| c.leader_name()) == Some(me);
+        if !cluster_says_mine && cluster.is_some() {
+            // The DCS says the lock is not ours (expired, released, taken).
+            self.lock_deadline = None;
+        }
+        local.holds_lock = self.lock_deadline.is_some() || cluster_says_mine;
+        local.lock_expires_in = self.lock_deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
+        self.last_obs = obs;
+        local
+    }
+
+    /// `GET /patroni` of every other member, in parallel: input of the leader race.
+    async fn fetch_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
+        let futures = cluster
+            .members
+            .iter()
+            .filter(|m| m.name != self.cfg.name)
+            .filter_map(|m| m.data.api_url.clone().map(|u| (m.name.clone(), u)))
+            .map(|(name, url)| {
+                let http = self.http.clone();
+                async move {
+                    let resp = http.get(&url).send().await.ok()?;
+                    let body: Value = resp.json().await.ok()?;
+                    Some(peer_from_status(&name, &body))
+                }
+            });
+        futures_util::future::join_all(futures).await.into_iter().flatten().collect()
+    }
+
+    async fn execute(&mut self, cluster: Option<&Cluster>, actions: &[Action]) -> PlanOutcome {
+        for action in actions {
+            debug!(?action, "executing");
+            let outcome = match action {
+                Action::RaceInitialize => match self.dcs.initialize(true, "").await {
+                    Ok(true) => {
+                        info!("won the initialize race: bootstrapping a new cluster");
+                        PlanOutcome::Done
+                    }
+                    Ok(false) => {
+                        info!("another member is bootstrapping the cluster");
+                        PlanOutcome::Aborted
+                    }
+                    Err(e) => {
+                        warn!("initialize race: {e}");
+                        PlanOutcome::Aborted
+                    }
+                },
+                Action::Bootstrap => self.bootstrap().await,
+                Action::CloneFrom(name) => self.clone_from(cluster, name).await,
+                Action::WriteInitialize(sysid) => match self.dcs.initialize(cluster.is_some_and(|c| c.initialize.is_none()), sysid).await {
+                    Ok(_) => PlanOutcome::Done,
+                    Err(e) => {
+                        warn!("cannot write initialize: {e}");
+                        PlanOutcome::Aborted
+                    }
+                },
+                Action::WriteConfig => match self.dcs.set_config_value(&self.bootstrap_dcs_config(), None).await {
+                    Ok(_) => PlanOutcome::Done,
+                    Err(e) => {
+                        warn!("cannot write config: {e}");
+                        PlanOutcome::Aborted
+                    }
+                },
+                Action::AcquireLock => self.acquire_lock().await,
+                Action::RenewLock => self.renew_lock(cluster).await,
+                Action::ReleaseLock => {
+                    self.release_lock().await;
+                    PlanOutcome::Done
+                }
+                Action::StartAsPrimary => self.start_postgres(ConfRole::Primary, None).await,
+                Action::StartAsReplica { leader } => self.start_as_replica(cluster, leader.as_deref()).await,
+                Action::Promote => self.promote().await,
+                Action::Demote(mode) => {
+                    self.demote(*mode).await;
+                    PlanOutcome::Done
+                }
+                Action::Follow { leader } => self.follow(cluster, leader.as_deref()).await,
+                Action::EnsureSlots => {
+                    self.ensure_slots(cluster).await;
+                    PlanOutcome::Done
+                }
+                Action::AppendHistory => {
+                    self.append_history(cluster).await;
+                    PlanOutcome::Done
+                }
+                Action::Fatal(msg) => PlanOutcome::Fatal(msg.clone()),
+            };
+            match outcome {
+                PlanOutcome::Done => continue,
+                other => return other,
+            }
+        }
+        PlanOutcome::Done
+    }
+
+    /// The initial dynamic configuration written by the member that bootstraps the cluster.
+    fn bootstrap_dcs_config(&self) -> Value {
+        match &self.cfg.bootstrap.dcs {
+            Value::Object(m) => Value::Object(m.clone()),
+            _ => Value::Object(Default::default()),
+        }
+    }
+
+    async fn acquire_lock(&mut self) -> PlanOutcome {
+        let started = Instant::now();
+        match self.dcs.attempt_to_acquire_leader().await {
+            Ok(true) => {
+                self.lock_deadline = Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
+                info!("acquired the leader lock");
+                PlanOutcome::Done
+            }
+            Ok(false) => {
+                info!("another member acquired the leader lock first");
+                PlanOutcome::Aborted
+            }
+            Err(e) => {
+                warn!("cannot acquire the leader lock: {e}");
+                PlanOutcome::Aborted
+            }
+        }
+    }
+
+    async fn renew_lock(&mut self, cluster: Option<&Cluster>) -> PlanOutcome {
+        let Some(cluster) = cluster else { return PlanOutcome::RenewFailed };
+        let started = Instant::now();
+        let optime = self.last_obs.wal_position.filter(|_| self.role == Role::Primary);
+        let budget = self
+            .lock_deadline
+            .map(|d| d.saturating_duration_since(started))
+            .unwrap_or(Duration::from_secs(u64::from(self.dynamic.retry_timeout)));
+        match tokio::time::timeout(budget, self.dcs.update_leader(cluster, optime)).await {
+            Ok(Ok(true)) => {
+                self.lock_deadline = Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
+                if optime.is_some() && optime != self.last_optime_written {
+                    let status = dcs::Status { optime, ..cluster.status.clone() };
+                    if self.dcs.write_status(&status).await.is_ok() {
+                        self.last_optime_written = optime;
+                    }
+                }
+                PlanOutcome::Done
+            }
+            Ok(Ok(false)) => {
+                warn!("the leader lock is no longer ours");
+                self.lock_deadline = None;
+                PlanOutcome::RenewFailed
+            }
+            Ok(Err(e)) => {
+                warn!("cannot renew the leader lock: {e}");
+                PlanOutcome::RenewFailed
+            }
+            Err(_) => {
+                warn!("renewing the leader lock timed out");
+                PlanOutcome::RenewFailed
+            }
+        }
+    }
+
+    async fn release_lock(&mut self) {
+        let optime = self.last_obs.wal_position;
+        match self.dcs.delete_leader(optime).await {
+            Ok(_) => info!("released the leader lock"),
+            Err(e) => warn!("cannot release the leader lock: {e}"),
+        }
+        self.lock_deadline = None;
+    }
+
+    async fn bootstrap(&mut self) -> PlanOutcome {
+        self.state = "initializing new cluster".into();
+        self.publish_member().await;
+        match self.try_bootstrap().await {
+            Ok(()) => {
+                info!("bootstrapped a new cluster");
+                PlanOutcome::Done
+            }
+            Err(e) => {
+                error!("bootstrap failed: {e}");
+                self.state = "initdb failed".into();
+                self.stop_postgres(StopMode::Immediate, Duration::from_secs(10)).await;
+                if let Err(e) = self.pg.wipe_data_dir() {
+                    error!("cannot clean the data directory after a failed bootstrap: {e}");
+                }
+                if let Err(e) = self.dcs.cancel_initialization().await {
+                    warn!("cannot cancel the initialization: {e}");
+                }
+                PlanOutcome::Aborted
+            }
+        }
+    }
+
+    async fn try_bootstrap(&mut self) -> Result<(), String> {
+        self.pg.initdb().await.map_err(|e| e.to_string())?;
+        self.pg.write_config(ConfRole::Primary).map_err(|e| e.to_string())?;
+        self.pg.start().await.map_err(|e| e.to_string())?;
+        self.pg_expected_up = true;
+        self.pg.post_bootstrap().await.map_err(|e| e.to_string())?;
+        let sysid = self.pg.controldata().await.map_err(|e| e.to_string())?.sysid;
+        self.dcs.initialize(false, &sysid).await.map_err(|e| e.to_string())?;
+        self.dcs.set_config_value(&self.bootstrap_dcs_config(), None).await.map_err(|e| e.to_string())?;
+        match self.acquire_lock().await {
+            PlanOutcome::Done => {}
+            _ => return Err("could not take the leader lock after bootstrap".into()),
+        }
+        self.role = Role::Primary;
+        self.state = "running".into();
+        Ok(())
+    }
+
+    fn member_target(cluster: Option<&Cluster>, name: &str) -> Option<ConnTarget> {
+        let m = cluster?.member(name)?;
+        let (host, port) = m.data.conn_host_port()?;
+        Some(ConnTarget { host, port })
+    }
+
+    async fn clone_from(&mut self, cluster: Option<&Cluster>, name: &str) -> PlanOutcome {
+        let Some(target) = Self::member_target(cluster, name) else {
+            warn!("cannot clone from {name}: no usable conn_url");
+            return PlanOutcome::Aborted;
+        };
+        self.state = "creating replica".into();
+        self.role = Role::Uninitialized;
+        self.publish_member().await;
+        info!(from = name, "cloning the data directory with pg_basebackup");
+        if let Err(e) = self.pg.basebackup(&target).await {
+            error!("pg_basebackup from {name} failed: {e}");
+            self.state = "stopped".into();
+            return PlanOutcome::Aborted;
+        }
+        let leader = cluster.and_then(|c| c.leader_name()).map(str::to_string);
+        let primary = leader.as_deref().and_then(|l| Self::member_target(cluster, l));
+        self.start_postgres(ConfRole::Replica { primary: primary.clone(), slot: self.slot_for_me() }, primary).await
+    }
+
+    async fn start_postgres(&mut self, role: ConfRole, following: Option<ConnTarget>) -> PlanOutcome {
+        let as_primary = matches!(role, ConfRole::Primary);
+        if let Err(e) = self.pg.write_config(role) {
+            error!("cannot write the Postgres configuration: {e}");
+            return PlanOutcome::Aborted;
+        }
+        self.state = "starting".into();
+        self.publish_member().await;
+        match self.pg.start().await {
+            Ok(()) => {
+                self.pg_expected_up = true;
+                self.pg_crashed = false;
+                self.start_failures = 0;
+                self.following = if as_primary { None } else { following };
+                self.state = "running".into();
+                self.role = if as_primary { Role::Primary } else { Role::Replica };
+                info!(role = %self.role, "Postgres started");
+                PlanOutcome::Done
+            }
+            Err(e) => {
+                self.start_failures += 1;
+                self.state = "start failed".into();
+                error!(failures = self.start_failures, "cannot start Postgres: {e}");
+                PlanOutcome::Aborted
+            }
+        }
+    }
+
+    /// Start as a replica; data that last ran as a primary is first checked for divergence from
+    /// the leader's timeline and repaired with pg_rewind or a fresh clone.
+    async fn start_as_replica(&mut self, cluster: Option<&Cluster>, leader: Option<&str>) -> PlanOutcome {
+        let target = leader.and_then(|l| Self::member_target(cluster, l));
+        if let (Some(target), Some(leader)) = (&target, leader) {
+            let was_primary = matches!(self.pg.controldata().await, Ok(cd) if cd.state == "in production" || cd.state == "shut down");
+            if was_primary {
+                match self.repair_divergence(target, leader).await {
+                    Ok(()) => {}
+                    Err(outcome) => return outcome,
+                }
+            }
+        }
+        self.start_postgres(ConfRole::Replica { primary: target.clone(), slot: self.slot_for_me() }, target).await
+    }
+
+    async fn repair_divergence(&mut self, target: &ConnTarget, leader: &str) -> Result<(), PlanOutcome> {
+        let local = match self.pg.controldata().await {
+            Ok(cd) => cd,
+            Err(e) => {
+                warn!("cannot read pg_control: {e}");
+                return Err(PlanOutcome::Aborted);
+            }
+        };
+        let remote = match self.pg.remote_timeline_history(target).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot read the timeline history of {leader}: {e}");
+                return Err(PlanOutcome::Aborted);
+            }
+        };
+        if remote.timeline == local.timeline {
+            // Same timeline: nothing to repair, Postgres catches up by streaming.
+            return Ok(());
+        }
+        let switch = remote.history.iter().find(|h| h.0 == local.timeline).map(|h| h.1);
+        let diverged = match switch {
+            // We ran on past the point where the leader's timeline forked off ours, or we
+            // crashed as a primary and cannot tell where our WAL ends.
+            Some(lsn) => local.checkpoint_lsn > lsn || local.state == "in production",
+            None => true,
+        };
+        if self.dynamic.use_pg_rewind {
+            self.state = "running pg_rewind".into();
+            info!(from = leader, "former primary: running pg_rewind");
+            match self.pg.rewind(target).await {
+                Ok(RewindOutcome::Rewound) => {
+                    info!("pg_rewind done");
+                    return Ok(());
+                }
+                Ok(RewindOutcome::NotNeeded) => {
+                    info!("pg_rewind: no rewind required");
+                    return Ok(());
+                }
+                Err(e) => warn!("pg_rewind failed: {e}: cloning a fresh copy instead"),
+            }
+        } else if !diverged {
+            return Ok(());
+        } else {
+            warn!("the data directory diverged from {leader}'s timeline and use_pg_rewind is off: cloning a fresh copy");
+        }
+        self.state = "creating replica".into();
+        self.publish_member().await;
+        if let Err(e) = self.pg.basebackup(target).await {
+            error!("pg_basebackup from {leader} failed: {e}");
+            return Err(PlanOutcome::Aborted);
+        }
+        Ok(())
+    }
+
+    async fn promote(&mut self) -> PlanOutcome {
+        info!("promoting Postgres");
+        self.role = Role::Promoted;
+        match self.pg.promote().await {
+            Ok(()) => {
+                self.role = Role::Primary;
+                self.following = None;
+                if let Err(e) = self.pg.write_config(ConfRole::Primary) {
+                    warn!("cannot rewrite the configuration after promotion: {e}");
+                }
+                info!("promoted: this member is now the primary");
+                // Tell peers at once: the state change is what replicas follow.
+                self.last_obs = self.pg.observe().await;
+                self.publish_member().await;
+                PlanOutcome::Done
+            }
+            Err(e) => {
+                error!("promotion failed: {e}");
+                self.role = Role::Replica;
+                PlanOutcome::Aborted
+            }
+        }
+    }
+
+    async fn demote(&mut self, mode: DemoteMode) {
+        info!(?mode, "demoting");
+        match mode {
+            DemoteMode::Graceful => {
+                if let Err(e) = self.pg.checkpoint().await {
+                    warn!("checkpoint before demotion failed: {e}");
+                }
+                self.stop_postgres(StopMode::Fast, Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout)).await;
+                self.release_lock().await;
+            }
+            DemoteMode::Immediate => {
+                self.stop_postgres(StopMode::Immediate, Duration::from_secs(10)).await;
+                self.release_lock().await;
+            }
+            DemoteMode::ImmediateNoLock => {
+                self.stop_postgres(StopMode::Immediate, Duration::from_secs(10)).await;
+                self.lock_deadline = None;
+            }
+            DemoteMode::Offline => {
+                // Fast stop lets walsenders ship every acknowledged WAL record to the replicas;
+                // it must still be over before the lock could expire.
+                let budget = self
+                    .lock_deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_millis(500)))
+                    .unwrap_or(Duration::from_secs(5))
+                    .max(Duration::from_millis(200));
+                self.stop_postgres(StopMode::Fast, budget).await;
+                self.lock_deadline = None;
+            }
+        }
+        self.role = Role::Demoted;
+        self.following = None;
+    }
+
+    /// Stop Postgres; a stop that does not finish in `budget` escalates to immediate.
+    async fn stop_postgres(&mut self, mode: StopMode, budget: Duration) {
+        self.pg_expected_up = false;
+        if !self.pg.is_running() {
+            self.state = "stopped".into();
+            return;
+        }
+        self.state = "stopping".into();
+        if let Err(e) = self.pg.stop(mode, budget).await {
+            warn!("stopping Postgres ({mode:?}) failed: {e}: stopping immediately");
+            if let Err(e) = self.pg.stop(StopMode::Immediate, Duration::from_secs(10)).await {
+                error!("cannot stop Postgres: {e}");
+                self.state = "stop failed".into();
+                return;
+            }
+        }
+        self.state = "stopped".into();
+    }
+
+    async fn follow(&mut self, cluster: Option<&Cluster>, leader: Option<&str>) -> PlanOutcome {
+        let Some(leader) = leader else { return PlanOutcome::Done };
+        let Some(target) = Self::member_target(cluster, leader) else {
+            debug!("leader {leader} has no conn_url yet");
+            return PlanOutcome::Done;
+        };
+        if self.following.as_ref() == Some(&target) {
+            return PlanOutcome::Done;
+        }
+        let role = ConfRole::Replica { primary: Some(target.clone()), slot: self.slot_for_me() };
+        match self.pg.write_config(role) {
+            Ok(change) => {
+                if change.needs_restart {
+                    info!(leader, "following a new leader: restarting Postgres");
+                    self.stop_postgres(StopMode::Fast, Duration::from_secs(60)).await;
+                    let role = ConfRole::Replica { primary: Some(target.clone()), slot: self.slot_for_me() };
+                    return self.start_postgres(role, Some(target)).await;
+                }
+                if change.changed {
+                    info!(leader, "following a new leader: reloading Postgres");
+                    self.pg.reload();
+                }
+                self.following = Some(target);
+                PlanOutcome::Done
+            }
+            Err(e) => {
+                warn!("cannot write the replica configuration: {e}");
+                PlanOutcome::Aborted
+            }
+        }
+    }
+
+    async fn ensure_slots(&mut self, cluster: Option<&Cluster>) {
+        let Some(cluster) = cluster else { return };
+        let wanted: Vec<String> = cluster
+            .members
+            .iter()
+            .filter(|m| m.name != self.cfg.name && !m.data.tags.nostream())
+            .map(|m| crate::postgres::slot_name_for(&m.name))
+            .collect();
+        if let Err(e) = self.pg.ensure_physical_slots(&wanted).await {
+            warn!("cannot manage replication slots: {e}");
+        }
+    }
+
+    async fn append_history(&mut self, cluster: Option<&Cluster>) {
+        let Some(cluster) = cluster else { return };
+        let Some(timeline) = self.last_obs.timeline else { return };
+        let rows = match self.pg.timeline_history(timeline).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot read the timeline history: {e}");
+                return;
+            }
+        };
+        let now = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+        let mut history: Vec<HistoryEntry> = cluster.history.clone();
+        let max_known = history.last().map(|h| h.timeline).unwrap_or(0);
+        for (tli, lsn, reason) in rows {
+            if tli > max_known {
+                let newest = tli + 1 == timeline;
+                history.push(HistoryEntry {
+                    timeline: tli,
+                    lsn,
+                    reason,
+                    timestamp: Some(now.clone()),
+                    new_leader: newest.then(|| self.cfg.name.clone()),
+                });
+            }
+        }
+        let limit = self.dynamic.max_timelines_history as usize;
+        if limit > 0 && history.len() > limit {
+            history.drain(..history.len() - limit);
+        }
+        match self.dcs.set_history_value(&history).await {
+            Ok(()) => info!(timeline, "timeline history updated"),
+            Err(e) => warn!("cannot write the timeline history: {e}"),
+        }
+    }
+
+    fn member_data(&self) -> MemberData {
+        let obs = &self.last_obs;
+        let running = self.state == "running";
+        let mut data = MemberData {
+            conn_url: Some(self.cfg.conn_url()),
+            api_url: Some(self.cfg.api_url()),
+            state: self.state.clone(),
+            role: self.role.clone(),
+            version: Some(PATRONI_COMPAT_VERSION.into()),
+            tags: self.cfg.tags.clone(),
+            ..Default::default()
+        };
+        if running {
+            data.timeline = obs.timeline;
+            match self.role {
+                Role::Primary => data.xlog_location = obs.wal_position,
+                _ => {
+                    let pos = obs.received_lsn.unwrap_or(0).max(obs.replayed_lsn.unwrap_or(0));
+                    data.xlog_location = Some(pos);
+                    data.receive_lsn = obs.received_lsn;
+                    data.replay_lsn = obs.replayed_lsn;
+                    data.replication_state =
+                        Some(if obs.streaming == Some(true) { "streaming" } else { "in archive recovery" }.into());
+                }
+            }
+            if obs.pending_restart {
+                data.pending_restart = Some(true);
+            }
+        }
+        if self.last_cluster.as_ref().is_some_and(|c| c.is_paused()) {
+            data.pause = Some(true);
+        }
+        data
+    }
+
+    async fn publish_member(&mut self) {
+        let data = self.member_data();
+        if self.last_member.as_ref() == Some(&data) && self.dcs_last_seen.is_some() {
+            // Unchanged: the backend still needs the call to keep the session alive.
+            if let Err(e) = self.dcs.touch_member(&data).await {
+                debug!("cannot publish member data: {e}");
+            }
+            return;
+        }
+        match self.dcs.touch_member(&data).await {
+            Ok(()) => self.last_member = Some(data),
+            Err(e) => warn!("cannot publish member data: {e}"),
+        }
+        self.publish_snapshot();
+    }
+
+    fn publish_snapshot(&self) {
+        let snap = crate::snapshot::build(self);
+        self.snapshot.send_replace(snap);
+    }
+
+    /// SIGTERM/SIGINT: leader → CHECKPOINT, fast stop, delete the lock so a replica takes over at
+    /// once; replica → stop and remove the member key.
+    async fn shutdown(mut self) -> Exit {
+        info!("shutting down");
+        let leader = self.lock_deadline.is_some() && self.role == Role::Primary;
+        if leader {
+            if let Err(e) = self.pg.checkpoint().await {
+                debug!("checkpoint before shutdown failed: {e}");
+            }
+        }
+        self.stop_postgres(StopMode::Fast, Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout)).await;
+        if leader {
+            let optime = self.pg.controldata().await.ok().map(|cd| cd.checkpoint_lsn);
+            match self.dcs.delete_leader(optime).await {
+                Ok(_) => info!("leader lock released"),
+                Err(e) => warn!("cannot release the leader lock: {e}"),
+            }
+        } else if let Err(e) = self.dcs.delete_member().await {
+            debug!("cannot remove the member key: {e}");
+        }
+        if let Err(e) = self.dcs.close().await {
+            debug!("cannot close the DCS session: {e}");
+        }
+        info!("stopped");
+        Exit::Shutdown
+    }
+
+    // Accessors for the REST snapshot.
+    pub fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn dynamic(&self) -> &DynamicConfig {
+        &self.dynamic
+    }
+    pub fn last_cluster(&self) -> Option<&Cluster> {
+        self.last_cluster.as_ref()
+    }
+    pub fn last_obs(&self) -> &PgObservation {
+        &self.last_obs
+    }
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+    pub fn has_lock(&self) -> bool {
+        self.lock_deadline.is_some_and(|d| d > Instant::now())
+    }
+    pub fn dcs_last_seen(&self) -> Option<i64> {
+        self.dcs_last_seen
+    }
+    pub fn last_cycle_ms(&self) -> Option<i64> {
+        self.last_cycle_ms
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Interpret a peer's `GET /patroni` body (reference §4.3).
+pub fn peer_from_status(name: &str, body: &Value) -> PeerStatus {
+    let role = Role::parse(body.get("role").and_then(Value::as_str).unwrap_or(""));
+    let state = body.get("state").and_then(Value::as_str).unwrap_or("");
+    let xlog = body.get("xlog");
+    let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(Value::as_u64);
+    let wal = num("location").unwrap_or(0).max(num("received_location").unwrap_or(0)).max(num("replayed_location").unwrap_or(0));
+    PeerStatus {
+        name: name.to_string(),
+        role,
+        running: state == "running",
+        wal_position: wal,
+        timeline: body.get("timeline").and_then(Value::as_u64).map(|t| t as u32),
+        tags: body.get("tags").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn peer_status_parsing() {
+        let p = peer_from_status(
+            "b",
+            &json!({"state":"running","role":"replica","xlog":{"received_location":100,"replayed_location":90},"timeline":2,"tags":{"nofailover":true}}),
+        );
+        assert_eq!(p.wal_position, 100);
+        assert!(p.running);
+        assert!(!p.tags.can_be_leader());
+        let p = peer_from_status("a", &json!({"state":"running","role":"master","xlog":{"location":5}}));
+        assert_eq!(p.role, Role::Primary);
+        assert_eq!(p.wal_position, 5);
+        let p = peer_from_status("c", &json!({"state":"stopped","role":"demoted"}));
+        assert_eq!(p.wal_position, 0);
+        assert!(!p.running);
+    }
+}

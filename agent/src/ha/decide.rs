@@ -1,0 +1,696 @@
+//! The HA decision function: cluster view + local state + settings → actions.
+//!
+//! Pure: no IO, no clock reads, no async. The loop (`cycle.rs`) observes the world, calls
+//! [`decide`], executes the returned actions in order and, when an action whose outcome matters
+//! fails (a lock could not be renewed or acquired), records the outcome in [`LocalState`] and calls
+//! [`decide`] again. Every HA rule lives here and is tested table-style below.
+
+use dcs::{Cluster, Role, Tags};
+
+/// How to take Postgres down when giving up the primary role (reference §7.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoteMode {
+    /// Switchover: CHECKPOINT, fast stop, release the lock.
+    Graceful,
+    /// Unfit primary: immediate stop, release the lock.
+    Immediate,
+    /// The lock was lost: immediate stop, the lock is not ours to release.
+    ImmediateNoLock,
+    /// The DCS is unreachable: fast stop (walsenders ship all WAL to standbys first), no lock
+    /// write. Escalates to immediate if the lease deadline comes close.
+    Offline,
+}
+
+/// What the loop should do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Race to create the `initialize` key; losing aborts the rest of the plan.
+    RaceInitialize,
+    /// initdb, start, create users, write `initialize`=sysid and `config`, take the lock.
+    Bootstrap,
+    /// Wipe the data directory and clone it with pg_basebackup from this member.
+    CloneFrom(String),
+    /// Write `initialize` = our system identifier (adopting existing data).
+    WriteInitialize(String),
+    /// Seed the DCS `config` key from bootstrap.dcs.
+    WriteConfig,
+    /// Take the free lock; losing aborts the rest of the plan.
+    AcquireLock,
+    /// Renew our lock; failing aborts the plan and re-runs the decision with `renew_failed`.
+    RenewLock,
+    /// Give the lock up.
+    ReleaseLock,
+    /// Start Postgres as a primary (we hold the lock).
+    StartAsPrimary,
+    /// Start Postgres as a replica of `leader` (or of nobody yet). When the data was last a
+    /// primary, divergence from the leader's timeline is checked first and repaired with
+    /// pg_rewind (or a fresh clone).
+    StartAsReplica { leader: Option<String> },
+    /// pg_promote().
+    Promote,
+    /// Stop being a primary.
+    Demote(DemoteMode),
+    /// Point primary_conninfo at `leader` (reload when it changed).
+    Follow { leader: Option<String> },
+    /// Keep one physical replication slot per other member (use_slots).
+    EnsureSlots,
+    /// Append the new timeline's row(s) to the DCS history.
+    AppendHistory,
+    /// Restart a crashed postmaster in its current role.
+    RecoverPostgres,
+    /// Stop: the data directory belongs to another cluster.
+    Fatal(String),
+}
+
+/// Where Postgres stands on this member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PgRole {
+    #[default]
+    Unknown,
+    Primary,
+    Replica,
+}
+
+/// The data directory.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum DataDir {
+    /// Missing or empty: needs bootstrap or clone.
+    #[default]
+    Empty,
+    /// A usable Postgres data directory.
+    Valid {
+        sysid: String,
+        /// pg_control says the cluster last ran as a primary (in production / shut down).
+        was_primary: bool,
+    },
+}
+
+/// The local facts the loop gathered this cycle.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LocalState {
+    pub data_dir: DataDir,
+    /// The postmaster is up and accepts connections.
+    pub pg_running: bool,
+    pub pg_role: PgRole,
+    pub timeline: Option<u32>,
+    /// Primary: flush LSN. Replica: max(received, replayed).
+    pub wal_position: u64,
+    /// The postmaster died without being asked to.
+    pub pg_crashed: bool,
+    /// Consecutive failed attempts to start Postgres.
+    pub start_failures: u32,
+    /// This member believes it holds the lock (last renew or acquire succeeded).
+    pub holds_lock: bool,
+    /// Seconds (monotonic) until the lock we hold could expire; `None` when not holding.
+    pub lock_expires_in: Option<f64>,
+    /// The renew attempted in this cycle failed.
+    pub renew_failed: bool,
+    /// Reachable peers' status, gathered when the lock is free (leader race input).
+    pub peers: Vec<PeerStatus>,
+}
+
+/// A peer's answer to `GET /patroni` during the leader race.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    pub name: String,
+    pub role: Role,
+    pub running: bool,
+    pub wal_position: u64,
+    pub timeline: Option<u32>,
+    pub tags: Tags,
+}
+
+/// The settings decisions depend on (local config merged with the DCS config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub name: String,
+    pub tags: Tags,
+    pub maximum_lag_on_failover: u64,
+    pub check_timeline: bool,
+    pub use_slots: bool,
+    pub primary_start_timeout: u64,
+    /// Seconds before lock expiry at which a primary that could not renew must be down.
+    pub lease_safety_margin: f64,
+    /// How many failed starts of a primary make its holder give the lock up.
+    pub max_primary_start_failures: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            name: String::new(),
+            tags: Tags::default(),
+            maximum_lag_on_failover: 1_048_576,
+            check_timeline: false,
+            use_slots: true,
+            primary_start_timeout: 300,
+            lease_safety_margin: 2.0,
+            max_primary_start_failures: 3,
+        }
+    }
+}
+
+/// The outcome of one decision: actions and the one-line reason logged with them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub reason: String,
+}
+
+fn plan(actions: Vec<Action>, reason: impl Into<String>) -> Decision {
+    Decision { actions, reason: reason.into() }
+}
+
+/// Decide what to do with a fresh view of the DCS. `cluster` is `None` when the DCS could not be
+/// read within the retry budget.
+pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> Decision {
+    // A lease we can no longer trust: be down before it can expire, whatever else is going on.
+    if local.holds_lock && local.pg_role == PgRole::Primary && local.pg_running {
+        if let Some(left) = local.lock_expires_in {
+            if left <= s.lease_safety_margin {
+                return plan(
+                    vec![Action::Demote(DemoteMode::Offline)],
+                    format!("lock may expire in {left:.1}s and was not renewed: demoting"),
+                );
+            }
+        }
+    }
+
+    let Some(cluster) = cluster else {
+        return decide_without_dcs(local);
+    };
+
+    if cluster.is_paused() {
+        return decide_paused(cluster, local, s);
+    }
+
+    let me = s.name.as_str();
+
+    // Bootstrap or clone an empty data directory.
+    let DataDir::Valid { sysid, was_primary } = &local.data_dir else {
+        return decide_empty_data_dir(cluster, s);
+    };
+
+    if let Some(cluster_sysid) = cluster.initialized_sysid() {
+        if cluster_sysid != sysid {
+            return plan(
+                vec![Action::Fatal(format!(
+                    "data directory has system identifier {sysid} but the cluster was initialized with {cluster_sysid}"
+                ))],
+                "system identifier mismatch",
+            );
+        }
+    }
+
+    let mut prelude = Vec::new();
+    if cluster.initialize.is_none() && cluster.leader.is_none() {
+        // Existing data and a DCS that never saw this cluster: adopt it, unless we are a replica.
+        if local.pg_role != PgRole::Replica {
+            prelude.push(Action::WriteInitialize(sysid.clone()));
+            if cluster.config.is_none() {
+                prelude.push(Action::WriteConfig);
+            }
+        }
+    }
+
+    let leader = cluster.leader_name();
+    let i_hold = leader == Some(me);
+
+    if local.renew_failed {
+        return if local.pg_running && local.pg_role == PgRole::Primary {
+            plan(vec![Action::Demote(DemoteMode::ImmediateNoLock)], "failed to renew the lock: demoting")
+        } else {
+            plan(vec![], "failed to renew the lock")
+        };
+    }
+
+    // Postgres is down (never started, stopped, crashed).
+    if !local.pg_running {
+        let mut actions = prelude;
+        if i_hold {
+            if local.start_failures >= s.max_primary_start_failures || s.primary_start_timeout == 0 {
+                actions.push(Action::ReleaseLock);
+                return plan(actions, "cannot start Postgres as the leader: releasing the lock");
+            }
+            actions.push(Action::RenewLock);
+            actions.push(Action::StartAsPrimary);
+            let why = if local.pg_crashed { "Postgres crashed on the leader: restarting it" } else { "starting Postgres as the leader" };
+            return plan(actions, why);
+        }
+        let _ = was_primary;
+        match leader {
+            Some(l) => actions.push(Action::StartAsReplica { leader: Some(l.to_string()) }),
+            None => actions.push(Action::StartAsReplica { leader: None }),
+        }
+        let why = match leader {
+            Some(l) => format!("starting Postgres as a replica of {l}"),
+            None => "starting Postgres as a replica: no leader yet".to_string(),
+        };
+        return plan(actions, why);
+    }
+
+    let mut actions = prelude;
+    match leader {
+        Some(_) if i_hold => {
+            actions.push(Action::RenewLock);
+            match local.pg_role {
+                PgRole::Primary => {
+                    if s.use_slots {
+                        actions.push(Action::EnsureSlots);
+                    }
+                    if local.timeline.is_some_and(|t| t > cluster.timeline()) {
+                        actions.push(Action::AppendHistory);
+                    }
+                    plan(actions, format!("no action: I am ({me}) the leader with the lock"))
+                }
+                _ => {
+                    actions.push(Action::Promote);
+                    plan(actions, "I hold the lock and Postgres is a replica: promoting")
+                }
+            }
+        }
+        Some(other) => {
+            if local.pg_role == PgRole::Primary {
+                actions.push(Action::Demote(DemoteMode::ImmediateNoLock));
+                return plan(actions, format!("{other} holds the lock but I am a primary: demoting"));
+            }
+            actions.push(Action::Follow { leader: Some(other.to_string()) });
+            plan(actions, format!("no action: I am ({me}) a replica following {other}"))
+        }
+        None => {
+            let (healthiest, why) = is_healthiest(cluster, local, s);
+            if healthiest {
+                actions.push(Action::AcquireLock);
+                if local.pg_role != PgRole::Primary {
+                    actions.push(Action::Promote);
+                }
+                if s.use_slots {
+                    actions.push(Action::EnsureSlots);
+                }
+                plan(actions, format!("the lock is free and I am the healthiest member: taking it ({why})"))
+            } else if local.pg_role == PgRole::Primary {
+                actions.push(Action::Demote(DemoteMode::ImmediateNoLock));
+                plan(actions, format!("the lock is free but I am not the healthiest member ({why}): demoting"))
+            } else {
+                actions.push(Action::Follow { leader: None });
+                plan(actions, format!("the lock is free but I am not the healthiest member: {why}"))
+            }
+        }
+    }
+}
+
+fn decide_without_dcs(local: &LocalState) -> Decision {
+    if local.pg_running && local.pg_role == PgRole::Primary {
+        plan(vec![Action::Demote(DemoteMode::Offline)], "DCS is not accessible and I was the primary: demoting")
+    } else {
+        plan(vec![], "DCS is not accessible: waiting")
+    }
+}
+
+/// Maintenance mode: no automatic starts, stops, promotions or demotions (reference §7.7).
+fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decision {
+    let me = s.name.as_str();
+    let i_hold = cluster.leader_name() == Some(me);
+    if !matches!(local.data_dir, DataDir::Valid { .. }) || !local.pg_running {
+        return plan(vec![], "paused: no automatic action");
+    }
+    if local.pg_role == PgRole::Primary {
+        if i_hold {
+            return plan(vec![Action::RenewLock], format!("paused: I am ({me}) the leader with the lock"));
+        }
+        if cluster.leader.is_none() {
+            return plan(vec![Action::AcquireLock], "paused: a running primary takes the free lock");
+        }
+        return plan(vec![], "paused: another member holds the lock");
+    }
+    if i_hold {
+        return plan(vec![Action::ReleaseLock], "paused: Postgres is no longer a primary: releasing the lock");
+    }
+    match cluster.leader_name() {
+        Some(l) => plan(vec![Action::Follow { leader: Some(l.to_string()) }], format!("paused: following {l}")),
+        None => plan(vec![], "paused: no leader"),
+    }
+}
+
+fn decide_empty_data_dir(cluster: &Cluster, s: &Settings) -> Decision {
+    if cluster.initialize.is_none() && cluster.leader.is_none() {
+        if s.tags.can_be_leader() {
+            return plan(
+                vec![Action::RaceInitialize, Action::Bootstrap],
+                "the cluster is not initialized: trying to bootstrap it",
+            );
+        }
+        return plan(vec![], "waiting for a member that may lead to bootstrap the cluster");
+    }
+    if let Some(leader) = cluster.leader_member() {
+        if leader.data.is_running() && leader.data.conn_url.is_some() {
+            return plan(
+                vec![Action::CloneFrom(leader.name.clone())],
+                format!("cloning a replica from the leader {}", leader.name),
+            );
+        }
+    }
+    // A running member tagged clonefrom may serve the copy.
+    let mut sources: Vec<_> = cluster
+        .members
+        .iter()
+        .filter(|m| m.name != s.name && m.data.tags.clonefrom() && m.data.is_running() && m.data.conn_url.is_some())
+        .collect();
+    sources.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(src) = sources.first() {
+        if cluster.leader.is_some() {
+            return plan(vec![Action::CloneFrom(src.name.clone())], format!("cloning a replica from {}", src.name));
+        }
+    }
+    plan(vec![], "waiting for the leader to bootstrap the cluster")
+}
+
+/// Am I the member that should take a free lock? (reference §7.4)
+fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, String) {
+    if !s.tags.can_be_leader() {
+        return (false, "tagged nofailover / failover_priority 0".into());
+    }
+    if let Some(optime) = cluster.status.optime {
+        let lag = optime.saturating_sub(local.wal_position);
+        if lag > s.maximum_lag_on_failover {
+            return (false, format!("my WAL is {lag} bytes behind the last leader optime, over maximum_lag_on_failover"));
+        }
+    }
+    if s.check_timeline && local.timeline.unwrap_or(0) < cluster.timeline() {
+        return (false, "my timeline is behind the cluster timeline".into());
+    }
+    // A named failover candidate other than me that is alive wins.
+    if let Some(f) = &cluster.failover {
+        if let Some(candidate) = f.member.as_deref() {
+            if candidate != s.name && local.peers.iter().any(|p| p.name == candidate && p.running) {
+                return (false, format!("{candidate} is the requested failover candidate"));
+            }
+            if candidate == s.name {
+                return (true, "I am the requested failover candidate".into());
+            }
+        }
+    }
+    let my_priority = s.tags.failover_priority();
+    for peer in &local.peers {
+        if peer.name == s.name {
+            continue;
+        }
+        if peer.running && peer.role == Role::Primary {
+            return (false, format!("{} is still running as a primary", peer.name));
+        }
+        if !peer.tags.can_be_leader() {
+            continue;
+        }
+        if peer.wal_position > local.wal_position {
+            return (false, format!("{} is ahead: {} > {}", peer.name, peer.wal_position, local.wal_position));
+        }
+        if peer.wal_position == local.wal_position && peer.tags.failover_priority() > my_priority {
+            return (false, format!("{} has equal WAL and a higher failover_priority", peer.name));
+        }
+    }
+    (true, format!("WAL position {}", local.wal_position))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dcs::{ClusterConfig, HistoryEntry, Leader, Member, MemberData, Status};
+    use serde_json::json;
+
+    fn settings(name: &str) -> Settings {
+        Settings { name: name.into(), ..Settings::default() }
+    }
+
+    fn member(name: &str, role: Role) -> Member {
+        Member::new(
+            name,
+            MemberData {
+                conn_url: Some(format!("postgres://127.0.0.1:5432/postgres?{name}")),
+                api_url: Some(format!("http://127.0.0.1:8008/{name}")),
+                state: "running".into(),
+                role,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn initialized(leader: Option<&str>) -> Cluster {
+        Cluster {
+            initialize: Some("7000000000000000001".into()),
+            config: Some(ClusterConfig { raw: json!({"ttl": 10}), version: None }),
+            leader: leader.map(|l| Leader { name: l.into(), version: None }),
+            members: vec![member("a", Role::Primary), member("b", Role::Replica), member("c", Role::Replica)],
+            ..Default::default()
+        }
+    }
+
+    fn data() -> DataDir {
+        DataDir::Valid { sysid: "7000000000000000001".into(), was_primary: false }
+    }
+
+    fn replica(wal: u64) -> LocalState {
+        LocalState { data_dir: data(), pg_running: true, pg_role: PgRole::Replica, timeline: Some(1), wal_position: wal, ..Default::default() }
+    }
+
+    fn primary(wal: u64) -> LocalState {
+        LocalState {
+            data_dir: DataDir::Valid { sysid: "7000000000000000001".into(), was_primary: true },
+            pg_running: true,
+            pg_role: PgRole::Primary,
+            timeline: Some(1),
+            wal_position: wal,
+            holds_lock: true,
+            lock_expires_in: Some(10.0),
+            ..Default::default()
+        }
+    }
+
+    fn peer(name: &str, wal: u64, tags: serde_json::Value) -> PeerStatus {
+        PeerStatus {
+            name: name.into(),
+            role: Role::Replica,
+            running: true,
+            wal_position: wal,
+            timeline: Some(1),
+            tags: serde_json::from_value(tags).unwrap(),
+        }
+    }
+
+    fn tags(v: serde_json::Value) -> Tags {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn bootstrap_race() {
+        let empty = Cluster::default();
+        let fresh = LocalState::default();
+        // (cluster, settings tags, expected first action)
+        let initializing = Cluster { initialize: Some(String::new()), ..Default::default() };
+        let cases: Vec<(&str, &Cluster, Tags, Vec<Action>)> = vec![
+            ("uninitialized: race and bootstrap", &empty, Tags::default(), vec![Action::RaceInitialize, Action::Bootstrap]),
+            ("nofailover never bootstraps", &empty, tags(json!({"nofailover": true})), vec![]),
+            ("priority 0 never bootstraps", &empty, tags(json!({"failover_priority": 0})), vec![]),
+            ("someone else is bootstrapping: wait", &initializing, Tags::default(), vec![]),
+        ];
+        for (what, cluster, t, expected) in cases {
+            let s = Settings { tags: t, ..settings("b") };
+            assert_eq!(decide(Some(cluster), &fresh, &s).actions, expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn empty_member_clones_from_the_running_leader() {
+        let c = initialized(Some("a"));
+        let d = decide(Some(&c), &LocalState::default(), &settings("c"));
+        assert_eq!(d.actions, vec![Action::CloneFrom("a".into())]);
+        // The leader is not running yet: wait.
+        let mut c2 = c.clone();
+        c2.members[0].data.state = "starting".into();
+        assert_eq!(decide(Some(&c2), &LocalState::default(), &settings("c")).actions, vec![]);
+    }
+
+    #[test]
+    fn healthy_leader_renews() {
+        let c = initialized(Some("a"));
+        let d = decide(Some(&c), &primary(100), &settings("a"));
+        assert_eq!(d.actions, vec![Action::RenewLock, Action::EnsureSlots]);
+        let s = Settings { use_slots: false, ..settings("a") };
+        assert_eq!(decide(Some(&c), &primary(100), &s).actions, vec![Action::RenewLock]);
+    }
+
+    #[test]
+    fn replica_follows_the_leader() {
+        let c = initialized(Some("a"));
+        let d = decide(Some(&c), &replica(100), &settings("b"));
+        assert_eq!(d.actions, vec![Action::Follow { leader: Some("a".into()) }]);
+    }
+
+    #[test]
+    fn stopped_replica_starts_following_the_leader() {
+        let c = initialized(Some("a"));
+        let mut l = replica(0);
+        l.pg_running = false;
+        l.pg_role = PgRole::Unknown;
+        let d = decide(Some(&c), &l, &settings("b"));
+        assert_eq!(d.actions, vec![Action::StartAsReplica { leader: Some("a".into()) }]);
+    }
+
+    /// The leader key vanished: only the healthiest eligible member takes it; the others follow.
+    #[test]
+    fn leader_vanished_only_the_healthiest_promotes() {
+        let c = initialized(None);
+        let promote = vec![Action::AcquireLock, Action::Promote, Action::EnsureSlots];
+        let wait = vec![Action::Follow { leader: None }];
+        // (what, my wal, my tags, peers, cluster optime, expected)
+        let cases: Vec<(&str, u64, serde_json::Value, Vec<PeerStatus>, Option<u64>, Vec<Action>)> = vec![
+            ("alone and eligible", 100, json!({}), vec![], None, promote.clone()),
+            ("most advanced wins", 200, json!({}), vec![peer("c", 100, json!({}))], None, promote.clone()),
+            ("behind a peer waits", 100, json!({}), vec![peer("c", 200, json!({}))], None, wait.clone()),
+            ("a nofailover peer ahead does not count", 100, json!({}), vec![peer("c", 200, json!({"nofailover": true}))], None, promote.clone()),
+            ("nofailover never promotes", 300, json!({"nofailover": true}), vec![peer("c", 100, json!({}))], None, wait.clone()),
+            ("failover_priority 0 never promotes", 300, json!({"failover_priority": 0}), vec![], None, wait.clone()),
+            ("equal WAL, higher peer priority waits", 100, json!({"failover_priority": 1}), vec![peer("c", 100, json!({"failover_priority": 2}))], None, wait.clone()),
+            ("equal WAL, higher own priority wins", 100, json!({"failover_priority": 3}), vec![peer("c", 100, json!({"failover_priority": 2}))], None, promote.clone()),
+            ("equal WAL, equal priority: both race, the DCS decides", 100, json!({}), vec![peer("c", 100, json!({}))], None, promote.clone()),
+            ("within maximum_lag_on_failover", 100, json!({}), vec![], Some(100 + 1_048_576), promote.clone()),
+            ("beyond maximum_lag_on_failover", 100, json!({}), vec![], Some(100 + 1_048_577), wait.clone()),
+        ];
+        for (what, wal, my_tags, peers, optime, expected) in cases {
+            let mut cluster = c.clone();
+            cluster.status = Status { optime, ..Default::default() };
+            let mut local = replica(wal);
+            local.peers = peers;
+            let s = Settings { tags: tags(my_tags), ..settings("b") };
+            assert_eq!(decide(Some(&cluster), &local, &s).actions, expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_peer_still_primary_blocks_promotion() {
+        let c = initialized(None);
+        let mut local = replica(500);
+        let mut p = peer("a", 100, json!({}));
+        p.role = Role::Primary;
+        local.peers = vec![p];
+        assert_eq!(decide(Some(&c), &local, &settings("b")).actions, vec![Action::Follow { leader: None }]);
+    }
+
+    #[test]
+    fn renew_failure_demotes() {
+        let c = initialized(Some("a"));
+        let mut l = primary(100);
+        l.renew_failed = true;
+        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::Demote(DemoteMode::ImmediateNoLock)]);
+    }
+
+    #[test]
+    fn lease_close_to_expiry_demotes_before_anything_else() {
+        let c = initialized(Some("a"));
+        let mut l = primary(100);
+        l.lock_expires_in = Some(1.5);
+        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::Demote(DemoteMode::Offline)]);
+        assert_eq!(decide(None, &l, &settings("a")).actions, vec![Action::Demote(DemoteMode::Offline)]);
+    }
+
+    #[test]
+    fn dcs_unreachable() {
+        assert_eq!(decide(None, &primary(1), &settings("a")).actions, vec![Action::Demote(DemoteMode::Offline)]);
+        assert_eq!(decide(None, &replica(1), &settings("b")).actions, vec![]);
+    }
+
+    #[test]
+    fn primary_without_the_lock_demotes() {
+        let c = initialized(Some("b"));
+        let mut l = primary(100);
+        l.holds_lock = false;
+        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::Demote(DemoteMode::ImmediateNoLock)]);
+    }
+
+    #[test]
+    fn postgres_down_on_the_leader() {
+        let c = initialized(Some("a"));
+        let mut l = primary(100);
+        l.pg_running = false;
+        l.pg_crashed = true;
+        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::RenewLock, Action::StartAsPrimary]);
+        l.start_failures = 3;
+        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::ReleaseLock]);
+        l.start_failures = 0;
+        let s = Settings { primary_start_timeout: 0, ..settings("a") };
+        assert_eq!(decide(Some(&c), &l, &s).actions, vec![Action::ReleaseLock]);
+    }
+
+    #[test]
+    fn lock_holder_still_replica_promotes() {
+        let c = initialized(Some("b"));
+        let mut l = replica(100);
+        l.holds_lock = true;
+        assert_eq!(decide(Some(&c), &l, &settings("b")).actions, vec![Action::RenewLock, Action::Promote]);
+    }
+
+    #[test]
+    fn timeline_history_appended_after_promotion() {
+        let mut c = initialized(Some("a"));
+        let mut l = primary(100);
+        l.timeline = Some(2);
+        let s = Settings { use_slots: false, ..settings("a") };
+        assert_eq!(decide(Some(&c), &l, &s).actions, vec![Action::RenewLock, Action::AppendHistory]);
+        c.history = vec![HistoryEntry { timeline: 1, lsn: 50, reason: "x".into(), timestamp: None, new_leader: None }];
+        assert_eq!(decide(Some(&c), &l, &s).actions, vec![Action::RenewLock]);
+    }
+
+    #[test]
+    fn sysid_mismatch_is_fatal() {
+        let c = initialized(Some("a"));
+        let mut l = replica(1);
+        l.data_dir = DataDir::Valid { sysid: "123".into(), was_primary: false };
+        assert!(matches!(decide(Some(&c), &l, &settings("b")).actions[..], [Action::Fatal(_)]));
+    }
+
+    #[test]
+    fn existing_data_is_adopted_by_an_empty_dcs() {
+        let c = Cluster::default();
+        let mut l = primary(1);
+        l.holds_lock = false;
+        let d = decide(Some(&c), &l, &settings("a"));
+        assert_eq!(
+            d.actions[..2],
+            [Action::WriteInitialize("7000000000000000001".into()), Action::WriteConfig]
+        );
+        assert!(d.actions.contains(&Action::AcquireLock));
+    }
+
+    #[test]
+    fn paused_cluster_takes_no_automatic_action() {
+        let mut c = initialized(None);
+        c.config = Some(ClusterConfig { raw: json!({"pause": true}), version: None });
+        let mut l = replica(1000);
+        assert_eq!(decide(Some(&c), &l, &settings("b")).actions, vec![]);
+        l.pg_running = false;
+        assert_eq!(decide(Some(&c), &l, &settings("b")).actions, vec![]);
+        let mut p = primary(1);
+        p.holds_lock = false;
+        assert_eq!(decide(Some(&c), &p, &settings("a")).actions, vec![Action::AcquireLock]);
+    }
+
+    /// Property: from one agreed view with the lock free, at most one member with distinct WAL
+    /// positions decides to acquire.
+    #[test]
+    fn at_most_one_acquirer_per_view_with_distinct_wal() {
+        let c = initialized(None);
+        let wals = [(String::from("a"), 10u64), ("b".into(), 30), ("c".into(), 20)];
+        let mut acquirers = 0;
+        for (name, wal) in &wals {
+            let mut local = replica(*wal);
+            local.peers = wals
+                .iter()
+                .filter(|(n, _)| n != name)
+                .map(|(n, w)| peer(n, *w, json!({})))
+                .collect();
+            if decide(Some(&c), &local, &settings(name)).actions.contains(&Action::AcquireLock) {
+                acquirers += 1;
+            }
+        }
+        assert_eq!(acquirers, 1);
+    }
+}
