@@ -11,21 +11,16 @@ use serde_json::{Map, Value};
 /// A member's role, as published in member data and on REST.
 ///
 /// Written the way Patroni 4 writes it (`primary`); `master` is accepted on read.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Role {
     Primary,
     Replica,
     StandbyLeader,
     Demoted,
     Promoted,
+    #[default]
     Uninitialized,
     Other(String),
-}
-
-impl Default for Role {
-    fn default() -> Self {
-        Role::Uninitialized
-    }
 }
 
 impl Role {

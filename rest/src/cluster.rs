@@ -12,7 +12,10 @@ use crate::Snapshot;
 pub(crate) fn cluster(snapshot: &Snapshot) -> Response {
     match &snapshot.cluster {
         Some(cluster) => reply::json(StatusCode::OK, &cluster_json(snapshot, cluster)),
-        None => reply::error_page(StatusCode::SERVICE_UNAVAILABLE, "DCS view not available yet"),
+        None => reply::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DCS view not available yet",
+        ),
     }
 }
 
@@ -20,7 +23,11 @@ pub(crate) fn cluster_json(snapshot: &Snapshot, cluster: &dcs::Cluster) -> Value
     let global = GlobalView::of(snapshot);
     let leader_name = cluster.leader_name();
     let cluster_lsn = cluster.status.optime.unwrap_or(0);
-    let sync_role = if global.is_quorum_commit_mode() { "quorum_standby" } else { "sync_standby" };
+    let sync_role = if global.is_quorum_commit_mode() {
+        "quorum_standby"
+    } else {
+        "sync_standby"
+    };
 
     let mut members: Vec<Value> = cluster
         .members
@@ -48,7 +55,10 @@ pub(crate) fn cluster_json(snapshot: &Snapshot, cluster: &dcs::Cluster) -> Value
             member.insert("name".into(), Value::from(m.name.clone()));
             member.insert("role".into(), Value::from(role));
             member.insert("state".into(), Value::from(state));
-            member.insert("api_url".into(), data.api_url.clone().map(Value::from).unwrap_or(Value::Null));
+            member.insert(
+                "api_url".into(),
+                data.api_url.clone().map(Value::from).unwrap_or(Value::Null),
+            );
             if let Some((host, port)) = data.conn_host_port() {
                 member.insert("host".into(), Value::from(host));
                 member.insert("port".into(), Value::from(port));
@@ -66,17 +76,23 @@ pub(crate) fn cluster_json(snapshot: &Snapshot, cluster: &dcs::Cluster) -> Value
                 member.insert("scheduled_restart".into(), restart.clone());
             }
             if !data.tags.is_empty() {
-                member.insert("tags".into(), serde_json::to_value(&data.tags).unwrap_or(Value::Null));
+                member.insert(
+                    "tags".into(),
+                    serde_json::to_value(&data.tags).unwrap_or(Value::Null),
+                );
             }
             if !is_leader {
-                for (prefix, lsn) in
-                    [("receive_", data.receive_lsn), ("replay_", data.replay_lsn), ("", data.xlog_location)]
-                {
+                for (prefix, lsn) in [
+                    ("receive_", data.receive_lsn),
+                    ("replay_", data.replay_lsn),
+                    ("", data.xlog_location),
+                ] {
                     let (lsn_value, lag_value) = match lsn.filter(|l| *l > 0) {
                         None => (Value::from("unknown"), Value::from("unknown")),
-                        Some(lsn) => {
-                            (Value::from(dcs::format_lsn(lsn)), Value::from(cluster_lsn.saturating_sub(lsn)))
-                        }
+                        Some(lsn) => (
+                            Value::from(dcs::format_lsn(lsn)),
+                            Value::from(cluster_lsn.saturating_sub(lsn)),
+                        ),
                     };
                     member.insert(format!("{prefix}lsn"), lsn_value);
                     member.insert(format!("{prefix}lag"), lag_value);

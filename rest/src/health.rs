@@ -22,34 +22,46 @@ fn code(ok: bool) -> StatusCode {
 ///
 /// Like Patroni, the endpoint is picked by substring of the path (`/replica-lag` is `/replica`),
 /// checked in a fixed order; anything unrecognised is 503.
-pub(crate) fn health_check(snapshot: &Snapshot, status: &StatusJson, path: &str, query: &Query) -> StatusCode {
+pub(crate) fn health_check(
+    snapshot: &Snapshot,
+    status: &StatusJson,
+    path: &str,
+    query: &Query,
+) -> StatusCode {
     let path = if path == "/" { "/primary" } else { path };
     let global = GlobalView::of(snapshot);
     let role = status.role.as_str();
 
     let replica = replica_rule(snapshot, status, query);
 
-    let (leader, primary, standby_leader, replica) = if snapshot.cluster.is_none() && snapshot.paused {
-        // DCS unreachable in maintenance mode: trust the local Postgres role.
-        (
-            code(role == "primary" || role == "standby_leader"),
-            code(role == "primary"),
-            code(role == "standby_leader"),
-            replica,
-        )
-    } else if snapshot.has_lock {
-        if global.is_standby_cluster() {
-            // The standby leader replicates but is not a load-balanced replica.
-            (OK, UNAVAILABLE, code(role == "replica" || role == "standby_leader"), UNAVAILABLE)
+    let (leader, primary, standby_leader, replica) =
+        if snapshot.cluster.is_none() && snapshot.paused {
+            // DCS unreachable in maintenance mode: trust the local Postgres role.
+            (
+                code(role == "primary" || role == "standby_leader"),
+                code(role == "primary"),
+                code(role == "standby_leader"),
+                replica,
+            )
+        } else if snapshot.has_lock {
+            if global.is_standby_cluster() {
+                // The standby leader replicates but is not a load-balanced replica.
+                (
+                    OK,
+                    UNAVAILABLE,
+                    code(role == "replica" || role == "standby_leader"),
+                    UNAVAILABLE,
+                )
+            } else {
+                (OK, OK, UNAVAILABLE, replica)
+            }
         } else {
-            (OK, OK, UNAVAILABLE, replica)
-        }
-    } else {
-        (UNAVAILABLE, UNAVAILABLE, UNAVAILABLE, replica)
-    };
+            (UNAVAILABLE, UNAVAILABLE, UNAVAILABLE, replica)
+        };
     let writable_or_leading = primary == OK || standby_leader == OK;
 
-    let (result, check_tags) = if path.contains("standby_leader") || path.contains("standby-leader") {
+    let (result, check_tags) = if path.contains("standby_leader") || path.contains("standby-leader")
+    {
         (standby_leader, false)
     } else if path.contains("leader") {
         (leader, false)
@@ -92,7 +104,10 @@ fn replica_rule(snapshot: &Snapshot, status: &StatusJson, query: &Query) -> Stat
     // An unparseable lag means no limit, as in Patroni.
     let max_lag = query.get("lag").and_then(parse_size);
     let lagging = match max_lag {
-        Some(max) => leader_optime > 0 && leader_optime > i128::from(status.replayed_location()) + i128::from(max),
+        Some(max) => {
+            leader_optime > 0
+                && leader_optime > i128::from(status.replayed_location()) + i128::from(max)
+        }
         None => false,
     };
     let state_matches = match query.get("replication_state") {

@@ -21,7 +21,11 @@ pub fn parse_size(raw: &str) -> Option<i64> {
     };
     let bytes = number * multiplier;
     // A fractional amount of a unit is rounded to whole units of the next smaller one.
-    let granule = if multiplier > 1.0 { multiplier / 1024.0 } else { 1.0 };
+    let granule = if multiplier > 1.0 {
+        multiplier / 1024.0
+    } else {
+        1.0
+    };
     Some(((bytes / granule).round() * granule) as i64)
 }
 
@@ -32,20 +36,24 @@ fn split_integer(s: &str) -> Option<(i64, &str)> {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let (radix, digits_start) = if body.starts_with("0x") && body[2..].starts_with(|c: char| c.is_ascii_hexdigit()) {
-        (16, 2)
-    } else if body.starts_with('0') {
-        (8, 0)
-    } else {
-        (10, 0)
-    };
+    let (radix, digits_start) =
+        if body.starts_with("0x") && body[2..].starts_with(|c: char| c.is_ascii_hexdigit()) {
+            (16, 2)
+        } else if body.starts_with('0') {
+            (8, 0)
+        } else {
+            (10, 0)
+        };
     let digits = &body[digits_start..];
     let len = digits.chars().take_while(|c| c.is_digit(radix)).count();
     if len == 0 {
         return None;
     }
     let magnitude = i64::from_str_radix(&digits[..len], radix).ok()?;
-    Some((if negative { -magnitude } else { magnitude }, &digits[len..]))
+    Some((
+        if negative { -magnitude } else { magnitude },
+        &digits[len..],
+    ))
 }
 
 /// `strtod`: `[-+]digits[.digits][e[-+]digits]`.
@@ -73,7 +81,10 @@ fn split_decimal(s: &str) -> Option<(f64, &str)> {
         if matches!(bytes.get(exp_end), Some(b'-' | b'+')) {
             exp_end += 1;
         }
-        let exp_digits = bytes[exp_end..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let exp_digits = bytes[exp_end..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         if exp_digits > 0 {
             end = exp_end + exp_digits;
         }

@@ -142,7 +142,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
@@ -151,13 +153,15 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = Query::parse(request.uri().query());
-    let segment = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    let segment = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
     let now_ms = chrono::Utc::now().timestamp_millis();
 
     match (&method, segment) {
-        (&Method::GET, "patroni") => {
-            reply::json(StatusCode::OK, &status::status_json(&snapshot))
-        }
+        (&Method::GET, "patroni") => reply::json(StatusCode::OK, &status::status_json(&snapshot)),
         (&Method::GET, "cluster") => cluster::cluster(&snapshot),
         (&Method::GET, "history") => cluster::history(&snapshot),
         (&Method::GET, "config") => cluster::config(&snapshot),
@@ -198,7 +202,10 @@ impl Query {
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every distinct key with its first value.

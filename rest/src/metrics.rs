@@ -44,7 +44,10 @@ fn epoch_seconds(text: Option<&str>) -> f64 {
 
 /// `4.1.5` → `040105`.
 fn padded_version(version: &str) -> String {
-    version.split('.').map(|part| format!("{part:0>2}")).collect()
+    version
+        .split('.')
+        .map(|part| format!("{part:0>2}"))
+        .collect()
 }
 
 pub(crate) fn metrics(snapshot: &Snapshot) -> Response {
@@ -53,7 +56,10 @@ pub(crate) fn metrics(snapshot: &Snapshot) -> Response {
 
 pub(crate) fn render(snapshot: &Snapshot) -> String {
     let status = status_json(snapshot);
-    let labels = format!("{{scope=\"{}\",name=\"{}\"}}", snapshot.scope, snapshot.name);
+    let labels = format!(
+        "{{scope=\"{}\",name=\"{}\"}}",
+        snapshot.scope, snapshot.name
+    );
     let mut out = String::new();
     let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
         // Writing to a String cannot fail.
@@ -64,7 +70,12 @@ pub(crate) fn render(snapshot: &Snapshot) -> String {
     let flag = |b: bool| u8::from(b).to_string();
     let (location, received, replayed, replayed_ts, paused) = match &status.xlog {
         Some(Xlog::Primary { location }) => (*location, 0, 0, 0.0, false),
-        Some(Xlog::Replica { received_location, replayed_location, replayed_timestamp, paused }) => (
+        Some(Xlog::Replica {
+            received_location,
+            replayed_location,
+            replayed_timestamp,
+            paused,
+        }) => (
             0,
             received_location.unwrap_or(0),
             replayed_location.unwrap_or(0),
@@ -73,11 +84,20 @@ pub(crate) fn render(snapshot: &Snapshot) -> String {
         ),
         None => (0, 0, 0, 0.0, false),
     };
-    let postmaster_start =
-        epoch_seconds(status.postmaster_start_time.as_ref().and_then(serde_json::Value::as_str));
+    let postmaster_start = epoch_seconds(
+        status
+            .postmaster_start_time
+            .as_ref()
+            .and_then(serde_json::Value::as_str),
+    );
     let server_version = status.server_version.unwrap_or(0);
 
-    gauge("version", "gauge", "Patroni semver without periods.", padded_version(&snapshot.version));
+    gauge(
+        "version",
+        "gauge",
+        "Patroni semver without periods.",
+        padded_version(&snapshot.version),
+    );
     gauge(
         "postgres_running",
         "gauge",
@@ -216,7 +236,10 @@ pub(crate) fn render(snapshot: &Snapshot) -> String {
         .iter()
         .map(|(_, name, index)| format!("{index}={name}"))
         .collect();
-    let _ = writeln!(out, "# HELP patroni_postgres_state Numeric representation of Postgres state.");
+    let _ = writeln!(
+        out,
+        "# HELP patroni_postgres_state Numeric representation of Postgres state."
+    );
     let _ = writeln!(out, "# Values: {}", descriptions.join(", "));
     let _ = writeln!(out, "# TYPE patroni_postgres_state gauge");
     let _ = writeln!(out, "patroni_postgres_state{labels} {state_index}");

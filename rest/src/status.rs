@@ -81,14 +81,18 @@ impl StatusJson {
     /// Replayed position on a replica, 0 otherwise (what lag checks compare against).
     pub fn replayed_location(&self) -> u64 {
         match &self.xlog {
-            Some(Xlog::Replica { replayed_location, .. }) => replayed_location.unwrap_or(0),
+            Some(Xlog::Replica {
+                replayed_location, ..
+            }) => replayed_location.unwrap_or(0),
             _ => 0,
         }
     }
 
     pub fn received_location(&self) -> u64 {
         match &self.xlog {
-            Some(Xlog::Replica { received_location, .. }) => received_location.unwrap_or(0),
+            Some(Xlog::Replica {
+                received_location, ..
+            }) => received_location.unwrap_or(0),
             _ => 0,
         }
     }
@@ -106,7 +110,10 @@ impl<'a> GlobalView<'a> {
             .dynamic_config
             .as_ref()
             .or_else(|| snapshot.cluster.as_ref()?.config.as_ref().map(|c| &c.raw));
-        GlobalView { config, standby_cluster: snapshot.standby_cluster }
+        GlobalView {
+            config,
+            standby_cluster: snapshot.standby_cluster,
+        }
     }
 
     fn get(&self, key: &str) -> Option<&Value> {
@@ -123,7 +130,8 @@ impl<'a> GlobalView<'a> {
 
     /// Synchronous (or quorum) replication requested, and not a standby cluster.
     pub fn is_synchronous_mode(&self) -> bool {
-        let requested = self.get("synchronous_mode").is_some_and(truthy) || self.is_quorum_commit_mode();
+        let requested =
+            self.get("synchronous_mode").is_some_and(truthy) || self.is_quorum_commit_mode();
         requested && !self.standby_cluster
     }
 
@@ -149,7 +157,11 @@ fn truthy(v: &Value) -> bool {
 /// Is `name` in the `/sync` key's member list? Case-insensitive, like Postgres' matching of
 /// `synchronous_standby_names`.
 pub(crate) fn sync_matches(cluster: &dcs::Cluster, name: &str) -> bool {
-    cluster.sync.sync_standby.iter().any(|s| s.eq_ignore_ascii_case(name))
+    cluster
+        .sync
+        .sync_standby
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(name))
 }
 
 /// Build the status JSON from the snapshot.
@@ -170,11 +182,11 @@ pub(crate) fn status_json(snapshot: &Snapshot) -> StatusJson {
         replication_state: None,
         replication: None,
         pause: snapshot.paused.then_some(true),
-        cluster_unlocked: snapshot
+        cluster_unlocked: (!snapshot
             .cluster
             .as_ref()
-            .map_or(true, |c| !c.is_locked())
-            .then_some(true),
+            .is_some_and(dcs::Cluster::is_locked))
+        .then_some(true),
         failsafe_mode_is_active: snapshot.failsafe_mode_is_active.then_some(true),
         dcs_last_seen: snapshot.dcs_last_seen.unwrap_or(0),
         tags: (!snapshot.tags.is_empty()).then(|| snapshot.tags.clone()),
@@ -191,10 +203,24 @@ pub(crate) fn status_json(snapshot: &Snapshot) -> StatusJson {
     };
 
     let xlog = match &pg.wal {
-        Wal::Primary { location } => Some((Xlog::Primary { location: *location }, "primary")),
-        Wal::Replica { received, replayed, replayed_timestamp, paused } => {
+        Wal::Primary { location } => Some((
+            Xlog::Primary {
+                location: *location,
+            },
+            "primary",
+        )),
+        Wal::Replica {
+            received,
+            replayed,
+            replayed_timestamp,
+            paused,
+        } => {
             // A replica in a standby cluster reports its HA role (standby_leader on the leader).
-            let role = if global.is_standby_cluster() { pg.role.as_str() } else { "replica" };
+            let role = if global.is_standby_cluster() {
+                pg.role.as_str()
+            } else {
+                "replica"
+            };
             let xlog = Xlog::Replica {
                 received_location: received.or(*replayed),
                 replayed_location: *replayed,
@@ -209,8 +235,12 @@ pub(crate) fn status_json(snapshot: &Snapshot) -> StatusJson {
     match xlog {
         Some((xlog, role)) if queryable_state => {
             status.role = role.to_string();
-            status.postmaster_start_time =
-                Some(pg.postmaster_start_time.clone().map(Value::from).unwrap_or(Value::Null));
+            status.postmaster_start_time = Some(
+                pg.postmaster_start_time
+                    .clone()
+                    .map(Value::from)
+                    .unwrap_or(Value::Null),
+            );
             status.server_version = pg.server_version;
             status.xlog = Some(xlog);
             status.timeline = Some(pg.timeline);

@@ -2,7 +2,10 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use dcs::{Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member, MemberData, Role, SyncState, Tags};
+use dcs::{
+    Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member, MemberData, Role, SyncState,
+    Tags,
+};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -16,7 +19,12 @@ fn tags(value: Value) -> Tags {
 }
 
 fn member(name: &str, role: Role, xlog: Option<u64>) -> Member {
-    let port = 5432 + name.bytes().last().map_or(0, |b| u16::from(b % 10));
+    let index: u16 = name
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let port = 5432 + index;
     Member::new(
         name,
         MemberData {
@@ -36,9 +44,18 @@ fn member(name: &str, role: Role, xlog: Option<u64>) -> Member {
 fn cluster() -> Cluster {
     Cluster {
         initialize: Some("7379123456789012345".into()),
-        config: Some(ClusterConfig { raw: json!({"ttl": 30, "loop_wait": 10}), version: Some("1".into()) }),
-        leader: Some(Leader { name: "pg-0".into(), version: None }),
-        status: dcs::Status { optime: Some(LEADER_OPTIME), ..Default::default() },
+        config: Some(ClusterConfig {
+            raw: json!({"ttl": 30, "loop_wait": 10}),
+            version: Some("1".into()),
+        }),
+        leader: Some(Leader {
+            name: "pg-0".into(),
+            version: None,
+        }),
+        status: dcs::Status {
+            optime: Some(LEADER_OPTIME),
+            ..Default::default()
+        },
         members: vec![
             member("pg-2", Role::Replica, None),
             member("pg-0", Role::Primary, Some(LEADER_OPTIME)),
@@ -81,7 +98,9 @@ fn primary() -> Snapshot {
         postmaster_start_time: Some("2024-06-01 10:00:00.123+00:00".into()),
         timeline: Some(2),
         sysid: Some("7379123456789012345".into()),
-        wal: Wal::Primary { location: LEADER_OPTIME },
+        wal: Wal::Primary {
+            location: LEADER_OPTIME,
+        },
         replication: vec![ReplicationInfo {
             usename: "standby".into(),
             application_name: "pg-1".into(),
@@ -120,7 +139,11 @@ fn replica(behind: u64) -> Snapshot {
 
 fn stopped() -> Snapshot {
     let mut s = base("pg-2");
-    s.postgres = PostgresStatus { state: "stopped".into(), role: Role::Uninitialized, ..Default::default() };
+    s.postgres = PostgresStatus {
+        state: "stopped".into(),
+        role: Role::Uninitialized,
+        ..Default::default()
+    };
     s
 }
 
@@ -132,16 +155,27 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 
 async fn call(snapshot: Snapshot, method: Method, uri: &str) -> Reply {
     let (_publisher, receiver) = tokio::sync::watch::channel(snapshot);
     let (commands, _inbox) = tokio::sync::mpsc::channel(1);
-    let app = router(ApiState { snapshot: receiver, commands });
-    let request = Request::builder().method(method).uri(uri).body(Body::empty()).expect("valid request");
+    let app = router(ApiState {
+        snapshot: receiver,
+        commands,
+    });
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .expect("valid request");
     let response = app.oneshot(request).await.expect("router is infallible");
     let status = response.status();
     let content_type = response
@@ -149,8 +183,18 @@ async fn call(snapshot: Snapshot, method: Method, uri: &str) -> Reply {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = response.into_body().collect().await.expect("body reads").to_bytes().to_vec();
-    Reply { status, content_type, body }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body reads")
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        content_type,
+        body,
+    }
 }
 
 async fn get(snapshot: Snapshot, uri: &str) -> Reply {
@@ -163,11 +207,17 @@ async fn check_codes(cases: Vec<(&str, Snapshot, &str, u16)>) {
     for (scenario, snapshot, path, expected) in cases {
         let reply = get(snapshot, path).await;
         if reply.status.as_u16() != expected {
-            failures.push(format!("{scenario} GET {path}: got {} want {expected}", reply.status.as_u16()));
+            failures.push(format!(
+                "{scenario} GET {path}: got {} want {expected}",
+                reply.status.as_u16()
+            ));
             continue;
         }
         if reply.content_type.as_deref() != Some("application/json") {
-            failures.push(format!("{scenario} GET {path}: content type {:?}", reply.content_type));
+            failures.push(format!(
+                "{scenario} GET {path}: content type {:?}",
+                reply.content_type
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -205,11 +255,39 @@ async fn health_codes_by_role() {
         (
             "primary",
             primary(),
-            vec!["/", "/primary", "/master", "/read-write", "/leader", "/read-only", "/read-only-sync", "/read-only-synchronous", "/health"],
+            vec![
+                "/",
+                "/primary",
+                "/master",
+                "/read-write",
+                "/leader",
+                "/read-only",
+                "/read-only-sync",
+                "/read-only-synchronous",
+                "/health",
+            ],
         ),
-        ("replica", replica(0), vec!["/replica", "/read-only", "/asynchronous", "/async", "/health"]),
+        (
+            "replica",
+            replica(0),
+            vec![
+                "/replica",
+                "/read-only",
+                "/asynchronous",
+                "/async",
+                "/health",
+            ],
+        ),
         ("stopped", stopped(), vec![]),
-        ("primary without lock", { let mut s = primary(); s.has_lock = false; s }, vec!["/health"]),
+        (
+            "primary without lock",
+            {
+                let mut s = primary();
+                s.has_lock = false;
+                s
+            },
+            vec!["/health"],
+        ),
         (
             "standby leader",
             {
@@ -219,11 +297,23 @@ async fn health_codes_by_role() {
                 s.postgres.role = Role::StandbyLeader;
                 s
             },
-            vec!["/leader", "/standby-leader", "/standby_leader", "/read-only", "/read-only-sync", "/read-only-synchronous", "/health"],
+            vec![
+                "/leader",
+                "/standby-leader",
+                "/standby_leader",
+                "/read-only",
+                "/read-only-sync",
+                "/read-only-synchronous",
+                "/health",
+            ],
         ),
         (
             "noloadbalance replica",
-            { let mut s = replica(0); s.tags = tags(json!({"noloadbalance": true})); s },
+            {
+                let mut s = replica(0);
+                s.tags = tags(json!({"noloadbalance": true}));
+                s
+            },
             vec!["/health"],
         ),
     ];
@@ -242,31 +332,105 @@ async fn replica_lag_tags_and_replication_state() {
     let cases = vec![
         ("in sync", replica(0), "/replica?lag=1MB", 200),
         ("lagging, no limit", lagging.clone(), "/replica", 200),
-        ("lagging, 16MB limit", lagging.clone(), "/replica?lag=16MB", 503),
-        ("lagging, byte limit", lagging.clone(), "/replica?lag=1048576", 503),
-        ("lagging, 64MB limit", lagging.clone(), "/replica?lag=64MB", 200),
-        ("lagging, exactly at limit", lagging.clone(), "/replica?lag=32MB", 200),
-        ("lagging, 1GB limit", lagging.clone(), "/replica?lag=1GB", 200),
-        ("lagging, unparseable limit ignored", lagging.clone(), "/replica?lag=lots", 200),
+        (
+            "lagging, 16MB limit",
+            lagging.clone(),
+            "/replica?lag=16MB",
+            503,
+        ),
+        (
+            "lagging, byte limit",
+            lagging.clone(),
+            "/replica?lag=1048576",
+            503,
+        ),
+        (
+            "lagging, 64MB limit",
+            lagging.clone(),
+            "/replica?lag=64MB",
+            200,
+        ),
+        (
+            "lagging, exactly at limit",
+            lagging.clone(),
+            "/replica?lag=32MB",
+            200,
+        ),
+        (
+            "lagging, 1GB limit",
+            lagging.clone(),
+            "/replica?lag=1GB",
+            200,
+        ),
+        (
+            "lagging, unparseable limit ignored",
+            lagging.clone(),
+            "/replica?lag=lots",
+            200,
+        ),
         ("lagging, async", lagging.clone(), "/async?lag=16MB", 503),
-        ("lagging, read-only", lagging.clone(), "/read-only?lag=16MB", 503),
+        (
+            "lagging, read-only",
+            lagging.clone(),
+            "/read-only?lag=16MB",
+            503,
+        ),
         ("tag match", replica(0), "/replica?tag_zone=a", 200),
         ("tag mismatch", replica(0), "/replica?tag_zone=b", 503),
         ("tag missing", replica(0), "/replica?tag_rack=1", 503),
-        ("bool tag as lowercase text", replica(0), "/replica?tag_nofailover=false", 200),
-        ("number tag as text", replica(0), "/replica?tag_weight=3", 200),
-        ("two tags, one wrong", replica(0), "/replica?tag_zone=a&tag_weight=4", 503),
+        (
+            "bool tag as lowercase text",
+            replica(0),
+            "/replica?tag_nofailover=false",
+            200,
+        ),
+        (
+            "number tag as text",
+            replica(0),
+            "/replica?tag_weight=3",
+            200,
+        ),
+        (
+            "two tags, one wrong",
+            replica(0),
+            "/replica?tag_zone=a&tag_weight=4",
+            503,
+        ),
         ("tags on health", replica(0), "/health?tag_zone=b", 503),
-        ("tags ignored on primary paths", primary(), "/primary?tag_zone=b", 200),
-        ("tags ignored on leader", primary(), "/leader?tag_missing=x", 200),
-        ("streaming wanted", replica(0), "/replica?replication_state=streaming", 200),
+        (
+            "tags ignored on primary paths",
+            primary(),
+            "/primary?tag_zone=b",
+            200,
+        ),
+        (
+            "tags ignored on leader",
+            primary(),
+            "/leader?tag_missing=x",
+            200,
+        ),
+        (
+            "streaming wanted",
+            replica(0),
+            "/replica?replication_state=streaming",
+            200,
+        ),
         (
             "archive recovery is not streaming",
-            { let mut s = replica(0); s.postgres.replication_state = Some("in archive recovery".into()); s },
+            {
+                let mut s = replica(0);
+                s.postgres.replication_state = Some("in archive recovery".into());
+                s
+            },
             "/replica?replication_state=streaming",
             503,
         ),
-        ("replica path by substring", replica(0), "/replica-anything", 200),
+        (
+            "replica path by substring",
+            replica(0),
+            "/replica-anything",
+            200,
+        ),
     ];
     check_codes(cases).await;
 }
@@ -276,7 +440,11 @@ async fn sync_standby_endpoints() {
     let mut sync_replica = replica(0);
     sync_replica.dynamic_config = Some(json!({"synchronous_mode": true}));
     if let Some(c) = sync_replica.cluster.as_mut() {
-        c.sync = SyncState { leader: Some("pg-0".into()), sync_standby: vec!["PG-1".into()], ..Default::default() };
+        c.sync = SyncState {
+            leader: Some("pg-0".into()),
+            sync_standby: vec!["PG-1".into()],
+            ..Default::default()
+        };
     }
     let body = get(sync_replica.clone(), "/sync").await;
     assert_eq!(body.status, StatusCode::OK);
@@ -285,7 +453,16 @@ async fn sync_standby_endpoints() {
         ("sync", sync_replica.clone(), "/synchronous", 200),
         ("sync", sync_replica.clone(), "/read-only-sync", 200),
         ("sync", sync_replica.clone(), "/async", 503),
-        ("sync without DCS", { let mut s = sync_replica.clone(); s.cluster = None; s }, "/sync", 503),
+        (
+            "sync without DCS",
+            {
+                let mut s = sync_replica.clone();
+                s.cluster = None;
+                s
+            },
+            "/sync",
+            503,
+        ),
     ])
     .await;
 }
@@ -336,7 +513,8 @@ async fn primary_status_json() {
 async fn replica_status_json() {
     let mut s = replica(4096);
     s.postgres.pending_restart = true;
-    s.postgres.pending_restart_reason = Some(json!({"max_connections": {"old_value": "100", "new_value": "200"}}));
+    s.postgres.pending_restart_reason =
+        Some(json!({"max_connections": {"old_value": "100", "new_value": "200"}}));
     if let Some(c) = s.cluster.as_mut() {
         c.leader = None;
     }
@@ -350,8 +528,14 @@ async fn replica_status_json() {
     assert_eq!(body["replication_state"], "streaming");
     assert_eq!(body["cluster_unlocked"], json!(true));
     assert_eq!(body["pending_restart"], json!(true));
-    assert_eq!(body["pending_restart_reason"]["max_connections"]["new_value"], "200");
-    assert!(body.get("replication").is_none(), "no senders, no replication key: {body}");
+    assert_eq!(
+        body["pending_restart_reason"]["max_connections"]["new_value"],
+        "200"
+    );
+    assert!(
+        body.get("replication").is_none(),
+        "no senders, no replication key: {body}"
+    );
 }
 
 #[tokio::test]
@@ -362,7 +546,14 @@ async fn stopped_status_json_has_only_state_and_role() {
     assert_eq!(body["state"], "stopped");
     assert_eq!(body["role"], "uninitialized");
     assert_eq!(body["patroni"]["name"], "pg-2");
-    for absent in ["xlog", "timeline", "server_version", "postmaster_start_time", "tags", "pause"] {
+    for absent in [
+        "xlog",
+        "timeline",
+        "server_version",
+        "postmaster_start_time",
+        "tags",
+        "pause",
+    ] {
         assert!(body.get(absent).is_none(), "{absent} present: {body}");
     }
     // Running but not queryable is reported as unknown, like Patroni.
@@ -385,19 +576,32 @@ async fn head_and_options_give_status_only() {
             let reply = call(snapshot, method.clone(), path).await;
             assert_eq!(reply.status.as_u16(), expected, "{method} {path}");
             assert!(reply.body.is_empty(), "{method} {path} has a body");
-            assert!(reply.content_type.is_none(), "{method} {path} has a content type");
+            assert!(
+                reply.content_type.is_none(),
+                "{method} {path} has a content type"
+            );
         }
     }
 }
 
 #[tokio::test]
 async fn unknown_method_is_501() {
-    for (method, path) in [(Method::POST, "/primary"), (Method::DELETE, "/cluster"), (Method::PUT, "/nothing")] {
+    for (method, path) in [
+        (Method::POST, "/primary"),
+        (Method::DELETE, "/cluster"),
+        (Method::PUT, "/nothing"),
+    ] {
         let reply = call(primary(), method.clone(), path).await;
         assert_eq!(reply.status, StatusCode::NOT_IMPLEMENTED, "{method} {path}");
-        assert!(reply.content_type.as_deref().is_some_and(|c| c.starts_with("text/html")));
+        assert!(reply
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("text/html")));
         let text = String::from_utf8_lossy(&reply.body);
-        assert!(text.contains(&format!("Unsupported method ('{method}')")), "{text}");
+        assert!(
+            text.contains(&format!("Unsupported method ('{method}')")),
+            "{text}"
+        );
     }
 }
 
@@ -414,8 +618,24 @@ async fn liveness() {
         ("primary overdue", at(primary(), 45), 503),
         ("replica within 2·ttl", at(replica(0), 45), 200),
         ("replica overdue", at(replica(0), 75), 503),
-        ("paused and overdue", { let mut s = at(primary(), 500); s.paused = true; s }, 200),
-        ("no cycle yet", { let mut s = primary(); s.last_cycle_unix_ms = None; s }, 200),
+        (
+            "paused and overdue",
+            {
+                let mut s = at(primary(), 500);
+                s.paused = true;
+                s
+            },
+            200,
+        ),
+        (
+            "no cycle yet",
+            {
+                let mut s = primary();
+                s.last_cycle_unix_ms = None;
+                s
+            },
+            200,
+        ),
     ];
     for (name, snapshot, expected) in cases {
         let reply = get(snapshot, "/liveness").await;
@@ -429,8 +649,18 @@ async fn readiness() {
     let cases = vec![
         ("lock holder", primary(), "/readiness", 200),
         ("streaming replica", replica(0), "/readiness", 200),
-        ("replica beyond maximum_lag_on_failover", replica(2 << 20), "/readiness", 503),
-        ("replica within explicit lag", replica(2 << 20), "/readiness?lag=4MB", 200),
+        (
+            "replica beyond maximum_lag_on_failover",
+            replica(2 << 20),
+            "/readiness",
+            503,
+        ),
+        (
+            "replica within explicit lag",
+            replica(2 << 20),
+            "/readiness?lag=4MB",
+            200,
+        ),
         (
             "mode=write uses received",
             {
@@ -447,10 +677,23 @@ async fn readiness() {
             200,
         ),
         ("stopped", stopped(), "/readiness", 503),
-        ("no DCS view", { let mut s = replica(0); s.cluster = None; s }, "/readiness", 503),
+        (
+            "no DCS view",
+            {
+                let mut s = replica(0);
+                s.cluster = None;
+                s
+            },
+            "/readiness",
+            503,
+        ),
         (
             "not streaming",
-            { let mut s = replica(0); s.postgres.replication_state = Some("in archive recovery".into()); s },
+            {
+                let mut s = replica(0);
+                s.postgres.replication_state = Some("in archive recovery".into());
+                s
+            },
             "/readiness",
             503,
         ),
@@ -467,8 +710,15 @@ async fn cluster_view() {
     let mut s = replica(0);
     s.dynamic_config = Some(json!({"synchronous_mode": "on", "pause": true}));
     if let Some(c) = s.cluster.as_mut() {
-        c.sync = SyncState { leader: Some("pg-0".into()), sync_standby: vec!["pg-1".into()], ..Default::default() };
-        c.config = Some(ClusterConfig { raw: json!({"pause": true}), version: None });
+        c.sync = SyncState {
+            leader: Some("pg-0".into()),
+            sync_standby: vec!["pg-1".into()],
+            ..Default::default()
+        };
+        c.config = Some(ClusterConfig {
+            raw: json!({"pause": true}),
+            version: None,
+        });
         c.failover = Some(Failover {
             leader: Some("pg-0".into()),
             member: Some("pg-1".into()),
@@ -495,7 +745,10 @@ async fn cluster_view() {
     assert_eq!(leader["port"], 5432);
     assert_eq!(leader["api_url"], "http://127.0.0.1:8008/patroni");
     assert_eq!(leader["timeline"], 2);
-    assert!(leader.get("lag").is_none(), "the leader has no lag: {leader}");
+    assert!(
+        leader.get("lag").is_none(),
+        "the leader has no lag: {leader}"
+    );
     let sync = &members[1];
     assert_eq!(sync["role"], "sync_standby");
     assert_eq!(sync["state"], "streaming");
@@ -508,7 +761,15 @@ async fn cluster_view() {
 
     let reply = get(stopped(), "/cluster").await;
     assert_eq!(reply.status, StatusCode::OK);
-    let reply = get({ let mut s = stopped(); s.cluster = None; s }, "/cluster").await;
+    let reply = get(
+        {
+            let mut s = stopped();
+            s.cluster = None;
+            s
+        },
+        "/cluster",
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -526,9 +787,23 @@ async fn history_config_failsafe() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         reply.json(),
-        json!([[1, 25_623_960, "no recovery target specified", "2024-06-01T09:59:00+00:00", "pg-0"]])
+        json!([[
+            1,
+            25_623_960,
+            "no recovery target specified",
+            "2024-06-01T09:59:00+00:00",
+            "pg-0"
+        ]])
     );
-    let reply = get({ let mut s = primary(); s.cluster = None; s }, "/history").await;
+    let reply = get(
+        {
+            let mut s = primary();
+            s.cluster = None;
+            s
+        },
+        "/history",
+    )
+    .await;
     assert_eq!(reply.json(), json!([]));
 
     let reply = get(primary(), "/config").await;
@@ -543,9 +818,15 @@ async fn history_config_failsafe() {
     }
     let reply = get(s, "/config").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    assert!(reply.content_type.as_deref().is_some_and(|c| c.starts_with("text/html")));
+    assert!(reply
+        .content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("text/html")));
 
-    assert_eq!(get(primary(), "/failsafe").await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        get(primary(), "/failsafe").await.status,
+        StatusCode::BAD_GATEWAY
+    );
     let mut s = primary();
     s.failsafe = Some(json!({"pg-0": "http://127.0.0.1:8008/patroni"}));
     let reply = get(s, "/failsafe").await;
@@ -571,7 +852,10 @@ async fn metrics_text() {
         format!("patroni_postgres_state{labels} 5"),
         format!("patroni_postmaster_start_time{labels} 1717236000.123"),
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
 }
 
@@ -579,8 +863,16 @@ async fn metrics_text() {
 async fn snapshot_updates_are_seen() {
     let (publisher, receiver) = tokio::sync::watch::channel(stopped());
     let (commands, _inbox) = tokio::sync::mpsc::channel(1);
-    let app = router(ApiState { snapshot: receiver, commands });
-    let health = || Request::builder().uri("/health").body(Body::empty()).expect("valid request");
+    let app = router(ApiState {
+        snapshot: receiver,
+        commands,
+    });
+    let health = || {
+        Request::builder()
+            .uri("/health")
+            .body(Body::empty())
+            .expect("valid request")
+    };
     let before = app.clone().oneshot(health()).await.expect("infallible");
     assert_eq!(before.status(), StatusCode::SERVICE_UNAVAILABLE);
     publisher.send_replace(primary());
@@ -592,38 +884,66 @@ async fn snapshot_updates_are_seen() {
 async fn serves_http_1_0_over_tcp() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("bound address");
     let (_publisher, receiver) = tokio::sync::watch::channel(replica(0));
     let (commands, _inbox) = tokio::sync::mpsc::channel(1);
     let (stop, stopped_signal) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, ApiState { snapshot: receiver, commands }, async move {
-        let _ = stopped_signal.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        ApiState {
+            snapshot: receiver,
+            commands,
+        },
+        async move {
+            let _ = stopped_signal.await;
+        },
+    ));
 
     let exchange = |request: &'static str| async move {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(request.as_bytes()).await.expect("write request");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
         let mut raw = Vec::new();
         // HTTP/1.0 without keep-alive: the server closes after the reply, ending the read.
-        tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut raw))
-            .await
-            .expect("reply within 10 s")
-            .expect("read reply");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut raw),
+        )
+        .await
+        .expect("reply within 10 s")
+        .expect("read reply");
         String::from_utf8_lossy(&raw).to_string()
     };
 
     let reply = exchange("GET /replica HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await;
     let status_line = reply.lines().next().unwrap_or_default();
-    assert!(status_line.starts_with("HTTP/1.") && status_line.contains(" 200 "), "{reply}");
+    assert!(
+        status_line.starts_with("HTTP/1.") && status_line.contains(" 200 "),
+        "{reply}"
+    );
     let (head, body) = reply.split_once("\r\n\r\n").expect("header/body separator");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
     let json: Value = serde_json::from_str(body).expect("JSON body");
     assert_eq!(json["role"], "replica");
 
     let reply = exchange("OPTIONS /primary HTTP/1.0\r\n\r\n").await;
-    assert!(reply.lines().next().unwrap_or_default().contains(" 503 "), "{reply}");
-    assert!(reply.ends_with("\r\n\r\n"), "OPTIONS reply has a body: {reply:?}");
+    assert!(
+        reply.lines().next().unwrap_or_default().contains(" 503 "),
+        "{reply}"
+    );
+    assert!(
+        reply.ends_with("\r\n\r\n"),
+        "OPTIONS reply has a body: {reply:?}"
+    );
 
     stop.send(()).expect("server still running");
     tokio::time::timeout(std::time::Duration::from_secs(10), server)

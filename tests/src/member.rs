@@ -172,6 +172,14 @@ impl Member {
     /// SIGKILL the agent and, at the same moment, every process of its Postgres instance (as
     /// after a machine crash); returns once all of them are gone.
     pub fn kill9_with_postmaster(&self) {
+        let survivors = self.kill_all_processes();
+        if !survivors.is_empty() {
+            panic!("member {}: processes {survivors:?} survived SIGKILL for 10 s", self.name());
+        }
+    }
+
+    /// SIGKILL agent and instance, reap the agent, wait for the rest; returns the survivors.
+    fn kill_all_processes(&self) -> Vec<i32> {
         let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
         let mut victims = Vec::new();
         if let Some(child) = guard.as_mut() {
@@ -179,14 +187,18 @@ impl Member {
                 victims.extend(process_tree(child.id() as i32));
             }
         }
-        victims.extend(self.instance_processes());
+        for pid in self.instance_processes() {
+            if !victims.contains(&pid) {
+                victims.push(pid);
+            }
+        }
         signal_all(&victims, Signal::SIGKILL);
         if let Some(child) = guard.as_mut() {
             let _ = child.wait();
         }
-        if !wait_gone_blocking(&victims, Duration::from_secs(10)) {
-            panic!("member {}: processes {victims:?} survived SIGKILL for 10 s", self.name());
-        }
+        wait_gone_blocking(&victims, Duration::from_secs(10));
+        victims.retain(|&pid| crate::process::process_alive(pid));
+        victims
     }
 
     /// The postmaster, its children and anything else running inside the data directory.
@@ -283,8 +295,8 @@ impl Member {
 
     /// A connected client; the connection is driven by a task on the current runtime.
     pub async fn pg_client(&self) -> Result<Client> {
-        let connect = self.pg_config().connect(NoTls);
-        let (client, connection) = tokio::time::timeout(PG_CONNECT_TIMEOUT * 2, connect)
+        let config = self.pg_config();
+        let (client, connection) = tokio::time::timeout(PG_CONNECT_TIMEOUT * 2, config.connect(NoTls))
             .await
             .map_err(|_| anyhow!("member {}: connect to Postgres timed out", self.name()))?
             .with_context(|| format!("member {}: connect to Postgres", self.name()))?;
@@ -339,11 +351,6 @@ impl Member {
             );
         }
     }
-
-    /// Kill the agent and every process of the Postgres instance; used on drop.
-    pub fn kill_everything(&self) {
-        self.kill9_with_postmaster();
-    }
 }
 
 impl Drop for Member {
@@ -351,22 +358,10 @@ impl Drop for Member {
         if std::thread::panicking() || std::env::var_os("REGENT_TEST_SHOW_LOGS").is_some() {
             self.print_log_tails(80);
         }
-        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        let mut victims = Vec::new();
-        if let Some(child) = guard.as_mut() {
-            if matches!(child.try_wait(), Ok(None)) {
-                victims.extend(process_tree(child.id() as i32));
-            }
-        }
-        drop(guard);
-        victims.extend(self.instance_processes());
-        signal_all(&victims, Signal::SIGKILL);
-        if let Some(child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let _ = child.wait();
-        }
-        if !wait_gone_blocking(&victims, Duration::from_secs(10)) {
+        let survivors = self.kill_all_processes();
+        if !survivors.is_empty() {
             // Not a panic: we may already be unwinding, and a double panic aborts the run.
-            eprintln!("member {}: processes {victims:?} survived SIGKILL", self.name());
+            eprintln!("member {}: processes {survivors:?} survived SIGKILL", self.name());
         }
     }
 }

@@ -237,14 +237,11 @@ impl Postgres {
     }
 
     /// Replace the settings (after a config reload); call `write_config` afterwards.
-    pub fn set_settings(&mut self, settings: PgSettings) {
-        let pid_state = (self.child.take(), self.adopted_pid.take());
-        let mut fresh = Postgres::new(settings);
-        fresh.child = pid_state.0;
-        fresh.adopted_pid = pid_state.1;
-        fresh.stop_requested = self.stop_requested;
-        fresh.unexpected_exit = self.unexpected_exit;
-        *self = fresh;
+    pub fn set_settings(&mut self, mut settings: PgSettings) {
+        settings.data_dir = absolute(&settings.data_dir);
+        settings.socket_dir = absolute(&settings.socket_dir);
+        self.settings = settings;
+        self.client = None;
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -186,6 +186,9 @@ impl Client {
                         self.after_transient(path, &last_error, deadline, &mut backoff).await;
                         continue;
                     }
+                    Err(Attempt::Grpc { message, .. } | Attempt::Unauthenticated(message)) => {
+                        return Err(CallError::Dcs(DcsError::Forbidden(format!("etcd authentication: {message}"))))
+                    }
                     Err(other) => return Err(self.definite(other, "authenticate")),
                 }
             }
@@ -342,6 +345,8 @@ fn classify(url: &str, status: u16, body: &[u8]) -> Result<Value, Attempt> {
             "{url}: {}",
             g.map(|(_, m)| m).unwrap_or_else(text)
         )))),
+        // Auth enabled on the server but no token sent.
+        (_, Some((_, message))) if message.contains("user name is empty") => Err(Attempt::Unauthenticated(message)),
         (_, Some((code, message))) => Err(Attempt::Grpc { code, message }),
         (404, None) => Err(Attempt::NoSuchEndpoint),
         (_, None) => Err(Attempt::Fatal(DcsError::Protocol(format!("{url}: HTTP {status}: {}", text())))),

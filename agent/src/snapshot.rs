@@ -1,0 +1,73 @@
+//! Build the REST API's view of this member from the HA loop's state.
+
+use dcs::Role;
+use rest::{PostgresStatus, ReplicationInfo, Snapshot, Wal};
+
+use crate::ha::cycle::{Agent, PATRONI_COMPAT_VERSION};
+
+pub fn build(agent: &Agent) -> Snapshot {
+    let cfg = agent.cfg();
+    let obs = agent.last_obs();
+    let running = agent.state() == "running";
+    let role = agent.role().clone();
+    let wal = if !running {
+        Wal::Unknown
+    } else if role == Role::Primary {
+        obs.wal_position.map(|location| Wal::Primary { location }).unwrap_or_default()
+    } else {
+        Wal::Replica {
+            received: obs.received_lsn,
+            replayed: obs.replayed_lsn,
+            replayed_timestamp: obs.replayed_timestamp.clone(),
+            paused: obs.replay_paused.unwrap_or(false),
+        }
+    };
+    let replication = obs
+        .replication
+        .iter()
+        .map(|r| ReplicationInfo {
+            usename: r.usename.clone(),
+            application_name: r.application_name.clone(),
+            client_addr: r.client_addr.clone(),
+            state: r.state.clone(),
+            sync_state: r.sync_state.clone(),
+            sync_priority: r.sync_priority,
+        })
+        .collect();
+    let cluster = agent.last_cluster().cloned();
+    let paused = cluster.as_ref().is_some_and(|c| c.is_paused());
+    Snapshot {
+        scope: cfg.scope.clone(),
+        name: cfg.name.clone(),
+        version: PATRONI_COMPAT_VERSION.to_string(),
+        api_url: cfg.api_url(),
+        dynamic_config: cluster.as_ref().and_then(|c| c.config.as_ref()).map(|c| c.raw.clone()),
+        cluster,
+        dcs_last_seen: agent.dcs_last_seen(),
+        has_lock: agent.has_lock(),
+        standby_cluster: false,
+        postgres: PostgresStatus {
+            state: agent.state().to_string(),
+            role,
+            server_version: if running { obs.server_version } else { None },
+            postmaster_start_time: if running { obs.postmaster_start_time.clone() } else { None },
+            timeline: if running { obs.timeline } else { None },
+            sysid: obs.sysid.clone(),
+            wal,
+            replication,
+            replication_state: if running && agent.role() != &Role::Primary {
+                Some(if obs.streaming == Some(true) { "streaming" } else { "in archive recovery" }.to_string())
+            } else {
+                None
+            },
+            pending_restart: obs.pending_restart,
+            pending_restart_reason: None,
+        },
+        tags: cfg.tags.clone(),
+        paused,
+        ttl: agent.dynamic().ttl,
+        loop_wait: agent.dynamic().loop_wait,
+        last_cycle_unix_ms: agent.last_cycle_ms(),
+        ..Snapshot::default()
+    }
+}
