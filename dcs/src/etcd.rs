@@ -19,11 +19,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use self::client::{b64, json_i64, CallError, Client};
-use crate::model::{history_to_json, Cluster, Failover, HistoryEntry, MemberData, Status, SyncState};
+use crate::model::{
+    history_to_json, Cluster, Failover, HistoryEntry, MemberData, Status, SyncState,
+};
 use crate::{Dcs, DcsError, DcsResult, Timing};
 
 /// Connection and identity settings of the etcd v3 backend.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct EtcdConfig {
     /// `host:port` or `http://host:port`.
     pub hosts: Vec<String>,
@@ -37,6 +39,21 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub timing: Timing,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("hosts", &self.hosts)
+            .field("namespace", &self.namespace)
+            .field("scope", &self.scope)
+            .field("name", &self.name)
+            .field("group", &self.group)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("timing", &self.timing)
+            .finish()
+    }
 }
 
 impl Default for EtcdConfig {
@@ -198,7 +215,11 @@ impl Etcd3 {
             (Some(u), p) if !u.is_empty() => Some((u, p.unwrap_or_default())),
             _ => None,
         };
-        let namespace = if cfg.namespace.trim().is_empty() { "/service" } else { cfg.namespace.as_str() };
+        let namespace = if cfg.namespace.trim().is_empty() {
+            "/service"
+        } else {
+            cfg.namespace.as_str()
+        };
         let shared = Shared {
             client: Client::new(hosts, credentials, cfg.timing)?,
             prefix: cluster_prefix(namespace, cfg.scope.trim(), cfg.group),
@@ -209,7 +230,10 @@ impl Etcd3 {
             lease: tokio::sync::Mutex::new(LeaseState::default()),
             member_cache: Mutex::new(None),
         };
-        Ok(Etcd3 { shared: Arc::new(shared), watcher: Mutex::new(None) })
+        Ok(Etcd3 {
+            shared: Arc::new(shared),
+            watcher: Mutex::new(None),
+        })
     }
 
     /// The key prefix of this cluster (and group), e.g. `/service/demo/`.
@@ -238,15 +262,24 @@ impl Etcd3 {
     }
 
     async fn delete(&self, key: &str) -> DcsResult<()> {
-        self.call("/kv/deleterange", &json!({"key": b64(key)})).await?;
+        self.call("/kv/deleterange", &json!({"key": b64(key)}))
+            .await?;
         Ok(())
     }
 
     /// Run a transaction; returns whether the compares held and the whole answer.
-    async fn txn(&self, compare: Vec<Value>, success: Vec<Value>, failure: Vec<Value>) -> Result<(bool, Value), CallError> {
+    async fn txn(
+        &self,
+        compare: Vec<Value>,
+        success: Vec<Value>,
+        failure: Vec<Value>,
+    ) -> Result<(bool, Value), CallError> {
         let body = json!({"compare": compare, "success": success, "failure": failure});
         let answer = self.call("/kv/txn", &body).await?;
-        let ok = answer.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
+        let ok = answer
+            .get("succeeded")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         Ok((ok, answer))
     }
 
@@ -260,7 +293,13 @@ impl Etcd3 {
             }
             Some(v) => {
                 let rev = parse_version(v)?;
-                let (ok, _) = self.txn(vec![cmp_modified(&key, rev)], vec![put_op(&key, value, None)], vec![]).await?;
+                let (ok, _) = self
+                    .txn(
+                        vec![cmp_modified(&key, rev)],
+                        vec![put_op(&key, value, None)],
+                        vec![],
+                    )
+                    .await?;
                 Ok(ok)
             }
         }
@@ -275,7 +314,9 @@ impl Etcd3 {
             }
             Some(v) => {
                 let rev = parse_version(v)?;
-                let (ok, _) = self.txn(vec![cmp_modified(&key, rev)], vec![delete_op(&key)], vec![]).await?;
+                let (ok, _) = self
+                    .txn(vec![cmp_modified(&key, rev)], vec![delete_op(&key)], vec![])
+                    .await?;
                 Ok(ok)
             }
         }
@@ -283,11 +324,18 @@ impl Etcd3 {
 
     async fn grant_lease(&self) -> DcsResult<i64> {
         let ttl = self.shared.client.timing().ttl.max(1);
-        let answer = self.call("/lease/grant", &json!({"TTL": ttl.to_string()})).await?;
+        let answer = self
+            .call("/lease/grant", &json!({"TTL": ttl.to_string()}))
+            .await?;
         let id = json_i64(answer.get("ID"));
         if id == 0 {
-            let why = answer.get("error").and_then(Value::as_str).unwrap_or("no lease ID in the answer");
-            return Err(DcsError::Protocol(format!("etcd lease grant failed: {why}")));
+            let why = answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no lease ID in the answer");
+            return Err(DcsError::Protocol(format!(
+                "etcd lease grant failed: {why}"
+            )));
         }
         tracing::debug!(lease = id, ttl, "granted etcd lease");
         Ok(id)
@@ -295,9 +343,13 @@ impl Etcd3 {
 
     /// Send one keepalive; `Ok(false)` when the lease has expired (TTL <= 0 or unknown).
     async fn keepalive(&self, id: i64) -> DcsResult<bool> {
-        let answer = self.call("/lease/keepalive", &json!({"ID": id.to_string()})).await?;
+        let answer = self
+            .call("/lease/keepalive", &json!({"ID": id.to_string()}))
+            .await?;
         if let Some(err) = answer.get("error") {
-            return Err(DcsError::Protocol(format!("etcd lease keepalive failed: {err}")));
+            return Err(DcsError::Protocol(format!(
+                "etcd lease keepalive failed: {err}"
+            )));
         }
         let result = answer.get("result").unwrap_or(&answer);
         Ok(json_i64(result.get("TTL")) > 0)
@@ -307,7 +359,9 @@ impl Etcd3 {
     /// last one is older than `refresh_after`.
     async fn live_lease(&self, state: &mut LeaseState, refresh_after: Duration) -> DcsResult<i64> {
         if let Some(id) = state.id {
-            let fresh = state.last_refresh.is_some_and(|t| t.elapsed() < refresh_after);
+            let fresh = state
+                .last_refresh
+                .is_some_and(|t| t.elapsed() < refresh_after);
             if fresh {
                 return Ok(id);
             }
@@ -334,15 +388,25 @@ impl Etcd3 {
     }
 
     fn set_member_cache(&self, value: Option<MemberCache>) {
-        *self.shared.member_cache.lock().unwrap_or_else(|p| p.into_inner()) = value;
+        *self
+            .shared
+            .member_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = value;
     }
 
     fn member_cache(&self) -> Option<MemberCache> {
-        self.shared.member_cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .member_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn read_status(&self) -> DcsResult<Status> {
-        let answer = self.call("/kv/range", &json!({"key": b64(self.key("status"))})).await?;
+        let answer = self
+            .call("/kv/range", &json!({"key": b64(self.key("status"))}))
+            .await?;
         let raw = answer
             .get("kvs")
             .and_then(Value::as_array)
@@ -363,7 +427,12 @@ impl Etcd3 {
     }
 
     fn stop_watcher(&self) {
-        if let Some(h) = self.watcher.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             h.abort();
         }
     }
@@ -391,7 +460,9 @@ impl Dcs for Etcd3 {
         let answer = self.call("/kv/range", &body).await?;
         let revision = header_revision(&answer);
         if revision > 0 {
-            self.shared.last_read_revision.store(revision, Ordering::Relaxed);
+            self.shared
+                .last_read_revision
+                .store(revision, Ordering::Relaxed);
         }
         let mut warnings = Vec::new();
         let kvs = parse::decode_kvs(prefix, answer.get("kvs"), &mut warnings);
@@ -399,7 +470,9 @@ impl Dcs for Etcd3 {
         // Forget what we wrote if our member key vanished or was changed by someone else, so the
         // next touch_member writes it again.
         if let Some(cache) = self.member_cache() {
-            let ours = cluster.member(&self.shared.name).and_then(|m| m.version.clone());
+            let ours = cluster
+                .member(&self.shared.name)
+                .and_then(|m| m.version.clone());
             if ours != Some(cache.mod_revision.to_string()) {
                 self.set_member_cache(None);
             }
@@ -415,8 +488,13 @@ impl Dcs for Etcd3 {
             .map_err(|e| DcsError::Protocol(format!("cannot serialise member data: {e}")))?;
         let key = self.member_key();
         let mut lease_state = self.shared.lease.lock().await;
-        let mut lease = self.live_lease(&mut lease_state, self.refresh_interval()).await?;
-        if self.member_cache().is_some_and(|c| c.json == json && c.lease == lease) {
+        let mut lease = self
+            .live_lease(&mut lease_state, self.refresh_interval())
+            .await?;
+        if self
+            .member_cache()
+            .is_some_and(|c| c.json == json && c.lease == lease)
+        {
             return Ok(());
         }
         let answer = match self.put(&key, &json, Some(lease)).await {
@@ -428,7 +506,11 @@ impl Dcs for Etcd3 {
             }
             Err(e) => return Err(e.into()),
         };
-        self.set_member_cache(Some(MemberCache { json, lease, mod_revision: header_revision(&answer) }));
+        self.set_member_cache(Some(MemberCache {
+            json,
+            lease,
+            mod_revision: header_revision(&answer),
+        }));
         Ok(())
     }
 
@@ -446,7 +528,11 @@ impl Dcs for Etcd3 {
         let mut retried = false;
         loop {
             let result = self
-                .txn(vec![cmp_created(&key, 0)], vec![put_op(&key, &name, Some(lease))], vec![range_op(&key)])
+                .txn(
+                    vec![cmp_created(&key, 0)],
+                    vec![put_op(&key, &name, Some(lease))],
+                    vec![range_op(&key)],
+                )
                 .await;
             match result {
                 Ok((true, _)) => {
@@ -455,7 +541,9 @@ impl Dcs for Etcd3 {
                 }
                 // A retried request may have been applied the first time: the key is then ours.
                 Ok((false, answer)) => {
-                    return Ok(txn_range_result(&answer).is_some_and(|(v, l)| v == name && l == lease));
+                    return Ok(
+                        txn_range_result(&answer).is_some_and(|(v, l)| v == name && l == lease)
+                    );
                 }
                 Err(e) if e.is_lease_not_found() && !retried => {
                     retried = true;
@@ -470,7 +558,9 @@ impl Dcs for Etcd3 {
     async fn update_leader(&self, cluster: &Cluster, optime: Option<u64>) -> DcsResult<bool> {
         let key = self.key("leader");
         let mut lease_state = self.shared.lease.lock().await;
-        let Some(lease) = lease_state.id else { return Ok(false) };
+        let Some(lease) = lease_state.id else {
+            return Ok(false);
+        };
         // Keepalive before verifying: a successful renew then guarantees ttl from the call start.
         let sent = Instant::now();
         if !self.keepalive(lease).await? {
@@ -482,8 +572,15 @@ impl Dcs for Etcd3 {
         drop(lease_state);
         let mut success = Vec::new();
         if optime.is_some() && optime != cluster.status.optime {
-            let status = Status { optime, ..cluster.status.clone() };
-            success.push(put_op(&self.key("status"), &status.to_json().to_string(), None));
+            let status = Status {
+                optime,
+                ..cluster.status.clone()
+            };
+            success.push(put_op(
+                &self.key("status"),
+                &status.to_json().to_string(),
+                None,
+            ));
         }
         let compare = vec![cmp_value(&key, &self.shared.name), cmp_lease(&key, lease)];
         let (ok, _) = self.txn(compare, success, vec![]).await?;
@@ -499,10 +596,16 @@ impl Dcs for Etcd3 {
         if let Some(o) = optime {
             let mut status = self.read_status().await?;
             status.optime = Some(o);
-            success.push(put_op(&self.key("status"), &status.to_json().to_string(), None));
+            success.push(put_op(
+                &self.key("status"),
+                &status.to_json().to_string(),
+                None,
+            ));
         }
         success.push(delete_op(&key));
-        let (ok, _) = self.txn(vec![cmp_value(&key, &self.shared.name)], success, vec![]).await?;
+        let (ok, _) = self
+            .txn(vec![cmp_value(&key, &self.shared.name)], success, vec![])
+            .await?;
         Ok(ok)
     }
 
@@ -512,7 +615,13 @@ impl Dcs for Etcd3 {
             self.put(&key, sysid, None).await?;
             return Ok(true);
         }
-        let (ok, _) = self.txn(vec![cmp_created(&key, 0)], vec![put_op(&key, sysid, None)], vec![]).await?;
+        let (ok, _) = self
+            .txn(
+                vec![cmp_created(&key, 0)],
+                vec![put_op(&key, sysid, None)],
+                vec![],
+            )
+            .await?;
         Ok(ok)
     }
 
@@ -525,11 +634,16 @@ impl Dcs for Etcd3 {
     }
 
     async fn set_history_value(&self, history: &[HistoryEntry]) -> DcsResult<()> {
-        self.put(&self.key("history"), &history_to_json(history), None).await?;
+        self.put(&self.key("history"), &history_to_json(history), None)
+            .await?;
         Ok(())
     }
 
-    async fn set_failover_value(&self, failover: &Failover, version: Option<&str>) -> DcsResult<bool> {
+    async fn set_failover_value(
+        &self,
+        failover: &Failover,
+        version: Option<&str>,
+    ) -> DcsResult<bool> {
         let value = serde_json::to_string(failover)
             .map_err(|e| DcsError::Protocol(format!("cannot serialise failover: {e}")))?;
         self.cas_put("failover", &value, version).await
@@ -540,7 +654,8 @@ impl Dcs for Etcd3 {
     }
 
     async fn set_sync_state(&self, sync: &SyncState, version: Option<&str>) -> DcsResult<bool> {
-        self.cas_put("sync", &sync.to_json().to_string(), version).await
+        self.cas_put("sync", &sync.to_json().to_string(), version)
+            .await
     }
 
     async fn delete_sync_state(&self, version: Option<&str>) -> DcsResult<bool> {
@@ -548,22 +663,30 @@ impl Dcs for Etcd3 {
     }
 
     async fn write_status(&self, status: &Status) -> DcsResult<()> {
-        self.put(&self.key("status"), &status.to_json().to_string(), None).await?;
+        self.put(&self.key("status"), &status.to_json().to_string(), None)
+            .await?;
         Ok(())
     }
 
     async fn watch(&self, timeout: Duration) -> bool {
         self.ensure_watcher();
-        tokio::time::timeout(timeout, self.shared.notify.notified()).await.is_ok()
+        tokio::time::timeout(timeout, self.shared.notify.notified())
+            .await
+            .is_ok()
     }
 
     async fn close(&self) -> DcsResult<()> {
         self.stop_watcher();
         self.set_member_cache(None);
         let mut lease_state = self.shared.lease.lock().await;
-        let Some(id) = lease_state.id.take() else { return Ok(()) };
+        let Some(id) = lease_state.id.take() else {
+            return Ok(());
+        };
         lease_state.last_refresh = None;
-        match self.call("/lease/revoke", &json!({"ID": id.to_string()})).await {
+        match self
+            .call("/lease/revoke", &json!({"ID": id.to_string()}))
+            .await
+        {
             Ok(_) => Ok(()),
             // Already expired: nothing left to release.
             Err(e) if e.is_lease_not_found() => Ok(()),
@@ -579,25 +702,51 @@ mod tests {
     #[test]
     fn prefixes() {
         assert_eq!(cluster_prefix("/service", "demo", None), "/service/demo/");
-        assert_eq!(cluster_prefix("/service/", "demo", Some(1)), "/service/demo/1/");
+        assert_eq!(
+            cluster_prefix("/service/", "demo", Some(1)),
+            "/service/demo/1/"
+        );
         assert_eq!(cluster_prefix("service", "demo", None), "/service/demo/");
         assert_eq!(cluster_prefix("//a//b/", "demo", Some(0)), "/a/b/demo/0/");
     }
 
     #[test]
     fn range_end() {
-        assert_eq!(prefix_range_end("/service/demo/"), b"/service/demo0".to_vec());
+        assert_eq!(
+            prefix_range_end("/service/demo/"),
+            b"/service/demo0".to_vec()
+        );
         assert_eq!(prefix_range_end("a"), b"b".to_vec());
     }
 
     #[test]
     fn new_validates_without_io() {
-        let cfg = EtcdConfig { scope: "demo".into(), name: "pg-1".into(), ..Default::default() };
+        let cfg = EtcdConfig {
+            scope: "demo".into(),
+            name: "pg-1".into(),
+            ..Default::default()
+        };
         let e = Etcd3::new(cfg.clone()).unwrap();
         assert_eq!(e.prefix(), "/service/demo/");
-        assert!(Etcd3::new(EtcdConfig { name: String::new(), ..cfg.clone() }).is_err());
-        assert!(Etcd3::new(EtcdConfig { scope: " ".into(), ..cfg.clone() }).is_err());
-        assert!(Etcd3::new(EtcdConfig { hosts: vec![], ..cfg.clone() }).is_err());
-        assert!(Etcd3::new(EtcdConfig { hosts: vec!["https://x:1".into()], ..cfg }).is_err());
+        assert!(Etcd3::new(EtcdConfig {
+            name: String::new(),
+            ..cfg.clone()
+        })
+        .is_err());
+        assert!(Etcd3::new(EtcdConfig {
+            scope: " ".into(),
+            ..cfg.clone()
+        })
+        .is_err());
+        assert!(Etcd3::new(EtcdConfig {
+            hosts: vec![],
+            ..cfg.clone()
+        })
+        .is_err());
+        assert!(Etcd3::new(EtcdConfig {
+            hosts: vec!["https://x:1".into()],
+            ..cfg
+        })
+        .is_err());
     }
 }

@@ -67,7 +67,12 @@ impl EtcdServer {
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", url, "--advertise-client-urls", url])
-            .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer])
+            .args([
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+            ])
             .args(["--initial-cluster", &format!("t={peer}")])
             .args(&self.extra_args)
             .stdout(Stdio::null())
@@ -85,7 +90,10 @@ impl EtcdServer {
     }
 
     async fn wait_healthy(&mut self) {
-        let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -97,20 +105,35 @@ impl EtcdServer {
                 .send()
                 .await;
             if let Ok(resp) = health {
-                if resp.json::<Value>().await.ok().and_then(|v| v["health"].as_str().map(String::from))
+                if resp
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["health"].as_str().map(String::from))
                     == Some("true".into())
                 {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "etcd did not become healthy: {}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy: {}",
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-        log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        log.lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn stop(&mut self) {
@@ -118,6 +141,16 @@ impl EtcdServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Send a signal (`STOP`, `CONT`) to the etcd process.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("etcd running").id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {pid} failed");
     }
 
     fn host(&self) -> String {
@@ -133,7 +166,11 @@ impl Drop for EtcdServer {
 }
 
 fn timing(ttl: u32, retry_timeout: u32) -> Timing {
-    Timing { ttl, loop_wait: 1, retry_timeout }
+    Timing {
+        ttl,
+        loop_wait: 1,
+        retry_timeout,
+    }
 }
 
 fn member(server: &EtcdServer, scope: &str, name: &str, timing: Timing) -> Etcd3 {
@@ -163,7 +200,13 @@ fn data(role: Role) -> MemberData {
 /// Write a raw value the way another tool (or a broken peer) would.
 async fn raw_put(server: &EtcdServer, key: &str, value: &str) {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    raw_post(server, "/v3/kv/put", json!({"key": b64(key), "value": b64(value)}), None).await;
+    raw_post(
+        server,
+        "/v3/kv/put",
+        json!({"key": b64(key), "value": b64(value)}),
+        None,
+    )
+    .await;
 }
 
 /// POST to the gateway, asserting success; returns the answer.
@@ -190,16 +233,28 @@ async fn lock_race_has_exactly_one_winner_and_only_the_holder_renews_or_deletes(
     for round in 0..20 {
         let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
         let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
-        assert!(ra ^ rb, "round {round}: exactly one must win (a={ra}, b={rb})");
+        assert!(
+            ra ^ rb,
+            "round {round}: exactly one must win (a={ra}, b={rb})"
+        );
         let (holder, other, holder_name) = if ra { (&a, &b, "a") } else { (&b, &a, "b") };
         let cluster = holder.get_cluster().await.expect("read");
         assert_eq!(cluster.leader_name(), Some(holder_name));
         // A second attempt while the lock is held loses, even for the holder's rival.
         assert!(!other.attempt_to_acquire_leader().await.expect("re-acquire"));
-        assert!(holder.update_leader(&cluster, Some(round)).await.expect("renew"));
-        assert!(!other.update_leader(&cluster, Some(round)).await.expect("renew by other"));
+        assert!(holder
+            .update_leader(&cluster, Some(round))
+            .await
+            .expect("renew"));
+        assert!(!other
+            .update_leader(&cluster, Some(round))
+            .await
+            .expect("renew by other"));
         assert!(!other.delete_leader(None).await.expect("delete by other"));
-        assert_eq!(other.get_cluster().await.expect("read").leader_name(), Some(holder_name));
+        assert_eq!(
+            other.get_cluster().await.expect("read").leader_name(),
+            Some(holder_name)
+        );
         assert!(holder.delete_leader(None).await.expect("release"));
         assert!(a.get_cluster().await.expect("read").leader.is_none());
     }
@@ -211,11 +266,20 @@ async fn renew_records_optime_and_delete_leader_keeps_slots() {
     let a = member(&server, "optime", "a", timing(10, 3));
     let b = member(&server, "optime", "b", timing(10, 3));
     // Without a lease nothing can be renewed.
-    assert!(!a.update_leader(&Default::default(), Some(1)).await.expect("renew"));
+    assert!(!a
+        .update_leader(&Default::default(), Some(1))
+        .await
+        .expect("renew"));
     assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
     let mut slots = serde_json::Map::new();
     slots.insert("permanent".into(), json!(100));
-    a.write_status(&Status { optime: Some(10), slots, ..Default::default() }).await.expect("status");
+    a.write_status(&Status {
+        optime: Some(10),
+        slots,
+        ..Default::default()
+    })
+    .await
+    .expect("status");
     let cluster = a.get_cluster().await.expect("read");
     assert!(a.update_leader(&cluster, Some(20)).await.expect("renew"));
     let cluster = b.get_cluster().await.expect("read");
@@ -239,22 +303,41 @@ async fn lock_expires_without_renewal_and_a_watcher_wakes() {
     let b = member(&server, "expiry", "b", timing(2, 2));
     assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
     let acquired = Instant::now();
-    assert_eq!(b.get_cluster().await.expect("read").leader_name(), Some("a"));
+    assert_eq!(
+        b.get_cluster().await.expect("read").leader_name(),
+        Some("a")
+    );
     // a stops renewing; b waits for a change.
     let woke = b.watch(Duration::from_secs(8)).await;
     let waited = acquired.elapsed();
     assert!(woke, "watch must wake when the lock expires");
     let after_wake = b.get_cluster().await.expect("read");
-    assert!(after_wake.leader.is_none(), "woken before the lock vanished: {:?}", after_wake.leader);
-    assert!(waited >= Duration::from_millis(1500), "lock vanished too early: {waited:?}");
-    assert!(waited < Duration::from_secs(5), "lock expired or wake came too late: {waited:?}");
+    assert!(
+        after_wake.leader.is_none(),
+        "woken before the lock vanished: {:?}",
+        after_wake.leader
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "lock vanished too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "lock expired or wake came too late: {waited:?}"
+    );
     // The former holder learns it lost the lock and does not silently take it back.
     let cluster = a.get_cluster().await.expect("read");
-    assert!(!a.update_leader(&cluster, None).await.expect("renew after expiry"));
+    assert!(!a
+        .update_leader(&cluster, None)
+        .await
+        .expect("renew after expiry"));
     assert!(a.get_cluster().await.expect("read").leader.is_none());
     // It can compete again with a new lease.
     assert!(a.attempt_to_acquire_leader().await.expect("acquire again"));
-    assert!(a.update_leader(&a.get_cluster().await.expect("read"), None).await.expect("renew"));
+    assert!(a
+        .update_leader(&a.get_cluster().await.expect("read"), None)
+        .await
+        .expect("renew"));
 }
 
 #[tokio::test]
@@ -262,33 +345,94 @@ async fn compare_and_swap_on_config_failover_and_sync() {
     let server = EtcdServer::start().await;
     let a = member(&server, "cas", "a", timing(10, 3));
     let b = member(&server, "cas", "b", timing(10, 3));
-    assert!(a.set_config_value(&json!({"ttl": 30}), None).await.expect("config"));
-    let seen = a.get_cluster().await.expect("read").config.expect("config present");
+    assert!(a
+        .set_config_value(&json!({"ttl": 30}), None)
+        .await
+        .expect("config"));
+    let seen = a
+        .get_cluster()
+        .await
+        .expect("read")
+        .config
+        .expect("config present");
     let version = seen.version.clone().expect("config version");
-    assert!(b.set_config_value(&json!({"ttl": 40}), Some(&version)).await.expect("cas b"));
-    assert!(!a.set_config_value(&json!({"ttl": 50}), Some(&version)).await.expect("stale cas"));
-    let config = a.get_cluster().await.expect("read").config.expect("config present");
+    assert!(b
+        .set_config_value(&json!({"ttl": 40}), Some(&version))
+        .await
+        .expect("cas b"));
+    assert!(!a
+        .set_config_value(&json!({"ttl": 50}), Some(&version))
+        .await
+        .expect("stale cas"));
+    let config = a
+        .get_cluster()
+        .await
+        .expect("read")
+        .config
+        .expect("config present");
     assert_eq!(config.raw, json!({"ttl": 40}));
 
-    let failover = Failover { leader: Some("a".into()), member: Some("b".into()), ..Default::default() };
-    assert!(a.set_failover_value(&failover, None).await.expect("failover"));
-    let seen = b.get_cluster().await.expect("read").failover.expect("failover present");
+    let failover = Failover {
+        leader: Some("a".into()),
+        member: Some("b".into()),
+        ..Default::default()
+    };
+    assert!(a
+        .set_failover_value(&failover, None)
+        .await
+        .expect("failover"));
+    let seen = b
+        .get_cluster()
+        .await
+        .expect("read")
+        .failover
+        .expect("failover present");
     assert_eq!(seen.member.as_deref(), Some("b"));
     let version = seen.version.clone().expect("failover version");
-    assert!(a.set_failover_value(&failover, Some(&version)).await.expect("rewrite"));
-    assert!(!b.delete_failover(Some(&version)).await.expect("stale delete"));
+    assert!(a
+        .set_failover_value(&failover, Some(&version))
+        .await
+        .expect("rewrite"));
+    assert!(!b
+        .delete_failover(Some(&version))
+        .await
+        .expect("stale delete"));
     assert!(b.get_cluster().await.expect("read").failover.is_some());
-    let version = b.get_cluster().await.expect("read").failover.and_then(|f| f.version);
+    let version = b
+        .get_cluster()
+        .await
+        .expect("read")
+        .failover
+        .and_then(|f| f.version);
     assert!(b.delete_failover(version.as_deref()).await.expect("delete"));
     assert!(b.get_cluster().await.expect("read").failover.is_none());
 
-    let sync = SyncState { leader: Some("a".into()), sync_standby: vec!["b".into()], ..Default::default() };
+    let sync = SyncState {
+        leader: Some("a".into()),
+        sync_standby: vec!["b".into()],
+        ..Default::default()
+    };
     assert!(a.set_sync_state(&sync, None).await.expect("sync"));
     let seen = b.get_cluster().await.expect("read").sync;
-    assert_eq!((seen.leader.as_deref(), seen.sync_standby.clone()), (Some("a"), vec!["b".to_string()]));
+    assert_eq!(
+        (seen.leader.as_deref(), seen.sync_standby.clone()),
+        (Some("a"), vec!["b".to_string()])
+    );
     let version = seen.version.expect("sync version");
-    assert!(a.set_sync_state(&SyncState { leader: Some("a".into()), ..Default::default() }, Some(&version)).await.expect("cas"));
-    assert!(!b.delete_sync_state(Some(&version)).await.expect("stale delete"));
+    assert!(a
+        .set_sync_state(
+            &SyncState {
+                leader: Some("a".into()),
+                ..Default::default()
+            },
+            Some(&version)
+        )
+        .await
+        .expect("cas"));
+    assert!(!b
+        .delete_sync_state(Some(&version))
+        .await
+        .expect("stale delete"));
     assert!(b.delete_sync_state(None).await.expect("delete"));
     assert!(b.get_cluster().await.expect("read").sync.leader.is_none());
 }
@@ -301,13 +445,22 @@ async fn initialize_race_has_one_winner() {
     for round in 0..10 {
         let (ra, rb) = tokio::join!(a.initialize(true, ""), b.initialize(true, ""));
         let (ra, rb) = (ra.expect("a init"), rb.expect("b init"));
-        assert!(ra ^ rb, "round {round}: exactly one must win (a={ra}, b={rb})");
-        assert_eq!(a.get_cluster().await.expect("read").initialize.as_deref(), Some(""));
+        assert!(
+            ra ^ rb,
+            "round {round}: exactly one must win (a={ra}, b={rb})"
+        );
+        assert_eq!(
+            a.get_cluster().await.expect("read").initialize.as_deref(),
+            Some("")
+        );
         a.cancel_initialization().await.expect("cancel");
         assert!(b.get_cluster().await.expect("read").initialize.is_none());
     }
     assert!(a.initialize(true, "").await.expect("init"));
-    assert!(a.initialize(false, "7123456789012345678").await.expect("set sysid"));
+    assert!(a
+        .initialize(false, "7123456789012345678")
+        .await
+        .expect("set sysid"));
     assert!(!b.initialize(true, "").await.expect("late init"));
     let cluster = b.get_cluster().await.expect("read");
     assert_eq!(cluster.initialized_sysid(), Some("7123456789012345678"));
@@ -322,9 +475,16 @@ async fn garbage_written_by_others_is_reported_not_fatal() {
     raw_put(&server, "/service/garbage/history", r#"[[1,"x"]"#).await;
     raw_put(&server, "/service/garbage/config", "[1,2,3]").await;
     raw_put(&server, "/service/garbage/status", "nonsense").await;
-    let cluster = a.get_cluster().await.expect("cluster read must survive garbage");
+    let cluster = a
+        .get_cluster()
+        .await
+        .expect("cluster read must survive garbage");
     let warned = |key: &str| cluster.warnings.iter().any(|w| w.contains(key));
-    assert!(warned("/service/garbage/members/broken"), "{:?}", cluster.warnings);
+    assert!(
+        warned("/service/garbage/members/broken"),
+        "{:?}",
+        cluster.warnings
+    );
     assert!(warned("/service/garbage/history"), "{:?}", cluster.warnings);
     assert!(warned("/service/garbage/config"), "{:?}", cluster.warnings);
     assert!(warned("/service/garbage/status"), "{:?}", cluster.warnings);
@@ -333,7 +493,10 @@ async fn garbage_written_by_others_is_reported_not_fatal() {
     let broken = cluster.member("broken").expect("broken member is kept");
     assert_eq!(broken.data, MemberData::default());
     assert!(!broken.data.tags.can_be_leader() || !broken.data.is_running());
-    assert_eq!(cluster.member("a").map(|m| &m.data), Some(&data(Role::Replica)));
+    assert_eq!(
+        cluster.member("a").map(|m| &m.data),
+        Some(&data(Role::Replica))
+    );
 }
 
 #[tokio::test]
@@ -353,8 +516,10 @@ async fn member_data_round_trip_and_lifecycle() {
     .expect("config");
     assert_eq!(a.prefix(), "/regent/members/1/");
     let mut mine = data(Role::Primary);
-    mine.tags = serde_json::from_value::<Tags>(json!({"nofailover": true, "custom": "x"})).expect("tags");
-    mine.extra.insert("proxy_url".into(), json!("postgres://proxy:5432/postgres"));
+    mine.tags =
+        serde_json::from_value::<Tags>(json!({"nofailover": true, "custom": "x"})).expect("tags");
+    mine.extra
+        .insert("proxy_url".into(), json!("postgres://proxy:5432/postgres"));
     a.touch_member(&mine).await.expect("touch");
     raw_put(&server, "/regent/members/1/members/old", r#"{"role":"master","state":"running","conn_url":"postgres://10.0.0.2:5432/postgres","xlog_location":"42"}"#).await;
     let cluster = a.get_cluster().await.expect("read");
@@ -366,7 +531,14 @@ async fn member_data_round_trip_and_lifecycle() {
     // Unchanged data is not rewritten.
     let version = me.version.clone();
     a.touch_member(&mine).await.expect("touch again");
-    assert_eq!(a.get_cluster().await.expect("read").member("a").and_then(|m| m.version.clone()), version);
+    assert_eq!(
+        a.get_cluster()
+            .await
+            .expect("read")
+            .member("a")
+            .and_then(|m| m.version.clone()),
+        version
+    );
     // A member key removed by someone else is written again on the next touch.
     a.delete_member().await.expect("delete member");
     assert!(a.get_cluster().await.expect("read").member("a").is_none());
@@ -386,12 +558,23 @@ async fn watch_wakes_on_leader_change_not_on_member_touch() {
     let a = member(&server, "watch", "a", timing(10, 3));
     let b = member(&server, "watch", "b", timing(10, 3));
     b.get_cluster().await.expect("read");
-    assert!(!b.watch(Duration::from_millis(200)).await, "nothing changed yet");
+    assert!(
+        !b.watch(Duration::from_millis(200)).await,
+        "nothing changed yet"
+    );
     // Member, status and history writes happen every cycle and must not wake anyone.
     a.touch_member(&data(Role::Replica)).await.expect("touch");
-    a.write_status(&Status { optime: Some(5), ..Default::default() }).await.expect("status");
+    a.write_status(&Status {
+        optime: Some(5),
+        ..Default::default()
+    })
+    .await
+    .expect("status");
     a.set_history_value(&[]).await.expect("history");
-    assert!(!b.watch(Duration::from_millis(800)).await, "woken by a member/status/history write");
+    assert!(
+        !b.watch(Duration::from_millis(800)).await,
+        "woken by a member/status/history write"
+    );
     let started = Instant::now();
     let (woke, acquired) = tokio::join!(b.watch(Duration::from_secs(5)), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -399,15 +582,43 @@ async fn watch_wakes_on_leader_change_not_on_member_touch() {
     });
     assert!(acquired.expect("acquire"));
     assert!(woke, "watch must wake on the leader key");
-    assert!(started.elapsed() < Duration::from_secs(2), "wake too slow: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "wake too slow: {:?}",
+        started.elapsed()
+    );
+    // A deleted lock is noticed within milliseconds.
+    let ((woke, woke_at), deleted_at) = tokio::join!(
+        async { (b.watch(Duration::from_secs(5)).await, Instant::now()) },
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(a.delete_leader(None).await.expect("release"));
+            Instant::now()
+        }
+    );
+    assert!(woke, "watch must wake on the deleted lock");
+    let delay = woke_at.saturating_duration_since(deleted_at);
+    assert!(
+        delay < Duration::from_millis(500),
+        "deleted lock noticed after {delay:?}"
+    );
     // A change between two watch calls is not lost.
-    assert!(a.delete_leader(None).await.expect("release"));
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
     let started = Instant::now();
-    assert!(b.watch(Duration::from_secs(5)).await, "change between calls was lost");
+    assert!(
+        b.watch(Duration::from_secs(5)).await,
+        "change between calls was lost"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // Config changes wake too.
-    assert!(a.set_config_value(&json!({"loop_wait": 5}), None).await.expect("config"));
-    assert!(b.watch(Duration::from_secs(5)).await, "config change must wake");
+    assert!(a
+        .set_config_value(&json!({"loop_wait": 5}), None)
+        .await
+        .expect("config"));
+    assert!(
+        b.watch(Duration::from_secs(5)).await,
+        "config change must wake"
+    );
 }
 
 #[tokio::test]
@@ -429,8 +640,14 @@ async fn stopped_etcd_gives_unreachable_within_retry_timeout() {
     assert!(matches!(read, Err(DcsError::Unreachable(_))), "{read:?}");
     assert!(matches!(renew, Err(DcsError::Unreachable(_))), "{renew:?}");
     assert!(!watched);
-    assert!(elapsed >= Duration::from_millis(1500), "gave up too early: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(4), "took too long: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "gave up too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "took too long: {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -442,16 +659,37 @@ async fn watch_survives_an_etcd_restart() {
     assert!(!b.watch(Duration::from_millis(100)).await);
     server.restart().await;
     // Written while b's watch is probably still reconnecting: it must not be lost.
-    assert!(a.attempt_to_acquire_leader().await.expect("acquire after restart"));
-    assert!(b.watch(Duration::from_secs(6)).await, "watch did not resume after restart");
-    assert_eq!(b.get_cluster().await.expect("read").leader_name(), Some("a"));
+    assert!(a
+        .attempt_to_acquire_leader()
+        .await
+        .expect("acquire after restart"));
+    assert!(
+        b.watch(Duration::from_secs(6)).await,
+        "watch did not resume after restart"
+    );
+    assert_eq!(
+        b.get_cluster().await.expect("read").leader_name(),
+        Some("a")
+    );
 }
 
 #[tokio::test]
 async fn authentication_with_token_renewal() {
-    let server = EtcdServer::start_with(&["--auth-token-ttl", "1"]).await;
-    raw_post(&server, "/v3/auth/user/add", json!({"name": "root", "password": "pw"}), None).await;
-    raw_post(&server, "/v3/auth/user/grant", json!({"user": "root", "role": "root"}), None).await;
+    let server = EtcdServer::start().await;
+    raw_post(
+        &server,
+        "/v3/auth/user/add",
+        json!({"name": "root", "password": "pw"}),
+        None,
+    )
+    .await;
+    raw_post(
+        &server,
+        "/v3/auth/user/grant",
+        json!({"user": "root", "role": "root"}),
+        None,
+    )
+    .await;
     raw_post(&server, "/v3/auth/enable", json!({}), None).await;
     let with = |user: Option<&str>, password: &str, name: &str| {
         Etcd3::new(EtcdConfig {
@@ -467,31 +705,127 @@ async fn authentication_with_token_renewal() {
     };
     let a = with(Some("root"), "pw", "a");
     let b = with(Some("root"), "pw", "b");
-    a.touch_member(&data(Role::Replica)).await.expect("touch with auth");
+    a.touch_member(&data(Role::Replica))
+        .await
+        .expect("touch with auth");
     b.get_cluster().await.expect("read with auth");
-    assert!(matches!(with(None, "", "c").get_cluster().await, Err(DcsError::Forbidden(_))));
-    assert!(matches!(with(Some("root"), "bad", "c").get_cluster().await, Err(DcsError::Forbidden(_))));
-    // Wait until a token taken after a's has expired; a must then authenticate again by itself.
-    let token = raw_post(&server, "/v3/auth/authenticate", json!({"name": "root", "password": "pw"}), None).await;
+    assert!(matches!(
+        with(None, "", "c").get_cluster().await,
+        Err(DcsError::Forbidden(_))
+    ));
+    assert!(matches!(
+        with(Some("root"), "bad", "c").get_cluster().await,
+        Err(DcsError::Forbidden(_))
+    ));
+    // Changing the password invalidates every token of the user: a must authenticate again.
+    let token = raw_post(
+        &server,
+        "/v3/auth/authenticate",
+        json!({"name": "root", "password": "pw"}),
+        None,
+    )
+    .await;
     let token = token["token"].as_str().expect("token").to_string();
-    let http = reqwest::Client::builder().no_proxy().build().expect("http client");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let resp = http
-            .post(format!("{}/v3/kv/range", server.url))
-            .header("Authorization", &token)
-            .json(&json!({"key": "YQ=="}))
-            .send()
-            .await
-            .expect("range");
-        if resp.status().as_u16() == 401 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "auth token never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    raw_post(
+        &server,
+        "/v3/auth/user/changepw",
+        json!({"name": "root", "password": "pw"}),
+        Some(&token),
+    )
+    .await;
+    let stale = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .post(format!("{}/v3/kv/range", server.url))
+        .header("Authorization", &token)
+        .json(&json!({"key": "YQ=="}))
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(stale.status().as_u16(), 401, "tokens were not invalidated");
     assert!(!b.watch(Duration::from_millis(100)).await);
-    assert!(a.attempt_to_acquire_leader().await.expect("acquire with a renewed token"));
-    assert!(b.watch(Duration::from_secs(5)).await, "watch with auth must wake");
-    assert_eq!(b.get_cluster().await.expect("read").leader_name(), Some("a"));
+    assert!(a
+        .attempt_to_acquire_leader()
+        .await
+        .expect("acquire with a renewed token"));
+    assert!(
+        b.watch(Duration::from_secs(5)).await,
+        "watch with auth must wake"
+    );
+    assert_eq!(
+        b.get_cluster().await.expect("read").leader_name(),
+        Some("a")
+    );
+}
+
+#[tokio::test]
+async fn watch_resumes_after_compaction() {
+    let server = EtcdServer::start().await;
+    let a = member(&server, "compact", "a", timing(10, 3));
+    let b = member(&server, "compact", "b", timing(10, 3));
+    b.get_cluster().await.expect("read");
+    // Member writes after b's read, then compaction past them: b's watch cannot start where it
+    // wanted and must report that it may have missed something.
+    for i in 0..5u64 {
+        a.write_status(&Status {
+            optime: Some(i),
+            ..Default::default()
+        })
+        .await
+        .expect("status");
+    }
+    let head = raw_post(&server, "/v3/kv/range", json!({"key": "YQ=="}), None).await;
+    let revision = head["header"]["revision"]
+        .as_str()
+        .expect("revision")
+        .to_string();
+    raw_post(
+        &server,
+        "/v3/kv/compaction",
+        json!({"revision": revision, "physical": true}),
+        None,
+    )
+    .await;
+    assert!(
+        b.watch(Duration::from_secs(5)).await,
+        "compaction must wake the loop"
+    );
+    // The watch goes on from the current revision.
+    assert!(!b.watch(Duration::from_millis(200)).await);
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+    assert!(
+        b.watch(Duration::from_secs(5)).await,
+        "watch must go on after compaction"
+    );
+}
+
+#[tokio::test]
+async fn hung_etcd_times_out_and_recovers() {
+    let server = EtcdServer::start().await;
+    let a = member(&server, "hung", "a", timing(10, 2));
+    let b = member(&server, "hung", "b", timing(10, 2));
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+    let cluster = b.get_cluster().await.expect("read");
+    assert!(!b.watch(Duration::from_millis(100)).await);
+    // A frozen server accepts connections but never answers: only timeouts can save us.
+    server.signal("STOP");
+    let started = Instant::now();
+    let (read, renew) = tokio::join!(b.get_cluster(), a.update_leader(&cluster, None));
+    let elapsed = started.elapsed();
+    server.signal("CONT");
+    assert!(matches!(read, Err(DcsError::Unreachable(_))), "{read:?}");
+    assert!(matches!(renew, Err(DcsError::Unreachable(_))), "{renew:?}");
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "took too long: {elapsed:?}"
+    );
+    // Back to normal once it answers again, and the watch still works.
+    let cluster = a.get_cluster().await.expect("read after resume");
+    assert!(a
+        .update_leader(&cluster, None)
+        .await
+        .expect("renew after resume"));
+    assert!(a.delete_leader(None).await.expect("release"));
+    assert!(b.watch(Duration::from_secs(5)).await, "watch after resume");
 }

@@ -8,7 +8,6 @@ use anyhow::{bail, Result};
 use crate::config::{MemberConfig, MemberSpec, Timing, FAST_TIMING};
 use crate::etcd::Etcd;
 use crate::member::Member;
-use crate::ports::free_port;
 use crate::process::TestDir;
 use crate::{regent_bin, wait_until, wait_until_ok};
 
@@ -61,15 +60,13 @@ impl ClusterBuilder {
         let mut members = Vec::with_capacity(self.members);
         for index in 0..self.members {
             let name = format!("{}-{index}", self.scope);
-            let spec = MemberSpec {
-                scope: self.scope.clone(),
-                member_dir: dir.postgres_subdir(&name),
-                name,
-                api_port: free_port(),
-                pg_port: free_port(),
-                etcd_hosts: vec![etcd.client_addr()],
-                timing: self.timing,
-            };
+            let mut spec = MemberSpec::new(
+                &self.scope,
+                &name,
+                dir.postgres_subdir(&name),
+                vec![etcd.client_addr()],
+            );
+            spec.timing = self.timing;
             let mut config = MemberConfig::patroni(&spec);
             for change in &self.customizers {
                 change(index, &mut config);

@@ -35,6 +35,19 @@ pub struct MemberSpec {
 }
 
 impl MemberSpec {
+    /// A member with fresh ports and `FAST_TIMING`.
+    pub fn new(scope: &str, name: &str, member_dir: PathBuf, etcd_hosts: Vec<String>) -> MemberSpec {
+        MemberSpec {
+            scope: scope.to_string(),
+            name: name.to_string(),
+            api_port: crate::ports::free_port(),
+            pg_port: crate::ports::free_port(),
+            etcd_hosts,
+            member_dir,
+            timing: FAST_TIMING,
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.member_dir.join("data")
     }

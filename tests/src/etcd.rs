@@ -290,6 +290,26 @@ impl Etcd {
             .map(|_| ())
     }
 
+    /// Grant a lease of `ttl` seconds; returns its id.
+    pub async fn grant_lease(&self, ttl: u64) -> Result<i64> {
+        let reply = self.post("/v3/lease/grant", json!({ "TTL": ttl.to_string() })).await?;
+        int_field(&reply, "ID").ok_or_else(|| anyhow!("lease/grant reply without ID: {reply}"))
+    }
+
+    /// Write a key attached to `lease`.
+    pub async fn put_with_lease(&self, key: &str, value: &str, lease: i64) -> Result<()> {
+        self.post(
+            "/v3/kv/put",
+            json!({
+                "key": B64.encode(key),
+                "value": B64.encode(value),
+                "lease": lease.to_string(),
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Delete every key starting with `prefix`; returns how many were deleted.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let reply = self

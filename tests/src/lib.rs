@@ -129,9 +129,14 @@ where
 
 /// Run `regent` with `args` to completion (as postgres when root, from `work_dir`), capturing
 /// its output; panics if it is still running after `deadline` (it is killed first).
-pub async fn run_regent(args: &[&std::ffi::OsStr], work_dir: &Path, deadline: Duration) -> Output {
+pub async fn run_regent<I, S>(args: I, work_dir: &Path, deadline: Duration) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let mut cmd = regent_command(&regent_bin(), work_dir);
-    cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn regent {args:?}: {e}"));

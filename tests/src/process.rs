@@ -228,10 +228,18 @@ pub fn signal_all(pids: &[i32], signal: Signal) {
 }
 
 /// Wait (blocking) until none of `pids` is alive; false if some survived `deadline`.
+///
+/// Killed orphans are reaped by init, and until then their zombie still "exists" for
+/// `kill(pid, 0)` — which is how Postgres decides that an old postmaster.pid is stale. So wait
+/// for the /proc entries to vanish, accepting zombies only after half the deadline.
 pub fn wait_gone_blocking(pids: &[i32], deadline: Duration) -> bool {
-    let until = Instant::now() + deadline;
+    let started = Instant::now();
+    let until = started + deadline;
     loop {
-        if pids.iter().all(|&pid| !process_alive(pid)) {
+        if pids.iter().all(|&pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            return true;
+        }
+        if started.elapsed() >= deadline / 2 && pids.iter().all(|&pid| !process_alive(pid)) {
             return true;
         }
         if Instant::now() >= until {

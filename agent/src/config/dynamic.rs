@@ -88,11 +88,16 @@ pub(crate) struct Issue {
     pub msg: String,
     /// The value had the wrong type or shape (as opposed to being adjusted into range).
     pub invalid: bool,
+    /// What happens instead, for a warning (`using default 30`).
+    pub fallback: Option<String>,
 }
 
 impl Issue {
     fn render(&self) -> String {
-        format!("{}: {}", self.key, self.msg)
+        match &self.fallback {
+            Some(f) => format!("{}: {}; {f}", self.key, self.msg),
+            None => format!("{}: {}", self.key, self.msg),
+        }
     }
 }
 
@@ -106,16 +111,25 @@ impl<'a> Reader<'a> {
     /// The first present, non-null value among `names` (aliases), with the name it was found under.
     fn get(&self, names: &[&str]) -> Option<(String, &'a Value)> {
         let obj = self.obj?;
-        names
-            .iter()
-            .find_map(|n| obj.get(*n).filter(|v| !v.is_null()).map(|v| (format!("{}{n}", self.prefix), v)))
+        names.iter().find_map(|n| {
+            obj.get(*n)
+                .filter(|v| !v.is_null())
+                .map(|v| (format!("{}{n}", self.prefix), v))
+        })
     }
 
-    fn invalid<T: std::fmt::Display>(&mut self, key: String, v: &Value, expected: &str, default: T) {
+    fn invalid<T: std::fmt::Display>(
+        &mut self,
+        key: String,
+        v: &Value,
+        expected: &str,
+        default: T,
+    ) {
         self.issues.push(Issue {
             key,
-            msg: format!("invalid value {} (expected {expected}); using default {default}", show(v)),
+            msg: format!("invalid value {} (expected {expected})", show(v)),
             invalid: true,
+            fallback: Some(format!("using default {default}")),
         });
     }
 
@@ -196,8 +210,9 @@ impl<'a> Reader<'a> {
                 Value::String(s) => out.push(s.clone()),
                 other => self.issues.push(Issue {
                     key: format!("{key}[{i}]"),
-                    msg: format!("invalid value {} (expected a string); line ignored", show(other)),
+                    msg: format!("invalid value {} (expected a string)", show(other)),
                     invalid: true,
+                    fallback: Some("line ignored".to_string()),
                 }),
             }
         }
@@ -212,6 +227,7 @@ impl<'a> Reader<'a> {
             key: format!("{}{name}", self.prefix),
             msg: format!("{value} is below the minimum {min}; using {min}"),
             invalid: false,
+            fallback: None,
         });
         min
     }
@@ -234,8 +250,9 @@ impl DynamicConfig {
             other => {
                 issues.push(Issue {
                     key: "config".to_string(),
-                    msg: format!("expected a mapping, got {}; using defaults", show(other)),
+                    msg: format!("expected a mapping, got {}", show(other)),
                     invalid: true,
+                    fallback: Some("using defaults".to_string()),
                 });
                 None
             }
@@ -249,8 +266,10 @@ impl DynamicConfig {
         let ttl = r.u32(&["ttl"], d.ttl);
         let loop_wait = r.u32(&["loop_wait"], d.loop_wait);
         let retry_timeout = r.u32(&["retry_timeout"], d.retry_timeout);
-        let maximum_lag_on_failover = r.u64(&["maximum_lag_on_failover"], d.maximum_lag_on_failover);
-        let maximum_lag_on_syncnode = r.i64(&["maximum_lag_on_syncnode"], d.maximum_lag_on_syncnode);
+        let maximum_lag_on_failover =
+            r.u64(&["maximum_lag_on_failover"], d.maximum_lag_on_failover);
+        let maximum_lag_on_syncnode =
+            r.i64(&["maximum_lag_on_syncnode"], d.maximum_lag_on_syncnode);
         let max_timelines_history = r.u32(&["max_timelines_history"], d.max_timelines_history);
         let primary_start_timeout = r.u64(
             &["primary_start_timeout", "master_start_timeout"],
@@ -264,16 +283,20 @@ impl DynamicConfig {
             Some((key, Value::String(s))) if s.eq_ignore_ascii_case("quorum") => {
                 r.issues.push(Issue {
                     key,
-                    msg: "quorum commit is not supported; running with synchronous_mode: true".into(),
+                    msg: "quorum commit is not supported; running with synchronous_mode: true"
+                        .into(),
                     invalid: false,
+                    fallback: None,
                 });
                 true
             }
             _ => r.bool(&["synchronous_mode"], d.synchronous_mode),
         };
-        let synchronous_mode_strict = r.bool(&["synchronous_mode_strict"], d.synchronous_mode_strict);
+        let synchronous_mode_strict =
+            r.bool(&["synchronous_mode_strict"], d.synchronous_mode_strict);
         let synchronous_node_count = r.u32(&["synchronous_node_count"], d.synchronous_node_count);
-        let synchronous_node_count = r.at_least("synchronous_node_count", synchronous_node_count, 1);
+        let synchronous_node_count =
+            r.at_least("synchronous_node_count", synchronous_node_count, 1);
         let failsafe_mode = r.bool(&["failsafe_mode"], d.failsafe_mode);
         let check_timeline = r.bool(&["check_timeline"], d.check_timeline);
         let pause = r.bool(&["pause"], d.pause);
@@ -324,6 +347,7 @@ impl DynamicConfig {
                      loop_wait {old_lw} -> {loop_wait}, retry_timeout {old_rt} -> {retry_timeout}"
                 ),
                 invalid: false,
+                fallback: None,
             });
         } else if loop_wait + 2 * retry_timeout > ttl {
             let old_lw = loop_wait;
@@ -335,6 +359,7 @@ impl DynamicConfig {
                      loop_wait {old_lw} -> {loop_wait}"
                 ),
                 invalid: false,
+                fallback: None,
             });
         }
 
@@ -371,7 +396,7 @@ impl DynamicConfig {
         self.standby_cluster.as_ref().is_some_and(|s| {
             ["host", "port", "restore_command"]
                 .iter()
-                .any(|k| s.get(*k).is_some_and(|v| !v.is_null() && v != "" ))
+                .any(|k| s.get(*k).is_some_and(|v| !v.is_null() && v != ""))
         })
     }
 }
@@ -433,21 +458,72 @@ mod tests {
         let cases: Vec<(Value, &str, Box<dyn Fn(&DynamicConfig) -> bool>)> = vec![
             (json!({"ttl": "abc"}), "ttl", Box::new(move |c| c.ttl == 30)),
             (json!({"ttl": -5}), "ttl", Box::new(|c| c.ttl == 30)),
-            (json!({"loop_wait": [1]}), "loop_wait", Box::new(|c| c.loop_wait == 10)),
-            (json!({"maximum_lag_on_failover": "lots"}), "maximum_lag_on_failover",
-             Box::new(move |c| c.maximum_lag_on_failover == d.maximum_lag_on_failover)),
-            (json!({"maximum_lag_on_syncnode": {}}), "maximum_lag_on_syncnode", Box::new(|c| c.maximum_lag_on_syncnode == -1)),
-            (json!({"master_start_timeout": "soon"}), "master_start_timeout", Box::new(|c| c.primary_start_timeout == 300)),
-            (json!({"synchronous_mode": "maybe"}), "synchronous_mode", Box::new(|c| !c.synchronous_mode)),
-            (json!({"synchronous_node_count": 0}), "synchronous_node_count", Box::new(|c| c.synchronous_node_count == 1)),
+            (
+                json!({"loop_wait": [1]}),
+                "loop_wait",
+                Box::new(|c| c.loop_wait == 10),
+            ),
+            (
+                json!({"maximum_lag_on_failover": "lots"}),
+                "maximum_lag_on_failover",
+                Box::new(move |c| c.maximum_lag_on_failover == d.maximum_lag_on_failover),
+            ),
+            (
+                json!({"maximum_lag_on_syncnode": {}}),
+                "maximum_lag_on_syncnode",
+                Box::new(|c| c.maximum_lag_on_syncnode == -1),
+            ),
+            (
+                json!({"master_start_timeout": "soon"}),
+                "master_start_timeout",
+                Box::new(|c| c.primary_start_timeout == 300),
+            ),
+            (
+                json!({"synchronous_mode": "maybe"}),
+                "synchronous_mode",
+                Box::new(|c| !c.synchronous_mode),
+            ),
+            (
+                json!({"synchronous_node_count": 0}),
+                "synchronous_node_count",
+                Box::new(|c| c.synchronous_node_count == 1),
+            ),
             (json!({"pause": 3}), "pause", Box::new(|c| !c.pause)),
-            (json!({"postgresql": {"use_slots": "perhaps"}}), "postgresql.use_slots", Box::new(|c| c.use_slots)),
-            (json!({"postgresql": {"parameters": "max_connections=5"}}), "postgresql.parameters", Box::new(|c| c.parameters.is_empty())),
-            (json!({"postgresql": {"pg_hba": "host all all all trust"}}), "postgresql.pg_hba", Box::new(|c| c.pg_hba.is_empty())),
-            (json!({"postgresql": {"pg_hba": ["local all all trust", 5]}}), "postgresql.pg_hba[1]", Box::new(|c| c.pg_hba.len() == 1)),
-            (json!({"postgresql": "yes"}), "postgresql", Box::new(|c| c.use_slots && !c.use_pg_rewind)),
-            (json!({"standby_cluster": "host=x"}), "standby_cluster", Box::new(|c| c.standby_cluster.is_none())),
-            (json!(["not", "a", "map"]), "config", Box::new(|c| c.ttl == 30)),
+            (
+                json!({"postgresql": {"use_slots": "perhaps"}}),
+                "postgresql.use_slots",
+                Box::new(|c| c.use_slots),
+            ),
+            (
+                json!({"postgresql": {"parameters": "max_connections=5"}}),
+                "postgresql.parameters",
+                Box::new(|c| c.parameters.is_empty()),
+            ),
+            (
+                json!({"postgresql": {"pg_hba": "host all all all trust"}}),
+                "postgresql.pg_hba",
+                Box::new(|c| c.pg_hba.is_empty()),
+            ),
+            (
+                json!({"postgresql": {"pg_hba": ["local all all trust", 5]}}),
+                "postgresql.pg_hba[1]",
+                Box::new(|c| c.pg_hba.len() == 1),
+            ),
+            (
+                json!({"postgresql": "yes"}),
+                "postgresql",
+                Box::new(|c| c.use_slots && !c.use_pg_rewind),
+            ),
+            (
+                json!({"standby_cluster": "host=x"}),
+                "standby_cluster",
+                Box::new(|c| c.standby_cluster.is_none()),
+            ),
+            (
+                json!(["not", "a", "map"]),
+                "config",
+                Box::new(|c| c.ttl == 30),
+            ),
         ];
         for (input, key, check) in cases {
             let (cfg, warnings) = DynamicConfig::from_value(&input);
@@ -471,9 +547,14 @@ mod tests {
             ((30, 0, 10), (1, 10), Some("loop_wait")),
         ];
         for ((ttl, lw, rt), (want_lw, want_rt), warned) in cases {
-            let (cfg, warnings) =
-                DynamicConfig::from_value(&json!({"ttl": ttl, "loop_wait": lw, "retry_timeout": rt}));
-            assert_eq!((cfg.loop_wait, cfg.retry_timeout), (want_lw, want_rt), "{ttl}/{lw}/{rt}");
+            let (cfg, warnings) = DynamicConfig::from_value(
+                &json!({"ttl": ttl, "loop_wait": lw, "retry_timeout": rt}),
+            );
+            assert_eq!(
+                (cfg.loop_wait, cfg.retry_timeout),
+                (want_lw, want_rt),
+                "{ttl}/{lw}/{rt}"
+            );
             assert!(cfg.loop_wait + 2 * cfg.retry_timeout <= cfg.ttl);
             match warned {
                 Some(k) => assert!(warnings.iter().any(|w| w.starts_with(k)), "{warnings:?}"),

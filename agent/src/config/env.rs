@@ -113,7 +113,8 @@ fn parse_list(var: &str, raw: &str) -> Result<Value, ConfigError> {
     } else {
         format!("[{raw}]")
     };
-    parse_yaml(&text).map_err(|(_, _, msg)| env_error(var, format!("cannot parse as a YAML list: {msg}")))
+    parse_yaml(&text)
+        .map_err(|(_, _, msg)| env_error(var, format!("cannot parse as a YAML list: {msg}")))
 }
 
 /// A YAML mapping, braces optional (`a: b` ≡ `{a: b}`).
@@ -123,12 +124,15 @@ fn parse_dict(var: &str, raw: &str) -> Result<Value, ConfigError> {
     } else {
         format!("{{{raw}}}")
     };
-    parse_yaml(&text).map_err(|(_, _, msg)| env_error(var, format!("cannot parse as a YAML mapping: {msg}")))
+    parse_yaml(&text)
+        .map_err(|(_, _, msg)| env_error(var, format!("cannot parse as a YAML mapping: {msg}")))
 }
 
 /// Booleans and integers that do not parse stay strings, so typed loading names the key.
 fn bool_value(raw: String) -> Value {
-    parse_bool_str(&raw).map(Value::Bool).unwrap_or(Value::String(raw))
+    parse_bool_str(&raw)
+        .map(Value::Bool)
+        .unwrap_or(Value::String(raw))
 }
 
 fn int_value(raw: String) -> Value {
@@ -154,7 +158,11 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
 
     // Pre-2.0 spellings of the log settings; the new names win.
     let mut legacy_log = BTreeMap::new();
-    for (new, old) in [("level", "loglevel"), ("format", "logformat"), ("dateformat", "log_datefmt")] {
+    for (new, old) in [
+        ("level", "loglevel"),
+        ("format", "logformat"),
+        ("dateformat", "log_datefmt"),
+    ] {
         if let Some(v) = r.take(old) {
             legacy_log.insert(new, v);
         }
@@ -175,12 +183,26 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
                 "server_tokens",
             ],
         ),
-        ("ctl", &["cacert", "certfile", "keyfile", "keyfile_password"]),
+        (
+            "ctl",
+            &["cacert", "certfile", "keyfile", "keyfile_password"],
+        ),
         (
             "postgresql",
-            &["listen", "connect_address", "proxy_address", "config_dir", "data_dir", "pgpass", "bin_dir"],
+            &[
+                "listen",
+                "connect_address",
+                "proxy_address",
+                "config_dir",
+                "data_dir",
+                "pgpass",
+                "bin_dir",
+            ],
         ),
-        ("log", &["type", "level", "traceback_level", "dateformat", "dir"]),
+        (
+            "log",
+            &["type", "level", "traceback_level", "dateformat", "dir"],
+        ),
         // Present so that a raft setup is reported as an unsupported DCS.
         ("raft", &["data_dir", "self_addr", "password", "bind_addr"]),
     ];
@@ -199,9 +221,18 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
         }
     }
 
-    for binary in ["pg_ctl", "initdb", "pg_controldata", "pg_basebackup", "postgres", "pg_isready", "pg_rewind"] {
+    for binary in [
+        "pg_ctl",
+        "initdb",
+        "pg_controldata",
+        "pg_basebackup",
+        "postgres",
+        "pg_isready",
+        "pg_rewind",
+    ] {
         if let Some(v) = r.take(&format!("postgresql_bin_{binary}")) {
-            section(section(&mut out, "postgresql"), "bin_name").insert(binary.to_string(), Value::String(v));
+            section(section(&mut out, "postgresql"), "bin_name")
+                .insert(binary.to_string(), Value::String(v));
         }
     }
 
@@ -229,7 +260,11 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
 
     for (sec, key) in [("restapi", "allowlist"), ("raft", "partner_addrs")] {
         if let Some(v) = r.take(&format!("{sec}_{key}")) {
-            let var = format!("{PREFIX}{}_{}", sec.to_ascii_uppercase(), key.to_ascii_uppercase());
+            let var = format!(
+                "{PREFIX}{}_{}",
+                sec.to_ascii_uppercase(),
+                key.to_ascii_uppercase()
+            );
             section(&mut out, sec).insert(key.to_string(), parse_list(&var, &v)?);
         }
     }
@@ -251,7 +286,11 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
         ("log", "loggers"),
     ] {
         if let Some(v) = r.take(&format!("{sec}_{key}")) {
-            let var = format!("{PREFIX}{}_{}", sec.to_ascii_uppercase(), key.to_ascii_uppercase());
+            let var = format!(
+                "{PREFIX}{}_{}",
+                sec.to_ascii_uppercase(),
+                key.to_ascii_uppercase()
+            );
             section(&mut out, sec).insert(key.to_string(), parse_dict(&var, &v)?);
         }
     }
@@ -300,11 +339,12 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
         } else {
             match suffix {
                 "PORT" => int_value(raw),
-                "HOSTS" | "PORTS" | "CHECKS" | "SERVICE_TAGS" | "RETRIABLE_HTTP_CODES" => parse_list(&var, &raw)?,
-                "LABELS" | "SET_ACLS" | "AUTH_DATA" | "BOOTSTRAP_LABELS" => parse_dict(&var, &raw)?,
-                "USE_PROXIES" | "REGISTER_SERVICE" | "USE_ENDPOINTS" | "BYPASS_API_SERVICE" | "VERIFY" => {
-                    bool_value(raw)
+                "HOSTS" | "PORTS" | "CHECKS" | "SERVICE_TAGS" | "RETRIABLE_HTTP_CODES" => {
+                    parse_list(&var, &raw)?
                 }
+                "LABELS" | "SET_ACLS" | "AUTH_DATA" | "BOOTSTRAP_LABELS" => parse_dict(&var, &raw)?,
+                "USE_PROXIES" | "REGISTER_SERVICE" | "USE_ENDPOINTS" | "BYPASS_API_SERVICE"
+                | "VERIFY" => bool_value(raw),
                 _ => Value::String(raw),
             }
         };
@@ -317,7 +357,10 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
 fn take_auth(r: &mut EnvReader<'_>, prefix: &str, params: &[&str]) -> Map<String, Value> {
     params
         .iter()
-        .filter_map(|p| r.take(&format!("{prefix}_{p}")).map(|v| (p.to_string(), Value::String(v))))
+        .filter_map(|p| {
+            r.take(&format!("{prefix}_{p}"))
+                .map(|v| (p.to_string(), Value::String(v)))
+        })
         .collect()
 }
 
@@ -327,7 +370,10 @@ mod tests {
     use serde_json::json;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -340,7 +386,10 @@ mod tests {
             ("PATRONI_RESTAPI_USERNAME", "admin"),
             ("PATRONI_RESTAPI_ALLOWLIST", "10.0.0.0/8, 127.0.0.1"),
             ("PATRONI_RESTAPI_ALLOWLIST_INCLUDE_MEMBERS", "on"),
-            ("PATRONI_RESTAPI_HTTP_EXTRA_HEADERS", "X-Frame-Options: SAMEORIGIN"),
+            (
+                "PATRONI_RESTAPI_HTTP_EXTRA_HEADERS",
+                "X-Frame-Options: SAMEORIGIN",
+            ),
             ("PATRONI_CTL_INSECURE", "yes"),
             ("PATRONI_SUPERUSER_USERNAME", "postgres"),
             ("PATRONI_SUPERUSER_SSLMODE", "require"),
@@ -348,8 +397,14 @@ mod tests {
             ("PATRONI_POSTGRESQL_BIN_PG_CTL", "pg_ctl.wrapper"),
             ("PATRONI_ETCD3_HOSTS", "'10.0.0.1:2379','10.0.0.2:2379'"),
             ("PATRONI_ETCD3_USERNAME", "root"),
-            ("PATRONI_KUBERNETES_LABELS", "{application: patroni, team: db}"),
-            ("PATRONI_KUBERNETES_PORTS", "[{name: postgresql, port: 5432}]"),
+            (
+                "PATRONI_KUBERNETES_LABELS",
+                "{application: patroni, team: db}",
+            ),
+            (
+                "PATRONI_KUBERNETES_PORTS",
+                "[{name: postgresql, port: 5432}]",
+            ),
             ("PATRONI_KUBERNETES_USE_ENDPOINTS", "true"),
             ("PATRONI_KUBERNETES_RETRIABLE_HTTP_CODES", "401,403"),
             ("PATRONI_CITUS_GROUP", "2"),
@@ -394,7 +449,10 @@ mod tests {
 
     #[test]
     fn new_log_names_win_over_legacy() {
-        let e = env(&[("PATRONI_LOGLEVEL", "DEBUG"), ("PATRONI_LOG_LEVEL", "WARNING")]);
+        let e = env(&[
+            ("PATRONI_LOGLEVEL", "DEBUG"),
+            ("PATRONI_LOG_LEVEL", "WARNING"),
+        ]);
         let out = overlay(&e).unwrap_or_default();
         assert_eq!(out.get("log"), Some(&json!({"level": "WARNING"})));
     }
@@ -403,7 +461,10 @@ mod tests {
     fn unparsable_list_names_the_variable() {
         let e = env(&[("PATRONI_KUBERNETES_PORTS", "[{port: 5432")]);
         let err = overlay(&e).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("PATRONI_KUBERNETES_PORTS: cannot parse"), "{err}");
+        assert!(
+            err.starts_with("PATRONI_KUBERNETES_PORTS: cannot parse"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,20 +10,19 @@ use serde_json::{Map, Value};
 /// Parse YAML text into a JSON tree. Errors carry (line, column, message); 0 means unknown.
 pub(crate) fn parse_yaml(text: &str) -> Result<Value, (usize, usize, String)> {
     let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-        (line, column, strip_location(&e.to_string()))
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        // The location is reported separately; drop its copy from the message.
+        let msg = e
+            .to_string()
+            .replacen(&format!(" at line {line} column {column}"), "", 1);
+        (line, column, msg)
     })?;
     // `<<: *anchor` merge keys, which Patroni's YAML loader also honours.
-    yaml.apply_merge().map_err(|e| (0, 0, strip_location(&e.to_string())))?;
+    yaml.apply_merge().map_err(|e| (0, 0, e.to_string()))?;
     Ok(yaml_to_json(yaml))
-}
-
-/// serde_yaml_ng appends " at line L column C"; the location is reported separately.
-fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) if msg[i..].contains(" column ") => msg[..i].to_string(),
-        _ => msg.to_string(),
-    }
 }
 
 fn yaml_to_json(v: serde_yaml_ng::Value) -> Value {
@@ -309,9 +308,9 @@ pub(crate) fn tool_flags(v: &Value) -> Result<Vec<String>, String> {
                     }
                     other => {
                         return Err(format!(
-                            "item {i}: expected an option name or a single `name: value` pair, got {}",
-                            show(other)
-                        ))
+                        "item {i}: expected an option name or a single `name: value` pair, got {}",
+                        show(other)
+                    ))
                     }
                 }
             }
@@ -340,7 +339,10 @@ pub(crate) fn flag_option(flag: &str) -> &str {
 /// Split Patroni's `host:port` forms: `h:p`, `*:p`, `h1,h2:p`, `[v6]:p`, or a bare host (then
 /// `default_port` applies; `None` makes the port mandatory). Hosts come back without brackets;
 /// an empty host list means "all interfaces".
-pub fn split_host_port(value: &str, default_port: Option<u16>) -> Result<(Vec<String>, u16), String> {
+pub fn split_host_port(
+    value: &str,
+    default_port: Option<u16>,
+) -> Result<(Vec<String>, u16), String> {
     let value = value.trim();
     if value.is_empty() {
         return Err("empty address, expected host:port".to_string());
@@ -362,7 +364,12 @@ pub fn split_host_port(value: &str, default_port: Option<u16>) -> Result<(Vec<St
     };
     let hosts = hosts
         .split(',')
-        .map(|h| h.trim().trim_start_matches('[').trim_end_matches(']').to_string())
+        .map(|h| {
+            h.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
         .filter(|h| !h.is_empty())
         .collect();
     Ok((hosts, port))
@@ -387,10 +394,18 @@ mod tests {
         let cases: &[(&str, Option<u16>, Result<(Vec<&str>, u16), ()>)] = &[
             ("127.0.0.1:5432", None, Ok((vec!["127.0.0.1"], 5432))),
             ("*:5432", None, Ok((vec!["*"], 5432))),
-            ("0.0.0.0,127.0.0.1:5433", None, Ok((vec!["0.0.0.0", "127.0.0.1"], 5433))),
+            (
+                "0.0.0.0,127.0.0.1:5433",
+                None,
+                Ok((vec!["0.0.0.0", "127.0.0.1"], 5433)),
+            ),
             ("[::1]:8008", None, Ok((vec!["::1"], 8008))),
             (":8008", None, Ok((vec![], 8008))),
-            ("db.example.com", Some(5432), Ok((vec!["db.example.com"], 5432))),
+            (
+                "db.example.com",
+                Some(5432),
+                Ok((vec!["db.example.com"], 5432)),
+            ),
             ("[fe80::1]", Some(2379), Ok((vec!["fe80::1"], 2379))),
             ("db.example.com", None, Err(())),
             ("h:notaport", None, Err(())),
@@ -414,10 +429,22 @@ mod tests {
     #[test]
     fn tool_flags_forms() {
         let cases = [
-            (json!(["data-checksums", {"encoding": "UTF8"}]), Ok(vec!["--data-checksums", "--encoding=UTF8"])),
-            (json!({"encoding": "UTF8", "locale": "C"}), Ok(vec!["--encoding=UTF8", "--locale=C"])),
-            (json!([{"auth-local": "\"trust\""}]), Ok(vec!["--auth-local=trust"])),
-            (json!({"wal-segsize": 32, "data-checksums": true, "no-sync": false}), Ok(vec!["--data-checksums", "--wal-segsize=32"])),
+            (
+                json!(["data-checksums", {"encoding": "UTF8"}]),
+                Ok(vec!["--data-checksums", "--encoding=UTF8"]),
+            ),
+            (
+                json!({"encoding": "UTF8", "locale": "C"}),
+                Ok(vec!["--encoding=UTF8", "--locale=C"]),
+            ),
+            (
+                json!([{"auth-local": "\"trust\""}]),
+                Ok(vec!["--auth-local=trust"]),
+            ),
+            (
+                json!({"wal-segsize": 32, "data-checksums": true, "no-sync": false}),
+                Ok(vec!["--data-checksums", "--wal-segsize=32"]),
+            ),
             (json!(null), Ok(vec![])),
             (json!([["nested"]]), Err(())),
             (json!([{"a": "1", "b": "2"}]), Err(())),
@@ -443,10 +470,19 @@ mod tests {
 
     #[test]
     fn patch_merges_deeply_and_null_removes() {
-        let mut base = json!({"a": {"b": 1, "c": 2}, "d": 1}).as_object().cloned().unwrap_or_default();
-        let overlay = json!({"a": {"c": 3, "e": 4}, "d": null, "f": [1]}).as_object().cloned().unwrap_or_default();
+        let mut base = json!({"a": {"b": 1, "c": 2}, "d": 1})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let overlay = json!({"a": {"c": 3, "e": 4}, "d": null, "f": [1]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         patch(&mut base, overlay);
-        assert_eq!(Value::Object(base), json!({"a": {"b": 1, "c": 3, "e": 4}, "f": [1]}));
+        assert_eq!(
+            Value::Object(base),
+            json!({"a": {"b": 1, "c": 3, "e": 4}, "f": [1]})
+        );
     }
 
     #[test]
@@ -455,7 +491,11 @@ mod tests {
         let (line, column, msg) = err.unwrap_or_default();
         assert!(line >= 2, "line {line}: {msg}");
         assert!(column > 0);
-        assert!(!msg.contains(" at line "), "{msg}");
+        assert!(
+            !msg.contains(&format!(" at line {line} column {column}")),
+            "{msg}"
+        );
+        assert!(msg.contains("did not find expected"), "{msg}");
     }
 
     #[test]

@@ -64,7 +64,6 @@ pub struct Agent {
     role: Role,
     following: Option<ConnTarget>,
     last_member: Option<MemberData>,
-    last_optime_written: Option<u64>,
     last_reason: String,
     last_cluster: Option<Cluster>,
     dcs_last_seen: Option<i64>,
@@ -107,7 +106,6 @@ impl Agent {
             role: Role::Uninitialized,
             following: None,
             last_member: None,
-            last_optime_written: None,
             last_reason: String::new(),
             last_cluster: None,
             dcs_last_seen: None,
@@ -503,13 +501,8 @@ impl Agent {
             .unwrap_or(Duration::from_secs(u64::from(self.dynamic.retry_timeout)));
         match tokio::time::timeout(budget, self.dcs.update_leader(cluster, optime)).await {
             Ok(Ok(true)) => {
+                // The backend records optime in `status` as part of the renew.
                 self.lock_deadline = Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
-                if optime.is_some() && optime != self.last_optime_written {
-                    let status = dcs::Status { optime, ..cluster.status.clone() };
-                    if self.dcs.write_status(&status).await.is_ok() {
-                        self.last_optime_written = optime;
-                    }
-                }
                 PlanOutcome::Done
             }
             Ok(Ok(false)) => {

@@ -283,17 +283,17 @@ pub(super) fn managed_parameters(
             .or_insert_with(|| (*default).to_string());
     }
     let data_dir = &settings.data_dir;
-    params.insert(
-        "listen_addresses".into(),
-        settings.listen_addresses.clone(),
-    );
+    params.insert("listen_addresses".into(), settings.listen_addresses.clone());
     params.insert("port".into(), settings.port.to_string());
     params.insert("cluster_name".into(), settings.scope.clone());
-    params.entry("hba_file".into()).or_insert_with(|| {
-        data_dir.join("pg_hba.conf").to_string_lossy().into_owned()
-    });
+    params
+        .entry("hba_file".into())
+        .or_insert_with(|| data_dir.join("pg_hba.conf").to_string_lossy().into_owned());
     params.entry("ident_file".into()).or_insert_with(|| {
-        data_dir.join("pg_ident.conf").to_string_lossy().into_owned()
+        data_dir
+            .join("pg_ident.conf")
+            .to_string_lossy()
+            .into_owned()
     });
     params
         .entry("unix_socket_directories".into())
@@ -304,20 +304,22 @@ pub(super) fn managed_parameters(
         .or_insert_with(|| "latest".into());
     params.remove("primary_conninfo");
     params.remove("primary_slot_name");
-    if let ConfRole::Replica { primary, slot } = role {
-        if let Some(target) = primary {
-            let passfile = passfile.to_string_lossy();
-            let has_passwords = settings.replication.password.is_some();
-            let conninfo = conninfo_for(
-                &settings.replication,
-                target,
-                &[("application_name", &settings.name)],
-                has_passwords.then_some(passfile.as_ref()),
-            );
-            params.insert("primary_conninfo".into(), conninfo);
-            if let Some(slot) = slot {
-                params.insert("primary_slot_name".into(), slot.clone());
-            }
+    if let ConfRole::Replica {
+        primary: Some(target),
+        slot,
+    } = role
+    {
+        let passfile = passfile.to_string_lossy();
+        let has_password = settings.replication.password.is_some();
+        let conninfo = conninfo_for(
+            &settings.replication,
+            target,
+            &[("application_name", &settings.name)],
+            has_password.then_some(passfile.as_ref()),
+        );
+        params.insert("primary_conninfo".into(), conninfo);
+        if let Some(slot) = slot {
+            params.insert("primary_slot_name".into(), slot.clone());
         }
     }
     Ok(params)
@@ -393,7 +395,7 @@ pub(super) fn diff_needs_restart(
 impl Postgres {
     /// Render postgresql.conf, pg_hba.conf, standby.signal and the passfile for `role`.
     /// Moves initdb's postgresql.conf to postgresql.base.conf the first time.
-    pub fn write_config(&self, role: &ConfRole) -> Result<ConfChange, PgError> {
+    pub fn write_config(&self, role: ConfRole) -> Result<ConfChange, PgError> {
         let data_dir = &self.settings.data_dir;
         let conf_path = data_dir.join(CONF);
         let base_path = data_dir.join(BASE_CONF);
@@ -410,14 +412,13 @@ impl Postgres {
 
         change.changed |= self.write_pgpass()?;
 
-        let params = managed_parameters(&self.settings, role, &self.pgpass_path())?;
+        let params = managed_parameters(&self.settings, &role, &self.pgpass_path())?;
         let new_text = render_conf(&params);
         let old_text = std::fs::read_to_string(&conf_path).unwrap_or_default();
         if old_text != new_text {
             let old = parse_conf_raw(&old_text);
             let new = parse_conf_raw(&new_text);
-            change.needs_restart |=
-                diff_needs_restart(&old, &new, self.data_dir_major_version());
+            change.needs_restart |= diff_needs_restart(&old, &new, self.data_dir_major_version());
             self.write_file(&conf_path, &new_text)?;
             change.changed = true;
         }
@@ -428,7 +429,8 @@ impl Postgres {
             .keys()
             .any(|k| k.eq_ignore_ascii_case("hba_file"));
         if !user_hba {
-            change.changed |= self.write_if_different(&data_dir.join("pg_hba.conf"), &render_hba(&self.settings))?;
+            change.changed |= self
+                .write_if_different(&data_dir.join("pg_hba.conf"), &render_hba(&self.settings))?;
         }
 
         let want_standby = matches!(role, ConfRole::Replica { .. });
@@ -567,10 +569,12 @@ mod unit_tests {
     #[test]
     fn replica_conf_has_conninfo_slot_and_defaults() {
         let mut s = settings();
-        s.parameters.insert("wal_level".into(), json!("hot_standby"));
+        s.parameters
+            .insert("wal_level".into(), json!("hot_standby"));
         s.parameters.insert("Shared_Buffers".into(), json!("256MB"));
         s.parameters.insert("wal_keep_segments".into(), json!(8));
-        s.parameters.insert("log_line_prefix".into(), json!("%m 'x' "));
+        s.parameters
+            .insert("log_line_prefix".into(), json!("%m 'x' "));
         s.parameters.insert("hot_standby".into(), json!(true));
         s.parameters.insert("port".into(), json!(1));
         let role = ConfRole::Replica {
@@ -589,7 +593,10 @@ mod unit_tests {
         assert!(text.contains("wal_keep_size = '128MB'\n"));
         assert!(!text.contains("wal_keep_segments"));
         assert!(text.contains("hot_standby = 'on'\n"));
-        assert!(text.contains("port = '5433'\n"), "managed port wins: {text}");
+        assert!(
+            text.contains("port = '5433'\n"),
+            "managed port wins: {text}"
+        );
         assert!(text.contains("cluster_name = 'demo'\n"));
         assert!(text.contains("hba_file = '/data/pg/pg_hba.conf'\n"));
         assert!(text.contains("unix_socket_directories = '/run/pg'\n"));
@@ -615,7 +622,8 @@ mod unit_tests {
     #[test]
     fn primary_conf_has_no_conninfo() {
         let mut s = settings();
-        s.parameters.insert("primary_conninfo".into(), json!("host=x"));
+        s.parameters
+            .insert("primary_conninfo".into(), json!("host=x"));
         let params = managed_parameters(&s, &ConfRole::Primary, Path::new("/p")).unwrap();
         assert!(!params.contains_key("primary_conninfo"));
         assert!(!params.contains_key("primary_slot_name"));
@@ -658,13 +666,28 @@ mod unit_tests {
 
         let mut s2 = settings();
         s2.parameters.insert("max_connections".into(), json!(200));
-        assert!(diff_needs_restart(&p, &render(&s2, &ConfRole::Primary), Some(15)));
+        assert!(diff_needs_restart(
+            &p,
+            &render(&s2, &ConfRole::Primary),
+            Some(15)
+        ));
         let mut s3 = settings();
         s3.parameters.insert("work_mem".into(), json!("8MB"));
-        assert!(!diff_needs_restart(&p, &render(&s3, &ConfRole::Primary), Some(15)));
+        assert!(!diff_needs_restart(
+            &p,
+            &render(&s3, &ConfRole::Primary),
+            Some(15)
+        ));
         let mut s4 = settings();
-        s4.parameters.insert("shared_preload_libraries".into(), json!("pg_stat_statements"));
-        assert!(diff_needs_restart(&p, &render(&s4, &ConfRole::Primary), Some(15)));
+        s4.parameters.insert(
+            "shared_preload_libraries".into(),
+            json!("pg_stat_statements"),
+        );
+        assert!(diff_needs_restart(
+            &p,
+            &render(&s4, &ConfRole::Primary),
+            Some(15)
+        ));
     }
 
     #[test]

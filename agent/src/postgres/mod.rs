@@ -16,8 +16,12 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+// The public API of this module; not every item is referenced by the agent yet.
+#[allow(unused_imports)]
 pub use conf::{slot_name_for, ConfChange, ConfRole};
-pub use query::{PgObservation, ReplicationRow, TimelineSwitch};
+#[allow(unused_imports)]
+pub use query::{PgObservation, RemoteTimeline, ReplicationRow, TimelineSwitch};
+#[allow(unused_imports)]
 pub use tools::{ControlData, RewindOutcome};
 
 /// Credentials and TLS options of one Postgres role the agent connects as.
@@ -149,9 +153,9 @@ pub enum PgProcessState {
     /// Our postmaster exited without being asked to.
     Crashed,
     Starting,
-    /// Accepting connections as a primary (`ready`).
+    /// Accepting connections (`ready`): a primary or a hot standby; see `in_recovery`.
     Running,
-    /// Accepting read-only connections in recovery (`standby`).
+    /// Up in recovery but not accepting connections (`standby`: hot_standby is off).
     Standby,
     Stopping,
 }
@@ -218,18 +222,19 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Relative `data_dir`/`socket_dir` are resolved against the current directory.
-    pub fn new(mut settings: PgSettings) -> Self {
-        settings.data_dir = absolute(&settings.data_dir);
-        settings.socket_dir = absolute(&settings.socket_dir);
-        Postgres {
-            settings,
+    /// Relative `data_dir`/`socket_dir` are resolved against the current directory. Fails when
+    /// the settings cannot produce a configuration (bad parameter names or values, no name).
+    pub fn new(settings: PgSettings) -> Result<Self, PgError> {
+        let mut pg = Postgres {
+            settings: PgSettings::default(),
             child: None,
             adopted_pid: None,
             stop_requested: false,
             unexpected_exit: None,
             client: None,
-        }
+        };
+        pg.set_settings(settings)?;
+        Ok(pg)
     }
 
     pub fn settings(&self) -> &PgSettings {
@@ -237,11 +242,24 @@ impl Postgres {
     }
 
     /// Replace the settings (after a config reload); call `write_config` afterwards.
-    pub fn set_settings(&mut self, mut settings: PgSettings) {
+    pub fn set_settings(&mut self, mut settings: PgSettings) -> Result<(), PgError> {
         settings.data_dir = absolute(&settings.data_dir);
         settings.socket_dir = absolute(&settings.socket_dir);
+        validate(&settings)?;
         self.settings = settings;
         self.client = None;
+        Ok(())
+    }
+
+    /// Replace the GUCs and pg_hba lines (dynamic configuration changed); call `write_config`
+    /// afterwards. Bad parameters are reported by `write_config`.
+    pub fn set_parameters(
+        &mut self,
+        parameters: serde_json::Map<String, serde_json::Value>,
+        pg_hba: Vec<String>,
+    ) {
+        self.settings.parameters = parameters;
+        self.settings.pg_hba = pg_hba;
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -328,6 +346,26 @@ impl Postgres {
         cmd.env("PGPASSFILE", self.pgpass_path());
         cmd
     }
+}
+
+fn validate(settings: &PgSettings) -> Result<(), PgError> {
+    let invalid = |name: &str, reason: &str| PgError::Parameter {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if settings.name.is_empty() {
+        return Err(invalid("name", "must not be empty"));
+    }
+    if settings.data_dir.parent().is_none() {
+        return Err(invalid("data_dir", "must not be the root directory"));
+    }
+    if settings.superuser.username.is_empty() {
+        return Err(invalid("superuser.username", "must not be empty"));
+    }
+    if settings.replication.username.is_empty() {
+        return Err(invalid("replication.username", "must not be empty"));
+    }
+    conf::managed_parameters(settings, &ConfRole::Primary, Path::new("/")).map(|_| ())
 }
 
 fn absolute(p: &Path) -> PathBuf {

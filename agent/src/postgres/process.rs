@@ -42,7 +42,10 @@ pub(super) fn parse_pid_file(text: &str) -> Option<PidFile> {
         .filter(|s| !s.is_empty());
     Some(PidFile {
         pid,
-        data_dir: lines.get(1).map(|s| s.trim().to_string()).unwrap_or_default(),
+        data_dir: lines
+            .get(1)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
         shmem_id,
         status,
     })
@@ -140,6 +143,36 @@ impl Postgres {
             }
         }
         None
+    }
+
+    /// Adopt a postmaster already running for our data directory (agent restart). Returns its pid.
+    pub async fn adopt_running(&mut self) -> Result<Option<i32>, PgError> {
+        Ok(self.running_pid())
+    }
+
+    /// Completes when the running postmaster exits (recording an unrequested exit for
+    /// `postmaster_exited`); never completes while none runs. Cancel-safe, for `select!`.
+    pub async fn wait_exit(&mut self) {
+        if let Some(child) = &mut self.child {
+            let status = child.wait().await;
+            self.child = None;
+            match status {
+                Ok(status) if !self.stop_requested => {
+                    tracing::warn!(%status, "postmaster exited unexpectedly");
+                    self.unexpected_exit = Some(status);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot wait for the postmaster"),
+            }
+            return;
+        }
+        if self.adopted_pid.is_some() {
+            while self.running_pid().is_some() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return;
+        }
+        std::future::pending::<()>().await
     }
 
     /// Whether a postmaster runs for our data directory (ours or adopted).
@@ -286,7 +319,7 @@ impl Postgres {
     }
 
     /// Wait for the postmaster to exit; false on timeout.
-    async fn wait_exit(&mut self, timeout: Duration) -> bool {
+    async fn wait_exit_within(&mut self, timeout: Duration) -> bool {
         if let Some(child) = &mut self.child {
             return match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(_) => {
@@ -323,19 +356,23 @@ impl Postgres {
         };
         tracing::info!(pid, ?mode, "stopping postmaster");
         self.signal(pid, signal)?;
-        if self.wait_exit(timeout).await {
+        if self.wait_exit_within(timeout).await {
             return Ok(());
         }
         if mode != StopMode::Immediate {
-            tracing::warn!(pid, ?mode, "postmaster did not stop in time; immediate shutdown");
+            tracing::warn!(
+                pid,
+                ?mode,
+                "postmaster did not stop in time; immediate shutdown"
+            );
             self.signal(pid, Signal::SIGQUIT)?;
-            if self.wait_exit(ESCALATION_GRACE).await {
+            if self.wait_exit_within(ESCALATION_GRACE).await {
                 return Ok(());
             }
         }
         tracing::warn!(pid, "postmaster did not stop; SIGKILL");
         self.signal(pid, Signal::SIGKILL)?;
-        if self.wait_exit(ESCALATION_GRACE).await {
+        if self.wait_exit_within(ESCALATION_GRACE).await {
             return Ok(());
         }
         Err(PgError::StopFailed(pid))

@@ -52,12 +52,14 @@ pub struct PgObservation {
     pub pending_restart: bool,
 }
 
-/// A line of a timeline history file: `tli` ended at `switch_lsn` for `reason`.
+/// A line of a timeline history file: (timeline, LSN where it ended, reason).
+pub type TimelineSwitch = (u32, u64, String);
+
+/// A remote server's current timeline and the history leading to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimelineSwitch {
+pub struct RemoteTimeline {
     pub timeline: u32,
-    pub switch_lsn: u64,
-    pub reason: String,
+    pub history: Vec<TimelineSwitch>,
 }
 
 pub(super) fn parse_timeline_history(text: &str) -> Result<Vec<TimelineSwitch>, PgError> {
@@ -78,11 +80,7 @@ pub(super) fn parse_timeline_history(text: &str) -> Result<Vec<TimelineSwitch>, 
             .and_then(dcs::model::parse_lsn)
             .ok_or_else(bad)?;
         let reason = parts.next().unwrap_or_default().trim().to_string();
-        out.push(TimelineSwitch {
-            timeline,
-            switch_lsn,
-            reason,
-        });
+        out.push((timeline, switch_lsn, reason));
     }
     Ok(out)
 }
@@ -194,7 +192,7 @@ impl Postgres {
         r
     }
 
-    async fn query_local(
+    pub(super) async fn query_local(
         &mut self,
         step: &'static str,
         timeout: Duration,
@@ -208,7 +206,7 @@ impl Postgres {
         self.forget_client_on_error(r)
     }
 
-    async fn execute_local(
+    pub(super) async fn execute_local(
         &mut self,
         step: &'static str,
         timeout: Duration,
@@ -276,7 +274,10 @@ impl Postgres {
         let server_version: i32 = row.try_get(11).map_err(get)?;
         obs.server_version = u32::try_from(server_version).ok();
         obs.postmaster_start_time = row.try_get(12).map_err(get)?;
-        obs.pending_restart = row.try_get::<_, Option<bool>>(13).map_err(get)?.unwrap_or(false);
+        obs.pending_restart = row
+            .try_get::<_, Option<bool>>(13)
+            .map_err(get)?
+            .unwrap_or(false);
         // pg_control_checkpoint() lags right after a promotion; the current WAL file does not.
         let positive = |t: Option<i32>| t.and_then(|t| u32::try_from(t).ok()).filter(|t| *t > 0);
         obs.timeline = if in_recovery {
@@ -361,7 +362,12 @@ impl Postgres {
                 return Err(PgError::NotRunning);
             }
             if let Ok(rows) = self
-                .query_local("pg_is_in_recovery", QUERY_TIMEOUT, "SELECT pg_is_in_recovery()", &[])
+                .query_local(
+                    "pg_is_in_recovery",
+                    QUERY_TIMEOUT,
+                    "SELECT pg_is_in_recovery()",
+                    &[],
+                )
                 .await
             {
                 if rows.first().and_then(|r| r.try_get(0).ok()) == Some(false) {
@@ -384,11 +390,7 @@ impl Postgres {
     }
 
     /// Create or update a login role without logging its password.
-    async fn create_or_update_role(
-        &mut self,
-        user: &PgUser,
-        options: &str,
-    ) -> Result<(), PgError> {
+    async fn create_or_update_role(&mut self, user: &PgUser, options: &str) -> Result<(), PgError> {
         let mut options = options.to_string();
         if let Some(p) = &user.password {
             options.push_str(&format!(" PASSWORD {}", quote_literal(p)));
@@ -415,7 +417,8 @@ impl Postgres {
     pub async fn post_bootstrap(&mut self) -> Result<(), PgError> {
         let superuser = self.settings.superuser.clone();
         if superuser.password.is_some() {
-            self.create_or_update_role(&superuser, "SUPERUSER LOGIN").await?;
+            self.create_or_update_role(&superuser, "SUPERUSER LOGIN")
+                .await?;
         }
         let replication = self.settings.replication.clone();
         if replication.username != superuser.username {
@@ -435,9 +438,8 @@ impl Postgres {
                 .iter()
                 .map(|f| format!("GRANT EXECUTE ON FUNCTION pg_catalog.{f} TO {ident};\n"))
                 .collect();
-                let sql = format!(
-                    "BEGIN; SET LOCAL synchronous_commit = 'local';\n{grants}COMMIT;"
-                );
+                let sql =
+                    format!("BEGIN; SET LOCAL synchronous_commit = 'local';\n{grants}COMMIT;");
                 self.execute_local("grant rewind functions", Duration::from_secs(30), &sql)
                     .await?;
             }
@@ -530,13 +532,21 @@ impl Postgres {
     }
 
     /// The local history of `timeline` (empty for timeline 1).
-    pub async fn timeline_history(&mut self, timeline: u32) -> Result<Vec<TimelineSwitch>, PgError> {
+    pub async fn timeline_history(
+        &mut self,
+        timeline: u32,
+    ) -> Result<Vec<TimelineSwitch>, PgError> {
         if timeline <= 1 {
             return Ok(Vec::new());
         }
         let path = format!("pg_wal/{timeline:08X}.history");
         let rows = self
-            .query_local("read timeline history", QUERY_TIMEOUT, "SELECT pg_read_file($1)", &[&path])
+            .query_local(
+                "read timeline history",
+                QUERY_TIMEOUT,
+                "SELECT pg_read_file($1)",
+                &[&path],
+            )
             .await?;
         let text: String = rows
             .first()
@@ -547,10 +557,10 @@ impl Postgres {
 
     /// Current timeline of a remote server and its history, read over TCP as the superuser.
     /// Used to check for divergence before following a new primary.
-    pub async fn query_leader_timeline_history(
+    pub async fn remote_timeline_history(
         &self,
         target: &ConnTarget,
-    ) -> Result<(u32, Vec<TimelineSwitch>), PgError> {
+    ) -> Result<RemoteTimeline, PgError> {
         let mut config = base_config(&self.settings.superuser);
         config.host(&target.host).port(target.port);
         let client = connect(&config, "connect to leader").await?;
@@ -578,14 +588,19 @@ impl Postgres {
         let timeline = walfile
             .as_deref()
             .and_then(timeline_of_walfile)
-            .or(received_tli.and_then(|t| u32::try_from(t).ok()).filter(|t| *t > 0))
+            .or(received_tli
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0))
             .or(checkpoint_tli.and_then(|t| u32::try_from(t).ok()))
             .ok_or(PgError::Unexpected {
                 step,
                 detail: "no timeline".into(),
             })?;
         if timeline <= 1 {
-            return Ok((timeline, Vec::new()));
+            return Ok(RemoteTimeline {
+                timeline,
+                history: Vec::new(),
+            });
         }
         let path = format!("pg_wal/{timeline:08X}.history");
         let messages = timed(
@@ -601,7 +616,10 @@ impl Postgres {
                 _ => None,
             })
             .unwrap_or_default();
-        Ok((timeline, parse_timeline_history(&text)?))
+        Ok(RemoteTimeline {
+            timeline,
+            history: parse_timeline_history(&text)?,
+        })
     }
 }
 
@@ -611,13 +629,15 @@ mod unit_tests {
 
     #[test]
     fn history_lines_are_parsed() {
-        let text = "1\t0/3000060\tno recovery target specified\n\n2\t0/5000000\tbefore 2024-01-01\n";
+        let text =
+            "1\t0/3000060\tno recovery target specified\n\n2\t0/5000000\tbefore 2024-01-01\n";
         let h = parse_timeline_history(text).unwrap();
         assert_eq!(h.len(), 2);
-        assert_eq!(h[0].timeline, 1);
-        assert_eq!(h[0].switch_lsn, 0x3000060);
-        assert_eq!(h[0].reason, "no recovery target specified");
-        assert_eq!(h[1].timeline, 2);
+        assert_eq!(
+            h[0],
+            (1, 0x3000060, "no recovery target specified".to_string())
+        );
+        assert_eq!(h[1].0, 2);
         assert!(parse_timeline_history("x\ty\n").is_err());
     }
 

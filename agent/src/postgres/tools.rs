@@ -162,17 +162,17 @@ impl Postgres {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!(
-            "regent-pwfile-{}-{nanos}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("regent-pwfile-{}-{nanos}", std::process::id()));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| PgError::io(format!("create {}", path.display()), e))?;
-        let written = file.write_all(content.as_bytes()).map_err(|e| PgError::io("write password file", e));
+        let written = file
+            .write_all(content.as_bytes())
+            .map_err(|e| PgError::io("write password file", e));
         drop(file);
         if let Err(e) = written.and_then(|_| self.chown(&path)) {
             let _ = std::fs::remove_file(&path);
@@ -288,7 +288,9 @@ impl Postgres {
     /// Read the control file with pg_controldata.
     pub async fn controldata(&self) -> Result<ControlData, PgError> {
         let mut cmd = self.command("pg_controldata");
-        cmd.arg("-D").arg(&self.settings.data_dir).env("LC_ALL", "C");
+        cmd.arg("-D")
+            .arg(&self.settings.data_dir)
+            .env("LC_ALL", "C");
         let out = self.run_tool("pg_controldata", cmd).await?;
         parse_controldata(&String::from_utf8_lossy(&out.stdout))
     }

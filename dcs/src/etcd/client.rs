@@ -32,9 +32,9 @@ impl From<CallError> for DcsError {
     fn from(e: CallError) -> DcsError {
         match e {
             CallError::Dcs(d) => d,
-            CallError::Grpc { code, message } => {
-                DcsError::Protocol(format!("etcd refused the request (gRPC code {code}): {message}"))
-            }
+            CallError::Grpc { code, message } => DcsError::Protocol(format!(
+                "etcd refused the request (gRPC code {code}): {message}"
+            )),
         }
     }
 }
@@ -47,7 +47,10 @@ enum Attempt {
     NoSuchEndpoint,
     /// Missing or expired auth token.
     Unauthenticated(String),
-    Grpc { code: i64, message: String },
+    Grpc {
+        code: i64,
+        message: String,
+    },
     Fatal(DcsError),
 }
 
@@ -77,7 +80,9 @@ pub(crate) fn normalise_host(raw: &str) -> Result<String, String> {
         return Err("empty etcd host".into());
     }
     if h.starts_with("https://") {
-        return Err(format!("etcd host '{h}': https is not supported by this build, use http"));
+        return Err(format!(
+            "etcd host '{h}': https is not supported by this build, use http"
+        ));
     }
     if let Some(rest) = h.strip_prefix("http://") {
         if rest.is_empty() {
@@ -139,8 +144,17 @@ impl Client {
         Duration::from_secs(u64::from(self.timing().retry_timeout.max(1)))
     }
 
+    /// Time limit of one request: a slice of the budget so one dead host cannot eat all of it.
+    fn attempt_timeout(&self) -> Duration {
+        (self.retry_budget() / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
+    }
+
     fn token(&self) -> Option<String> {
         self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn forget_token(&self) {
+        self.set_token(None);
     }
 
     fn set_token(&self, t: Option<String>) {
@@ -157,7 +171,11 @@ impl Client {
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
-        let api = if self.use_beta.load(Ordering::Relaxed) { "/v3beta" } else { "/v3" };
+        let api = if self.use_beta.load(Ordering::Relaxed) {
+            "/v3beta"
+        } else {
+            "/v3"
+        };
         format!("{}{api}{path}", self.host())
     }
 
@@ -167,8 +185,7 @@ impl Client {
         let budget = self.retry_budget();
         let started = Instant::now();
         let deadline = started + budget;
-        // Each attempt gets a slice of the budget so one dead host cannot eat all of it.
-        let per_attempt = (budget / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let per_attempt = self.attempt_timeout();
         let mut backoff = Duration::from_millis(50);
         let mut reauthenticated = false;
         let mut last_error = String::from("no attempt made");
@@ -183,11 +200,14 @@ impl Client {
                     Ok(()) => {}
                     Err(Attempt::Transient(msg)) => {
                         last_error = msg;
-                        self.after_transient(path, &last_error, deadline, &mut backoff).await;
+                        self.after_transient(path, &last_error, deadline, &mut backoff)
+                            .await;
                         continue;
                     }
                     Err(Attempt::Grpc { message, .. } | Attempt::Unauthenticated(message)) => {
-                        return Err(CallError::Dcs(DcsError::Forbidden(format!("etcd authentication: {message}"))))
+                        return Err(CallError::Dcs(DcsError::Forbidden(format!(
+                            "etcd authentication: {message}"
+                        ))))
                     }
                     Err(other) => return Err(self.definite(other, "authenticate")),
                 }
@@ -199,14 +219,17 @@ impl Client {
                     tracing::info!("etcd does not serve /v3, falling back to /v3beta");
                     self.use_beta.store(true, Ordering::Relaxed);
                 }
-                Err(Attempt::Unauthenticated(msg)) if self.credentials.is_some() && !reauthenticated => {
+                Err(Attempt::Unauthenticated(msg))
+                    if self.credentials.is_some() && !reauthenticated =>
+                {
                     tracing::debug!(%msg, "etcd auth token rejected, authenticating again");
                     reauthenticated = true;
                     self.set_token(None);
                 }
                 Err(Attempt::Transient(msg)) => {
                     last_error = msg;
-                    self.after_transient(path, &last_error, deadline, &mut backoff).await;
+                    self.after_transient(path, &last_error, deadline, &mut backoff)
+                        .await;
                 }
                 Err(other) => return Err(self.definite(other, path)),
             }
@@ -222,16 +245,24 @@ impl Client {
     fn definite(&self, a: Attempt, what: &str) -> CallError {
         match a {
             Attempt::Grpc { code, message } => CallError::Grpc { code, message },
-            Attempt::Unauthenticated(m) => CallError::Dcs(DcsError::Forbidden(format!("etcd {what}: {m}"))),
-            Attempt::NoSuchEndpoint => {
-                CallError::Dcs(DcsError::Protocol(format!("etcd does not serve {what} (HTTP 404)")))
+            Attempt::Unauthenticated(m) => {
+                CallError::Dcs(DcsError::Forbidden(format!("etcd {what}: {m}")))
             }
+            Attempt::NoSuchEndpoint => CallError::Dcs(DcsError::Protocol(format!(
+                "etcd does not serve {what} (HTTP 404)"
+            ))),
             Attempt::Fatal(e) => CallError::Dcs(e),
             Attempt::Transient(m) => CallError::Dcs(DcsError::Unreachable(m)),
         }
     }
 
-    async fn after_transient(&self, path: &str, error: &str, deadline: Instant, backoff: &mut Duration) {
+    async fn after_transient(
+        &self,
+        path: &str,
+        error: &str,
+        deadline: Instant,
+        backoff: &mut Duration,
+    ) {
         tracing::warn!(path, host = self.host(), %error, "etcd request failed, retrying");
         self.rotate_host();
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -240,38 +271,61 @@ impl Client {
     }
 
     async fn authenticate(&self, timeout: Duration) -> Result<(), Attempt> {
-        let Some((user, password)) = &self.credentials else { return Ok(()) };
+        let Some((user, password)) = &self.credentials else {
+            return Ok(());
+        };
         let body = json!({"name": user, "password": password});
-        let v = self.send(&self.url("/auth/authenticate"), &body, timeout, None).await?;
+        let v = self
+            .send(&self.url("/auth/authenticate"), &body, timeout, None)
+            .await?;
         match v.get("token").and_then(Value::as_str) {
             Some(t) => {
                 self.set_token(Some(t.to_string()));
                 Ok(())
             }
-            None => Err(Attempt::Fatal(DcsError::Protocol("etcd authenticate answer has no token".into()))),
+            None => Err(Attempt::Fatal(DcsError::Protocol(
+                "etcd authenticate answer has no token".into(),
+            ))),
         }
     }
 
     async fn attempt(&self, path: &str, body: &Value, timeout: Duration) -> Result<Value, Attempt> {
         let token = self.token();
-        self.send(&self.url(path), body, timeout, token.as_deref()).await
+        self.send(&self.url(path), body, timeout, token.as_deref())
+            .await
     }
 
-    async fn send(&self, url: &str, body: &Value, timeout: Duration, token: Option<&str>) -> Result<Value, Attempt> {
+    async fn send(
+        &self,
+        url: &str,
+        body: &Value,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Value, Attempt> {
         let mut req = self.http.post(url).json(body).timeout(timeout);
         if let Some(t) = token {
             req = req.header("Authorization", t);
         }
-        let resp = req.send().await.map_err(|e| Attempt::Transient(format!("{url}: {e}")))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Attempt::Transient(format!("{url}: {e}")))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| Attempt::Transient(format!("{url}: reading answer: {e}")))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Attempt::Transient(format!("{url}: reading answer: {e}")))?;
         classify(url, status.as_u16(), &bytes)
     }
 
     /// Open a streaming request (watch) against the current host: one attempt, no total timeout.
-    pub(crate) async fn open_stream(&self, path: &str, body: &Value) -> Result<reqwest::Response, String> {
+    pub(crate) async fn open_stream(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, String> {
+        let timeout = self.attempt_timeout();
         if self.credentials.is_some() && self.token().is_none() {
-            let timeout = (self.retry_budget() / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
             if let Err(a) = self.authenticate(timeout).await {
                 self.rotate_host();
                 return Err(format!("authenticate: {}", describe(&a)));
@@ -282,24 +336,36 @@ impl Client {
         if let Some(t) = self.token() {
             req = req.header("Authorization", t);
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
+        // Only the answer's head is time-limited: the body is a stream without end.
+        let resp = match tokio::time::timeout(timeout, req.send()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 self.rotate_host();
                 return Err(format!("{url}: {e}"));
+            }
+            Err(_) => {
+                self.rotate_host();
+                return Err(format!("{url}: no answer within {timeout:?}"));
             }
         };
         let status = resp.status().as_u16();
         if status == 200 {
             return Ok(resp);
         }
-        let bytes = resp.bytes().await.unwrap_or_default();
+        let bytes = tokio::time::timeout(timeout, resp.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         match classify(&url, status, &bytes) {
             Err(Attempt::NoSuchEndpoint) => self.use_beta.store(true, Ordering::Relaxed),
             Err(Attempt::Unauthenticated(_)) => self.set_token(None),
             _ => self.rotate_host(),
         }
-        Err(format!("{url}: HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()))
+        Err(format!(
+            "{url}: HTTP {status}: {}",
+            String::from_utf8_lossy(&bytes).trim()
+        ))
     }
 }
 
@@ -334,22 +400,33 @@ fn classify(url: &str, status: u16, body: &[u8]) -> Result<Value, Attempt> {
             .to_string();
         Some((code, message))
     });
-    let text = || String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+    let text = || {
+        String::from_utf8_lossy(&body[..body.len().min(200)])
+            .trim()
+            .to_string()
+    };
     match (status, grpc) {
         (500..=599, g) => Err(Attempt::Transient(format!(
             "{url}: HTTP {status}: {}",
             g.map(|(_, m)| m).unwrap_or_else(text)
         ))),
-        (401, g) => Err(Attempt::Unauthenticated(g.map(|(_, m)| m).unwrap_or_else(text))),
+        (401, g) => Err(Attempt::Unauthenticated(
+            g.map(|(_, m)| m).unwrap_or_else(text),
+        )),
         (403, g) => Err(Attempt::Fatal(DcsError::Forbidden(format!(
             "{url}: {}",
             g.map(|(_, m)| m).unwrap_or_else(text)
         )))),
         // Auth enabled on the server but no token sent.
-        (_, Some((_, message))) if message.contains("user name is empty") => Err(Attempt::Unauthenticated(message)),
+        (_, Some((_, message))) if message.contains("user name is empty") => {
+            Err(Attempt::Unauthenticated(message))
+        }
         (_, Some((code, message))) => Err(Attempt::Grpc { code, message }),
         (404, None) => Err(Attempt::NoSuchEndpoint),
-        (_, None) => Err(Attempt::Fatal(DcsError::Protocol(format!("{url}: HTTP {status}: {}", text())))),
+        (_, None) => Err(Attempt::Fatal(DcsError::Protocol(format!(
+            "{url}: HTTP {status}: {}",
+            text()
+        )))),
     }
 }
 
@@ -359,7 +436,10 @@ mod tests {
 
     #[test]
     fn hosts_are_normalised() {
-        assert_eq!(normalise_host("127.0.0.1:2379").unwrap(), "http://127.0.0.1:2379");
+        assert_eq!(
+            normalise_host("127.0.0.1:2379").unwrap(),
+            "http://127.0.0.1:2379"
+        );
         assert_eq!(normalise_host("http://h:2379/").unwrap(), "http://h:2379");
         assert!(normalise_host("https://h:2379").is_err());
         assert!(normalise_host(" ").is_err());
@@ -368,12 +448,27 @@ mod tests {
     #[test]
     fn gateway_errors_are_classified() {
         let lease = br#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#;
-        assert!(matches!(classify("u", 404, lease), Err(Attempt::Grpc { code: 5, .. })));
-        assert!(matches!(classify("u", 404, b"Not Found\n"), Err(Attempt::NoSuchEndpoint)));
-        assert!(matches!(classify("u", 503, b"{}"), Err(Attempt::Transient(_))));
-        assert!(matches!(classify("u", 401, b"{}"), Err(Attempt::Unauthenticated(_))));
+        assert!(matches!(
+            classify("u", 404, lease),
+            Err(Attempt::Grpc { code: 5, .. })
+        ));
+        assert!(matches!(
+            classify("u", 404, b"Not Found\n"),
+            Err(Attempt::NoSuchEndpoint)
+        ));
+        assert!(matches!(
+            classify("u", 503, b"{}"),
+            Err(Attempt::Transient(_))
+        ));
+        assert!(matches!(
+            classify("u", 401, b"{}"),
+            Err(Attempt::Unauthenticated(_))
+        ));
         assert!(classify("u", 200, b"{\"a\":1}").is_ok());
-        assert!(matches!(classify("u", 200, b"{\"a\""), Err(Attempt::Fatal(_))));
+        assert!(matches!(
+            classify("u", 200, b"{\"a\""),
+            Err(Attempt::Fatal(_))
+        ));
     }
 
     #[test]

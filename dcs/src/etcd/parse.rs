@@ -21,7 +21,9 @@ pub(crate) struct Kv {
 
 /// Decode the `kvs` array of a range answer. Keys outside `prefix` or not UTF-8 are reported.
 pub(crate) fn decode_kvs(prefix: &str, kvs: Option<&Value>, warnings: &mut Vec<String>) -> Vec<Kv> {
-    let Some(items) = kvs.and_then(Value::as_array) else { return Vec::new() };
+    let Some(items) = kvs.and_then(Value::as_array) else {
+        return Vec::new();
+    };
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let key = match item.get("key").and_then(Value::as_str).map(unb64) {
@@ -37,7 +39,9 @@ pub(crate) fn decode_kvs(prefix: &str, kvs: Option<&Value>, warnings: &mut Vec<S
                 continue;
             }
         };
-        let Some(rel) = key.strip_prefix(prefix) else { continue };
+        let Some(rel) = key.strip_prefix(prefix) else {
+            continue;
+        };
         let value = match item.get("value").and_then(Value::as_str) {
             None => String::new(),
             Some(v) => match unb64(v).map(String::from_utf8) {
@@ -72,7 +76,10 @@ pub(crate) fn parse_cluster(prefix: &str, kvs: &[Kv], mut warnings: Vec<String>)
                 if name.is_empty() {
                     warnings.push(format!("{full}: leader key is empty; treated as no leader"));
                 } else {
-                    cluster.leader = Some(Leader { name: name.to_string(), version });
+                    cluster.leader = Some(Leader {
+                        name: name.to_string(),
+                        version,
+                    });
                 }
             }
             "initialize" => cluster.initialize = Some(kv.value.trim().to_string()),
@@ -131,7 +138,11 @@ pub(crate) fn parse_cluster(prefix: &str, kvs: &[Kv], mut warnings: Vec<String>)
                             MemberData::default()
                         }
                     };
-                    cluster.members.push(Member { name: name.to_string(), data, version });
+                    cluster.members.push(Member {
+                        name: name.to_string(),
+                        data,
+                        version,
+                    });
                 }
             }
         }
@@ -175,7 +186,12 @@ mod tests {
     use crate::model::Role;
 
     fn kv(key: &str, value: &str, rev: i64) -> Kv {
-        Kv { key: key.into(), value: value.into(), mod_revision: rev, lease: 0 }
+        Kv {
+            key: key.into(),
+            value: value.into(),
+            mod_revision: rev,
+            lease: 0,
+        }
     }
 
     #[test]
@@ -189,26 +205,54 @@ mod tests {
             kv("sync", r#"{"leader":"a","sync_standby":"b"}"#, 6),
             kv("status", r#"{"optime":1234,"slots":{"s":1}}"#, 7),
             kv("members/b", r#"{"role":"replica","state":"running"}"#, 8),
-            kv("members/a", r#"{"role":"master","state":"running","xlog_location":5}"#, 9),
+            kv(
+                "members/a",
+                r#"{"role":"master","state":"running","xlog_location":5}"#,
+                9,
+            ),
             kv("members/c", "{not json", 11),
             kv("1/leader", "other-group", 12),
         ];
         let c = parse_cluster("/service/demo/", &kvs, Vec::new());
-        assert_eq!(c.leader, Some(Leader { name: "a".into(), version: Some("10".into()) }));
+        assert_eq!(
+            c.leader,
+            Some(Leader {
+                name: "a".into(),
+                version: Some("10".into())
+            })
+        );
         assert_eq!(c.initialized_sysid(), Some("7123456789012345678"));
         assert!(c.is_paused());
-        assert_eq!(c.config.as_ref().and_then(|c| c.version.clone()), Some("3".into()));
+        assert_eq!(
+            c.config.as_ref().and_then(|c| c.version.clone()),
+            Some("3".into())
+        );
         assert_eq!(c.history.len(), 1);
-        assert_eq!(c.failover.as_ref().and_then(|f| f.member.clone()), Some("b".into()));
-        assert_eq!(c.failover.as_ref().and_then(|f| f.version.clone()), Some("5".into()));
+        assert_eq!(
+            c.failover.as_ref().and_then(|f| f.member.clone()),
+            Some("b".into())
+        );
+        assert_eq!(
+            c.failover.as_ref().and_then(|f| f.version.clone()),
+            Some("5".into())
+        );
         assert_eq!(c.sync.sync_standby, vec!["b".to_string()]);
         assert_eq!(c.status.optime, Some(1234));
         let names: Vec<_> = c.members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(c.members[0].data.role, Role::Primary);
         assert_eq!(c.members[2].data, MemberData::default());
-        assert!(c.warnings.iter().any(|w| w.contains("/service/demo/members/c")), "{:?}", c.warnings);
-        assert!(c.warnings.iter().any(|w| w.contains("/service/demo/history") && w.contains("row 1")));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("/service/demo/members/c")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("/service/demo/history") && w.contains("row 1")));
     }
 
     #[test]
@@ -223,7 +267,11 @@ mod tests {
 
     #[test]
     fn legacy_optime_and_empty_failover() {
-        let c = parse_cluster("/p/", &[kv("optime/leader", "77", 1), kv("failover", "", 2)], Vec::new());
+        let c = parse_cluster(
+            "/p/",
+            &[kv("optime/leader", "77", 1), kv("failover", "", 2)],
+            Vec::new(),
+        );
         assert_eq!(c.status.optime, Some(77));
         assert!(c.failover.is_none());
     }

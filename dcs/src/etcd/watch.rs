@@ -17,6 +17,9 @@ const WAKING_KEYS: [&str; 5] = ["leader", "config", "failover", "initialize", "s
 /// Largest amount of unparsed stream data kept before giving up on the stream.
 const MAX_BUFFER: usize = 64 * 1024 * 1024;
 
+/// Reconnect a watch stream that carried nothing for this long.
+const IDLE_RECONNECT: Duration = Duration::from_secs(60);
+
 /// Runs until aborted: keeps a watch stream open, reconnecting with backoff.
 pub(crate) async fn run(shared: Arc<Shared>) {
     // Start right after the last full read so changes in between are not missed.
@@ -48,7 +51,10 @@ enum StreamEnd {
     Compacted,
 }
 
-async fn stream_once(shared: &Shared, next_revision: &mut Option<i64>) -> Result<StreamEnd, String> {
+async fn stream_once(
+    shared: &Shared,
+    next_revision: &mut Option<i64>,
+) -> Result<StreamEnd, String> {
     let mut create = json!({
         "key": b64(&shared.prefix),
         "range_end": b64(prefix_range_end(&shared.prefix)),
@@ -60,7 +66,17 @@ async fn stream_once(shared: &Shared, next_revision: &mut Option<i64>) -> Result
     let resp = shared.client.open_stream("/watch", &body).await?;
     let mut stream = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        // An idle watch sends nothing, so a hung server would go unnoticed: reconnect now and
+        // then (from the next revision, nothing is lost).
+        let chunk = match tokio::time::timeout(IDLE_RECONNECT, stream.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(StreamEnd::Closed),
+            Err(_) => {
+                tracing::debug!("etcd watch idle, reconnecting");
+                return Ok(StreamEnd::Closed);
+            }
+        };
         let chunk = chunk.map_err(|e| format!("reading watch stream: {e}"))?;
         buf.extend_from_slice(&chunk);
         if buf.len() > MAX_BUFFER {
@@ -72,7 +88,6 @@ async fn stream_once(shared: &Shared, next_revision: &mut Option<i64>) -> Result
             }
         }
     }
-    Ok(StreamEnd::Closed)
 }
 
 /// Handle one `{"result": ...}` message; `Some` ends the stream.
@@ -88,14 +103,28 @@ fn handle_message(
         return Err(format!("unexpected watch message: {msg}"));
     };
     let header_revision = json_i64(result.get("header").and_then(|h| h.get("revision")));
-    if result.get("canceled").and_then(Value::as_bool).unwrap_or(false) {
+    if result
+        .get("canceled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
         let compact = json_i64(result.get("compact_revision"));
         if compact > 0 {
-            tracing::warn!(compact, "etcd watch revision was compacted, watching from now");
+            tracing::warn!(
+                compact,
+                "etcd watch revision was compacted, watching from now"
+            );
             *next_revision = None;
             return Ok(Some(StreamEnd::Compacted));
         }
-        let reason = result.get("cancel_reason").and_then(Value::as_str).unwrap_or("no reason given");
+        let reason = result
+            .get("cancel_reason")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
+        if reason.contains("Unauthenticated") || reason.contains("auth token") {
+            // Token expired or revoked: authenticate again on the next connect.
+            shared.client.forget_token();
+        }
         return Err(format!("watch canceled by etcd: {reason}"));
     }
     shared.watch_healthy.store(true, Ordering::Relaxed);
@@ -114,7 +143,10 @@ fn handle_message(
                     .and_then(Value::as_str)
                     .and_then(|k| unb64(k).ok())
                     .and_then(|k| String::from_utf8(k).ok());
-                if let Some(rel) = key.as_deref().and_then(|k| k.strip_prefix(shared.prefix.as_str())) {
+                if let Some(rel) = key
+                    .as_deref()
+                    .and_then(|k| k.strip_prefix(shared.prefix.as_str()))
+                {
                     if WAKING_KEYS.contains(&rel) {
                         tracing::debug!(key = rel, "etcd watch event");
                         wake = true;

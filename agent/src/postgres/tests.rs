@@ -1,0 +1,382 @@
+//! Tests against real Postgres 15 binaries: bootstrap, clone, streaming, promote, rewind,
+//! stop modes, crash detection and adoption. Run as the `postgres` user when we are root.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::*;
+
+const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+const SUPERUSER_PASSWORD: &str = "su 'pass\\word";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(run_as: Option<(u32, u32)>) -> TestDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir = std::env::temp_dir().join(format!("regent-pg-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+        }
+        TestDir(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run_as() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .expect("running as root needs a postgres user");
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn settings(dir: &Path, name: &str) -> PgSettings {
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("fsync".into(), json!(false));
+    parameters.insert("shared_buffers".into(), json!("16MB"));
+    parameters.insert("max_connections".into(), json!(30));
+    parameters.insert("wal_receiver_status_interval".into(), json!("1s"));
+    parameters.insert("wal_retrieve_retry_interval".into(), json!("200ms"));
+    let socket_dir = dir.join(format!("{name}-socket"));
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    if let Some((uid, gid)) = run_as() {
+        std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid)).unwrap();
+    }
+    PgSettings {
+        data_dir: dir.join(name),
+        bin_dir: BIN_DIR.into(),
+        scope: "test-scope".into(),
+        name: name.into(),
+        listen_addresses: "127.0.0.1".into(),
+        port: free_port(),
+        connect_host: "127.0.0.1".into(),
+        superuser: PgUser::new("postgres", Some(SUPERUSER_PASSWORD)),
+        replication: PgUser::new("repl user", Some("repl:pass")),
+        rewind: Some(PgUser::new("rewinder", Some("rw"))),
+        parameters,
+        initdb_options: vec!["--no-sync".into(), "--encoding=UTF8".into()],
+        run_as: run_as(),
+        pg_ctl_timeout: Duration::from_secs(20),
+        socket_dir,
+        log_file: Some(dir.join(format!("{name}.log"))),
+        ..PgSettings::default()
+    }
+}
+
+fn target(pg: &Postgres) -> ConnTarget {
+    ConnTarget {
+        host: "127.0.0.1".into(),
+        port: pg.settings().port,
+    }
+}
+
+/// Poll `observe()` until `check` holds; fail with the last observation.
+async fn observe_until(
+    pg: &mut Postgres,
+    what: &str,
+    check: impl Fn(&PgObservation) -> bool,
+) -> PgObservation {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let obs = pg.observe().await;
+        if check(&obs) {
+            return obs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached; last observation {obs:?}; log: {}",
+            pg.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn sql(pg: &mut Postgres, statement: &str) -> Result<(), PgError> {
+    pg.execute_local("test sql", Duration::from_secs(10), statement)
+        .await
+}
+
+async fn count_rows(pg: &mut Postgres) -> i64 {
+    let rows = pg
+        .query_local(
+            "count",
+            Duration::from_secs(5),
+            "SELECT count(*) FROM t",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows[0].get(0)
+}
+
+fn have_postgres() -> bool {
+    let found = Path::new(BIN_DIR).join("postgres").exists();
+    if !found {
+        eprintln!("skipping: no Postgres binaries in {BIN_DIR}");
+    }
+    found
+}
+
+#[tokio::test]
+async fn postgres_cluster_lifecycle() {
+    if !have_postgres() {
+        return;
+    }
+    let dir = TestDir::new(run_as());
+
+    // Bootstrap a primary.
+    let mut a = Postgres::new(settings(&dir.0, "node-a")).unwrap();
+    assert!(a.data_dir_is_empty());
+    a.initdb().await.unwrap();
+    assert!(a.is_valid_data_dir());
+    assert!(a.data_dir().join("postgresql.base.conf").exists());
+    let change = a.write_config(ConfRole::Primary).unwrap();
+    assert!(change.changed);
+    assert_eq!(
+        a.write_config(ConfRole::Primary).unwrap(),
+        ConfChange::default(),
+        "second render changes nothing"
+    );
+    a.start().await.unwrap();
+    assert!(matches!(a.start().await, Err(PgError::AlreadyRunning(_))));
+    a.post_bootstrap().await.unwrap();
+    let obs = a.observe().await;
+    assert!(obs.running && obs.queryable, "{obs:?}");
+    assert_eq!(obs.state, PgProcessState::Running);
+    assert_eq!(obs.in_recovery, Some(false));
+    assert_eq!(obs.timeline, Some(1));
+    assert_eq!(obs.server_version.map(|v| v / 10000), Some(15));
+    assert!(obs.wal_position.is_some_and(|l| l > 0));
+    assert!(!obs.pending_restart);
+    let sysid = obs.sysid.clone().unwrap();
+
+    let slot_b = slot_name_for("node-b");
+    a.ensure_physical_slots(&[slot_b.clone(), "stale_slot".into()])
+        .await
+        .unwrap();
+    a.ensure_physical_slots(std::slice::from_ref(&slot_b))
+        .await
+        .unwrap();
+    assert_eq!(a.physical_slots().await.unwrap(), vec![slot_b.clone()]);
+    sql(&mut a, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    // Clone a replica and stream from the primary through the slot.
+    let mut b = Postgres::new(settings(&dir.0, "node-b")).unwrap();
+    b.basebackup(&target(&a)).await.unwrap();
+    assert!(!b.data_dir().join("postgresql.conf").exists());
+    let replica_of_a = ConfRole::Replica {
+        primary: Some(target(&a)),
+        slot: Some(slot_b.clone()),
+    };
+    b.write_config(replica_of_a.clone()).unwrap();
+    assert!(b.data_dir().join("standby.signal").exists());
+    b.start().await.unwrap();
+    let obs = observe_until(&mut b, "replica streams", |o| o.streaming == Some(true)).await;
+    assert_eq!(obs.in_recovery, Some(true));
+    assert_eq!(obs.state, PgProcessState::Running);
+    assert_eq!(obs.sysid.as_deref(), Some(sysid.as_str()));
+    assert_eq!(obs.timeline, Some(1));
+    let obs = observe_until(&mut a, "primary sees replica", |o| {
+        o.replication
+            .iter()
+            .any(|r| r.application_name == "node-b" && r.state.as_deref() == Some("streaming"))
+    })
+    .await;
+    assert_eq!(obs.replication[0].usename.as_deref(), Some("repl user"));
+    sql(&mut a, "INSERT INTO t VALUES (2)").await.unwrap();
+    let target_lsn = a.observe().await.wal_position.unwrap();
+    observe_until(&mut b, "replica replays", |o| {
+        o.replayed_lsn.is_some_and(|l| l >= target_lsn)
+    })
+    .await;
+    assert_eq!(count_rows(&mut b).await, 2);
+
+    // A conninfo change is applied by reload, a max_connections change needs a restart.
+    let change = b
+        .write_config(ConfRole::Replica {
+            primary: Some(target(&a)),
+            slot: None,
+        })
+        .unwrap();
+    assert_eq!(
+        change,
+        ConfChange {
+            changed: true,
+            needs_restart: false
+        }
+    );
+    b.reload().unwrap();
+    let mut more = b.settings().clone();
+    more.parameters.insert("max_connections".into(), json!(40));
+    b.set_settings(more).unwrap();
+    let change = b.write_config(replica_of_a.clone()).unwrap();
+    assert_eq!(
+        change,
+        ConfChange {
+            changed: true,
+            needs_restart: true
+        }
+    );
+    b.reload().unwrap();
+    observe_until(&mut b, "pending restart reported", |o| o.pending_restart).await;
+
+    // Promote the replica; the new timeline is visible at once and in the history.
+    b.promote().await.unwrap();
+    let obs = b.observe().await;
+    assert_eq!(obs.in_recovery, Some(false), "{obs:?}");
+    assert_eq!(obs.timeline, Some(2));
+    assert!(!b.data_dir().join("standby.signal").exists());
+    sql(&mut b, "INSERT INTO t VALUES (3)").await.unwrap();
+    b.checkpoint().await.unwrap();
+    let history = b.timeline_history(2).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].0, 1);
+    let remote = a.remote_timeline_history(&target(&b)).await.unwrap();
+    assert_eq!(remote.timeline, 2);
+    assert_eq!(remote.history, history);
+
+    // The old primary diverges, then is rewound and follows the new primary.
+    sql(&mut a, "INSERT INTO t VALUES (100)").await.unwrap();
+    a.stop(StopMode::Fast, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(!a.is_running());
+    assert_eq!(a.postmaster_exited(), None, "a requested stop is no crash");
+    let cd = a.controldata().await.unwrap();
+    assert_eq!(cd.state, "shut down");
+    assert_eq!(cd.sysid, sysid);
+    assert_eq!(cd.timeline, 1);
+    let outcome = a.rewind(&target(&b)).await.unwrap();
+    assert_eq!(outcome, RewindOutcome::Rewound);
+    a.write_config(ConfRole::Replica {
+        primary: Some(target(&b)),
+        slot: None,
+    })
+    .unwrap();
+    a.start().await.unwrap();
+    let obs = observe_until(&mut a, "rewound node streams", |o| {
+        o.streaming == Some(true) && o.timeline == Some(2)
+    })
+    .await;
+    assert_eq!(obs.in_recovery, Some(true));
+    sql(&mut b, "INSERT INTO t VALUES (4)").await.unwrap();
+    let target_lsn = b.observe().await.wal_position.unwrap();
+    observe_until(&mut a, "rewound node replays", |o| {
+        o.replayed_lsn.is_some_and(|l| l >= target_lsn)
+    })
+    .await;
+    assert_eq!(count_rows(&mut a).await, 4, "diverged row is gone");
+
+    // Adopt a running postmaster from a fresh handle, and stop it through that handle.
+    let mut adopted = Postgres::new(a.settings().clone()).unwrap();
+    assert!(adopted.adopt_running().await.unwrap().is_some());
+    assert!(adopted.is_running());
+    assert_eq!(adopted.postmaster_pid(), a.postmaster_pid());
+    assert_eq!(adopted.observe().await.in_recovery, Some(true));
+    // A smart shutdown waits for every session, including the one `a` keeps cached.
+    a.client = None;
+    let smart = Instant::now();
+    adopted
+        .stop(StopMode::Smart, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        smart.elapsed() < Duration::from_secs(5),
+        "smart stop had to escalate"
+    );
+    assert!(!a.is_running());
+    // Stopped behind this handle's back: reported, with the clean exit status.
+    assert!(a.postmaster_exited().is_some_and(|s| s.success()));
+    assert_eq!(
+        a.controldata().await.unwrap().state,
+        "shut down in recovery"
+    );
+
+    // A killed postmaster is reported as crashed and restarts over its stale postmaster.pid.
+    let pid = b.postmaster_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while b.postmaster_exited().is_none() {
+        assert!(Instant::now() < deadline, "crash not detected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.process_state(), PgProcessState::Crashed);
+    assert!(!b.observe().await.running);
+    assert!(b.data_dir().join("postmaster.pid").exists());
+    b.start().await.unwrap();
+    assert_eq!(b.postmaster_exited(), None);
+    assert_eq!(count_rows(&mut b).await, 4);
+    b.stop(StopMode::Immediate, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(!b.is_running());
+    assert_eq!(b.controldata().await.unwrap().state, "in production");
+
+    // A configuration Postgres rejects fails the start with the log tail in the error.
+    let mut broken = a.settings().parameters.clone();
+    broken.insert("shared_buffers".into(), json!("lots"));
+    a.set_parameters(broken, Vec::new());
+    a.write_config(ConfRole::Primary).unwrap();
+    match a.start().await {
+        Err(PgError::StartFailed { log_tail, .. }) => {
+            assert!(log_tail.contains("shared_buffers"), "{log_tail}")
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn failed_clone_leaves_an_empty_data_dir() {
+    if !have_postgres() {
+        return;
+    }
+    let dir = TestDir::new(run_as());
+    let mut s = settings(&dir.0, "orphan");
+    s.pg_ctl_timeout = Duration::from_secs(5);
+    let pg = Postgres::new(s).unwrap();
+    std::fs::create_dir_all(pg.data_dir()).unwrap();
+    std::fs::write(pg.data_dir().join("leftover"), "x").unwrap();
+    let nobody = ConnTarget {
+        host: "127.0.0.1".into(),
+        port: free_port(),
+    };
+    let err = pg.basebackup(&nobody).await.unwrap_err();
+    assert!(err.to_string().contains("pg_basebackup"), "{err}");
+    assert!(pg.data_dir().exists());
+    assert!(pg.data_dir_is_empty());
+    assert!(!pg.is_valid_data_dir());
+    let mode = std::fs::metadata(pg.data_dir())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}

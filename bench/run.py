@@ -1,0 +1,1090 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of Regent and Patroni on a local 3-member cluster.
+
+Both implementations get the very same generated Patroni YAML configuration
+(Regent is a drop-in), their own fresh single-node etcd, and the same
+measurements: kill -9 failover, graceful (SIGTERM) handover and idle RSS.
+See bench/README.md for what each number means.
+
+Requires: Python 3.9+, psycopg2, /usr/bin/etcd, PostgreSQL 15 binaries,
+`patroni` importable by this interpreter, and a built `regent` binary.
+"""
+
+import argparse
+import base64
+import compileall
+import http.client
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+try:
+    import psycopg2
+except ImportError:  # pragma: no cover - environment problem, reported clearly
+    sys.exit("psycopg2 is required: pip install psycopg2-binary")
+
+PG_BIN_DIR = "/usr/lib/postgresql/15/bin"
+ETCD_BIN = "/usr/bin/etcd"
+SCOPE = "bench"
+NAMESPACE = "/service/"
+LEADER_KEY = f"{NAMESPACE}{SCOPE}/leader"
+MEMBER_NAMES = ("m1", "m2", "m3")
+SUPERUSER, SUPERUSER_PASSWORD = "postgres", "secret"
+REPLICATION_USER, REPLICATION_PASSWORD = "replicator", "rep-pass"
+TTL, LOOP_WAIT, RETRY_TIMEOUT = 10, 2, 3
+WRITE_INTERVAL = 0.020
+POSTGRES_USER = "postgres"
+
+BOOTSTRAP_TIMEOUT = 180.0
+FAILOVER_TIMEOUT = 90.0
+REJOIN_TIMEOUT = 180.0
+SHUTDOWN_TIMEOUT = 60.0
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BenchError(Exception):
+    """A measurement or cluster operation did not reach its expected state."""
+
+
+def log(message):
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", flush=True)
+
+
+def wait_until(condition, timeout, what, interval=0.05):
+    """Poll `condition` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------
+# Users, ports, processes
+# --------------------------------------------------------------------------
+
+class RunAs:
+    """Who the members run as: postgres when we are root (Postgres refuses root)."""
+
+    def __init__(self):
+        self.uid = self.gid = None
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                entry = pwd.getpwnam(POSTGRES_USER)
+            except KeyError:
+                sys.exit(f"running as root but there is no '{POSTGRES_USER}' user to run members as")
+            self.uid, self.gid = entry.pw_uid, entry.pw_gid
+
+    def popen_kwargs(self):
+        if self.uid is None:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def chown(self, path):
+        if self.uid is not None:
+            os.chown(path, self.uid, self.gid)
+
+    def can_execute(self, argv, env=None):
+        """True when `argv` runs successfully as the member user."""
+        try:
+            result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    timeout=60, cwd="/", **self.popen_kwargs())
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return result.returncode == 0
+
+
+def free_ports(count):
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def read_proc_stat(pid):
+    """(comm, state, ppid) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            raw = stat_file.read().decode(errors="replace")
+    except OSError:
+        return None
+    # comm is in parentheses and may contain spaces; fields after the last ')'.
+    close = raw.rfind(")")
+    comm = raw[raw.find("(") + 1:close]
+    fields = raw[close + 2:].split()
+    return comm, fields[0], int(fields[1])
+
+
+def process_alive(pid):
+    stat = read_proc_stat(pid)
+    return stat is not None and stat[1] not in ("Z", "X")
+
+
+def children_map():
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = read_proc_stat(int(entry))
+            if stat is not None:
+                children.setdefault(stat[2], []).append(int(entry))
+    return children
+
+
+def descendants(pid, children=None):
+    children = children if children is not None else children_map()
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def is_postgres_process(pid):
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = ""
+    if exe.startswith(PG_BIN_DIR + "/"):
+        return True
+    stat = read_proc_stat(pid)
+    return stat is not None and stat[0] in ("postgres", "postmaster", "pg_rewind", "pg_basebackup",
+                                            "pg_ctl", "initdb")
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as status_file:
+            for line in status_file:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0  # kernel threads / zombies have no VmRSS
+
+
+def kill_quietly(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tail(path, lines=40):
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode(errors="replace")
+    except OSError as error:
+        return f"<cannot read {path}: {error}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------
+# Minimal YAML emitter (block style; strings are JSON-quoted, valid YAML)
+# --------------------------------------------------------------------------
+
+def yaml_scalar(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value))
+
+
+def to_yaml(value, indent=0):
+    pad = " " * indent
+    lines = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                lines.append(f"{pad}{key}:")
+                lines.append(to_yaml(item, indent + 2))
+            elif isinstance(item, dict):
+                lines.append(f"{pad}{key}: {{}}")
+            elif isinstance(item, list):
+                lines.append(f"{pad}{key}: []")
+            else:
+                lines.append(f"{pad}{key}: {yaml_scalar(item)}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)) and item:
+                nested = to_yaml(item, indent + 2).splitlines()
+                lines.append(f"{pad}- {nested[0].lstrip()}")
+                lines.extend(nested[1:])
+            else:
+                lines.append(f"{pad}- {yaml_scalar(item)}")
+    else:
+        lines.append(f"{pad}{yaml_scalar(value)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# etcd
+# --------------------------------------------------------------------------
+
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+class Etcd:
+    def __init__(self, root_dir):
+        self.dir = os.path.join(root_dir, "etcd")
+        self.client_port, self.peer_port = free_ports(2)
+        self.log_path = os.path.join(root_dir, "etcd.log")
+        self.process = None
+
+    @property
+    def host(self):
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self):
+        os.makedirs(self.dir, exist_ok=True)
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        client_url = f"http://{self.host}"
+        argv = [ETCD_BIN, "--name", "bench", "--data-dir", self.dir,
+                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"bench={peer_url}", "--initial-cluster-state", "new"]
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_until(self.healthy, 30, "etcd to become healthy")
+
+    def healthy(self):
+        if self.process.poll() is not None:
+            raise BenchError(f"etcd exited with {self.process.returncode}:\n{tail(self.log_path)}")
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/health", timeout=1) as response:
+                return json.loads(response.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def leader_key_value(self):
+        connection = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=2)
+        try:
+            connection.request("POST", "/v3/kv/range", body=json.dumps({"key": b64(LEADER_KEY)}))
+            payload = json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+        kvs = payload.get("kvs") or []
+        return base64.b64decode(kvs[0].get("value", "")).decode() if kvs else None
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class LeaderKeyWatch(threading.Thread):
+    """Streams etcd watch events on the leader key and timestamps them on receipt."""
+
+    def __init__(self, etcd):
+        super().__init__(daemon=True, name="leader-key-watch")
+        self.etcd = etcd
+        self.events = []  # (monotonic time, "PUT" | "DELETE", value or None)
+        self.lock = threading.Lock()
+        self.connection = None
+        self.ready = threading.Event()
+        self.stopping = False
+        self.error = None
+
+    def run(self):
+        try:
+            self.connection = http.client.HTTPConnection("127.0.0.1", self.etcd.client_port)
+            self.connection.request("POST", "/v3/watch",
+                                    body=json.dumps({"create_request": {"key": b64(LEADER_KEY)}}))
+            response = self.connection.getresponse()
+            if response.status != 200:
+                raise BenchError(f"etcd watch returned HTTP {response.status}")
+            while not self.stopping:
+                line = response.readline()
+                received = time.monotonic()
+                if not line:
+                    raise BenchError("etcd watch stream closed")
+                result = json.loads(line).get("result", {})
+                if result.get("created"):
+                    self.ready.set()
+                for event in result.get("events") or []:
+                    kind = event.get("type", "PUT")
+                    value = event.get("kv", {}).get("value")
+                    decoded = base64.b64decode(value).decode() if value else None
+                    with self.lock:
+                        self.events.append((received, kind, decoded))
+        except Exception as error:  # reported by the measurement that needs the watch
+            if not self.stopping:
+                self.error = error
+        finally:
+            self.ready.set()
+
+    def first_event_after(self, kind, since):
+        if self.error is not None:
+            raise BenchError(f"leader key watch failed: {self.error}")
+        with self.lock:
+            for received, event_kind, _ in self.events:
+                if received >= since and event_kind == kind:
+                    return received
+        return None
+
+    def stop(self):
+        self.stopping = True
+        if self.connection is not None:
+            try:
+                self.connection.sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
+            self.connection.close()
+
+
+# --------------------------------------------------------------------------
+# Implementations under test
+# --------------------------------------------------------------------------
+
+def python_distribution_closure(roots):
+    """Installed distributions needed to run `roots` (name, extras), following requirements."""
+    found, queue = {}, list(roots)
+    while queue:
+        name, extras = queue.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in found:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # optional or platform-specific requirement that is not installed
+        found[key] = dist
+        for requirement in dist.requires or []:
+            spec, _, marker = requirement.partition(";")
+            extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+            if extra and extra.group(1) not in extras:
+                continue
+            match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[([^\]]*)\])?", spec)
+            if match:
+                sub_extras = {e.strip() for e in (match.group(3) or "").split(",") if e.strip()}
+                queue.append((match.group(1), sub_extras))
+    return list(found.values())
+
+
+class Patroni:
+    name = "patroni"
+
+    def __init__(self, run_as, work_dir):
+        if importlib.util.find_spec("patroni") is None:
+            sys.exit("patroni is not importable by this Python: pip install 'patroni[etcd3]' psycopg2-binary")
+        self.version = importlib.metadata.version("patroni")
+        self.python = sys.executable
+        self.env = {}
+        probe = [self.python, "-c", "import patroni, psycopg2, etcd, yaml"]
+        if not run_as.can_execute(probe):
+            # This interpreter is not reachable by the postgres user (e.g. under /root):
+            # stage the installed distributions and run them with a reachable interpreter
+            # of the same minor version, so C extensions stay ABI-compatible.
+            self.python, self.env = self._stage(run_as, work_dir)
+            if not run_as.can_execute([self.python, "-c", "import patroni, psycopg2, etcd, yaml"],
+                                      env=dict(os.environ, **self.env)):
+                sys.exit(f"cannot run patroni as user '{POSTGRES_USER}' even from a staged copy")
+
+    @staticmethod
+    def _stage(run_as, work_dir):
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        candidates = [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
+        python = next((c for c in candidates if os.access(c, os.X_OK)
+                       and run_as.can_execute([c, "-c", "pass"])), None)
+        if python is None:
+            sys.exit(f"patroni's interpreter {sys.executable} is not usable by '{POSTGRES_USER}' and "
+                     f"no system python{version} was found to run a staged copy")
+        target = os.path.join(work_dir, "pylib")
+        psycopg_dist = "psycopg2-binary"
+        try:
+            importlib.metadata.distribution(psycopg_dist)
+        except importlib.metadata.PackageNotFoundError:
+            psycopg_dist = "psycopg2"
+        dists = python_distribution_closure([("patroni", {"etcd3"}), (psycopg_dist, set())])
+        for dist in dists:
+            for relative in dist.files or []:
+                source = str(dist.locate_file(relative))
+                rel = str(relative)
+                if rel.startswith("..") or os.path.isabs(rel) or rel.endswith(".pth"):
+                    continue  # scripts outside site-packages, path hooks
+                destination = os.path.join(target, rel)
+                if os.path.isfile(source):
+                    os.makedirs(os.path.dirname(destination), exist_ok=True)
+                    shutil.copy2(source, destination)
+        compileall.compile_dir(target, quiet=2)
+        subprocess.run([python, "-m", "compileall", "-q", target], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+        for directory, _, _ in os.walk(target):
+            os.chmod(directory, 0o755)
+        log(f"staged {len(dists)} Python distributions for patroni under {target} (run by {python})")
+        return python, {"PYTHONPATH": target, "PYTHONNOUSERSITE": "1"}
+
+    def argv(self, config_path):
+        return [self.python, "-m", "patroni", config_path]
+
+
+class Regent:
+    name = "regent"
+
+    def __init__(self, binary):
+        self.binary = binary
+        self.version = "unknown"
+        try:
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                self.version = out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+        self.env = {}
+
+    def argv(self, config_path):
+        return [self.binary, config_path]
+
+
+def default_regent_binary():
+    for profile in ("release", "debug"):
+        candidate = os.path.join(REPO_ROOT, "target", profile, "regent")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------
+# Cluster
+# --------------------------------------------------------------------------
+
+class Member:
+    def __init__(self, name, cluster_dir, pg_port, rest_port):
+        self.name = name
+        self.dir = os.path.join(cluster_dir, name)
+        self.data_dir = os.path.join(self.dir, "data")
+        self.config_path = os.path.join(self.dir, "config.yml")
+        self.log_path = os.path.join(self.dir, "agent.log")
+        self.pg_port = pg_port
+        self.rest_port = rest_port
+        self.process = None
+
+    def config(self, etcd_hosts):
+        return {
+            "scope": SCOPE,
+            "namespace": NAMESPACE,
+            "name": self.name,
+            "restapi": {
+                "listen": f"127.0.0.1:{self.rest_port}",
+                "connect_address": f"127.0.0.1:{self.rest_port}",
+            },
+            "etcd3": {"hosts": etcd_hosts},
+            "bootstrap": {
+                "dcs": {
+                    "ttl": TTL,
+                    "loop_wait": LOOP_WAIT,
+                    "retry_timeout": RETRY_TIMEOUT,
+                    "maximum_lag_on_failover": 1048576,
+                    "postgresql": {
+                        "use_pg_rewind": True,
+                        "use_slots": True,
+                        "parameters": {
+                            "wal_level": "replica",
+                            "hot_standby": "on",
+                            "max_wal_senders": 10,
+                            "max_replication_slots": 10,
+                            "wal_log_hints": "on",
+                        },
+                    },
+                },
+                "initdb": [{"encoding": "UTF8"}, "data-checksums"],
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{self.pg_port}",
+                "connect_address": f"127.0.0.1:{self.pg_port}",
+                "data_dir": self.data_dir,
+                "bin_dir": PG_BIN_DIR,
+                "pgpass": os.path.join(self.dir, "pgpass"),
+                "authentication": {
+                    "superuser": {"username": SUPERUSER, "password": SUPERUSER_PASSWORD},
+                    "replication": {"username": REPLICATION_USER, "password": REPLICATION_PASSWORD},
+                },
+                "pg_hba": [
+                    "local all all trust",
+                    f"host replication {REPLICATION_USER} 127.0.0.1/32 md5",
+                    "host all all 127.0.0.1/32 md5",
+                ],
+                "parameters": {
+                    "unix_socket_directories": self.dir,
+                    "shared_buffers": "32MB",
+                },
+            },
+        }
+
+    def write_config(self, etcd_hosts, run_as):
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o750)
+        run_as.chown(self.dir)
+        with open(self.config_path, "w") as config_file:
+            config_file.write(to_yaml(self.config(etcd_hosts)) + "\n")
+        run_as.chown(self.config_path)
+
+    def start(self, implementation, run_as):
+        env = {
+            "PATH": f"{PG_BIN_DIR}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": self.dir,
+            "USER": POSTGRES_USER if run_as.uid is not None else os.environ.get("USER", ""),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            **implementation.env,
+        }
+        with open(self.log_path, "ab") as log_file:
+            log_file.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
+            log_file.flush()
+            self.process = subprocess.Popen(implementation.argv(self.config_path), cwd=self.dir, env=env,
+                                            stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            **run_as.popen_kwargs())
+
+    def agent_running(self):
+        return self.process is not None and self.process.poll() is None
+
+    def postmaster_pid(self):
+        """PID from postmaster.pid when that process is still alive, else None."""
+        try:
+            with open(os.path.join(self.data_dir, "postmaster.pid")) as pid_file:
+                pid = int(pid_file.readline().strip())
+        except (OSError, ValueError):
+            return None
+        stat = read_proc_stat(pid)
+        if stat is None or stat[1] in ("Z", "X") or stat[0] not in ("postgres", "postmaster"):
+            return None
+        return pid
+
+    def status(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}/patroni", timeout=1) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:  # 503 still carries the JSON body
+            try:
+                return json.loads(error.read())
+            except ValueError:
+                return None
+        except (OSError, ValueError):
+            return None
+
+    def agent_rss_kib(self):
+        """RSS of the agent process and its non-Postgres descendants."""
+        if not self.agent_running():
+            raise BenchError(f"{self.name}: agent is not running")
+        pids = [self.process.pid] + [p for p in descendants(self.process.pid) if not is_postgres_process(p)]
+        return sum(rss_kib(pid) for pid in pids)
+
+
+class Cluster:
+    def __init__(self, implementation, root_dir, run_as):
+        self.implementation = implementation
+        self.run_as = run_as
+        self.dir = os.path.join(root_dir, implementation.name)
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.etcd = Etcd(self.dir)
+        self.watch = None
+        ports = free_ports(2 * len(MEMBER_NAMES))
+        self.members = [Member(name, self.dir, ports[2 * i], ports[2 * i + 1])
+                        for i, name in enumerate(MEMBER_NAMES)]
+
+    def member(self, name):
+        return next(m for m in self.members if m.name == name)
+
+    def dsn(self, target_session_attrs="read-write"):
+        hosts = ",".join("127.0.0.1" for _ in self.members)
+        ports = ",".join(str(m.pg_port) for m in self.members)
+        return (f"host={hosts} port={ports} dbname=postgres user={SUPERUSER} password={SUPERUSER_PASSWORD} "
+                f"target_session_attrs={target_session_attrs} connect_timeout=1")
+
+    def bootstrap(self):
+        """Start etcd and all members; returns seconds from first start to a healthy cluster."""
+        self.etcd.start()
+        self.watch = LeaderKeyWatch(self.etcd)
+        self.watch.start()
+        if not self.watch.ready.wait(10) or self.watch.error:
+            raise BenchError(f"could not watch the leader key: {self.watch.error}")
+        for member in self.members:
+            member.write_config([self.etcd.host], self.run_as)
+        started = time.monotonic()
+        for member in self.members:
+            member.start(self.implementation, self.run_as)
+        self.wait_healthy(BOOTSTRAP_TIMEOUT, "bootstrap")
+        return time.monotonic() - started
+
+    def health(self):
+        """(leader name, problem description); leader is None unless fully healthy."""
+        statuses = {m.name: m.status() for m in self.members}
+        leaders, problems = [], []
+        for member in self.members:
+            if not member.agent_running():
+                problems.append(f"{member.name}: agent not running")
+                continue
+            status = statuses[member.name]
+            if status is None:
+                problems.append(f"{member.name}: REST unreachable")
+                continue
+            role, state = status.get("role"), status.get("state")
+            if role in ("primary", "master") and state == "running":
+                leaders.append(member.name)
+            elif role == "replica" and state in ("running", "streaming") \
+                    and status.get("replication_state") == "streaming":
+                pass
+            else:
+                problems.append(f"{member.name}: role={role} state={state} "
+                                f"replication_state={status.get('replication_state')}")
+        if len(leaders) != 1:
+            problems.append(f"leaders={leaders}")
+        return (leaders[0] if not problems else None), "; ".join(problems)
+
+    def wait_healthy(self, timeout, what):
+        last_problem = ["never polled"]
+
+        def check():
+            for member in self.members:
+                if member.process is not None and member.process.poll() is not None:
+                    raise BenchError(f"{member.name}: agent exited with code {member.process.returncode} "
+                                     f"while waiting for {what}")
+            leader, problem = self.health()
+            last_problem[0] = problem
+            return leader
+
+        try:
+            return wait_until(check, timeout, f"a healthy cluster ({what})", interval=0.1)
+        except BenchError as error:
+            raise BenchError(f"{error}; last state: {last_problem[0]}") from None
+
+    def logs_tail(self, lines=40):
+        parts = [f"---- etcd log ({self.etcd.log_path}) ----\n{tail(self.etcd.log_path, 10)}"]
+        for member in self.members:
+            parts.append(f"---- {member.name} log ({member.log_path}) ----\n{tail(member.log_path, lines)}")
+        return "\n".join(parts)
+
+    def stop_member_processes(self, member, agent_signal=signal.SIGKILL):
+        """Stop the agent and make sure no Postgres process of the member survives."""
+        if member.process is not None and member.process.poll() is None:
+            kill_quietly(member.process.pid, agent_signal)
+            try:
+                member.process.wait(SHUTDOWN_TIMEOUT if agent_signal != signal.SIGKILL else 10)
+            except subprocess.TimeoutExpired:
+                member.process.kill()
+                member.process.wait()
+        postmaster = member.postmaster_pid()
+        if postmaster is not None:
+            leftovers = descendants(postmaster)
+            kill_quietly(postmaster, signal.SIGQUIT)  # immediate shutdown, children follow
+            try:
+                wait_until(lambda: not process_alive(postmaster), 10, f"{member.name} postmaster to exit")
+            except BenchError:
+                kill_quietly(postmaster, signal.SIGKILL)
+            wait_for_exit(leftovers, 10)
+
+    def teardown(self):
+        for member in self.members:
+            try:
+                self.stop_member_processes(member)
+            except Exception as error:  # keep tearing down the others
+                log(f"teardown of {member.name}: {error}")
+        if self.watch is not None:
+            self.watch.stop()
+        self.etcd.stop()
+
+
+def wait_for_exit(pids, timeout):
+    """Wait for processes to exit; SIGKILL whatever is still alive at the deadline."""
+    try:
+        wait_until(lambda: not any(process_alive(p) for p in pids), timeout, "processes to exit", interval=0.02)
+    except BenchError:
+        for pid in pids:
+            if process_alive(pid):
+                kill_quietly(pid, signal.SIGKILL)
+        wait_until(lambda: not any(process_alive(p) for p in pids), 10, "killed processes to exit", interval=0.02)
+
+
+# --------------------------------------------------------------------------
+# Client writer
+# --------------------------------------------------------------------------
+
+class Writer(threading.Thread):
+    """Autocommit INSERT every 20 ms through a multi-host read-write connection string."""
+
+    def __init__(self, dsn):
+        super().__init__(daemon=True, name="writer")
+        self.dsn = dsn
+        self.successes = []  # (attempt start, completion) in monotonic seconds
+        self.failures = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def run(self):
+        connection = None
+        next_tick = time.monotonic()
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                if connection is None:
+                    connection = psycopg2.connect(self.dsn)
+                    connection.autocommit = True
+                with connection.cursor() as cursor:
+                    cursor.execute("INSERT INTO bench_writes (written_at) VALUES (clock_timestamp())")
+                with self.lock:
+                    self.successes.append((started, time.monotonic()))
+            except psycopg2.Error:
+                with self.lock:
+                    self.failures += 1
+                if connection is not None:
+                    try:
+                        connection.close()
+                    except psycopg2.Error:
+                        pass
+                    connection = None
+            # Fixed 20 ms cadence; an attempt that overran starts the next one immediately.
+            next_tick = max(next_tick + WRITE_INTERVAL, time.monotonic())
+            self.stopping.wait(max(0.0, next_tick - time.monotonic()))
+        if connection is not None:
+            connection.close()
+
+    def first_success_started_after(self, since):
+        """Completion time of the first write whose attempt began at or after `since`."""
+        with self.lock:
+            for started, completed in self.successes:
+                if started >= since:
+                    return completed
+        return None
+
+    def stop(self):
+        self.stopping.set()
+        self.join(10)
+
+
+def ensure_bench_table(cluster):
+    def create():
+        try:
+            connection = psycopg2.connect(cluster.dsn())
+        except psycopg2.Error:
+            return False
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute("CREATE TABLE IF NOT EXISTS bench_writes "
+                               "(id bigserial PRIMARY KEY, written_at timestamptz NOT NULL)")
+            return True
+        finally:
+            connection.close()
+
+    wait_until(create, 30, "the bench table to be created on the leader", interval=0.2)
+
+
+def start_writer(cluster):
+    writer = Writer(cluster.dsn())
+    writer.start()
+    began = time.monotonic()
+    try:
+        wait_until(lambda: writer.first_success_started_after(began), 30, "the writer's first successful write")
+    except BenchError:
+        writer.stop()
+        raise
+    return writer
+
+
+# --------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------
+
+def measure_idle_rss(cluster, idle_seconds):
+    cluster.wait_healthy(REJOIN_TIMEOUT, "idle RSS")
+    time.sleep(idle_seconds)  # deliberate idle period, not synchronisation
+    cluster.wait_healthy(10, "idle RSS sample")
+    per_member = {m.name: m.agent_rss_kib() for m in cluster.members}
+    mean_mib = statistics.mean(per_member.values()) / 1024
+    return {"rss_mib": mean_mib, "rss_kib_per_member": per_member}
+
+
+def restart_and_rejoin(cluster, member):
+    started = time.monotonic()
+    member.start(cluster.implementation, cluster.run_as)
+    cluster.wait_healthy(REJOIN_TIMEOUT, f"{member.name} to rejoin as a streaming replica")
+    return time.monotonic() - started
+
+
+def measure_failover(cluster):
+    leader_name = cluster.wait_healthy(REJOIN_TIMEOUT, "failover start")
+    leader = cluster.member(leader_name)
+    postmaster = leader.postmaster_pid()
+    if postmaster is None:
+        raise BenchError(f"{leader_name}: no running postmaster found in {leader.data_dir}/postmaster.pid")
+    writer = start_writer(cluster)
+    try:
+        postgres_children = descendants(postmaster)
+        t0 = time.monotonic()
+        os.kill(leader.process.pid, signal.SIGKILL)
+        os.kill(postmaster, signal.SIGKILL)
+        t_write = wait_until(lambda: writer.first_success_started_after(t0), FAILOVER_TIMEOUT,
+                             "the first successful write after kill -9 of the leader", interval=0.005)
+        t_lease = wait_until(lambda: cluster.watch.first_event_after("DELETE", t0), 10,
+                             "the leader key deletion event", interval=0.005)
+    finally:
+        writer.stop()
+    leader.process.wait()
+    wait_for_exit([postmaster] + postgres_children, 30)
+    new_leader, _ = cluster.health()
+    rejoin = restart_and_rejoin(cluster, leader)
+    return {
+        "old_leader": leader_name,
+        "new_leader": new_leader,
+        "failover_unavailable_s": t_write - t0,
+        "failover_lease_wait_s": t_lease - t0,
+        "failover_lease_to_write_s": t_write - t_lease,
+        "failover_rejoin_s": rejoin,
+        "failover_failed_writes": writer.failures,
+    }
+
+
+def measure_handover(cluster):
+    leader_name = cluster.wait_healthy(REJOIN_TIMEOUT, "handover start")
+    leader = cluster.member(leader_name)
+    postmaster = leader.postmaster_pid()
+    writer = start_writer(cluster)
+    try:
+        t0 = time.monotonic()
+        os.kill(leader.process.pid, signal.SIGTERM)
+        t_write = wait_until(lambda: writer.first_success_started_after(t0), FAILOVER_TIMEOUT,
+                             "the first successful write after SIGTERM to the leader", interval=0.005)
+        t_released = cluster.watch.first_event_after("DELETE", t0)
+    finally:
+        writer.stop()
+    try:
+        leader.process.wait(SHUTDOWN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{leader_name}: agent did not exit within {SHUTDOWN_TIMEOUT:.0f}s of SIGTERM") from None
+    t_agent_exit = time.monotonic()
+    if postmaster is not None and process_alive(postmaster):
+        raise BenchError(f"{leader_name}: postmaster {postmaster} still running after the agent exited")
+    new_leader, _ = cluster.health()
+    rejoin = restart_and_rejoin(cluster, leader)
+    return {
+        "old_leader": leader_name,
+        "new_leader": new_leader,
+        "handover_unavailable_s": t_write - t0,
+        "handover_key_released_s": (t_released - t0) if t_released is not None else None,
+        "handover_agent_exit_s": t_agent_exit - t0,
+        "handover_rejoin_s": rejoin,
+        "handover_failed_writes": writer.failures,
+    }
+
+
+# Metrics shown in the table: key, label, unit.
+METRICS = [
+    ("failover_unavailable_s", "failover: kill -9 → first write", "s"),
+    ("failover_lease_wait_s", "  waiting for lease (T_lease − T0)", "s"),
+    ("failover_lease_to_write_s", "  lease expiry → first write", "s"),
+    ("failover_rejoin_s", "failover: killed member rejoin", "s"),
+    ("handover_unavailable_s", "handover: SIGTERM → first write", "s"),
+    ("handover_key_released_s", "  leader key released", "s"),
+    ("handover_rejoin_s", "handover: old leader rejoin", "s"),
+    ("rss_mib", "agent RSS at idle (per member)", "MiB"),
+    ("bootstrap_s", "bootstrap → healthy", "s"),
+]
+
+
+def benchmark(implementation, root_dir, run_as, runs, idle_seconds):
+    """Run all measurements `runs` times for one implementation; returns raw results."""
+    result = {"implementation": implementation.name, "version": implementation.version,
+              "runs": [], "errors": [], "bootstrap_s": []}
+    cluster = None
+    bootstraps = 0
+    try:
+        for run_index in range(runs):
+            if cluster is None:
+                bootstraps += 1
+                cluster = Cluster(implementation, os.path.join(root_dir, f"b{bootstraps}"), run_as)
+                log(f"{implementation.name}: bootstrapping cluster #{bootstraps} in {cluster.dir}")
+                try:
+                    result["bootstrap_s"].append(cluster.bootstrap())
+                    ensure_bench_table(cluster)
+                except BenchError as error:
+                    result["errors"].append(f"bootstrap #{bootstraps}: {error}")
+                    log(f"{implementation.name}: bootstrap FAILED: {error}")
+                    print(cluster.logs_tail(), flush=True)
+                    break  # the finally clause tears the cluster down
+                log(f"{implementation.name}: healthy after {result['bootstrap_s'][-1]:.2f}s")
+            run = {"run": run_index + 1}
+            try:
+                run.update(measure_idle_rss(cluster, idle_seconds))
+                log(f"{implementation.name} run {run_index + 1}: idle RSS {run['rss_mib']:.1f} MiB per agent")
+                run.update(measure_failover(cluster))
+                log(f"{implementation.name} run {run_index + 1}: failover {run['old_leader']}→"
+                    f"{run['new_leader']}: unavailable {run['failover_unavailable_s']:.3f}s "
+                    f"(lease wait {run['failover_lease_wait_s']:.3f}s, "
+                    f"lease→write {run['failover_lease_to_write_s']:.3f}s), "
+                    f"rejoin {run['failover_rejoin_s']:.2f}s")
+                handover = measure_handover(cluster)
+                run.update({k: v for k, v in handover.items() if k not in ("old_leader", "new_leader")})
+                run["handover_old_leader"], run["handover_new_leader"] = handover["old_leader"], handover["new_leader"]
+                released = handover["handover_key_released_s"]
+                log(f"{implementation.name} run {run_index + 1}: handover {handover['old_leader']}→"
+                    f"{handover['new_leader']}: unavailable {handover['handover_unavailable_s']:.3f}s "
+                    f"(key released {'n/a' if released is None else f'{released:.3f}s'}), "
+                    f"rejoin {handover['handover_rejoin_s']:.2f}s")
+            except BenchError as error:
+                run["error"] = str(error)
+                result["errors"].append(f"run {run_index + 1}: {error}")
+                log(f"{implementation.name} run {run_index + 1} FAILED: {error}")
+                print(cluster.logs_tail(), flush=True)
+                cluster.teardown()
+                cluster = None  # re-bootstrap for the next run
+            result["runs"].append(run)
+    finally:
+        if cluster is not None:
+            cluster.teardown()
+    return result
+
+
+def summarize(result):
+    summary = {}
+    for key, _, _ in METRICS:
+        if key == "bootstrap_s":
+            values = result["bootstrap_s"]
+        else:
+            values = [run[key] for run in result["runs"] if run.get(key) is not None]
+        if values:
+            summary[key] = {"median": statistics.median(values), "min": min(values), "max": max(values),
+                            "n": len(values)}
+    return summary
+
+
+def print_table(summaries):
+    def cell(stats, unit):
+        if stats is None:
+            return "—"
+        digits = 1 if unit == "MiB" else 3
+        return (f"{stats['median']:.{digits}f} {unit} ({stats['min']:.{digits}f}–{stats['max']:.{digits}f}, "
+                f"n={stats['n']})")
+
+    header = ["metric", "Regent median (min–max)", "Patroni median (min–max)", "Patroni/Regent"]
+    rows = []
+    for key, label, unit in METRICS:
+        regent = summaries.get("regent", {}).get(key)
+        patroni = summaries.get("patroni", {}).get(key)
+        ratio = "—"
+        if regent and patroni and regent["median"] > 0:
+            ratio = f"{patroni['median'] / regent['median']:.2f}×"
+        rows.append([label, cell(regent, unit), cell(patroni, unit), ratio])
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+    line = "+".join("-" * (w + 2) for w in widths)
+    print()
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print(line)
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print()
+
+
+def raise_interrupt(signum, frame):
+    """SIGTERM handler: unwind like Ctrl-C so teardown runs."""
+    raise KeyboardInterrupt()
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Benchmark Regent against Patroni on a local 3-member cluster.")
+    parser.add_argument("--runs", type=int, default=5, help="measurement runs per implementation (default 5)")
+    parser.add_argument("--quick", action="store_true", help="one run per implementation (smoke test)")
+    parser.add_argument("--only", choices=("regent", "patroni"), help="benchmark only one implementation")
+    parser.add_argument("--out", default="bench-results.json", help="raw results JSON file")
+    parser.add_argument("--regent", default=None, help="regent binary (default target/{release,debug}/regent)")
+    parser.add_argument("--idle-loops", type=int, default=3,
+                        help="loop_wait periods of idleness before sampling RSS (default 3)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    args = parser.parse_args()
+    runs = 1 if args.quick else args.runs
+    if runs < 1:
+        parser.error("--runs must be at least 1")
+    for path in (ETCD_BIN, os.path.join(PG_BIN_DIR, "postgres")):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"required executable not found: {path}")
+    if psycopg2.extensions.libpq_version() < 100000:
+        sys.exit("psycopg2 is linked against libpq < 10, which has no multi-host connection strings")
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+    run_as = RunAs()
+    root_dir = tempfile.mkdtemp(prefix="regent-bench-")
+    os.chmod(root_dir, 0o755)
+    failed = False
+    results = {}
+    try:
+        implementations = []
+        if args.only in (None, "patroni"):
+            implementations.append(Patroni(run_as, root_dir))
+        if args.only in (None, "regent"):
+            binary = args.regent or default_regent_binary()
+            if binary is None or not os.access(binary, os.X_OK):
+                sys.exit("regent binary not found: build it with `cargo build --release -p agent` or pass --regent")
+            implementations.append(Regent(os.path.abspath(binary)))
+        log(f"temporary directory {root_dir}; members run as "
+            f"{POSTGRES_USER if run_as.uid is not None else 'the current user'}; {runs} run(s) each")
+        for implementation in implementations:
+            log(f"=== {implementation.name} {implementation.version} ===")
+            results[implementation.name] = benchmark(implementation, root_dir, run_as, runs,
+                                                     args.idle_loops * LOOP_WAIT)
+            if results[implementation.name]["errors"]:
+                failed = True
+    except KeyboardInterrupt:
+        failed = True
+        log("interrupted; tearing down")
+    except BenchError as error:
+        failed = True
+        log(f"FAILED: {error}")
+    finally:
+        if args.keep:
+            log(f"kept {root_dir}")
+        else:
+            shutil.rmtree(root_dir, ignore_errors=True)
+
+    summaries = {name: summarize(result) for name, result in results.items()}
+    if results:
+        print_table(summaries)
+        document = {
+            "settings": {"runs": runs, "ttl": TTL, "loop_wait": LOOP_WAIT, "retry_timeout": RETRY_TIMEOUT,
+                         "write_interval_s": WRITE_INTERVAL, "idle_seconds": args.idle_loops * LOOP_WAIT},
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "results": results,
+            "summary": summaries,
+        }
+        with open(args.out, "w") as out_file:
+            json.dump(document, out_file, indent=2)
+        log(f"raw results written to {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
