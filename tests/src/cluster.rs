@@ -42,7 +42,10 @@ impl ClusterBuilder {
     }
 
     /// Change member `index`'s configuration before it is written (called for every member).
-    pub fn configure(mut self, change: impl Fn(usize, &mut MemberConfig) + Send + Sync + 'static) -> Self {
+    pub fn configure(
+        mut self,
+        change: impl Fn(usize, &mut MemberConfig) + Send + Sync + 'static,
+    ) -> Self {
         self.customizers.push(Box::new(change));
         self
     }
@@ -78,7 +81,13 @@ impl ClusterBuilder {
                 member.start();
             }
         }
-        TestCluster { members, etcd, _dir: dir, scope: self.scope, timing: self.timing }
+        TestCluster {
+            members,
+            etcd,
+            _dir: dir,
+            scope: self.scope,
+            timing: self.timing,
+        }
     }
 }
 
@@ -176,7 +185,10 @@ impl TestCluster {
     /// Members answering `GET /replica` with 200.
     pub async fn replicas(&self) -> Vec<&Member> {
         let names = self.members_answering("/replica", 200).await;
-        self.members.iter().filter(|m| names.iter().any(|n| n == m.name())).collect()
+        self.members
+            .iter()
+            .filter(|m| names.iter().any(|n| n == m.name()))
+            .collect()
     }
 
     /// Names of members whose Postgres answers `pg_is_in_recovery() = false`.
@@ -192,17 +204,21 @@ impl TestCluster {
 
     /// Wait until exactly one member answers `/primary` 200 and the DCS leader key names it.
     pub async fn wait_for_leader(&self, deadline: Duration) -> String {
-        wait_until_ok(&format!("a single leader in scope {}", self.scope), deadline, || async {
-            let primaries = self.members_answering("/primary", 200).await;
-            let [leader] = primaries.as_slice() else {
-                bail!("members answering /primary 200: {primaries:?}");
-            };
-            let key = self.dcs_leader().await;
-            if key.as_deref() != Some(leader.as_str()) {
-                bail!("{leader} answers /primary 200 but the leader key is {key:?}");
-            }
-            Ok(leader.clone())
-        })
+        wait_until_ok(
+            &format!("a single leader in scope {}", self.scope),
+            deadline,
+            || async {
+                let primaries = self.members_answering("/primary", 200).await;
+                let [leader] = primaries.as_slice() else {
+                    bail!("members answering /primary 200: {primaries:?}");
+                };
+                let key = self.dcs_leader().await;
+                if key.as_deref() != Some(leader.as_str()) {
+                    bail!("{leader} answers /primary 200 but the leader key is {key:?}");
+                }
+                Ok(leader.clone())
+            },
+        )
         .await
     }
 
@@ -211,38 +227,51 @@ impl TestCluster {
     pub async fn wait_for_member_streaming(&self, name: &str, leader: &str, deadline: Duration) {
         let member = self.member(name);
         let leader_port = i32::from(self.member(leader).pg_port());
-        wait_until_ok(&format!("{name} streaming from {leader}"), deadline, || async {
-            streaming_from(member, leader_port).await
-        })
+        wait_until_ok(
+            &format!("{name} streaming from {leader}"),
+            deadline,
+            || async { streaming_from(member, leader_port).await },
+        )
         .await
     }
 
     /// Wait until every member other than `leader` whose agent runs streams from `leader`.
     pub async fn wait_for_replicas_streaming(&self, leader: &str, deadline: Duration) {
         let leader_port = i32::from(self.member(leader).pg_port());
-        let replicas: Vec<&Member> =
-            self.others(leader).into_iter().filter(|m| m.agent_running()).collect();
+        let replicas: Vec<&Member> = self
+            .others(leader)
+            .into_iter()
+            .filter(|m| m.agent_running())
+            .collect();
         let names: Vec<&str> = replicas.iter().map(|m| m.name()).collect();
-        wait_until_ok(&format!("replicas {names:?} streaming from {leader}"), deadline, || async {
-            for member in &replicas {
-                streaming_from(member, leader_port).await?;
-            }
-            Ok(())
-        })
+        wait_until_ok(
+            &format!("replicas {names:?} streaming from {leader}"),
+            deadline,
+            || async {
+                for member in &replicas {
+                    streaming_from(member, leader_port).await?;
+                }
+                Ok(())
+            },
+        )
         .await
     }
 
     /// Wait until probe row `id` is visible on each of `members`.
     pub async fn wait_for_probe_on(&self, members: &[&Member], id: i64, deadline: Duration) {
         let names: Vec<&str> = members.iter().map(|m| m.name()).collect();
-        wait_until(&format!("probe row {id} visible on {names:?}"), deadline, || async {
-            for member in members {
-                if !member.has_probe(id).await.unwrap_or(false) {
-                    return None;
+        wait_until(
+            &format!("probe row {id} visible on {names:?}"),
+            deadline,
+            || async {
+                for member in members {
+                    if !member.has_probe(id).await.unwrap_or(false) {
+                        return None;
+                    }
                 }
-            }
-            Some(())
-        })
+                Some(())
+            },
+        )
         .await
     }
 }

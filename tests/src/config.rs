@@ -9,7 +9,11 @@ use serde_yaml_ng::{Mapping, Value};
 pub use dcs::Timing;
 
 /// Timing the HA tests use: short enough for failover measurements, long enough for 2 cores.
-pub const FAST_TIMING: Timing = Timing { ttl: 10, loop_wait: 2, retry_timeout: 3 };
+pub const FAST_TIMING: Timing = Timing {
+    ttl: 10,
+    loop_wait: 2,
+    retry_timeout: 3,
+};
 
 /// Where the Postgres 15 binaries live on Debian.
 pub const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
@@ -36,7 +40,12 @@ pub struct MemberSpec {
 
 impl MemberSpec {
     /// A member with fresh ports and `FAST_TIMING`.
-    pub fn new(scope: &str, name: &str, member_dir: PathBuf, etcd_hosts: Vec<String>) -> MemberSpec {
+    pub fn new(
+        scope: &str,
+        name: &str,
+        member_dir: PathBuf,
+        etcd_hosts: Vec<String>,
+    ) -> MemberSpec {
         MemberSpec {
             scope: scope.to_string(),
             name: name.to_string(),
@@ -170,7 +179,9 @@ impl MemberConfig {
             if !node.is_mapping() {
                 *node = Value::Mapping(Mapping::new());
             }
-            let Value::Mapping(map) = node else { unreachable!("just made a mapping") };
+            let Value::Mapping(map) = node else {
+                unreachable!("just made a mapping")
+            };
             node = map
                 .entry(Value::String((*segment).to_string()))
                 .or_insert_with(|| Value::Mapping(Mapping::new()));
@@ -197,7 +208,8 @@ impl MemberConfig {
 
     /// The value at a dotted path.
     pub fn get(&self, path: &str) -> Option<&Value> {
-        path.split('.').try_fold(&self.value, |node, segment| node.get(segment))
+        path.split('.')
+            .try_fold(&self.value, |node, segment| node.get(segment))
     }
 
     pub fn to_yaml(&self) -> String {
@@ -233,14 +245,22 @@ mod tests {
     fn template_has_patroni_keys() {
         let cfg = MemberConfig::patroni(&spec());
         assert_eq!(cfg.get("scope").and_then(Value::as_str), Some("demo"));
-        assert_eq!(cfg.get("restapi.listen").and_then(Value::as_str), Some("127.0.0.1:8008"));
-        assert_eq!(cfg.get("bootstrap.dcs.ttl").and_then(Value::as_u64), Some(10));
+        assert_eq!(
+            cfg.get("restapi.listen").and_then(Value::as_str),
+            Some("127.0.0.1:8008")
+        );
+        assert_eq!(
+            cfg.get("bootstrap.dcs.ttl").and_then(Value::as_u64),
+            Some(10)
+        );
         assert_eq!(
             cfg.get("postgresql.data_dir").and_then(Value::as_str),
             Some("/tmp/x/member-0/data")
         );
         assert_eq!(
-            cfg.get("etcd3.hosts").and_then(|v| v.as_sequence()).map(|s| s.len()),
+            cfg.get("etcd3.hosts")
+                .and_then(|v| v.as_sequence())
+                .map(|s| s.len()),
             Some(1)
         );
         let yaml = cfg.to_yaml();
@@ -251,15 +271,26 @@ mod tests {
     #[test]
     fn set_and_remove_by_path() {
         let mut cfg = MemberConfig::patroni(&spec());
-        cfg.set("postgresql.parameters.max_connections", 77).set("tags.nofailover", true);
+        cfg.set("postgresql.parameters.max_connections", 77)
+            .set("tags.nofailover", true);
         cfg.set("brand.new.key", "x");
-        assert_eq!(cfg.get("postgresql.parameters.max_connections").and_then(Value::as_u64), Some(77));
-        assert_eq!(cfg.get("tags.nofailover").and_then(Value::as_bool), Some(true));
+        assert_eq!(
+            cfg.get("postgresql.parameters.max_connections")
+                .and_then(Value::as_u64),
+            Some(77)
+        );
+        assert_eq!(
+            cfg.get("tags.nofailover").and_then(Value::as_bool),
+            Some(true)
+        );
         assert_eq!(cfg.get("brand.new.key").and_then(Value::as_str), Some("x"));
         assert!(cfg.remove("postgresql.data_dir").is_some());
         assert!(cfg.get("postgresql.data_dir").is_none());
         assert!(cfg.remove("no.such.key").is_none());
-        cfg.set_path(&["postgresql", "parameters", "auto_explain.log_min_duration"], "1s");
+        cfg.set_path(
+            &["postgresql", "parameters", "auto_explain.log_min_duration"],
+            "1s",
+        );
         assert_eq!(
             cfg.get("postgresql.parameters")
                 .and_then(|p| p.get("auto_explain.log_min_duration"))

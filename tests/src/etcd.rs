@@ -120,7 +120,9 @@ impl Etcd {
                 .open(self.log_path())
                 .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path().display()));
             let _ = writeln!(log, "=== starting etcd ===");
-            let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log handle: {e}"));
+            let log_err = log
+                .try_clone()
+                .unwrap_or_else(|e| panic!("clone log handle: {e}"));
             let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
             let client_url = self.client_url();
             let child = Command::new(etcd_bin())
@@ -208,7 +210,9 @@ impl Etcd {
 
     /// Freeze the server (SIGSTOP): connections hang, leases do not expire until `resume`.
     pub fn pause(&self) {
-        let pid = self.pid().unwrap_or_else(|| panic!("cannot pause etcd: it is not running"));
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("cannot pause etcd: it is not running"));
         signal_all(&[pid], Signal::SIGSTOP);
         *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
     }
@@ -234,7 +238,10 @@ impl Etcd {
             .await
             .with_context(|| format!("POST {url}"))?;
         let status = response.status();
-        let text = response.text().await.with_context(|| format!("read body of POST {url}"))?;
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("read body of POST {url}"))?;
         if !status.is_success() {
             bail!("POST {url} answered {status}: {text}");
         }
@@ -255,12 +262,19 @@ impl Etcd {
 
     /// The key's value, `None` if absent.
     pub async fn try_get(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.range_raw(key, None).await?.into_iter().next().map(|kv| kv.value))
+        Ok(self
+            .range_raw(key, None)
+            .await?
+            .into_iter()
+            .next()
+            .map(|kv| kv.value))
     }
 
     /// The key's value, `None` if absent; panics if etcd cannot be read.
     pub async fn get(&self, key: &str) -> Option<String> {
-        self.try_get(key).await.unwrap_or_else(|e| panic!("etcd get {key}: {e:#}"))
+        self.try_get(key)
+            .await
+            .unwrap_or_else(|e| panic!("etcd get {key}: {e:#}"))
     }
 
     /// The key with its lease and revision, `None` if absent.
@@ -270,7 +284,8 @@ impl Etcd {
 
     /// All keys starting with `prefix`, sorted by key.
     pub async fn try_get_prefix(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        self.range_raw(prefix, Some(prefix_range_end(prefix.as_bytes()))).await
+        self.range_raw(prefix, Some(prefix_range_end(prefix.as_bytes())))
+            .await
     }
 
     /// All `(key, value)` pairs starting with `prefix`; panics if etcd cannot be read.
@@ -285,14 +300,19 @@ impl Etcd {
 
     /// Write a key (no lease).
     pub async fn put(&self, key: &str, value: &str) -> Result<()> {
-        self.post("/v3/kv/put", json!({ "key": B64.encode(key), "value": B64.encode(value) }))
-            .await
-            .map(|_| ())
+        self.post(
+            "/v3/kv/put",
+            json!({ "key": B64.encode(key), "value": B64.encode(value) }),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Grant a lease of `ttl` seconds; returns its id.
     pub async fn grant_lease(&self, ttl: u64) -> Result<i64> {
-        let reply = self.post("/v3/lease/grant", json!({ "TTL": ttl.to_string() })).await?;
+        let reply = self
+            .post("/v3/lease/grant", json!({ "TTL": ttl.to_string() }))
+            .await?;
         int_field(&reply, "ID").ok_or_else(|| anyhow!("lease/grant reply without ID: {reply}"))
     }
 
@@ -327,11 +347,18 @@ impl Etcd {
     /// Time left on the lease attached to `key`: `None` if the key is absent or has no lease.
     /// etcd reports whole seconds (rounded down), so the true remainder is below `value + 1 s`.
     pub async fn lease_remaining(&self, key: &str) -> Result<Option<Duration>> {
-        let Some(kv) = self.try_get_kv(key).await? else { return Ok(None) };
+        let Some(kv) = self.try_get_kv(key).await? else {
+            return Ok(None);
+        };
         if kv.lease == 0 {
             return Ok(None);
         }
-        let reply = self.post("/v3/lease/timetolive", json!({ "ID": kv.lease.to_string() })).await?;
+        let reply = self
+            .post(
+                "/v3/lease/timetolive",
+                json!({ "ID": kv.lease.to_string() }),
+            )
+            .await?;
         let ttl = int_field(&reply, "TTL")
             .ok_or_else(|| anyhow!("lease/timetolive reply without TTL: {reply}"))?;
         Ok((ttl >= 0).then(|| Duration::from_secs(ttl as u64)))
@@ -370,7 +397,9 @@ fn decode_b64_text(v: &Value, field: &str) -> Result<String> {
         // The gateway omits empty values.
         return Ok(String::new());
     };
-    let bytes = B64.decode(encoded).with_context(|| format!("{field} is not base64: {encoded}"))?;
+    let bytes = B64
+        .decode(encoded)
+        .with_context(|| format!("{field} is not base64: {encoded}"))?;
     String::from_utf8(bytes).with_context(|| format!("{field} is not UTF-8"))
 }
 

@@ -42,7 +42,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 pub fn regent_bin() -> PathBuf {
     let path = match std::env::var_os("REGENT_BIN") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target/debug/regent"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target/debug/regent"),
     };
     let path = std::fs::canonicalize(&path).unwrap_or_else(|_| {
         panic!(
@@ -136,10 +138,14 @@ where
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let mut cmd = regent_command(&regent_bin(), work_dir);
-    cmd.args(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn regent {args:?}: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn regent {args:?}: {e}"));
     match tokio::time::timeout(deadline, child.wait_with_output()).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => panic!("waiting for regent {args:?}: {e}"),

@@ -13,9 +13,7 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{MemberConfig, MemberSpec, SUPERUSER, SUPERUSER_PASSWORD};
-use crate::process::{
-    process_tree, processes_with_cwd, signal_all, tail_file, wait_gone_blocking,
-};
+use crate::process::{process_tree, processes_with_cwd, signal_all, tail_file, wait_gone_blocking};
 
 /// Timeout of each REST call the harness makes.
 pub const API_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,7 +30,9 @@ pub fn regent_command(binary: &Path, work_dir: &Path) -> Command {
             cmd.env_remove(&key);
         }
     }
-    cmd.env("HOME", work_dir).current_dir(work_dir).stdin(Stdio::null());
+    cmd.env("HOME", work_dir)
+        .current_dir(work_dir)
+        .stdin(Stdio::null());
     crate::process::run_as_postgres(&mut cmd);
     cmd
 }
@@ -61,7 +61,13 @@ impl Member {
             .pool_max_idle_per_host(0)
             .build()
             .unwrap_or_else(|e| panic!("build HTTP client: {e}"));
-        let member = Member { spec, config, binary, child: Mutex::new(None), http };
+        let member = Member {
+            spec,
+            config,
+            binary,
+            child: Mutex::new(None),
+            http,
+        };
         member.config.write_to(&member.config_path());
         member
     }
@@ -116,7 +122,11 @@ impl Member {
         let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(child) = guard.as_mut() {
             if matches!(child.try_wait(), Ok(None)) {
-                panic!("member {}: agent already running (pid {})", self.name(), child.id());
+                panic!(
+                    "member {}: agent already running (pid {})",
+                    self.name(),
+                    child.id()
+                );
             }
         }
         let log_path = self.log_path();
@@ -125,14 +135,26 @@ impl Member {
             .append(true)
             .open(&log_path)
             .unwrap_or_else(|e| panic!("open {}: {e}", log_path.display()));
-        let _ = writeln!(log, "===== harness: starting {} =====", self.binary.display());
-        let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log handle: {e}"));
+        let _ = writeln!(
+            log,
+            "===== harness: starting {} =====",
+            self.binary.display()
+        );
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("clone log handle: {e}"));
         let child = regent_command(&self.binary, &self.spec.member_dir)
             .arg(self.config_path())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .spawn()
-            .unwrap_or_else(|e| panic!("member {}: spawn {}: {e}", self.name(), self.binary.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "member {}: spawn {}: {e}",
+                    self.name(),
+                    self.binary.display()
+                )
+            });
         *guard = Some(child);
     }
 
@@ -174,7 +196,10 @@ impl Member {
     pub fn kill9_with_postmaster(&self) {
         let survivors = self.kill_all_processes();
         if !survivors.is_empty() {
-            panic!("member {}: processes {survivors:?} survived SIGKILL for 10 s", self.name());
+            panic!(
+                "member {}: processes {survivors:?} survived SIGKILL for 10 s",
+                self.name()
+            );
         }
     }
 
@@ -236,7 +261,10 @@ impl Member {
                 }
             }
             if started.elapsed() >= deadline {
-                bail!("member {}: agent still running {deadline:?} after the wait began", self.name());
+                bail!(
+                    "member {}: agent still running {deadline:?} after the wait began",
+                    self.name()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -252,9 +280,17 @@ impl Member {
     /// body is empty or not JSON).
     pub async fn api_get(&self, path: &str) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.api_base());
-        let response = self.http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
         let status = response.status().as_u16();
-        let body = response.text().await.with_context(|| format!("read body of GET {url}"))?;
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("read body of GET {url}"))?;
         Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
     }
 
@@ -296,10 +332,11 @@ impl Member {
     /// A connected client; the connection is driven by a task on the current runtime.
     pub async fn pg_client(&self) -> Result<Client> {
         let config = self.pg_config();
-        let (client, connection) = tokio::time::timeout(PG_CONNECT_TIMEOUT * 2, config.connect(NoTls))
-            .await
-            .map_err(|_| anyhow!("member {}: connect to Postgres timed out", self.name()))?
-            .with_context(|| format!("member {}: connect to Postgres", self.name()))?;
+        let (client, connection) =
+            tokio::time::timeout(PG_CONNECT_TIMEOUT * 2, config.connect(NoTls))
+                .await
+                .map_err(|_| anyhow!("member {}: connect to Postgres timed out", self.name()))?
+                .with_context(|| format!("member {}: connect to Postgres", self.name()))?;
         tokio::spawn(async move {
             // Errors surface on the client's next query; nothing to do with them here.
             let _ = connection.await;
@@ -361,7 +398,10 @@ impl Drop for Member {
         let survivors = self.kill_all_processes();
         if !survivors.is_empty() {
             // Not a panic: we may already be unwinding, and a double panic aborts the run.
-            eprintln!("member {}: processes {survivors:?} survived SIGKILL", self.name());
+            eprintln!(
+                "member {}: processes {survivors:?} survived SIGKILL",
+                self.name()
+            );
         }
     }
 }

@@ -21,7 +21,9 @@ pub fn free_port() -> u16 {
             Ok(addr) => addr.port(),
             Err(e) => panic!("local_addr of a bound listener: {e}"),
         };
-        let mut set = handed_out().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut set = handed_out()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if set.insert(port) {
             return port;
         }

@@ -37,7 +37,9 @@ pub async fn probe_ids(client: &Client) -> Result<Vec<i64>> {
         .await
         .map_err(|_| anyhow!("select from {PROBE_TABLE} timed out"))?
         .with_context(|| format!("select from {PROBE_TABLE}"))?;
-    rows.iter().map(|row| row.try_get(0).context("probe id column")).collect()
+    rows.iter()
+        .map(|row| row.try_get(0).context("probe id column"))
+        .collect()
 }
 
 impl Member {

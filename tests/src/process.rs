@@ -29,7 +29,10 @@ pub fn postgres_user_if_root() -> Option<PostgresUser> {
     // anyway so a machine with a different numbering still works.
     let user = nix::unistd::User::from_name("postgres").ok().flatten();
     Some(match user {
-        Some(u) => PostgresUser { uid: u.uid.as_raw(), gid: u.gid.as_raw() },
+        Some(u) => PostgresUser {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        },
         None => PostgresUser { uid: 101, gid: 104 },
     })
 }
@@ -182,7 +185,9 @@ pub fn process_alive(pid: i32) -> bool {
 }
 
 fn all_pids() -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .collect()
@@ -190,8 +195,10 @@ fn all_pids() -> Vec<i32> {
 
 /// `root` and all its live descendants.
 pub fn process_tree(root: i32) -> Vec<i32> {
-    let parents: Vec<(i32, i32)> =
-        all_pids().into_iter().filter_map(|pid| Some((pid, stat_of(pid)?.0))).collect();
+    let parents: Vec<(i32, i32)> = all_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, stat_of(pid)?.0)))
+        .collect();
     let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() {
@@ -210,11 +217,15 @@ pub fn process_tree(root: i32) -> Vec<i32> {
 /// Live processes whose working directory is `dir`: a postmaster and all its children chdir
 /// into the data directory, so this finds a whole instance, orphans included.
 pub fn processes_with_cwd(dir: &Path) -> Vec<i32> {
-    let Ok(wanted) = fs::canonicalize(dir) else { return Vec::new() };
+    let Ok(wanted) = fs::canonicalize(dir) else {
+        return Vec::new();
+    };
     all_pids()
         .into_iter()
         .filter(|pid| {
-            fs::read_link(format!("/proc/{pid}/cwd")).map(|cwd| cwd == wanted).unwrap_or(false)
+            fs::read_link(format!("/proc/{pid}/cwd"))
+                .map(|cwd| cwd == wanted)
+                .unwrap_or(false)
         })
         .filter(|&pid| process_alive(pid) && pid != std::process::id() as i32)
         .collect()
@@ -236,7 +247,10 @@ pub fn wait_gone_blocking(pids: &[i32], deadline: Duration) -> bool {
     let started = Instant::now();
     let until = started + deadline;
     loop {
-        if pids.iter().all(|&pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+        if pids
+            .iter()
+            .all(|&pid| !Path::new(&format!("/proc/{pid}")).exists())
+        {
             return true;
         }
         if started.elapsed() >= deadline / 2 && pids.iter().all(|&pid| !process_alive(pid)) {

@@ -103,7 +103,11 @@ impl WriterReport {
 
     /// The longest of `unavailable_windows` (zero if writes never failed).
     pub fn longest_unavailability(&self) -> Duration {
-        self.unavailable_windows().iter().map(|(from, to)| *to - *from).max().unwrap_or_default()
+        self.unavailable_windows()
+            .iter()
+            .map(|(from, to)| *to - *from)
+            .max()
+            .unwrap_or_default()
     }
 
     /// First acknowledgement at or after `t`.
@@ -126,7 +130,10 @@ impl WriterReport {
             self.failures.len(),
             self.longest_unavailability().as_secs_f64(),
             (self.stopped - self.started).as_secs_f64(),
-            self.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+            self.last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
         )
     }
 }
@@ -151,31 +158,52 @@ impl Writer {
             "CREATE TABLE IF NOT EXISTS {WRITER_TABLE} (id bigint PRIMARY KEY, \
              written_at timestamptz NOT NULL DEFAULT clock_timestamp())"
         );
-        crate::wait_until_ok(&format!("create {WRITER_TABLE} on a read-write member"), setup_deadline, || {
-            let config = config.clone();
-            let create = create.clone();
-            async move {
-                let client = connect(&config, hosts).await?;
-                client.batch_execute(&create).await.context("create writer table")
-            }
-        })
+        crate::wait_until_ok(
+            &format!("create {WRITER_TABLE} on a read-write member"),
+            setup_deadline,
+            || {
+                let config = config.clone();
+                let create = create.clone();
+                async move {
+                    let client = connect(&config, hosts).await?;
+                    client
+                        .batch_execute(&create)
+                        .await
+                        .context("create writer table")
+                }
+            },
+        )
         .await;
 
         let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Mutex::new(Record::default()));
         let started = Instant::now();
         let task = tokio::spawn(write_loop(config, hosts, stop.clone(), record.clone()));
-        Writer { started, stop, record, task }
+        Writer {
+            started,
+            stop,
+            record,
+            task,
+        }
     }
 
     /// Number of writes acknowledged so far.
     pub fn acked_count(&self) -> usize {
-        self.record.lock().unwrap_or_else(|p| p.into_inner()).acked.len()
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acked
+            .len()
     }
 
     /// Time of the latest acknowledgement so far.
     pub fn last_ack(&self) -> Option<Instant> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner()).ack_times.last().copied()
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ack_times
+            .last()
+            .copied()
     }
 
     /// The record so far, without stopping.
@@ -225,7 +253,8 @@ async fn write_loop(
         let id = next_id;
         next_id += 1;
         let outcome: Result<()> = async {
-            if client.as_ref().map_or(true, |c| c.is_closed()) {
+            let usable = matches!(&client, Some(c) if !c.is_closed());
+            if !usable {
                 client = Some(connect(&config, hosts).await?);
             }
             let Some(connected) = client.as_ref() else {
@@ -263,13 +292,19 @@ pub async fn written_ids(client: &Client) -> Result<Vec<i64>> {
         .await
         .map_err(|_| anyhow!("select from {WRITER_TABLE} timed out"))?
         .with_context(|| format!("select from {WRITER_TABLE}"))?;
-    rows.iter().map(|row| row.try_get(0).context("writer id column")).collect()
+    rows.iter()
+        .map(|row| row.try_get(0).context("writer id column"))
+        .collect()
 }
 
 /// Acknowledged ids missing from `present` (both ascending or not; result ascending).
 pub fn missing_ids(acked: &[i64], present: &[i64]) -> Vec<i64> {
     let present: std::collections::HashSet<i64> = present.iter().copied().collect();
-    let mut missing: Vec<i64> = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    let mut missing: Vec<i64> = acked
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect();
     missing.sort_unstable();
     missing
 }
@@ -291,7 +326,10 @@ mod tests {
             attempts: 6,
             last_error: None,
         };
-        assert_eq!(report.unavailable_windows(), vec![(at(30), at(500)), (at(500), at(1000))]);
+        assert_eq!(
+            report.unavailable_windows(),
+            vec![(at(30), at(500)), (at(500), at(1000))]
+        );
         assert_eq!(report.longest_unavailability(), Duration::from_millis(500));
         assert_eq!(report.first_ack_after(at(31)), Some(at(500)));
         assert_eq!(report.first_failure_after(at(101)), Some(at(900)));

@@ -23,10 +23,21 @@ struct Setup {
 async fn setup() -> Setup {
     let etcd = Etcd::launch().await;
     let dir = TestDir::new("cli");
-    let spec = MemberSpec::new("cli", "cli-0", dir.postgres_subdir("cli-0"), vec![etcd.client_addr()]);
+    let spec = MemberSpec::new(
+        "cli",
+        "cli-0",
+        dir.postgres_subdir("cli-0"),
+        vec![etcd.client_addr()],
+    );
     let config = MemberConfig::patroni(&spec);
     let config_path = spec.member_dir.join("regent.yml");
-    Setup { etcd, spec, config, config_path, _dir: dir }
+    Setup {
+        etcd,
+        spec,
+        config,
+        config_path,
+        _dir: dir,
+    }
 }
 
 fn describe(output: &Output) -> String {
@@ -55,7 +66,10 @@ async fn assert_nothing_written(setup: &Setup, context: &str) {
         setup.spec.data_dir().display()
     );
     let strays = stray_files(&setup.spec.member_dir, &setup.config_path);
-    assert!(strays.is_empty(), "{context}: files written next to the config: {strays:?}");
+    assert!(
+        strays.is_empty(),
+        "{context}: files written next to the config: {strays:?}"
+    );
     let keys = setup.etcd.get_prefix("/service/").await;
     assert!(keys.is_empty(), "{context}: keys written to etcd: {keys:?}");
 }
@@ -64,7 +78,10 @@ async fn assert_nothing_written(setup: &Setup, context: &str) {
 /// that each exits 2 with a message naming every string of `must_mention`, writing nothing.
 async fn assert_rejected(setup: &Setup, must_mention: &[&str]) {
     let file = setup.config_path.as_os_str();
-    for args in [vec![std::ffi::OsStr::new("--validate-config"), file], vec![file]] {
+    for args in [
+        vec![std::ffi::OsStr::new("--validate-config"), file],
+        vec![file],
+    ] {
         let context = format!("regent {args:?}");
         let output = run_regent(&args, &setup.spec.member_dir, CLI_DEADLINE).await;
         assert_eq!(
@@ -104,7 +121,10 @@ async fn validate_config_accepts_a_good_file_without_starting_anything() {
     let setup = setup().await;
     setup.config.write_to(&setup.config_path);
     let output = run_regent(
-        [std::ffi::OsStr::new("--validate-config"), setup.config_path.as_os_str()],
+        [
+            std::ffi::OsStr::new("--validate-config"),
+            setup.config_path.as_os_str(),
+        ],
         &setup.spec.member_dir,
         CLI_DEADLINE,
     )
@@ -112,7 +132,10 @@ async fn validate_config_accepts_a_good_file_without_starting_anything() {
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert_nothing_written(&setup, "--validate-config on a good file").await;
     let api = std::net::TcpStream::connect(("127.0.0.1", setup.spec.api_port));
-    assert!(api.is_err(), "something listens on the REST API port after validation");
+    assert!(
+        api.is_err(),
+        "something listens on the REST API port after validation"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +149,9 @@ async fn wrong_type_for_data_dir_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_type_for_restapi_listen_is_refused() {
     let mut setup = setup().await;
-    setup.config.set("restapi.listen", vec!["127.0.0.1", "8008"]);
+    setup
+        .config
+        .set("restapi.listen", vec!["127.0.0.1", "8008"]);
     setup.config.write_to(&setup.config_path);
     assert_rejected(&setup, &["listen"]).await;
 }
@@ -160,7 +185,10 @@ async fn yaml_syntax_error_reports_line_and_column() {
 async fn unknown_dcs_section_is_refused() {
     let mut setup = setup().await;
     setup.config.remove("etcd3");
-    setup.config.set("zookeeper.hosts", vec![format!("127.0.0.1:{}", regent_tests::free_port())]);
+    setup.config.set(
+        "zookeeper.hosts",
+        vec![format!("127.0.0.1:{}", regent_tests::free_port())],
+    );
     setup.config.write_to(&setup.config_path);
     assert_rejected(&setup, &["zookeeper"]).await;
 }

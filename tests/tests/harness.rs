@@ -20,55 +20,96 @@ async fn etcd_fixture_reads_writes_restarts_and_pauses() {
     let etcd = Etcd::launch().await;
     assert_eq!(etcd.get("/service/t/leader").await, None);
 
-    etcd.put("/service/t/leader", "member-0").await.expect("put leader");
-    etcd.put("/service/t/members/member-0", "{\"role\":\"primary\"}").await.expect("put member");
-    etcd.put("/service/u/leader", "other-scope").await.expect("put other scope");
-    assert_eq!(etcd.get("/service/t/leader").await.as_deref(), Some("member-0"));
+    etcd.put("/service/t/leader", "member-0")
+        .await
+        .expect("put leader");
+    etcd.put("/service/t/members/member-0", "{\"role\":\"primary\"}")
+        .await
+        .expect("put member");
+    etcd.put("/service/u/leader", "other-scope")
+        .await
+        .expect("put other scope");
+    assert_eq!(
+        etcd.get("/service/t/leader").await.as_deref(),
+        Some("member-0")
+    );
     let scope_t = etcd.get_prefix("/service/t/").await;
     assert_eq!(
         scope_t,
         vec![
             ("/service/t/leader".to_string(), "member-0".to_string()),
-            ("/service/t/members/member-0".to_string(), "{\"role\":\"primary\"}".to_string()),
+            (
+                "/service/t/members/member-0".to_string(),
+                "{\"role\":\"primary\"}".to_string()
+            ),
         ]
     );
 
     // Leases: a key on a 30 s lease reports its remaining time; a plain key has none.
     let lease = etcd.grant_lease(30).await.expect("grant lease");
-    etcd.put_with_lease("/service/t/members/member-1", "{}", lease).await.expect("put on lease");
+    etcd.put_with_lease("/service/t/members/member-1", "{}", lease)
+        .await
+        .expect("put on lease");
     let remaining = etcd
         .lease_remaining("/service/t/members/member-1")
         .await
         .expect("lease time to live")
         .expect("key has a lease");
     assert!(remaining <= Duration::from_secs(30) && remaining >= Duration::from_secs(25));
-    assert_eq!(etcd.lease_remaining("/service/t/leader").await.expect("ttl of plain key"), None);
+    assert_eq!(
+        etcd.lease_remaining("/service/t/leader")
+            .await
+            .expect("ttl of plain key"),
+        None
+    );
 
     // Data survives a SIGKILL and a restart on the same directory and port.
     etcd.stop();
-    assert!(etcd.try_get("/service/t/leader").await.is_err(), "stopped etcd still answers");
+    assert!(
+        etcd.try_get("/service/t/leader").await.is_err(),
+        "stopped etcd still answers"
+    );
     etcd.start().await;
-    assert_eq!(etcd.get("/service/t/leader").await.as_deref(), Some("member-0"));
+    assert_eq!(
+        etcd.get("/service/t/leader").await.as_deref(),
+        Some("member-0")
+    );
 
     // A paused etcd does not answer; it answers again after resume.
     etcd.pause();
     let started = Instant::now();
-    assert!(etcd.try_get("/service/t/leader").await.is_err(), "paused etcd answered");
-    assert!(started.elapsed() >= Duration::from_secs(1), "request to paused etcd failed early");
+    assert!(
+        etcd.try_get("/service/t/leader").await.is_err(),
+        "paused etcd answered"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "request to paused etcd failed early"
+    );
     etcd.resume();
-    let value = wait_until_ok("etcd to answer after resume", Duration::from_secs(10), || async {
-        etcd.try_get("/service/t/leader").await
-    })
+    let value = wait_until_ok(
+        "etcd to answer after resume",
+        Duration::from_secs(10),
+        || async { etcd.try_get("/service/t/leader").await },
+    )
     .await;
     assert_eq!(value.as_deref(), Some("member-0"));
 
-    assert_eq!(etcd.delete_prefix("/service/t/").await.expect("delete prefix"), 3);
+    assert_eq!(
+        etcd.delete_prefix("/service/t/")
+            .await
+            .expect("delete prefix"),
+        3
+    );
     assert!(etcd.get_prefix("/service/t/").await.is_empty());
     assert_eq!(etcd.get_prefix("/service/u/").await.len(), 1);
 
     let pid = etcd.pid().expect("etcd runs");
     drop(etcd);
-    assert!(!process_alive(pid), "etcd pid {pid} survived the fixture's drop");
+    assert!(
+        !process_alive(pid),
+        "etcd pid {pid} survived the fixture's drop"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +136,10 @@ fn ports_are_never_handed_out_twice() {
 #[tokio::test]
 #[should_panic(expected = "waiting for the impossible")]
 async fn wait_until_panics_with_what_on_timeout() {
-    wait_until("the impossible", Duration::from_millis(200), || async { None::<()> }).await;
+    wait_until("the impossible", Duration::from_millis(200), || async {
+        None::<()>
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -117,7 +161,10 @@ async fn wait_helpers_return_the_value() {
     })
     .await;
     assert_eq!(value, 7);
-    assert_eq!(poll_until(Duration::from_millis(100), || async { None::<u8> }).await, None);
+    assert_eq!(
+        poll_until(Duration::from_millis(100), || async { None::<u8> }).await,
+        None
+    );
 }
 
 #[test]
@@ -128,7 +175,10 @@ fn permission_check_names_the_blocking_directory() {
     let binary = closed.join("bin");
     std::fs::write(&binary, "#!/bin/sh\n").expect("write");
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let stranger = PostgresUser { uid: 4242, gid: 4242 };
+    let stranger = PostgresUser {
+        uid: 4242,
+        gid: 4242,
+    };
 
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let err = check_executable_by(&binary, stranger).expect_err("0700 directory must block");
@@ -169,9 +219,11 @@ fn write_stand_in(dir: &Path) -> PathBuf {
 }
 
 async fn wait_for_sql(member: &Member) {
-    wait_until_ok(&format!("{} to accept SQL", member.name()), Duration::from_secs(60), || async {
-        member.pg_in_recovery().await
-    })
+    wait_until_ok(
+        &format!("{} to accept SQL", member.name()),
+        Duration::from_secs(60),
+        || async { member.pg_in_recovery().await },
+    )
     .await;
 }
 
@@ -185,17 +237,31 @@ fn process_uid(pid: i32) -> Option<u32> {
 async fn member_fixture_and_writer_with_stand_in_agent() {
     let scripts = TestDir::new("stand-in");
     let stand_in = write_stand_in(scripts.path());
-    let cluster = TestCluster::builder("fake").members(2).binary(stand_in).start().await;
+    let cluster = TestCluster::builder("fake")
+        .members(2)
+        .binary(stand_in)
+        .start()
+        .await;
     let (m0, m1) = (&cluster.members[0], &cluster.members[1]);
     wait_for_sql(m0).await;
     wait_for_sql(m1).await;
-    assert!(m0.log_contents().contains("stand-in agent: config"), "{}", m0.log_contents());
+    assert!(
+        m0.log_contents().contains("stand-in agent: config"),
+        "{}",
+        m0.log_contents()
+    );
 
     if let Some(postgres) = postgres_user_if_root() {
         let agent = m0.agent_pid().expect("agent runs");
-        assert_eq!(process_uid(agent), Some(postgres.uid), "agent must run as postgres");
+        assert_eq!(
+            process_uid(agent),
+            Some(postgres.uid),
+            "agent must run as postgres"
+        );
     }
-    let postmaster = m0.postmaster_pid().expect("postmaster.pid names a live postmaster");
+    let postmaster = m0
+        .postmaster_pid()
+        .expect("postmaster.pid names a live postmaster");
     assert!(processes_with_cwd(&m0.data_dir()).contains(&postmaster));
 
     // Probe helpers.
@@ -212,10 +278,15 @@ async fn member_fixture_and_writer_with_stand_in_agent() {
         .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
         .await
         .expect("make m1 read-only");
-    m1_client.batch_execute("SELECT pg_reload_conf()").await.expect("reload m1");
+    m1_client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload m1");
     wait_until_ok("m1 read-only", Duration::from_secs(10), || async {
         let client = m1.pg_client().await?;
-        let row = client.query_one("SHOW default_transaction_read_only", &[]).await?;
+        let row = client
+            .query_one("SHOW default_transaction_read_only", &[])
+            .await?;
         let value: String = row.try_get(0)?;
         anyhow::ensure!(value == "on", "default_transaction_read_only = {value}");
         Ok(())
@@ -223,20 +294,35 @@ async fn member_fixture_and_writer_with_stand_in_agent() {
     .await;
 
     let writer = Writer::start(&[m1, m0], Duration::from_secs(30)).await;
-    wait_until("writer acknowledgements", Duration::from_secs(30), || async {
-        (writer.acked_count() >= 10).then_some(())
-    })
+    wait_until(
+        "writer acknowledgements",
+        Duration::from_secs(30),
+        || async { (writer.acked_count() >= 10).then_some(()) },
+    )
     .await;
 
     // Crash m0 entirely: the writer fails, then recovers once m0 is back.
     m0.kill9_with_postmaster();
-    assert!(!process_alive(postmaster), "postmaster survived kill9_with_postmaster");
+    assert!(
+        !process_alive(postmaster),
+        "postmaster survived kill9_with_postmaster"
+    );
     assert!(m0.postmaster_pid().is_none());
-    assert!(processes_with_cwd(&m0.data_dir()).is_empty(), "instance processes survived");
+    assert!(
+        processes_with_cwd(&m0.data_dir()).is_empty(),
+        "instance processes survived"
+    );
     let crashed_at = Instant::now();
-    wait_until("writer to notice the crash", Duration::from_secs(15), || async {
-        writer.snapshot().first_failure_after(crashed_at).map(|_| ())
-    })
+    wait_until(
+        "writer to notice the crash",
+        Duration::from_secs(15),
+        || async {
+            writer
+                .snapshot()
+                .first_failure_after(crashed_at)
+                .map(|_| ())
+        },
+    )
     .await;
     m0.restart();
     let recovered = wait_until("writer to write again", Duration::from_secs(60), || async {
@@ -245,17 +331,28 @@ async fn member_fixture_and_writer_with_stand_in_agent() {
     .await;
     let report = writer.stop().await;
     println!("{}", report.summary());
-    println!("write outage after crash: {:.3} s", (recovered - crashed_at).as_secs_f64());
+    println!(
+        "write outage after crash: {:.3} s",
+        (recovered - crashed_at).as_secs_f64()
+    );
     assert!(report.longest_unavailability() > Duration::ZERO);
     assert!(!report.unavailable_windows().is_empty());
 
-    let present = written_ids(&m0.pg_client().await.expect("connect m0")).await.expect("ids");
+    let present = written_ids(&m0.pg_client().await.expect("connect m0"))
+        .await
+        .expect("ids");
     assert_eq!(missing_ids(&report.acked, &present), Vec::<i64>::new());
     let on_m1 = written_ids(&m1.pg_client().await.expect("connect m1")).await;
-    assert!(on_m1.is_err(), "nothing may have been written to the read-only m1: {on_m1:?}");
+    assert!(
+        on_m1.is_err(),
+        "nothing may have been written to the read-only m1: {on_m1:?}"
+    );
 
     // SIGTERM: the stand-in stops Postgres and exits 0.
-    let status = m0.sigterm(Duration::from_secs(30)).await.expect("agent exits after SIGTERM");
+    let status = m0
+        .sigterm(Duration::from_secs(30))
+        .await
+        .expect("agent exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
     assert!(!m0.agent_running());
     wait_until("m0 postmaster gone", Duration::from_secs(10), || async {
@@ -267,8 +364,14 @@ async fn member_fixture_and_writer_with_stand_in_agent() {
     let m1_postmaster = m1.postmaster_pid().expect("m1 postmaster");
     m1.kill9();
     assert!(!m1.agent_running());
-    assert!(process_alive(m1_postmaster), "kill9 must only kill the agent");
+    assert!(
+        process_alive(m1_postmaster),
+        "kill9 must only kill the agent"
+    );
     drop(m1_client);
     drop(cluster);
-    assert!(!process_alive(m1_postmaster), "postmaster {m1_postmaster} survived teardown");
+    assert!(
+        !process_alive(m1_postmaster),
+        "postmaster {m1_postmaster} survived teardown"
+    );
 }

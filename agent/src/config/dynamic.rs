@@ -455,7 +455,8 @@ mod tests {
     #[test]
     fn bad_values_revert_to_defaults_with_named_warnings() {
         let d = DynamicConfig::default();
-        let cases: Vec<(Value, &str, Box<dyn Fn(&DynamicConfig) -> bool>)> = vec![
+        type Check = Box<dyn Fn(&DynamicConfig) -> bool>;
+        let cases: Vec<(Value, &str, Check)> = vec![
             (json!({"ttl": "abc"}), "ttl", Box::new(move |c| c.ttl == 30)),
             (json!({"ttl": -5}), "ttl", Box::new(|c| c.ttl == 30)),
             (

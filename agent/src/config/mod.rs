@@ -904,12 +904,14 @@ impl Config {
                 .cloned();
             match section {
                 Some(s) => bootstrap.method_config = Some(s),
-                None => return Err(ConfigError::invalid(
-                    format!("bootstrap.{method}"),
-                    format!(
+                None => {
+                    return Err(ConfigError::invalid(
+                        format!("bootstrap.{method}"),
+                        format!(
                         "bootstrap.method is '{method}' but there is no bootstrap.{method} section"
                     ),
-                )),
+                    ))
+                }
             }
         }
         let (_, issues) = DynamicConfig::read(&bootstrap.dcs);

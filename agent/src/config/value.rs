@@ -391,7 +391,8 @@ mod tests {
 
     #[test]
     fn host_port_forms() {
-        let cases: &[(&str, Option<u16>, Result<(Vec<&str>, u16), ()>)] = &[
+        type Expected<'a> = Result<(Vec<&'a str>, u16), ()>;
+        let cases: &[(&str, Option<u16>, Expected)] = &[
             ("127.0.0.1:5432", None, Ok((vec!["127.0.0.1"], 5432))),
             ("*:5432", None, Ok((vec!["*"], 5432))),
             (

@@ -262,6 +262,25 @@ impl Postgres {
         self.settings.pg_hba = pg_hba;
     }
 
+    /// How other members reach this server.
+    pub fn conn_target(&self) -> ConnTarget {
+        ConnTarget {
+            host: self.settings.connect_host.clone(),
+            port: self.settings.port,
+        }
+    }
+
+    /// `conn_url` as published in the member data: `postgres://host:port/postgres`.
+    pub fn conn_url(&self) -> String {
+        let host = &self.settings.connect_host;
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        format!("postgres://{host}:{}/postgres", self.settings.port)
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.settings.data_dir
     }

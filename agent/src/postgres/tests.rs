@@ -150,6 +150,10 @@ async fn postgres_cluster_lifecycle() {
     // Bootstrap a primary.
     let mut a = Postgres::new(settings(&dir.0, "node-a")).unwrap();
     assert!(a.data_dir_is_empty());
+    assert_eq!(
+        a.conn_url(),
+        format!("postgres://127.0.0.1:{}/postgres", a.settings().port)
+    );
     a.initdb().await.unwrap();
     assert!(a.is_valid_data_dir());
     assert!(a.data_dir().join("postgresql.base.conf").exists());

@@ -1,0 +1,470 @@
+//! End-to-end HA behaviour of three `regent` members on etcd v3 (ttl 10, loop_wait 2,
+//! retry_timeout 3): bootstrap, failover after a crash, clean shutdown of the leader, and a
+//! frozen DCS. Every test prints the times it measured.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use regent_tests::writer::{missing_ids, written_ids};
+use regent_tests::{wait_until, wait_until_ok, Member, TestCluster, Writer};
+use serde_json::Value;
+
+/// initdb + first start + two base backups on a 2-core machine.
+const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
+/// A restarted member may need crash recovery and pg_rewind before it streams again.
+const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
+const REPLICATION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Bring up `members` members and wait for a leader with every other member streaming from it.
+async fn healthy_cluster(scope: &str, members: usize) -> (TestCluster, String) {
+    let started = Instant::now();
+    let cluster = TestCluster::start(scope, members).await;
+    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    let leader_after = started.elapsed();
+    cluster
+        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
+        .await;
+    println!(
+        "[{scope}] bootstrap: leader {leader} after {:.3} s, all replicas streaming after {:.3} s",
+        leader_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    (cluster, leader)
+}
+
+/// Write probe rows `ids` on `leader` and wait until each member of `replicas` has them all.
+async fn write_and_replicate(
+    cluster: &TestCluster,
+    leader: &Member,
+    replicas: &[&Member],
+    ids: std::ops::RangeInclusive<i64>,
+) {
+    leader
+        .create_probe_table()
+        .await
+        .expect("create probe table on the leader");
+    for id in ids.clone() {
+        leader
+            .write_probe(id)
+            .await
+            .unwrap_or_else(|e| panic!("write probe {id} on leader: {e:#}"));
+    }
+    cluster
+        .wait_for_probe_on(replicas, *ids.end(), REPLICATION_DEADLINE)
+        .await;
+}
+
+/// Try a probe write on each candidate in turn until one commits; returns that member's name
+/// and the moment the commit was acknowledged. Each attempt uses a fresh id.
+async fn first_writable(
+    candidates: &[&Member],
+    first_id: i64,
+    deadline: Duration,
+) -> (String, Instant) {
+    let mut next_id = first_id;
+    let names: Vec<&str> = candidates.iter().map(|m| m.name()).collect();
+    wait_until(
+        &format!("one of {names:?} to accept a write"),
+        deadline,
+        || {
+            let ids: Vec<i64> = (next_id..next_id + candidates.len() as i64).collect();
+            next_id += candidates.len() as i64;
+            async move {
+                for (member, id) in candidates.iter().zip(ids) {
+                    if member.write_probe(id).await.is_ok() {
+                        return Some((member.name().to_string(), Instant::now()));
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await
+}
+
+fn str_field<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
+    body.get(field).and_then(Value::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_bootstrap_one_leader_two_streaming_replicas() {
+    let (cluster, leader_name) = healthy_cluster("boot", 3).await;
+    let leader = cluster.member(&leader_name);
+    let replicas = cluster.others(&leader_name);
+    let mut replica_names: Vec<String> = replicas.iter().map(|m| m.name().to_string()).collect();
+    replica_names.sort();
+
+    // Health checks: exactly one primary, the two others healthy replicas.
+    assert_eq!(
+        cluster.members_answering("/primary", 200).await,
+        vec![leader_name.clone()]
+    );
+    let mut healthy_replicas = cluster.members_answering("/replica", 200).await;
+    healthy_replicas.sort();
+    assert_eq!(healthy_replicas, replica_names);
+
+    // GET /patroni on each member.
+    let (status, body) = leader
+        .api_get("/patroni")
+        .await
+        .expect("GET /patroni on the leader");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(str_field(&body, "role"), Some("primary"), "{body}");
+    assert_eq!(str_field(&body, "state"), Some("running"), "{body}");
+    assert!(
+        body.pointer("/xlog/location")
+            .and_then(Value::as_u64)
+            .is_some(),
+        "{body}"
+    );
+    assert_eq!(
+        body.get("timeline").and_then(Value::as_u64),
+        Some(1),
+        "{body}"
+    );
+    for replica in &replicas {
+        let (status, body) = replica
+            .api_get("/patroni")
+            .await
+            .expect("GET /patroni on a replica");
+        assert_eq!(status, 200, "{}: {body}", replica.name());
+        assert_eq!(
+            str_field(&body, "role"),
+            Some("replica"),
+            "{}: {body}",
+            replica.name()
+        );
+        assert_eq!(
+            str_field(&body, "state"),
+            Some("running"),
+            "{}: {body}",
+            replica.name()
+        );
+        let xlog = body.get("xlog").unwrap_or(&Value::Null);
+        assert!(
+            xlog.get("received_location").is_some() || xlog.get("replayed_location").is_some(),
+            "{}: replica xlog lacks received/replayed location: {body}",
+            replica.name()
+        );
+    }
+
+    // GET /cluster lists the three members with their roles.
+    let (status, body) = leader.api_get("/cluster").await.expect("GET /cluster");
+    assert_eq!(status, 200, "{body}");
+    let members = body
+        .get("members")
+        .and_then(Value::as_array)
+        .expect("/cluster has members");
+    assert_eq!(members.len(), 3, "{body}");
+    for member in members {
+        let name = str_field(member, "name").expect("member name");
+        let want = if name == leader_name {
+            "leader"
+        } else {
+            "replica"
+        };
+        assert_eq!(str_field(member, "role"), Some(want), "{name} in {body}");
+    }
+
+    // DCS objects under /service/boot/.
+    assert_eq!(
+        cluster.dcs_leader().await.as_deref(),
+        Some(leader_name.as_str())
+    );
+    let initialize = cluster
+        .etcd
+        .get(&cluster.dcs_key("initialize"))
+        .await
+        .expect("initialize key");
+    assert!(
+        initialize.len() >= 10 && initialize.chars().all(|c| c.is_ascii_digit()),
+        "initialize must hold the system identifier, got {initialize:?}"
+    );
+    let config = cluster
+        .etcd
+        .get(&cluster.dcs_key("config"))
+        .await
+        .expect("config key");
+    let config: Value = serde_json::from_str(&config).expect("config key holds JSON");
+    assert_eq!(
+        config.get("ttl").and_then(Value::as_u64),
+        Some(10),
+        "{config}"
+    );
+    assert_eq!(
+        config.get("loop_wait").and_then(Value::as_u64),
+        Some(2),
+        "{config}"
+    );
+    for member in &cluster.members {
+        let key = cluster.dcs_key(&format!("members/{}", member.name()));
+        let data = cluster
+            .etcd
+            .get(&key)
+            .await
+            .unwrap_or_else(|| panic!("{key} missing"));
+        let data: Value = serde_json::from_str(&data).expect("member key holds JSON");
+        let conn_url = str_field(&data, "conn_url").unwrap_or_default();
+        assert!(
+            conn_url.contains(&format!(":{}", member.pg_port())),
+            "{key}: {data}"
+        );
+        let api_url = str_field(&data, "api_url").unwrap_or_default();
+        assert!(
+            api_url.contains(&format!(":{}/patroni", member.api_port())),
+            "{key}: {data}"
+        );
+    }
+
+    // A row written on the leader reaches both replicas.
+    let started = Instant::now();
+    write_and_replicate(&cluster, leader, &replicas, 1..=1).await;
+    println!(
+        "[boot] row replicated to both replicas in {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(cluster.sql_primaries().await, vec![leader_name.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_fails_over_and_old_leader_rejoins() {
+    let (cluster, old_name) = healthy_cluster("crash", 3).await;
+    let old = cluster.member(&old_name);
+    write_and_replicate(&cluster, old, &cluster.others(&old_name), 1..=20).await;
+
+    let killed_at = Instant::now();
+    old.kill9_with_postmaster();
+    let candidates = cluster.others(&old_name);
+    let (new_name, writable_at) = first_writable(&candidates, 1_000, Duration::from_secs(60)).await;
+    let failover = writable_at - killed_at;
+    let bound = cluster.ttl() + Duration::from_secs(2);
+    println!(
+        "[crash] kill -9 of {old_name} (agent + postmaster): {new_name} accepted writes after \
+         {:.3} s (bound ttl + 2 s = {:.0} s)",
+        failover.as_secs_f64(),
+        bound.as_secs_f64()
+    );
+    assert!(
+        failover <= bound,
+        "failover took {failover:?}, more than ttl + 2 s"
+    );
+
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(30)).await,
+        new_name
+    );
+    assert_eq!(cluster.sql_primaries().await, vec![new_name.clone()]);
+    let third = candidates
+        .iter()
+        .find(|m| m.name() != new_name)
+        .map(|m| m.name().to_string())
+        .expect("a third member");
+    cluster
+        .wait_for_member_streaming(&third, &new_name, REJOIN_DEADLINE)
+        .await;
+
+    let restarted_at = Instant::now();
+    old.restart();
+    cluster
+        .wait_for_member_streaming(&old_name, &new_name, REJOIN_DEADLINE)
+        .await;
+    println!(
+        "[crash] {old_name} restarted and streams from {new_name} after {:.3} s",
+        restarted_at.elapsed().as_secs_f64()
+    );
+
+    let new = cluster.member(&new_name);
+    new.write_probe(5_000)
+        .await
+        .expect("write after failover on the new leader");
+    cluster
+        .wait_for_probe_on(&cluster.all(), 5_000, REPLICATION_DEADLINE)
+        .await;
+    let on_new = new.probe_ids().await.expect("probe ids on the new leader");
+    assert!(
+        (1..=20).all(|id| on_new.contains(&id)),
+        "rows written before the crash lost: {on_new:?}"
+    );
+    for member in &cluster.members {
+        let ids = member.probe_ids().await.expect("probe ids");
+        assert_eq!(
+            ids,
+            on_new,
+            "{} differs from the new leader {new_name}",
+            member.name()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_leader_hands_over_quickly() {
+    let (cluster, old_name) = healthy_cluster("term", 3).await;
+    let old = cluster.member(&old_name);
+    let others = cluster.others(&old_name);
+    write_and_replicate(&cluster, old, &others, 1..=10).await;
+
+    let signalled_at = Instant::now();
+    old.send_sigterm();
+    let (exit, (new_name, writable_at)) = tokio::join!(
+        old.wait_exit(Duration::from_secs(60)),
+        first_writable(&others, 1_000, Duration::from_secs(60)),
+    );
+    let status = exit.expect("the agent exits after SIGTERM");
+    let handover = writable_at - signalled_at;
+    println!(
+        "[term] SIGTERM to {old_name}: agent exited with {status}; {new_name} accepted writes \
+         after {:.3} s",
+        handover.as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(0), "agent exit status after SIGTERM");
+    assert!(
+        handover < Duration::from_secs(3),
+        "handover took {handover:?}, want < 3 s"
+    );
+
+    wait_until(
+        &format!("{old_name}'s Postgres stopped"),
+        Duration::from_secs(5),
+        || async { old.postmaster_pid().is_none().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(30)).await,
+        new_name
+    );
+    let on_new = cluster
+        .member(&new_name)
+        .probe_ids()
+        .await
+        .expect("probe ids");
+    assert!(
+        (1..=10).all(|id| on_new.contains(&id)),
+        "rows lost in the handover: {on_new:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
+    let (cluster, old_name) = healthy_cluster("pause", 3).await;
+    let old = cluster.member(&old_name);
+    old.create_probe_table().await.expect("create probe table");
+    let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
+    wait_until(
+        "20 acknowledged writes",
+        Duration::from_secs(30),
+        || async { (writer.acked_count() >= 20).then_some(()) },
+    )
+    .await;
+
+    let ttl = cluster.ttl();
+    let lease_left = cluster
+        .etcd
+        .lease_remaining(&cluster.dcs_key("leader"))
+        .await
+        .ok()
+        .flatten();
+    let paused_at = Instant::now();
+    cluster.etcd.pause();
+
+    // Keep writing on the old leader directly until well after its lease must have run out.
+    let watch_until = paused_at + ttl + Duration::from_secs(3);
+    let mut attempts: Vec<(Instant, bool)> = Vec::new();
+    let mut id = 100_000;
+    while Instant::now() < watch_until {
+        let accepted = old.write_probe(id).await.is_ok();
+        attempts.push((Instant::now(), accepted));
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let since_pause = |t: Instant| (t - paused_at).as_secs_f64();
+    let last_accepted = attempts.iter().rev().find(|(_, ok)| *ok).map(|(t, _)| *t);
+    let first_refused = attempts
+        .iter()
+        .find(|(t, ok)| !ok && last_accepted.map_or(true, |l| *t > l))
+        .map(|(t, _)| *t);
+    println!(
+        "[pause] etcd frozen; ttl {} s, leader lease had {:?} left; {old_name} last accepted a \
+         write at +{} s, refused from +{} s ({} attempts)",
+        ttl.as_secs(),
+        lease_left,
+        last_accepted.map_or("never".into(), |t| format!("{:.3}", since_pause(t))),
+        first_refused.map_or("never".into(), |t| format!("{:.3}", since_pause(t))),
+        attempts.len()
+    );
+    assert!(
+        attempts.iter().any(|(t, _)| *t >= paused_at + ttl),
+        "no write attempt after the ttl elapsed: the check proves nothing"
+    );
+    let late: Vec<f64> = attempts
+        .iter()
+        .filter(|(t, ok)| *ok && *t >= paused_at + ttl)
+        .map(|(t, _)| since_pause(*t))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{old_name} accepted writes after ttl elapsed since the pause: {late:?}"
+    );
+    if let (Some(left), Some(last)) = (lease_left, last_accepted) {
+        // etcd reports whole seconds, rounded down.
+        let expiry = paused_at + left + Duration::from_secs(1);
+        assert!(
+            last < expiry,
+            "{old_name} accepted a write at +{:.3} s, after its lease expired",
+            since_pause(last)
+        );
+    }
+
+    cluster.etcd.resume();
+    let resumed_at = Instant::now();
+    let primary = wait_until_ok(
+        "exactly one primary after etcd resumed",
+        Duration::from_secs(90),
+        || async {
+            let mut agreed: Option<String> = None;
+            for _ in 0..5 {
+                let primaries = cluster.sql_primaries().await;
+                let [only] = primaries.as_slice() else {
+                    bail!("primaries: {primaries:?}")
+                };
+                if let Some(previous) = &agreed {
+                    ensure!(
+                        previous == only,
+                        "primary changed from {previous} to {only}"
+                    );
+                }
+                agreed = Some(only.clone());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            agreed.context("no poll ran")
+        },
+    )
+    .await;
+    wait_until(
+        "the writer to be acknowledged again",
+        Duration::from_secs(60),
+        || async { writer.snapshot().first_ack_after(resumed_at) },
+    )
+    .await;
+    let report = writer.stop().await;
+    println!(
+        "[pause] after resume: primary {primary} ({:.3} s after resume); {}",
+        resumed_at.elapsed().as_secs_f64(),
+        report.summary()
+    );
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(30)).await,
+        primary
+    );
+
+    let client = cluster
+        .member(&primary)
+        .pg_client()
+        .await
+        .expect("connect to the primary");
+    let present = written_ids(&client).await.expect("ids on the primary");
+    let missing = missing_ids(&report.acked, &present);
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing on {primary}: {missing:?}"
+    );
+}
