@@ -289,15 +289,32 @@ class Etcd:
         except (OSError, ValueError):
             return False
 
-    def leader_key_value(self):
+    def _post(self, path, body):
         connection = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=2)
         try:
-            connection.request("POST", "/v3/kv/range", body=json.dumps({"key": b64(LEADER_KEY)}))
-            payload = json.loads(connection.getresponse().read())
+            connection.request("POST", path, body=json.dumps(body))
+            response = connection.getresponse()
+            payload = response.read()
+            if response.status != 200:
+                raise BenchError(f"etcd {path} returned HTTP {response.status}: {payload[:200]!r}")
+            return json.loads(payload)
         finally:
             connection.close()
-        kvs = payload.get("kvs") or []
-        return base64.b64decode(kvs[0].get("value", "")).decode() if kvs else None
+
+    def leader_key(self):
+        """(holder name, lease id) of the leader key, or (None, None) when absent."""
+        kvs = self._post("/v3/kv/range", {"key": b64(LEADER_KEY)}).get("kvs") or []
+        if not kvs:
+            return None, None
+        return base64.b64decode(kvs[0].get("value", "")).decode(), kvs[0].get("lease")
+
+    def leader_lease_ttl(self):
+        """TTL the leader key's lease was granted with: the agent's effective `ttl`."""
+        _, lease = self.leader_key()
+        if not lease or lease == "0":
+            return None
+        granted = self._post("/v3/lease/timetolive", {"ID": lease}).get("grantedTTL")
+        return int(granted) if granted is not None else None
 
     def stop(self):
         if self.process and self.process.poll() is None:
@@ -740,7 +757,7 @@ class Writer(threading.Thread):
     def __init__(self, dsn):
         super().__init__(daemon=True, name="writer")
         self.dsn = dsn
-        self.successes = []  # (attempt start, completion) in monotonic seconds
+        self.successes = []  # (attempt start, completion, server port); times are monotonic seconds
         self.failures = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -755,9 +772,11 @@ class Writer(threading.Thread):
                     connection = psycopg2.connect(self.dsn)
                     connection.autocommit = True
                 with connection.cursor() as cursor:
-                    cursor.execute("INSERT INTO bench_writes (written_at) VALUES (clock_timestamp())")
+                    cursor.execute("INSERT INTO bench_writes (written_at) VALUES (clock_timestamp()) "
+                                   "RETURNING inet_server_port()")
+                    server_port = cursor.fetchone()[0]
                 with self.lock:
-                    self.successes.append((started, time.monotonic()))
+                    self.successes.append((started, time.monotonic(), server_port))
             except psycopg2.Error:
                 with self.lock:
                     self.failures += 1
@@ -773,13 +792,18 @@ class Writer(threading.Thread):
         if connection is not None:
             connection.close()
 
-    def first_success_started_after(self, since):
-        """Completion time of the first write whose attempt began at or after `since`."""
+    def first_success_started_after(self, since, not_on_port=None):
+        """Completion time of the first write begun at or after `since` (optionally on another server)."""
         with self.lock:
-            for started, completed in self.successes:
-                if started >= since:
+            for started, completed, port in self.successes:
+                if started >= since and port != not_on_port:
                     return completed
         return None
+
+    def last_success_on(self, port):
+        with self.lock:
+            completions = [completed for _, completed, server in self.successes if server == port]
+        return max(completions) if completions else None
 
     def stop(self):
         self.stopping.set()
@@ -826,7 +850,8 @@ def measure_idle_rss(cluster, idle_seconds):
     cluster.wait_healthy(10, "idle RSS sample")
     per_member = {m.name: m.agent_rss_kib() for m in cluster.members}
     mean_mib = statistics.mean(per_member.values()) / 1024
-    return {"rss_mib": mean_mib, "rss_kib_per_member": per_member}
+    return {"rss_mib": mean_mib, "rss_kib_per_member": per_member,
+            "effective_ttl_s": cluster.etcd.leader_lease_ttl()}
 
 
 def restart_and_rejoin(cluster, member):
@@ -848,7 +873,7 @@ def measure_failover(cluster):
         t0 = time.monotonic()
         os.kill(leader.process.pid, signal.SIGKILL)
         os.kill(postmaster, signal.SIGKILL)
-        t_write = wait_until(lambda: writer.first_success_started_after(t0), FAILOVER_TIMEOUT,
+        t_write = wait_until(lambda: writer.first_success_started_after(t0, leader.pg_port), FAILOVER_TIMEOUT,
                              "the first successful write after kill -9 of the leader", interval=0.005)
         t_lease = wait_until(lambda: cluster.watch.first_event_after("DELETE", t0), 10,
                              "the leader key deletion event", interval=0.005)
@@ -856,7 +881,7 @@ def measure_failover(cluster):
         writer.stop()
     leader.process.wait()
     wait_for_exit([postmaster] + postgres_children, 30)
-    new_leader, _ = cluster.health()
+    new_leader, _ = cluster.etcd.leader_key()
     rejoin = restart_and_rejoin(cluster, leader)
     return {
         "old_leader": leader_name,
@@ -877,11 +902,18 @@ def measure_handover(cluster):
     try:
         t0 = time.monotonic()
         os.kill(leader.process.pid, signal.SIGTERM)
-        t_write = wait_until(lambda: writer.first_success_started_after(t0), FAILOVER_TIMEOUT,
-                             "the first successful write after SIGTERM to the leader", interval=0.005)
-        t_released = cluster.watch.first_event_after("DELETE", t0)
+        t_write = wait_until(lambda: writer.first_success_started_after(t0, leader.pg_port), FAILOVER_TIMEOUT,
+                             "the first successful write on a new leader after SIGTERM to the leader",
+                             interval=0.005)
+        t_last_old_write = writer.last_success_on(leader.pg_port)
     finally:
         writer.stop()
+    try:
+        # A graceful shutdown deletes the leader key before another member can take it.
+        t_released = wait_until(lambda: cluster.watch.first_event_after("DELETE", t0), 1,
+                                "the leader key deletion event", interval=0.005)
+    except BenchError:
+        t_released = None
     try:
         leader.process.wait(SHUTDOWN_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -889,12 +921,13 @@ def measure_handover(cluster):
     t_agent_exit = time.monotonic()
     if postmaster is not None and process_alive(postmaster):
         raise BenchError(f"{leader_name}: postmaster {postmaster} still running after the agent exited")
-    new_leader, _ = cluster.health()
+    new_leader, _ = cluster.etcd.leader_key()
     rejoin = restart_and_rejoin(cluster, leader)
     return {
         "old_leader": leader_name,
         "new_leader": new_leader,
         "handover_unavailable_s": t_write - t0,
+        "handover_write_gap_s": (t_write - max(t_last_old_write, t0)) if t_last_old_write is not None else None,
         "handover_key_released_s": (t_released - t0) if t_released is not None else None,
         "handover_agent_exit_s": t_agent_exit - t0,
         "handover_rejoin_s": rejoin,
@@ -902,17 +935,19 @@ def measure_handover(cluster):
     }
 
 
-# Metrics shown in the table: key, label, unit.
+# Metrics shown in the table: key, label, unit, decimals.
 METRICS = [
-    ("failover_unavailable_s", "failover: kill -9 → first write", "s"),
-    ("failover_lease_wait_s", "  waiting for lease (T_lease − T0)", "s"),
-    ("failover_lease_to_write_s", "  lease expiry → first write", "s"),
-    ("failover_rejoin_s", "failover: killed member rejoin", "s"),
-    ("handover_unavailable_s", "handover: SIGTERM → first write", "s"),
-    ("handover_key_released_s", "  leader key released", "s"),
-    ("handover_rejoin_s", "handover: old leader rejoin", "s"),
-    ("rss_mib", "agent RSS at idle (per member)", "MiB"),
-    ("bootstrap_s", "bootstrap → healthy", "s"),
+    ("failover_unavailable_s", "failover: kill -9 → first write on new leader", "s", 3),
+    ("failover_lease_wait_s", "  waiting for lease (T_lease − T0)", "s", 3),
+    ("failover_lease_to_write_s", "  lease expiry → first write", "s", 3),
+    ("failover_rejoin_s", "failover: killed member rejoin", "s", 3),
+    ("handover_unavailable_s", "handover: SIGTERM → first write on new leader", "s", 3),
+    ("handover_write_gap_s", "  write gap (last old → first new)", "s", 3),
+    ("handover_key_released_s", "  leader key released", "s", 3),
+    ("handover_rejoin_s", "handover: old leader rejoin", "s", 3),
+    ("rss_mib", "agent RSS at idle (per member)", "MiB", 1),
+    ("bootstrap_s", "bootstrap → healthy", "s", 3),
+    ("effective_ttl_s", "effective leader lease TTL", "s", 0),
 ]
 
 
@@ -940,7 +975,8 @@ def benchmark(implementation, root_dir, run_as, runs, idle_seconds):
             run = {"run": run_index + 1}
             try:
                 run.update(measure_idle_rss(cluster, idle_seconds))
-                log(f"{implementation.name} run {run_index + 1}: idle RSS {run['rss_mib']:.1f} MiB per agent")
+                log(f"{implementation.name} run {run_index + 1}: idle RSS {run['rss_mib']:.1f} MiB per agent, "
+                    f"leader lease TTL {run['effective_ttl_s']}s")
                 run.update(measure_failover(cluster))
                 log(f"{implementation.name} run {run_index + 1}: failover {run['old_leader']}→"
                     f"{run['new_leader']}: unavailable {run['failover_unavailable_s']:.3f}s "
@@ -952,7 +988,8 @@ def benchmark(implementation, root_dir, run_as, runs, idle_seconds):
                 run["handover_old_leader"], run["handover_new_leader"] = handover["old_leader"], handover["new_leader"]
                 released = handover["handover_key_released_s"]
                 log(f"{implementation.name} run {run_index + 1}: handover {handover['old_leader']}→"
-                    f"{handover['new_leader']}: unavailable {handover['handover_unavailable_s']:.3f}s "
+                    f"{handover['new_leader']}: unavailable {handover['handover_unavailable_s']:.3f}s, "
+                    f"gap {handover['handover_write_gap_s']}s "
                     f"(key released {'n/a' if released is None else f'{released:.3f}s'}), "
                     f"rejoin {handover['handover_rejoin_s']:.2f}s")
             except BenchError as error:
@@ -971,7 +1008,7 @@ def benchmark(implementation, root_dir, run_as, runs, idle_seconds):
 
 def summarize(result):
     summary = {}
-    for key, _, _ in METRICS:
+    for key, _, _, _ in METRICS:
         if key == "bootstrap_s":
             values = result["bootstrap_s"]
         else:
@@ -983,29 +1020,27 @@ def summarize(result):
 
 
 def print_table(summaries):
-    def cell(stats, unit):
+    def cell(stats, unit, digits):
         if stats is None:
             return "—"
-        digits = 1 if unit == "MiB" else 3
         return (f"{stats['median']:.{digits}f} {unit} ({stats['min']:.{digits}f}–{stats['max']:.{digits}f}, "
                 f"n={stats['n']})")
 
     header = ["metric", "Regent median (min–max)", "Patroni median (min–max)", "Patroni/Regent"]
     rows = []
-    for key, label, unit in METRICS:
+    for key, label, unit, digits in METRICS:
         regent = summaries.get("regent", {}).get(key)
         patroni = summaries.get("patroni", {}).get(key)
         ratio = "—"
         if regent and patroni and regent["median"] > 0:
             ratio = f"{patroni['median'] / regent['median']:.2f}×"
-        rows.append([label, cell(regent, unit), cell(patroni, unit), ratio])
+        rows.append([label, cell(regent, unit, digits), cell(patroni, unit, digits), ratio])
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
-    line = "+".join("-" * (w + 2) for w in widths)
     print()
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print(line)
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
     print()
 
 

@@ -234,6 +234,7 @@ fn pg_user(u: &config::PgUser) -> postgres::PgUser {
         sslkey: u.sslkey.clone(),
         sslcert: u.sslcert.clone(),
         sslrootcert: u.sslrootcert.clone(),
+        ..Default::default()
     }
 }
 

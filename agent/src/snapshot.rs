@@ -26,12 +26,12 @@ pub fn build(agent: &Agent) -> Snapshot {
         .replication
         .iter()
         .map(|r| ReplicationInfo {
-            usename: r.usename.clone(),
+            usename: r.usename.clone().unwrap_or_default(),
             application_name: r.application_name.clone(),
             client_addr: r.client_addr.clone(),
-            state: r.state.clone(),
-            sync_state: r.sync_state.clone(),
-            sync_priority: r.sync_priority,
+            state: r.state.clone().unwrap_or_default(),
+            sync_state: r.sync_state.clone().unwrap_or_default(),
+            sync_priority: r.sync_priority.unwrap_or(0),
         })
         .collect();
     let cluster = agent.last_cluster().cloned();

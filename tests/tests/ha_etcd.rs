@@ -380,7 +380,7 @@ async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
     let last_accepted = attempts.iter().rev().find(|(_, ok)| *ok).map(|(t, _)| *t);
     let first_refused = attempts
         .iter()
-        .find(|(t, ok)| !ok && last_accepted.map_or(true, |l| *t > l))
+        .find(|(t, ok)| !ok && last_accepted.iter().all(|l| t > l))
         .map(|(t, _)| *t);
     println!(
         "[pause] etcd frozen; ttl {} s, leader lease had {:?} left; {old_name} last accepted a \

@@ -12,6 +12,9 @@
 //! Dynamic settings (`ttl`, `loop_wait`, `postgresql.use_slots`, ...) live in the DCS; see
 //! [`DynamicConfig`].
 
+// The structs mirror Patroni's full key set; not every key has a consumer yet.
+#![allow(dead_code)]
+
 mod dynamic;
 mod env;
 mod value;
@@ -962,11 +965,14 @@ impl Config {
             );
         }
 
+        let mut log = raw.log;
+        log.level = normalize_log_level(&log.level);
+
         let cfg = Config {
             scope: raw.scope,
             name: raw.name,
             namespace: raw.namespace,
-            log: raw.log,
+            log,
             restapi: raw.restapi,
             ctl: raw.ctl,
             dcs,
@@ -1064,6 +1070,15 @@ impl Config {
     /// Dynamic configuration to write to the DCS when this member initialises the cluster.
     pub fn bootstrap_dynamic(&self) -> (DynamicConfig, Vec<String>) {
         DynamicConfig::from_value(&self.bootstrap.dcs)
+    }
+}
+
+/// Upper case, with Python's aliases resolved (`warn` → `WARNING`, `fatal` → `CRITICAL`).
+fn normalize_log_level(level: &str) -> String {
+    match level.trim().to_ascii_uppercase().as_str() {
+        "WARN" => "WARNING".to_string(),
+        "FATAL" => "CRITICAL".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -1166,12 +1181,6 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 format!("invalid value '{v}', expected none, optional or required"),
             );
         }
-    }
-    if cfg.restapi.keyfile.is_some() && cfg.restapi.certfile.is_none() {
-        return bad(
-            "restapi.certfile",
-            "required when restapi.keyfile is set".into(),
-        );
     }
     for (section, auth) in [
         ("restapi", &cfg.restapi.authentication),

@@ -363,7 +363,7 @@ fn env_overrides_file_values() {
         ("PATRONI_REWIND_USERNAME", "rewinder"),
         ("PATRONI_ETCD3_HOSTS", "10.0.0.1:2379,10.0.0.2:2379"),
         ("PATRONI_ETCD3_PROTOCOL", "https"),
-        ("PATRONI_LOG_LEVEL", "DEBUG"),
+        ("PATRONI_LOG_LEVEL", "debug"),
         ("PATRONI_LOG_TYPE", "json"),
         ("PATRONI_CTL_INSECURE", "yes"),
         ("PATRONI_CITUS_GROUP", "0"),

@@ -295,7 +295,9 @@ impl Agent {
                 match self.pg.write_config(role) {
                     Ok(change) if change.changed => {
                         info!(needs_restart = change.needs_restart, "Postgres configuration changed: reloading");
-                        self.pg.reload();
+                        if let Err(e) = self.pg.reload() {
+                            warn!("cannot reload Postgres: {e}");
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => warn!("cannot write the Postgres configuration: {e}"),
@@ -791,7 +793,9 @@ impl Agent {
                 }
                 if change.changed {
                     info!(leader, "following a new leader: reloading Postgres");
-                    self.pg.reload();
+                    if let Err(e) = self.pg.reload() {
+                        warn!("cannot reload Postgres: {e}");
+                    }
                 }
                 self.following = Some(target);
                 PlanOutcome::Done

@@ -56,8 +56,6 @@ pub enum Action {
     EnsureSlots,
     /// Append the new timeline's row(s) to the DCS history.
     AppendHistory,
-    /// Restart a crashed postmaster in its current role.
-    RecoverPostgres,
     /// Stop: the data directory belongs to another cluster.
     Fatal(String),
 }

@@ -1,3 +1,4 @@
 //! The HA loop: a pure decision core and the loop that executes its actions.
 
+pub mod cycle;
 pub mod decide;
