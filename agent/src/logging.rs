@@ -1,5 +1,7 @@
 //! Logging through `tracing`: readable lines by default, JSON with `log.type: json`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. `level` is Patroni's (DEBUG, INFO, WARNING, ERROR, CRITICAL).
@@ -12,9 +14,16 @@ pub fn init(level: &str, json: bool) {
         _ => "info",
     };
     // RUST_LOG wins when set, so operators can raise one module's level.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},hyper=warn,reqwest=warn,tokio_postgres=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{level},hyper=warn,reqwest=warn,tokio_postgres=warn"
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let result = if json {
         builder.json().flatten_event(true).try_init()
     } else {

@@ -24,7 +24,11 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "regent", version, about = "PostgreSQL high-availability agent (Patroni-compatible)")]
+#[command(
+    name = "regent",
+    version,
+    about = "PostgreSQL high-availability agent (Patroni-compatible)"
+)]
 struct Cli {
     /// Check the configuration file and exit (0 when valid, 2 otherwise); starts nothing.
     #[arg(long)]
@@ -64,11 +68,17 @@ fn main() -> ExitCode {
     for key in env.keys().filter(|k| k.starts_with("PATRONI_")) {
         std::env::remove_var(key);
     }
-    logging::init(&cfg.log.level, matches!(cfg.log.type_, config::LogType::Json));
+    logging::init(
+        &cfg.log.level,
+        matches!(cfg.log.type_, config::LogType::Json),
+    );
 
     // One thread: small footprint, and every child is spawned from the thread that lives as
     // long as the agent (the parent-death signal is bound to the spawning thread).
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("regent: cannot start the runtime: {e}");
@@ -81,6 +91,9 @@ fn main() -> ExitCode {
 async fn run(cfg: Config) -> ExitCode {
     pid1::start_reaper();
     info!(scope = %cfg.scope, name = %cfg.name, version = env!("CARGO_PKG_VERSION"), "starting regent");
+    for w in &cfg.warnings {
+        warn!("configuration: {w}");
+    }
 
     let dcs: Arc<dyn dcs::Dcs> = match build_dcs(&cfg) {
         Ok(d) => d,
@@ -109,7 +122,10 @@ async fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let api_state = rest::ApiState { snapshot: snapshot_rx, commands: command_tx };
+    let api_state = rest::ApiState {
+        snapshot: snapshot_rx,
+        commands: command_tx,
+    };
     let mut rest_shutdown = shutdown_rx.clone();
     let rest_task = tokio::spawn(async move {
         let stop = async move {
@@ -136,7 +152,10 @@ async fn run(cfg: Config) -> ExitCode {
 
 /// SIGTERM/SIGINT start a clean shutdown; a second one is ignored while it runs.
 async fn forward_signals(shutdown: tokio::sync::watch::Sender<bool>) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers");
         return;
     };
@@ -160,7 +179,11 @@ fn listen_addr(listen: &str) -> String {
 
 fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
     let (dynamic, _) = DynamicConfig::from_value(&cfg.bootstrap.dcs);
-    let timing = dcs::Timing { ttl: dynamic.ttl, loop_wait: dynamic.loop_wait, retry_timeout: dynamic.retry_timeout };
+    let timing = dcs::Timing {
+        ttl: dynamic.ttl,
+        loop_wait: dynamic.loop_wait,
+        retry_timeout: dynamic.retry_timeout,
+    };
     match &cfg.dcs {
         DcsConfig::Etcd3(e) => {
             let backend = dcs::etcd::Etcd3::new(dcs::etcd::EtcdConfig {
@@ -181,7 +204,10 @@ fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
 }
 
 /// Postgres parameters: the DCS copy, overridden by the local file (Patroni's precedence).
-pub fn merged_parameters(cfg: &Config, dynamic: &DynamicConfig) -> serde_json::Map<String, serde_json::Value> {
+pub fn merged_parameters(
+    cfg: &Config,
+    dynamic: &DynamicConfig,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut params = dynamic.parameters.clone();
     for (k, v) in &cfg.postgresql.parameters {
         params.insert(k.clone(), v.clone());
@@ -207,7 +233,11 @@ fn pg_settings(cfg: &Config) -> postgres::PgSettings {
     let data_dir = cfg.postgresql.data_dir.clone();
     postgres::PgSettings {
         data_dir: data_dir.clone(),
-        bin_dir: cfg.bin("postgres").parent().map(PathBuf::from).unwrap_or_default(),
+        bin_dir: cfg
+            .bin("postgres")
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
         scope: cfg.scope.clone(),
         name: cfg.name.clone(),
         listen_addresses: hosts.join(","),

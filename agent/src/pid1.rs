@@ -68,7 +68,14 @@ fn prepare(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe; it runs in the forked child before exec.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGQUIT as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -89,7 +96,9 @@ pub fn spawn(mut cmd: Command) -> io::Result<ManagedChild> {
 
 /// Run a command to completion and collect its output (initdb, pg_basebackup, pg_controldata...).
 pub async fn output(mut cmd: Command) -> io::Result<Output> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     prepare(&mut cmd);
     let child = cmd.spawn()?;
     let pid = child.id();
@@ -114,14 +123,14 @@ pub fn start_reaper() {
         }
     }
     tokio::spawn(async move {
-        let mut sigchld =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGCHLD; orphans will not be reaped");
-                    return;
-                }
-            };
+        let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGCHLD; orphans will not be reaped");
+                return;
+            }
+        };
         loop {
             sigchld.recv().await;
             reap_orphans();

@@ -13,7 +13,9 @@ pub fn build(agent: &Agent) -> Snapshot {
     let wal = if !running {
         Wal::Unknown
     } else if role == Role::Primary {
-        obs.wal_position.map(|location| Wal::Primary { location }).unwrap_or_default()
+        obs.wal_position
+            .map(|location| Wal::Primary { location })
+            .unwrap_or_default()
     } else {
         Wal::Replica {
             received: obs.received_lsn,
@@ -41,7 +43,10 @@ pub fn build(agent: &Agent) -> Snapshot {
         name: cfg.name.clone(),
         version: PATRONI_COMPAT_VERSION.to_string(),
         api_url: cfg.api_url(),
-        dynamic_config: cluster.as_ref().and_then(|c| c.config.as_ref()).map(|c| c.raw.clone()),
+        dynamic_config: cluster
+            .as_ref()
+            .and_then(|c| c.config.as_ref())
+            .map(|c| c.raw.clone()),
         cluster,
         dcs_last_seen: agent.dcs_last_seen(),
         has_lock: agent.has_lock(),
@@ -50,13 +55,24 @@ pub fn build(agent: &Agent) -> Snapshot {
             state: agent.state().to_string(),
             role,
             server_version: if running { obs.server_version } else { None },
-            postmaster_start_time: if running { obs.postmaster_start_time.clone() } else { None },
+            postmaster_start_time: if running {
+                obs.postmaster_start_time.clone()
+            } else {
+                None
+            },
             timeline: if running { obs.timeline } else { None },
             sysid: obs.sysid.clone(),
             wal,
             replication,
             replication_state: if running && agent.role() != &Role::Primary {
-                Some(if obs.streaming == Some(true) { "streaming" } else { "in archive recovery" }.to_string())
+                Some(
+                    if obs.streaming == Some(true) {
+                        "streaming"
+                    } else {
+                        "in archive recovery"
+                    }
+                    .to_string(),
+                )
             } else {
                 None
             },

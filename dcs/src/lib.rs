@@ -44,7 +44,11 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { ttl: 30, loop_wait: 10, retry_timeout: 10 }
+        Timing {
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10,
+        }
     }
 }
 
@@ -85,15 +89,21 @@ pub trait Dcs: Send + Sync {
     async fn cancel_initialization(&self) -> DcsResult<()>;
 
     /// Write the dynamic config (CAS on `version` when given). `Ok(false)`: lost the race.
-    async fn set_config_value(&self, value: &serde_json::Value, version: Option<&str>)
-        -> DcsResult<bool>;
+    async fn set_config_value(
+        &self,
+        value: &serde_json::Value,
+        version: Option<&str>,
+    ) -> DcsResult<bool>;
 
     /// Write the timeline history list.
     async fn set_history_value(&self, history: &[HistoryEntry]) -> DcsResult<()>;
 
     /// Write the failover/switchover request (CAS on `version` when given).
-    async fn set_failover_value(&self, failover: &Failover, version: Option<&str>)
-        -> DcsResult<bool>;
+    async fn set_failover_value(
+        &self,
+        failover: &Failover,
+        version: Option<&str>,
+    ) -> DcsResult<bool>;
 
     /// Clear the failover request (CAS on `version` when given).
     async fn delete_failover(&self, version: Option<&str>) -> DcsResult<bool>;

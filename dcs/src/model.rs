@@ -199,7 +199,10 @@ impl MemberData {
         // Patroni readers accept conn_kwargs instead of conn_url.
         if !obj.contains_key("conn_url") {
             if let Some(Value::Object(kw)) = obj.get("conn_kwargs") {
-                let host = kw.get("host").and_then(Value::as_str).unwrap_or("localhost");
+                let host = kw
+                    .get("host")
+                    .and_then(Value::as_str)
+                    .unwrap_or("localhost");
                 let port = kw
                     .get("port")
                     .map(|p| match p {
@@ -207,7 +210,10 @@ impl MemberData {
                         other => other.to_string(),
                     })
                     .unwrap_or_else(|| "5432".into());
-                let db = kw.get("dbname").and_then(Value::as_str).unwrap_or("postgres");
+                let db = kw
+                    .get("dbname")
+                    .and_then(Value::as_str)
+                    .unwrap_or("postgres");
                 obj.insert(
                     "conn_url".into(),
                     Value::String(format!("postgres://{host}:{port}/{db}")),
@@ -246,9 +252,9 @@ fn serde_path_to_error_lite(v: Value) -> Result<MemberData, String> {
         // Check each typed field on its own so the error names it.
         let probe = |name: &str, ok: fn(&Value) -> bool| -> Result<(), String> {
             match m.get(name) {
-                Some(val) if !val.is_null() && !ok(val) => {
-                    Err(format!("member data field '{name}' has an invalid value: {val}"))
-                }
+                Some(val) if !val.is_null() && !ok(val) => Err(format!(
+                    "member data field '{name}' has an invalid value: {val}"
+                )),
                 _ => Ok(()),
             }
         };
@@ -273,7 +279,10 @@ fn serde_path_to_error_lite(v: Value) -> Result<MemberData, String> {
 pub fn parse_url_host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?']).next()?;
-    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let hostport = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
     if hostport.is_empty() {
         return None;
     }
@@ -303,7 +312,11 @@ pub struct Member {
 
 impl Member {
     pub fn new(name: impl Into<String>, data: MemberData) -> Self {
-        Member { name: name.into(), data, version: None }
+        Member {
+            name: name.into(),
+            data,
+            version: None,
+        }
     }
 }
 
@@ -335,7 +348,11 @@ pub struct HistoryEntry {
 
 impl HistoryEntry {
     pub fn to_json(&self) -> Value {
-        let mut row = vec![Value::from(self.timeline), Value::from(self.lsn), Value::from(self.reason.clone())];
+        let mut row = vec![
+            Value::from(self.timeline),
+            Value::from(self.lsn),
+            Value::from(self.reason.clone()),
+        ];
         if let Some(ts) = &self.timestamp {
             row.push(Value::from(ts.clone()));
             if let Some(l) = &self.new_leader {
@@ -352,13 +369,18 @@ impl HistoryEntry {
         }
         let num = |i: usize, what: &str| -> Result<u64, String> {
             match &row[i] {
-                Value::Number(n) => n.as_u64().ok_or(format!("history {what} is not a non-negative integer")),
-                Value::String(s) => s.parse().map_err(|_| format!("history {what} is not an integer")),
+                Value::Number(n) => n
+                    .as_u64()
+                    .ok_or(format!("history {what} is not a non-negative integer")),
+                Value::String(s) => s
+                    .parse()
+                    .map_err(|_| format!("history {what} is not an integer")),
                 _ => Err(format!("history {what} is not an integer")),
             }
         };
         Ok(HistoryEntry {
-            timeline: u32::try_from(num(0, "timeline")?).map_err(|_| "history timeline too large")?,
+            timeline: u32::try_from(num(0, "timeline")?)
+                .map_err(|_| "history timeline too large")?,
             lsn: num(1, "lsn")?,
             reason: row[2].as_str().unwrap_or_default().to_string(),
             timestamp: row.get(3).and_then(Value::as_str).map(str::to_string),
@@ -427,7 +449,10 @@ pub struct SyncState {
 impl SyncState {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
-        m.insert("leader".into(), self.leader.clone().map(Value::from).unwrap_or(Value::Null));
+        m.insert(
+            "leader".into(),
+            self.leader.clone().map(Value::from).unwrap_or(Value::Null),
+        );
         let ss = if self.sync_standby.is_empty() {
             Value::Null
         } else {
@@ -441,16 +466,27 @@ impl SyncState {
     }
 
     pub fn parse(raw: &str) -> Result<SyncState, String> {
-        let v: Value = serde_json::from_str(raw).map_err(|e| format!("sync value is not JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_str(raw).map_err(|e| format!("sync value is not JSON: {e}"))?;
         let obj = v.as_object().ok_or("sync value is not a JSON object")?;
         let mut names: Vec<String> = obj
             .get("sync_standby")
             .and_then(Value::as_str)
-            .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         Ok(SyncState {
-            leader: obj.get("leader").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string),
+            leader: obj
+                .get("leader")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
             sync_standby: names,
             quorum: obj.get("quorum").and_then(|q| match q {
                 Value::Number(n) => n.as_u64().map(|x| x as u32),
@@ -480,7 +516,10 @@ impl Status {
             m.insert("slots".into(), Value::Object(self.slots.clone()));
         }
         if !self.retain_slots.is_empty() {
-            m.insert("retain_slots".into(), Value::from(self.retain_slots.clone()));
+            m.insert(
+                "retain_slots".into(),
+                Value::from(self.retain_slots.clone()),
+            );
         }
         Value::Object(m)
     }
@@ -489,9 +528,13 @@ impl Status {
         let t = raw.trim();
         // Legacy: a bare integer optime.
         if let Ok(n) = t.parse::<u64>() {
-            return Ok(Status { optime: Some(n), ..Default::default() });
+            return Ok(Status {
+                optime: Some(n),
+                ..Default::default()
+            });
         }
-        let v: Value = serde_json::from_str(t).map_err(|e| format!("status value is not JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_str(t).map_err(|e| format!("status value is not JSON: {e}"))?;
         let obj = v.as_object().ok_or("status value is not a JSON object")?;
         Ok(Status {
             optime: obj.get("optime").and_then(|o| match o {
@@ -499,11 +542,19 @@ impl Status {
                 Value::String(s) => s.parse().ok(),
                 _ => None,
             }),
-            slots: obj.get("slots").and_then(Value::as_object).cloned().unwrap_or_default(),
+            slots: obj
+                .get("slots")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
             retain_slots: obj
                 .get("retain_slots")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
     }
@@ -583,7 +634,9 @@ mod tests {
     fn role_accepts_master_and_writes_primary() {
         let d = MemberData::parse(r#"{"role":"master","state":"running"}"#).unwrap();
         assert_eq!(d.role, Role::Primary);
-        assert!(serde_json::to_string(&d).unwrap().contains(r#""role":"primary""#));
+        assert!(serde_json::to_string(&d)
+            .unwrap()
+            .contains(r#""role":"primary""#));
     }
 
     #[test]
@@ -604,7 +657,10 @@ mod tests {
 
     #[test]
     fn legacy_member_value() {
-        let d = MemberData::parse("postgres://u:p@10.0.0.1:5433/postgres?application_name=http://10.0.0.1:8008/patroni").unwrap();
+        let d = MemberData::parse(
+            "postgres://u:p@10.0.0.1:5433/postgres?application_name=http://10.0.0.1:8008/patroni",
+        )
+        .unwrap();
         assert_eq!(d.conn_host_port(), Some(("10.0.0.1".into(), 5433)));
         assert_eq!(d.api_url.as_deref(), Some("http://10.0.0.1:8008/patroni"));
     }
@@ -636,15 +692,27 @@ mod tests {
     #[test]
     fn failover_legacy_and_json() {
         let f = Failover::parse("a:b").unwrap();
-        assert_eq!((f.leader.as_deref(), f.member.as_deref()), (Some("a"), Some("b")));
+        assert_eq!(
+            (f.leader.as_deref(), f.member.as_deref()),
+            (Some("a"), Some("b"))
+        );
         let f = Failover::parse(r#"{"member":"c"}"#).unwrap();
         assert_eq!(f.member.as_deref(), Some("c"));
     }
 
     #[test]
     fn url_host_port() {
-        assert_eq!(parse_url_host_port("http://127.0.0.1:8008/patroni", 80), Some(("127.0.0.1".into(), 8008)));
-        assert_eq!(parse_url_host_port("postgres://h/postgres", 5432), Some(("h".into(), 5432)));
-        assert_eq!(parse_url_host_port("postgres://[::1]:5433/x", 5432), Some(("::1".into(), 5433)));
+        assert_eq!(
+            parse_url_host_port("http://127.0.0.1:8008/patroni", 80),
+            Some(("127.0.0.1".into(), 8008))
+        );
+        assert_eq!(
+            parse_url_host_port("postgres://h/postgres", 5432),
+            Some(("h".into(), 5432))
+        );
+        assert_eq!(
+            parse_url_host_port("postgres://[::1]:5433/x", 5432),
+            Some(("::1".into(), 5433))
+        );
     }
 }

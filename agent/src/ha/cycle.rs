@@ -12,7 +12,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::decide::{decide, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole, Settings};
+use super::decide::{
+    decide, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole, Settings,
+};
 use crate::config::{Config, DynamicConfig};
 use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
 
@@ -115,7 +117,11 @@ impl Agent {
     }
 
     fn timing(&self) -> Timing {
-        Timing { ttl: self.dynamic.ttl, loop_wait: self.dynamic.loop_wait, retry_timeout: self.dynamic.retry_timeout }
+        Timing {
+            ttl: self.dynamic.ttl,
+            loop_wait: self.dynamic.loop_wait,
+            retry_timeout: self.dynamic.retry_timeout,
+        }
     }
 
     fn safety_margin(&self) -> f64 {
@@ -129,7 +135,11 @@ impl Agent {
         if !self.pg_expected_up {
             return None;
         }
-        Some(deadline.checked_sub(Duration::from_secs_f64(self.safety_margin())).unwrap_or(deadline))
+        Some(
+            deadline
+                .checked_sub(Duration::from_secs_f64(self.safety_margin()))
+                .unwrap_or(deadline),
+        )
     }
 
     /// Run until shutdown is requested or a fatal condition occurs.
@@ -154,7 +164,8 @@ impl Agent {
                 Wake::LeaseGuard => self.lease_guard_fired().await,
                 Wake::CycleDone(Err(msg)) => {
                     error!("{msg}");
-                    self.stop_postgres(StopMode::Fast, Duration::from_secs(30)).await;
+                    self.stop_postgres(StopMode::Fast, Duration::from_secs(30))
+                        .await;
                     let _ = self.dcs.close().await;
                     return Exit::Fatal(msg);
                 }
@@ -218,7 +229,10 @@ impl Agent {
         }
         let mut local = self.observe(cluster.as_ref()).await;
         if let Some(c) = &cluster {
-            if c.leader.is_none() && local.pg_running && matches!(local.data_dir, DataDir::Valid { .. }) {
+            if c.leader.is_none()
+                && local.pg_running
+                && matches!(local.data_dir, DataDir::Valid { .. })
+            {
                 local.peers = self.fetch_peers(c).await;
             }
         }
@@ -277,7 +291,8 @@ impl Agent {
         let timing_changed = dynamic.ttl != self.dynamic.ttl
             || dynamic.loop_wait != self.dynamic.loop_wait
             || dynamic.retry_timeout != self.dynamic.retry_timeout;
-        let params_changed = dynamic.parameters != self.dynamic.parameters || dynamic.pg_hba != self.dynamic.pg_hba;
+        let params_changed =
+            dynamic.parameters != self.dynamic.parameters || dynamic.pg_hba != self.dynamic.pg_hba;
         self.dynamic = dynamic;
         if timing_changed {
             info!(
@@ -289,12 +304,18 @@ impl Agent {
             self.dcs.set_timing(self.timing());
         }
         if params_changed {
-            self.pg.set_parameters(crate::merged_parameters(&self.cfg, &self.dynamic), crate::merged_pg_hba(&self.cfg, &self.dynamic));
+            self.pg.set_parameters(
+                crate::merged_parameters(&self.cfg, &self.dynamic),
+                crate::merged_pg_hba(&self.cfg, &self.dynamic),
+            );
             if self.pg.is_running() {
                 let role = self.current_conf_role();
                 match self.pg.write_config(role) {
                     Ok(change) if change.changed => {
-                        info!(needs_restart = change.needs_restart, "Postgres configuration changed: reloading");
+                        info!(
+                            needs_restart = change.needs_restart,
+                            "Postgres configuration changed: reloading"
+                        );
                         if let Err(e) = self.pg.reload() {
                             warn!("cannot reload Postgres: {e}");
                         }
@@ -311,14 +332,22 @@ impl Agent {
             ConfRole::Primary
         } else {
             match &self.following {
-                Some(t) => ConfRole::Replica { primary: Some(t.clone()), slot: self.slot_for_me() },
-                None => ConfRole::Replica { primary: None, slot: None },
+                Some(t) => ConfRole::Replica {
+                    primary: Some(t.clone()),
+                    slot: self.slot_for_me(),
+                },
+                None => ConfRole::Replica {
+                    primary: None,
+                    slot: None,
+                },
             }
         }
     }
 
     fn slot_for_me(&self) -> Option<String> {
-        self.dynamic.use_slots.then(|| crate::postgres::slot_name_for(&self.cfg.name))
+        self.dynamic
+            .use_slots
+            .then(|| crate::postgres::slot_name_for(&self.cfg.name))
     }
 
     async fn observe(&mut self, cluster: Option<&Cluster>) -> LocalState {
@@ -360,7 +389,10 @@ impl Agent {
         local.timeline = obs.timeline;
         local.wal_position = match local.pg_role {
             PgRole::Primary => obs.wal_position.unwrap_or(0),
-            _ => obs.received_lsn.unwrap_or(0).max(obs.replayed_lsn.unwrap_or(0)),
+            _ => obs
+                .received_lsn
+                .unwrap_or(0)
+                .max(obs.replayed_lsn.unwrap_or(0)),
         };
         if local.pg_running {
             self.state = "running".into();
@@ -377,7 +409,9 @@ impl Agent {
             self.lock_deadline = None;
         }
         local.holds_lock = self.lock_deadline.is_some() || cluster_says_mine;
-        local.lock_expires_in = self.lock_deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
+        local.lock_expires_in = self
+            .lock_deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
         self.last_obs = obs;
         local
     }
@@ -397,7 +431,11 @@ impl Agent {
                     Some(peer_from_status(&name, &body))
                 }
             });
-        futures_util::future::join_all(futures).await.into_iter().flatten().collect()
+        futures_util::future::join_all(futures)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn execute(&mut self, cluster: Option<&Cluster>, actions: &[Action]) -> PlanOutcome {
@@ -420,14 +458,22 @@ impl Agent {
                 },
                 Action::Bootstrap => self.bootstrap().await,
                 Action::CloneFrom(name) => self.clone_from(cluster, name).await,
-                Action::WriteInitialize(sysid) => match self.dcs.initialize(cluster.is_some_and(|c| c.initialize.is_none()), sysid).await {
+                Action::WriteInitialize(sysid) => match self
+                    .dcs
+                    .initialize(cluster.is_some_and(|c| c.initialize.is_none()), sysid)
+                    .await
+                {
                     Ok(_) => PlanOutcome::Done,
                     Err(e) => {
                         warn!("cannot write initialize: {e}");
                         PlanOutcome::Aborted
                     }
                 },
-                Action::WriteConfig => match self.dcs.set_config_value(&self.bootstrap_dcs_config(), None).await {
+                Action::WriteConfig => match self
+                    .dcs
+                    .set_config_value(&self.bootstrap_dcs_config(), None)
+                    .await
+                {
                     Ok(_) => PlanOutcome::Done,
                     Err(e) => {
                         warn!("cannot write config: {e}");
@@ -441,7 +487,9 @@ impl Agent {
                     PlanOutcome::Done
                 }
                 Action::StartAsPrimary => self.start_postgres(ConfRole::Primary, None).await,
-                Action::StartAsReplica { leader } => self.start_as_replica(cluster, leader.as_deref()).await,
+                Action::StartAsReplica { leader } => {
+                    self.start_as_replica(cluster, leader.as_deref()).await
+                }
                 Action::Promote => self.promote().await,
                 Action::Demote(mode) => {
                     self.demote(*mode).await;
@@ -478,7 +526,8 @@ impl Agent {
         let started = Instant::now();
         match self.dcs.attempt_to_acquire_leader().await {
             Ok(true) => {
-                self.lock_deadline = Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
+                self.lock_deadline =
+                    Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
                 info!("acquired the leader lock");
                 PlanOutcome::Done
             }
@@ -494,9 +543,14 @@ impl Agent {
     }
 
     async fn renew_lock(&mut self, cluster: Option<&Cluster>) -> PlanOutcome {
-        let Some(cluster) = cluster else { return PlanOutcome::RenewFailed };
+        let Some(cluster) = cluster else {
+            return PlanOutcome::RenewFailed;
+        };
         let started = Instant::now();
-        let optime = self.last_obs.wal_position.filter(|_| self.role == Role::Primary);
+        let optime = self
+            .last_obs
+            .wal_position
+            .filter(|_| self.role == Role::Primary);
         let budget = self
             .lock_deadline
             .map(|d| d.saturating_duration_since(started))
@@ -504,7 +558,8 @@ impl Agent {
         match tokio::time::timeout(budget, self.dcs.update_leader(cluster, optime)).await {
             Ok(Ok(true)) => {
                 // The backend records optime in `status` as part of the renew.
-                self.lock_deadline = Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
+                self.lock_deadline =
+                    Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
                 PlanOutcome::Done
             }
             Ok(Ok(false)) => {
@@ -543,7 +598,8 @@ impl Agent {
             Err(e) => {
                 error!("bootstrap failed: {e}");
                 self.state = "initdb failed".into();
-                self.stop_postgres(StopMode::Immediate, Duration::from_secs(10)).await;
+                self.stop_postgres(StopMode::Immediate, Duration::from_secs(10))
+                    .await;
                 if let Err(e) = self.pg.wipe_data_dir() {
                     error!("cannot clean the data directory after a failed bootstrap: {e}");
                 }
@@ -557,13 +613,26 @@ impl Agent {
 
     async fn try_bootstrap(&mut self) -> Result<(), String> {
         self.pg.initdb().await.map_err(|e| e.to_string())?;
-        self.pg.write_config(ConfRole::Primary).map_err(|e| e.to_string())?;
+        self.pg
+            .write_config(ConfRole::Primary)
+            .map_err(|e| e.to_string())?;
         self.pg.start().await.map_err(|e| e.to_string())?;
         self.pg_expected_up = true;
         self.pg.post_bootstrap().await.map_err(|e| e.to_string())?;
-        let sysid = self.pg.controldata().await.map_err(|e| e.to_string())?.sysid;
-        self.dcs.initialize(false, &sysid).await.map_err(|e| e.to_string())?;
-        self.dcs.set_config_value(&self.bootstrap_dcs_config(), None).await.map_err(|e| e.to_string())?;
+        let sysid = self
+            .pg
+            .controldata()
+            .await
+            .map_err(|e| e.to_string())?
+            .sysid;
+        self.dcs
+            .initialize(false, &sysid)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.dcs
+            .set_config_value(&self.bootstrap_dcs_config(), None)
+            .await
+            .map_err(|e| e.to_string())?;
         match self.acquire_lock().await {
             PlanOutcome::Done => {}
             _ => return Err("could not take the leader lock after bootstrap".into()),
@@ -594,11 +663,24 @@ impl Agent {
             return PlanOutcome::Aborted;
         }
         let leader = cluster.and_then(|c| c.leader_name()).map(str::to_string);
-        let primary = leader.as_deref().and_then(|l| Self::member_target(cluster, l));
-        self.start_postgres(ConfRole::Replica { primary: primary.clone(), slot: self.slot_for_me() }, primary).await
+        let primary = leader
+            .as_deref()
+            .and_then(|l| Self::member_target(cluster, l));
+        self.start_postgres(
+            ConfRole::Replica {
+                primary: primary.clone(),
+                slot: self.slot_for_me(),
+            },
+            primary,
+        )
+        .await
     }
 
-    async fn start_postgres(&mut self, role: ConfRole, following: Option<ConnTarget>) -> PlanOutcome {
+    async fn start_postgres(
+        &mut self,
+        role: ConfRole,
+        following: Option<ConnTarget>,
+    ) -> PlanOutcome {
         let as_primary = matches!(role, ConfRole::Primary);
         if let Err(e) = self.pg.write_config(role) {
             error!("cannot write the Postgres configuration: {e}");
@@ -613,7 +695,11 @@ impl Agent {
                 self.start_failures = 0;
                 self.following = if as_primary { None } else { following };
                 self.state = "running".into();
-                self.role = if as_primary { Role::Primary } else { Role::Replica };
+                self.role = if as_primary {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                };
                 info!(role = %self.role, "Postgres started");
                 PlanOutcome::Done
             }
@@ -628,7 +714,11 @@ impl Agent {
 
     /// Start as a replica; data that last ran as a primary is first checked for divergence from
     /// the leader's timeline and repaired with pg_rewind or a fresh clone.
-    async fn start_as_replica(&mut self, cluster: Option<&Cluster>, leader: Option<&str>) -> PlanOutcome {
+    async fn start_as_replica(
+        &mut self,
+        cluster: Option<&Cluster>,
+        leader: Option<&str>,
+    ) -> PlanOutcome {
         let target = leader.and_then(|l| Self::member_target(cluster, l));
         if let (Some(target), Some(leader)) = (&target, leader) {
             let was_primary = matches!(self.pg.controldata().await, Ok(cd) if cd.state == "in production" || cd.state == "shut down");
@@ -639,10 +729,21 @@ impl Agent {
                 }
             }
         }
-        self.start_postgres(ConfRole::Replica { primary: target.clone(), slot: self.slot_for_me() }, target).await
+        self.start_postgres(
+            ConfRole::Replica {
+                primary: target.clone(),
+                slot: self.slot_for_me(),
+            },
+            target,
+        )
+        .await
     }
 
-    async fn repair_divergence(&mut self, target: &ConnTarget, leader: &str) -> Result<(), PlanOutcome> {
+    async fn repair_divergence(
+        &mut self,
+        target: &ConnTarget,
+        leader: &str,
+    ) -> Result<(), PlanOutcome> {
         let local = match self.pg.controldata().await {
             Ok(cd) => cd,
             Err(e) => {
@@ -661,7 +762,11 @@ impl Agent {
             // Same timeline: nothing to repair, Postgres catches up by streaming.
             return Ok(());
         }
-        let switch = remote.history.iter().find(|h| h.0 == local.timeline).map(|h| h.1);
+        let switch = remote
+            .history
+            .iter()
+            .find(|h| h.0 == local.timeline)
+            .map(|h| h.1);
         let diverged = match switch {
             // We ran on past the point where the leader's timeline forked off ours, or we
             // crashed as a primary and cannot tell where our WAL ends.
@@ -723,19 +828,9 @@ impl Agent {
     async fn demote(&mut self, mode: DemoteMode) {
         info!(?mode, "demoting");
         match mode {
-            DemoteMode::Graceful => {
-                if let Err(e) = self.pg.checkpoint().await {
-                    warn!("checkpoint before demotion failed: {e}");
-                }
-                self.stop_postgres(StopMode::Fast, Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout)).await;
-                self.release_lock().await;
-            }
-            DemoteMode::Immediate => {
-                self.stop_postgres(StopMode::Immediate, Duration::from_secs(10)).await;
-                self.release_lock().await;
-            }
             DemoteMode::ImmediateNoLock => {
-                self.stop_postgres(StopMode::Immediate, Duration::from_secs(10)).await;
+                self.stop_postgres(StopMode::Immediate, Duration::from_secs(10))
+                    .await;
                 self.lock_deadline = None;
             }
             DemoteMode::Offline => {
@@ -743,7 +838,10 @@ impl Agent {
                 // it must still be over before the lock could expire.
                 let budget = self
                     .lock_deadline
-                    .map(|d| d.saturating_duration_since(Instant::now()).saturating_sub(Duration::from_millis(500)))
+                    .map(|d| {
+                        d.saturating_duration_since(Instant::now())
+                            .saturating_sub(Duration::from_millis(500))
+                    })
                     .unwrap_or(Duration::from_secs(5))
                     .max(Duration::from_millis(200));
                 self.stop_postgres(StopMode::Fast, budget).await;
@@ -764,7 +862,11 @@ impl Agent {
         self.state = "stopping".into();
         if let Err(e) = self.pg.stop(mode, budget).await {
             warn!("stopping Postgres ({mode:?}) failed: {e}: stopping immediately");
-            if let Err(e) = self.pg.stop(StopMode::Immediate, Duration::from_secs(10)).await {
+            if let Err(e) = self
+                .pg
+                .stop(StopMode::Immediate, Duration::from_secs(10))
+                .await
+            {
                 error!("cannot stop Postgres: {e}");
                 self.state = "stop failed".into();
                 return;
@@ -774,7 +876,9 @@ impl Agent {
     }
 
     async fn follow(&mut self, cluster: Option<&Cluster>, leader: Option<&str>) -> PlanOutcome {
-        let Some(leader) = leader else { return PlanOutcome::Done };
+        let Some(leader) = leader else {
+            return PlanOutcome::Done;
+        };
         let Some(target) = Self::member_target(cluster, leader) else {
             debug!("leader {leader} has no conn_url yet");
             return PlanOutcome::Done;
@@ -782,13 +886,20 @@ impl Agent {
         if self.following.as_ref() == Some(&target) {
             return PlanOutcome::Done;
         }
-        let role = ConfRole::Replica { primary: Some(target.clone()), slot: self.slot_for_me() };
+        let role = ConfRole::Replica {
+            primary: Some(target.clone()),
+            slot: self.slot_for_me(),
+        };
         match self.pg.write_config(role) {
             Ok(change) => {
                 if change.needs_restart {
                     info!(leader, "following a new leader: restarting Postgres");
-                    self.stop_postgres(StopMode::Fast, Duration::from_secs(60)).await;
-                    let role = ConfRole::Replica { primary: Some(target.clone()), slot: self.slot_for_me() };
+                    self.stop_postgres(StopMode::Fast, Duration::from_secs(60))
+                        .await;
+                    let role = ConfRole::Replica {
+                        primary: Some(target.clone()),
+                        slot: self.slot_for_me(),
+                    };
                     return self.start_postgres(role, Some(target)).await;
                 }
                 if change.changed {
@@ -822,7 +933,9 @@ impl Agent {
 
     async fn append_history(&mut self, cluster: Option<&Cluster>) {
         let Some(cluster) = cluster else { return };
-        let Some(timeline) = self.last_obs.timeline else { return };
+        let Some(timeline) = self.last_obs.timeline else {
+            return;
+        };
         let rows = match self.pg.timeline_history(timeline).await {
             Ok(r) => r,
             Err(e) => {
@@ -872,12 +985,21 @@ impl Agent {
             match self.role {
                 Role::Primary => data.xlog_location = obs.wal_position,
                 _ => {
-                    let pos = obs.received_lsn.unwrap_or(0).max(obs.replayed_lsn.unwrap_or(0));
+                    let pos = obs
+                        .received_lsn
+                        .unwrap_or(0)
+                        .max(obs.replayed_lsn.unwrap_or(0));
                     data.xlog_location = Some(pos);
                     data.receive_lsn = obs.received_lsn;
                     data.replay_lsn = obs.replayed_lsn;
-                    data.replication_state =
-                        Some(if obs.streaming == Some(true) { "streaming" } else { "in archive recovery" }.into());
+                    data.replication_state = Some(
+                        if obs.streaming == Some(true) {
+                            "streaming"
+                        } else {
+                            "in archive recovery"
+                        }
+                        .into(),
+                    );
                 }
             }
             if obs.pending_restart {
@@ -921,7 +1043,11 @@ impl Agent {
                 debug!("checkpoint before shutdown failed: {e}");
             }
         }
-        self.stop_postgres(StopMode::Fast, Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout)).await;
+        self.stop_postgres(
+            StopMode::Fast,
+            Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
+        )
+        .await;
         if leader {
             let optime = self.pg.controldata().await.ok().map(|cd| cd.checkpoint_lsn);
             match self.dcs.delete_leader(optime).await {
@@ -981,14 +1107,23 @@ pub fn peer_from_status(name: &str, body: &Value) -> PeerStatus {
     let state = body.get("state").and_then(Value::as_str).unwrap_or("");
     let xlog = body.get("xlog");
     let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(Value::as_u64);
-    let wal = num("location").unwrap_or(0).max(num("received_location").unwrap_or(0)).max(num("replayed_location").unwrap_or(0));
+    let wal = num("location")
+        .unwrap_or(0)
+        .max(num("received_location").unwrap_or(0))
+        .max(num("replayed_location").unwrap_or(0));
     PeerStatus {
         name: name.to_string(),
         role,
         running: state == "running",
         wal_position: wal,
-        timeline: body.get("timeline").and_then(Value::as_u64).map(|t| t as u32),
-        tags: body.get("tags").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default(),
+        timeline: body
+            .get("timeline")
+            .and_then(Value::as_u64)
+            .map(|t| t as u32),
+        tags: body
+            .get("tags")
+            .and_then(|t| serde_json::from_value(t.clone()).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -1006,7 +1141,10 @@ mod tests {
         assert_eq!(p.wal_position, 100);
         assert!(p.running);
         assert!(!p.tags.can_be_leader());
-        let p = peer_from_status("a", &json!({"state":"running","role":"master","xlog":{"location":5}}));
+        let p = peer_from_status(
+            "a",
+            &json!({"state":"running","role":"master","xlog":{"location":5}}),
+        );
         assert_eq!(p.role, Role::Primary);
         assert_eq!(p.wal_position, 5);
         let p = peer_from_status("c", &json!({"state":"stopped","role":"demoted"}));

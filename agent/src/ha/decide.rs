@@ -10,10 +10,6 @@ use dcs::{Cluster, Role, Tags};
 /// How to take Postgres down when giving up the primary role (reference §7.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DemoteMode {
-    /// Switchover: CHECKPOINT, fast stop, release the lock.
-    Graceful,
-    /// Unfit primary: immediate stop, release the lock.
-    Immediate,
     /// The lock was lost: immediate stop, the lock is not ours to release.
     ImmediateNoLock,
     /// The DCS is unreachable: fast stop (walsenders ship all WAL to standbys first), no lock
@@ -156,7 +152,10 @@ pub struct Decision {
 }
 
 fn plan(actions: Vec<Action>, reason: impl Into<String>) -> Decision {
-    Decision { actions, reason: reason.into() }
+    Decision {
+        actions,
+        reason: reason.into(),
+    }
 }
 
 /// Decide what to do with a fresh view of the DCS. `cluster` is `None` when the DCS could not be
@@ -216,7 +215,10 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
 
     if local.renew_failed {
         return if local.pg_running && local.pg_role == PgRole::Primary {
-            plan(vec![Action::Demote(DemoteMode::ImmediateNoLock)], "failed to renew the lock: demoting")
+            plan(
+                vec![Action::Demote(DemoteMode::ImmediateNoLock)],
+                "failed to renew the lock: demoting",
+            )
         } else {
             plan(vec![], "failed to renew the lock")
         };
@@ -226,18 +228,28 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
     if !local.pg_running {
         let mut actions = prelude;
         if i_hold {
-            if local.start_failures >= s.max_primary_start_failures || s.primary_start_timeout == 0 {
+            if local.start_failures >= s.max_primary_start_failures || s.primary_start_timeout == 0
+            {
                 actions.push(Action::ReleaseLock);
-                return plan(actions, "cannot start Postgres as the leader: releasing the lock");
+                return plan(
+                    actions,
+                    "cannot start Postgres as the leader: releasing the lock",
+                );
             }
             actions.push(Action::RenewLock);
             actions.push(Action::StartAsPrimary);
-            let why = if local.pg_crashed { "Postgres crashed on the leader: restarting it" } else { "starting Postgres as the leader" };
+            let why = if local.pg_crashed {
+                "Postgres crashed on the leader: restarting it"
+            } else {
+                "starting Postgres as the leader"
+            };
             return plan(actions, why);
         }
         let _ = was_primary;
         match leader {
-            Some(l) => actions.push(Action::StartAsReplica { leader: Some(l.to_string()) }),
+            Some(l) => actions.push(Action::StartAsReplica {
+                leader: Some(l.to_string()),
+            }),
             None => actions.push(Action::StartAsReplica { leader: None }),
         }
         let why = match leader {
@@ -259,21 +271,35 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
                     if local.timeline.is_some_and(|t| t > cluster.timeline()) {
                         actions.push(Action::AppendHistory);
                     }
-                    plan(actions, format!("no action: I am ({me}) the leader with the lock"))
+                    plan(
+                        actions,
+                        format!("no action: I am ({me}) the leader with the lock"),
+                    )
                 }
                 _ => {
                     actions.push(Action::Promote);
-                    plan(actions, "I hold the lock and Postgres is a replica: promoting")
+                    plan(
+                        actions,
+                        "I hold the lock and Postgres is a replica: promoting",
+                    )
                 }
             }
         }
         Some(other) => {
             if local.pg_role == PgRole::Primary {
                 actions.push(Action::Demote(DemoteMode::ImmediateNoLock));
-                return plan(actions, format!("{other} holds the lock but I am a primary: demoting"));
+                return plan(
+                    actions,
+                    format!("{other} holds the lock but I am a primary: demoting"),
+                );
             }
-            actions.push(Action::Follow { leader: Some(other.to_string()) });
-            plan(actions, format!("no action: I am ({me}) a replica following {other}"))
+            actions.push(Action::Follow {
+                leader: Some(other.to_string()),
+            });
+            plan(
+                actions,
+                format!("no action: I am ({me}) a replica following {other}"),
+            )
         }
         None => {
             let (healthiest, why) = is_healthiest(cluster, local, s);
@@ -285,13 +311,24 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
                 if s.use_slots {
                     actions.push(Action::EnsureSlots);
                 }
-                plan(actions, format!("the lock is free and I am the healthiest member: taking it ({why})"))
+                plan(
+                    actions,
+                    format!("the lock is free and I am the healthiest member: taking it ({why})"),
+                )
             } else if local.pg_role == PgRole::Primary {
                 actions.push(Action::Demote(DemoteMode::ImmediateNoLock));
-                plan(actions, format!("the lock is free but I am not the healthiest member ({why}): demoting"))
+                plan(
+                    actions,
+                    format!(
+                        "the lock is free but I am not the healthiest member ({why}): demoting"
+                    ),
+                )
             } else {
                 actions.push(Action::Follow { leader: None });
-                plan(actions, format!("the lock is free but I am not the healthiest member: {why}"))
+                plan(
+                    actions,
+                    format!("the lock is free but I am not the healthiest member: {why}"),
+                )
             }
         }
     }
@@ -299,7 +336,10 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
 
 fn decide_without_dcs(local: &LocalState) -> Decision {
     if local.pg_running && local.pg_role == PgRole::Primary {
-        plan(vec![Action::Demote(DemoteMode::Offline)], "DCS is not accessible and I was the primary: demoting")
+        plan(
+            vec![Action::Demote(DemoteMode::Offline)],
+            "DCS is not accessible and I was the primary: demoting",
+        )
     } else {
         plan(vec![], "DCS is not accessible: waiting")
     }
@@ -314,18 +354,32 @@ fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decisio
     }
     if local.pg_role == PgRole::Primary {
         if i_hold {
-            return plan(vec![Action::RenewLock], format!("paused: I am ({me}) the leader with the lock"));
+            return plan(
+                vec![Action::RenewLock],
+                format!("paused: I am ({me}) the leader with the lock"),
+            );
         }
         if cluster.leader.is_none() {
-            return plan(vec![Action::AcquireLock], "paused: a running primary takes the free lock");
+            return plan(
+                vec![Action::AcquireLock],
+                "paused: a running primary takes the free lock",
+            );
         }
         return plan(vec![], "paused: another member holds the lock");
     }
     if i_hold {
-        return plan(vec![Action::ReleaseLock], "paused: Postgres is no longer a primary: releasing the lock");
+        return plan(
+            vec![Action::ReleaseLock],
+            "paused: Postgres is no longer a primary: releasing the lock",
+        );
     }
     match cluster.leader_name() {
-        Some(l) => plan(vec![Action::Follow { leader: Some(l.to_string()) }], format!("paused: following {l}")),
+        Some(l) => plan(
+            vec![Action::Follow {
+                leader: Some(l.to_string()),
+            }],
+            format!("paused: following {l}"),
+        ),
         None => plan(vec![], "paused: no leader"),
     }
 }
@@ -338,7 +392,10 @@ fn decide_empty_data_dir(cluster: &Cluster, s: &Settings) -> Decision {
                 "the cluster is not initialized: trying to bootstrap it",
             );
         }
-        return plan(vec![], "waiting for a member that may lead to bootstrap the cluster");
+        return plan(
+            vec![],
+            "waiting for a member that may lead to bootstrap the cluster",
+        );
     }
     if let Some(leader) = cluster.leader_member() {
         if leader.data.is_running() && leader.data.conn_url.is_some() {
@@ -352,12 +409,20 @@ fn decide_empty_data_dir(cluster: &Cluster, s: &Settings) -> Decision {
     let mut sources: Vec<_> = cluster
         .members
         .iter()
-        .filter(|m| m.name != s.name && m.data.tags.clonefrom() && m.data.is_running() && m.data.conn_url.is_some())
+        .filter(|m| {
+            m.name != s.name
+                && m.data.tags.clonefrom()
+                && m.data.is_running()
+                && m.data.conn_url.is_some()
+        })
         .collect();
     sources.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(src) = sources.first() {
         if cluster.leader.is_some() {
-            return plan(vec![Action::CloneFrom(src.name.clone())], format!("cloning a replica from {}", src.name));
+            return plan(
+                vec![Action::CloneFrom(src.name.clone())],
+                format!("cloning a replica from {}", src.name),
+            );
         }
     }
     plan(vec![], "waiting for the leader to bootstrap the cluster")
@@ -381,7 +446,10 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
     if let Some(f) = &cluster.failover {
         if let Some(candidate) = f.member.as_deref() {
             if candidate != s.name && local.peers.iter().any(|p| p.name == candidate && p.running) {
-                return (false, format!("{candidate} is the requested failover candidate"));
+                return (
+                    false,
+                    format!("{candidate} is the requested failover candidate"),
+                );
             }
             if candidate == s.name {
                 return (true, "I am the requested failover candidate".into());
@@ -394,16 +462,28 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
             continue;
         }
         if peer.running && peer.role == Role::Primary {
-            return (false, format!("{} is still running as a primary", peer.name));
+            return (
+                false,
+                format!("{} is still running as a primary", peer.name),
+            );
         }
         if !peer.tags.can_be_leader() {
             continue;
         }
         if peer.wal_position > local.wal_position {
-            return (false, format!("{} is ahead: {} > {}", peer.name, peer.wal_position, local.wal_position));
+            return (
+                false,
+                format!(
+                    "{} is ahead: {} > {}",
+                    peer.name, peer.wal_position, local.wal_position
+                ),
+            );
         }
         if peer.wal_position == local.wal_position && peer.tags.failover_priority() > my_priority {
-            return (false, format!("{} has equal WAL and a higher failover_priority", peer.name));
+            return (
+                false,
+                format!("{} has equal WAL and a higher failover_priority", peer.name),
+            );
         }
     }
     (true, format!("WAL position {}", local.wal_position))
@@ -416,7 +496,10 @@ mod tests {
     use serde_json::json;
 
     fn settings(name: &str) -> Settings {
-        Settings { name: name.into(), ..Settings::default() }
+        Settings {
+            name: name.into(),
+            ..Settings::default()
+        }
     }
 
     fn member(name: &str, role: Role) -> Member {
@@ -435,24 +518,47 @@ mod tests {
     fn initialized(leader: Option<&str>) -> Cluster {
         Cluster {
             initialize: Some("7000000000000000001".into()),
-            config: Some(ClusterConfig { raw: json!({"ttl": 10}), version: None }),
-            leader: leader.map(|l| Leader { name: l.into(), version: None }),
-            members: vec![member("a", Role::Primary), member("b", Role::Replica), member("c", Role::Replica)],
+            config: Some(ClusterConfig {
+                raw: json!({"ttl": 10}),
+                version: None,
+            }),
+            leader: leader.map(|l| Leader {
+                name: l.into(),
+                version: None,
+            }),
+            members: vec![
+                member("a", Role::Primary),
+                member("b", Role::Replica),
+                member("c", Role::Replica),
+            ],
             ..Default::default()
         }
     }
 
     fn data() -> DataDir {
-        DataDir::Valid { sysid: "7000000000000000001".into(), was_primary: false }
+        DataDir::Valid {
+            sysid: "7000000000000000001".into(),
+            was_primary: false,
+        }
     }
 
     fn replica(wal: u64) -> LocalState {
-        LocalState { data_dir: data(), pg_running: true, pg_role: PgRole::Replica, timeline: Some(1), wal_position: wal, ..Default::default() }
+        LocalState {
+            data_dir: data(),
+            pg_running: true,
+            pg_role: PgRole::Replica,
+            timeline: Some(1),
+            wal_position: wal,
+            ..Default::default()
+        }
     }
 
     fn primary(wal: u64) -> LocalState {
         LocalState {
-            data_dir: DataDir::Valid { sysid: "7000000000000000001".into(), was_primary: true },
+            data_dir: DataDir::Valid {
+                sysid: "7000000000000000001".into(),
+                was_primary: true,
+            },
             pg_running: true,
             pg_role: PgRole::Primary,
             timeline: Some(1),
@@ -483,16 +589,46 @@ mod tests {
         let empty = Cluster::default();
         let fresh = LocalState::default();
         // (cluster, settings tags, expected first action)
-        let initializing = Cluster { initialize: Some(String::new()), ..Default::default() };
+        let initializing = Cluster {
+            initialize: Some(String::new()),
+            ..Default::default()
+        };
         let cases: Vec<(&str, &Cluster, Tags, Vec<Action>)> = vec![
-            ("uninitialized: race and bootstrap", &empty, Tags::default(), vec![Action::RaceInitialize, Action::Bootstrap]),
-            ("nofailover never bootstraps", &empty, tags(json!({"nofailover": true})), vec![]),
-            ("priority 0 never bootstraps", &empty, tags(json!({"failover_priority": 0})), vec![]),
-            ("someone else is bootstrapping: wait", &initializing, Tags::default(), vec![]),
+            (
+                "uninitialized: race and bootstrap",
+                &empty,
+                Tags::default(),
+                vec![Action::RaceInitialize, Action::Bootstrap],
+            ),
+            (
+                "nofailover never bootstraps",
+                &empty,
+                tags(json!({"nofailover": true})),
+                vec![],
+            ),
+            (
+                "priority 0 never bootstraps",
+                &empty,
+                tags(json!({"failover_priority": 0})),
+                vec![],
+            ),
+            (
+                "someone else is bootstrapping: wait",
+                &initializing,
+                Tags::default(),
+                vec![],
+            ),
         ];
         for (what, cluster, t, expected) in cases {
-            let s = Settings { tags: t, ..settings("b") };
-            assert_eq!(decide(Some(cluster), &fresh, &s).actions, expected, "{what}");
+            let s = Settings {
+                tags: t,
+                ..settings("b")
+            };
+            assert_eq!(
+                decide(Some(cluster), &fresh, &s).actions,
+                expected,
+                "{what}"
+            );
         }
     }
 
@@ -504,7 +640,10 @@ mod tests {
         // The leader is not running yet: wait.
         let mut c2 = c.clone();
         c2.members[0].data.state = "starting".into();
-        assert_eq!(decide(Some(&c2), &LocalState::default(), &settings("c")).actions, vec![]);
+        assert_eq!(
+            decide(Some(&c2), &LocalState::default(), &settings("c")).actions,
+            vec![]
+        );
     }
 
     #[test]
@@ -512,15 +651,26 @@ mod tests {
         let c = initialized(Some("a"));
         let d = decide(Some(&c), &primary(100), &settings("a"));
         assert_eq!(d.actions, vec![Action::RenewLock, Action::EnsureSlots]);
-        let s = Settings { use_slots: false, ..settings("a") };
-        assert_eq!(decide(Some(&c), &primary(100), &s).actions, vec![Action::RenewLock]);
+        let s = Settings {
+            use_slots: false,
+            ..settings("a")
+        };
+        assert_eq!(
+            decide(Some(&c), &primary(100), &s).actions,
+            vec![Action::RenewLock]
+        );
     }
 
     #[test]
     fn replica_follows_the_leader() {
         let c = initialized(Some("a"));
         let d = decide(Some(&c), &replica(100), &settings("b"));
-        assert_eq!(d.actions, vec![Action::Follow { leader: Some("a".into()) }]);
+        assert_eq!(
+            d.actions,
+            vec![Action::Follow {
+                leader: Some("a".into())
+            }]
+        );
     }
 
     #[test]
@@ -530,36 +680,138 @@ mod tests {
         l.pg_running = false;
         l.pg_role = PgRole::Unknown;
         let d = decide(Some(&c), &l, &settings("b"));
-        assert_eq!(d.actions, vec![Action::StartAsReplica { leader: Some("a".into()) }]);
+        assert_eq!(
+            d.actions,
+            vec![Action::StartAsReplica {
+                leader: Some("a".into())
+            }]
+        );
     }
 
     /// The leader key vanished: only the healthiest eligible member takes it; the others follow.
+    /// (what, my wal, my tags, peers, cluster optime, expected actions)
+    type RaceCase = (
+        &'static str,
+        u64,
+        serde_json::Value,
+        Vec<PeerStatus>,
+        Option<u64>,
+        Vec<Action>,
+    );
+
     #[test]
     fn leader_vanished_only_the_healthiest_promotes() {
         let c = initialized(None);
         let promote = vec![Action::AcquireLock, Action::Promote, Action::EnsureSlots];
         let wait = vec![Action::Follow { leader: None }];
         // (what, my wal, my tags, peers, cluster optime, expected)
-        let cases: Vec<(&str, u64, serde_json::Value, Vec<PeerStatus>, Option<u64>, Vec<Action>)> = vec![
-            ("alone and eligible", 100, json!({}), vec![], None, promote.clone()),
-            ("most advanced wins", 200, json!({}), vec![peer("c", 100, json!({}))], None, promote.clone()),
-            ("behind a peer waits", 100, json!({}), vec![peer("c", 200, json!({}))], None, wait.clone()),
-            ("a nofailover peer ahead does not count", 100, json!({}), vec![peer("c", 200, json!({"nofailover": true}))], None, promote.clone()),
-            ("nofailover never promotes", 300, json!({"nofailover": true}), vec![peer("c", 100, json!({}))], None, wait.clone()),
-            ("failover_priority 0 never promotes", 300, json!({"failover_priority": 0}), vec![], None, wait.clone()),
-            ("equal WAL, higher peer priority waits", 100, json!({"failover_priority": 1}), vec![peer("c", 100, json!({"failover_priority": 2}))], None, wait.clone()),
-            ("equal WAL, higher own priority wins", 100, json!({"failover_priority": 3}), vec![peer("c", 100, json!({"failover_priority": 2}))], None, promote.clone()),
-            ("equal WAL, equal priority: both race, the DCS decides", 100, json!({}), vec![peer("c", 100, json!({}))], None, promote.clone()),
-            ("within maximum_lag_on_failover", 100, json!({}), vec![], Some(100 + 1_048_576), promote.clone()),
-            ("beyond maximum_lag_on_failover", 100, json!({}), vec![], Some(100 + 1_048_577), wait.clone()),
+        let cases: Vec<RaceCase> = vec![
+            (
+                "alone and eligible",
+                100,
+                json!({}),
+                vec![],
+                None,
+                promote.clone(),
+            ),
+            (
+                "most advanced wins",
+                200,
+                json!({}),
+                vec![peer("c", 100, json!({}))],
+                None,
+                promote.clone(),
+            ),
+            (
+                "behind a peer waits",
+                100,
+                json!({}),
+                vec![peer("c", 200, json!({}))],
+                None,
+                wait.clone(),
+            ),
+            (
+                "a nofailover peer ahead does not count",
+                100,
+                json!({}),
+                vec![peer("c", 200, json!({"nofailover": true}))],
+                None,
+                promote.clone(),
+            ),
+            (
+                "nofailover never promotes",
+                300,
+                json!({"nofailover": true}),
+                vec![peer("c", 100, json!({}))],
+                None,
+                wait.clone(),
+            ),
+            (
+                "failover_priority 0 never promotes",
+                300,
+                json!({"failover_priority": 0}),
+                vec![],
+                None,
+                wait.clone(),
+            ),
+            (
+                "equal WAL, higher peer priority waits",
+                100,
+                json!({"failover_priority": 1}),
+                vec![peer("c", 100, json!({"failover_priority": 2}))],
+                None,
+                wait.clone(),
+            ),
+            (
+                "equal WAL, higher own priority wins",
+                100,
+                json!({"failover_priority": 3}),
+                vec![peer("c", 100, json!({"failover_priority": 2}))],
+                None,
+                promote.clone(),
+            ),
+            (
+                "equal WAL, equal priority: both race, the DCS decides",
+                100,
+                json!({}),
+                vec![peer("c", 100, json!({}))],
+                None,
+                promote.clone(),
+            ),
+            (
+                "within maximum_lag_on_failover",
+                100,
+                json!({}),
+                vec![],
+                Some(100 + 1_048_576),
+                promote.clone(),
+            ),
+            (
+                "beyond maximum_lag_on_failover",
+                100,
+                json!({}),
+                vec![],
+                Some(100 + 1_048_577),
+                wait.clone(),
+            ),
         ];
         for (what, wal, my_tags, peers, optime, expected) in cases {
             let mut cluster = c.clone();
-            cluster.status = Status { optime, ..Default::default() };
+            cluster.status = Status {
+                optime,
+                ..Default::default()
+            };
             let mut local = replica(wal);
             local.peers = peers;
-            let s = Settings { tags: tags(my_tags), ..settings("b") };
-            assert_eq!(decide(Some(&cluster), &local, &s).actions, expected, "{what}");
+            let s = Settings {
+                tags: tags(my_tags),
+                ..settings("b")
+            };
+            assert_eq!(
+                decide(Some(&cluster), &local, &s).actions,
+                expected,
+                "{what}"
+            );
         }
     }
 
@@ -570,7 +822,10 @@ mod tests {
         let mut p = peer("a", 100, json!({}));
         p.role = Role::Primary;
         local.peers = vec![p];
-        assert_eq!(decide(Some(&c), &local, &settings("b")).actions, vec![Action::Follow { leader: None }]);
+        assert_eq!(
+            decide(Some(&c), &local, &settings("b")).actions,
+            vec![Action::Follow { leader: None }]
+        );
     }
 
     #[test]
@@ -578,7 +833,10 @@ mod tests {
         let c = initialized(Some("a"));
         let mut l = primary(100);
         l.renew_failed = true;
-        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::Demote(DemoteMode::ImmediateNoLock)]);
+        assert_eq!(
+            decide(Some(&c), &l, &settings("a")).actions,
+            vec![Action::Demote(DemoteMode::ImmediateNoLock)]
+        );
     }
 
     #[test]
@@ -586,13 +844,22 @@ mod tests {
         let c = initialized(Some("a"));
         let mut l = primary(100);
         l.lock_expires_in = Some(1.5);
-        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::Demote(DemoteMode::Offline)]);
-        assert_eq!(decide(None, &l, &settings("a")).actions, vec![Action::Demote(DemoteMode::Offline)]);
+        assert_eq!(
+            decide(Some(&c), &l, &settings("a")).actions,
+            vec![Action::Demote(DemoteMode::Offline)]
+        );
+        assert_eq!(
+            decide(None, &l, &settings("a")).actions,
+            vec![Action::Demote(DemoteMode::Offline)]
+        );
     }
 
     #[test]
     fn dcs_unreachable() {
-        assert_eq!(decide(None, &primary(1), &settings("a")).actions, vec![Action::Demote(DemoteMode::Offline)]);
+        assert_eq!(
+            decide(None, &primary(1), &settings("a")).actions,
+            vec![Action::Demote(DemoteMode::Offline)]
+        );
         assert_eq!(decide(None, &replica(1), &settings("b")).actions, vec![]);
     }
 
@@ -601,7 +868,10 @@ mod tests {
         let c = initialized(Some("b"));
         let mut l = primary(100);
         l.holds_lock = false;
-        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::Demote(DemoteMode::ImmediateNoLock)]);
+        assert_eq!(
+            decide(Some(&c), &l, &settings("a")).actions,
+            vec![Action::Demote(DemoteMode::ImmediateNoLock)]
+        );
     }
 
     #[test]
@@ -610,11 +880,20 @@ mod tests {
         let mut l = primary(100);
         l.pg_running = false;
         l.pg_crashed = true;
-        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::RenewLock, Action::StartAsPrimary]);
+        assert_eq!(
+            decide(Some(&c), &l, &settings("a")).actions,
+            vec![Action::RenewLock, Action::StartAsPrimary]
+        );
         l.start_failures = 3;
-        assert_eq!(decide(Some(&c), &l, &settings("a")).actions, vec![Action::ReleaseLock]);
+        assert_eq!(
+            decide(Some(&c), &l, &settings("a")).actions,
+            vec![Action::ReleaseLock]
+        );
         l.start_failures = 0;
-        let s = Settings { primary_start_timeout: 0, ..settings("a") };
+        let s = Settings {
+            primary_start_timeout: 0,
+            ..settings("a")
+        };
         assert_eq!(decide(Some(&c), &l, &s).actions, vec![Action::ReleaseLock]);
     }
 
@@ -623,7 +902,10 @@ mod tests {
         let c = initialized(Some("b"));
         let mut l = replica(100);
         l.holds_lock = true;
-        assert_eq!(decide(Some(&c), &l, &settings("b")).actions, vec![Action::RenewLock, Action::Promote]);
+        assert_eq!(
+            decide(Some(&c), &l, &settings("b")).actions,
+            vec![Action::RenewLock, Action::Promote]
+        );
     }
 
     #[test]
@@ -631,9 +913,21 @@ mod tests {
         let mut c = initialized(Some("a"));
         let mut l = primary(100);
         l.timeline = Some(2);
-        let s = Settings { use_slots: false, ..settings("a") };
-        assert_eq!(decide(Some(&c), &l, &s).actions, vec![Action::RenewLock, Action::AppendHistory]);
-        c.history = vec![HistoryEntry { timeline: 1, lsn: 50, reason: "x".into(), timestamp: None, new_leader: None }];
+        let s = Settings {
+            use_slots: false,
+            ..settings("a")
+        };
+        assert_eq!(
+            decide(Some(&c), &l, &s).actions,
+            vec![Action::RenewLock, Action::AppendHistory]
+        );
+        c.history = vec![HistoryEntry {
+            timeline: 1,
+            lsn: 50,
+            reason: "x".into(),
+            timestamp: None,
+            new_leader: None,
+        }];
         assert_eq!(decide(Some(&c), &l, &s).actions, vec![Action::RenewLock]);
     }
 
@@ -641,8 +935,14 @@ mod tests {
     fn sysid_mismatch_is_fatal() {
         let c = initialized(Some("a"));
         let mut l = replica(1);
-        l.data_dir = DataDir::Valid { sysid: "123".into(), was_primary: false };
-        assert!(matches!(decide(Some(&c), &l, &settings("b")).actions[..], [Action::Fatal(_)]));
+        l.data_dir = DataDir::Valid {
+            sysid: "123".into(),
+            was_primary: false,
+        };
+        assert!(matches!(
+            decide(Some(&c), &l, &settings("b")).actions[..],
+            [Action::Fatal(_)]
+        ));
     }
 
     #[test]
@@ -653,7 +953,10 @@ mod tests {
         let d = decide(Some(&c), &l, &settings("a"));
         assert_eq!(
             d.actions[..2],
-            [Action::WriteInitialize("7000000000000000001".into()), Action::WriteConfig]
+            [
+                Action::WriteInitialize("7000000000000000001".into()),
+                Action::WriteConfig
+            ]
         );
         assert!(d.actions.contains(&Action::AcquireLock));
     }
@@ -661,14 +964,20 @@ mod tests {
     #[test]
     fn paused_cluster_takes_no_automatic_action() {
         let mut c = initialized(None);
-        c.config = Some(ClusterConfig { raw: json!({"pause": true}), version: None });
+        c.config = Some(ClusterConfig {
+            raw: json!({"pause": true}),
+            version: None,
+        });
         let mut l = replica(1000);
         assert_eq!(decide(Some(&c), &l, &settings("b")).actions, vec![]);
         l.pg_running = false;
         assert_eq!(decide(Some(&c), &l, &settings("b")).actions, vec![]);
         let mut p = primary(1);
         p.holds_lock = false;
-        assert_eq!(decide(Some(&c), &p, &settings("a")).actions, vec![Action::AcquireLock]);
+        assert_eq!(
+            decide(Some(&c), &p, &settings("a")).actions,
+            vec![Action::AcquireLock]
+        );
     }
 
     /// Property: from one agreed view with the lock free, at most one member with distinct WAL
@@ -676,7 +985,11 @@ mod tests {
     #[test]
     fn at_most_one_acquirer_per_view_with_distinct_wal() {
         let c = initialized(None);
-        let wals = [(String::from("a"), 10u64), ("b".into(), 30), ("c".into(), 20)];
+        let wals = [
+            (String::from("a"), 10u64),
+            ("b".into(), 30),
+            ("c".into(), 20),
+        ];
         let mut acquirers = 0;
         for (name, wal) in &wals {
             let mut local = replica(*wal);
@@ -685,7 +998,10 @@ mod tests {
                 .filter(|(n, _)| n != name)
                 .map(|(n, w)| peer(n, *w, json!({})))
                 .collect();
-            if decide(Some(&c), &local, &settings(name)).actions.contains(&Action::AcquireLock) {
+            if decide(Some(&c), &local, &settings(name))
+                .actions
+                .contains(&Action::AcquireLock)
+            {
                 acquirers += 1;
             }
         }
