@@ -67,6 +67,8 @@ pub struct Agent {
     following: Option<ConnTarget>,
     last_member: Option<MemberData>,
     last_reason: String,
+    /// Role and state last logged, so each change is logged once.
+    logged_role_state: Option<(Role, String)>,
     last_cluster: Option<Cluster>,
     dcs_last_seen: Option<i64>,
     last_obs: PgObservation,
@@ -109,6 +111,7 @@ impl Agent {
             following: None,
             last_member: None,
             last_reason: String::new(),
+            logged_role_state: None,
             last_cluster: None,
             dcs_last_seen: None,
             last_obs: PgObservation::default(),
@@ -1014,6 +1017,23 @@ impl Agent {
 
     async fn publish_member(&mut self) {
         let data = self.member_data();
+        let now = (data.role.clone(), data.state.clone());
+        if self.logged_role_state.as_ref() != Some(&now) {
+            let (from_role, from_state) = self
+                .logged_role_state
+                .as_ref()
+                .map(|(r, st)| (r.to_string(), st.clone()))
+                .unwrap_or_default();
+            info!(
+                from_role,
+                from_state,
+                role = %now.0,
+                state = %now.1,
+                reason = %self.last_reason,
+                "member role/state changed"
+            );
+            self.logged_role_state = Some(now);
+        }
         if self.last_member.as_ref() == Some(&data) && self.dcs_last_seen.is_some() {
             // Unchanged: the backend still needs the call to keep the session alive.
             if let Err(e) = self.dcs.touch_member(&data).await {
