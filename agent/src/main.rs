@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = config::validate(&cfg) {
+    if let Err(e) = config::validate(&cfg).and_then(|()| config::check_supported(&cfg)) {
         eprintln!("regent: invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -231,6 +231,7 @@ fn pg_settings(cfg: &Config) -> postgres::PgSettings {
     let (hosts, port) = cfg.postgres_listen_host_port();
     let (connect_host, _) = cfg.pg_connect_host_port();
     let data_dir = cfg.postgresql.data_dir.clone();
+    let run_as = run_as_user(&data_dir);
     postgres::PgSettings {
         data_dir: data_dir.clone(),
         bin_dir: cfg
@@ -250,10 +251,29 @@ fn pg_settings(cfg: &Config) -> postgres::PgSettings {
         pg_hba: merged_pg_hba(cfg, &dynamic),
         initdb_options: cfg.bootstrap.initdb.clone(),
         basebackup_options: cfg.postgresql.basebackup.clone(),
-        run_as: run_as_user(&data_dir),
+        run_as,
         pg_ctl_timeout: std::time::Duration::from_secs(cfg.postgresql.pg_ctl_timeout),
+        pgpass: cfg.postgresql.pgpass.clone(),
+        socket_dir: socket_dir(run_as),
         ..postgres::PgSettings::default()
     }
+}
+
+/// The Unix socket directory: Debian's `/var/run/postgresql`, created (and given to the Postgres
+/// user) when missing; a user-set `unix_socket_directories` parameter overrides it.
+fn socket_dir(run_as: Option<(u32, u32)>) -> PathBuf {
+    let dir = PathBuf::from("/var/run/postgresql");
+    if !dir.exists() {
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => {
+                if let Some((uid, gid)) = run_as {
+                    let _ = std::os::unix::fs::chown(&dir, Some(uid), Some(gid));
+                }
+            }
+            Err(e) => warn!("cannot create the socket directory {}: {e}", dir.display()),
+        }
+    }
+    dir
 }
 
 fn pg_user(u: &config::PgUser) -> postgres::PgUser {

@@ -1149,6 +1149,48 @@ fn citus_from_value(v: &Value) -> Result<CitusConfig, ConfigError> {
 
 /// Semantic checks on a loaded configuration (addresses parse, names are set, ...).
 /// [`load`] and friends already run it.
+/// Settings that parse but that this version of Regent cannot honour: refusing them is better
+/// than silently running differently from what the file asks for.
+pub fn check_supported(cfg: &Config) -> Result<(), ConfigError> {
+    let bad = |key: &str, msg: String| Err(ConfigError::invalid(key, msg));
+    if cfg.restapi.certfile.is_some() {
+        return bad(
+            "restapi.certfile",
+            "TLS for the REST API is not supported by this version of Regent".into(),
+        );
+    }
+    match &cfg.dcs {
+        DcsConfig::Etcd3(e) => {
+            if e.protocol != "http" || e.hosts.iter().any(|h| h.starts_with("https://")) {
+                return bad(
+                    "etcd3.protocol",
+                    "only http is supported by this version of Regent".into(),
+                );
+            }
+            for (key, v) in [
+                ("etcd3.cacert", &e.cacert),
+                ("etcd3.cert", &e.cert),
+                ("etcd3.key", &e.key),
+            ] {
+                if v.is_some() {
+                    return bad(
+                        key,
+                        "TLS to etcd is not supported by this version of Regent".into(),
+                    );
+                }
+            }
+        }
+        DcsConfig::Kubernetes(_) => {
+            return bad(
+                "kubernetes",
+                "the kubernetes DCS is not available in this version of Regent; use etcd3".into(),
+            );
+        }
+    }
+
+    Ok(())
+}
+
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     let bad = |key: &str, msg: String| Err(ConfigError::invalid(key, msg));
     if cfg.scope.trim().is_empty() {

@@ -831,3 +831,27 @@ fn yaml_merge_keys_and_nulls() {
     assert!(!cfg.ctl.insecure);
     assert_eq!(cfg.log.level, "INFO");
 }
+
+#[test]
+fn unsupported_settings_are_refused_by_name() {
+    let cases = [
+        (
+            "etcd3.protocol",
+            MINIMAL.replace("etcd3: {hosts", "etcd3: {protocol: https, hosts"),
+        ),
+        (
+            "etcd3.cacert",
+            MINIMAL.replace("etcd3: {hosts", "etcd3: {cacert: /ca.pem, hosts"),
+        ),
+        (
+            "restapi.certfile",
+            MINIMAL.replace("restapi: {listen", "restapi: {certfile: /c.pem, listen"),
+        ),
+    ];
+    for (key, text) in cases {
+        let cfg = must(load_str(&text, &no_env()));
+        let err = check_supported(&cfg).expect_err(key).to_string();
+        assert!(err.starts_with(key), "{key}: {err}");
+    }
+    assert!(check_supported(&must(load_str(MINIMAL, &no_env()))).is_ok());
+}

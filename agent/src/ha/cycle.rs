@@ -274,7 +274,7 @@ impl Agent {
             tags: self.cfg.tags.clone(),
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
             check_timeline: self.dynamic.check_timeline,
-            use_slots: self.dynamic.use_slots,
+            use_slots: self.use_slots(),
             primary_start_timeout: self.dynamic.primary_start_timeout,
             lease_safety_margin: self.safety_margin(),
             max_primary_start_failures: 3,
@@ -348,9 +348,24 @@ impl Agent {
     }
 
     fn slot_for_me(&self) -> Option<String> {
-        self.dynamic
-            .use_slots
+        self.use_slots()
             .then(|| crate::postgres::slot_name_for(&self.cfg.name))
+    }
+
+    /// `postgresql.use_slots` from the local file wins over the DCS copy.
+    fn use_slots(&self) -> bool {
+        self.cfg
+            .postgresql
+            .use_slots
+            .unwrap_or(self.dynamic.use_slots)
+    }
+
+    /// `postgresql.use_pg_rewind` from the local file wins over the DCS copy.
+    fn use_pg_rewind(&self) -> bool {
+        self.cfg
+            .postgresql
+            .use_pg_rewind
+            .unwrap_or(self.dynamic.use_pg_rewind)
     }
 
     async fn observe(&mut self, cluster: Option<&Cluster>) -> LocalState {
@@ -776,7 +791,7 @@ impl Agent {
             Some(lsn) => local.checkpoint_lsn > lsn || local.state == "in production",
             None => true,
         };
-        if self.dynamic.use_pg_rewind {
+        if self.use_pg_rewind() {
             self.state = "running pg_rewind".into();
             info!(from = leader, "former primary: running pg_rewind");
             match self.pg.rewind(target).await {
@@ -923,13 +938,40 @@ impl Agent {
 
     async fn ensure_slots(&mut self, cluster: Option<&Cluster>) {
         let Some(cluster) = cluster else { return };
-        let wanted: Vec<String> = cluster
+        let mut wanted: Vec<String> = cluster
             .members
             .iter()
             .filter(|m| m.name != self.cfg.name && !m.data.tags.nostream())
             .map(|m| crate::postgres::slot_name_for(&m.name))
             .collect();
-        if let Err(e) = self.pg.ensure_physical_slots(&wanted).await {
+        // Permanent physical slots from the DCS `slots` key are kept on the primary too.
+        for (name, def) in &self.dynamic.slots {
+            let kind = def
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("physical");
+            if kind == "physical" && !wanted.contains(name) {
+                wanted.push(name.clone());
+            }
+        }
+        // `ignore_slots` entries naming a physical slot protect it from being dropped.
+        let ignored: Vec<String> = self
+            .dynamic
+            .ignore_slots
+            .iter()
+            .filter(|rule| {
+                rule.get("type")
+                    .and_then(Value::as_str)
+                    .is_none_or(|t| t == "physical")
+            })
+            .filter_map(|rule| rule.get("name").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        let ignore_all_physical = self.dynamic.ignore_slots.iter().any(|rule| {
+            rule.get("name").is_none()
+                && rule.get("type").and_then(Value::as_str) == Some("physical")
+        });
+        let keep = |slot: &str| ignore_all_physical || ignored.iter().any(|n| n == slot);
+        if let Err(e) = self.pg.ensure_physical_slots_keeping(&wanted, keep).await {
             warn!("cannot manage replication slots: {e}");
         }
     }
