@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the workspace, run the unit tests (in parallel), then the integration tests of
+# regent-tests one at a time: each starts etcd and several Postgres instances, and their timing
+# assertions need the machine's 2 cores to themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+
+cargo build --workspace --all-targets
+
+# As root, the tests run regent (and so Postgres) as the postgres user, which must be able to
+# reach the binary: make every directory from / down to target/debug searchable by others.
+if [ "$(id -u)" = 0 ]; then
+  dir="$(realpath "$target_dir")/debug"
+  while [ "$dir" != "/" ]; do
+    chmod o+x "$dir"
+    dir="$(dirname "$dir")"
+  done
+fi
+export REGENT_BIN="$target_dir/debug/regent"
+
+cargo test --workspace --exclude regent-tests
+cargo test -p regent-tests --no-fail-fast -- --test-threads=1
