@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 
 # As root, the tests run regent (and so Postgres) as the postgres user, which must be able to
