@@ -45,13 +45,13 @@ LEADER_KEY = f"{NAMESPACE}{SCOPE}/leader"
 MEMBER_NAMES = ("m1", "m2", "m3")
 SUPERUSER, SUPERUSER_PASSWORD = "postgres", "secret"
 REPLICATION_USER, REPLICATION_PASSWORD = "replicator", "rep-pass"
-TTL, LOOP_WAIT, RETRY_TIMEOUT = 10, 2, 3
+DEFAULT_DCS = {"ttl": 10, "loop_wait": 2, "retry_timeout": 3}
 WRITE_INTERVAL = 0.020
 POSTGRES_USER = "postgres"
 
 BOOTSTRAP_TIMEOUT = 180.0
 FAILOVER_TIMEOUT = 90.0
-REJOIN_TIMEOUT = 180.0
+REJOIN_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 60.0
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -308,18 +308,53 @@ class Etcd:
             return None, None
         return base64.b64decode(kvs[0].get("value", "")).decode(), kvs[0].get("lease")
 
+    def lease_time_to_live(self, lease):
+        """(remaining TTL, granted TTL) of a lease; remaining is -1 once it expired."""
+        payload = self._post("/v3/lease/timetolive", {"ID": lease})
+        return int(payload.get("TTL", -1)), int(payload.get("grantedTTL", 0))
+
     def leader_lease_ttl(self):
         """TTL the leader key's lease was granted with: the agent's effective `ttl`."""
         _, lease = self.leader_key()
         if not lease or lease == "0":
             return None
-        granted = self._post("/v3/lease/timetolive", {"ID": lease}).get("grantedTTL")
-        return int(granted) if granted is not None else None
+        return self.lease_time_to_live(lease)[1]
 
     def stop(self):
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+class LeaseMonitor(threading.Thread):
+    """Samples a lease's remaining TTL until it expires, to detect keepalives after a kill."""
+
+    def __init__(self, etcd, lease):
+        super().__init__(daemon=True, name="lease-monitor")
+        self.etcd, self.lease = etcd, lease
+        self.samples = []  # remaining TTL in seconds, one per 0.5 s
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                remaining, _ = self.etcd.lease_time_to_live(self.lease)
+            except (OSError, ValueError, BenchError):
+                remaining = None
+            self.samples.append(remaining)
+            if remaining is not None and remaining < 0:
+                return
+            self.stopping.wait(0.5)
+
+    def refreshed(self):
+        """True when the remaining TTL ever went up, i.e. something kept the lease alive."""
+        known = [sample for sample in self.samples if sample is not None and sample >= 0]
+        return any(later > earlier for earlier, later in zip(known, known[1:]))
+
+    def stop(self):
+        self.stopping.set()
+        self.join(5)
+
 
 
 class LeaderKeyWatch(threading.Thread):
@@ -473,7 +508,7 @@ class Regent:
 
     def __init__(self, binary):
         self.binary = binary
-        self.version = "unknown"
+        self.version = binary  # no --version flag to rely on; name the binary instead
         try:
             out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
             if out.returncode == 0 and out.stdout.strip():
@@ -509,7 +544,7 @@ class Member:
         self.rest_port = rest_port
         self.process = None
 
-    def config(self, etcd_hosts):
+    def config(self, etcd_hosts, dcs):
         return {
             "scope": SCOPE,
             "namespace": NAMESPACE,
@@ -521,9 +556,9 @@ class Member:
             "etcd3": {"hosts": etcd_hosts},
             "bootstrap": {
                 "dcs": {
-                    "ttl": TTL,
-                    "loop_wait": LOOP_WAIT,
-                    "retry_timeout": RETRY_TIMEOUT,
+                    "ttl": dcs["ttl"],
+                    "loop_wait": dcs["loop_wait"],
+                    "retry_timeout": dcs["retry_timeout"],
                     "maximum_lag_on_failover": 1048576,
                     "postgresql": {
                         "use_pg_rewind": True,
@@ -561,12 +596,12 @@ class Member:
             },
         }
 
-    def write_config(self, etcd_hosts, run_as):
+    def write_config(self, etcd_hosts, dcs, run_as):
         os.makedirs(self.dir, exist_ok=True)
         os.chmod(self.dir, 0o750)
         run_as.chown(self.dir)
         with open(self.config_path, "w") as config_file:
-            config_file.write(to_yaml(self.config(etcd_hosts)) + "\n")
+            config_file.write(to_yaml(self.config(etcd_hosts, dcs)) + "\n")
         run_as.chown(self.config_path)
 
     def start(self, implementation, run_as):
@@ -622,8 +657,9 @@ class Member:
 
 
 class Cluster:
-    def __init__(self, implementation, root_dir, run_as):
+    def __init__(self, implementation, root_dir, run_as, dcs):
         self.implementation = implementation
+        self.dcs = dcs
         self.run_as = run_as
         self.dir = os.path.join(root_dir, implementation.name)
         os.makedirs(self.dir, exist_ok=True)
@@ -651,7 +687,7 @@ class Cluster:
         if not self.watch.ready.wait(10) or self.watch.error:
             raise BenchError(f"could not watch the leader key: {self.watch.error}")
         for member in self.members:
-            member.write_config([self.etcd.host], self.run_as)
+            member.write_config([self.etcd.host], self.dcs, self.run_as)
         started = time.monotonic()
         for member in self.members:
             member.start(self.implementation, self.run_as)
@@ -726,14 +762,16 @@ class Cluster:
             wait_for_exit(leftovers, 10)
 
     def teardown(self):
-        for member in self.members:
-            try:
-                self.stop_member_processes(member)
-            except Exception as error:  # keep tearing down the others
-                log(f"teardown of {member.name}: {error}")
+        steps = [(member.name, lambda member=member: self.stop_member_processes(member))
+                 for member in self.members]
         if self.watch is not None:
-            self.watch.stop()
-        self.etcd.stop()
+            steps.append(("leader key watch", self.watch.stop))
+        steps.append(("etcd", self.etcd.stop))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as error:  # keep tearing down the rest
+                log(f"teardown of {what} failed: {error!r}")
 
 
 def wait_for_exit(pids, timeout):
@@ -800,6 +838,11 @@ class Writer(threading.Thread):
                     return completed
         return None
 
+    def successes_on_after(self, port, since):
+        """Writes acknowledged by the server on `port` that completed after `since`."""
+        with self.lock:
+            return sum(1 for _, completed, server in self.successes if server == port and completed > since)
+
     def last_success_on(self, port):
         with self.lock:
             completions = [completed for _, completed, server in self.successes if server == port]
@@ -861,42 +904,54 @@ def restart_and_rejoin(cluster, member):
     return time.monotonic() - started
 
 
-def measure_failover(cluster):
+def measure_failover(cluster, record):
+    """kill -9 of the leader's agent and postmaster; fills `record` as results become known."""
     leader_name = cluster.wait_healthy(REJOIN_TIMEOUT, "failover start")
     leader = cluster.member(leader_name)
+    record["old_leader"] = leader_name
     postmaster = leader.postmaster_pid()
     if postmaster is None:
         raise BenchError(f"{leader_name}: no running postmaster found in {leader.data_dir}/postmaster.pid")
+    holder, lease = cluster.etcd.leader_key()
+    if holder != leader_name or not lease or lease == "0":
+        raise BenchError(f"leader key is held by {holder!r} with lease {lease!r}, expected {leader_name}")
+    record["lease_remaining_at_kill_s"], _ = cluster.etcd.lease_time_to_live(lease)
     writer = start_writer(cluster)
+    monitor = LeaseMonitor(cluster.etcd, lease)
     try:
         postgres_children = descendants(postmaster)
+        agent_helpers = [p for p in descendants(leader.process.pid) if not is_postgres_process(p)]
         t0 = time.monotonic()
         os.kill(leader.process.pid, signal.SIGKILL)
         os.kill(postmaster, signal.SIGKILL)
+        monitor.start()
         t_write = wait_until(lambda: writer.first_success_started_after(t0, leader.pg_port), FAILOVER_TIMEOUT,
                              "the first successful write after kill -9 of the leader", interval=0.005)
         t_lease = wait_until(lambda: cluster.watch.first_event_after("DELETE", t0), 10,
                              "the leader key deletion event", interval=0.005)
     finally:
         writer.stop()
+        monitor.stop()
+        record["failover_failed_writes"] = writer.failures
+        record["lease_refreshed_after_kill"] = monitor.refreshed()
+        record["lease_samples_after_kill"] = monitor.samples
+    record["failover_unavailable_s"] = t_write - t0
+    record["failover_lease_wait_s"] = t_lease - t0
+    record["failover_lease_to_write_s"] = t_write - t_lease
+    # Helper processes of the agent outliving it could keep the lease alive: report, then clean up.
+    surviving_helpers = [p for p in agent_helpers if process_alive(p)]
+    record["agent_helpers_alive_after_kill"] = len(surviving_helpers)
     leader.process.wait()
-    wait_for_exit([postmaster] + postgres_children, 30)
-    new_leader, _ = cluster.etcd.leader_key()
-    rejoin = restart_and_rejoin(cluster, leader)
-    return {
-        "old_leader": leader_name,
-        "new_leader": new_leader,
-        "failover_unavailable_s": t_write - t0,
-        "failover_lease_wait_s": t_lease - t0,
-        "failover_lease_to_write_s": t_write - t_lease,
-        "failover_rejoin_s": rejoin,
-        "failover_failed_writes": writer.failures,
-    }
+    wait_for_exit([postmaster] + postgres_children + surviving_helpers, 30)
+    record["new_leader"], _ = cluster.etcd.leader_key()
+    record["failover_rejoin_s"] = restart_and_rejoin(cluster, leader)
 
 
-def measure_handover(cluster):
+def measure_handover(cluster, record):
+    """SIGTERM to the leader's agent; fills `record` as results become known."""
     leader_name = cluster.wait_healthy(REJOIN_TIMEOUT, "handover start")
     leader = cluster.member(leader_name)
+    record["handover_old_leader"] = leader_name
     postmaster = leader.postmaster_pid()
     writer = start_writer(cluster)
     try:
@@ -908,31 +963,27 @@ def measure_handover(cluster):
         t_last_old_write = writer.last_success_on(leader.pg_port)
     finally:
         writer.stop()
+        record["handover_failed_writes"] = writer.failures
+    record["handover_unavailable_s"] = t_write - t0
+    record["handover_write_gap_s"] = (t_write - t_last_old_write) if t_last_old_write is not None else None
     try:
         # A graceful shutdown deletes the leader key before another member can take it.
         t_released = wait_until(lambda: cluster.watch.first_event_after("DELETE", t0), 1,
                                 "the leader key deletion event", interval=0.005)
+        record["handover_key_released_s"] = t_released - t0
+        # The old primary must not acknowledge writes once its lock is gone (a new leader may already exist).
+        record["handover_old_leader_writes_after_release"] = writer.successes_on_after(leader.pg_port, t_released)
     except BenchError:
-        t_released = None
+        record["handover_key_released_s"] = None
     try:
         leader.process.wait(SHUTDOWN_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{leader_name}: agent did not exit within {SHUTDOWN_TIMEOUT:.0f}s of SIGTERM") from None
-    t_agent_exit = time.monotonic()
+    record["handover_agent_exit_s"] = time.monotonic() - t0
     if postmaster is not None and process_alive(postmaster):
         raise BenchError(f"{leader_name}: postmaster {postmaster} still running after the agent exited")
-    new_leader, _ = cluster.etcd.leader_key()
-    rejoin = restart_and_rejoin(cluster, leader)
-    return {
-        "old_leader": leader_name,
-        "new_leader": new_leader,
-        "handover_unavailable_s": t_write - t0,
-        "handover_write_gap_s": (t_write - max(t_last_old_write, t0)) if t_last_old_write is not None else None,
-        "handover_key_released_s": (t_released - t0) if t_released is not None else None,
-        "handover_agent_exit_s": t_agent_exit - t0,
-        "handover_rejoin_s": rejoin,
-        "handover_failed_writes": writer.failures,
-    }
+    record["handover_new_leader"], _ = cluster.etcd.leader_key()
+    record["handover_rejoin_s"] = restart_and_rejoin(cluster, leader)
 
 
 # Metrics shown in the table: key, label, unit, decimals.
@@ -947,11 +998,43 @@ METRICS = [
     ("handover_rejoin_s", "handover: old leader rejoin", "s", 3),
     ("rss_mib", "agent RSS at idle (per member)", "MiB", 1),
     ("bootstrap_s", "bootstrap → healthy", "s", 3),
-    ("effective_ttl_s", "effective leader lease TTL", "s", 0),
+    ("effective_ttl_s", "effective leader lease TTL (setting)", "s", 0),
 ]
 
 
-def benchmark(implementation, root_dir, run_as, runs, idle_seconds):
+def seconds(value):
+    return "n/a" if value is None else f"{value:.3f}s"
+
+
+def log_failover(prefix, run):
+    log(f"{prefix}: failover {run.get('old_leader')}→{run.get('new_leader')}: "
+        f"unavailable {seconds(run.get('failover_unavailable_s'))} "
+        f"(lease wait {seconds(run.get('failover_lease_wait_s'))}, "
+        f"lease→write {seconds(run.get('failover_lease_to_write_s'))}), "
+        f"rejoin {seconds(run.get('failover_rejoin_s'))}; "
+        f"lease had {run.get('lease_remaining_at_kill_s')}s left at the kill")
+    if run.get("lease_refreshed_after_kill") or run.get("agent_helpers_alive_after_kill"):
+        log(f"WARNING: the killed leader's lease was kept alive after the kill "
+            f"(TTL samples {run.get('lease_samples_after_kill')}, "
+            f"{run.get('agent_helpers_alive_after_kill')} agent helper process(es) survived)")
+
+
+def log_handover(prefix, run):
+    log(f"{prefix}: handover {run.get('handover_old_leader')}→{run.get('handover_new_leader')}: "
+        f"unavailable {seconds(run.get('handover_unavailable_s'))}, "
+        f"write gap {seconds(run.get('handover_write_gap_s'))}, "
+        f"key released {seconds(run.get('handover_key_released_s'))}, "
+        f"agent exit {seconds(run.get('handover_agent_exit_s'))}, "
+        f"rejoin {seconds(run.get('handover_rejoin_s'))}")
+    if run.get("handover_old_leader_writes_after_release"):
+        log(f"WARNING: the old leader acknowledged {run['handover_old_leader_writes_after_release']} write(s) "
+            f"after releasing the leader key")
+
+
+MEASUREMENTS = ("rss", "failover", "handover")
+
+
+def benchmark(implementation, root_dir, run_as, runs, dcs, idle_seconds, measurements=MEASUREMENTS):
     """Run all measurements `runs` times for one implementation; returns raw results."""
     result = {"implementation": implementation.name, "version": implementation.version,
               "runs": [], "errors": [], "bootstrap_s": []}
@@ -961,7 +1044,7 @@ def benchmark(implementation, root_dir, run_as, runs, idle_seconds):
         for run_index in range(runs):
             if cluster is None:
                 bootstraps += 1
-                cluster = Cluster(implementation, os.path.join(root_dir, f"b{bootstraps}"), run_as)
+                cluster = Cluster(implementation, os.path.join(root_dir, f"b{bootstraps}"), run_as, dcs)
                 log(f"{implementation.name}: bootstrapping cluster #{bootstraps} in {cluster.dir}")
                 try:
                     result["bootstrap_s"].append(cluster.bootstrap())
@@ -973,26 +1056,23 @@ def benchmark(implementation, root_dir, run_as, runs, idle_seconds):
                     break  # the finally clause tears the cluster down
                 log(f"{implementation.name}: healthy after {result['bootstrap_s'][-1]:.2f}s")
             run = {"run": run_index + 1}
+            prefix = f"{implementation.name} run {run_index + 1}"
             try:
-                run.update(measure_idle_rss(cluster, idle_seconds))
-                log(f"{implementation.name} run {run_index + 1}: idle RSS {run['rss_mib']:.1f} MiB per agent, "
-                    f"leader lease TTL {run['effective_ttl_s']}s")
-                run.update(measure_failover(cluster))
-                log(f"{implementation.name} run {run_index + 1}: failover {run['old_leader']}→"
-                    f"{run['new_leader']}: unavailable {run['failover_unavailable_s']:.3f}s "
-                    f"(lease wait {run['failover_lease_wait_s']:.3f}s, "
-                    f"lease→write {run['failover_lease_to_write_s']:.3f}s), "
-                    f"rejoin {run['failover_rejoin_s']:.2f}s")
-                handover = measure_handover(cluster)
-                run.update({k: v for k, v in handover.items() if k not in ("old_leader", "new_leader")})
-                run["handover_old_leader"], run["handover_new_leader"] = handover["old_leader"], handover["new_leader"]
-                released = handover["handover_key_released_s"]
-                log(f"{implementation.name} run {run_index + 1}: handover {handover['old_leader']}→"
-                    f"{handover['new_leader']}: unavailable {handover['handover_unavailable_s']:.3f}s, "
-                    f"gap {handover['handover_write_gap_s']}s "
-                    f"(key released {'n/a' if released is None else f'{released:.3f}s'}), "
-                    f"rejoin {handover['handover_rejoin_s']:.2f}s")
-            except BenchError as error:
+                if "rss" in measurements:
+                    run.update(measure_idle_rss(cluster, idle_seconds))
+                    log(f"{prefix}: idle RSS {run['rss_mib']:.1f} MiB per agent, "
+                        f"leader lease TTL {run['effective_ttl_s']}s")
+                if "failover" in measurements:
+                    try:
+                        measure_failover(cluster, run)
+                    finally:
+                        log_failover(prefix, run)
+                if "handover" in measurements:
+                    try:
+                        measure_handover(cluster, run)
+                    finally:
+                        log_handover(prefix, run)
+            except (BenchError, OSError, ValueError, psycopg2.Error) as error:
                 run["error"] = str(error)
                 result["errors"].append(f"run {run_index + 1}: {error}")
                 log(f"{implementation.name} run {run_index + 1} FAILED: {error}")
@@ -1032,11 +1112,12 @@ def print_table(summaries):
         regent = summaries.get("regent", {}).get(key)
         patroni = summaries.get("patroni", {}).get(key)
         ratio = "—"
-        if regent and patroni and regent["median"] > 0:
+        if regent and patroni and regent["median"] > 0 and key != "effective_ttl_s":
             ratio = f"{patroni['median'] / regent['median']:.2f}×"
         rows.append([label, cell(regent, unit, digits), cell(patroni, unit, digits), ratio])
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
     print()
+    print("Ratios are Patroni median / Regent median: above 1 means Regent is faster or smaller.")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
@@ -1058,9 +1139,22 @@ def main():
     parser.add_argument("--regent", default=None, help="regent binary (default target/{release,debug}/regent)")
     parser.add_argument("--idle-loops", type=int, default=3,
                         help="loop_wait periods of idleness before sampling RSS (default 3)")
+    parser.add_argument("--ttl", type=int, default=DEFAULT_DCS["ttl"],
+                        help="bootstrap.dcs ttl (default 10; Patroni raises anything below 20 to 20)")
+    parser.add_argument("--loop-wait", type=int, default=DEFAULT_DCS["loop_wait"], help="bootstrap.dcs loop_wait")
+    parser.add_argument("--retry-timeout", type=int, default=DEFAULT_DCS["retry_timeout"],
+                        help="bootstrap.dcs retry_timeout")
+    parser.add_argument("--measure", default=",".join(MEASUREMENTS),
+                        help="comma-separated subset of rss,failover,handover (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
+    dcs = {"ttl": args.ttl, "loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout}
+    idle_seconds = args.idle_loops * args.loop_wait
+    measurements = [m.strip() for m in args.measure.split(",") if m.strip()]
+    unknown = [m for m in measurements if m not in MEASUREMENTS]
+    if unknown or not measurements:
+        parser.error(f"--measure takes a subset of {','.join(MEASUREMENTS)}, got {args.measure!r}")
     if runs < 1:
         parser.error("--runs must be at least 1")
     for path in (ETCD_BIN, os.path.join(PG_BIN_DIR, "postgres")):
@@ -1070,6 +1164,7 @@ def main():
         sys.exit("psycopg2 is linked against libpq < 10, which has no multi-host connection strings")
 
     signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 
     run_as = RunAs()
     root_dir = tempfile.mkdtemp(prefix="regent-bench-")
@@ -1089,8 +1184,8 @@ def main():
             f"{POSTGRES_USER if run_as.uid is not None else 'the current user'}; {runs} run(s) each")
         for implementation in implementations:
             log(f"=== {implementation.name} {implementation.version} ===")
-            results[implementation.name] = benchmark(implementation, root_dir, run_as, runs,
-                                                     args.idle_loops * LOOP_WAIT)
+            results[implementation.name] = benchmark(implementation, root_dir, run_as, runs, dcs, idle_seconds,
+                                                     measurements)
             if results[implementation.name]["errors"]:
                 failed = True
     except KeyboardInterrupt:
@@ -1109,8 +1204,7 @@ def main():
     if results:
         print_table(summaries)
         document = {
-            "settings": {"runs": runs, "ttl": TTL, "loop_wait": LOOP_WAIT, "retry_timeout": RETRY_TIMEOUT,
-                         "write_interval_s": WRITE_INTERVAL, "idle_seconds": args.idle_loops * LOOP_WAIT},
+            "settings": {"runs": runs, **dcs, "measurements": measurements, "write_interval_s": WRITE_INTERVAL, "idle_seconds": idle_seconds},
             "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "results": results,
             "summary": summaries,

@@ -67,6 +67,8 @@ pub struct Agent {
     following: Option<ConnTarget>,
     last_member: Option<MemberData>,
     last_reason: String,
+    /// Promoted, and the checkpoint that moves pg_control to the new timeline is not done yet.
+    checkpoint_after_promote_pending: bool,
     /// Role and state last logged, so each change is logged once.
     logged_role_state: Option<(Role, String)>,
     last_cluster: Option<Cluster>,
@@ -111,6 +113,7 @@ impl Agent {
             following: None,
             last_member: None,
             last_reason: String::new(),
+            checkpoint_after_promote_pending: false,
             logged_role_state: None,
             last_cluster: None,
             dcs_last_seen: None,
@@ -780,6 +783,18 @@ impl Agent {
             // Same timeline: nothing to repair, Postgres catches up by streaming.
             return Ok(());
         }
+        if remote
+            .checkpoint_timeline
+            .is_some_and(|t| t < remote.timeline)
+        {
+            // pg_rewind trusts the leader's pg_control, which names the new timeline only after
+            // the first checkpoint since its promotion.
+            info!(
+                leader,
+                "waiting for the leader's checkpoint after promotion before checking divergence"
+            );
+            return Err(PlanOutcome::Aborted);
+        }
         let switch = remote
             .history
             .iter()
@@ -832,7 +847,14 @@ impl Agent {
                 info!("promoted: this member is now the primary");
                 // Tell peers at once: the state change is what replicas follow.
                 self.last_obs = self.pg.observe().await;
+                self.checkpoint_after_promote_pending = true;
                 self.publish_member().await;
+                // A former primary may only check its divergence with pg_rewind once our
+                // pg_control names the new timeline, i.e. after a checkpoint.
+                match self.pg.checkpoint().await {
+                    Ok(()) => self.checkpoint_after_promote_pending = false,
+                    Err(e) => warn!("checkpoint after promotion failed: {e}"),
+                }
                 PlanOutcome::Done
             }
             Err(e) => {
@@ -1053,6 +1075,9 @@ impl Agent {
         }
         if self.last_cluster.as_ref().is_some_and(|c| c.is_paused()) {
             data.pause = Some(true);
+        }
+        if self.checkpoint_after_promote_pending && self.role == Role::Primary {
+            data.checkpoint_after_promote = Some(false);
         }
         data
     }

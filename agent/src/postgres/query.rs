@@ -59,6 +59,10 @@ pub type TimelineSwitch = (u32, u64, String);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteTimeline {
     pub timeline: u32,
+    /// Timeline of the server's last checkpoint. Right after a promotion it still names the old
+    /// timeline until the first checkpoint completes; pg_rewind reads it and would wrongly answer
+    /// "no rewind required", so callers wait until it caught up.
+    pub checkpoint_timeline: Option<u32>,
     pub history: Vec<TimelineSwitch>,
 }
 
@@ -599,6 +603,7 @@ impl Postgres {
         if timeline <= 1 {
             return Ok(RemoteTimeline {
                 timeline,
+                checkpoint_timeline: checkpoint_tli.and_then(|t| u32::try_from(t).ok()),
                 history: Vec::new(),
             });
         }
@@ -618,6 +623,7 @@ impl Postgres {
             .unwrap_or_default();
         Ok(RemoteTimeline {
             timeline,
+            checkpoint_timeline: checkpoint_tli.and_then(|t| u32::try_from(t).ok()),
             history: parse_timeline_history(&text)?,
         })
     }
