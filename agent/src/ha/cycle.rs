@@ -67,6 +67,8 @@ pub struct Agent {
     following: Option<ConnTarget>,
     last_member: Option<MemberData>,
     last_reason: String,
+    /// A running replica was found past the leader's fork point: repair on the next start.
+    divergence_seen: bool,
     /// Promoted, and the checkpoint that moves pg_control to the new timeline is not done yet.
     checkpoint_after_promote_pending: bool,
     /// Role and state last logged, so each change is logged once.
@@ -113,6 +115,7 @@ impl Agent {
             following: None,
             last_member: None,
             last_reason: String::new(),
+            divergence_seen: false,
             checkpoint_after_promote_pending: false,
             logged_role_state: None,
             last_cluster: None,
@@ -241,6 +244,9 @@ impl Agent {
             {
                 local.peers = self.fetch_peers(c).await;
             }
+        }
+        if let Some(c) = &cluster {
+            local.diverged_from_leader = self.replica_diverged(c, &local).await;
         }
         let settings = self.settings();
         let mut decision = decide(cluster.as_ref(), &local, &settings);
@@ -437,6 +443,49 @@ impl Agent {
         local
     }
 
+    /// A running replica that does not stream while the leader is on a newer timeline: does it
+    /// hold WAL past the point where the leader's timeline forked off ours?
+    async fn replica_diverged(&self, cluster: &Cluster, local: &LocalState) -> bool {
+        if !local.pg_running
+            || local.pg_role != PgRole::Replica
+            || self.last_obs.streaming == Some(true)
+        {
+            return false;
+        }
+        let Some(leader) = cluster.leader_member().filter(|m| m.name != self.cfg.name) else {
+            return false;
+        };
+        let (Some(mine), Some(theirs)) = (local.timeline, leader.data.timeline) else {
+            return false;
+        };
+        if theirs <= mine {
+            return false;
+        }
+        let Some(target) = Self::member_target(Some(cluster), &leader.name) else {
+            return false;
+        };
+        let remote = match self.pg.remote_timeline_history(&target).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("cannot read the leader's timeline history: {e}");
+                return false;
+            }
+        };
+        match remote.history.iter().find(|h| h.0 == mine) {
+            Some((_, switch_lsn, _)) if local.wal_position > *switch_lsn => {
+                warn!(
+                    leader = %leader.name,
+                    timeline = mine,
+                    position = %dcs::format_lsn(local.wal_position),
+                    fork = %dcs::format_lsn(*switch_lsn),
+                    "this replica has WAL past the point where the leader's timeline forked off"
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// `GET /patroni` of every other member, in parallel: input of the leader race.
     async fn fetch_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
         let futures = cluster
@@ -517,6 +566,14 @@ impl Agent {
                     PlanOutcome::Done
                 }
                 Action::Follow { leader } => self.follow(cluster, leader.as_deref()).await,
+                Action::StopForRepair => {
+                    self.stop_postgres(StopMode::Fast, Duration::from_secs(60))
+                        .await;
+                    self.following = None;
+                    // pg_control alone cannot show this divergence once Postgres is down.
+                    self.divergence_seen = true;
+                    PlanOutcome::Done
+                }
                 Action::EnsureSlots => {
                     self.ensure_slots(cluster).await;
                     PlanOutcome::Done
@@ -742,12 +799,10 @@ impl Agent {
     ) -> PlanOutcome {
         let target = leader.and_then(|l| Self::member_target(cluster, l));
         if let (Some(target), Some(leader)) = (&target, leader) {
-            let was_primary = matches!(self.pg.controldata().await, Ok(cd) if cd.state == "in production" || cd.state == "shut down");
-            if was_primary {
-                match self.repair_divergence(target, leader).await {
-                    Ok(()) => {}
-                    Err(outcome) => return outcome,
-                }
+            // Any data directory (a former primary, or a replica that ran ahead of the member
+            // that won) is checked against the leader's timeline before it starts.
+            if let Err(outcome) = self.repair_divergence(target, leader).await {
+                return outcome;
             }
         }
         self.start_postgres(
@@ -800,15 +855,23 @@ impl Agent {
             .iter()
             .find(|h| h.0 == local.timeline)
             .map(|h| h.1);
-        let diverged = match switch {
-            // We ran on past the point where the leader's timeline forked off ours, or we
-            // crashed as a primary and cannot tell where our WAL ends.
-            Some(lsn) => local.checkpoint_lsn > lsn || local.state == "in production",
-            None => true,
-        };
+        let was_primary = local.state == "in production" || local.state == "shut down";
+        // How far our WAL goes, as far as pg_control tells without reading WAL.
+        let local_end = local.checkpoint_lsn.max(local.min_recovery_end_lsn);
+        let diverged = std::mem::take(&mut self.divergence_seen)
+            || match switch {
+                // We ran on past the point where the leader's timeline forked off ours, or we
+                // crashed as a primary and cannot tell where our WAL ends.
+                Some(lsn) => local_end > lsn || local.state == "in production",
+                None => true,
+            };
+        if !diverged && !was_primary {
+            // A replica that stopped before the fork point: it follows the new timeline.
+            return Ok(());
+        }
         if self.use_pg_rewind() {
             self.state = "running pg_rewind".into();
-            info!(from = leader, "former primary: running pg_rewind");
+            info!(from = leader, diverged, was_primary, "running pg_rewind");
             match self.pg.rewind(target).await {
                 Ok(RewindOutcome::Rewound) => {
                     info!("pg_rewind done");

@@ -46,6 +46,8 @@ pub enum Action {
     Promote,
     /// Stop being a primary.
     Demote(DemoteMode),
+    /// Stop a replica whose WAL diverged from the leader; the next start repairs it.
+    StopForRepair,
     /// Point primary_conninfo at `leader` (reload when it changed).
     Follow { leader: Option<String> },
     /// Keep one physical replication slot per other member (use_slots).
@@ -101,6 +103,9 @@ pub struct LocalState {
     pub renew_failed: bool,
     /// Reachable peers' status, gathered when the lock is free (leader race input).
     pub peers: Vec<PeerStatus>,
+    /// This running replica holds WAL past the point where the leader's timeline forked off
+    /// ours: it can never stream from the leader and must be repaired (pg_rewind or a clone).
+    pub diverged_from_leader: bool,
 }
 
 /// A peer's answer to `GET /patroni` during the leader race.
@@ -291,6 +296,13 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
                 return plan(
                     actions,
                     format!("{other} holds the lock but I am a primary: demoting"),
+                );
+            }
+            if local.diverged_from_leader {
+                actions.push(Action::StopForRepair);
+                return plan(
+                    actions,
+                    format!("my WAL diverged from {other}'s timeline: stopping to repair it"),
                 );
             }
             actions.push(Action::Follow {
@@ -671,6 +683,15 @@ mod tests {
                 leader: Some("a".into())
             }]
         );
+    }
+
+    #[test]
+    fn diverged_replica_stops_for_repair() {
+        let c = initialized(Some("a"));
+        let mut l = replica(100);
+        l.diverged_from_leader = true;
+        let d = decide(Some(&c), &l, &settings("b"));
+        assert_eq!(d.actions, vec![Action::StopForRepair]);
     }
 
     #[test]
