@@ -114,6 +114,14 @@ async fn run(cfg: Config) -> ExitCode {
     let (command_tx, _command_rx) = tokio::sync::mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 
+    if let Some(url) = same_name_member_alive(&cfg, dcs.as_ref()).await {
+        error!(
+            "a member named {} is already running at {url}: refusing to start a second one",
+            cfg.name
+        );
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+
     let listen = cfg.restapi.listen.clone();
     let listener = match tokio::net::TcpListener::bind(listen_addr(&listen)).await {
         Ok(l) => l,
@@ -148,6 +156,26 @@ async fn run(cfg: Config) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// Two agents with one name would fight over one member key and one lock: before listening,
+/// ask the REST API published under our name whether it is alive (`GET /liveness`).
+async fn same_name_member_alive(cfg: &Config, dcs: &dyn dcs::Dcs) -> Option<String> {
+    let cluster = tokio::time::timeout(std::time::Duration::from_secs(5), dcs.get_cluster())
+        .await
+        .ok()?
+        .ok()?;
+    let api_url = cluster.member(&cfg.name)?.data.api_url.clone()?;
+    let liveness = match api_url.rsplit_once('/') {
+        Some((base, _)) if base.contains("://") => format!("{base}/liveness"),
+        _ => format!("{}/liveness", api_url.trim_end_matches('/')),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let resp = client.get(&liveness).send().await.ok()?;
+    resp.status().is_success().then_some(api_url)
 }
 
 /// SIGTERM/SIGINT start a clean shutdown; a second one is ignored while it runs.

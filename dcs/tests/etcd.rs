@@ -553,7 +553,7 @@ async fn member_data_round_trip_and_lifecycle() {
 }
 
 #[tokio::test]
-async fn watch_wakes_on_leader_change_not_on_member_touch() {
+async fn watch_wakes_on_leader_change_and_new_members_not_on_member_updates() {
     let server = EtcdServer::start().await;
     let a = member(&server, "watch", "a", timing(10, 3));
     let b = member(&server, "watch", "b", timing(10, 3));
@@ -562,8 +562,17 @@ async fn watch_wakes_on_leader_change_not_on_member_touch() {
         !b.watch(Duration::from_millis(200)).await,
         "nothing changed yet"
     );
-    // Member, status and history writes happen every cycle and must not wake anyone.
-    a.touch_member(&data(Role::Replica)).await.expect("touch");
+    // A member that appears wakes the others (the leader creates its replication slot).
+    let (woke, touched) = tokio::join!(b.watch(Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.touch_member(&data(Role::Replica)).await
+    });
+    touched.expect("first touch");
+    assert!(woke, "watch must wake when a member key is created");
+    // Member updates, status and history writes happen every cycle and must not wake anyone.
+    a.touch_member(&data(Role::Primary))
+        .await
+        .expect("touch update");
     a.write_status(&Status {
         optime: Some(5),
         ..Default::default()

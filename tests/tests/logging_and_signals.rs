@@ -81,3 +81,36 @@ async fn json_logs_and_clean_sigterm_without_a_dcs() {
         "data directory must not be created without a DCS"
     );
 }
+
+/// A second agent started with the name of a running member refuses to start (exit 1) and
+/// touches neither the running member nor the DCS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_with_the_same_name_refuses_to_start() {
+    let cluster = regent_tests::TestCluster::start("dupname", 1).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(120)).await;
+    let member = cluster.member(&leader);
+
+    // Same name and data directory, its own ports and config file.
+    let dir = TestDir::new("dupname-second");
+    let second_dir = dir.postgres_subdir("second");
+    let mut config = member.config().clone();
+    let api = format!("127.0.0.1:{}", free_port());
+    let pg = format!("127.0.0.1:{}", free_port());
+    config.set("restapi.listen", &api);
+    config.set("restapi.connect_address", &api);
+    config.set("postgresql.listen", &pg);
+    config.set("postgresql.connect_address", &pg);
+    let config_path = second_dir.join("regent.yml");
+    config.write_to(&config_path);
+    let output =
+        regent_tests::run_regent([&config_path], &second_dir, Duration::from_secs(30)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already running"), "{stderr}");
+    // The running member is untouched: still the leader, still answering.
+    assert_eq!(cluster.dcs_leader().await.as_deref(), Some(leader.as_str()));
+    assert!(
+        member.is_primary().await,
+        "the running member must still be primary"
+    );
+}

@@ -67,6 +67,7 @@ pub struct Agent {
     following: Option<ConnTarget>,
     last_member: Option<MemberData>,
     last_reason: String,
+    last_dcs_warnings: Vec<String>,
     /// A running replica was found past the leader's fork point: repair on the next start.
     divergence_seen: bool,
     /// Promoted, and the checkpoint that moves pg_control to the new timeline is not done yet.
@@ -115,6 +116,7 @@ impl Agent {
             following: None,
             last_member: None,
             last_reason: String::new(),
+            last_dcs_warnings: Vec::new(),
             divergence_seen: false,
             checkpoint_after_promote_pending: false,
             logged_role_state: None,
@@ -219,8 +221,16 @@ impl Agent {
         let cluster = match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
             Ok(Ok(c)) => {
                 self.dcs_last_seen = Some(unix_now());
-                for w in &c.warnings {
-                    warn!("DCS content: {w}");
+                // Content written by others is reported once, not every loop.
+                if c.warnings != self.last_dcs_warnings {
+                    for w in c
+                        .warnings
+                        .iter()
+                        .filter(|w| !self.last_dcs_warnings.contains(w))
+                    {
+                        warn!("DCS content: {w}");
+                    }
+                    self.last_dcs_warnings = c.warnings.clone();
                 }
                 Some(c)
             }

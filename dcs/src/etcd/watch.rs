@@ -150,6 +150,11 @@ fn handle_message(
                     if WAKING_KEYS.contains(&rel) {
                         tracing::debug!(key = rel, "etcd watch event");
                         wake = true;
+                    } else if rel.starts_with("members/") && is_creation(ev) {
+                        // A member that (re)appears needs its replication slot on the leader
+                        // before its Postgres starts streaming; updates do not wake anyone.
+                        tracing::debug!(key = rel, "etcd watch: new member");
+                        wake = true;
                     }
                 }
             }
@@ -165,6 +170,15 @@ fn handle_message(
         }
     }
     Ok(None)
+}
+
+/// A PUT that created the key (its version is 1), as opposed to an update or a delete.
+fn is_creation(event: &Value) -> bool {
+    let is_put = event
+        .get("type")
+        .and_then(Value::as_str)
+        .is_none_or(|t| t == "PUT");
+    is_put && json_i64(event.get("kv").and_then(|k| k.get("version"))) == 1
 }
 
 /// Take every complete JSON value off the front of `buf`, leaving an incomplete tail.
