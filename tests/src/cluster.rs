@@ -19,6 +19,8 @@ pub struct ClusterBuilder {
     members: usize,
     timing: Timing,
     binary: Option<PathBuf>,
+    /// Per-member binaries (e.g. the real Patroni for one member of a mixed cluster).
+    member_binaries: Vec<(usize, PathBuf)>,
     customizers: Vec<Customizer>,
     start_agents: bool,
 }
@@ -36,6 +38,13 @@ impl ClusterBuilder {
     }
 
     /// Run another binary instead of `regent_bin()`.
+    /// Run member `index` with another agent binary that takes the same configuration file
+    /// (the real `patroni` in interoperability tests).
+    pub fn binary_for(mut self, index: usize, path: PathBuf) -> Self {
+        self.member_binaries.push((index, path));
+        self
+    }
+
     pub fn binary(mut self, path: PathBuf) -> Self {
         self.binary = Some(path);
         self
@@ -74,7 +83,13 @@ impl ClusterBuilder {
             for change in &self.customizers {
                 change(index, &mut config);
             }
-            members.push(Member::create(spec, config, binary.clone()));
+            let member_binary = self
+                .member_binaries
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| binary.clone());
+            members.push(Member::create(spec, config, member_binary));
         }
         if self.start_agents {
             for member in &members {
@@ -109,6 +124,7 @@ impl TestCluster {
             members: 3,
             timing: FAST_TIMING,
             binary: None,
+            member_binaries: Vec::new(),
             customizers: Vec::new(),
             start_agents: true,
         }
