@@ -59,6 +59,41 @@ async fn patroni_and_regent_members_share_one_cluster() {
         .unwrap_or_default();
     assert_eq!(names, vec!["mix-0", "mix-1"], "{body}");
 
+    // patronictl reads what Regent wrote: the Regent member is the Leader.
+    let patronictl = patroni_bin().with_file_name("patronictl");
+    let output = std::process::Command::new(&patronictl)
+        .args([
+            "--dcs-url",
+            &format!("etcd3://{}", cluster.etcd.client_addr()),
+            "list",
+            "mix",
+        ])
+        .env_remove("PATRONICTL_CONFIG_FILE")
+        .output()
+        .expect("run patronictl");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "patronictl list failed: {table} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let leader_row = table
+        .lines()
+        .find(|l| l.contains("mix-0"))
+        .unwrap_or_default();
+    assert!(
+        leader_row.contains("Leader") && leader_row.contains("running"),
+        "{table}"
+    );
+    let replica_row = table
+        .lines()
+        .find(|l| l.contains("mix-1"))
+        .unwrap_or_default();
+    assert!(
+        replica_row.contains("Replica") && replica_row.contains("streaming"),
+        "{table}"
+    );
+
     // The Regent leader shuts down: Patroni takes the released lock and promotes.
     let stopped_at = Instant::now();
     let status = regent
