@@ -216,6 +216,10 @@ fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
         DcsConfig::Etcd3(e) => {
             let backend = dcs::etcd::Etcd3::new(dcs::etcd::EtcdConfig {
                 hosts: e.hosts.clone(),
+                protocol: e.protocol.clone(),
+                cacert: e.cacert.clone(),
+                cert: e.cert.clone(),
+                key: e.key.clone(),
                 namespace: cfg.namespace.clone(),
                 scope: cfg.scope.clone(),
                 name: cfg.name.clone(),

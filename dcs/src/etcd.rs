@@ -1,4 +1,4 @@
-//! etcd v3 backend, speaking the gRPC-gateway JSON API over HTTP with Patroni's key layout
+//! etcd v3 backend, speaking the gRPC-gateway JSON API over HTTP(S) with Patroni's key layout
 //! (`<namespace>/<scope>/[<group>/]leader`, `members/<name>`, `config`, ...).
 //!
 //! One lease per process carries the member key and, while leader, the leader key. The lease is
@@ -7,8 +7,10 @@
 
 mod client;
 mod parse;
+mod tls;
 mod watch;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,8 +29,17 @@ use crate::{Dcs, DcsError, DcsResult, Timing};
 /// Connection and identity settings of the etcd v3 backend.
 #[derive(Clone, PartialEq)]
 pub struct EtcdConfig {
-    /// `host:port` or `http://host:port`.
+    /// `host:port`, `http://host:port` or `https://host:port`.
     pub hosts: Vec<String>,
+    /// Scheme of hosts given without one: `http` or `https`.
+    pub protocol: String,
+    /// PEM bundle of the CAs that sign the etcd server certificates; without it the system
+    /// trust store is used.
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate (chain); holds the private key too when `key` is not set.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
     /// Key namespace, default `/service`.
     pub namespace: String,
     pub scope: String,
@@ -45,6 +56,10 @@ impl std::fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdConfig")
             .field("hosts", &self.hosts)
+            .field("protocol", &self.protocol)
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
             .field("namespace", &self.namespace)
             .field("scope", &self.scope)
             .field("name", &self.name)
@@ -60,6 +75,10 @@ impl Default for EtcdConfig {
     fn default() -> Self {
         EtcdConfig {
             hosts: vec!["127.0.0.1:2379".into()],
+            protocol: "http".into(),
+            cacert: None,
+            cert: None,
+            key: None,
             namespace: "/service".into(),
             scope: String::new(),
             name: String::new(),
@@ -191,7 +210,7 @@ fn header_revision(answer: &Value) -> i64 {
 }
 
 impl Etcd3 {
-    /// Validate the settings; no network IO happens until the first call.
+    /// Validate the settings and read the TLS files; no network IO happens until the first call.
     pub fn new(cfg: EtcdConfig) -> Result<Etcd3, DcsError> {
         if cfg.scope.trim().is_empty() {
             return Err(DcsError::Protocol("etcd: scope must not be empty".into()));
@@ -205,23 +224,37 @@ impl Etcd3 {
         if cfg.hosts.is_empty() {
             return Err(DcsError::Protocol("etcd: no hosts configured".into()));
         }
+        let protocol = match cfg.protocol.trim().to_ascii_lowercase().as_str() {
+            "" | "http" => "http",
+            "https" => "https",
+            other => {
+                return Err(DcsError::Protocol(format!(
+                    "etcd3.protocol: invalid value '{other}', expected 'http' or 'https'"
+                )))
+            }
+        };
         let hosts = cfg
             .hosts
             .iter()
-            .map(|h| client::normalise_host(h))
+            .map(|h| client::normalise_host(h, protocol))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| DcsError::Protocol(format!("etcd hosts: {e}")))?;
         let credentials = match (cfg.username, cfg.password) {
             (Some(u), p) if !u.is_empty() => Some((u, p.unwrap_or_default())),
             _ => None,
         };
+        let tls = tls::TlsMaterial::load(
+            cfg.cacert.as_deref(),
+            cfg.cert.as_deref(),
+            cfg.key.as_deref(),
+        )?;
         let namespace = if cfg.namespace.trim().is_empty() {
             "/service"
         } else {
             cfg.namespace.as_str()
         };
         let shared = Shared {
-            client: Client::new(hosts, credentials, cfg.timing)?,
+            client: Client::new(hosts, credentials, tls, cfg.timing)?,
             prefix: cluster_prefix(namespace, cfg.scope.trim(), cfg.group),
             name: cfg.name,
             notify: Notify::new(),
@@ -745,8 +778,38 @@ mod tests {
         .is_err());
         assert!(Etcd3::new(EtcdConfig {
             hosts: vec!["https://x:1".into()],
-            ..cfg
+            ..cfg.clone()
+        })
+        .is_ok());
+        assert!(Etcd3::new(EtcdConfig {
+            protocol: "https".into(),
+            ..cfg.clone()
+        })
+        .is_ok());
+        assert!(Etcd3::new(EtcdConfig {
+            hosts: vec!["ftp://x:1".into()],
+            ..cfg.clone()
         })
         .is_err());
+        let err = Etcd3::new(EtcdConfig {
+            protocol: "spdy".into(),
+            ..cfg.clone()
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("etcd3.protocol"), "{err}");
+        let err = Etcd3::new(EtcdConfig {
+            protocol: "https".into(),
+            cacert: Some("/nonexistent/ca.pem".into()),
+            ..cfg
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("etcd3.cacert: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 }

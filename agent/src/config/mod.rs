@@ -1160,26 +1160,7 @@ pub fn check_supported(cfg: &Config) -> Result<(), ConfigError> {
         );
     }
     match &cfg.dcs {
-        DcsConfig::Etcd3(e) => {
-            if e.protocol != "http" || e.hosts.iter().any(|h| h.starts_with("https://")) {
-                return bad(
-                    "etcd3.protocol",
-                    "only http is supported by this version of Regent".into(),
-                );
-            }
-            for (key, v) in [
-                ("etcd3.cacert", &e.cacert),
-                ("etcd3.cert", &e.cert),
-                ("etcd3.key", &e.key),
-            ] {
-                if v.is_some() {
-                    return bad(
-                        key,
-                        "TLS to etcd is not supported by this version of Regent".into(),
-                    );
-                }
-            }
-        }
+        DcsConfig::Etcd3(_) => {}
         DcsConfig::Kubernetes(_) => {
             return bad(
                 "kubernetes",

@@ -834,24 +834,27 @@ fn yaml_merge_keys_and_nulls() {
 
 #[test]
 fn unsupported_settings_are_refused_by_name() {
-    let cases = [
-        (
-            "etcd3.protocol",
-            MINIMAL.replace("etcd3: {hosts", "etcd3: {protocol: https, hosts"),
-        ),
-        (
-            "etcd3.cacert",
-            MINIMAL.replace("etcd3: {hosts", "etcd3: {cacert: /ca.pem, hosts"),
-        ),
-        (
-            "restapi.certfile",
-            MINIMAL.replace("restapi: {listen", "restapi: {certfile: /c.pem, listen"),
-        ),
-    ];
+    let cases = [(
+        "restapi.certfile",
+        MINIMAL.replace("restapi: {listen", "restapi: {certfile: /c.pem, listen"),
+    )];
     for (key, text) in cases {
         let cfg = must(load_str(&text, &no_env()));
         let err = check_supported(&cfg).expect_err(key).to_string();
         assert!(err.starts_with(key), "{key}: {err}");
     }
     assert!(check_supported(&must(load_str(MINIMAL, &no_env()))).is_ok());
+    // TLS to etcd is supported: the files are read when the DCS client is built.
+    let tls = MINIMAL.replace(
+        "etcd3: {hosts",
+        "etcd3: {protocol: https, cacert: /ca.pem, cert: /c.pem, key: /k.pem, hosts",
+    );
+    let cfg = must(load_str(&tls, &no_env()));
+    assert!(check_supported(&cfg).is_ok());
+    let DcsConfig::Etcd3(e) = &cfg.dcs else {
+        panic!("expected etcd3");
+    };
+    assert_eq!(e.protocol, "https");
+    assert_eq!(e.cacert.as_deref(), Some(std::path::Path::new("/ca.pem")));
+    assert_eq!(e.key.as_deref(), Some(std::path::Path::new("/k.pem")));
 }

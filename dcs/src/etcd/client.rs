@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::tls::TlsMaterial;
 use crate::{DcsError, Timing};
 
 /// gRPC status code etcd uses for "requested lease not found".
@@ -73,27 +74,44 @@ pub(crate) fn json_i64(v: Option<&Value>) -> i64 {
     }
 }
 
-/// Normalise `host:port` / `http://host:port/` into a base URL without trailing slash.
-pub(crate) fn normalise_host(raw: &str) -> Result<String, String> {
-    let h = raw.trim().trim_end_matches('/');
-    if h.is_empty() {
+/// Normalise `host:port` / `http(s)://host:port/` into a base URL without trailing slash; hosts
+/// without a scheme get `default_scheme`.
+pub(crate) fn normalise_host(raw: &str, default_scheme: &str) -> Result<String, String> {
+    let h = raw.trim();
+    if h.trim_end_matches('/').is_empty() {
         return Err("empty etcd host".into());
     }
-    if h.starts_with("https://") {
-        return Err(format!(
-            "etcd host '{h}': https is not supported by this build, use http"
-        ));
-    }
-    if let Some(rest) = h.strip_prefix("http://") {
-        if rest.is_empty() {
-            return Err(format!("etcd host '{raw}' has no address"));
+    match h.split_once("://") {
+        Some((scheme, rest)) => {
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+                return Err(format!(
+                    "etcd host '{raw}': unsupported scheme '{scheme}', expected http or https"
+                ));
+            }
+            let rest = rest.trim_end_matches('/');
+            if rest.is_empty() {
+                return Err(format!("etcd host '{raw}' has no address"));
+            }
+            Ok(format!("{}://{rest}", scheme.to_ascii_lowercase()))
         }
-        return Ok(h.to_string());
+        None => Ok(format!("{default_scheme}://{}", h.trim_end_matches('/'))),
     }
-    if h.contains("://") {
-        return Err(format!("etcd host '{raw}': unsupported scheme"));
+}
+
+/// An error with its sources: reqwest's own message hides the cause (refused connection,
+/// certificate rejected, ...).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = cause.source();
     }
-    Ok(format!("http://{h}"))
+    out
 }
 
 pub(crate) struct Client {
@@ -103,6 +121,8 @@ pub(crate) struct Client {
     /// Old servers only serve `/v3beta`; switched once on a plain 404.
     use_beta: AtomicBool,
     credentials: Option<(String, String)>,
+    /// Whether a client certificate is configured (for hints on TLS failures).
+    has_identity: bool,
     token: Mutex<Option<String>>,
     timing: Mutex<Timing>,
 }
@@ -111,22 +131,30 @@ impl Client {
     pub(crate) fn new(
         hosts: Vec<String>,
         credentials: Option<(String, String)>,
+        tls: TlsMaterial,
         timing: Timing,
     ) -> Result<Client, DcsError> {
-        let http = reqwest::Client::builder()
+        let https = hosts.iter().any(|h| h.starts_with("https://"));
+        let has_identity = tls.identity.is_some();
+        let builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             .tcp_keepalive(Duration::from_secs(10))
             .tcp_keepalive_interval(Duration::from_secs(5))
-            .tcp_keepalive_retries(3)
-            .build()
-            .map_err(|e| DcsError::Protocol(format!("cannot build the etcd HTTP client: {e}")))?;
+            .tcp_keepalive_retries(3);
+        let http = tls.apply(builder, https).build().map_err(|e| {
+            DcsError::Protocol(format!(
+                "cannot build the etcd HTTP client: {}",
+                error_chain(&e)
+            ))
+        })?;
         Ok(Client {
             http,
             hosts,
             current: AtomicUsize::new(0),
             use_beta: AtomicBool::new(false),
             credentials,
+            has_identity,
             token: Mutex::new(None),
             timing: Mutex::new(timing),
         })
@@ -309,12 +337,14 @@ impl Client {
         let resp = req
             .send()
             .await
-            .map_err(|e| Attempt::Transient(format!("{url}: {e}")))?;
+            .map_err(|e| Attempt::Transient(self.describe_send_error(url, e)))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Attempt::Transient(format!("{url}: reading answer: {e}")))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            Attempt::Transient(format!(
+                "{url}: reading answer: {}",
+                error_chain(&e.without_url())
+            ))
+        })?;
         classify(url, status.as_u16(), &bytes)
     }
 
@@ -341,7 +371,7 @@ impl Client {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.rotate_host();
-                return Err(format!("{url}: {e}"));
+                return Err(self.describe_send_error(&url, e));
             }
             Err(_) => {
                 self.rotate_host();
@@ -366,6 +396,28 @@ impl Client {
             "{url}: HTTP {status}: {}",
             String::from_utf8_lossy(&bytes).trim()
         ))
+    }
+}
+
+impl Client {
+    /// The error with its causes, plus what to configure when the TLS handshake failed.
+    fn describe_send_error(&self, url: &str, e: reqwest::Error) -> String {
+        // The URL leads the message already.
+        let chain = error_chain(&e.without_url());
+        let hint = if chain.contains("invalid peer certificate") {
+            Some("check etcd3.cacert: it must hold the CA that signed the etcd server certificate")
+        } else if !self.has_identity
+            && (chain.contains("alert: BadCertificate")
+                || chain.contains("alert: CertificateRequired"))
+        {
+            Some("etcd wants a client certificate: set etcd3.cert and etcd3.key")
+        } else {
+            None
+        };
+        match hint {
+            Some(h) => format!("{url}: {chain} ({h})"),
+            None => format!("{url}: {chain}"),
+        }
     }
 }
 
@@ -437,12 +489,24 @@ mod tests {
     #[test]
     fn hosts_are_normalised() {
         assert_eq!(
-            normalise_host("127.0.0.1:2379").unwrap(),
+            normalise_host("127.0.0.1:2379", "http").unwrap(),
             "http://127.0.0.1:2379"
         );
-        assert_eq!(normalise_host("http://h:2379/").unwrap(), "http://h:2379");
-        assert!(normalise_host("https://h:2379").is_err());
-        assert!(normalise_host(" ").is_err());
+        assert_eq!(
+            normalise_host("127.0.0.1:2379", "https").unwrap(),
+            "https://127.0.0.1:2379"
+        );
+        assert_eq!(
+            normalise_host("http://h:2379/", "https").unwrap(),
+            "http://h:2379"
+        );
+        assert_eq!(
+            normalise_host("HTTPS://h:2379", "http").unwrap(),
+            "https://h:2379"
+        );
+        assert!(normalise_host("ftp://h:2379", "http").is_err());
+        assert!(normalise_host("https://", "http").is_err());
+        assert!(normalise_host(" ", "http").is_err());
     }
 
     #[test]

@@ -1,0 +1,585 @@
+//! The etcd v3 backend over TLS against a real etcd that demands client certificates. The CA and
+//! certificates are made per run with the `openssl` command-line tool.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dcs::etcd::{Etcd3, EtcdConfig};
+use dcs::{Dcs, DcsError, Timing};
+use serde_json::{json, Value};
+
+const ETCD_BIN: &str = "/usr/bin/etcd";
+const OPENSSL_BIN: &str = "openssl";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port on 127.0.0.1")
+}
+
+/// Certificates of one test run: a CA signing the server (IP SAN 127.0.0.1) and client
+/// certificates, and an unrelated CA.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new(OPENSSL_BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `{OPENSSL_BIN}` ({e}): install the openssl command-line tool \
+                 (Debian package `openssl`) to run these tests"
+            )
+        });
+    assert!(
+        output.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=regent test {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+fn make_leaf(dir: &Path, name: &str, subject: &str, extensions: &str, serial: &str) {
+    let ext_file = format!("{name}.ext");
+    std::fs::write(dir.join(&ext_file), extensions).expect("write extension file");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            subject,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            serial,
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+const PKI_DIR_PREFIX: &str = "dcs-etcd-tls-pki-";
+
+/// The certificates outlive every test of a run, so each run removes those of finished runs.
+fn remove_stale_pki_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PKI_DIR_PREFIX)) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Made once per test binary; every test reads the same files.
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        remove_stale_pki_dirs();
+        let dir = std::env::temp_dir().join(format!("{PKI_DIR_PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create pki dir");
+        make_ca(&dir, "ca");
+        make_ca(&dir, "other-ca");
+        // etcd's JSON gateway presents the server certificate as a client to etcd itself, so the
+        // server certificate must allow client authentication too.
+        make_leaf(
+            &dir,
+            "server",
+            "/CN=127.0.0.1",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1\n",
+            "2",
+        );
+        make_leaf(
+            &dir,
+            "client",
+            "/CN=regent-client",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+            "3",
+        );
+        // etcd's JSON gateway refuses client certificates with a common name once
+        // authentication is enabled: members using passwords need one without.
+        make_leaf(
+            &dir,
+            "client-no-cn",
+            "/O=regent test client",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+            "4",
+        );
+        // Certificate and key in one file, the form used when etcd3.key is not set.
+        let combined = [
+            std::fs::read_to_string(dir.join("client.crt")).expect("client.crt"),
+            std::fs::read_to_string(dir.join("client.key")).expect("client.key"),
+        ]
+        .concat();
+        std::fs::write(dir.join("client-with-key.pem"), combined).expect("write combined pem");
+        Pki { dir }
+    })
+}
+
+/// A throw-away single-node etcd serving clients over TLS only, demanding client certificates
+/// signed by the test CA.
+struct TlsEtcd {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl TlsEtcd {
+    async fn start() -> TlsEtcd {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        assert!(
+            Path::new(ETCD_BIN).exists(),
+            "{ETCD_BIN} is missing: install etcd 3.4+ (Debian package `etcd-server`) to run these tests"
+        );
+        let pki = pki();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dcs-etcd-tls-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create etcd test dir");
+        let port = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.join("etcd.log")).expect("create etcd log");
+        let child = Command::new(ETCD_BIN)
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .arg("--cert-file")
+            .arg(pki.path("server.crt"))
+            .arg("--key-file")
+            .arg(pki.path("server.key"))
+            .arg("--trusted-ca-file")
+            .arg(pki.path("ca.crt"))
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        let mut server = TlsEtcd { child, dir, port };
+        server.wait_healthy().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// An HTTP client trusting the test CA and presenting the client certificate.
+    fn raw_client() -> reqwest::Client {
+        let pki = pki();
+        let ca = std::fs::read(pki.path("ca.crt")).expect("read ca.crt");
+        let identity = std::fs::read(pki.path("client-with-key.pem")).expect("read client pem");
+        reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca cert"))
+            .identity(reqwest::Identity::from_pem(&identity).expect("client identity"))
+            .build()
+            .expect("https client")
+    }
+
+    async fn wait_healthy(&mut self) {
+        let http = TlsEtcd::raw_client();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("etcd exited with {status}: {}", self.log_tail());
+            }
+            let health = http
+                .get(format!("{}/health", self.url()))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await;
+            if let Ok(resp) = health {
+                let body = resp.json::<Value>().await.unwrap_or_default();
+                if body["health"].as_str() == Some("true") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy over TLS: {}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn raw_post(&self, path: &str, body: Value, token: Option<&str>) -> Value {
+        let mut req = TlsEtcd::raw_client()
+            .post(format!("{}{path}", self.url()))
+            .json(&body);
+        if let Some(t) = token {
+            req = req.header("Authorization", t);
+        }
+        let resp = req.send().await.expect("raw etcd request");
+        assert!(resp.status().is_success(), "{path}: HTTP {}", resp.status());
+        resp.json().await.expect("raw answer is JSON")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn timing(retry_timeout: u32) -> Timing {
+    Timing {
+        ttl: 10,
+        loop_wait: 1,
+        retry_timeout,
+    }
+}
+
+/// Settings of a member that trusts the test CA and presents the client certificate as
+/// separate certificate and key files, with the scheme coming from `protocol`.
+fn tls_config(server: &TlsEtcd, scope: &str, name: &str) -> EtcdConfig {
+    let pki = pki();
+    EtcdConfig {
+        hosts: vec![format!("127.0.0.1:{}", server.port)],
+        protocol: "https".into(),
+        cacert: Some(pki.path("ca.crt")),
+        cert: Some(pki.path("client.crt")),
+        key: Some(pki.path("client.key")),
+        scope: scope.into(),
+        name: name.into(),
+        timing: timing(3),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn lock_race_read_and_watch_over_mutual_tls() {
+    let server = TlsEtcd::start().await;
+    let a = Etcd3::new(tls_config(&server, "tls", "a")).expect("config a");
+    // b: scheme in the host, certificate and key in one file.
+    let b = Etcd3::new(EtcdConfig {
+        hosts: vec![server.url()],
+        protocol: "http".into(),
+        key: None,
+        cert: Some(pki().path("client-with-key.pem")),
+        ..tls_config(&server, "tls", "b")
+    })
+    .expect("config b");
+
+    for round in 0..3 {
+        let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
+        let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
+        assert!(
+            ra ^ rb,
+            "round {round}: exactly one must win (a={ra}, b={rb})"
+        );
+        let (holder, other, holder_name) = if ra { (&a, &b, "a") } else { (&b, &a, "b") };
+        let cluster = other.get_cluster().await.expect("read");
+        assert_eq!(cluster.leader_name(), Some(holder_name));
+        assert!(holder.update_leader(&cluster, None).await.expect("renew"));
+        assert!(holder.delete_leader(None).await.expect("release"));
+    }
+
+    // The watch stream runs over TLS too: a new leader wakes the other member quickly.
+    b.get_cluster().await.expect("read");
+    assert!(
+        !b.watch(Duration::from_millis(200)).await,
+        "nothing changed yet"
+    );
+    let started = Instant::now();
+    let (woke, acquired) = tokio::join!(b.watch(Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.attempt_to_acquire_leader().await
+    });
+    assert!(acquired.expect("acquire"));
+    assert!(woke, "watch over TLS must wake on the leader key");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "wake too slow: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        b.get_cluster().await.expect("read").leader_name(),
+        Some("a")
+    );
+    a.close().await.expect("close a");
+    b.close().await.expect("close b");
+}
+
+/// Time and message of the first failed cluster read.
+async fn failed_read(dcs: &Etcd3) -> (Duration, String) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(20), dcs.get_cluster())
+        .await
+        .expect("a failing read must not hang");
+    let err = match result {
+        Ok(_) => panic!("the read must fail"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, DcsError::Unreachable(_)),
+        "expected unreachable, got {err:?}"
+    );
+    (started.elapsed(), err.to_string())
+}
+
+#[tokio::test]
+async fn missing_client_certificate_fails_within_retry_timeout() {
+    let server = TlsEtcd::start().await;
+    let dcs = Etcd3::new(EtcdConfig {
+        cert: None,
+        key: None,
+        ..tls_config(&server, "tls", "anonymous")
+    })
+    .expect("config");
+    let (elapsed, message) = failed_read(&dcs).await;
+    // retry_timeout is 3 s; one more for the last attempt and scheduling.
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "took {elapsed:?}: {message}"
+    );
+    assert!(
+        message.contains("BadCertificate") && message.contains("set etcd3.cert"),
+        "the error must say a client certificate is needed: {message}"
+    );
+}
+
+#[tokio::test]
+async fn server_signed_by_another_ca_is_rejected() {
+    let server = TlsEtcd::start().await;
+    let dcs = Etcd3::new(EtcdConfig {
+        cacert: Some(pki().path("other-ca.crt")),
+        ..tls_config(&server, "tls", "wrong-ca")
+    })
+    .expect("config");
+    let (elapsed, message) = failed_read(&dcs).await;
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "took {elapsed:?}: {message}"
+    );
+    assert!(
+        message.contains("UnknownIssuer") && message.contains("etcd3.cacert"),
+        "the error must name the certificate problem: {message}"
+    );
+}
+
+#[tokio::test]
+async fn password_authentication_over_tls() {
+    let server = TlsEtcd::start().await;
+    server
+        .raw_post(
+            "/v3/auth/user/add",
+            json!({"name": "root", "password": "pw"}),
+            None,
+        )
+        .await;
+    server
+        .raw_post(
+            "/v3/auth/user/grant",
+            json!({"user": "root", "role": "root"}),
+            None,
+        )
+        .await;
+    server.raw_post("/v3/auth/enable", json!({}), None).await;
+    let with = |username: Option<&str>, password: &str, name: &str| {
+        Etcd3::new(EtcdConfig {
+            username: username.map(String::from),
+            password: Some(password.into()),
+            cert: Some(pki().path("client-no-cn.crt")),
+            key: Some(pki().path("client-no-cn.key")),
+            ..tls_config(&server, "tls-auth", name)
+        })
+        .expect("config")
+    };
+    let a = with(Some("root"), "pw", "a");
+    let b = with(Some("root"), "pw", "b");
+    b.get_cluster().await.expect("read with auth");
+    let (woke, acquired) = tokio::join!(b.watch(Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.attempt_to_acquire_leader().await
+    });
+    assert!(acquired.expect("acquire with auth"));
+    assert!(woke, "watch with auth over TLS must wake");
+    assert_eq!(
+        b.get_cluster().await.expect("read with auth").leader_name(),
+        Some("a")
+    );
+    for (user, password) in [(None, "pw"), (Some("root"), "wrong")] {
+        let denied = with(user, password, "c").get_cluster().await;
+        assert!(
+            matches!(denied, Err(DcsError::Forbidden(_))),
+            "user {user:?}: expected access denied, got {denied:?}"
+        );
+    }
+    // etcd's own rule, reported as etcd words it: with authentication on, a client certificate
+    // with a common name is refused.
+    let with_cn = Etcd3::new(EtcdConfig {
+        username: Some("root".into()),
+        password: Some("pw".into()),
+        ..tls_config(&server, "tls-auth", "d")
+    })
+    .expect("config");
+    let refused = with_cn.get_cluster().await.err().map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|m| m.contains("CommonName")),
+        "expected etcd's CommonName refusal, got {refused:?}"
+    );
+}
+
+#[test]
+fn unusable_tls_files_are_refused_at_construction_naming_the_key() {
+    let pki = pki();
+    let base = EtcdConfig {
+        hosts: vec!["127.0.0.1:2379".into()],
+        protocol: "https".into(),
+        scope: "tls".into(),
+        name: "a".into(),
+        ..Default::default()
+    };
+    let error = |cfg: EtcdConfig| match Etcd3::new(cfg) {
+        Ok(_) => panic!("construction must fail"),
+        Err(e) => e.to_string(),
+    };
+    let missing = pki.dir.join("missing.pem");
+    let msg = error(EtcdConfig {
+        cacert: Some(missing.clone()),
+        ..base.clone()
+    });
+    assert!(
+        msg.contains(&format!("etcd3.cacert: cannot read {}", missing.display())),
+        "{msg}"
+    );
+    let msg = error(EtcdConfig {
+        cacert: Some(pki.path("ca.key")),
+        ..base.clone()
+    });
+    assert!(
+        msg.contains("etcd3.cacert") && msg.contains("no PEM certificate"),
+        "{msg}"
+    );
+    let msg = error(EtcdConfig {
+        cert: Some(pki.path("client.crt")),
+        ..base.clone()
+    });
+    assert!(
+        msg.contains("etcd3.cert") && msg.contains("no PEM private key"),
+        "{msg}"
+    );
+    let msg = error(EtcdConfig {
+        cert: Some(pki.path("client.crt")),
+        key: Some(missing),
+        ..base.clone()
+    });
+    assert!(msg.contains("etcd3.key: cannot read"), "{msg}");
+    let msg = error(EtcdConfig {
+        cert: Some(pki.path("client.crt")),
+        key: Some(pki.path("client.crt")),
+        ..base.clone()
+    });
+    assert!(
+        msg.contains("etcd3.key") && msg.contains("no PEM private key"),
+        "{msg}"
+    );
+    // Valid files are accepted without any network IO.
+    Etcd3::new(EtcdConfig {
+        cacert: Some(pki.path("ca.crt")),
+        cert: Some(pki.path("client.crt")),
+        key: Some(pki.path("client.key")),
+        ..base
+    })
+    .expect("valid TLS files");
+}
