@@ -22,5 +22,14 @@ if [ "$(id -u)" = 0 ]; then
 fi
 export REGENT_BIN="$target_dir/debug/regent"
 
-cargo test --workspace --exclude regent-tests
-cargo test -p regent-tests --no-fail-fast -- --test-threads=1
+# Keep every runner's output so the totals can be printed at the end.
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+status=0
+cargo test --workspace --exclude regent-tests 2>&1 | tee -a "$results" || status=1
+cargo test -p regent-tests --no-fail-fast -- --test-threads=1 2>&1 | tee -a "$results" || status=1
+
+# One closing line with the totals of every `test result:` line above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$results"
+exit "$status"
