@@ -18,6 +18,9 @@ use super::decide::{
 use crate::config::{Config, DynamicConfig};
 use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
 
+/// Delay before a follow-up cycle when a state change is imminent.
+const SOON: Duration = Duration::from_millis(250);
+
 /// The Patroni version Regent reports to peers: they gate behaviour on it.
 pub const PATRONI_COMPAT_VERSION: &str = "4.1.5";
 
@@ -67,6 +70,9 @@ pub struct Agent {
     following: Option<ConnTarget>,
     last_member: Option<MemberData>,
     last_reason: String,
+    /// Run the next cycle after this short delay instead of loop_wait (a state that is about to
+    /// change: Postgres just started, the leader's checkpoint is imminent).
+    next_cycle_soon: Option<Duration>,
     last_dcs_warnings: Vec<String>,
     /// A running replica was found past the leader's fork point: repair on the next start.
     divergence_seen: bool,
@@ -116,6 +122,7 @@ impl Agent {
             following: None,
             last_member: None,
             last_reason: String::new(),
+            next_cycle_soon: None,
             last_dcs_warnings: Vec::new(),
             divergence_seen: false,
             checkpoint_after_promote_pending: false,
@@ -186,7 +193,12 @@ impl Agent {
             self.publish_snapshot();
             crate::pid1::reap_orphans();
 
-            let wait = Duration::from_secs(u64::from(self.dynamic.loop_wait.max(1)));
+            let wait = self
+                .next_cycle_soon
+                .take()
+                .unwrap_or(Duration::from_secs(u64::from(
+                    self.dynamic.loop_wait.max(1),
+                )));
             let guard = self.guard_instant();
             let dcs = self.dcs.clone();
             let woke = {
@@ -788,6 +800,8 @@ impl Agent {
                 } else {
                     Role::Replica
                 };
+                // Publish the streaming state as soon as the WAL receiver has connected.
+                self.next_cycle_soon = Some(SOON);
                 info!(role = %self.role, "Postgres started");
                 PlanOutcome::Done
             }
@@ -858,6 +872,7 @@ impl Agent {
                 leader,
                 "waiting for the leader's checkpoint after promotion before checking divergence"
             );
+            self.next_cycle_soon = Some(SOON);
             return Err(PlanOutcome::Aborted);
         }
         let switch = remote

@@ -91,6 +91,13 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("track_commit_timestamp", "off"),
 ];
 
+/// Regent's own defaults, applied only when the configuration does not set the parameter.
+///
+/// `wal_retrieve_retry_interval`: after a leader change a standby's WAL receiver has just failed
+/// to reach the old primary, and Postgres waits this long before trying the new one even when
+/// `primary_conninfo` was reloaded; Postgres' 5 s would delay every replica's catch-up.
+const REGENT_DEFAULTS: &[(&str, &str)] = &[("wal_retrieve_retry_interval", "1s")];
+
 /// The role the rendered configuration is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfRole {
@@ -277,7 +284,7 @@ pub(super) fn managed_parameters(
             *level = "replica".into();
         }
     }
-    for (name, default) in DEFAULTS {
+    for (name, default) in DEFAULTS.iter().chain(REGENT_DEFAULTS) {
         params
             .entry((*name).to_string())
             .or_insert_with(|| (*default).to_string());
