@@ -27,7 +27,7 @@ results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 status=0
 cargo test --workspace --exclude regent-tests 2>&1 | tee -a "$results" || status=1
-cargo test -p regent-tests --no-fail-fast -- --test-threads=1 2>&1 | tee -a "$results" || status=1
+cargo test -p regent-tests --no-fail-fast -- --test-threads=1 --nocapture 2>&1 | tee -a "$results" || status=1
 
 # One closing line with the totals of every `test result:` line above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
