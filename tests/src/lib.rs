@@ -69,21 +69,14 @@ pub fn regent_bin() -> PathBuf {
 
 /// Poll `check` every `POLL_INTERVAL` until it returns `Some`, and return that value; panic
 /// naming `what` if `deadline` passes first. A single slow check cannot overrun the deadline.
-pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let started = Instant::now();
-    loop {
-        let remaining = deadline.saturating_sub(started.elapsed());
-        if let Ok(Some(value)) = tokio::time::timeout(remaining, check()).await {
-            return value;
-        }
-        if started.elapsed() >= deadline {
-            panic!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
+    match poll_until(deadline, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {deadline:?} waiting for {what}"),
     }
 }
 

@@ -411,21 +411,22 @@ impl Agent {
             self.state = "crashed".into();
         }
         local.pg_crashed = self.pg_crashed;
-        local.data_dir = if self.pg.is_valid_data_dir() {
+        let obs = self.pg.observe().await;
+        // A running Postgres reports its system identifier; pg_control is read (a process
+        // spawn) only when it does not.
+        local.data_dir = if !self.pg.is_valid_data_dir() {
+            DataDir::Empty
+        } else if let Some(sysid) = obs.sysid.clone() {
+            DataDir::Valid { sysid }
+        } else {
             match self.pg.controldata().await {
-                Ok(cd) => DataDir::Valid {
-                    was_primary: cd.state == "in production" || cd.state == "shut down",
-                    sysid: cd.sysid,
-                },
+                Ok(cd) => DataDir::Valid { sysid: cd.sysid },
                 Err(e) => {
                     warn!("cannot read pg_control: {e}");
                     DataDir::Empty
                 }
             }
-        } else {
-            DataDir::Empty
         };
-        let obs = self.pg.observe().await;
         local.pg_running = obs.running && obs.in_recovery.is_some();
         local.pg_role = match obs.in_recovery {
             Some(true) => PgRole::Replica,

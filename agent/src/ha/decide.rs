@@ -74,11 +74,7 @@ pub enum DataDir {
     #[default]
     Empty,
     /// A usable Postgres data directory.
-    Valid {
-        sysid: String,
-        /// pg_control says the cluster last ran as a primary (in production / shut down).
-        was_primary: bool,
-    },
+    Valid { sysid: String },
 }
 
 /// The local facts the loop gathered this cycle.
@@ -189,7 +185,7 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
     let me = s.name.as_str();
 
     // Bootstrap or clone an empty data directory.
-    let DataDir::Valid { sysid, was_primary } = &local.data_dir else {
+    let DataDir::Valid { sysid } = &local.data_dir else {
         return decide_empty_data_dir(cluster, s);
     };
 
@@ -250,7 +246,6 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
             };
             return plan(actions, why);
         }
-        let _ = was_primary;
         match leader {
             Some(l) => actions.push(Action::StartAsReplica {
                 leader: Some(l.to_string()),
@@ -550,7 +545,6 @@ mod tests {
     fn data() -> DataDir {
         DataDir::Valid {
             sysid: "7000000000000000001".into(),
-            was_primary: false,
         }
     }
 
@@ -569,7 +563,6 @@ mod tests {
         LocalState {
             data_dir: DataDir::Valid {
                 sysid: "7000000000000000001".into(),
-                was_primary: true,
             },
             pg_running: true,
             pg_role: PgRole::Primary,
@@ -958,7 +951,6 @@ mod tests {
         let mut l = replica(1);
         l.data_dir = DataDir::Valid {
             sysid: "123".into(),
-            was_primary: false,
         };
         assert!(matches!(
             decide(Some(&c), &l, &settings("b")).actions[..],
