@@ -13,6 +13,8 @@
 pub mod cluster;
 pub mod config;
 pub mod etcd;
+pub mod kube;
+pub mod kube_api;
 pub mod member;
 pub mod ports;
 pub mod probe;

@@ -1,0 +1,1 @@
+//! Fixture: the Kubernetes API test server as a child process.
