@@ -605,6 +605,17 @@ impl Agent {
                     self.append_history(cluster).await;
                     PlanOutcome::Done
                 }
+                Action::ClearFailover => {
+                    let version = cluster
+                        .and_then(|c| c.failover.as_ref())
+                        .and_then(|f| f.version.clone());
+                    match self.dcs.delete_failover(version.as_deref()).await {
+                        Ok(true) => info!("removed the switchover request"),
+                        Ok(false) => info!("the switchover request changed meanwhile"),
+                        Err(e) => warn!("cannot remove the switchover request: {e}"),
+                    }
+                    PlanOutcome::Done
+                }
                 Action::Fatal(msg) => PlanOutcome::Fatal(msg.clone()),
             };
             match outcome {
@@ -974,6 +985,33 @@ impl Agent {
                     .unwrap_or(Duration::from_secs(5))
                     .max(Duration::from_millis(200));
                 self.stop_postgres(StopMode::Fast, budget).await;
+                self.lock_deadline = None;
+            }
+            DemoteMode::Graceful => {
+                // The checkpoint makes the shutdown checkpoint quick; the fast stop sends every
+                // WAL record to the streaming replicas before the walsenders exit.
+                if let Err(e) = self.pg.checkpoint().await {
+                    debug!("checkpoint before switchover failed: {e}");
+                }
+                let budget = self
+                    .lock_deadline
+                    .map(|d| {
+                        d.saturating_duration_since(Instant::now())
+                            .saturating_sub(Duration::from_millis(500))
+                    })
+                    .unwrap_or(Duration::from_secs(5))
+                    .max(Duration::from_millis(200));
+                self.stop_postgres(StopMode::Fast, budget).await;
+                if self.pg.is_running() {
+                    // Keep the lock: releasing it with a primary still up could make two.
+                    error!("Postgres did not stop: keeping the leader lock, switchover aborted");
+                    return;
+                }
+                let optime = self.pg.controldata().await.ok().map(|cd| cd.checkpoint_lsn);
+                match self.dcs.delete_leader(optime).await {
+                    Ok(_) => info!("released the leader lock for the switchover"),
+                    Err(e) => warn!("cannot release the leader lock: {e}"),
+                }
                 self.lock_deadline = None;
             }
         }

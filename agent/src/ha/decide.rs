@@ -15,6 +15,10 @@ pub enum DemoteMode {
     /// The DCS is unreachable: fast stop (walsenders ship all WAL to standbys first), no lock
     /// write. Escalates to immediate if the lease deadline comes close.
     Offline,
+    /// A switchover: CHECKPOINT, fast stop, then release the lock with the shutdown checkpoint
+    /// as optime so the candidate can take over at once and this member can follow it without
+    /// a rewind.
+    Graceful,
 }
 
 /// What the loop should do, in order.
@@ -54,6 +58,8 @@ pub enum Action {
     EnsureSlots,
     /// Append the new timeline's row(s) to the DCS history.
     AppendHistory,
+    /// Remove the failover/switchover request (done, or impossible).
+    ClearFailover,
     /// Stop: the data directory belongs to another cluster.
     Fatal(String),
 }
@@ -265,6 +271,19 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
             actions.push(Action::RenewLock);
             match local.pg_role {
                 PgRole::Primary => {
+                    if let Some(request) = failover_request_as_leader(cluster, s) {
+                        return match request {
+                            LeaderFailoverStep::HandOver(why) => {
+                                actions.push(Action::Demote(DemoteMode::Graceful));
+                                plan(actions, why)
+                            }
+                            LeaderFailoverStep::Clear(why) => {
+                                actions.push(Action::ClearFailover);
+                                plan(actions, why)
+                            }
+                            LeaderFailoverStep::Wait(why) => plan(actions, why),
+                        };
+                    }
                     if s.use_slots {
                         actions.push(Action::EnsureSlots);
                     }
@@ -338,6 +357,71 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
                 )
             }
         }
+    }
+}
+
+/// What the lock holder does about a failover/switchover request in the DCS.
+enum LeaderFailoverStep {
+    /// Step down so the candidate (or the healthiest replica) takes over.
+    HandOver(String),
+    /// The request is done or cannot be honoured: remove it.
+    Clear(String),
+    /// A scheduled switchover whose time has not come.
+    Wait(String),
+}
+
+/// A switchover request addressed to the leader (reference §7.5). Only running replicas that
+/// may lead are acceptable candidates, so stepping down never leaves the cluster leaderless on
+/// purpose.
+fn failover_request_as_leader(cluster: &Cluster, s: &Settings) -> Option<LeaderFailoverStep> {
+    let request = cluster.failover.as_ref()?;
+    if request.is_empty() {
+        return None;
+    }
+    let me = s.name.as_str();
+    if let Some(source) = request.leader.as_deref() {
+        if source != me {
+            return Some(LeaderFailoverStep::Clear(format!(
+                "the switchover request names {source} as the leader, not me ({me}): removing it"
+            )));
+        }
+    }
+    let candidate = request.member.as_deref();
+    if candidate == Some(me) {
+        return Some(LeaderFailoverStep::Clear(format!(
+            "I am ({me}) the requested candidate and hold the lock: switchover done"
+        )));
+    }
+    if let Some(at) = request.scheduled_at.as_deref() {
+        return Some(LeaderFailoverStep::Wait(format!(
+            "switchover scheduled at {at}: not acting on it before that time"
+        )));
+    }
+    let eligible = |name: &str| {
+        cluster.members.iter().any(|m| {
+            m.name == name
+                && m.name != me
+                && m.data.is_running()
+                && m.data.role == Role::Replica
+                && m.data.tags.can_be_leader()
+        })
+    };
+    match candidate {
+        Some(c) if eligible(c) => Some(LeaderFailoverStep::HandOver(format!(
+            "switchover to {c} requested: handing over the leadership"
+        ))),
+        Some(c) => Some(LeaderFailoverStep::Clear(format!(
+            "switchover candidate {c} is not a running replica that may lead: removing the request"
+        ))),
+        None if cluster.members.iter().any(|m| eligible(&m.name)) => {
+            Some(LeaderFailoverStep::HandOver(
+                "switchover requested: handing over the leadership to the healthiest replica"
+                    .into(),
+            ))
+        }
+        None => Some(LeaderFailoverStep::Clear(
+            "switchover requested but no running replica may lead: removing the request".into(),
+        )),
     }
 }
 
@@ -448,6 +532,16 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
     }
     if s.check_timeline && local.timeline.unwrap_or(0) < cluster.timeline() {
         return (false, "my timeline is behind the cluster timeline".into());
+    }
+    if let Some(peer) = local
+        .peers
+        .iter()
+        .find(|p| p.name != s.name && p.running && p.role == Role::Primary)
+    {
+        return (
+            false,
+            format!("{} is still running as a primary", peer.name),
+        );
     }
     // A named failover candidate other than me that is alive wins.
     if let Some(f) = &cluster.failover {
@@ -1019,5 +1113,107 @@ mod tests {
             }
         }
         assert_eq!(acquirers, 1);
+    }
+
+    fn with_request(
+        leader: Option<&str>,
+        candidate: Option<&str>,
+        scheduled_at: Option<&str>,
+    ) -> Cluster {
+        let mut c = initialized(Some("a"));
+        c.failover = Some(dcs::Failover {
+            leader: leader.map(Into::into),
+            member: candidate.map(Into::into),
+            scheduled_at: scheduled_at.map(Into::into),
+            version: None,
+        });
+        c
+    }
+
+    /// The lock holder's answer to a switchover request, and the candidate's after the lock
+    /// was released.
+    #[test]
+    fn switchover_requests() {
+        let mut nofailover_c = with_request(Some("a"), Some("c"), None);
+        nofailover_c.members[2].data.tags = tags(json!({"nofailover": true}));
+        let mut stopped_b = with_request(Some("a"), Some("b"), None);
+        stopped_b.members[1].data.state = "stopped".into();
+        let cases: Vec<(&str, Cluster, Vec<Action>)> = vec![
+            (
+                "to a running replica: hand over",
+                with_request(Some("a"), Some("b"), None),
+                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+            ),
+            (
+                "without a candidate: hand over to the healthiest",
+                with_request(Some("a"), None, None),
+                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+            ),
+            (
+                "without a source leader (failover form): hand over",
+                with_request(None, Some("c"), None),
+                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+            ),
+            (
+                "naming another leader: removed",
+                with_request(Some("b"), Some("c"), None),
+                vec![Action::RenewLock, Action::ClearFailover],
+            ),
+            (
+                "candidate tagged nofailover: removed",
+                nofailover_c,
+                vec![Action::RenewLock, Action::ClearFailover],
+            ),
+            (
+                "candidate not running: removed",
+                stopped_b,
+                vec![Action::RenewLock, Action::ClearFailover],
+            ),
+            (
+                "unknown candidate: removed",
+                with_request(Some("a"), Some("zz"), None),
+                vec![Action::RenewLock, Action::ClearFailover],
+            ),
+            (
+                "scheduled: wait, keep leading",
+                with_request(Some("a"), Some("b"), Some("2099-01-01T00:00:00+00:00")),
+                vec![Action::RenewLock],
+            ),
+        ];
+        for (what, cluster, expected) in cases {
+            let d = decide(Some(&cluster), &primary(100), &settings("a"));
+            assert_eq!(d.actions, expected, "{what}: {}", d.reason);
+        }
+
+        // The candidate that took the lock removes the request once it leads.
+        let mut done = with_request(Some("a"), Some("b"), None);
+        done.leader = Some(Leader {
+            name: "b".into(),
+            version: None,
+        });
+        let d = decide(Some(&done), &primary(200), &settings("b"));
+        assert!(d.actions.contains(&Action::ClearFailover), "{}", d.reason);
+
+        // Lock released by the old leader: only the candidate takes it, and not while the old
+        // leader still runs as a primary.
+        let mut free = with_request(Some("a"), Some("b"), None);
+        free.leader = None;
+        let mut candidate = replica(100);
+        candidate.peers = vec![peer("a", 100, json!({})), peer("c", 150, json!({}))];
+        let d = decide(Some(&free), &candidate, &settings("b"));
+        assert_eq!(
+            d.actions,
+            vec![Action::AcquireLock, Action::Promote, Action::EnsureSlots],
+            "{}",
+            d.reason
+        );
+        let mut other = replica(150);
+        other.peers = vec![peer("a", 100, json!({})), peer("b", 100, json!({}))];
+        let d = decide(Some(&free), &other, &settings("c"));
+        assert!(!d.actions.contains(&Action::AcquireLock), "{}", d.reason);
+        let mut old_still_primary = candidate.clone();
+        old_still_primary.peers[0].role = Role::Primary;
+        let d = decide(Some(&free), &old_still_primary, &settings("b"));
+        assert!(!d.actions.contains(&Action::AcquireLock), "{}", d.reason);
     }
 }

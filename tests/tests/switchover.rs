@@ -1,0 +1,101 @@
+//! A switchover requested through the DCS failover object — what Patroni's REST API and
+//! patronictl's fallback write — on a 3-member cluster: the leader hands over to the named
+//! candidate, the old leader follows it without a re-clone, nothing acknowledged is lost, and the
+//! request is removed.
+
+use std::time::{Duration, Instant};
+
+use regent_tests::writer::{missing_ids, written_ids};
+use regent_tests::{wait_until, TestCluster, Writer};
+use serde_json::json;
+
+const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_through_the_dcs_failover_object() {
+    let cluster = TestCluster::start("swo", 3).await;
+    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
+        .await;
+    let old = cluster.member(&old_name);
+    let candidate = cluster.others(&old_name)[0].name().to_string();
+
+    // A clone wipes the data directory: this file survives only if the old leader rejoins by
+    // following (or rewinding), as a switchover must allow.
+    let marker = old.data_dir().join("regent-test-marker");
+    std::fs::write(&marker, b"kept").expect("write marker into the old leader's data dir");
+
+    let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
+    wait_until(
+        "writer acknowledged rows",
+        Duration::from_secs(10),
+        || async { (writer.acked_count() > 5).then_some(()) },
+    )
+    .await;
+
+    let requested_at = Instant::now();
+    cluster
+        .etcd
+        .put(
+            &cluster.dcs_key("failover"),
+            &json!({"leader": old_name, "member": candidate}).to_string(),
+        )
+        .await
+        .expect("write the failover object");
+
+    let new_name = wait_until(
+        "a leader other than the old one",
+        Duration::from_secs(30),
+        || async {
+            let leader = cluster.dcs_leader().await?;
+            (leader != old_name).then_some(leader)
+        },
+    )
+    .await;
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(30)).await,
+        new_name
+    );
+    println!(
+        "[swo] switchover {old_name} -> {candidate}: {new_name} holds the lock after {:.3} s",
+        requested_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(new_name, candidate, "the named candidate took over");
+
+    cluster
+        .wait_for_member_streaming(&old_name, &new_name, Duration::from_secs(60))
+        .await;
+    wait_until(
+        "the failover object removed by the new leader",
+        Duration::from_secs(20),
+        || async {
+            cluster
+                .etcd
+                .get(&cluster.dcs_key("failover"))
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        marker.exists(),
+        "the old leader's data directory was recreated: it was cloned instead of following"
+    );
+
+    let report = writer.stop().await;
+    println!("[swo] writer: {}", report.summary());
+    println!(
+        "[swo] write unavailability during the switchover: {:.3} s",
+        report.longest_unavailability().as_secs_f64()
+    );
+    let client = cluster
+        .member(&new_name)
+        .pg_client()
+        .await
+        .expect("connect to the new leader");
+    let on_new = written_ids(&client).await.expect("rows on the new leader");
+    let lost = missing_ids(&report.acked, &on_new);
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+}
