@@ -1,5 +1,6 @@
 //! Patroni-format member configuration files, built from a template and tweakable by key path.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -24,6 +25,63 @@ pub const SUPERUSER_PASSWORD: &str = "secret";
 pub const REPLICATION_USER: &str = "replicator";
 pub const REPLICATION_PASSWORD: &str = "rep-pass";
 
+/// Which DCS a test cluster runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// A single-node etcd, members configured with `etcd3`.
+    #[default]
+    Etcd,
+    /// The Kubernetes API test server, members configured with `kubernetes`; the leader object
+    /// is the `<scope>` Endpoints when `use_endpoints`, else the `<scope>-leader` ConfigMap.
+    Kubernetes { use_endpoints: bool },
+}
+
+impl Backend {
+    /// Short name for test output: `etcd`, `kubernetes` or `kubernetes-endpoints`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Backend::Etcd => "etcd",
+            Backend::Kubernetes {
+                use_endpoints: false,
+            } => "kubernetes",
+            Backend::Kubernetes {
+                use_endpoints: true,
+            } => "kubernetes-endpoints",
+        }
+    }
+
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(self, Backend::Kubernetes { .. })
+    }
+}
+
+/// Namespace every test member uses on the Kubernetes API test server.
+pub const KUBE_NAMESPACE: &str = "default";
+/// Label every test Pod and every object the agents create carries (besides the scope label).
+pub const KUBE_APP_LABEL: (&str, &str) = ("application", "regent-test");
+
+/// The `kubernetes` section of one member: where its credentials are and what it publishes.
+#[derive(Debug, Clone)]
+pub struct KubeSpec {
+    pub namespace: String,
+    /// `kubernetes.labels` (the agent adds `cluster-name: <scope>` itself).
+    pub labels: BTreeMap<String, String>,
+    pub use_endpoints: bool,
+    /// The member's Pod IP (not loopback: the API server refuses loopback Endpoints addresses).
+    pub pod_ip: String,
+    /// Kubeconfig file the agent finds through `$KUBECONFIG`.
+    pub kubeconfig: PathBuf,
+}
+
+impl KubeSpec {
+    /// The labels of the member's Pod: `kubernetes.labels` plus the scope label.
+    pub fn pod_labels(&self, scope: &str) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.insert("cluster-name".to_string(), scope.to_string());
+        labels
+    }
+}
+
 /// Facts about one member that go into its configuration file.
 #[derive(Debug, Clone)]
 pub struct MemberSpec {
@@ -31,8 +89,10 @@ pub struct MemberSpec {
     pub name: String,
     pub api_port: u16,
     pub pg_port: u16,
-    /// `host:port` of each etcd client endpoint.
+    /// `host:port` of each etcd client endpoint (used when `kubernetes` is `None`).
     pub etcd_hosts: Vec<String>,
+    /// Kubernetes DCS settings; `None` configures `etcd3` instead.
+    pub kubernetes: Option<KubeSpec>,
     /// Directory owned by the member (config, pgpass, sockets, log); data_dir lives inside it.
     pub member_dir: PathBuf,
     pub timing: Timing,
@@ -52,8 +112,20 @@ impl MemberSpec {
             api_port: crate::ports::free_port(),
             pg_port: crate::ports::free_port(),
             etcd_hosts,
+            kubernetes: None,
             member_dir,
             timing: FAST_TIMING,
+        }
+    }
+
+    /// Environment the agent needs besides the harness defaults (`KUBECONFIG` on Kubernetes).
+    pub fn agent_env(&self) -> Vec<(String, String)> {
+        match &self.kubernetes {
+            Some(kube) => vec![(
+                "KUBECONFIG".to_string(),
+                kube.kubeconfig.display().to_string(),
+            )],
+            None => Vec::new(),
         }
     }
 
@@ -136,8 +208,25 @@ impl MemberConfig {
             },
             "tags": {},
         });
-        let value = serde_yaml_ng::to_value(&template)
+        let mut value = serde_yaml_ng::to_value(&template)
             .unwrap_or_else(|e| panic!("member config template is not YAML-serialisable: {e}"));
+        if let (Some(kube), Value::Mapping(map)) = (&spec.kubernetes, &mut value) {
+            map.remove("etcd3");
+            // Patroni copies a top-level `namespace` into the DCS section, where on Kubernetes it
+            // would replace the Kubernetes namespace.
+            map.remove("namespace");
+            let section = json!({
+                "namespace": kube.namespace,
+                "labels": kube.labels,
+                "use_endpoints": kube.use_endpoints,
+                "pod_ip": kube.pod_ip,
+                // The Endpoints subset names the member's real Postgres port.
+                "ports": [ { "name": "postgresql", "port": spec.pg_port } ],
+            });
+            let section = serde_yaml_ng::to_value(&section)
+                .unwrap_or_else(|e| panic!("kubernetes section is not YAML-serialisable: {e}"));
+            map.insert(Value::String("kubernetes".to_string()), section);
+        }
         MemberConfig { value }
     }
 
@@ -236,6 +325,7 @@ mod tests {
             api_port: 8008,
             pg_port: 5432,
             etcd_hosts: vec!["127.0.0.1:2379".into()],
+            kubernetes: None,
             member_dir: PathBuf::from("/tmp/x/member-0"),
             timing: FAST_TIMING,
         }
@@ -266,6 +356,50 @@ mod tests {
         let yaml = cfg.to_yaml();
         let reparsed: Value = serde_yaml_ng::from_str(&yaml).expect("rendered YAML parses");
         assert_eq!(&reparsed, cfg.value());
+    }
+
+    #[test]
+    fn kubernetes_section_replaces_etcd3() {
+        let mut spec = spec();
+        spec.kubernetes = Some(KubeSpec {
+            namespace: KUBE_NAMESPACE.into(),
+            labels: BTreeMap::from([(KUBE_APP_LABEL.0.to_string(), KUBE_APP_LABEL.1.to_string())]),
+            use_endpoints: true,
+            pod_ip: "10.0.0.1".into(),
+            kubeconfig: PathBuf::from("/tmp/x/member-0/kubeconfig"),
+        });
+        let cfg = MemberConfig::patroni(&spec);
+        assert!(cfg.get("etcd3").is_none());
+        assert!(cfg.get("namespace").is_none());
+        assert_eq!(
+            cfg.get("kubernetes.labels.application")
+                .and_then(Value::as_str),
+            Some("regent-test")
+        );
+        assert_eq!(
+            cfg.get("kubernetes.use_endpoints").and_then(Value::as_bool),
+            Some(true)
+        );
+        assert_eq!(
+            cfg.get("kubernetes.pod_ip").and_then(Value::as_str),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            spec.agent_env(),
+            vec![(
+                "KUBECONFIG".to_string(),
+                "/tmp/x/member-0/kubeconfig".to_string()
+            )]
+        );
+        let pod_labels = spec
+            .kubernetes
+            .as_ref()
+            .map(|k| k.pod_labels("demo"))
+            .unwrap_or_default();
+        assert_eq!(
+            pod_labels.get("cluster-name").map(String::as_str),
+            Some("demo")
+        );
     }
 
     #[test]

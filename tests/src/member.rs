@@ -21,12 +21,17 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A `regent` command line for `binary`, run as the postgres user when we are root, with a clean
-/// environment (no inherited `PATRONI_*`/`PG*` variables that would change the configuration).
+/// environment (no inherited `PATRONI_*`/`PG*` variables that would change the configuration, no
+/// Kubernetes credentials: a member gets its own kubeconfig or none).
 pub fn regent_command(binary: &Path, work_dir: &Path) -> Command {
     let mut cmd = Command::new(binary);
     for (key, _) in std::env::vars_os() {
         let key_text = key.to_string_lossy();
-        if key_text.starts_with("PATRONI_") || key_text.starts_with("PG") {
+        if key_text.starts_with("PATRONI_")
+            || key_text.starts_with("PG")
+            || key_text.starts_with("KUBERNETES_")
+            || key_text == "KUBECONFIG"
+        {
             cmd.env_remove(&key);
         }
     }
@@ -46,6 +51,8 @@ pub struct Member {
     spec: MemberSpec,
     config: MemberConfig,
     binary: PathBuf,
+    /// Extra environment of the agent (e.g. `KUBECONFIG`), on top of `regent_command`'s.
+    env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
     http: reqwest::Client,
 }
@@ -61,15 +68,34 @@ impl Member {
             .pool_max_idle_per_host(0)
             .build()
             .unwrap_or_else(|e| panic!("build HTTP client: {e}"));
+        let env = spec.agent_env();
         let member = Member {
             spec,
             config,
             binary,
+            env,
             child: Mutex::new(None),
             http,
         };
         member.config.write_to(&member.config_path());
         member
+    }
+
+    /// Set an environment variable for every later start of the agent.
+    pub fn with_env(mut self, key: &str, value: &str) -> Member {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The agent's extra environment.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The agent binary this member runs.
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     pub fn name(&self) -> &str {
@@ -144,6 +170,7 @@ impl Member {
             .try_clone()
             .unwrap_or_else(|e| panic!("clone log handle: {e}"));
         let child = regent_command(&self.binary, &self.spec.member_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg(self.config_path())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
