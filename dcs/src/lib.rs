@@ -11,6 +11,7 @@
 //!   when someone else wrote in between.
 
 pub mod etcd;
+pub mod kubernetes;
 pub mod model;
 
 use std::time::Duration;

@@ -1,0 +1,1172 @@
+//! Kubernetes backend with Patroni's object layout (reference §1): the cluster state lives in the
+//! annotations of ConfigMaps (or Endpoints) `<scope>-leader`, `-config`, `-failover`, `-sync`;
+//! each member publishes itself in the `status` annotation and role label of its own Pod.
+//!
+//! Every write that can race carries the resourceVersion seen at the last read and loses on
+//! 409 Conflict; nothing is ever overwritten after a conflict. The lock's liveness is judged by
+//! when its record last changed in local time (see [`state`]), never by comparing clocks.
+
+mod client;
+mod objects;
+mod state;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use self::client::{error_chain, pem_certs_to_der, ApiClient, CallError, Req};
+use self::objects::{
+    annotation, has_annotations, resource_version, Kind, LabelSettings, Layout, LeaderRecord,
+};
+use self::state::{KindState, PodCache};
+use crate::model::{
+    history_to_json, Cluster, Failover, HistoryEntry, MemberData, Status, SyncState,
+};
+use crate::{Dcs, DcsError, DcsResult, Timing};
+
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Settings of the Kubernetes backend (the `kubernetes:` section plus identity and timing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesConfig {
+    pub scope: String,
+    /// This member's name: must be the name of its Pod.
+    pub name: String,
+    /// Citus group.
+    pub group: Option<u32>,
+    pub namespace: String,
+    /// `kubernetes.labels`: selects (and is written on) every object of the cluster.
+    pub labels: BTreeMap<String, String>,
+    pub scope_label: String,
+    pub role_label: String,
+    pub leader_label_value: String,
+    pub follower_label_value: String,
+    pub standby_leader_label_value: String,
+    pub tmp_role_label: Option<String>,
+    /// Endpoints instead of ConfigMaps; the leader Endpoints carries the leader's address.
+    pub use_endpoints: bool,
+    /// Address put into the leader Endpoints (default: the Pod's `status.podIP`).
+    pub pod_ip: Option<String>,
+    /// Ports of the leader Endpoints (`[{name?, port, protocol?}]`, default `[{port: 5432}]`).
+    pub ports: Vec<Value>,
+    /// CA bundle of the API server when running in a Pod (default: the service account's).
+    pub cacert: Option<PathBuf>,
+    /// kubeconfig context (default: its current-context).
+    pub context: Option<String>,
+    /// Talk to the API server IPs from the `default/kubernetes` Endpoints directly.
+    pub bypass_api_service: bool,
+    /// Status codes retried besides 429, 500, 503 and 504.
+    pub retriable_http_codes: Vec<u16>,
+    /// Pod labels set while the member bootstraps or clones.
+    pub bootstrap_labels: BTreeMap<String, String>,
+    pub timing: Timing,
+    /// kubeconfig file; `None`: `$KUBECONFIG`, else `~/.kube/config`. Out of a Pod, or when set
+    /// explicitly, the kubeconfig is used; in a Pod (KUBERNETES_SERVICE_HOST) the service account.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            scope: String::new(),
+            name: String::new(),
+            group: None,
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            scope_label: "cluster-name".into(),
+            role_label: "role".into(),
+            leader_label_value: "primary".into(),
+            follower_label_value: "replica".into(),
+            standby_leader_label_value: "primary".into(),
+            tmp_role_label: None,
+            use_endpoints: false,
+            pod_ip: None,
+            ports: vec![json!({"port": 5432})],
+            cacert: None,
+            context: None,
+            bypass_api_service: false,
+            retriable_http_codes: Vec::new(),
+            bootstrap_labels: BTreeMap::new(),
+            timing: Timing::default(),
+            kubeconfig: None,
+        }
+    }
+}
+
+/// State shared with the watch tasks.
+pub(crate) struct Shared {
+    api: ApiClient,
+    layout: Layout,
+    name: String,
+    labels: LabelSettings,
+    pod_ip: Option<String>,
+    ports: Vec<Value>,
+    kinds: Mutex<KindState>,
+    pods: Mutex<PodCache>,
+    notify: Notify,
+    /// Endpoints mode: the headless `<scope>-config` Service still has to be created.
+    config_service_pending: AtomicBool,
+}
+
+/// The Kubernetes DCS backend bound to one member (Pod) of one cluster.
+pub struct Kubernetes {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn config_error(msg: impl Into<String>) -> DcsError {
+    DcsError::Protocol(msg.into())
+}
+
+/// API server address of the in-cluster environment, `https://host:port`.
+fn incluster_url(host: &str, port: &str) -> String {
+    let host = host.trim();
+    if host.contains(':') && !host.starts_with('[') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    }
+}
+
+fn read_ca(path: &Path, key: &str) -> DcsResult<Vec<Vec<u8>>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(format!("{key}: cannot read {}: {e}", path.display())))?;
+    pem_certs_to_der(&text, path)
+}
+
+/// Service account credentials of the Pod we run in.
+fn incluster_config(cfg: &KubernetesConfig, host: &str) -> DcsResult<kube::Config> {
+    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+    let url = incluster_url(host, port.trim());
+    let uri = url.parse::<http::Uri>().map_err(|e| {
+        config_error(format!(
+            "KUBERNETES_SERVICE_HOST/PORT: invalid address {url}: {e}"
+        ))
+    })?;
+    let sa = Path::new(SA_DIR);
+    let (ca_path, key) = match &cfg.cacert {
+        Some(p) => (p.clone(), "kubernetes.cacert"),
+        None => (sa.join("ca.crt"), "service account CA"),
+    };
+    let token = sa.join("token");
+    if !token.is_file() {
+        return Err(config_error(format!(
+            "running in a Pod (KUBERNETES_SERVICE_HOST is set) but the service account token {} is missing",
+            token.display()
+        )));
+    }
+    let mut config = kube::Config::new(uri);
+    config.root_cert = Some(read_ca(&ca_path, key)?);
+    config.root_cert_file = Some(ca_path);
+    config.auth_info.token_file = Some(token.display().to_string());
+    Ok(config)
+}
+
+async fn kubeconfig_config(cfg: &KubernetesConfig) -> DcsResult<kube::Config> {
+    let (file, source) = match &cfg.kubeconfig {
+        Some(p) => (
+            kube::config::Kubeconfig::read_from(p),
+            p.display().to_string(),
+        ),
+        None => (
+            kube::config::Kubeconfig::read(),
+            "$KUBECONFIG or ~/.kube/config".to_string(),
+        ),
+    };
+    let file = file.map_err(|e| {
+        config_error(format!(
+            "kubernetes: cannot read the kubeconfig ({source}): {}",
+            error_chain(&e)
+        ))
+    })?;
+    let options = kube::config::KubeConfigOptions {
+        context: cfg.context.clone().filter(|c| !c.is_empty()),
+        ..Default::default()
+    };
+    kube::Config::from_custom_kubeconfig(file, &options)
+        .await
+        .map_err(|e| {
+            config_error(format!(
+                "kubernetes: kubeconfig {source}{}: {}",
+                cfg.context
+                    .as_ref()
+                    .map(|c| format!(", context '{c}'"))
+                    .unwrap_or_default(),
+                error_chain(&e)
+            ))
+        })
+}
+
+impl Kubernetes {
+    /// Validate the settings, load credentials (service account in a Pod, else kubeconfig) and
+    /// start the background watches. No request is required to succeed here.
+    pub async fn connect(cfg: KubernetesConfig) -> DcsResult<Kubernetes> {
+        if cfg.scope.trim().is_empty() {
+            return Err(config_error("kubernetes: scope must not be empty"));
+        }
+        if cfg.name.trim().is_empty() || cfg.name.contains('/') {
+            return Err(config_error(format!(
+                "kubernetes: member name '{}' must be the (non-empty) name of the member's Pod",
+                cfg.name
+            )));
+        }
+        if cfg.namespace.trim().is_empty() || cfg.namespace.contains('/') {
+            return Err(config_error(format!(
+                "kubernetes.namespace: '{}' is not a Kubernetes namespace",
+                cfg.namespace
+            )));
+        }
+        let ports = objects::normalise_ports(&cfg.ports).map_err(config_error)?;
+        let service_host = std::env::var("KUBERNETES_SERVICE_HOST")
+            .ok()
+            .filter(|h| !h.trim().is_empty());
+        let config = match (&cfg.kubeconfig, service_host) {
+            (None, Some(host)) => incluster_config(&cfg, &host)?,
+            _ => kubeconfig_config(&cfg).await?,
+        };
+        let api = ApiClient::new(
+            config,
+            cfg.timing,
+            cfg.retriable_http_codes.clone(),
+            cfg.bypass_api_service,
+        )?;
+        let layout = Layout::new(
+            cfg.scope.trim(),
+            cfg.group,
+            cfg.namespace.trim(),
+            &cfg.labels,
+            &cfg.scope_label,
+            cfg.use_endpoints,
+        );
+        let shared = Shared {
+            api,
+            name: cfg.name.clone(),
+            labels: LabelSettings {
+                role_label: cfg.role_label.clone(),
+                leader_label_value: cfg.leader_label_value.clone(),
+                follower_label_value: cfg.follower_label_value.clone(),
+                standby_leader_label_value: cfg.standby_leader_label_value.clone(),
+                tmp_role_label: cfg.tmp_role_label.clone(),
+                bootstrap_labels: cfg.bootstrap_labels.clone(),
+            },
+            pod_ip: cfg.pod_ip.clone().filter(|ip| !ip.trim().is_empty()),
+            ports,
+            kinds: Mutex::new(KindState::default()),
+            pods: Mutex::new(PodCache::default()),
+            notify: Notify::new(),
+            config_service_pending: AtomicBool::new(layout.kind == Kind::Endpoints),
+            layout,
+        };
+        let k = Kubernetes {
+            shared: Arc::new(shared),
+            tasks: Mutex::new(Vec::new()),
+        };
+        k.ensure_watchers();
+        Ok(k)
+    }
+
+    /// Names of this group's objects: leader, config, failover, sync.
+    pub fn object_names(&self) -> [String; 4] {
+        let l = &self.shared.layout;
+        [
+            l.leader.clone(),
+            l.config.clone(),
+            l.failover.clone(),
+            l.sync.clone(),
+        ]
+    }
+
+    /// The label selector used for every LIST and WATCH.
+    pub fn label_selector(&self) -> String {
+        self.shared.layout.selector()
+    }
+
+    fn ensure_watchers(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if !tasks.is_empty() && tasks.iter().all(|t| !t.is_finished()) {
+            return;
+        }
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        tasks.push(tokio::spawn(watch::run_kinds(Arc::clone(&self.shared))));
+        tasks.push(tokio::spawn(watch::run_pods(Arc::clone(&self.shared))));
+    }
+
+    fn stop_watchers(&self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        self.shared
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .synced = false;
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.shared.layout
+    }
+
+    fn ns(&self) -> &str {
+        &self.shared.layout.namespace
+    }
+
+    fn resource(&self) -> &'static str {
+        self.shared.layout.kind.resource()
+    }
+
+    fn ttl(&self) -> u32 {
+        self.shared.api.timing().ttl.max(1)
+    }
+
+    fn kinds(&self) -> std::sync::MutexGuard<'_, KindState> {
+        self.shared.kinds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn offer(&self, name: &str, obj: Option<Value>, rv: Option<&str>) {
+        let leader = self.layout().leader.clone();
+        self.kinds().offer(&leader, name, obj, rv, Instant::now());
+    }
+
+    /// Remember an object returned by a write.
+    fn offer_answer(&self, name: &str, resp: &client::Resp, req: &Req) {
+        if let Ok(obj) = resp.json(req) {
+            if objects::name(&obj) == Some(name) {
+                self.offer(name, Some(obj), None);
+            }
+        }
+    }
+
+    fn holds_lock(&self) -> bool {
+        let ttl = self.ttl();
+        self.kinds().tracker().holder(ttl, Instant::now()) == Some(self.shared.name.as_str())
+    }
+
+    /// GET one of our kind objects (`None`: it does not exist).
+    async fn get_kind(&self, name: &str, deadline: Instant) -> DcsResult<Option<Value>> {
+        let req = Req::get(self.resource(), self.ns(), name);
+        match self.shared.api.call(&req, deadline).await {
+            Ok(resp) => {
+                let obj = resp.json(&req)?;
+                self.offer(name, Some(obj.clone()), None);
+                Ok(Some(obj))
+            }
+            Err(CallError::Status { code: 404, .. }) => {
+                self.offer(name, None, None);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Our own Pod: from the cache, else read now.
+    async fn own_pod(&self, deadline: Instant) -> Option<Value> {
+        let cached = self
+            .shared
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pods
+            .get(&self.shared.name)
+            .cloned();
+        if cached.is_some() {
+            return cached;
+        }
+        let req = Req::get("pods", self.ns(), &self.shared.name);
+        match self.shared.api.call(&req, deadline).await {
+            Ok(resp) => {
+                let pod = resp.json(&req).ok()?;
+                self.shared
+                    .pods
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .offer(pod.clone());
+                Some(pod)
+            }
+            Err(e) => {
+                tracing::debug!(error = %DcsError::from(e), "cannot read our own Pod");
+                None
+            }
+        }
+    }
+
+    /// Endpoints mode: the subsets the leader object should get, `None` when they are already
+    /// right (or our IP is unknown).
+    async fn wanted_subsets(&self, current: Option<&Value>, deadline: Instant) -> Option<Value> {
+        if self.layout().kind != Kind::Endpoints {
+            return None;
+        }
+        let pod = self.own_pod(deadline).await;
+        let ip = match &self.shared.pod_ip {
+            Some(ip) => ip.clone(),
+            None => objects::pod_ip(pod.as_ref()?)?.to_string(),
+        };
+        let existing = current.and_then(|c| c.get("subsets"));
+        if !objects::subsets_changed(existing, &ip, &self.shared.ports) {
+            return None;
+        }
+        Some(objects::leader_subsets(
+            &ip,
+            &self.shared.ports,
+            pod.as_ref(),
+            self.ns(),
+            &self.shared.name,
+            existing,
+        ))
+    }
+
+    /// Endpoints mode: the headless `<scope>-config` Service keeps the config Endpoints from
+    /// being cleaned up; created once, 409 (exists) and 403 (not allowed) are fine.
+    async fn ensure_config_service(&self, deadline: Instant) {
+        if !self.shared.config_service_pending.load(Ordering::Relaxed) {
+            return;
+        }
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": self.layout().config,
+                "namespace": self.ns(),
+                "labels": self.layout().object_labels,
+            },
+            "spec": {"clusterIP": "None"},
+        });
+        let req = Req::create("services", self.ns(), &body);
+        match self.shared.api.call(&req, deadline).await {
+            Ok(_) | Err(CallError::Status { code: 409, .. }) => {}
+            Err(CallError::Dcs(DcsError::Forbidden(msg))) => {
+                tracing::debug!("not allowed to create the config Service: {msg}")
+            }
+            Err(e) => {
+                tracing::debug!(error = %DcsError::from(e), "cannot create the config Service");
+                return;
+            }
+        }
+        self.shared
+            .config_service_pending
+            .store(false, Ordering::Relaxed);
+    }
+
+    /// POST one of our kind objects.
+    async fn create_kind(
+        &self,
+        name: &str,
+        annotations: &Map<String, Value>,
+        subsets: Option<Value>,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        if name == self.layout().config {
+            self.ensure_config_service(deadline).await;
+        }
+        let body = objects::kind_body(self.layout(), name, annotations, None, true, subsets);
+        let req = Req::create(self.resource(), self.ns(), &body);
+        let resp = self.shared.api.call(&req, deadline).await?;
+        self.offer_answer(name, &resp, &req);
+        Ok(())
+    }
+
+    /// Strategic-merge PATCH of one of our kind objects, a compare-and-swap with `rv`.
+    async fn patch_kind(
+        &self,
+        name: &str,
+        annotations: &Map<String, Value>,
+        rv: Option<&str>,
+        subsets: Option<Value>,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        let body = objects::kind_body(self.layout(), name, annotations, rv, false, subsets);
+        let req = Req::patch(self.resource(), self.ns(), name, &body);
+        let resp = self.shared.api.call(&req, deadline).await?;
+        self.offer_answer(name, &resp, &req);
+        Ok(())
+    }
+
+    /// After a 409 of a request that was sent more than once: did an earlier attempt apply it?
+    async fn applied_anyway(
+        &self,
+        name: &str,
+        annotations: &Map<String, Value>,
+        deadline: Instant,
+    ) -> DcsResult<bool> {
+        Ok(self
+            .get_kind(name, deadline)
+            .await?
+            .is_some_and(|o| has_annotations(&o, annotations)))
+    }
+
+    /// Write annotations of `name`: with `version` as a compare-and-swap (`Ok(false)` when
+    /// someone wrote in between or the object is gone), without it creating the object if needed.
+    async fn write_kind(
+        &self,
+        name: &str,
+        annotations: Map<String, Value>,
+        version: Option<&str>,
+    ) -> DcsResult<bool> {
+        let deadline = self.shared.api.budget();
+        if let Some(v) = version {
+            return match self
+                .patch_kind(name, &annotations, Some(v), None, deadline)
+                .await
+            {
+                Ok(()) => Ok(true),
+                Err(CallError::Status {
+                    code: 409, retried, ..
+                }) => {
+                    if retried {
+                        self.applied_anyway(name, &annotations, deadline).await
+                    } else {
+                        Ok(false)
+                    }
+                }
+                Err(CallError::Status { code: 404, .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let exists = self.kinds().get(name).is_some();
+        if exists {
+            match self
+                .patch_kind(name, &annotations, None, None, deadline)
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(CallError::Status { code: 404, .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match self.create_kind(name, &annotations, None, deadline).await {
+            Ok(()) => Ok(true),
+            Err(CallError::Status { code: 409, .. }) => {
+                self.patch_kind(name, &annotations, None, None, deadline)
+                    .await?;
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Clear annotations of `name` (CAS on `version` when given); an absent object is clear.
+    async fn clear_kind(
+        &self,
+        name: &str,
+        annotations: Map<String, Value>,
+        version: Option<&str>,
+    ) -> DcsResult<bool> {
+        let deadline = self.shared.api.budget();
+        match self
+            .patch_kind(name, &annotations, version, None, deadline)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(CallError::Status { code: 404, .. }) => Ok(true),
+            Err(CallError::Status {
+                code: 409, retried, ..
+            }) => {
+                if retried {
+                    self.applied_anyway(name, &annotations, deadline).await
+                } else {
+                    Ok(false)
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The leader object to renew or release: the latest version we know, else read now.
+    async fn current_leader(&self, deadline: Instant) -> DcsResult<Option<Value>> {
+        let leader = self.layout().leader.clone();
+        let cached = self.kinds().get(&leader).cloned();
+        match cached {
+            Some(c) => Ok(Some(c)),
+            None => self.get_kind(&leader, deadline).await,
+        }
+    }
+
+    /// After a 409 on our own lock: re-read; `Ok(None)` when the lock is not ours (any more),
+    /// `Ok(Some(obj))` when it still is and `obj` is its fresh version.
+    async fn reread_own_lock(
+        &self,
+        sent_rv: Option<&str>,
+        deadline: Instant,
+    ) -> DcsResult<Option<Value>> {
+        if deadline.saturating_duration_since(Instant::now()) < Duration::from_secs(1) {
+            return Ok(None);
+        }
+        let leader = self.layout().leader.clone();
+        let Some(fresh) = self.get_kind(&leader, deadline).await? else {
+            return Ok(None);
+        };
+        if annotation(&fresh, "leader") != Some(self.shared.name.as_str()) {
+            return Ok(None);
+        }
+        Ok(Some(fresh).filter(|f| resource_version(f) != sent_rv || sent_rv.is_none()))
+    }
+}
+
+impl Drop for Kubernetes {
+    fn drop(&mut self) {
+        self.stop_watchers();
+    }
+}
+
+#[async_trait]
+impl Dcs for Kubernetes {
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn set_timing(&self, timing: Timing) {
+        self.shared.api.set_timing(timing);
+    }
+
+    async fn get_cluster(&self) -> DcsResult<Cluster> {
+        self.ensure_watchers();
+        self.shared.api.refresh_api_servers().await;
+        let api = &self.shared.api;
+        let deadline = api.budget();
+        let layout = self.layout();
+        let kinds_req = Req::list(self.resource(), self.ns(), &layout.selector());
+        let cached_pods = {
+            let cache = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .synced
+                .then(|| cache.pods.values().cloned().collect::<Vec<_>>())
+        };
+        let pods_req = Req::list("pods", self.ns(), &layout.selector());
+        let pods_fut = async {
+            match cached_pods {
+                Some(p) => Ok::<_, DcsError>(p),
+                None => {
+                    let resp = api.call(&pods_req, deadline).await?;
+                    let v = resp.json(&pods_req)?;
+                    let (items, _) = watch::parse_list(&v).ok_or_else(|| {
+                        DcsError::Protocol(format!(
+                            "{}: the answer is not a list",
+                            pods_req.describe()
+                        ))
+                    })?;
+                    let mut cache = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+                    for p in &items {
+                        cache.offer(p.clone());
+                    }
+                    Ok(items)
+                }
+            }
+        };
+        let (kinds, pods) = tokio::join!(api.call(&kinds_req, deadline), pods_fut);
+        let list = kinds?.json(&kinds_req)?;
+        let pods = pods?;
+        let (items, list_rv) = watch::parse_list(&list).ok_or_else(|| {
+            DcsError::Protocol(format!(
+                "{}: the answer is not a list",
+                kinds_req.describe()
+            ))
+        })?;
+        let ours: HashMap<String, Value> = items
+            .into_iter()
+            .filter_map(|o| {
+                let n = objects::name(&o)?.to_string();
+                layout.is_ours(&n).then_some((n, o))
+            })
+            .collect();
+        let now = Instant::now();
+        let ttl = self.ttl();
+        let lock_held = {
+            let mut st = self.kinds();
+            for n in layout.names() {
+                st.offer(&layout.leader, n, ours.get(n).cloned(), Some(&list_rv), now);
+            }
+            st.note_read(&layout.leader, ours.clone());
+            let listed = LeaderRecord::from_object(ours.get(&layout.leader));
+            listed.leader().is_some() && st.tracker().holder(ttl, now) == listed.leader()
+        };
+        let cluster = objects::build_cluster(layout, &ours, &pods, lock_held);
+        for w in &cluster.warnings {
+            tracing::debug!(warning = %w, "kubernetes cluster read");
+        }
+        Ok(cluster)
+    }
+
+    async fn touch_member(&self, data: &MemberData) -> DcsResult<()> {
+        let deadline = self.shared.api.budget();
+        let labels = objects::member_labels(&self.shared.labels, data, self.holds_lock());
+        let unchanged = {
+            let cache = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .pods
+                .get(&self.shared.name)
+                .is_some_and(|pod| objects::pod_matches(pod, &labels, data))
+        };
+        if !unchanged {
+            let status = serde_json::to_string(data)
+                .map_err(|e| DcsError::Protocol(format!("cannot serialise member data: {e}")))?;
+            let body = objects::pod_patch(self.ns(), &self.shared.name, &labels, Some(&status));
+            let req = Req::patch("pods", self.ns(), &self.shared.name, &body);
+            match self.shared.api.call(&req, deadline).await {
+                Ok(resp) => {
+                    if let Ok(pod) = resp.json(&req) {
+                        self.shared
+                            .pods
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .offer(pod);
+                    }
+                }
+                Err(CallError::Status { code: 404, .. }) => {
+                    return Err(DcsError::Protocol(format!(
+                        "Pod \"{}\" not found in namespace \"{}\": on Kubernetes the member name must be the name of its Pod",
+                        self.shared.name,
+                        self.ns()
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.ensure_config_service(deadline).await;
+        Ok(())
+    }
+
+    async fn delete_member(&self) -> DcsResult<()> {
+        let deadline = self.shared.api.budget();
+        let mut labels = BTreeMap::new();
+        labels.insert(self.shared.labels.role_label.clone(), None);
+        if let Some(t) = self
+            .shared
+            .labels
+            .tmp_role_label
+            .as_ref()
+            .filter(|t| !t.is_empty())
+        {
+            labels.insert(t.clone(), None);
+        }
+        let body = objects::pod_patch(self.ns(), &self.shared.name, &labels, None);
+        let req = Req::patch("pods", self.ns(), &self.shared.name, &body);
+        match self.shared.api.call(&req, deadline).await {
+            Ok(resp) => {
+                if let Ok(pod) = resp.json(&req) {
+                    self.shared
+                        .pods
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .offer(pod);
+                }
+                Ok(())
+            }
+            Err(CallError::Status { code: 404, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn attempt_to_acquire_leader(&self) -> DcsResult<bool> {
+        let deadline = self.shared.api.budget();
+        let me = self.shared.name.clone();
+        let leader = self.layout().leader.clone();
+        let ttl = self.ttl();
+        let last_read = self.kinds().last_read_leader().map(|o| o.cloned());
+        // Without a cluster read we have not judged the lock: read it now (a lock seen for the
+        // first time counts as held for its ttl).
+        let read = match last_read {
+            Some(r) => r,
+            None => self.get_kind(&leader, deadline).await?,
+        };
+        let (observed, cached) = {
+            let st = self.kinds();
+            if let Some(holder) = st.tracker().holder(ttl, Instant::now()) {
+                if holder != me {
+                    tracing::info!(holder, "the leader lock is held by another member");
+                    return Ok(false);
+                }
+            }
+            (st.tracker().observed().clone(), st.get(&leader).cloned())
+        };
+        let read_rv = read.as_ref().and_then(resource_version).map(str::to_string);
+        // A newer version whose lock fields did not change since the read is as good (only the
+        // status changed), and avoids a needless conflict.
+        let rv = match (&read_rv, &cached) {
+            (Some(r), Some(c))
+                if objects::rv_newer(resource_version(c), Some(r))
+                    && LeaderRecord::from_object(Some(c))
+                        == LeaderRecord::from_object(read.as_ref()) =>
+            {
+                resource_version(c).map(str::to_string)
+            }
+            _ => read_rv,
+        };
+        let annotations = objects::acquire_annotations(&me, ttl, &objects::iso_now(), &observed);
+        let subsets = self.wanted_subsets(cached.as_ref(), deadline).await;
+        let result = match &rv {
+            None => {
+                self.create_kind(&leader, &annotations, subsets, deadline)
+                    .await
+            }
+            Some(v) => {
+                self.patch_kind(&leader, &annotations, Some(v), subsets, deadline)
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(member = %me, "acquired the leader lock");
+                Ok(true)
+            }
+            Err(CallError::Status { code: 409, .. }) => {
+                // Lost, unless an earlier attempt of ours went through before an error.
+                let won = self.get_kind(&leader, deadline).await?.is_some_and(|o| {
+                    resource_version(&o) != rv.as_deref() && has_annotations(&o, &annotations)
+                });
+                if !won {
+                    tracing::info!(member = %me, "another member acquired the leader lock first");
+                }
+                Ok(won)
+            }
+            // Deleted since the read: the next cycle sees it gone.
+            Err(CallError::Status { code: 404, .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn update_leader(&self, cluster: &Cluster, optime: Option<u64>) -> DcsResult<bool> {
+        let deadline = self.shared.api.budget();
+        let me = self.shared.name.clone();
+        let leader = self.layout().leader.clone();
+        let Some(current) = self.current_leader(deadline).await? else {
+            tracing::warn!(member = %me, "the leader object is gone: the lock is not ours");
+            return Ok(false);
+        };
+        if annotation(&current, "leader") != Some(me.as_str()) {
+            tracing::warn!(member = %me, "the leader lock is held by another member");
+            return Ok(false);
+        }
+        let annotations = objects::renew_annotations(
+            &me,
+            self.ttl(),
+            &objects::iso_now(),
+            &LeaderRecord::from_object(Some(&current)),
+            optime,
+            &cluster.status,
+        );
+        let rv = resource_version(&current).map(str::to_string);
+        let subsets = self.wanted_subsets(Some(&current), deadline).await;
+        match self
+            .patch_kind(
+                &leader,
+                &annotations,
+                rv.as_deref(),
+                subsets.clone(),
+                deadline,
+            )
+            .await
+        {
+            Ok(()) => return Ok(true),
+            Err(CallError::Status { code: 409, .. }) => {
+                tracing::warn!(object = %leader, "concurrent update of the leader object");
+            }
+            Err(CallError::Status { code: 404, .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
+            return Ok(false);
+        };
+        // Our earlier attempt may have been applied before its answer was lost.
+        if has_annotations(&fresh, &annotations) {
+            return Ok(true);
+        }
+        let subsets = self.wanted_subsets(Some(&fresh), deadline).await;
+        match self
+            .patch_kind(
+                &leader,
+                &annotations,
+                resource_version(&fresh),
+                subsets,
+                deadline,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(CallError::Status {
+                code: 409 | 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_leader(&self, optime: Option<u64>) -> DcsResult<bool> {
+        let deadline = self.shared.api.budget();
+        let me = self.shared.name.clone();
+        let leader = self.layout().leader.clone();
+        let Some(current) = self.current_leader(deadline).await? else {
+            return Ok(false);
+        };
+        if annotation(&current, "leader") != Some(me.as_str()) {
+            return Ok(false);
+        }
+        let mut annotations = Map::new();
+        annotations.insert("leader".into(), Value::Null);
+        if let Some(o) = optime {
+            annotations.insert("optime".into(), Value::String(o.to_string()));
+        }
+        let subsets = (self.layout().kind == Kind::Endpoints).then(|| json!([]));
+        let rv = resource_version(&current).map(str::to_string);
+        match self
+            .patch_kind(
+                &leader,
+                &annotations,
+                rv.as_deref(),
+                subsets.clone(),
+                deadline,
+            )
+            .await
+        {
+            Ok(()) => return Ok(true),
+            Err(CallError::Status { code: 409, .. }) => {}
+            Err(CallError::Status { code: 404, .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
+            return Ok(false);
+        };
+        match self
+            .patch_kind(
+                &leader,
+                &annotations,
+                resource_version(&fresh),
+                subsets,
+                deadline,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(CallError::Status {
+                code: 409 | 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn initialize(&self, create_new: bool, sysid: &str) -> DcsResult<bool> {
+        let config = self.layout().config.clone();
+        let mut annotations = Map::new();
+        annotations.insert("initialize".into(), Value::String(sysid.to_string()));
+        if !create_new {
+            return self.write_kind(&config, annotations, None).await;
+        }
+        let deadline = self.shared.api.budget();
+        let result = match self.get_kind(&config, deadline).await? {
+            None => {
+                self.create_kind(&config, &annotations, None, deadline)
+                    .await
+            }
+            Some(obj) => {
+                if annotations_has(&obj, "initialize") {
+                    return Ok(false);
+                }
+                self.patch_kind(
+                    &config,
+                    &annotations,
+                    resource_version(&obj),
+                    None,
+                    deadline,
+                )
+                .await
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            // Someone else created or changed it first (a retried request of ours that went
+            // through also lands here: counting that as lost is the safe side).
+            Err(CallError::Status {
+                code: 409 | 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn cancel_initialization(&self) -> DcsResult<()> {
+        let mut annotations = Map::new();
+        annotations.insert("initialize".into(), Value::Null);
+        let config = self.layout().config.clone();
+        self.clear_kind(&config, annotations, None).await?;
+        Ok(())
+    }
+
+    async fn set_config_value(&self, value: &Value, version: Option<&str>) -> DcsResult<bool> {
+        let mut annotations = Map::new();
+        annotations.insert("config".into(), Value::String(value.to_string()));
+        let config = self.layout().config.clone();
+        self.write_kind(&config, annotations, version).await
+    }
+
+    async fn set_history_value(&self, history: &[HistoryEntry]) -> DcsResult<()> {
+        let mut annotations = Map::new();
+        annotations.insert("history".into(), Value::String(history_to_json(history)));
+        let config = self.layout().config.clone();
+        self.write_kind(&config, annotations, None).await?;
+        Ok(())
+    }
+
+    async fn set_failover_value(
+        &self,
+        failover: &Failover,
+        version: Option<&str>,
+    ) -> DcsResult<bool> {
+        let name = self.layout().failover.clone();
+        self.write_kind(&name, objects::failover_annotations(failover), version)
+            .await
+    }
+
+    async fn delete_failover(&self, version: Option<&str>) -> DcsResult<bool> {
+        let name = self.layout().failover.clone();
+        self.clear_kind(
+            &name,
+            objects::failover_annotations(&Failover::default()),
+            version,
+        )
+        .await
+    }
+
+    async fn set_sync_state(&self, sync: &SyncState, version: Option<&str>) -> DcsResult<bool> {
+        let name = self.layout().sync.clone();
+        self.write_kind(&name, objects::sync_annotations(sync), version)
+            .await
+    }
+
+    async fn delete_sync_state(&self, version: Option<&str>) -> DcsResult<bool> {
+        let name = self.layout().sync.clone();
+        self.clear_kind(
+            &name,
+            objects::sync_annotations(&SyncState::default()),
+            version,
+        )
+        .await
+    }
+
+    async fn write_status(&self, status: &Status) -> DcsResult<()> {
+        let deadline = self.shared.api.budget();
+        let leader = self.layout().leader.clone();
+        self.patch_kind(
+            &leader,
+            &objects::status_annotations(status),
+            None,
+            None,
+            deadline,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn watch(&self, timeout: Duration) -> bool {
+        self.ensure_watchers();
+        tokio::time::timeout(timeout, self.shared.notify.notified())
+            .await
+            .is_ok()
+    }
+
+    async fn close(&self) -> DcsResult<()> {
+        // Nothing is bound to a session on Kubernetes: the lock expires by its ttl.
+        self.stop_watchers();
+        Ok(())
+    }
+}
+
+fn annotations_has(obj: &Value, key: &str) -> bool {
+    objects::annotations(obj).is_some_and(|a| a.contains_key(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incluster_addresses() {
+        assert_eq!(incluster_url("10.96.0.1", "443"), "https://10.96.0.1:443");
+        assert_eq!(incluster_url("fd00::1", "6443"), "https://[fd00::1]:6443");
+    }
+
+    #[tokio::test]
+    async fn connect_validates_settings() {
+        let dir = std::env::temp_dir().join(format!("dcs-k8s-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let kc = dir.join("kubeconfig");
+        std::fs::write(
+            &kc,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:9'}\n\
+             contexts:\n- name: kind-kind\n  context: {cluster: c, user: u}\n- name: other\n  context: {cluster: c, user: u}\n\
+             current-context: kind-kind\nusers:\n- name: u\n  user: {token: t}\n",
+        )
+        .expect("write kubeconfig");
+        let cfg = KubernetesConfig {
+            scope: "demo".into(),
+            name: "demo-0".into(),
+            kubeconfig: Some(kc.clone()),
+            ..Default::default()
+        };
+        let k = Kubernetes::connect(cfg.clone()).await.expect("connect");
+        assert_eq!(k.kind(), "kubernetes");
+        assert_eq!(k.label_selector(), "cluster-name=demo");
+        assert_eq!(
+            k.object_names(),
+            ["demo-leader", "demo-config", "demo-failover", "demo-sync"].map(String::from)
+        );
+        drop(k);
+        let err = |c: KubernetesConfig| async move {
+            Kubernetes::connect(c)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err(KubernetesConfig {
+            scope: " ".into(),
+            ..cfg.clone()
+        })
+        .await
+        .contains("scope"));
+        assert!(err(KubernetesConfig {
+            name: String::new(),
+            ..cfg.clone()
+        })
+        .await
+        .contains("Pod"));
+        assert!(err(KubernetesConfig {
+            ports: vec![json!({"port": "x"})],
+            ..cfg.clone()
+        })
+        .await
+        .contains("kubernetes.ports"));
+        let e = err(KubernetesConfig {
+            context: Some("nope".into()),
+            ..cfg.clone()
+        })
+        .await;
+        assert!(e.contains("context 'nope'"), "{e}");
+        assert!(Kubernetes::connect(KubernetesConfig {
+            context: Some("other".into()),
+            ..cfg.clone()
+        })
+        .await
+        .is_ok());
+        let e = err(KubernetesConfig {
+            kubeconfig: Some(dir.join("missing")),
+            ..cfg
+        })
+        .await;
+        assert!(
+            e.contains("cannot read the kubeconfig") && e.contains("missing"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,276 @@
+//! What this member knows about its group's objects, shared by the requests and the watch tasks:
+//! the latest version of each kind object, the lock liveness tracker and the Pod cache.
+//!
+//! Lock liveness (reference §1.8): readers never compare `renewTime` with their clock. They
+//! remember the lock record (`leader`, `acquireTime`, `ttl`, `renewTime`, `transitions`) and the
+//! local instant it last changed; the lock counts as held while that instant + `ttl` is not past.
+//! A holder that renewed at T (after its call started at S ≤ T) is seen changing at some T' ≥ T,
+//! so every reader keeps the lock alive until at least S + ttl — the holder's own safe deadline.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::objects::{self, LeaderRecord};
+
+/// Tracks when the lock record last changed, in local time.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LockTracker {
+    observed: LeaderRecord,
+    changed_at: Option<Instant>,
+}
+
+impl LockTracker {
+    /// Record the lock fields seen now; only a change restarts the clock.
+    pub(crate) fn observe(&mut self, record: LeaderRecord, now: Instant) {
+        if (!record.is_empty() || !self.observed.is_empty()) && record != self.observed {
+            self.observed = record;
+            self.changed_at = Some(now);
+        }
+    }
+
+    pub(crate) fn observed(&self) -> &LeaderRecord {
+        &self.observed
+    }
+
+    /// The holder while the lock looks alive at `now`; `default_ttl` when the record has none.
+    pub(crate) fn holder(&self, default_ttl: u32, now: Instant) -> Option<&str> {
+        let holder = self.observed.leader()?;
+        let ttl = self
+            .observed
+            .ttl()
+            .unwrap_or_else(|| u64::from(default_ttl.max(1)));
+        let changed = self.changed_at?;
+        (changed + Duration::from_secs(ttl) >= now).then_some(holder)
+    }
+}
+
+/// Our group's kind objects (latest version seen from any source) and the lock tracker fed by
+/// every change of the leader object.
+#[derive(Debug, Default)]
+pub(crate) struct KindState {
+    objects: HashMap<String, Value>,
+    tracker: LockTracker,
+    /// The leader object as of the last `get_cluster` (outer `None`: nothing read yet).
+    last_read_leader: Option<Option<Value>>,
+    /// Our objects as of the last `get_cluster`, the baseline of the first watch LIST.
+    last_read: Option<HashMap<String, Value>>,
+}
+
+impl KindState {
+    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
+        self.objects.get(name)
+    }
+
+    pub(crate) fn tracker(&self) -> &LockTracker {
+        &self.tracker
+    }
+
+    /// Offer a newer version of `name` (`None`: absent/deleted as of `rv`). Older information
+    /// than what we have is ignored, so LIST results and watch events may arrive in any order.
+    /// Returns whether anything changed.
+    pub(crate) fn offer(
+        &mut self,
+        leader_name: &str,
+        name: &str,
+        obj: Option<Value>,
+        rv: Option<&str>,
+        now: Instant,
+    ) -> bool {
+        let current_rv = self.objects.get(name).and_then(objects::resource_version);
+        let changed = match obj {
+            Some(obj) => {
+                let new_rv = objects::resource_version(&obj);
+                if self.objects.contains_key(name) && !objects::rv_newer(new_rv, current_rv) {
+                    return false;
+                }
+                self.objects.insert(name.to_string(), obj);
+                true
+            }
+            None => {
+                if !self.objects.contains_key(name) {
+                    return false;
+                }
+                if rv.is_some() && !objects::rv_newer(rv, current_rv) {
+                    return false;
+                }
+                self.objects.remove(name);
+                true
+            }
+        };
+        if changed && name == leader_name {
+            let record = LeaderRecord::from_object(self.objects.get(name));
+            self.tracker.observe(record, now);
+        }
+        changed
+    }
+
+    /// The first observation of the leader object (even "absent") starts the tracker.
+    pub(crate) fn note_read(&mut self, leader_name: &str, ours: HashMap<String, Value>) {
+        self.last_read_leader = Some(ours.get(leader_name).cloned());
+        self.last_read = Some(ours);
+    }
+
+    pub(crate) fn last_read_leader(&self) -> Option<Option<&Value>> {
+        self.last_read_leader.as_ref().map(Option::as_ref)
+    }
+
+    pub(crate) fn last_read(&self) -> Option<&HashMap<String, Value>> {
+        self.last_read.as_ref()
+    }
+}
+
+/// Pods matching the selector, fed by the Pod watch.
+#[derive(Debug, Default)]
+pub(crate) struct PodCache {
+    pub synced: bool,
+    pub pods: HashMap<String, Value>,
+}
+
+impl PodCache {
+    /// Replace everything with a LIST result.
+    pub(crate) fn replace(&mut self, items: Vec<Value>) {
+        self.pods = items
+            .into_iter()
+            .filter_map(|p| objects::name(&p).map(|n| (n.to_string(), p.clone())))
+            .collect();
+        self.synced = true;
+    }
+
+    /// Apply a newer Pod version (older ones are ignored).
+    pub(crate) fn offer(&mut self, pod: Value) {
+        let Some(name) = objects::name(&pod).map(str::to_string) else {
+            return;
+        };
+        let current = self.pods.get(&name).and_then(objects::resource_version);
+        if !self.pods.contains_key(&name)
+            || objects::rv_newer(objects::resource_version(&pod), current)
+        {
+            self.pods.insert(name, pod);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, name: &str, rv: Option<&str>) {
+        let current = self.pods.get(name).and_then(objects::resource_version);
+        if rv.is_none() || !objects::rv_newer(current, rv) {
+            self.pods.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn leader(name: Option<&str>, renew: &str, rv: &str) -> Value {
+        let mut ann =
+            json!({"acquireTime": "A", "renewTime": renew, "ttl": "10", "transitions": "0"});
+        if let Some(n) = name {
+            ann["leader"] = json!(n);
+        }
+        json!({"metadata": {"name": "demo-leader", "resourceVersion": rv, "annotations": ann}})
+    }
+
+    fn record(obj: &Value) -> LeaderRecord {
+        LeaderRecord::from_object(Some(obj))
+    }
+
+    #[test]
+    fn lock_is_held_for_ttl_after_the_last_observed_change() {
+        let t0 = Instant::now();
+        let mut t = LockTracker::default();
+        assert_eq!(t.holder(30, t0), None);
+        // A fresh process treats an unchanged lock as held for a whole ttl.
+        t.observe(record(&leader(Some("a"), "R1", "1")), t0);
+        assert_eq!(t.holder(30, t0 + Duration::from_secs(10)), Some("a"));
+        assert_eq!(t.holder(30, t0 + Duration::from_millis(10_001)), None);
+        // Seeing the same record again does not extend it.
+        t.observe(
+            record(&leader(Some("a"), "R1", "1")),
+            t0 + Duration::from_secs(5),
+        );
+        assert_eq!(t.holder(30, t0 + Duration::from_millis(10_001)), None);
+        // A renewal (new renewTime) does, whatever the timestamps say.
+        t.observe(
+            record(&leader(Some("a"), "R0", "2")),
+            t0 + Duration::from_secs(8),
+        );
+        assert_eq!(t.holder(30, t0 + Duration::from_secs(18)), Some("a"));
+        assert_eq!(t.holder(30, t0 + Duration::from_millis(18_001)), None);
+        // Released: no holder at once.
+        t.observe(
+            record(&leader(None, "R0", "3")),
+            t0 + Duration::from_secs(9),
+        );
+        assert_eq!(t.holder(30, t0 + Duration::from_secs(9)), None);
+    }
+
+    #[test]
+    fn ttl_annotation_wins_over_the_default() {
+        let t0 = Instant::now();
+        let mut t = LockTracker::default();
+        let mut obj = leader(Some("a"), "R", "1");
+        obj["metadata"]["annotations"]["ttl"] = json!("bogus");
+        t.observe(record(&obj), t0);
+        assert_eq!(t.holder(3, t0 + Duration::from_secs(3)), Some("a"));
+        assert_eq!(t.holder(3, t0 + Duration::from_secs(4)), None);
+        let mut t = LockTracker::default();
+        t.observe(record(&leader(Some("a"), "R", "1")), t0);
+        assert_eq!(t.holder(3, t0 + Duration::from_secs(9)), Some("a"));
+    }
+
+    #[test]
+    fn old_information_never_restarts_the_clock() {
+        let t0 = Instant::now();
+        let mut s = KindState::default();
+        assert!(s.offer(
+            "demo-leader",
+            "demo-leader",
+            Some(leader(Some("a"), "R2", "20")),
+            None,
+            t0
+        ));
+        // A LIST answer that was served before the watch event arrives later: ignored.
+        let late = t0 + Duration::from_secs(9);
+        assert!(!s.offer(
+            "demo-leader",
+            "demo-leader",
+            Some(leader(Some("a"), "R1", "19")),
+            None,
+            late
+        ));
+        assert!(!s.offer("demo-leader", "demo-leader", None, Some("19"), late));
+        assert_eq!(s.tracker().holder(30, t0 + Duration::from_secs(11)), None);
+        // Deleted after what we have: gone.
+        assert!(s.offer("demo-leader", "demo-leader", None, Some("21"), late));
+        assert!(s.get("demo-leader").is_none());
+        assert_eq!(s.tracker().observed(), &LeaderRecord::default());
+        // Other objects do not touch the tracker.
+        assert!(s.offer(
+            "demo-leader",
+            "demo-config",
+            Some(json!({"metadata": {"resourceVersion": "5"}})),
+            None,
+            late
+        ));
+        assert!(s.tracker().observed().is_empty());
+    }
+
+    #[test]
+    fn pod_cache_keeps_the_newest() {
+        let p = |rv: &str| json!({"metadata": {"name": "a", "resourceVersion": rv}});
+        let mut c = PodCache::default();
+        c.replace(vec![p("5")]);
+        assert!(c.synced);
+        c.offer(p("4"));
+        assert_eq!(objects::resource_version(&c.pods["a"]), Some("5"));
+        c.offer(p("6"));
+        assert_eq!(objects::resource_version(&c.pods["a"]), Some("6"));
+        c.remove("a", Some("5"));
+        assert!(c.pods.contains_key("a"));
+        c.remove("a", Some("7"));
+        assert!(!c.pods.contains_key("a"));
+    }
+}
