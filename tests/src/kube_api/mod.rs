@@ -1,1 +1,82 @@
-//! A Kubernetes API test server with the real API server's semantics for the objects Regent uses.
+//! A Kubernetes API test server with the real API server's semantics for the objects Regent
+//! and Patroni use: core/v1 `configmaps`, `endpoints`, `pods`, `services`, `namespaces` and
+//! coordination.k8s.io/v1 `leases`.
+//!
+//! HTTP+JSON on one listener. Objects live in memory under one global resourceVersion counter;
+//! LIST/WATCH with label and field selectors, create/update/patch (merge, strategic merge, JSON
+//! patch)/delete with optimistic concurrency, `Status` error bodies worded as the real server's,
+//! discovery and Table output good enough for kubectl. Test controls under `/_test/`:
+//! request counts per bearer token, injected faults, and event-window compaction (see `admin`).
+//!
+//! Run it as the `regent-kube-apiserver` binary (the `kube::KubeApiServer` fixture does), or
+//! in-process with [`serve`].
+
+mod admin;
+mod discovery;
+mod http;
+mod objects;
+mod patch;
+mod resources;
+mod selectors;
+mod status;
+mod store;
+mod table;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use resources::{ResourceDef, RESOURCES};
+pub use selectors::LabelSelector;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Events per resource kept for watches resuming from a resourceVersion; older ones get
+    /// 410 Gone.
+    pub watch_window: usize,
+    /// How often watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// Print one line per request on stdout.
+    pub log_requests: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            watch_window: 1000,
+            bookmark_interval: Duration::from_secs(1),
+            log_requests: true,
+        }
+    }
+}
+
+/// Shared state of one server.
+pub struct App {
+    store: store::Store,
+    admin: admin::Admin,
+    opts: ServeOptions,
+    /// `host:port` for discovery's serverAddressByClientCIDRs.
+    server_address: String,
+}
+
+/// The router serving `addr` (the address clients use, for discovery).
+pub fn router(addr: SocketAddr, opts: ServeOptions) -> Router {
+    let app = Arc::new(App {
+        store: store::Store::new(opts.watch_window),
+        admin: admin::Admin::default(),
+        opts,
+        server_address: addr.to_string(),
+    });
+    Router::new().fallback(http::handle).with_state(app)
+}
+
+/// Serve the API on `listener` until the process ends (or the future is dropped).
+pub async fn serve(listener: TcpListener, opts: ServeOptions) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    axum::serve(listener, router(addr, opts)).await
+}
