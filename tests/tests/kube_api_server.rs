@@ -388,3 +388,588 @@ async fn endpoints_validation_and_deprecation_warning() {
     assert_eq!(emptied.status, StatusCode::OK, "{}", emptied.body);
     assert!(emptied.body.get("subsets").is_none(), "{}", emptied.body);
 }
+
+/// Reads newline-delimited watch events from a streaming response.
+struct EventStream {
+    stream: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>,
+    >,
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    async fn open(c: &Client, path: &str) -> EventStream {
+        let response = c
+            .http
+            .get(format!("{}{path}", c.base))
+            .bearer_auth(&c.token)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("watch {path}: {e}"));
+        assert_eq!(response.status(), StatusCode::OK, "watch {path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        EventStream {
+            stream: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` when the server ended the stream. Panics after `deadline`.
+    async fn next(&mut self, deadline: Duration) -> Option<Value> {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                return Some(serde_json::from_slice(&line).expect("event is JSON"));
+            }
+            let remaining = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.stream.next()).await {
+                Err(_) => panic!("no watch event within {deadline:?}"),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => panic!("watch stream broke: {e}"),
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
+            }
+        }
+    }
+
+    /// The next event that is not a bookmark.
+    async fn next_change(&mut self, deadline: Duration) -> Value {
+        loop {
+            let event = self.next(deadline).await.expect("stream ended");
+            if event["type"] != "BOOKMARK" {
+                return event;
+            }
+        }
+    }
+}
+
+fn summary(event: &Value) -> (String, String) {
+    (
+        event["type"].as_str().unwrap_or("").to_string(),
+        event["object"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_and_field_selectors() {
+    let server = KubeApiServer::launch().await;
+    let c = Client::new(&server, "alice");
+    for (name, labels) in [
+        ("a", json!({"app": "pg", "role": "primary"})),
+        ("b", json!({"app": "pg", "role": "replica"})),
+        ("c", json!({"app": "web"})),
+        ("d", json!({})),
+    ] {
+        let created = c
+            .post(CM, json!({"metadata": {"name": name, "labels": labels}}))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    }
+    let list = c.get(CM).await;
+    assert_eq!(list.body["kind"], "ConfigMapList");
+    assert_eq!(list.body["apiVersion"], "v1");
+    assert!(list.body["metadata"]["resourceVersion"].is_string());
+    // List items carry no kind/apiVersion, as with the real server.
+    assert!(list.body["items"][0].get("kind").is_none(), "{}", list.body);
+    assert_eq!(names(&list.body), ["a", "b", "c", "d"]);
+
+    let cases: &[(&str, &[&str])] = &[
+        ("app=pg", &["a", "b"]),
+        ("app==pg", &["a", "b"]),
+        ("app!=pg", &["c", "d"]),
+        ("app=pg,role=replica", &["b"]),
+        ("role in (primary, replica)", &["a", "b"]),
+        ("role notin (primary)", &["b", "c", "d"]),
+        ("role", &["a", "b"]),
+        ("!role", &["c", "d"]),
+        ("app in (pg,web),!role", &["c"]),
+    ];
+    for (selector, expected) in cases {
+        let path = format!(
+            "{CM}?labelSelector={}",
+            regent_tests::kube::encode_query(selector)
+        );
+        let answer = c.get(&path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{selector}: {}", answer.body);
+        assert_eq!(names(&answer.body), *expected, "selector {selector}");
+    }
+    let by_name = c
+        .get(&format!("{CM}?fieldSelector=metadata.name%3Db"))
+        .await;
+    assert_eq!(names(&by_name.body), ["b"]);
+    let all_ns = c.get("/api/v1/configmaps?labelSelector=app%3Dweb").await;
+    assert_eq!(names(&all_ns.body), ["c"]);
+
+    let bad = c.get(&format!("{CM}?labelSelector=app%20in%20pg")).await;
+    assert_eq!(bad.status.as_u16(), 400, "{}", bad.body);
+    assert_eq!(bad.body["reason"], "BadRequest");
+    let bad_field = c.get(&format!("{CM}?fieldSelector=data.x%3Dy")).await;
+    assert_status(
+        &bad_field,
+        400,
+        "BadRequest",
+        "field label not supported: data.x",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_bookmarks_and_expiry() {
+    let server = KubeApiServer::launch_with_args(&["--bookmark-interval-ms", "200"]).await;
+    let c = Client::new(&server, "alice");
+    let t = Duration::from_secs(5);
+    c.post(
+        CM,
+        json!({"metadata": {"name": "a", "labels": {"app": "pg"}}}),
+    )
+    .await;
+    let start_rv = rv(&c.get(CM).await.body);
+
+    let mut watch = EventStream::open(
+        &c,
+        &format!("{CM}?watch=true&resourceVersion={start_rv}&allowWatchBookmarks=true&labelSelector=app%3Dpg"),
+    )
+    .await;
+    c.patch(
+        &format!("{CM}/a"),
+        "application/merge-patch+json",
+        json!({"data": {"k": "1"}}),
+    )
+    .await;
+    c.post(
+        CM,
+        json!({"metadata": {"name": "b", "labels": {"app": "pg"}}}),
+    )
+    .await;
+    c.post(CM, json!({"metadata": {"name": "unrelated"}})).await;
+    let moved = c
+        .patch(
+            &format!("{CM}/a"),
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"app": "other"}}}),
+        )
+        .await;
+    c.delete(&format!("{CM}/b"), None).await;
+
+    let e1 = watch.next_change(t).await;
+    assert_eq!(summary(&e1), ("MODIFIED".into(), "a".into()));
+    assert_eq!(e1["object"]["kind"], "ConfigMap");
+    assert_eq!(e1["object"]["data"]["k"], "1");
+    let e2 = watch.next_change(t).await;
+    assert_eq!(summary(&e2), ("ADDED".into(), "b".into()));
+    // Leaving the selection is a DELETED event with the previous content at the new version.
+    let e3 = watch.next_change(t).await;
+    assert_eq!(summary(&e3), ("DELETED".into(), "a".into()));
+    assert_eq!(e3["object"]["metadata"]["labels"]["app"], "pg");
+    assert_eq!(rv(&e3["object"]), rv(&moved.body));
+    let e4 = watch.next_change(t).await;
+    assert_eq!(summary(&e4), ("DELETED".into(), "b".into()));
+    let bookmark = loop {
+        let e = watch.next(t).await.expect("stream open");
+        if e["type"] == "BOOKMARK" {
+            break e;
+        }
+    };
+    assert_eq!(bookmark["object"]["kind"], "ConfigMap");
+    let bookmark_rv: u64 = rv(&bookmark["object"]).parse().expect("numeric rv");
+    assert!(bookmark_rv >= rv(&e4["object"]).parse().expect("numeric rv"));
+
+    // The legacy watch path, without a resourceVersion: synthetic ADDED for what exists.
+    let mut legacy = EventStream::open(&c, "/api/v1/watch/namespaces/default/configmaps").await;
+    let mut initial = vec![
+        summary(&legacy.next_change(t).await),
+        summary(&legacy.next_change(t).await),
+    ];
+    initial.sort();
+    assert_eq!(
+        initial,
+        [
+            ("ADDED".to_string(), "a".to_string()),
+            ("ADDED".into(), "unrelated".into())
+        ]
+    );
+
+    // A watch with a timeout ends by itself.
+    let mut short = EventStream::open(
+        &c,
+        &format!("{CM}?watch=1&resourceVersion={bookmark_rv}&timeoutSeconds=1"),
+    )
+    .await;
+    let started = Instant::now();
+    assert!(short.next(t).await.is_none(), "no events expected");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // After compaction, resuming from an old version is 410 Gone, as an ERROR event.
+    let now = server.compact().await;
+    let mut expired =
+        EventStream::open(&c, &format!("{CM}?watch=true&resourceVersion={start_rv}")).await;
+    let error = expired.next(t).await.expect("an ERROR event");
+    assert_eq!(error["type"], "ERROR");
+    assert_eq!(error["object"]["kind"], "Status");
+    assert_eq!(error["object"]["code"], 410);
+    assert_eq!(error["object"]["reason"], "Expired");
+    assert_eq!(
+        error["object"]["message"],
+        format!("too old resource version: {start_rv} ({now})")
+    );
+    assert!(
+        expired.next(t).await.is_none(),
+        "the stream ends after the error"
+    );
+    // Resuming from the current version still works.
+    let mut fresh = EventStream::open(&c, &format!("{CM}?watch=true&resourceVersion={now}")).await;
+    c.delete(&format!("{CM}/unrelated"), None).await;
+    assert_eq!(
+        summary(&fresh.next_change(t).await),
+        ("DELETED".into(), "unrelated".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_window_evicts_old_events() {
+    let server = KubeApiServer::launch_with_args(&["--watch-window", "3"]).await;
+    let c = Client::new(&server, "alice");
+    let first = c.post(CM, json!({"metadata": {"name": "x"}})).await;
+    let from = rv(&first.body);
+    for i in 0..3 {
+        c.patch(
+            &format!("{CM}/x"),
+            "application/merge-patch+json",
+            json!({"data": {"i": i.to_string()}}),
+        )
+        .await;
+    }
+    // Three events after `from` are still in the window.
+    let mut ok = EventStream::open(&c, &format!("{CM}?watch=true&resourceVersion={from}")).await;
+    assert_eq!(
+        summary(&ok.next_change(Duration::from_secs(5)).await),
+        ("MODIFIED".into(), "x".into())
+    );
+    c.patch(
+        &format!("{CM}/x"),
+        "application/merge-patch+json",
+        json!({"data": {"i": "4"}}),
+    )
+    .await;
+    let mut gone = EventStream::open(&c, &format!("{CM}?watch=true&resourceVersion={from}")).await;
+    let error = gone
+        .next(Duration::from_secs(5))
+        .await
+        .expect("ERROR event");
+    assert_eq!(error["object"]["code"], 410, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_stay_pending_until_status_is_written() {
+    let server = KubeApiServer::launch().await;
+    let c = Client::new(&server, "alice");
+    let pods = "/api/v1/namespaces/default/pods";
+    let created = c
+        .post(
+            pods,
+            json!({"metadata": {"name": "p", "labels": {"app": "pg"}},
+                   "spec": {"containers": [{"name": "pg", "image": "postgres:15"}]},
+                   "status": {"phase": "Running", "podIP": "10.0.0.9"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(
+        created.body["status"],
+        json!({"phase": "Pending", "qosClass": "BestEffort"})
+    );
+    assert_eq!(created.body["metadata"]["generation"], 1);
+    assert_eq!(created.body["spec"]["restartPolicy"], "Always");
+    assert_eq!(
+        created.body["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+
+    // Writes to the main resource cannot change the status; labels and annotations change.
+    let patched = c
+        .patch(
+            &format!("{pods}/p"),
+            "application/strategic-merge-patch+json",
+            json!({"metadata": {"labels": {"role": "primary"}, "annotations": {"status": "{\"state\":\"running\"}"}},
+                   "status": {"phase": "Running"}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["status"]["phase"], "Pending");
+    assert_eq!(
+        patched.body["metadata"]["labels"],
+        json!({"app": "pg", "role": "primary"})
+    );
+    assert_eq!(patched.body["metadata"]["generation"], 1);
+
+    let status = c
+        .patch(
+            &format!("{pods}/p/status"),
+            "application/merge-patch+json",
+            json!({"status": {"phase": "Running", "podIP": "10.0.0.9"}}),
+        )
+        .await;
+    assert_eq!(status.status, StatusCode::OK, "{}", status.body);
+    assert_eq!(status.body["status"]["phase"], "Running");
+    assert_eq!(
+        c.get(&format!("{pods}/p")).await.body["status"]["podIP"],
+        "10.0.0.9"
+    );
+
+    // Pod specs are mostly immutable.
+    let immutable = c
+        .patch(
+            &format!("{pods}/p"),
+            "application/strategic-merge-patch+json",
+            json!({"spec": {"restartPolicy": "Never"}}),
+        )
+        .await;
+    assert_eq!(immutable.status.as_u16(), 422, "{}", immutable.body);
+    assert!(immutable.body["message"].as_str().is_some_and(|m| m
+        .starts_with("Pod \"p\" is invalid: spec: Forbidden: pod updates may not change fields")));
+
+    let invalid = c
+        .post(pods, json!({"metadata": {"name": "q"}, "spec": {}}))
+        .await;
+    assert_status(
+        &invalid,
+        422,
+        "Invalid",
+        "Pod \"q\" is invalid: spec.containers: Required value",
+    );
+
+    // Deleting a pod answers with the pod.
+    let deleted = c.delete(&format!("{pods}/p"), None).await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(deleted.body["kind"], "Pod");
+    assert_eq!(deleted.body["metadata"]["name"], "p");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_preconditions_collections_and_namespaces() {
+    let server = KubeApiServer::launch().await;
+    let c = Client::new(&server, "alice");
+    let x = c.post(CM, json!({"metadata": {"name": "x"}})).await.body;
+    let uid = x["metadata"]["uid"].as_str().expect("uid").to_string();
+    let wrong_uid = c
+        .delete(&format!("{CM}/x"), Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": "0000"}})))
+        .await;
+    assert_status(
+        &wrong_uid,
+        409,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on configmaps \"x\": StorageError: invalid object, \
+             Code: 4, Key: /registry/configmaps/default/x, ResourceVersion: 0, \
+             AdditionalErrorMsg: Precondition failed: UID in precondition: 0000, UID in object \
+             meta: {uid}"
+        ),
+    );
+    let wrong_rv = c
+        .delete(
+            &format!("{CM}/x"),
+            Some(json!({"preconditions": {"resourceVersion": "1"}})),
+        )
+        .await;
+    assert_eq!(wrong_rv.status.as_u16(), 409, "{}", wrong_rv.body);
+    assert!(wrong_rv.body["message"]
+        .as_str()
+        .is_some_and(|m| m.ends_with(&format!(
+            "ResourceVersion in precondition: 1, ResourceVersion in object meta: {}",
+            rv(&x)
+        ))));
+    let right = c
+        .delete(
+            &format!("{CM}/x"),
+            Some(json!({"preconditions": {"uid": uid, "resourceVersion": rv(&x)}})),
+        )
+        .await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.body);
+    assert_eq!(right.body["details"]["uid"], uid.as_str());
+
+    for (name, app) in [("a", "pg"), ("b", "pg"), ("c", "web")] {
+        c.post(
+            CM,
+            json!({"metadata": {"name": name, "labels": {"app": app}}}),
+        )
+        .await;
+    }
+    let collection = c
+        .delete(&format!("{CM}?labelSelector=app%3Dpg"), None)
+        .await;
+    assert_eq!(collection.status, StatusCode::OK, "{}", collection.body);
+    assert_eq!(collection.body["kind"], "ConfigMapList");
+    assert_eq!(names(&collection.body), ["a", "b"]);
+    assert_eq!(names(&c.get(CM).await.body), ["c"]);
+
+    // Objects need an existing namespace; created namespaces work, deleting one empties it.
+    let orphan = c
+        .post(
+            "/api/v1/namespaces/nope/configmaps",
+            json!({"metadata": {"name": "x"}}),
+        )
+        .await;
+    assert_status(&orphan, 404, "NotFound", "namespaces \"nope\" not found");
+    let ns = c
+        .post("/api/v1/namespaces", json!({"metadata": {"name": "team"}}))
+        .await;
+    assert_eq!(ns.status, StatusCode::CREATED, "{}", ns.body);
+    assert_eq!(ns.body["status"]["phase"], "Active");
+    assert_eq!(
+        ns.body["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team"
+    );
+    let inside = c
+        .post(
+            "/api/v1/namespaces/team/configmaps",
+            json!({"metadata": {"generateName": "cfg-"}}),
+        )
+        .await;
+    assert_eq!(inside.status, StatusCode::CREATED, "{}", inside.body);
+    assert!(inside.body["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("cfg-") && n.len() == 9));
+    c.delete("/api/v1/namespaces/team", None).await;
+    assert!(names(&c.get("/api/v1/namespaces/team/configmaps").await.body).is_empty());
+
+    // PUT of a missing ConfigMap is 404; of missing Endpoints it creates them.
+    let put_missing = c
+        .put(&format!("{CM}/none"), json!({"metadata": {"name": "none"}}))
+        .await;
+    assert_status(
+        &put_missing,
+        404,
+        "NotFound",
+        "configmaps \"none\" not found",
+    );
+    let put_ep = c
+        .put(
+            "/api/v1/namespaces/default/endpoints/e",
+            json!({"metadata": {"name": "e"}}),
+        )
+        .await;
+    assert_eq!(put_ep.status, StatusCode::CREATED, "{}", put_ep.body);
+    let mismatch = c
+        .put(&format!("{CM}/c"), json!({"metadata": {"name": "other"}}))
+        .await;
+    assert_status(
+        &mismatch,
+        400,
+        "BadRequest",
+        "the name of the object (other) does not match the name on the URL (c)",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults() {
+    let server = KubeApiServer::launch().await;
+    let c = Client::new(&server, "alice");
+    c.post(CM, json!({"metadata": {"name": "x"}})).await;
+
+    // Stalls delay every API request; clearing releases a stalled one early.
+    server.inject(json!({"stall_ms": 300})).await;
+    let started = Instant::now();
+    assert_eq!(c.get(&format!("{CM}/x")).await.status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    server.inject(json!({"stall_ms": 30_000})).await;
+    let started = Instant::now();
+    let stalled = tokio::spawn({
+        let c = Client::new(&server, "alice");
+        async move { c.get(&format!("{CM}/x")).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.clear_faults().await;
+    assert_eq!(stalled.await.expect("join"), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Failures by status, verb, resource and count.
+    server
+        .inject(
+            json!({"fail": {"status": 500, "count": 2, "verb": "patch", "resource": "configmaps"}}),
+        )
+        .await;
+    let x_path = format!("{CM}/x");
+    let patch = || {
+        c.patch(
+            &x_path,
+            "application/merge-patch+json",
+            json!({"data": {"a": "b"}}),
+        )
+    };
+    assert_eq!(c.get(&format!("{CM}/x")).await.status, StatusCode::OK);
+    let first = patch().await;
+    assert_status(
+        &first,
+        500,
+        "InternalError",
+        "Internal error occurred: injected fault",
+    );
+    assert_eq!(patch().await.status.as_u16(), 500);
+    assert_eq!(patch().await.status, StatusCode::OK);
+
+    server
+        .inject(json!({"fail": {"status": 429, "retry_after": 3, "count": 1}}))
+        .await;
+    let throttled = c.get(&format!("{CM}/x")).await;
+    assert_status(
+        &throttled,
+        429,
+        "TooManyRequests",
+        "Too many requests, please try again later.",
+    );
+    assert_eq!(throttled.headers["retry-after"], "3");
+    assert_eq!(throttled.body["details"]["retryAfterSeconds"], 3);
+
+    server
+        .inject(json!({"fail": {"status": 403, "client": "bob", "verb": "list"}}))
+        .await;
+    assert_eq!(c.get(CM).await.status, StatusCode::OK);
+    let bob = Client::new(&server, "bob");
+    let forbidden = bob.get(CM).await;
+    assert_status(
+        &forbidden,
+        403,
+        "Forbidden",
+        "configmaps is forbidden: User \"system:serviceaccount:default:bob\" cannot list \
+         resource \"configmaps\" in API group \"\" in the namespace \"default\"",
+    );
+    server.clear_faults().await;
+    assert_eq!(bob.get(CM).await.status, StatusCode::OK);
+
+    // drop_watches ends open watches at once.
+    let mut watch = EventStream::open(
+        &c,
+        &format!(
+            "{CM}?watch=true&resourceVersion={}",
+            rv(&c.get(CM).await.body)
+        ),
+    )
+    .await;
+    server.inject(json!({"drop_watches": true})).await;
+    assert!(watch.next(Duration::from_secs(5)).await.is_none());
+
+    let counts = server.request_counts().await;
+    assert_eq!(counts["alice"]["patch configmaps"], 3, "{counts:?}");
+    assert_eq!(counts["alice"]["watch configmaps"], 1, "{counts:?}");
+    assert_eq!(counts["bob"]["list configmaps"], 2, "{counts:?}");
+
+    let unknown = c
+        .http
+        .post(format!("{}/_test/faults", c.base))
+        .body(r#"{"stall": 1}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+}

@@ -519,9 +519,15 @@ async fn serve_resource(
         "update" => {
             let object = decode_body(&headers, &body)?;
             check_kind(res, &object)?;
-            ok(app
-                .store
-                .update(res, &ns, &name, subresource, object, dry_run)?)
+            let (object, created) =
+                app.store
+                    .update(res, &ns, &name, subresource, object, dry_run)?;
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(status, &object))
         }
         "patch" => {
             let content_type = headers

@@ -216,7 +216,8 @@ impl Store {
     }
 
     /// PUT: replace the object (or its status). A non-empty `metadata.resourceVersion` in the
-    /// body must be the current one.
+    /// body must be the current one. The flag tells whether the object was created (Endpoints
+    /// allow create on update).
     pub fn update(
         &self,
         res: &'static ResourceDef,
@@ -225,7 +226,7 @@ impl Store {
         subresource: Option<&str>,
         object: Value,
         dry_run: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<(Value, bool), ApiError> {
         if !object.is_object() {
             return Err(ApiError::bad_request(format!(
                 "the body of a {} must be a JSON object",
@@ -255,11 +256,12 @@ impl Store {
         else {
             if res.create_on_update && subresource.is_none() {
                 drop(inner);
-                return self.create(res, ns, object, dry_run);
+                return self.create(res, ns, object, dry_run).map(|o| (o, true));
             }
             return Err(ApiError::not_found(res, name));
         };
         self.write_update(&mut inner, res, key, &old, object, subresource, dry_run)
+            .map(|o| (o, false))
     }
 
     /// PATCH of any type; a resourceVersion the patch sets must be the current one.
