@@ -1,15 +1,71 @@
-//! etcd plus N members of one scope, with waits for the states the HA tests care about.
+//! A DCS (etcd or the Kubernetes API test server) plus N members of one scope, with waits for
+//! the states the HA tests care about and backend-neutral views of the cluster's DCS objects.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
 
-use crate::config::{MemberConfig, MemberSpec, Timing, FAST_TIMING};
+use crate::config::{
+    Backend, KubeSpec, MemberConfig, MemberSpec, Timing, FAST_TIMING, KUBE_APP_LABEL,
+    KUBE_NAMESPACE,
+};
 use crate::etcd::Etcd;
+use crate::kube::KubeApiServer;
 use crate::member::Member;
 use crate::process::TestDir;
 use crate::{regent_bin, wait_until, wait_until_ok};
+
+/// Generate one test per backend from `async fn <case>(backend: Backend)`:
+///
+/// ```ignore
+/// regent_tests::backend_tests! {
+///     leader_crash: [etcd, kubernetes];
+///     handover: [etcd, kubernetes, kubernetes_endpoints];
+/// }
+/// ```
+///
+/// makes `leader_crash::etcd`, `leader_crash::kubernetes`, … (so `cargo test kubernetes` picks
+/// every Kubernetes variant).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($case:ident : [$($backend:ident),+ $(,)?]);* $(;)?) => {
+        $(
+            mod $case {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $backend() {
+                        super::$case($crate::backend_named!($backend)).await;
+                    }
+                )+
+            }
+        )*
+    };
+}
+
+/// The `Backend` a `backend_tests!` variant name stands for.
+#[macro_export]
+macro_rules! backend_named {
+    (etcd) => {
+        $crate::config::Backend::Etcd
+    };
+    (kubernetes) => {
+        $crate::config::Backend::Kubernetes {
+            use_endpoints: false,
+        }
+    };
+    (kubernetes_endpoints) => {
+        $crate::config::Backend::Kubernetes {
+            use_endpoints: true,
+        }
+    };
+}
 
 type Customizer = Box<dyn Fn(usize, &mut MemberConfig) + Send + Sync>;
 
@@ -18,6 +74,7 @@ pub struct ClusterBuilder {
     scope: String,
     members: usize,
     timing: Timing,
+    backend: Backend,
     binary: Option<PathBuf>,
     /// Per-member binaries (e.g. the real Patroni for one member of a mixed cluster).
     member_binaries: Vec<(usize, PathBuf)>,
@@ -37,7 +94,12 @@ impl ClusterBuilder {
         self
     }
 
-    /// Run another binary instead of `regent_bin()`.
+    /// The DCS the cluster runs on (default etcd).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
     /// Run member `index` with another agent binary that takes the same configuration file
     /// (the real `patroni` in interoperability tests).
     pub fn binary_for(mut self, index: usize, path: PathBuf) -> Self {
@@ -45,6 +107,7 @@ impl ClusterBuilder {
         self
     }
 
+    /// Run another binary instead of `regent_bin()`.
     pub fn binary(mut self, path: PathBuf) -> Self {
         self.binary = Some(path);
         self
@@ -66,19 +129,52 @@ impl ClusterBuilder {
     }
 
     pub async fn start(self) -> TestCluster {
-        let binary = self.binary.unwrap_or_else(regent_bin);
+        let binary = self.binary.clone().unwrap_or_else(regent_bin);
         let dir = TestDir::new(&format!("cluster-{}", self.scope));
-        let etcd = Etcd::launch().await;
+        let dcs = match self.backend {
+            Backend::Etcd => Dcs::Etcd(Etcd::launch().await),
+            Backend::Kubernetes { use_endpoints } => Dcs::Kubernetes {
+                server: KubeApiServer::launch().await,
+                use_endpoints,
+            },
+        };
         let mut members = Vec::with_capacity(self.members);
         for index in 0..self.members {
             let name = format!("{}-{index}", self.scope);
-            let mut spec = MemberSpec::new(
-                &self.scope,
-                &name,
-                dir.postgres_subdir(&name),
-                vec![etcd.client_addr()],
-            );
+            let member_dir = dir.postgres_subdir(&name);
+            let etcd_hosts = match &dcs {
+                Dcs::Etcd(etcd) => vec![etcd.client_addr()],
+                Dcs::Kubernetes { .. } => Vec::new(),
+            };
+            let mut spec = MemberSpec::new(&self.scope, &name, member_dir.clone(), etcd_hosts);
             spec.timing = self.timing;
+            if let Dcs::Kubernetes {
+                server,
+                use_endpoints,
+            } = &dcs
+            {
+                let kube = KubeSpec {
+                    namespace: KUBE_NAMESPACE.to_string(),
+                    labels: BTreeMap::from([(
+                        KUBE_APP_LABEL.0.to_string(),
+                        KUBE_APP_LABEL.1.to_string(),
+                    )]),
+                    use_endpoints: *use_endpoints,
+                    pod_ip: pod_ip(index),
+                    // The bearer token is the member's name: the server counts requests by it.
+                    kubeconfig: server.write_kubeconfig(&member_dir.join("kubeconfig"), &name),
+                };
+                crate::process::chown_to_postgres(&kube.kubeconfig);
+                server
+                    .create_pod(
+                        KUBE_NAMESPACE,
+                        &name,
+                        &kube.pod_labels(&self.scope),
+                        &kube.pod_ip,
+                    )
+                    .await;
+                spec.kubernetes = Some(kube);
+            }
             let mut config = MemberConfig::patroni(&spec);
             for change in &self.customizers {
                 change(index, &mut config);
@@ -98,7 +194,7 @@ impl ClusterBuilder {
         }
         TestCluster {
             members,
-            etcd,
+            dcs,
             _dir: dir,
             scope: self.scope,
             timing: self.timing,
@@ -106,23 +202,53 @@ impl ClusterBuilder {
     }
 }
 
-/// A running cluster. Fields drop in order: members (agents and Postgres killed), then etcd,
+/// The Pod IP of member `index`: a private address, never loopback (the API server refuses
+/// loopback Endpoints addresses); nothing connects to it.
+pub fn pod_ip(index: usize) -> String {
+    format!("10.0.{}.{}", index / 250, index % 250 + 1)
+}
+
+fn http_client(timeout: Option<Duration>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_millis(500));
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    builder
+        .build()
+        .unwrap_or_else(|e| panic!("build HTTP client: {e}"))
+}
+
+/// The DCS a test cluster runs on.
+pub enum Dcs {
+    Etcd(Etcd),
+    Kubernetes {
+        server: KubeApiServer,
+        use_endpoints: bool,
+    },
+}
+
+/// Bearer token of the harness's own Kubernetes API requests (counted apart from the members').
+pub const HARNESS_TOKEN: &str = "regent-test-harness";
+
+/// A running cluster. Fields drop in order: members (agents and Postgres killed), then the DCS,
 /// then the directory holding everything.
 pub struct TestCluster {
     pub members: Vec<Member>,
-    pub etcd: Etcd,
+    dcs: Dcs,
     _dir: TestDir,
     scope: String,
     timing: Timing,
 }
 
 impl TestCluster {
-    /// Scope names become member-name prefixes and directory names: keep them short.
+    /// Scope names become member-name prefixes, directory names and Kubernetes object names:
+    /// keep them short, lower-case letters, digits and `-`.
     pub fn builder(scope: &str) -> ClusterBuilder {
         ClusterBuilder {
             scope: scope.to_string(),
             members: 3,
             timing: FAST_TIMING,
+            backend: Backend::Etcd,
             binary: None,
             member_binaries: Vec::new(),
             customizers: Vec::new(),
@@ -130,9 +256,18 @@ impl TestCluster {
         }
     }
 
-    /// `n` members with default settings, agents started.
+    /// `n` members on etcd with default settings, agents started.
     pub async fn start(scope: &str, n: usize) -> TestCluster {
         Self::builder(scope).members(n).start().await
+    }
+
+    /// `n` members on `backend` with default settings, agents started.
+    pub async fn start_on(backend: Backend, scope: &str, n: usize) -> TestCluster {
+        Self::builder(scope)
+            .members(n)
+            .backend(backend)
+            .start()
+            .await
     }
 
     pub fn scope(&self) -> &str {
@@ -147,6 +282,54 @@ impl TestCluster {
         Duration::from_secs(u64::from(self.timing.ttl))
     }
 
+    pub fn backend(&self) -> Backend {
+        match &self.dcs {
+            Dcs::Etcd(_) => Backend::Etcd,
+            Dcs::Kubernetes { use_endpoints, .. } => Backend::Kubernetes {
+                use_endpoints: *use_endpoints,
+            },
+        }
+    }
+
+    pub fn dcs(&self) -> &Dcs {
+        &self.dcs
+    }
+
+    /// The etcd server; panics on a Kubernetes cluster.
+    pub fn etcd(&self) -> &Etcd {
+        match &self.dcs {
+            Dcs::Etcd(etcd) => etcd,
+            Dcs::Kubernetes { .. } => panic!(
+                "scope {} runs on the Kubernetes API test server, not etcd",
+                self.scope
+            ),
+        }
+    }
+
+    /// The Kubernetes API test server; panics on an etcd cluster.
+    pub fn kube(&self) -> &KubeApiServer {
+        match &self.dcs {
+            Dcs::Kubernetes { server, .. } => server,
+            Dcs::Etcd(_) => panic!("scope {} runs on etcd, not Kubernetes", self.scope),
+        }
+    }
+
+    /// Freeze the DCS process (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause_dcs(&self) {
+        match &self.dcs {
+            Dcs::Etcd(etcd) => etcd.pause(),
+            Dcs::Kubernetes { server, .. } => server.pause(),
+        }
+    }
+
+    /// Thaw the DCS process (SIGCONT).
+    pub fn resume_dcs(&self) {
+        match &self.dcs {
+            Dcs::Etcd(etcd) => etcd.resume(),
+            Dcs::Kubernetes { server, .. } => server.resume(),
+        }
+    }
+
     /// `/service/<scope>/`
     pub fn dcs_prefix(&self) -> String {
         format!("/service/{}/", self.scope)
@@ -157,9 +340,264 @@ impl TestCluster {
         format!("{}{object}", self.dcs_prefix())
     }
 
-    /// Value of the leader key, if any.
+    /// Where a logical DCS object lives, for messages: the etcd key, or `<kind>/<name>`
+    /// (`configmaps/<scope>-config`, `pods/<member>`).
+    pub fn dcs_location(&self, object: &str) -> String {
+        match &self.dcs {
+            Dcs::Etcd(_) => self.dcs_key(object),
+            Dcs::Kubernetes { .. } => match object.strip_prefix("members/") {
+                Some(member) => format!("pods/{member}"),
+                None => {
+                    let (resource, name, _) = self.kube_location(object);
+                    format!("{resource}/{name}")
+                }
+            },
+        }
+    }
+
+    /// `(resource, object name, annotation)` of a logical key on Kubernetes.
+    fn kube_location(&self, object: &str) -> (&'static str, String, Option<&'static str>) {
+        let kind = self.kube_kind();
+        let scope = &self.scope;
+        match object {
+            "leader" => (kind, self.kube_leader_object(), Some("leader")),
+            "config" | "initialize" | "history" => {
+                let annotation = match object {
+                    "config" => "config",
+                    "initialize" => "initialize",
+                    _ => "history",
+                };
+                (kind, format!("{scope}-config"), Some(annotation))
+            }
+            "failover" => (kind, format!("{scope}-failover"), None),
+            "sync" => (kind, format!("{scope}-sync"), None),
+            other => panic!("no Kubernetes location for DCS object {other:?}"),
+        }
+    }
+
+    /// `configmaps`, or `endpoints` in Endpoints mode.
+    fn kube_kind(&self) -> &'static str {
+        match self.backend() {
+            Backend::Kubernetes {
+                use_endpoints: true,
+            } => "endpoints",
+            _ => "configmaps",
+        }
+    }
+
+    /// Name of the leader object: `<scope>-leader`, or `<scope>` in Endpoints mode.
+    pub fn kube_leader_object(&self) -> String {
+        match self.backend() {
+            Backend::Kubernetes {
+                use_endpoints: true,
+            } => self.scope.clone(),
+            _ => format!("{}-leader", self.scope),
+        }
+    }
+
+    /// Label selector matching every object of this cluster.
+    pub fn kube_selector(&self) -> String {
+        format!(
+            "{}={},cluster-name={}",
+            KUBE_APP_LABEL.0, KUBE_APP_LABEL.1, self.scope
+        )
+    }
+
+    /// A logical DCS object as a string, whatever the backend: `leader` (holder name),
+    /// `config`, `initialize`, `history`, `members/<name>` (member JSON), `failover` and `sync`
+    /// (JSON; on Kubernetes built from the object's annotations).
+    pub async fn dcs_get(&self, object: &str) -> Option<String> {
+        match &self.dcs {
+            Dcs::Etcd(etcd) => etcd.get(&self.dcs_key(object)).await,
+            Dcs::Kubernetes { server, .. } => {
+                if let Some(member) = object.strip_prefix("members/") {
+                    let pod = server.get("pods", KUBE_NAMESPACE, member).await?;
+                    return annotation(&pod, "status").map(str::to_string);
+                }
+                let (resource, name, key) = self.kube_location(object);
+                let found = server.get(resource, KUBE_NAMESPACE, &name).await?;
+                match key {
+                    Some(key) => annotation(&found, key)
+                        .filter(|v| !v.is_empty() || key != "leader")
+                        .map(str::to_string),
+                    None => {
+                        let annotations = found.pointer("/metadata/annotations")?.as_object()?;
+                        let fields: serde_json::Map<String, Value> = annotations
+                            .iter()
+                            .filter(|(k, _)| {
+                                ["leader", "member", "scheduled_at", "sync_standby", "quorum"]
+                                    .contains(&k.as_str())
+                            })
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        (!fields.is_empty()).then(|| Value::Object(fields).to_string())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Overwrite a logical DCS object (`config`, `initialize`, `history`, `leader`) with `value`
+    /// as another client would (no compare-and-swap).
+    pub async fn dcs_put(&self, object: &str, value: &str) -> Result<()> {
+        match &self.dcs {
+            Dcs::Etcd(etcd) => etcd.put(&self.dcs_key(object), value).await,
+            Dcs::Kubernetes { .. } => {
+                let (resource, name, key) = self.kube_location(object);
+                let key = key.with_context(|| format!("{object} is not one annotation"))?;
+                self.kube_patch_annotations(resource, &name, json!({ key: value }))
+                    .await
+            }
+        }
+    }
+
+    /// Holder of the leader lock as the DCS shows it: the etcd leader key, or the `leader`
+    /// annotation of the Kubernetes leader object (which outlives its holder until taken over:
+    /// on Kubernetes a lock expires in readers' eyes, not in the API server).
     pub async fn dcs_leader(&self) -> Option<String> {
-        self.etcd.get(&self.dcs_key("leader")).await
+        self.dcs_get("leader").await
+    }
+
+    /// Time left on the leader lock: the etcd lease's TTL (whole seconds, rounded down), or on
+    /// Kubernetes `renewTime + ttl − now` from the leader object's annotations.
+    pub async fn dcs_lock_remaining(&self) -> Option<Duration> {
+        match &self.dcs {
+            Dcs::Etcd(etcd) => etcd
+                .lease_remaining(&self.dcs_key("leader"))
+                .await
+                .ok()
+                .flatten(),
+            Dcs::Kubernetes { server, .. } => {
+                let object = server
+                    .get(self.kube_kind(), KUBE_NAMESPACE, &self.kube_leader_object())
+                    .await?;
+                let lock = LeaderRecord::from_object(&object);
+                lock.leader.as_ref()?;
+                let expires = lock.renew_time? + chrono::Duration::seconds(lock.ttl? as i64);
+                Some((expires - Utc::now()).to_std().unwrap_or_default())
+            }
+        }
+    }
+
+    /// Ask for a switchover from `leader` to `candidate` through the DCS, as patronictl does
+    /// when the REST API is not used: the etcd `failover` key holds `{"leader", "member"}`; on
+    /// Kubernetes the `<scope>-failover` object carries them as annotations.
+    pub async fn request_switchover(&self, leader: &str, candidate: &str) -> Result<()> {
+        match &self.dcs {
+            Dcs::Etcd(etcd) => {
+                let value = json!({ "leader": leader, "member": candidate }).to_string();
+                etcd.put(&self.dcs_key("failover"), &value).await
+            }
+            Dcs::Kubernetes { .. } => {
+                self.kube_patch_annotations(
+                    self.kube_kind(),
+                    &format!("{}-failover", self.scope),
+                    json!({ "leader": leader, "member": candidate }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// The member's Pod on the Kubernetes API test server.
+    pub async fn kube_pod(&self, member: &str) -> Option<Value> {
+        self.kube().get("pods", KUBE_NAMESPACE, member).await
+    }
+
+    /// The `role` label of the member's Pod (`primary`, `replica`, …).
+    pub async fn kube_pod_role(&self, member: &str) -> Option<String> {
+        let pod = self.kube_pod(member).await?;
+        pod.pointer("/metadata/labels/role")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// Wait until the member's Pod carries `role=<want>`.
+    pub async fn wait_for_pod_role(&self, member: &str, want: &str, deadline: Duration) {
+        wait_until_ok(
+            &format!("Pod {member} labelled role={want}"),
+            deadline,
+            || async move {
+                match self.kube_pod_role(member).await {
+                    Some(role) if role == want => Ok(()),
+                    other => bail!("role label {other:?}"),
+                }
+            },
+        )
+        .await
+    }
+
+    /// The leader object (`<scope>-leader` ConfigMap or `<scope>` Endpoints).
+    pub async fn kube_leader_object_value(&self) -> Option<Value> {
+        self.kube()
+            .get(self.kube_kind(), KUBE_NAMESPACE, &self.kube_leader_object())
+            .await
+    }
+
+    /// Merge `annotations` into the object's annotations (`null` deletes one), creating the
+    /// object with this cluster's labels if it does not exist.
+    pub async fn kube_patch_annotations(
+        &self,
+        resource: &str,
+        name: &str,
+        annotations: Value,
+    ) -> Result<()> {
+        let server = self.kube();
+        let collection = format!("/api/v1/namespaces/{KUBE_NAMESPACE}/{resource}");
+        let path = format!("{collection}/{name}");
+        let patch = json!({ "metadata": { "annotations": annotations } });
+        let (status, body) = server
+            .request(
+                reqwest::Method::PATCH,
+                &path,
+                "application/merge-patch+json",
+                Some(&patch),
+            )
+            .await?;
+        match status {
+            200 => return Ok(()),
+            404 => {}
+            _ => bail!("PATCH {path}: HTTP {status}: {body}"),
+        }
+        let kind = match resource {
+            "endpoints" => "Endpoints",
+            "configmaps" => "ConfigMap",
+            other => bail!("cannot create a {other} object"),
+        };
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": kind,
+            "metadata": {
+                "name": name,
+                "namespace": KUBE_NAMESPACE,
+                "labels": { KUBE_APP_LABEL.0: KUBE_APP_LABEL.1, "cluster-name": self.scope },
+                "annotations": annotations,
+            },
+        });
+        let (status, body) = server
+            .request(
+                reqwest::Method::POST,
+                &collection,
+                "application/json",
+                Some(&object),
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            bail!("POST {collection} ({name}): HTTP {status}: {body}");
+        }
+        Ok(())
+    }
+
+    /// Start recording every version of the Kubernetes leader object (a WATCH from the
+    /// harness, with receive times).
+    pub async fn watch_kube_leader(&self) -> Result<LeaderWatch> {
+        LeaderWatch::start(
+            self.kube().url(),
+            self.kube_kind(),
+            &self.kube_leader_object(),
+            &self.kube_selector(),
+        )
+        .await
     }
 
     pub fn member(&self, name: &str) -> &Member {
@@ -307,4 +745,166 @@ async fn streaming_from(member: &Member, leader_port: i32) -> Result<()> {
         Some(200) => Ok(()),
         other => bail!("{}: GET /replica answered {other:?}", member.name()),
     }
+}
+
+/// A string annotation of a Kubernetes object.
+pub fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object.pointer("/metadata/annotations")?.get(key)?.as_str()
+}
+
+/// The lock fields of a Kubernetes leader object's annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderRecord {
+    /// Holder; `None` when the annotation is absent or empty (released).
+    pub leader: Option<String>,
+    pub acquire_time: Option<DateTime<Utc>>,
+    pub renew_time: Option<DateTime<Utc>>,
+    pub ttl: Option<u64>,
+    pub transitions: Option<u64>,
+    pub resource_version: Option<String>,
+}
+
+impl LeaderRecord {
+    pub fn from_object(object: &Value) -> LeaderRecord {
+        let time = |key: &str| {
+            annotation(object, key)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let number = |key: &str| annotation(object, key).and_then(|n| n.parse::<u64>().ok());
+        LeaderRecord {
+            leader: annotation(object, "leader")
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+            acquire_time: time("acquireTime"),
+            renew_time: time("renewTime"),
+            ttl: number("ttl"),
+            transitions: number("transitions"),
+            resource_version: object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        }
+    }
+}
+
+/// One version of the leader object as the harness's watch received it.
+#[derive(Debug, Clone)]
+pub struct LeaderEvent {
+    /// When the event reached the harness.
+    pub received: Instant,
+    /// `ADDED`, `MODIFIED`, `DELETED` (the first one is the listed state, `LISTED`).
+    pub kind: String,
+    pub record: LeaderRecord,
+}
+
+/// Records every version of one Kubernetes leader object until dropped.
+pub struct LeaderWatch {
+    events: Arc<Mutex<Vec<LeaderEvent>>>,
+    task: JoinHandle<()>,
+}
+
+impl LeaderWatch {
+    async fn start(
+        server_url: String,
+        resource: &str,
+        name: &str,
+        selector: &str,
+    ) -> Result<LeaderWatch> {
+        let base = format!(
+            "{}/api/v1/namespaces/{KUBE_NAMESPACE}/{resource}",
+            server_url.trim_end_matches('/')
+        );
+        let http = http_client(Some(Duration::from_secs(5)));
+        let list: Value = http
+            .get(&base)
+            .bearer_auth(HARNESS_TOKEN)
+            .query(&[("labelSelector", selector)])
+            .send()
+            .await
+            .with_context(|| format!("LIST {base}"))?
+            .json()
+            .await
+            .with_context(|| format!("LIST {base}: body"))?;
+        let version = list
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("LIST {base}: no metadata.resourceVersion in {list}"))?
+            .to_string();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let listed = list
+            .get("items")
+            .and_then(Value::as_array)
+            .and_then(|items| {
+                items.iter().find(|item| {
+                    item.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+                })
+            });
+        if let Some(object) = listed {
+            lock(&events).push(LeaderEvent {
+                received: Instant::now(),
+                kind: "LISTED".to_string(),
+                record: LeaderRecord::from_object(object),
+            });
+        }
+        // No overall timeout: the stream stays open for the whole test, even while the server
+        // is frozen.
+        let response = http_client(None)
+            .get(&base)
+            .bearer_auth(HARNESS_TOKEN)
+            .query(&[
+                ("labelSelector", selector),
+                ("watch", "1"),
+                ("resourceVersion", version.as_str()),
+                ("timeoutSeconds", "3600"),
+            ])
+            .send()
+            .await
+            .with_context(|| format!("WATCH {base}"))?;
+        if !response.status().is_success() {
+            bail!("WATCH {base}: HTTP {}", response.status());
+        }
+        let name = name.to_string();
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = response.bytes_stream();
+            let mut buffer: Vec<u8> = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buffer.extend_from_slice(&chunk);
+                while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                        continue;
+                    };
+                    let object = &event["object"];
+                    if object.pointer("/metadata/name").and_then(Value::as_str)
+                        != Some(name.as_str())
+                    {
+                        continue;
+                    }
+                    lock(&sink).push(LeaderEvent {
+                        received: Instant::now(),
+                        kind: event["type"].as_str().unwrap_or("?").to_string(),
+                        record: LeaderRecord::from_object(object),
+                    });
+                }
+            }
+        });
+        Ok(LeaderWatch { events, task })
+    }
+
+    /// Every version seen so far, oldest first.
+    pub fn events(&self) -> Vec<LeaderEvent> {
+        lock(&self.events).clone()
+    }
+}
+
+impl Drop for LeaderWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

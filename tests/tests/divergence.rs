@@ -6,16 +6,21 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use regent_tests::config::Backend;
 use regent_tests::{wait_until, wait_until_ok, TestCluster};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replica_ahead_of_the_new_leader_is_rewound_and_follows() {
+regent_tests::backend_tests! {
+    replica_ahead_of_the_new_leader_is_rewound_and_follows: [etcd, kubernetes];
+}
+
+async fn replica_ahead_of_the_new_leader_is_rewound_and_follows(backend: Backend) {
     // Member 2 may never lead, so the leader is member 0 or 1 and the other one is the only
     // failover candidate.
     let cluster = TestCluster::builder("diverge")
         .members(3)
+        .backend(backend)
         .configure(|index, cfg| {
             if index == 2 {
                 cfg.set("tags.nofailover", true);
@@ -85,7 +90,9 @@ async fn replica_ahead_of_the_new_leader_is_rewound_and_follows() {
         .wait_for_member_streaming("diverge-2", &candidate_name, Duration::from_secs(90))
         .await;
     println!(
-        "[diverge] ahead replica rewound and streaming from the new leader {:.3} s after the failure",
+        "[diverge/{}] ahead replica rewound and streaming from the new leader {:.3} s after the \
+         failure",
+        backend.label(),
         failed_at.elapsed().as_secs_f64()
     );
     assert!(

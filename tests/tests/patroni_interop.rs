@@ -64,7 +64,7 @@ async fn patroni_and_regent_members_share_one_cluster() {
     let output = std::process::Command::new(&patronictl)
         .args([
             "--dcs-url",
-            &format!("etcd3://{}", cluster.etcd.client_addr()),
+            &format!("etcd3://{}", cluster.etcd().client_addr()),
             "list",
             "mix",
         ])
@@ -157,7 +157,7 @@ async fn patroni_and_regent_members_share_one_cluster() {
     );
     // Timeline history written by both agents is one readable list.
     let history = cluster
-        .etcd
+        .etcd()
         .get(&cluster.dcs_key("history"))
         .await
         .expect("history key");

@@ -4,9 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use regent_tests::config::Backend;
 use regent_tests::{wait_until, TestCluster};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
+
+regent_tests::backend_tests! {
+    crashed_postgres_on_the_leader_is_restarted_without_failover: [etcd, kubernetes];
+    leader_that_cannot_restart_postgres_releases_the_lock: [etcd, kubernetes];
+}
 
 /// Children of `pid` that are zombies (state `Z` in /proc/<child>/stat).
 fn zombie_children(pid: i32) -> Vec<i32> {
@@ -31,9 +37,9 @@ fn zombie_children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crashed_postgres_on_the_leader_is_restarted_without_failover() {
-    let cluster = TestCluster::start("crash", 2).await;
+async fn crashed_postgres_on_the_leader_is_restarted_without_failover(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "crash", 2).await;
+    let tag = format!("[crash/{}]", backend.label());
     let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
     cluster
         .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
@@ -66,7 +72,7 @@ async fn crashed_postgres_on_the_leader_is_restarted_without_failover() {
     .await;
     let back_after = crashed_at.elapsed();
     println!(
-        "[crash] Postgres back on the leader after {:.3} s",
+        "{tag} Postgres back on the leader after {:.3} s",
         back_after.as_secs_f64()
     );
     let new_postmaster = leader
@@ -105,9 +111,9 @@ async fn crashed_postgres_on_the_leader_is_restarted_without_failover() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_that_cannot_restart_postgres_releases_the_lock() {
-    let cluster = TestCluster::start("nostart", 2).await;
+async fn leader_that_cannot_restart_postgres_releases_the_lock(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "nostart", 2).await;
+    let tag = format!("[nostart/{}]", backend.label());
     let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
     cluster
         .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
@@ -154,7 +160,7 @@ async fn leader_that_cannot_restart_postgres_releases_the_lock() {
     )
     .await;
     println!(
-        "[nostart] lock released and taken over after {:.3} s",
+        "{tag} lock released and taken over after {:.3} s",
         crashed_at.elapsed().as_secs_f64()
     );
     assert!(

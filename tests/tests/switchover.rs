@@ -36,7 +36,7 @@ async fn switchover_through_the_dcs_failover_object() {
 
     let requested_at = Instant::now();
     cluster
-        .etcd
+        .etcd()
         .put(
             &cluster.dcs_key("failover"),
             &json!({"leader": old_name, "member": candidate}).to_string(),
@@ -71,7 +71,7 @@ async fn switchover_through_the_dcs_failover_object() {
         Duration::from_secs(20),
         || async {
             cluster
-                .etcd
+                .etcd()
                 .get(&cluster.dcs_key("failover"))
                 .await
                 .is_none()

@@ -1,10 +1,14 @@
-//! End-to-end HA behaviour of three `regent` members on etcd v3 (ttl 10, loop_wait 2,
-//! retry_timeout 3): bootstrap, failover after a crash, clean shutdown of the leader, and a
-//! frozen DCS. Every test prints the times it measured.
+//! End-to-end HA behaviour of three `regent` members (ttl 10, loop_wait 2, retry_timeout 3), each
+//! case run on etcd v3 and on the Kubernetes API test server from the same source: bootstrap,
+//! failover after a crash, clean shutdown of the leader, and a frozen DCS. Every test prints the
+//! times it measured.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use chrono::Utc;
+use regent_tests::cluster::{pod_ip, LeaderRecord};
+use regent_tests::config::Backend;
 use regent_tests::writer::{missing_ids, written_ids};
 use regent_tests::{wait_until, wait_until_ok, Member, TestCluster, Writer};
 use serde_json::Value;
@@ -15,17 +19,31 @@ const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(30);
 
+regent_tests::backend_tests! {
+    three_members_bootstrap_one_leader_two_streaming_replicas:
+        [etcd, kubernetes, kubernetes_endpoints];
+    leader_crash_fails_over_and_old_leader_rejoins: [etcd, kubernetes, kubernetes_endpoints];
+    sigterm_on_leader_hands_over_quickly: [etcd, kubernetes];
+    frozen_dcs_makes_leader_stop_writes_before_lock_expiry: [etcd, kubernetes];
+}
+
+/// `[scope/backend]`, the prefix of every line a test prints.
+fn tag(cluster: &TestCluster) -> String {
+    format!("[{}/{}]", cluster.scope(), cluster.backend().label())
+}
+
 /// Bring up `members` members and wait for a leader with every other member streaming from it.
-async fn healthy_cluster(scope: &str, members: usize) -> (TestCluster, String) {
+async fn healthy_cluster(backend: Backend, scope: &str, members: usize) -> (TestCluster, String) {
     let started = Instant::now();
-    let cluster = TestCluster::start(scope, members).await;
+    let cluster = TestCluster::start_on(backend, scope, members).await;
     let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
     let leader_after = started.elapsed();
     cluster
         .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
         .await;
     println!(
-        "[{scope}] bootstrap: leader {leader} after {:.3} s, all replicas streaming after {:.3} s",
+        "{} bootstrap: leader {leader} after {:.3} s, all replicas streaming after {:.3} s",
+        tag(&cluster),
         leader_after.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
@@ -86,9 +104,9 @@ fn str_field<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
     body.get(field).and_then(Value::as_str)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_members_bootstrap_one_leader_two_streaming_replicas() {
-    let (cluster, leader_name) = healthy_cluster("boot", 3).await;
+async fn three_members_bootstrap_one_leader_two_streaming_replicas(backend: Backend) {
+    let (cluster, leader_name) = healthy_cluster(backend, "boot", 3).await;
+    let tag = tag(&cluster);
     let leader = cluster.member(&leader_name);
     let replicas = cluster.others(&leader_name);
     let mut replica_names: Vec<String> = replicas.iter().map(|m| m.name().to_string()).collect();
@@ -166,26 +184,24 @@ async fn three_members_bootstrap_one_leader_two_streaming_replicas() {
         assert_eq!(str_field(member, "role"), Some(want), "{name} in {body}");
     }
 
-    // DCS objects under /service/boot/.
+    // The DCS objects, in Patroni's layout on either backend.
     assert_eq!(
         cluster.dcs_leader().await.as_deref(),
         Some(leader_name.as_str())
     );
     let initialize = cluster
-        .etcd
-        .get(&cluster.dcs_key("initialize"))
+        .dcs_get("initialize")
         .await
-        .expect("initialize key");
+        .unwrap_or_else(|| panic!("{} missing", cluster.dcs_location("initialize")));
     assert!(
         initialize.len() >= 10 && initialize.chars().all(|c| c.is_ascii_digit()),
         "initialize must hold the system identifier, got {initialize:?}"
     );
     let config = cluster
-        .etcd
-        .get(&cluster.dcs_key("config"))
+        .dcs_get("config")
         .await
-        .expect("config key");
-    let config: Value = serde_json::from_str(&config).expect("config key holds JSON");
+        .unwrap_or_else(|| panic!("{} missing", cluster.dcs_location("config")));
+    let config: Value = serde_json::from_str(&config).expect("config holds JSON");
     assert_eq!(
         config.get("ttl").and_then(Value::as_u64),
         Some(10),
@@ -197,41 +213,96 @@ async fn three_members_bootstrap_one_leader_two_streaming_replicas() {
         "{config}"
     );
     for member in &cluster.members {
-        let key = cluster.dcs_key(&format!("members/{}", member.name()));
+        let object = format!("members/{}", member.name());
+        let location = cluster.dcs_location(&object);
         let data = cluster
-            .etcd
-            .get(&key)
+            .dcs_get(&object)
             .await
-            .unwrap_or_else(|| panic!("{key} missing"));
-        let data: Value = serde_json::from_str(&data).expect("member key holds JSON");
+            .unwrap_or_else(|| panic!("{location} missing"));
+        let data: Value = serde_json::from_str(&data).expect("member data holds JSON");
         let conn_url = str_field(&data, "conn_url").unwrap_or_default();
         assert!(
             conn_url.contains(&format!(":{}", member.pg_port())),
-            "{key}: {data}"
+            "{location}: {data}"
         );
         let api_url = str_field(&data, "api_url").unwrap_or_default();
         assert!(
             api_url.contains(&format!(":{}/patroni", member.api_port())),
-            "{key}: {data}"
+            "{location}: {data}"
         );
+    }
+    if let Backend::Kubernetes { use_endpoints } = backend {
+        check_kubernetes_objects(&cluster, &leader_name, use_endpoints).await;
     }
 
     // A row written on the leader reaches both replicas.
     let started = Instant::now();
     write_and_replicate(&cluster, leader, &replicas, 1..=1).await;
     println!(
-        "[boot] row replicated to both replicas in {:.3} s",
+        "{tag} row replicated to both replicas in {:.3} s",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(cluster.sql_primaries().await, vec![leader_name.clone()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_crash_fails_over_and_old_leader_rejoins() {
-    let (cluster, old_name) = healthy_cluster("crash", 3).await;
+/// Pod role labels and the leader object's lock annotations (and, in Endpoints mode, its
+/// address: the leader's Pod IP and Postgres port).
+async fn check_kubernetes_objects(cluster: &TestCluster, leader_name: &str, use_endpoints: bool) {
+    for member in &cluster.members {
+        let want = if member.name() == leader_name {
+            "primary"
+        } else {
+            "replica"
+        };
+        // A replica publishes its role on its next cycle after it starts streaming.
+        cluster
+            .wait_for_pod_role(member.name(), want, Duration::from_secs(10))
+            .await;
+    }
+    let object = cluster
+        .kube_leader_object_value()
+        .await
+        .unwrap_or_else(|| panic!("leader object {} missing", cluster.kube_leader_object()));
+    let record = LeaderRecord::from_object(&object);
+    assert_eq!(record.leader.as_deref(), Some(leader_name), "{object}");
+    assert_eq!(record.ttl, Some(10), "ttl annotation: {object}");
+    assert!(
+        record.acquire_time.is_some() && record.renew_time.is_some(),
+        "acquireTime/renewTime in ISO-8601: {object}"
+    );
+    let age = Utc::now() - record.renew_time.unwrap_or_default();
+    assert!(
+        age < chrono::Duration::seconds(5),
+        "renewTime is {age} old: the leader must renew every loop: {object}"
+    );
+    if use_endpoints {
+        let index = cluster
+            .members
+            .iter()
+            .position(|m| m.name() == leader_name)
+            .expect("leader is a member");
+        let address = object
+            .pointer("/subsets/0/addresses/0/ip")
+            .and_then(Value::as_str);
+        assert_eq!(address, Some(pod_ip(index).as_str()), "{object}");
+        let port = object
+            .pointer("/subsets/0/ports/0/port")
+            .and_then(Value::as_u64);
+        assert_eq!(
+            port,
+            Some(u64::from(cluster.member(leader_name).pg_port())),
+            "{object}"
+        );
+    }
+}
+
+async fn leader_crash_fails_over_and_old_leader_rejoins(backend: Backend) {
+    let (cluster, old_name) = healthy_cluster(backend, "crash", 3).await;
+    let tag = tag(&cluster);
     let old = cluster.member(&old_name);
     write_and_replicate(&cluster, old, &cluster.others(&old_name), 1..=20).await;
 
+    let lock_left = cluster.dcs_lock_remaining().await;
     let killed_at = Instant::now();
     old.kill9_with_postmaster();
     let candidates = cluster.others(&old_name);
@@ -239,9 +310,10 @@ async fn leader_crash_fails_over_and_old_leader_rejoins() {
     let failover = writable_at - killed_at;
     let bound = cluster.ttl() + Duration::from_secs(2);
     println!(
-        "[crash] kill -9 of {old_name} (agent + postmaster): {new_name} accepted writes after \
-         {:.3} s (bound ttl + 2 s = {:.0} s)",
+        "{tag} kill -9 of {old_name} (agent + postmaster): {new_name} accepted writes after \
+         {:.3} s (lock had {} left; bound ttl + 2 s = {:.0} s)",
         failover.as_secs_f64(),
+        lock_left.map_or("?".into(), |d| format!("{:.1} s", d.as_secs_f64())),
         bound.as_secs_f64()
     );
     assert!(
@@ -269,7 +341,7 @@ async fn leader_crash_fails_over_and_old_leader_rejoins() {
         .wait_for_member_streaming(&old_name, &new_name, REJOIN_DEADLINE)
         .await;
     println!(
-        "[crash] {old_name} restarted and streams from {new_name} after {:.3} s",
+        "{tag} {old_name} restarted and streams from {new_name} after {:.3} s",
         restarted_at.elapsed().as_secs_f64()
     );
 
@@ -294,11 +366,22 @@ async fn leader_crash_fails_over_and_old_leader_rejoins() {
             member.name()
         );
     }
+    if backend.is_kubernetes() {
+        // The rejoined member's Pod says replica, the new leader's primary.
+        for (name, want) in [
+            (old_name.as_str(), "replica"),
+            (new_name.as_str(), "primary"),
+        ] {
+            cluster
+                .wait_for_pod_role(name, want, Duration::from_secs(10))
+                .await;
+        }
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_on_leader_hands_over_quickly() {
-    let (cluster, old_name) = healthy_cluster("term", 3).await;
+async fn sigterm_on_leader_hands_over_quickly(backend: Backend) {
+    let (cluster, old_name) = healthy_cluster(backend, "term", 3).await;
+    let tag = tag(&cluster);
     let old = cluster.member(&old_name);
     let others = cluster.others(&old_name);
     write_and_replicate(&cluster, old, &others, 1..=10).await;
@@ -312,7 +395,7 @@ async fn sigterm_on_leader_hands_over_quickly() {
     let status = exit.expect("the agent exits after SIGTERM");
     let handover = writable_at - signalled_at;
     println!(
-        "[term] SIGTERM to {old_name}: agent exited with {status}; {new_name} accepted writes \
+        "{tag} SIGTERM to {old_name}: agent exited with {status}; {new_name} accepted writes \
          after {:.3} s",
         handover.as_secs_f64()
     );
@@ -343,11 +426,27 @@ async fn sigterm_on_leader_hands_over_quickly() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
-    let (cluster, old_name) = healthy_cluster("pause", 3).await;
+/// The DCS freezes (SIGSTOP) for longer than ttl while a client keeps writing. The leader must
+/// stop accepting writes before the lock could be taken by another member:
+/// * etcd: before its lease, read from etcd just before the freeze, runs out;
+/// * Kubernetes: a replica treats the lock as free only ttl after it last saw the leader object
+///   change, so before the last `renewTime` the leader wrote before the freeze + ttl.
+///
+/// After the DCS resumes there is exactly one primary and no acknowledged write is lost.
+async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend) {
+    let (cluster, old_name) = healthy_cluster(backend, "pause", 3).await;
+    let tag = tag(&cluster);
     let old = cluster.member(&old_name);
     old.create_probe_table().await.expect("create probe table");
+    let leader_watch = match backend {
+        Backend::Kubernetes { .. } => Some(
+            cluster
+                .watch_kube_leader()
+                .await
+                .expect("watch the leader object"),
+        ),
+        Backend::Etcd => None,
+    };
     let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
     wait_until(
         "20 acknowledged writes",
@@ -357,16 +456,12 @@ async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
     .await;
 
     let ttl = cluster.ttl();
-    let lease_left = cluster
-        .etcd
-        .lease_remaining(&cluster.dcs_key("leader"))
-        .await
-        .ok()
-        .flatten();
+    let lock_left = cluster.dcs_lock_remaining().await;
+    let paused_wall = Utc::now();
     let paused_at = Instant::now();
-    cluster.etcd.pause();
+    cluster.pause_dcs();
 
-    // Keep writing on the old leader directly until well after its lease must have run out.
+    // Keep writing on the old leader directly until well after its lock must have run out.
     let watch_until = paused_at + ttl + Duration::from_secs(3);
     let mut attempts: Vec<(Instant, bool)> = Vec::new();
     let mut id = 100_000;
@@ -383,10 +478,10 @@ async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
         .find(|(t, ok)| !ok && last_accepted.iter().all(|l| t > l))
         .map(|(t, _)| *t);
     println!(
-        "[pause] etcd frozen; ttl {} s, leader lease had {:?} left; {old_name} last accepted a \
+        "{tag} DCS frozen; ttl {} s, leader lock had {:?} left; {old_name} last accepted a \
          write at +{} s, refused from +{} s ({} attempts)",
         ttl.as_secs(),
-        lease_left,
+        lock_left,
         last_accepted.map_or("never".into(), |t| format!("{:.3}", since_pause(t))),
         first_refused.map_or("never".into(), |t| format!("{:.3}", since_pause(t))),
         attempts.len()
@@ -404,7 +499,7 @@ async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
         late.is_empty(),
         "{old_name} accepted writes after ttl elapsed since the pause: {late:?}"
     );
-    if let (Some(left), Some(last)) = (lease_left, last_accepted) {
+    if let (Backend::Etcd, Some(left), Some(last)) = (backend, lock_left, last_accepted) {
         // etcd reports whole seconds, rounded down.
         let expiry = paused_at + left + Duration::from_secs(1);
         assert!(
@@ -414,10 +509,10 @@ async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
         );
     }
 
-    cluster.etcd.resume();
+    cluster.resume_dcs();
     let resumed_at = Instant::now();
     let primary = wait_until_ok(
-        "exactly one primary after etcd resumed",
+        "exactly one primary after the DCS resumed",
         Duration::from_secs(90),
         || async {
             let mut agreed: Option<String> = None;
@@ -447,7 +542,7 @@ async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
     .await;
     let report = writer.stop().await;
     println!(
-        "[pause] after resume: primary {primary} ({:.3} s after resume); {}",
+        "{tag} after resume: primary {primary} ({:.3} s after resume); {}",
         resumed_at.elapsed().as_secs_f64(),
         report.summary()
     );
@@ -455,6 +550,59 @@ async fn frozen_etcd_makes_leader_stop_writes_before_lease_expiry() {
         cluster.wait_for_leader(Duration::from_secs(30)).await,
         primary
     );
+
+    if let Some(watch) = leader_watch {
+        let events = watch.events();
+        // The last renewal the leader got in before the freeze: its renewTime is no later
+        // than the freeze (later ones were written after the resume).
+        let before: Vec<&LeaderRecord> = events
+            .iter()
+            .map(|e| &e.record)
+            .filter(|r| r.renew_time.is_some_and(|t| t <= paused_wall))
+            .collect();
+        let last = before
+            .iter()
+            .max_by_key(|r| r.renew_time)
+            .unwrap_or_else(|| panic!("no leader renewal seen before the freeze: {events:?}"));
+        assert_eq!(last.leader.as_deref(), Some(old_name.as_str()), "{last:?}");
+        let lock_ttl = last.ttl.unwrap_or(ttl.as_secs());
+        let renewed = (last.renew_time.unwrap_or(paused_wall) - paused_wall)
+            .num_microseconds()
+            .unwrap_or_default() as f64
+            / 1e6;
+        let expiry = renewed + lock_ttl as f64;
+        let taken = events
+            .iter()
+            .find(|e| e.received >= resumed_at && e.record.leader.is_some());
+        println!(
+            "{tag} last renewTime before the freeze at {renewed:+.3} s → lock free for others \
+             from {expiry:+.3} s; {old_name} last accepted a write at {}; lock next written \
+             by {} at {} (resumed at +{:.3} s)",
+            last_accepted.map_or("never".into(), |t| format!("+{:.3} s", since_pause(t))),
+            taken
+                .and_then(|e| e.record.leader.clone())
+                .unwrap_or_else(|| "nobody".into()),
+            taken.map_or("never".into(), |e| format!(
+                "+{:.3} s",
+                since_pause(e.received)
+            )),
+            since_pause(resumed_at),
+        );
+        if let Some(last_ok) = last_accepted {
+            assert!(
+                since_pause(last_ok) < expiry,
+                "{old_name} accepted a write at +{:.3} s, after the lock became free for \
+                 others at {expiry:+.3} s",
+                since_pause(last_ok)
+            );
+        }
+        let taken = taken.expect("someone holds the lock after the resume");
+        assert!(
+            since_pause(taken.received) >= expiry,
+            "the lock was written at +{:.3} s, before it expired at {expiry:+.3} s",
+            since_pause(taken.received)
+        );
+    }
 
     let client = cluster
         .member(&primary)
