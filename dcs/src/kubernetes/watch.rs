@@ -2,8 +2,8 @@
 //! the Pods (feeds the Pod cache only; Pod events never wake anyone).
 //!
 //! Each watch starts at the resourceVersion of its LIST, asks for bookmarks and ends itself after
-//! a few minutes; a clean end resumes from the last version seen, a 410 Gone or an error starts
-//! again with a LIST.
+//! a few minutes; a clean end or an error resumes from the last version seen (with backoff after
+//! errors), a 410 Gone (or many errors in a row) starts again with a LIST.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +22,9 @@ const WATCH_SECONDS: u64 = 240;
 const IDLE_LIMIT: Duration = Duration::from_secs(WATCH_SECONDS + 90);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A failing watch is retried from the same resourceVersion (a 410 then says it is too old);
+/// after this many failures in a row the cache is rebuilt with a LIST.
+const RELIST_AFTER_ERRORS: u32 = 10;
 /// Largest watch event line accepted.
 const MAX_LINE: usize = 16 * 1024 * 1024;
 
@@ -142,6 +145,7 @@ async fn stream(
     shared: &Shared,
     resource: &'static str,
     rv: &mut String,
+    on_open: impl FnOnce(),
     mut on_event: impl FnMut(&str, Value),
 ) -> Result<End, String> {
     let seconds = WATCH_SECONDS + random_u64() % 30;
@@ -171,6 +175,7 @@ async fn stream(
             .unwrap_or_default();
         return Err(format!("{}: HTTP {status}: {text}", req.describe()));
     }
+    on_open();
     let mut buf = Vec::new();
     loop {
         let frame = match tokio::time::timeout(IDLE_LIMIT, body.frame()).await {
@@ -266,56 +271,66 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
         }
         let mut view = ours;
         let mut rv = list_rv;
+        let mut errors = 0u32;
         loop {
-            let outcome = stream(&shared, resource, &mut rv, |kind, obj| {
-                let Some(name) = objects::name(&obj).map(str::to_string) else {
-                    return;
-                };
-                if !layout.is_ours(&name) {
-                    return;
-                }
-                let old = view.get(&name);
-                let new_rv = resource_version(&obj);
-                if old.is_some() && !objects::rv_newer(new_rv, old.and_then(resource_version)) {
-                    return;
-                }
-                let new = (kind != "DELETED").then_some(&obj);
-                if wakes(layout, &shared.name, &name, old, new) {
-                    tracing::debug!(object = %name, event = kind, "kubernetes watch: wake-up");
-                    shared.notify.notify_one();
-                }
-                {
-                    let mut st = shared.kinds.lock().unwrap_or_else(|p| p.into_inner());
-                    let rv = new_rv.map(str::to_string);
-                    st.offer(
-                        &layout.leader,
-                        &name,
-                        new.cloned(),
-                        rv.as_deref(),
-                        Instant::now(),
-                    );
-                }
-                if kind == "DELETED" {
-                    view.remove(&name);
-                } else {
-                    view.insert(name, obj);
-                }
-            })
+            let outcome = stream(
+                &shared,
+                resource,
+                &mut rv,
+                || {},
+                |kind, obj| {
+                    let Some(name) = objects::name(&obj).map(str::to_string) else {
+                        return;
+                    };
+                    if !layout.is_ours(&name) {
+                        return;
+                    }
+                    let old = view.get(&name);
+                    let new_rv = resource_version(&obj);
+                    if old.is_some() && !objects::rv_newer(new_rv, old.and_then(resource_version)) {
+                        return;
+                    }
+                    let new = (kind != "DELETED").then_some(&obj);
+                    if wakes(layout, &shared.name, &name, old, new) {
+                        tracing::debug!(object = %name, event = kind, "kubernetes watch: wake-up");
+                        shared.notify.notify_one();
+                    }
+                    {
+                        let mut st = shared.kinds.lock().unwrap_or_else(|p| p.into_inner());
+                        let rv = new_rv.map(str::to_string);
+                        st.offer(
+                            &layout.leader,
+                            &name,
+                            new.cloned(),
+                            rv.as_deref(),
+                            Instant::now(),
+                        );
+                    }
+                    if kind == "DELETED" {
+                        view.remove(&name);
+                    } else {
+                        view.insert(name, obj);
+                    }
+                },
+            )
             .await;
             match outcome {
                 Ok(End::Closed) => {
+                    errors = 0;
                     backoff = FIRST_BACKOFF;
-                    continue;
                 }
                 Ok(End::Expired) => {
                     tracing::debug!("kubernetes watch: resourceVersion expired, listing again");
                     break;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "kubernetes watch failed, listing again");
+                    errors += 1;
+                    tracing::debug!(error = %e, errors, "kubernetes watch failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    break;
+                    if errors >= RELIST_AFTER_ERRORS {
+                        break;
+                    }
                 }
             }
         }
@@ -343,8 +358,13 @@ pub(crate) async fn run_pods(shared: Arc<Shared>) {
             .unwrap_or_else(|p| p.into_inner())
             .replace(items);
         let mut rv = list_rv;
+        let mut errors = 0u32;
         let failed = loop {
-            let outcome = stream(&shared, "pods", &mut rv, |kind, obj| {
+            let resumed = || {
+                // Events since `rv` are replayed by the server: the cache is complete again.
+                shared.pods.lock().unwrap_or_else(|p| p.into_inner()).synced = true;
+            };
+            let outcome = stream(&shared, "pods", &mut rv, resumed, |kind, obj| {
                 let mut cache = shared.pods.lock().unwrap_or_else(|p| p.into_inner());
                 if kind == "DELETED" {
                     if let Some(n) = objects::name(&obj) {
@@ -357,13 +377,20 @@ pub(crate) async fn run_pods(shared: Arc<Shared>) {
             .await;
             match outcome {
                 Ok(End::Closed) => {
+                    errors = 0;
                     backoff = FIRST_BACKOFF;
-                    continue;
                 }
                 Ok(End::Expired) => break false,
                 Err(e) => {
-                    tracing::debug!(error = %e, "kubernetes pod watch failed, listing again");
-                    break true;
+                    errors += 1;
+                    tracing::debug!(error = %e, errors, "kubernetes pod watch failed");
+                    // Changes may be missed until the watch is back: readers LIST Pods.
+                    shared.pods.lock().unwrap_or_else(|p| p.into_inner()).synced = false;
+                    if errors >= RELIST_AFTER_ERRORS {
+                        break true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         };

@@ -1,0 +1,1169 @@
+//! The `dcs::Dcs` contract, one suite run against both backends: etcd v3 (a real etcd) and
+//! Kubernetes (the `regent-kube-apiserver` test server, one Pod per member created first).
+//! `etcd::<case>` and `kubernetes::<case>` run the same function; Kubernetes-only cases
+//! (conflicts, throttling, faults, forbidden, stalls, compaction, Endpoints mode) follow.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use dcs::etcd::{Etcd3, EtcdConfig};
+use dcs::kubernetes::{Kubernetes, KubernetesConfig};
+use dcs::{Dcs, DcsError, Failover, MemberData, Role, SyncState, Timing};
+use regent_tests::kube::KubeApiServer;
+use regent_tests::{poll_until, wait_until, Etcd};
+use serde_json::{json, Value};
+
+const SCOPE: &str = "demo";
+const NS: &str = "default";
+
+/// Race repetitions (both members read, then both try to take the lock).
+const RACE_ROUNDS: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Etcd,
+    Kubernetes,
+}
+
+fn timing(ttl: u32, retry_timeout: u32) -> Timing {
+    Timing {
+        ttl,
+        loop_wait: 1,
+        retry_timeout,
+    }
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("application".to_string(), "patroni".to_string()),
+        ("cluster-name".to_string(), SCOPE.to_string()),
+    ])
+}
+
+/// A running store of either kind.
+struct Store {
+    backend: Backend,
+    etcd: Option<Etcd>,
+    kube: Option<KubeApiServer>,
+}
+
+impl Store {
+    async fn start(backend: Backend) -> Store {
+        match backend {
+            Backend::Etcd => Store {
+                backend,
+                etcd: Some(Etcd::launch().await),
+                kube: None,
+            },
+            Backend::Kubernetes => Store {
+                backend,
+                etcd: None,
+                kube: Some(KubeApiServer::launch().await),
+            },
+        }
+    }
+
+    fn kube(&self) -> &KubeApiServer {
+        self.kube.as_ref().expect("a Kubernetes store")
+    }
+
+    /// A member with default settings.
+    async fn member(&self, name: &str, timing: Timing) -> Box<dyn Dcs> {
+        match self.backend {
+            Backend::Etcd => Box::new(
+                Etcd3::new(EtcdConfig {
+                    hosts: vec![self.etcd.as_ref().expect("etcd").client_url()],
+                    scope: SCOPE.into(),
+                    name: name.into(),
+                    timing,
+                    ..Default::default()
+                })
+                .expect("valid etcd config"),
+            ),
+            Backend::Kubernetes => Box::new(kube_member(self.kube(), name, timing, |_| {}).await),
+        }
+    }
+
+    /// Write unusable values into the config and into one member's data, as a broken peer or
+    /// a human would; returns the object names the warnings must mention.
+    async fn write_garbage(&self) -> Vec<String> {
+        match self.backend {
+            Backend::Etcd => {
+                let etcd = self.etcd.as_ref().expect("etcd");
+                etcd.put("/service/demo/config", "[1, 2")
+                    .await
+                    .expect("put");
+                etcd.put("/service/demo/members/broken", "{garbage")
+                    .await
+                    .expect("put");
+                etcd.put("/service/demo/history", r#"[[1,"x"]"#)
+                    .await
+                    .expect("put");
+                vec![
+                    "/service/demo/config".into(),
+                    "/service/demo/members/broken".into(),
+                    "/service/demo/history".into(),
+                ]
+            }
+            Backend::Kubernetes => {
+                let kube = self.kube();
+                kube.create_pod(NS, "broken", &labels(), "10.0.0.99").await;
+                patch(
+                    kube,
+                    "pods",
+                    "broken",
+                    json!({"metadata": {"annotations": {"status": "{garbage"}}}),
+                )
+                .await;
+                let cm = json!({"metadata": {"name": "demo-config", "labels": labels(),
+                    "annotations": {"config": "[1, 2", "history": "[[1,\"x\"]"}}});
+                let (status, body) = kube
+                    .request(
+                        reqwest::Method::POST,
+                        "/api/v1/namespaces/default/configmaps",
+                        "application/json",
+                        Some(&cm),
+                    )
+                    .await
+                    .expect("create config map");
+                if status == 409 {
+                    patch(
+                        kube,
+                        "configmaps",
+                        "demo-config",
+                        json!({"metadata": {"annotations": cm["metadata"]["annotations"]}}),
+                    )
+                    .await;
+                } else {
+                    assert_eq!(status, 201, "{body}");
+                }
+                vec!["Pod broken".into(), "ConfigMap demo-config".into()]
+            }
+        }
+    }
+}
+
+/// A Kubernetes member: its Pod is created first (labels = the cluster selector), its kubeconfig
+/// token is its name (so the server counts its requests apart).
+async fn kube_member(
+    kube: &KubeApiServer,
+    name: &str,
+    timing: Timing,
+    adjust: impl FnOnce(&mut KubernetesConfig),
+) -> Kubernetes {
+    if kube.get("pods", NS, name).await.is_none() {
+        let ip = format!(
+            "10.0.0.{}",
+            10 + name.bytes().map(u32::from).sum::<u32>() % 200
+        );
+        kube.create_pod(NS, name, &labels(), &ip).await;
+    }
+    let mut cfg = KubernetesConfig {
+        scope: SCOPE.into(),
+        name: name.into(),
+        namespace: NS.into(),
+        labels: BTreeMap::from([("application".to_string(), "patroni".to_string())]),
+        kubeconfig: Some(kube.kubeconfig(name)),
+        timing,
+        ..Default::default()
+    };
+    adjust(&mut cfg);
+    Kubernetes::connect(cfg).await.expect("connect")
+}
+
+/// Strategic-merge PATCH as the test fixture (someone other than the members).
+async fn patch(kube: &KubeApiServer, resource: &str, name: &str, body: Value) -> Value {
+    let path = format!("/api/v1/namespaces/{NS}/{resource}/{name}");
+    let (status, answer) = kube
+        .request(
+            reqwest::Method::PATCH,
+            &path,
+            "application/strategic-merge-patch+json",
+            Some(&body),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(status, 200, "PATCH {path}: {answer}");
+    answer
+}
+
+fn data(role: Role, state: &str) -> MemberData {
+    MemberData {
+        conn_url: Some("postgres://10.0.0.5:5432/postgres".into()),
+        api_url: Some("http://10.0.0.5:8008/patroni".into()),
+        state: state.into(),
+        role,
+        version: Some("4.0.0".into()),
+        xlog_location: Some(67108960),
+        timeline: Some(2),
+        ..Default::default()
+    }
+}
+
+async fn leader_of(member: &dyn Dcs) -> Option<String> {
+    member
+        .get_cluster()
+        .await
+        .expect("read")
+        .leader
+        .map(|l| l.name)
+}
+
+// ---- the shared contract -----------------------------------------------------------------------
+
+/// Only one of two members racing for a free lock wins; the loser cannot take, renew or delete it.
+async fn acquire_is_exclusive(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    let b = store.member("b", timing(10, 3)).await;
+    a.get_cluster().await.expect("read");
+    b.get_cluster().await.expect("read");
+    let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
+    let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
+    assert!(ra ^ rb, "exactly one must win (a={ra}, b={rb})");
+    let (holder, other, holder_name) = if ra { (&a, &b, "a") } else { (&b, &a, "b") };
+    let cluster = other.get_cluster().await.expect("read");
+    assert_eq!(cluster.leader_name(), Some(holder_name));
+    assert!(!other
+        .attempt_to_acquire_leader()
+        .await
+        .expect("second attempt"));
+    assert!(!other
+        .update_leader(&cluster, Some(1))
+        .await
+        .expect("renew by other"));
+    assert!(!other.delete_leader(None).await.expect("delete by other"));
+    assert_eq!(
+        leader_of(holder.as_ref()).await.as_deref(),
+        Some(holder_name)
+    );
+}
+
+/// The holder renews; once someone else holds the lock, renewing fails and changes nothing.
+async fn renew_keeps_then_loses(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(3, 2)).await;
+    let b = store.member("b", timing(3, 2)).await;
+    a.get_cluster().await.expect("read");
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+    let started = Instant::now();
+    // Renewing every second keeps the lock well past its ttl.
+    while started.elapsed() < Duration::from_secs(5) {
+        let cluster = a.get_cluster().await.expect("read");
+        assert_eq!(cluster.leader_name(), Some("a"));
+        assert!(a.update_leader(&cluster, Some(100)).await.expect("renew"));
+        assert_eq!(leader_of(b.as_ref()).await.as_deref(), Some("a"));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // a stops renewing: after its ttl the lock is free for b.
+    let free_after = Instant::now();
+    wait_until(
+        "the unrenewed lock to expire for b",
+        Duration::from_secs(8),
+        || async { (leader_of(b.as_ref()).await.is_none()).then_some(()) },
+    )
+    .await;
+    assert!(
+        free_after.elapsed() >= Duration::from_secs(2),
+        "lock looked free too early: {:?}",
+        free_after.elapsed()
+    );
+    assert!(b.attempt_to_acquire_leader().await.expect("b acquires"));
+    let cluster = a.get_cluster().await.expect("read");
+    assert_eq!(cluster.leader_name(), Some("b"));
+    assert!(!a
+        .update_leader(&cluster, Some(200))
+        .await
+        .expect("stale renew"));
+    assert!(!a.delete_leader(Some(200)).await.expect("stale release"));
+    let cluster = b.get_cluster().await.expect("read");
+    assert_eq!(cluster.leader_name(), Some("b"));
+    assert!(b
+        .update_leader(&cluster, Some(300))
+        .await
+        .expect("b renews"));
+    assert_eq!(
+        b.get_cluster().await.expect("read").status.optime,
+        Some(300)
+    );
+}
+
+/// Release removes the lock only for the holder; the optime is recorded.
+async fn release_by_holder_only(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    let b = store.member("b", timing(10, 3)).await;
+    a.get_cluster().await.expect("read");
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+    b.get_cluster().await.expect("read");
+    assert!(!b.delete_leader(None).await.expect("release by other"));
+    assert_eq!(leader_of(b.as_ref()).await.as_deref(), Some("a"));
+    assert!(a.delete_leader(Some(4242)).await.expect("release"));
+    let cluster = b.get_cluster().await.expect("read");
+    assert!(cluster.leader.is_none());
+    assert_eq!(cluster.status.optime, Some(4242));
+    assert!(!a.delete_leader(None).await.expect("second release"));
+    // Free again: b takes it at once.
+    assert!(b.attempt_to_acquire_leader().await.expect("b acquires"));
+    assert_eq!(leader_of(a.as_ref()).await.as_deref(), Some("b"));
+}
+
+/// Config, failover and sync writes with a stale version lose and overwrite nothing.
+async fn cas_on_config_failover_sync(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    let b = store.member("b", timing(10, 3)).await;
+    assert!(a
+        .set_config_value(&json!({"ttl": 30, "loop_wait": 10}), None)
+        .await
+        .expect("seed config"));
+    let v1 = b
+        .get_cluster()
+        .await
+        .expect("read")
+        .config
+        .and_then(|c| c.version)
+        .expect("config version");
+    assert!(a
+        .set_config_value(&json!({"ttl": 30, "loop_wait": 5}), Some(&v1))
+        .await
+        .expect("a config CAS"));
+    assert!(!b
+        .set_config_value(&json!({"ttl": 99}), Some(&v1))
+        .await
+        .expect("b stale config CAS"));
+    let config = b.get_cluster().await.expect("read").config.expect("config");
+    assert_eq!(config.raw, json!({"ttl": 30, "loop_wait": 5}));
+
+    let f = Failover {
+        leader: Some("a".into()),
+        member: Some("b".into()),
+        ..Default::default()
+    };
+    assert!(a.set_failover_value(&f, None).await.expect("failover"));
+    let fv = b
+        .get_cluster()
+        .await
+        .expect("read")
+        .failover
+        .and_then(|f| f.version)
+        .expect("failover version");
+    let f2 = Failover {
+        member: Some("c".into()),
+        scheduled_at: Some("2030-01-01T00:00:00+00:00".into()),
+        ..Default::default()
+    };
+    assert!(a
+        .set_failover_value(&f2, Some(&fv))
+        .await
+        .expect("failover CAS"));
+    assert!(!b
+        .delete_failover(Some(&fv))
+        .await
+        .expect("stale failover delete"));
+    assert!(!b
+        .set_failover_value(&f, Some(&fv))
+        .await
+        .expect("stale failover write"));
+    let got = b
+        .get_cluster()
+        .await
+        .expect("read")
+        .failover
+        .expect("failover");
+    assert_eq!(
+        (
+            got.leader.as_deref(),
+            got.member.as_deref(),
+            got.scheduled_at.as_deref()
+        ),
+        (None, Some("c"), Some("2030-01-01T00:00:00+00:00"))
+    );
+    assert!(b
+        .delete_failover(got.version.as_deref())
+        .await
+        .expect("failover delete"));
+    assert!(a.get_cluster().await.expect("read").failover.is_none());
+
+    let sync = SyncState {
+        leader: Some("a".into()),
+        sync_standby: vec!["c".into(), "b".into()],
+        quorum: Some(1),
+        version: None,
+    };
+    assert!(a.set_sync_state(&sync, None).await.expect("sync"));
+    let read = b.get_cluster().await.expect("read").sync;
+    assert_eq!(read.sync_standby, vec!["b".to_string(), "c".to_string()]);
+    assert_eq!((read.leader.as_deref(), read.quorum), (Some("a"), Some(1)));
+    let sv = read.version.clone().expect("sync version");
+    let sync2 = SyncState {
+        sync_standby: vec!["b".into()],
+        ..sync.clone()
+    };
+    assert!(a.set_sync_state(&sync2, Some(&sv)).await.expect("sync CAS"));
+    assert!(!b
+        .set_sync_state(&sync, Some(&sv))
+        .await
+        .expect("stale sync write"));
+    assert!(!b
+        .delete_sync_state(Some(&sv))
+        .await
+        .expect("stale sync delete"));
+    let read = a.get_cluster().await.expect("read").sync;
+    assert_eq!(read.sync_standby, vec!["b".to_string()]);
+    assert!(a
+        .delete_sync_state(read.version.as_deref())
+        .await
+        .expect("sync delete"));
+    let read = b.get_cluster().await.expect("read").sync;
+    assert!(
+        read.leader.is_none() && read.sync_standby.is_empty(),
+        "{read:?}"
+    );
+}
+
+/// One winner of the bootstrap race; cancel lets another try; the sysid sticks.
+async fn initialize_race(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    let b = store.member("b", timing(10, 3)).await;
+    for round in 0..10 {
+        let (ra, rb) = tokio::join!(a.initialize(true, ""), b.initialize(true, ""));
+        let (ra, rb) = (ra.expect("a init"), rb.expect("b init"));
+        assert!(
+            ra ^ rb,
+            "round {round}: exactly one must win (a={ra}, b={rb})"
+        );
+        assert_eq!(
+            b.get_cluster().await.expect("read").initialize.as_deref(),
+            Some("")
+        );
+        let winner = if ra { &a } else { &b };
+        winner.cancel_initialization().await.expect("cancel");
+        assert!(a.get_cluster().await.expect("read").initialize.is_none());
+    }
+    assert!(a.initialize(true, "").await.expect("init"));
+    assert!(a
+        .initialize(false, "7123456789012345678")
+        .await
+        .expect("sysid"));
+    assert!(!b.initialize(true, "").await.expect("late init"));
+    assert_eq!(
+        b.get_cluster().await.expect("read").initialized_sysid(),
+        Some("7123456789012345678")
+    );
+}
+
+/// Member data published by one member is read back unchanged by another; on Kubernetes also the
+/// Pod's `status` annotation (Patroni's compact JSON) and role label.
+async fn member_publish(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    let b = store.member("b", timing(10, 3)).await;
+    let replica = data(Role::Replica, "running");
+    a.touch_member(&replica).await.expect("touch");
+    // Kubernetes readers see Pods through a watch-fed cache: visible within moments.
+    let seen = wait_until(
+        "b to see a's member data",
+        Duration::from_secs(2),
+        || async {
+            b.get_cluster()
+                .await
+                .ok()?
+                .member("a")
+                .map(|m| m.data.clone())
+        },
+    )
+    .await;
+    assert_eq!(seen, replica);
+    if backend == Backend::Kubernetes {
+        let kube = store.kube();
+        let pod = kube.get("pods", NS, "a").await.expect("pod a");
+        assert_eq!(
+            pod["metadata"]["annotations"]["status"],
+            r#"{"conn_url":"postgres://10.0.0.5:5432/postgres","api_url":"http://10.0.0.5:8008/patroni","state":"running","role":"replica","version":"4.0.0","xlog_location":67108960,"timeline":2}"#
+        );
+        assert_eq!(pod["metadata"]["labels"]["role"], "replica");
+        // Unchanged data: no second PATCH.
+        kube.reset_request_counts().await;
+        a.get_cluster().await.expect("read");
+        a.touch_member(&replica).await.expect("touch again");
+        let counts = kube.request_counts().await;
+        assert_eq!(
+            counts.get("a").and_then(|c| c.get("patch pods")),
+            None,
+            "{counts:?}"
+        );
+    }
+    // The lock holder publishing itself as primary.
+    a.get_cluster().await.expect("read");
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+    let primary = data(Role::Primary, "running");
+    a.touch_member(&primary).await.expect("touch primary");
+    wait_until(
+        "b to see a as the primary leader",
+        Duration::from_secs(2),
+        || async {
+            let cluster = b.get_cluster().await.ok()?;
+            (cluster.leader_member().map(|m| &m.data) == Some(&primary)).then_some(())
+        },
+    )
+    .await;
+    if backend == Backend::Kubernetes {
+        let pod = store.kube().get("pods", NS, "a").await.expect("pod a");
+        assert_eq!(pod["metadata"]["labels"]["role"], "primary");
+        b.touch_member(&data(Role::Replica, "starting"))
+            .await
+            .expect("touch b");
+        let pod = store.kube().get("pods", NS, "b").await.expect("pod b");
+        assert!(pod["metadata"]["labels"].get("role").is_none(), "{pod}");
+        b.touch_member(&data(Role::Uninitialized, "running"))
+            .await
+            .expect("touch b");
+        let pod = store.kube().get("pods", NS, "b").await.expect("pod b");
+        assert_eq!(pod["metadata"]["labels"]["role"], "uninitialized");
+    }
+    // A clean shutdown of a non-leader removes its data.
+    b.delete_member().await.expect("delete member");
+    wait_until(
+        "b's member data to disappear",
+        Duration::from_secs(2),
+        || async {
+            a.get_cluster()
+                .await
+                .ok()?
+                .member("b")
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    if backend == Backend::Kubernetes {
+        let pod = store.kube().get("pods", NS, "b").await.expect("pod b");
+        assert!(pod["metadata"]["labels"].get("role").is_none(), "{pod}");
+    }
+}
+
+/// A replica's watch wakes within a second of the lock's release; a change between two watch
+/// calls is not lost; quiet periods do not wake.
+async fn watch_wakes_on_release(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    let b = store.member("b", timing(10, 3)).await;
+    a.get_cluster().await.expect("read");
+    b.get_cluster().await.expect("read");
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+    // The acquisition happened after b's read: b's next watch returns at once.
+    let started = Instant::now();
+    assert!(
+        b.watch(Duration::from_secs(5)).await,
+        "acquisition between calls was lost"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(leader_of(b.as_ref()).await.as_deref(), Some("a"));
+    // Drain wake-ups from the acquisition, then nothing happens.
+    while b.watch(Duration::from_millis(300)).await {}
+    assert!(
+        !b.watch(Duration::from_millis(500)).await,
+        "woken without a change"
+    );
+    let ((woke, woke_at), released_at) = tokio::join!(
+        async { (b.watch(Duration::from_secs(5)).await, Instant::now()) },
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(a.delete_leader(None).await.expect("release"));
+            Instant::now()
+        }
+    );
+    assert!(woke, "the release did not wake the replica");
+    let delay = woke_at.saturating_duration_since(released_at);
+    assert!(
+        delay < Duration::from_secs(1),
+        "release noticed after {delay:?}"
+    );
+    assert!(leader_of(b.as_ref()).await.is_none());
+    // Config changes wake too.
+    while b.watch(Duration::from_millis(300)).await {}
+    assert!(a
+        .set_config_value(&json!({"loop_wait": 5}), None)
+        .await
+        .expect("config"));
+    assert!(
+        b.watch(Duration::from_secs(5)).await,
+        "config change did not wake"
+    );
+}
+
+/// Unusable data written by others becomes warnings naming the object, never a failed read.
+async fn garbage_is_reported(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    a.touch_member(&data(Role::Replica, "running"))
+        .await
+        .expect("touch");
+    let named = store.write_garbage().await;
+    let named_all = |c: &dcs::Cluster| {
+        named
+            .iter()
+            .all(|n| c.warnings.iter().any(|w| w.contains(n.as_str())))
+    };
+    let found = poll_until(Duration::from_secs(2), || async {
+        let cluster = a.get_cluster().await.expect("a read must survive garbage");
+        named_all(&cluster).then_some(cluster)
+    })
+    .await;
+    let cluster = match found {
+        Some(c) => c,
+        None => {
+            let c = a.get_cluster().await.expect("read");
+            panic!("warnings do not name all of {named:?}: {:?}", c.warnings)
+        }
+    };
+    assert!(cluster.config.is_none());
+    assert!(cluster.history.is_empty());
+    assert_eq!(
+        cluster.member("a").map(|m| &m.data),
+        Some(&data(Role::Replica, "running"))
+    );
+    // The broken member can never be a failover candidate.
+    assert!(cluster
+        .member("broken")
+        .is_none_or(|m| !m.data.is_running()));
+}
+
+/// Both members read, then both try to take the lock at once; repeated many times, never both
+/// win (and someone always does).
+async fn race_never_two_winners(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    let b = store.member("b", timing(10, 3)).await;
+    let started = Instant::now();
+    let mut wins = [0usize; 2];
+    for round in 0..RACE_ROUNDS {
+        let (ca, cb) = tokio::join!(a.get_cluster(), b.get_cluster());
+        let (ca, cb) = (ca.expect("a read"), cb.expect("b read"));
+        assert!(
+            ca.leader.is_none() && cb.leader.is_none(),
+            "round {round}: lock not free"
+        );
+        let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
+        let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
+        assert!(!(ra && rb), "round {round}: both members won the lock");
+        assert!(ra || rb, "round {round}: nobody won the free lock");
+        let (winner, name) = if ra { (&a, "a") } else { (&b, "b") };
+        wins[usize::from(rb)] += 1;
+        assert_eq!(leader_of(winner.as_ref()).await.as_deref(), Some(name));
+        assert!(
+            winner.delete_leader(None).await.expect("release"),
+            "round {round}"
+        );
+    }
+    println!(
+        "{backend:?}: {RACE_ROUNDS} lock races in {:.1}s, never two winners (a won {}, b won {})",
+        started.elapsed().as_secs_f64(),
+        wins[0],
+        wins[1]
+    );
+    if backend == Backend::Kubernetes {
+        // Every round the winner writes twice (acquire, release); every other write is a loser
+        // that reached the server with the resourceVersion both had read, and got 409.
+        let counts = store.kube().request_counts().await;
+        let writes: u64 = ["a", "b"]
+            .iter()
+            .flat_map(|m| ["patch configmaps", "create configmaps"].map(|w| (m, w)))
+            .map(|(m, w)| counts.get(*m).and_then(|c| c.get(w)).copied().unwrap_or(0))
+            .sum();
+        let stale = writes.saturating_sub(2 * RACE_ROUNDS as u64);
+        println!("{stale} of {RACE_ROUNDS} losers sent their stale resourceVersion and got 409");
+        assert!(
+            stale >= RACE_ROUNDS as u64 / 2,
+            "too few races reached the server with a stale version: {stale} ({counts:?})"
+        );
+    }
+}
+
+macro_rules! contract_suite {
+    ($($case:ident),* $(,)?) => {
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::Etcd).await
+                }
+            )*
+        }
+        mod kubernetes {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::Kubernetes).await
+                }
+            )*
+        }
+    };
+}
+
+contract_suite!(
+    acquire_is_exclusive,
+    renew_keeps_then_loses,
+    release_by_holder_only,
+    cas_on_config_failover_sync,
+    initialize_race,
+    member_publish,
+    watch_wakes_on_release,
+    garbage_is_reported,
+    race_never_two_winners,
+);
+
+// ---- Kubernetes only ---------------------------------------------------------------------------
+
+mod kubernetes_only {
+    use super::*;
+
+    async fn setup(names: &[&str], t: Timing) -> (KubeApiServer, Vec<Kubernetes>) {
+        let kube = KubeApiServer::launch().await;
+        let mut members = Vec::new();
+        for n in names {
+            members.push(kube_member(&kube, n, t, |_| {}).await);
+        }
+        (kube, members)
+    }
+
+    fn count(counts: &BTreeMap<String, BTreeMap<String, u64>>, client: &str, what: &str) -> u64 {
+        counts
+            .get(client)
+            .and_then(|c| c.get(what))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Someone else changes the leader object under the holder: the renew re-reads and goes on
+    /// when the lock is still ours, and gives up without overwriting when it is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conflicts_reread_and_never_overwrite() {
+        let (kube, m) = setup(&["a"], timing(10, 3)).await;
+        let a = &m[0];
+        a.get_cluster().await.expect("read");
+        assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+        let cluster = a.get_cluster().await.expect("read");
+        patch(
+            &kube,
+            "configmaps",
+            "demo-leader",
+            json!({"metadata": {"annotations": {"note": "x"}}}),
+        )
+        .await;
+        kube.reset_request_counts().await;
+        assert!(a
+            .update_leader(&cluster, Some(7))
+            .await
+            .expect("renew after a foreign write"));
+        let counts = kube.request_counts().await;
+        assert_eq!(count(&counts, "a", "get configmaps"), 1, "{counts:?}");
+        let obj = kube
+            .get("configmaps", NS, "demo-leader")
+            .await
+            .expect("leader object");
+        assert_eq!(obj["metadata"]["annotations"]["optime"], "7");
+        assert_eq!(obj["metadata"]["annotations"]["note"], "x");
+        // Taken over behind our back: the renew fails and the new holder stays.
+        patch(
+            &kube,
+            "configmaps",
+            "demo-leader",
+            json!({"metadata": {"annotations": {"leader": "z"}}}),
+        )
+        .await;
+        assert!(!a
+            .update_leader(&cluster, Some(8))
+            .await
+            .expect("renew of a lost lock"));
+        let obj = kube
+            .get("configmaps", NS, "demo-leader")
+            .await
+            .expect("leader object");
+        assert_eq!(obj["metadata"]["annotations"]["leader"], "z");
+        assert_eq!(obj["metadata"]["annotations"]["optime"], "7");
+        assert!(!a.delete_leader(None).await.expect("release of a lost lock"));
+        assert_eq!(
+            kube.get("configmaps", NS, "demo-leader")
+                .await
+                .expect("leader")["metadata"]["annotations"]["leader"],
+            "z"
+        );
+    }
+
+    /// The leader object carries Patroni's annotations.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leader_annotations_are_patronis() {
+        let (kube, m) = setup(&["a", "b"], timing(10, 3)).await;
+        let (a, b) = (&m[0], &m[1]);
+        a.get_cluster().await.expect("read");
+        assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+        let obj = kube
+            .get("configmaps", NS, "demo-leader")
+            .await
+            .expect("leader object");
+        let ann = &obj["metadata"]["annotations"];
+        assert_eq!(ann["leader"], "a");
+        assert_eq!(ann["ttl"], "10");
+        assert_eq!(ann["transitions"], "0");
+        let acquired = ann["acquireTime"]
+            .as_str()
+            .expect("acquireTime")
+            .to_string();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&acquired).is_ok(),
+            "{acquired}"
+        );
+        assert!(
+            acquired.ends_with("+00:00") && acquired.len() == 32,
+            "{acquired}"
+        );
+        assert_eq!(obj["metadata"]["labels"], json!(labels()));
+        let cluster = a.get_cluster().await.expect("read");
+        assert!(a
+            .update_leader(&cluster, Some(67108960))
+            .await
+            .expect("renew"));
+        let obj = kube
+            .get("configmaps", NS, "demo-leader")
+            .await
+            .expect("leader object");
+        let ann = &obj["metadata"]["annotations"];
+        assert_eq!(ann["acquireTime"], acquired.as_str());
+        assert_ne!(ann["renewTime"], acquired.as_str());
+        assert_eq!(ann["optime"], "67108960");
+        assert!(ann.get("slots").is_none(), "{ann}");
+        // A different holder counts a transition, the same one re-acquiring does not.
+        assert!(a.delete_leader(Some(67108961)).await.expect("release"));
+        b.get_cluster().await.expect("read");
+        assert!(b.attempt_to_acquire_leader().await.expect("b acquires"));
+        let ann = kube
+            .get("configmaps", NS, "demo-leader")
+            .await
+            .expect("leader")["metadata"]["annotations"]
+            .clone();
+        assert_eq!(
+            (ann["leader"].as_str(), ann["transitions"].as_str()),
+            (Some("b"), Some("1"))
+        );
+        assert_eq!(ann["optime"], "67108961");
+    }
+
+    /// 429 with Retry-After and 500s are retried within retry_timeout; 403 names verb and object.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throttling_and_server_errors_are_retried_forbidden_is_named() {
+        let (kube, m) = setup(&["a"], timing(10, 4)).await;
+        let a = &m[0];
+        kube.inject(json!({"fail": {"status": 429, "retry_after": 1, "count": 1, "verb": "patch", "resource": "configmaps", "client": "a"}})).await;
+        assert!(a.set_config_value(&json!({"ttl": 10}), None).await.is_ok());
+        let started = Instant::now();
+        kube.inject(json!({"fail": {"status": 429, "retry_after": 1, "count": 1, "verb": "patch", "resource": "configmaps", "client": "a"}})).await;
+        assert!(a
+            .set_config_value(&json!({"ttl": 11}), None)
+            .await
+            .expect("after 429"));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1),
+            "Retry-After not honoured: {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        kube.inject(json!({"fail": {"status": 500, "count": 2, "verb": "list", "resource": "configmaps", "client": "a"}})).await;
+        let cluster = a.get_cluster().await.expect("read after two 500s");
+        assert_eq!(cluster.config.map(|c| c.raw), Some(json!({"ttl": 11})));
+        // A Retry-After beyond the budget gives up at once.
+        kube.inject(json!({"fail": {"status": 429, "retry_after": 30, "count": 1, "verb": "list", "resource": "configmaps", "client": "a"}})).await;
+        let started = Instant::now();
+        let e = a
+            .get_cluster()
+            .await
+            .expect_err("throttled beyond the budget");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(e, DcsError::Unreachable(_)) && e.to_string().contains("429"),
+            "{e}"
+        );
+        kube.inject(json!({"fail": {"status": 403, "verb": "patch", "resource": "configmaps", "client": "a"}})).await;
+        let e = a
+            .set_config_value(&json!({"ttl": 12}), None)
+            .await
+            .expect_err("forbidden");
+        let msg = e.to_string();
+        assert!(matches!(e, DcsError::Forbidden(_)), "{msg}");
+        assert!(
+            msg.contains(r#"cannot patch configmaps "demo-config" in namespace "default""#),
+            "{msg}"
+        );
+        kube.clear_faults().await;
+        assert!(a
+            .set_config_value(&json!({"ttl": 12}), None)
+            .await
+            .expect("after clearing"));
+    }
+
+    /// A frozen API server: every call gives up within retry_timeout; afterwards all works again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_server_is_unreachable_within_the_budget() {
+        let (kube, m) = setup(&["a", "b"], timing(10, 2)).await;
+        let (a, b) = (&m[0], &m[1]);
+        a.get_cluster().await.expect("read");
+        assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+        let cluster = a.get_cluster().await.expect("read");
+        kube.pause();
+        let started = Instant::now();
+        let (read, renew) = tokio::join!(b.get_cluster(), a.update_leader(&cluster, Some(1)));
+        let elapsed = started.elapsed();
+        kube.resume();
+        assert!(matches!(read, Err(DcsError::Unreachable(_))), "{read:?}");
+        assert!(matches!(renew, Err(DcsError::Unreachable(_))), "{renew:?}");
+        assert!(
+            elapsed >= Duration::from_millis(1500),
+            "gave up too early: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(3500),
+            "took too long: {elapsed:?}"
+        );
+        let cluster = a.get_cluster().await.expect("read after resume");
+        assert!(a
+            .update_leader(&cluster, Some(2))
+            .await
+            .expect("renew after resume"));
+        assert_eq!(leader_of(b).await.as_deref(), Some("a"));
+    }
+
+    /// A watch that was down while the lock changed hands and the event window was compacted
+    /// resumes with a 410 Gone, lists again, and wakes the loop for what it missed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_relists_after_compaction() {
+        let (kube, m) = setup(&["a", "b"], timing(10, 3)).await;
+        let (a, b) = (&m[0], &m[1]);
+        assert!(a
+            .set_config_value(&json!({"ttl": 10}), None)
+            .await
+            .expect("config"));
+        b.get_cluster().await.expect("read");
+        while b.watch(Duration::from_millis(300)).await {}
+        // b's watch breaks and cannot come back.
+        kube.inject(json!({"fail": {"status": 500, "verb": "watch", "resource": "configmaps", "client": "b"}})).await;
+        kube.inject(json!({"drop_watches": true})).await;
+        a.get_cluster().await.expect("read");
+        assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+        kube.compact().await;
+        kube.reset_request_counts().await;
+        kube.clear_faults().await;
+        let started = Instant::now();
+        assert!(
+            b.watch(Duration::from_secs(5)).await,
+            "the missed acquisition did not wake b"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let counts = kube.request_counts().await;
+        assert!(
+            count(&counts, "b", "list configmaps") >= 1,
+            "no re-LIST after 410: {counts:?}"
+        );
+        assert_eq!(leader_of(b).await.as_deref(), Some("a"));
+        // The new watch works.
+        while b.watch(Duration::from_millis(300)).await {}
+        assert!(a.delete_leader(None).await.expect("release"));
+        assert!(
+            b.watch(Duration::from_secs(5)).await,
+            "watch dead after the re-LIST"
+        );
+    }
+
+    /// At idle a member reads with exactly one LIST of the config maps (Pods from the watch
+    /// cache) and the leader renews with one PATCH.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_list_per_read_one_patch_per_renew() {
+        let (kube, m) = setup(&["a", "b"], timing(10, 3)).await;
+        let (a, b) = (&m[0], &m[1]);
+        a.get_cluster().await.expect("read");
+        assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+        b.touch_member(&data(Role::Replica, "running"))
+            .await
+            .expect("touch");
+        // Let the Pod caches sync.
+        let synced = poll_until(Duration::from_secs(5), || async {
+            kube.reset_request_counts().await;
+            b.get_cluster().await.ok()?;
+            (count(&kube.request_counts().await, "b", "list pods") == 0).then_some(())
+        })
+        .await;
+        assert!(synced.is_some(), "the Pod cache never served a read");
+        kube.reset_request_counts().await;
+        for _ in 0..5 {
+            let cluster = a.get_cluster().await.expect("read");
+            assert!(a.update_leader(&cluster, Some(1)).await.expect("renew"));
+            b.get_cluster().await.expect("read");
+            b.touch_member(&data(Role::Replica, "running"))
+                .await
+                .expect("touch");
+        }
+        let counts = kube.request_counts().await;
+        assert_eq!(count(&counts, "a", "list configmaps"), 5, "{counts:?}");
+        assert_eq!(count(&counts, "b", "list configmaps"), 5, "{counts:?}");
+        assert_eq!(count(&counts, "a", "patch configmaps"), 5, "{counts:?}");
+        assert_eq!(
+            count(&counts, "a", "list pods") + count(&counts, "b", "list pods"),
+            0,
+            "{counts:?}"
+        );
+        assert_eq!(
+            count(&counts, "b", "patch pods"),
+            0,
+            "unchanged member data rewritten: {counts:?}"
+        );
+    }
+
+    /// Endpoints mode: the leader Endpoints carries the leader's address and ports and a
+    /// reference to its Pod; release empties it; the config Service exists; a loopback address
+    /// is refused by the API server (422) and surfaces as an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn endpoints_mode_subsets() {
+        let kube = KubeApiServer::launch().await;
+        let endpoints = |cfg: &mut KubernetesConfig| {
+            cfg.use_endpoints = true;
+            cfg.ports = vec![json!({"name": "postgresql", "port": 5432})];
+        };
+        let a = kube_member(&kube, "a", timing(10, 3), endpoints).await;
+        a.get_cluster().await.expect("read");
+        assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+        a.touch_member(&data(Role::Primary, "running"))
+            .await
+            .expect("touch");
+        let pod = kube.get("pods", NS, "a").await.expect("pod a");
+        let ip = pod["status"]["podIP"].as_str().expect("pod ip").to_string();
+        let ep = kube
+            .get("endpoints", NS, "demo")
+            .await
+            .expect("leader Endpoints");
+        assert_eq!(ep["metadata"]["annotations"]["leader"], "a");
+        let subset = &ep["subsets"][0];
+        assert_eq!(subset["addresses"][0]["ip"], ip.as_str());
+        assert_eq!(subset["addresses"][0]["targetRef"]["kind"], "Pod");
+        assert_eq!(subset["addresses"][0]["targetRef"]["name"], "a");
+        assert_eq!(
+            subset["addresses"][0]["targetRef"]["uid"],
+            pod["metadata"]["uid"]
+        );
+        assert_eq!(subset["ports"][0]["port"], 5432);
+        assert_eq!(subset["ports"][0]["name"], "postgresql");
+        let svc = kube
+            .get("services", NS, "demo-config")
+            .await
+            .expect("config Service");
+        assert_eq!(svc["spec"]["clusterIP"], "None");
+        let cluster = a.get_cluster().await.expect("read");
+        assert_eq!(cluster.leader_name(), Some("a"));
+        assert!(a.update_leader(&cluster, Some(5)).await.expect("renew"));
+        assert!(a
+            .set_config_value(&json!({"ttl": 10}), None)
+            .await
+            .expect("config"));
+        assert!(kube.get("endpoints", NS, "demo-config").await.is_some());
+        assert!(a.delete_leader(Some(6)).await.expect("release"));
+        let ep = kube
+            .get("endpoints", NS, "demo")
+            .await
+            .expect("leader Endpoints");
+        assert!(
+            ep.get("subsets")
+                .is_none_or(|s| s.as_array().is_some_and(Vec::is_empty)),
+            "{ep}"
+        );
+        assert!(
+            ep["metadata"]["annotations"].get("leader").is_none(),
+            "{ep}"
+        );
+
+        let c = kube_member(&kube, "c", timing(10, 3), |cfg| {
+            endpoints(cfg);
+            cfg.pod_ip = Some("127.0.0.1".into());
+        })
+        .await;
+        c.get_cluster().await.expect("read");
+        let e = c
+            .attempt_to_acquire_leader()
+            .await
+            .expect_err("loopback address accepted");
+        let msg = e.to_string();
+        assert!(msg.contains("422") && msg.contains("endpoints"), "{msg}");
+        let ep = kube
+            .get("endpoints", NS, "demo")
+            .await
+            .expect("leader Endpoints");
+        assert!(
+            ep["metadata"]["annotations"].get("leader").is_none(),
+            "{ep}"
+        );
+    }
+
+    /// Citus: a worker sees only its group's objects and Pods, and its objects carry the group
+    /// label while the selector does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn citus_groups_are_separate() {
+        let kube = KubeApiServer::launch().await;
+        let mut pod_labels = labels();
+        pod_labels.insert("citus-group".into(), "1".into());
+        kube.create_pod(NS, "w1", &pod_labels, "10.0.1.1").await;
+        pod_labels.insert("citus-group".into(), "2".into());
+        kube.create_pod(NS, "w2", &pod_labels, "10.0.1.2").await;
+        let w1 = kube_member(&kube, "w1", timing(10, 3), |c| c.group = Some(1)).await;
+        let w2 = kube_member(&kube, "w2", timing(10, 3), |c| c.group = Some(2)).await;
+        w1.touch_member(&data(Role::Replica, "running"))
+            .await
+            .expect("touch");
+        w2.touch_member(&data(Role::Replica, "running"))
+            .await
+            .expect("touch");
+        w1.get_cluster().await.expect("read");
+        w2.get_cluster().await.expect("read");
+        assert!(w1
+            .attempt_to_acquire_leader()
+            .await
+            .expect("w1 acquires group 1"));
+        assert!(w2
+            .attempt_to_acquire_leader()
+            .await
+            .expect("w2 acquires group 2"));
+        let obj = kube
+            .get("configmaps", NS, "demo-1-leader")
+            .await
+            .expect("group 1 leader");
+        assert_eq!(obj["metadata"]["labels"]["citus-group"], "1");
+        let c1 = w1.get_cluster().await.expect("read");
+        assert_eq!(c1.leader_name(), Some("w1"));
+        assert_eq!(
+            c1.members
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>(),
+            ["w1"]
+        );
+        let c2 = w2.get_cluster().await.expect("read");
+        assert_eq!(c2.leader_name(), Some("w2"));
+        assert_eq!(
+            c2.members
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>(),
+            ["w2"]
+        );
+    }
+}
