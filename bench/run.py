@@ -2,18 +2,22 @@
 """Side-by-side benchmark of Regent and Patroni on a local 3-member cluster.
 
 Both implementations get the very same generated Patroni YAML configuration
-(Regent is a drop-in), their own fresh single-node etcd, and the same
-measurements: kill -9 failover, graceful (SIGTERM) handover and idle RSS.
+(Regent is a drop-in), their own fresh DCS (a single-node etcd, or with
+`--dcs kubernetes` the Kubernetes API test server), and the same measurements:
+kill -9 failover, graceful (SIGTERM) handover, idle RSS and, on Kubernetes, API
+requests per member per minute at idle.
 See bench/README.md for what each number means.
 
 Requires: Python 3.9+, psycopg2, /usr/bin/etcd, PostgreSQL 15 binaries,
-`patroni` importable by this interpreter, and a built `regent` binary.
+`patroni` importable by this interpreter, and a built `regent` binary (and
+`regent-kube-apiserver` for --dcs kubernetes).
 """
 
 import argparse
 import base64
 import compileall
 import http.client
+import datetime
 import importlib.metadata
 import importlib.util
 import json
@@ -30,6 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 try:
@@ -42,6 +47,11 @@ ETCD_BIN = "/usr/bin/etcd"
 SCOPE = "bench"
 NAMESPACE = "/service/"
 LEADER_KEY = f"{NAMESPACE}{SCOPE}/leader"
+KUBE_NAMESPACE = "default"
+KUBE_LABELS = {"application": "regent-bench"}
+KUBE_SELECTOR = ",".join(f"{k}={v}" for k, v in {**KUBE_LABELS, "cluster-name": SCOPE}.items())
+# The bench's own Kubernetes API requests carry this token, so they are counted apart.
+KUBE_HARNESS_TOKEN = "bench-harness"
 MEMBER_NAMES = ("m1", "m2", "m3")
 SUPERUSER, SUPERUSER_PASSWORD = "postgres", "secret"
 REPLICATION_USER, REPLICATION_PASSWORD = "replicator", "rep-pass"
@@ -320,6 +330,25 @@ class Etcd:
             return None
         return self.lease_time_to_live(lease)[1]
 
+    # The interface Cluster uses for either DCS.
+    name = "etcd"
+
+    def member_settings(self, member):
+        """(config entries replacing the DCS section, extra environment) of one member."""
+        return {"etcd3": {"hosts": [self.host]}}, {}
+
+    def prepare_member(self, index, member, run_as):
+        pass
+
+    def holder(self):
+        return self.leader_key()[0]
+
+    def lock_ttl(self):
+        return self.leader_lease_ttl()
+
+    def watch_leader(self):
+        return LeaderKeyWatch(self)
+
     def stop(self):
         if self.process and self.process.poll() is None:
             self.process.kill()
@@ -406,6 +435,262 @@ class LeaderKeyWatch(threading.Thread):
                 if received >= since and event_kind == kind:
                     return received
         return None
+
+    def first_release_after(self, since):
+        """When the leader key was deleted (released, or its lease expired)."""
+        return self.first_event_after("DELETE", since)
+
+    def first_acquire_after(self, since, other_than):
+        """When a member other than `other_than` wrote itself into the leader key."""
+        if self.error is not None:
+            raise BenchError(f"leader key watch failed: {self.error}")
+        with self.lock:
+            for received, event_kind, value in self.events:
+                if received >= since and event_kind == "PUT" and value and value != other_than:
+                    return received
+        return None
+
+    def stop(self):
+        self.stopping = True
+        if self.connection is not None:
+            try:
+                self.connection.sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
+            self.connection.close()
+
+
+# --------------------------------------------------------------------------
+# Kubernetes API test server
+# --------------------------------------------------------------------------
+
+def default_kube_apiserver_binary():
+    for profile in ("release", "debug"):
+        candidate = os.path.join(REPO_ROOT, "target", profile, "regent-kube-apiserver")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class KubeApi:
+    """The Kubernetes API test server (tests/src/bin/regent-kube-apiserver.rs) as the DCS.
+
+    Each member gets a Pod named after it and its own kubeconfig whose token is its name, so the
+    server counts its requests apart (`GET /_test/requests`).
+    """
+
+    name = "kubernetes"
+
+    def __init__(self, root_dir, binary, use_endpoints):
+        self.binary = binary
+        self.use_endpoints = use_endpoints
+        self.port = free_ports(1)[0]
+        self.log_path = os.path.join(root_dir, "kube-apiserver.log")
+        self.process = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def kind(self):
+        return "endpoints" if self.use_endpoints else "configmaps"
+
+    @property
+    def leader_object(self):
+        return SCOPE if self.use_endpoints else f"{SCOPE}-leader"
+
+    def start(self):
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen([self.binary, "--listen", f"127.0.0.1:{self.port}"],
+                                            stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_until(self.healthy, 30, "the Kubernetes API test server to answer")
+
+    def healthy(self):
+        if self.process.poll() is not None:
+            raise BenchError(f"regent-kube-apiserver exited with {self.process.returncode}:\n"
+                             f"{tail(self.log_path)}")
+        try:
+            return self.request("GET", "/healthz", raw=True)[0] == 200
+        except OSError:
+            return False
+
+    def request(self, method, path, body=None, content_type="application/json", raw=False):
+        """(status, parsed JSON body or raw text) of one request with the harness token."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            headers = {"Authorization": f"Bearer {KUBE_HARNESS_TOKEN}"}
+            payload = None
+            if body is not None:
+                headers["Content-Type"] = content_type
+                payload = json.dumps(body)
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            text = response.read().decode(errors="replace")
+            if raw:
+                return response.status, text
+            try:
+                return response.status, json.loads(text) if text else None
+            except ValueError:
+                raise BenchError(f"{method} {path}: HTTP {response.status}, not JSON: {text[:200]}") from None
+        finally:
+            connection.close()
+
+    def namespaced(self, resource, name=None):
+        path = f"/api/v1/namespaces/{KUBE_NAMESPACE}/{resource}"
+        return f"{path}/{name}" if name else path
+
+    def prepare_member(self, index, member, run_as):
+        """Create the member's Pod (scheduled-looking: phase Running, a Pod IP) and kubeconfig."""
+        member.pod_ip = f"10.0.0.{index + 1}"  # never loopback: the server refuses it in Endpoints
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": member.name, "namespace": KUBE_NAMESPACE,
+                            "labels": {**KUBE_LABELS, "cluster-name": SCOPE}},
+               "spec": {"containers": [{"name": "postgres", "image": "postgres:15"}]}}
+        status, body = self.request("POST", self.namespaced("pods"), pod)
+        if status not in (200, 201):
+            raise BenchError(f"create Pod {member.name}: HTTP {status}: {body}")
+        patch = {"status": {"phase": "Running", "podIP": member.pod_ip, "podIPs": [{"ip": member.pod_ip}]}}
+        status, body = self.request("PATCH", self.namespaced("pods", member.name) + "/status", patch,
+                                    content_type="application/merge-patch+json")
+        if status != 200:
+            raise BenchError(f"patch Pod {member.name} status: HTTP {status}: {body}")
+        member.kubeconfig = os.path.join(member.dir, "kubeconfig")
+        kubeconfig = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "kind-kind",
+            "clusters": [{"name": "kind-kind", "cluster": {"server": self.url}}],
+            "users": [{"name": "kind-kind", "user": {"token": member.name}}],
+            "contexts": [{"name": "kind-kind", "context": {"cluster": "kind-kind", "user": "kind-kind",
+                                                           "namespace": KUBE_NAMESPACE}}],
+        }
+        with open(member.kubeconfig, "w") as kubeconfig_file:
+            json.dump(kubeconfig, kubeconfig_file)  # JSON is YAML
+        run_as.chown(member.kubeconfig)
+
+    def member_settings(self, member):
+        section = {"namespace": KUBE_NAMESPACE, "labels": dict(KUBE_LABELS),
+                   "use_endpoints": self.use_endpoints, "pod_ip": member.pod_ip,
+                   "ports": [{"name": "postgresql", "port": member.pg_port}]}
+        return {"kubernetes": section}, {"KUBECONFIG": member.kubeconfig}
+
+    def leader_annotations(self):
+        status, body = self.request("GET", self.namespaced(self.kind, self.leader_object))
+        if status == 404:
+            return {}
+        if status != 200:
+            raise BenchError(f"GET {self.kind}/{self.leader_object}: HTTP {status}: {body}")
+        return (body.get("metadata") or {}).get("annotations") or {}
+
+    def holder(self):
+        return self.leader_annotations().get("leader") or None
+
+    def lock_ttl(self):
+        ttl = self.leader_annotations().get("ttl")
+        return int(ttl) if ttl and ttl.isdigit() else None
+
+    def lock_remaining(self):
+        """renewTime + ttl − now from the leader object, in seconds (None without a holder)."""
+        annotations = self.leader_annotations()
+        renew, ttl = annotations.get("renewTime"), annotations.get("ttl")
+        if not annotations.get("leader") or not renew or not ttl:
+            return None
+        renewed = datetime.datetime.fromisoformat(renew.replace("Z", "+00:00"))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return int(ttl) - (now - renewed).total_seconds()
+
+    def request_counts(self):
+        status, body = self.request("GET", "/_test/requests")
+        if status != 200:
+            raise BenchError(f"GET /_test/requests: HTTP {status}: {body}")
+        return body or {}
+
+    def reset_request_counts(self):
+        status, body = self.request("DELETE", "/_test/requests")
+        if status not in (200, 204):
+            raise BenchError(f"DELETE /_test/requests: HTTP {status}: {body}")
+
+    def watch_leader(self):
+        return KubeLeaderWatch(self)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class KubeLeaderWatch(threading.Thread):
+    """Watches the leader object and timestamps each change of its `leader` annotation on receipt."""
+
+    def __init__(self, kube):
+        super().__init__(daemon=True, name="leader-object-watch")
+        self.kube = kube
+        self.events = []  # (monotonic time, holder or None)
+        self.lock = threading.Lock()
+        self.connection = None
+        self.ready = threading.Event()
+        self.stopping = False
+        self.error = None
+
+    def run(self):
+        try:
+            query = urllib.parse.urlencode({"labelSelector": KUBE_SELECTOR})
+            status, listed = self.kube.request("GET", f"{self.kube.namespaced(self.kube.kind)}?{query}")
+            if status != 200:
+                raise BenchError(f"LIST {self.kube.kind}: HTTP {status}")
+            version = listed["metadata"]["resourceVersion"]
+            holder = None
+            for item in listed.get("items") or []:
+                if item["metadata"]["name"] == self.kube.leader_object:
+                    holder = (item["metadata"].get("annotations") or {}).get("leader") or None
+            query = urllib.parse.urlencode({"labelSelector": KUBE_SELECTOR, "watch": "1",
+                                            "resourceVersion": version, "timeoutSeconds": "86400"})
+            self.connection = http.client.HTTPConnection("127.0.0.1", self.kube.port)
+            self.connection.request("GET", f"{self.kube.namespaced(self.kube.kind)}?{query}",
+                                    headers={"Authorization": f"Bearer {KUBE_HARNESS_TOKEN}"})
+            response = self.connection.getresponse()
+            if response.status != 200:
+                raise BenchError(f"WATCH {self.kube.kind}: HTTP {response.status}")
+            self.ready.set()
+            while not self.stopping:
+                line = response.readline()
+                received = time.monotonic()
+                if not line:
+                    raise BenchError("leader object watch stream closed")
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise BenchError(f"leader object watch error: {obj.get('message')}")
+                if (obj.get("metadata") or {}).get("name") != self.kube.leader_object:
+                    continue
+                annotations = obj["metadata"].get("annotations") or {}
+                new_holder = None if event.get("type") == "DELETED" else (annotations.get("leader") or None)
+                if new_holder != holder:
+                    holder = new_holder
+                    with self.lock:
+                        self.events.append((received, holder))
+        except Exception as error:  # reported by the measurement that needs the watch
+            if not self.stopping:
+                self.error = error
+        finally:
+            self.ready.set()
+
+    def _first(self, since, matches):
+        if self.error is not None:
+            raise BenchError(f"leader object watch failed: {self.error}")
+        with self.lock:
+            for received, holder in self.events:
+                if received >= since and matches(holder):
+                    return received
+        return None
+
+    def first_release_after(self, since):
+        """When the `leader` annotation was removed (a voluntary release)."""
+        return self._first(since, lambda holder: holder is None)
+
+    def first_acquire_after(self, since, other_than):
+        """When a member other than `other_than` wrote itself into the lock."""
+        return self._first(since, lambda holder: holder is not None and holder != other_than)
 
     def stop(self):
         self.stopping = True
@@ -543,9 +828,13 @@ class Member:
         self.pg_port = pg_port
         self.rest_port = rest_port
         self.process = None
+        self.env = {}  # extra agent environment (KUBECONFIG on Kubernetes)
+        self.pod_ip = None
+        self.kubeconfig = None
 
-    def config(self, etcd_hosts, dcs):
-        return {
+    def config(self, dcs_server, dcs):
+        section, self.env = dcs_server.member_settings(self)
+        config = {
             "scope": SCOPE,
             "namespace": NAMESPACE,
             "name": self.name,
@@ -553,7 +842,7 @@ class Member:
                 "listen": f"127.0.0.1:{self.rest_port}",
                 "connect_address": f"127.0.0.1:{self.rest_port}",
             },
-            "etcd3": {"hosts": etcd_hosts},
+            **section,
             "bootstrap": {
                 "dcs": {
                     "ttl": dcs["ttl"],
@@ -595,13 +884,21 @@ class Member:
                 },
             },
         }
+        if "kubernetes" in section:
+            # Patroni copies a top-level `namespace` into the DCS section, where on Kubernetes it
+            # would replace the Kubernetes namespace.
+            del config["namespace"]
+        return config
 
-    def write_config(self, etcd_hosts, dcs, run_as):
+    def make_dir(self, run_as):
         os.makedirs(self.dir, exist_ok=True)
         os.chmod(self.dir, 0o750)
         run_as.chown(self.dir)
+
+    def write_config(self, dcs_server, dcs, run_as):
+        self.make_dir(run_as)
         with open(self.config_path, "w") as config_file:
-            config_file.write(to_yaml(self.config(etcd_hosts, dcs)) + "\n")
+            config_file.write(to_yaml(self.config(dcs_server, dcs)) + "\n")
         run_as.chown(self.config_path)
 
     def start(self, implementation, run_as):
@@ -612,6 +909,7 @@ class Member:
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             **implementation.env,
+            **self.env,
         }
         with open(self.log_path, "ab") as log_file:
             log_file.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
@@ -657,14 +955,18 @@ class Member:
 
 
 class Cluster:
-    def __init__(self, implementation, root_dir, run_as, dcs):
+    def __init__(self, implementation, root_dir, run_as, dcs, dcs_kind):
         self.implementation = implementation
         self.dcs = dcs
         self.run_as = run_as
         self.dir = os.path.join(root_dir, implementation.name)
         os.makedirs(self.dir, exist_ok=True)
         os.chmod(self.dir, 0o755)
-        self.etcd = Etcd(self.dir)
+        # dcs_kind: ("etcd",) or ("kubernetes", apiserver binary, use_endpoints)
+        if dcs_kind[0] == "kubernetes":
+            self.server = KubeApi(self.dir, dcs_kind[1], dcs_kind[2])
+        else:
+            self.server = Etcd(self.dir)
         self.watch = None
         ports = free_ports(2 * len(MEMBER_NAMES))
         self.members = [Member(name, self.dir, ports[2 * i], ports[2 * i + 1])
@@ -680,14 +982,16 @@ class Cluster:
                 f"target_session_attrs={target_session_attrs} connect_timeout=1")
 
     def bootstrap(self):
-        """Start etcd and all members; returns seconds from first start to a healthy cluster."""
-        self.etcd.start()
-        self.watch = LeaderKeyWatch(self.etcd)
+        """Start the DCS and all members; returns seconds from first start to a healthy cluster."""
+        self.server.start()
+        self.watch = self.server.watch_leader()
         self.watch.start()
         if not self.watch.ready.wait(10) or self.watch.error:
             raise BenchError(f"could not watch the leader key: {self.watch.error}")
-        for member in self.members:
-            member.write_config([self.etcd.host], self.dcs, self.run_as)
+        for index, member in enumerate(self.members):
+            member.make_dir(self.run_as)
+            self.server.prepare_member(index, member, self.run_as)
+            member.write_config(self.server, self.dcs, self.run_as)
         started = time.monotonic()
         for member in self.members:
             member.start(self.implementation, self.run_as)
@@ -737,7 +1041,7 @@ class Cluster:
             raise BenchError(f"{error}; last state: {last_problem[0]}") from None
 
     def logs_tail(self, lines=40):
-        parts = [f"---- etcd log ({self.etcd.log_path}) ----\n{tail(self.etcd.log_path, 10)}"]
+        parts = [f"---- {self.server.name} log ({self.server.log_path}) ----\n{tail(self.server.log_path, 10)}"]
         for member in self.members:
             parts.append(f"---- {member.name} log ({member.log_path}) ----\n{tail(member.log_path, lines)}")
         return "\n".join(parts)
@@ -766,7 +1070,7 @@ class Cluster:
                  for member in self.members]
         if self.watch is not None:
             steps.append(("leader key watch", self.watch.stop))
-        steps.append(("etcd", self.etcd.stop))
+        steps.append((self.server.name, self.server.stop))
         for what, step in steps:
             try:
                 step()
@@ -894,7 +1198,34 @@ def measure_idle_rss(cluster, idle_seconds):
     per_member = {m.name: m.agent_rss_kib() for m in cluster.members}
     mean_mib = statistics.mean(per_member.values()) / 1024
     return {"rss_mib": mean_mib, "rss_kib_per_member": per_member,
-            "effective_ttl_s": cluster.etcd.leader_lease_ttl()}
+            "effective_ttl_s": cluster.server.lock_ttl()}
+
+
+def measure_idle_requests(cluster, window):
+    """Kubernetes API requests of each member over an idle window, per minute."""
+    cluster.wait_healthy(REJOIN_TIMEOUT, "idle requests")
+    leader = cluster.server.holder()
+    cluster.server.reset_request_counts()
+    started = time.monotonic()
+    time.sleep(window)  # deliberate idle period, not synchronisation
+    counts = cluster.server.request_counts()
+    elapsed = time.monotonic() - started
+    if cluster.wait_healthy(10, "idle requests sample") != leader:
+        raise BenchError("the leader changed during the idle request window")
+    per_member = {}
+    for member in cluster.members:
+        by_request = counts.get(member.name) or {}
+        per_member[member.name] = {
+            "total_per_min": sum(by_request.values()) * 60 / elapsed,
+            "by_request_per_min": {k: v * 60 / elapsed for k, v in sorted(by_request.items())},
+            "role": "leader" if member.name == leader else "replica",
+        }
+    replicas = [m["total_per_min"] for m in per_member.values() if m["role"] == "replica"]
+    return {"api_requests_per_min": statistics.mean(m["total_per_min"] for m in per_member.values()),
+            "api_requests_leader_per_min": per_member[leader]["total_per_min"] if leader in per_member else None,
+            "api_requests_replica_per_min": statistics.mean(replicas) if replicas else None,
+            "api_requests_window_s": elapsed,
+            "api_requests_per_member": per_member}
 
 
 def restart_and_rejoin(cluster, member):
@@ -912,38 +1243,56 @@ def measure_failover(cluster, record):
     postmaster = leader.postmaster_pid()
     if postmaster is None:
         raise BenchError(f"{leader_name}: no running postmaster found in {leader.data_dir}/postmaster.pid")
-    holder, lease = cluster.etcd.leader_key()
-    if holder != leader_name or not lease or lease == "0":
-        raise BenchError(f"leader key is held by {holder!r} with lease {lease!r}, expected {leader_name}")
-    record["lease_remaining_at_kill_s"], _ = cluster.etcd.lease_time_to_live(lease)
+    on_etcd = isinstance(cluster.server, Etcd)
+    monitor = None
+    if on_etcd:
+        holder, lease = cluster.server.leader_key()
+        if holder != leader_name or not lease or lease == "0":
+            raise BenchError(f"leader key is held by {holder!r} with lease {lease!r}, expected {leader_name}")
+        record["lease_remaining_at_kill_s"], _ = cluster.server.lease_time_to_live(lease)
+        monitor = LeaseMonitor(cluster.server, lease)
+    else:
+        holder = cluster.server.holder()
+        if holder != leader_name:
+            raise BenchError(f"the leader object names {holder!r}, expected {leader_name}")
+        remaining = cluster.server.lock_remaining()
+        record["lease_remaining_at_kill_s"] = None if remaining is None else round(remaining, 3)
     writer = start_writer(cluster)
-    monitor = LeaseMonitor(cluster.etcd, lease)
+    t_lease = None
     try:
         postgres_children = descendants(postmaster)
         agent_helpers = [p for p in descendants(leader.process.pid) if not is_postgres_process(p)]
         t0 = time.monotonic()
         os.kill(leader.process.pid, signal.SIGKILL)
         os.kill(postmaster, signal.SIGKILL)
-        monitor.start()
+        if monitor is not None:
+            monitor.start()
         t_write = wait_until(lambda: writer.first_success_started_after(t0, leader.pg_port), FAILOVER_TIMEOUT,
                              "the first successful write after kill -9 of the leader", interval=0.005)
-        t_lease = wait_until(lambda: cluster.watch.first_event_after("DELETE", t0), 10,
-                             "the leader key deletion event", interval=0.005)
+        t_taken = wait_until(lambda: cluster.watch.first_acquire_after(t0, leader_name), 10,
+                             "another member to take the leader lock", interval=0.005)
+        if on_etcd:
+            t_lease = wait_until(lambda: cluster.watch.first_release_after(t0), 10,
+                                 "the leader key deletion event", interval=0.005)
     finally:
         writer.stop()
-        monitor.stop()
         record["failover_failed_writes"] = writer.failures
-        record["lease_refreshed_after_kill"] = monitor.refreshed()
-        record["lease_samples_after_kill"] = monitor.samples
+        if monitor is not None:
+            monitor.stop()
+            record["lease_refreshed_after_kill"] = monitor.refreshed()
+            record["lease_samples_after_kill"] = monitor.samples
     record["failover_unavailable_s"] = t_write - t0
-    record["failover_lease_wait_s"] = t_lease - t0
-    record["failover_lease_to_write_s"] = t_write - t_lease
+    record["failover_lock_taken_s"] = t_taken - t0
+    if t_lease is not None:
+        # Kubernetes has no expiry event: a lock expires in the readers' eyes only.
+        record["failover_lease_wait_s"] = t_lease - t0
+        record["failover_lease_to_write_s"] = t_write - t_lease
     # Helper processes of the agent outliving it could keep the lease alive: report, then clean up.
     surviving_helpers = [p for p in agent_helpers if process_alive(p)]
     record["agent_helpers_alive_after_kill"] = len(surviving_helpers)
     leader.process.wait()
     wait_for_exit([postmaster] + postgres_children + surviving_helpers, 30)
-    record["new_leader"], _ = cluster.etcd.leader_key()
+    record["new_leader"] = cluster.server.holder()
     record["failover_rejoin_s"] = restart_and_rejoin(cluster, leader)
 
 
@@ -968,7 +1317,7 @@ def measure_handover(cluster, record):
     record["handover_write_gap_s"] = (t_write - t_last_old_write) if t_last_old_write is not None else None
     try:
         # A graceful shutdown deletes the leader key before another member can take it.
-        t_released = wait_until(lambda: cluster.watch.first_event_after("DELETE", t0), 1,
+        t_released = wait_until(lambda: cluster.watch.first_release_after(t0), 1,
                                 "the leader key deletion event", interval=0.005)
         record["handover_key_released_s"] = t_released - t0
         # The old primary must not acknowledge writes once its lock is gone (a new leader may already exist).
@@ -982,7 +1331,7 @@ def measure_handover(cluster, record):
     record["handover_agent_exit_s"] = time.monotonic() - t0
     if postmaster is not None and process_alive(postmaster):
         raise BenchError(f"{leader_name}: postmaster {postmaster} still running after the agent exited")
-    record["handover_new_leader"], _ = cluster.etcd.leader_key()
+    record["handover_new_leader"] = cluster.server.holder()
     record["handover_rejoin_s"] = restart_and_rejoin(cluster, leader)
 
 
@@ -991,12 +1340,16 @@ METRICS = [
     ("failover_unavailable_s", "failover: kill -9 → first write on new leader", "s", 3),
     ("failover_lease_wait_s", "  waiting for lease (T_lease − T0)", "s", 3),
     ("failover_lease_to_write_s", "  lease expiry → first write", "s", 3),
+    ("failover_lock_taken_s", "  kill -9 → lock taken by the new leader", "s", 3),
     ("failover_rejoin_s", "failover: killed member rejoin", "s", 3),
     ("handover_unavailable_s", "handover: SIGTERM → first write on new leader", "s", 3),
     ("handover_write_gap_s", "  write gap (last old → first new)", "s", 3),
     ("handover_key_released_s", "  leader key released", "s", 3),
     ("handover_rejoin_s", "handover: old leader rejoin", "s", 3),
     ("rss_mib", "agent RSS at idle (per member)", "MiB", 1),
+    ("api_requests_per_min", "API requests at idle (mean per member)", "/min", 1),
+    ("api_requests_leader_per_min", "  leader", "/min", 1),
+    ("api_requests_replica_per_min", "  replica (mean)", "/min", 1),
     ("bootstrap_s", "bootstrap → healthy", "s", 3),
     ("effective_ttl_s", "effective leader lease TTL (setting)", "s", 0),
 ]
@@ -1010,7 +1363,8 @@ def log_failover(prefix, run):
     log(f"{prefix}: failover {run.get('old_leader')}→{run.get('new_leader')}: "
         f"unavailable {seconds(run.get('failover_unavailable_s'))} "
         f"(lease wait {seconds(run.get('failover_lease_wait_s'))}, "
-        f"lease→write {seconds(run.get('failover_lease_to_write_s'))}), "
+        f"lease→write {seconds(run.get('failover_lease_to_write_s'))}, "
+        f"lock taken {seconds(run.get('failover_lock_taken_s'))}), "
         f"rejoin {seconds(run.get('failover_rejoin_s'))}; "
         f"lease had {run.get('lease_remaining_at_kill_s')}s left at the kill")
     if run.get("lease_refreshed_after_kill") or run.get("agent_helpers_alive_after_kill"):
@@ -1031,10 +1385,18 @@ def log_handover(prefix, run):
             f"after releasing the leader key")
 
 
-MEASUREMENTS = ("rss", "failover", "handover")
+MEASUREMENTS = ("rss", "requests", "failover", "handover")
 
 
-def benchmark(implementation, root_dir, run_as, runs, dcs, idle_seconds, measurements=MEASUREMENTS):
+def log_requests(prefix, run):
+    log(f"{prefix}: API requests per minute at idle over {run['api_requests_window_s']:.1f}s:")
+    for name, member in run["api_requests_per_member"].items():
+        detail = ", ".join(f"{k} {v:.1f}" for k, v in member["by_request_per_min"].items())
+        log(f"  {name} ({member['role']}): {member['total_per_min']:.1f}/min ({detail})")
+
+
+def benchmark(implementation, root_dir, run_as, runs, dcs, idle_seconds, measurements=MEASUREMENTS,
+              dcs_kind=("etcd",), request_window=60.0):
     """Run all measurements `runs` times for one implementation; returns raw results."""
     result = {"implementation": implementation.name, "version": implementation.version,
               "runs": [], "errors": [], "bootstrap_s": []}
@@ -1044,7 +1406,7 @@ def benchmark(implementation, root_dir, run_as, runs, dcs, idle_seconds, measure
         for run_index in range(runs):
             if cluster is None:
                 bootstraps += 1
-                cluster = Cluster(implementation, os.path.join(root_dir, f"b{bootstraps}"), run_as, dcs)
+                cluster = Cluster(implementation, os.path.join(root_dir, f"b{bootstraps}"), run_as, dcs, dcs_kind)
                 log(f"{implementation.name}: bootstrapping cluster #{bootstraps} in {cluster.dir}")
                 try:
                     result["bootstrap_s"].append(cluster.bootstrap())
@@ -1062,6 +1424,9 @@ def benchmark(implementation, root_dir, run_as, runs, dcs, idle_seconds, measure
                     run.update(measure_idle_rss(cluster, idle_seconds))
                     log(f"{prefix}: idle RSS {run['rss_mib']:.1f} MiB per agent, "
                         f"leader lease TTL {run['effective_ttl_s']}s")
+                if "requests" in measurements and dcs_kind[0] == "kubernetes":
+                    run.update(measure_idle_requests(cluster, request_window))
+                    log_requests(prefix, run)
                 if "failover" in measurements:
                     try:
                         measure_failover(cluster, run)
@@ -1145,7 +1510,16 @@ def main():
     parser.add_argument("--retry-timeout", type=int, default=DEFAULT_DCS["retry_timeout"],
                         help="bootstrap.dcs retry_timeout")
     parser.add_argument("--measure", default=",".join(MEASUREMENTS),
-                        help="comma-separated subset of rss,failover,handover (default: all)")
+                        help="comma-separated subset of rss,requests,failover,handover (default: all; "
+                             "requests only on --dcs kubernetes)")
+    parser.add_argument("--dcs", choices=("etcd", "kubernetes"), default="etcd",
+                        help="DCS: a single-node etcd (default) or the Kubernetes API test server")
+    parser.add_argument("--use-endpoints", action="store_true",
+                        help="--dcs kubernetes: Endpoints instead of ConfigMaps (kubernetes.use_endpoints)")
+    parser.add_argument("--kube-apiserver", default=None,
+                        help="regent-kube-apiserver binary (default target/{release,debug}/regent-kube-apiserver)")
+    parser.add_argument("--request-window", type=float, default=60.0,
+                        help="seconds of idleness over which API requests are counted (default 60)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
@@ -1157,7 +1531,14 @@ def main():
         parser.error(f"--measure takes a subset of {','.join(MEASUREMENTS)}, got {args.measure!r}")
     if runs < 1:
         parser.error("--runs must be at least 1")
-    for path in (ETCD_BIN, os.path.join(PG_BIN_DIR, "postgres")):
+    dcs_kind = ("etcd",)
+    if args.dcs == "kubernetes":
+        apiserver = args.kube_apiserver or default_kube_apiserver_binary()
+        if apiserver is None or not os.access(apiserver, os.X_OK):
+            sys.exit("regent-kube-apiserver not found: build it with `cargo build -p regent-tests "
+                     "--bin regent-kube-apiserver` or pass --kube-apiserver")
+        dcs_kind = ("kubernetes", os.path.abspath(apiserver), args.use_endpoints)
+    for path in ((ETCD_BIN,) if args.dcs == "etcd" else ()) + (os.path.join(PG_BIN_DIR, "postgres"),):
         if not os.access(path, os.X_OK):
             sys.exit(f"required executable not found: {path}")
     if psycopg2.extensions.libpq_version() < 100000:
@@ -1185,7 +1566,7 @@ def main():
         for implementation in implementations:
             log(f"=== {implementation.name} {implementation.version} ===")
             results[implementation.name] = benchmark(implementation, root_dir, run_as, runs, dcs, idle_seconds,
-                                                     measurements)
+                                                     measurements, dcs_kind, args.request_window)
             if results[implementation.name]["errors"]:
                 failed = True
     except KeyboardInterrupt:
@@ -1204,7 +1585,9 @@ def main():
     if results:
         print_table(summaries)
         document = {
-            "settings": {"runs": runs, **dcs, "measurements": measurements, "write_interval_s": WRITE_INTERVAL, "idle_seconds": idle_seconds},
+            "settings": {"runs": runs, **dcs, "measurements": measurements, "write_interval_s": WRITE_INTERVAL,
+                         "idle_seconds": idle_seconds, "dcs": args.dcs, "use_endpoints": args.use_endpoints,
+                         "request_window_s": args.request_window},
             "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "results": results,
             "summary": summaries,
