@@ -73,6 +73,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "kind": r.kind,
             "verbs": verbs,
             "shortNames": r.short_names,
+            "categories": r.categories,
         }));
         if r.has_status {
             resources.push(json!({

@@ -48,7 +48,15 @@ pub fn apply(
             let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
                 PatchFailure::BadRequest(format!("the JSON patch is malformed: {e}"))
             })?;
-            json_patch::patch(&mut doc, &ops).map_err(|e| PatchFailure::Invalid(format!("{e}")))?;
+            json_patch::patch(&mut doc, &ops).map_err(|e| {
+                // Worded as the Go JSON patch library the real server uses.
+                PatchFailure::Invalid(match e.kind {
+                    json_patch::PatchErrorKind::TestFailed => {
+                        format!("testing value {} failed: test failed", e.path)
+                    }
+                    _ => format!("{e}"),
+                })
+            })?;
         }
         PatchType::Strategic => {
             let Value::Object(patch_map) = patch else {

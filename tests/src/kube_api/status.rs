@@ -200,6 +200,19 @@ impl ApiError {
         }
     }
 
+    /// A patch that does not apply (e.g. a failed JSON patch `test`): the real server answers
+    /// a generic 422 whose message does not say why (kubectl prints "The request is invalid:
+    /// the server rejected our request due to an error in our request"); the reason is only in
+    /// this server's log.
+    pub fn patch_rejected(why: &str) -> ApiError {
+        println!("patch rejected: {why}");
+        ApiError::new(
+            422,
+            "Invalid",
+            "the server rejected our request due to an error in our request",
+        )
+    }
+
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "BadRequest", message)
     }

@@ -290,7 +290,7 @@ impl Store {
         let patched =
             patch::apply(&typed, patch_body, patch_type, res.kind).map_err(|e| match e {
                 PatchFailure::BadRequest(m) => ApiError::bad_request(m),
-                PatchFailure::Invalid(m) => ApiError::new(422, "Invalid", m),
+                PatchFailure::Invalid(m) => ApiError::patch_rejected(&m),
             })?;
         self.write_update(&mut inner, res, key, &old, patched, subresource, dry_run)
     }

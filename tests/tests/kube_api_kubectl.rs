@@ -1,0 +1,418 @@
+//! The real kubectl (v1.32, from PATH) works against the Kubernetes API test server: discovery,
+//! get (tables, JSON, YAML, label selectors), client-side apply, the three patch types, label,
+//! annotate, delete, and a replace with a stale resourceVersion that must conflict.
+//!
+//! Skipped (with a message) when kubectl is not installed.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use regent_tests::kube::KubeApiServer;
+use serde_json::Value;
+
+fn kubectl_bin() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECTL_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache_dir: PathBuf,
+}
+
+impl Kubectl {
+    fn new(bin: PathBuf, server: &KubeApiServer, token: &str) -> Kubectl {
+        Kubectl {
+            bin,
+            kubeconfig: server.kubeconfig(token),
+            cache_dir: server.dir().join("kubectl-cache"),
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .arg("--cache-dir")
+            .arg(&self.cache_dir)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => panic!("run kubectl {args:?}: {e}"),
+            Err(_) => panic!("kubectl {args:?} did not finish within 30s"),
+        }
+    }
+
+    /// Run and require success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// Run and require failure; returns stderr.
+    async fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args).await;
+        assert!(
+            !output.status.success(),
+            "kubectl {args:?} should fail but printed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let out = self.ok(&full).await;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path.display().to_string()
+}
+
+/// Table rows (header included) as whitespace-split cells.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+fn first_column(table: &str) -> Vec<String> {
+    rows(table)
+        .into_iter()
+        .skip(1)
+        .filter_map(|r| r.into_iter().next())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_manages_objects_on_the_test_server() {
+    let Some(bin) = kubectl_bin() else {
+        eprintln!("SKIPPED: kubectl is not on PATH (set KUBECTL_BIN to run this test)");
+        return;
+    };
+    let server = KubeApiServer::launch().await;
+    let k = Kubectl::new(bin, &server, "kubectl-user");
+    let dir = server.dir().to_path_buf();
+
+    // apply creates, then modifies (client-side apply: GET + strategic merge PATCH).
+    let manifest = |value: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  labels:\n    \
+             app: pg\n    tier: db\ndata:\n  mode: {value}\n  keep: \"yes\"\n"
+        )
+    };
+    let file = write(&dir, "settings.yaml", &manifest("one"));
+    assert_eq!(
+        k.ok(&["apply", "-f", &file]).await.trim(),
+        "configmap/settings created"
+    );
+    let file = write(&dir, "settings.yaml", &manifest("two"));
+    assert_eq!(
+        k.ok(&["apply", "-f", &file]).await.trim(),
+        "configmap/settings configured"
+    );
+    assert_eq!(
+        k.ok(&["apply", "-f", &file]).await.trim(),
+        "configmap/settings unchanged"
+    );
+    let cm = k.json(&["get", "configmap", "settings"]).await;
+    assert_eq!(cm["data"]["mode"], "two", "{cm}");
+    assert_eq!(cm["data"]["keep"], "yes");
+    assert!(
+        cm["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .is_some_and(|a| a.contains("\"mode\":\"two\""))
+    );
+
+    // More objects for listing.
+    // A multi-document manifest (a `kind: List` would need client-side validation, which
+    // needs the protobuf OpenAPI v2 document this server does not serve).
+    let pod = |name: &str, labels: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n\
+             spec: {{containers: [{{name: main, image: '{image}'}}]}}\n"
+        )
+    };
+    let pods = write(
+        &dir,
+        "pods.yaml",
+        &[
+            pod("pg-0", "app: pg, role: primary", "postgres:15"),
+            pod("pg-1", "app: pg, role: replica", "postgres:15"),
+            pod("web-0", "app: web", "nginx"),
+        ]
+        .join("---\n"),
+    );
+    let created = k.ok(&["create", "-f", &pods]).await;
+    assert_eq!(
+        created.lines().collect::<Vec<_>>(),
+        ["pod/pg-0 created", "pod/pg-1 created", "pod/web-0 created"]
+    );
+
+    // get: server-side tables.
+    let table = k.ok(&["get", "configmaps"]).await;
+    let cells = rows(&table);
+    assert_eq!(cells[0], ["NAME", "DATA", "AGE"], "{table}");
+    assert_eq!(cells[1][..2], ["settings", "2"], "{table}");
+    let table = k.ok(&["get", "pods"]).await;
+    let cells = rows(&table);
+    assert_eq!(
+        cells[0],
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{table}"
+    );
+    assert_eq!(cells[1][..4], ["pg-0", "0/1", "Pending", "0"], "{table}");
+    let wide = k
+        .ok(&["get", "pods", "-o", "wide", "-l", "role=replica"])
+        .await;
+    assert!(rows(&wide)[0].contains(&"IP".to_string()), "{wide}");
+    assert_eq!(first_column(&wide), ["pg-1"]);
+
+    // Label selectors, equality- and set-based.
+    for (selector, expected) in [
+        ("app=pg", vec!["pg-0", "pg-1"]),
+        ("app!=pg", vec!["web-0"]),
+        ("role in (primary,replica)", vec!["pg-0", "pg-1"]),
+        // Absent keys satisfy `notin`.
+        ("app,role notin (primary)", vec!["pg-1", "web-0"]),
+        ("role,role notin (primary)", vec!["pg-1"]),
+        ("!role", vec!["web-0"]),
+    ] {
+        let out = k.ok(&["get", "pods", "-l", selector, "-o", "name"]).await;
+        let names: Vec<&str> = out.lines().map(|l| l.trim_start_matches("pod/")).collect();
+        assert_eq!(names, expected, "selector {selector}");
+    }
+    let empty = k.run(&["get", "pods", "-l", "app=none"]).await;
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("No resources found in default namespace.")
+    );
+
+    // -o json / -o yaml of one object and of a list.
+    let pod = k.json(&["get", "pod", "pg-0"]).await;
+    assert_eq!(pod["kind"], "Pod");
+    assert_eq!(pod["status"]["phase"], "Pending");
+    let list = k.json(&["get", "pods", "-l", "app=pg"]).await;
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"][1]["metadata"]["name"], "pg-1");
+    assert_eq!(list["items"][1]["kind"], "Pod");
+    let yaml = k.ok(&["get", "configmap", "settings", "-o", "yaml"]).await;
+    let parsed: Value = serde_yaml_ng::from_str(&yaml).expect("kubectl printed YAML");
+    assert_eq!(parsed["data"]["mode"], "two", "{yaml}");
+    assert!(yaml.contains("kind: ConfigMap"), "{yaml}");
+
+    // patch: strategic (default), merge and JSON.
+    assert_eq!(
+        k.ok(&[
+            "patch",
+            "configmap",
+            "settings",
+            "-p",
+            r#"{"data":{"s":"1"}}"#
+        ])
+        .await
+        .trim(),
+        "configmap/settings patched"
+    );
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"keep":null,"m":"2"}}"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/mode","value":"three"}]"#,
+    ])
+    .await;
+    let cm = k.json(&["get", "configmap", "settings"]).await;
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"mode": "three", "s": "1", "m": "2"}),
+        "{cm}"
+    );
+    // Strategic merge patches merge pod containers by name.
+    k.ok(&[
+        "patch",
+        "pod",
+        "pg-0",
+        "-p",
+        r#"{"spec":{"containers":[{"name":"main","image":"postgres:16"}]}}"#,
+    ])
+    .await;
+    let pod = k.json(&["get", "pod", "pg-0"]).await;
+    assert_eq!(pod["spec"]["containers"][0]["image"], "postgres:16");
+    assert_eq!(pod["spec"]["containers"][0]["name"], "main");
+    let failed = k
+        .fails(&[
+            "patch",
+            "configmap",
+            "settings",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/data/mode","value":"one"}]"#,
+        ])
+        .await;
+    assert_eq!(
+        failed.trim(),
+        "The request is invalid: the server rejected our request due to an error in our request"
+    );
+
+    // label: add, refuse to overwrite without --overwrite, overwrite, remove.
+    k.ok(&["label", "configmap", "settings", "owner=team-a"])
+        .await;
+    let refused = k
+        .fails(&["label", "configmap", "settings", "owner=team-b"])
+        .await;
+    assert!(
+        refused.contains("'owner' already has a value (team-a), and --overwrite is false"),
+        "{refused}"
+    );
+    k.ok(&[
+        "label",
+        "configmap",
+        "settings",
+        "owner=team-b",
+        "--overwrite",
+    ])
+    .await;
+    assert_eq!(
+        k.ok(&["label", "configmap", "settings", "tier-"])
+            .await
+            .trim(),
+        "configmap/settings unlabeled"
+    );
+    let shown = k
+        .ok(&["get", "configmap", "-l", "owner=team-b", "--show-labels"])
+        .await;
+    let cells = rows(&shown);
+    assert_eq!(
+        cells[0].last().map(String::as_str),
+        Some("LABELS"),
+        "{shown}"
+    );
+    assert_eq!(
+        cells[1].last().map(String::as_str),
+        Some("app=pg,owner=team-b"),
+        "{shown}"
+    );
+
+    // annotate.
+    k.ok(&["annotate", "pod", "pg-1", "status={\"role\":\"replica\"}"])
+        .await;
+    let pod = k.json(&["get", "pod", "pg-1"]).await;
+    assert_eq!(
+        pod["metadata"]["annotations"]["status"],
+        "{\"role\":\"replica\"}"
+    );
+
+    // replace with a stale resourceVersion conflicts; with the current one it succeeds.
+    let stale = k.json(&["get", "configmap", "settings"]).await;
+    let stale_file = write(&dir, "stale.json", &stale.to_string());
+    k.ok(&["annotate", "configmap", "settings", "touched=yes"])
+        .await;
+    let conflict = k.fails(&["replace", "-f", &stale_file]).await;
+    assert!(
+        conflict.contains(
+            "Error from server (Conflict): error when replacing \""
+                .to_string()
+                .as_str()
+        ) && conflict.contains(
+            "Operation cannot be fulfilled on configmaps \"settings\": the object has been \
+             modified; please apply your changes to the latest version and try again"
+        ),
+        "{conflict}"
+    );
+    let fresh = k.json(&["get", "configmap", "settings"]).await;
+    let fresh_file = write(&dir, "fresh.json", &fresh.to_string());
+    assert_eq!(
+        k.ok(&["replace", "-f", &fresh_file]).await.trim(),
+        "configmap/settings replaced"
+    );
+
+    // delete, then get reports NotFound.
+    assert_eq!(
+        k.ok(&["delete", "configmap", "settings"]).await.trim(),
+        "configmap \"settings\" deleted"
+    );
+    let missing = k.fails(&["get", "configmap", "settings"]).await;
+    assert_eq!(
+        missing.trim(),
+        "Error from server (NotFound): configmaps \"settings\" not found"
+    );
+    assert_eq!(
+        k.ok(&["delete", "pods", "-l", "app=pg"])
+            .await
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(first_column(&k.ok(&["get", "pods"]).await), ["web-0"]);
+
+    // Endpoints: the deprecation warning reaches the user; loopback addresses are refused.
+    let ep = write(
+        &dir,
+        "ep.yaml",
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {name: lo}\n\
+         subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{port: 5432}]}]\n",
+    );
+    let invalid = k.fails(&["apply", "-f", &ep]).await;
+    assert!(
+        invalid.contains(
+            "Warning: v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice"
+        ),
+        "{invalid}"
+    );
+    assert!(
+        invalid.contains(
+            "Endpoints \"lo\" is invalid: subsets[0].addresses[0].ip: Invalid value: \
+             \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128)"
+        ),
+        "{invalid}"
+    );
+
+    // Every request was counted. client-go sends credentials only over TLS, so kubectl's
+    // requests to this plain-HTTP server are anonymous.
+    let counts = server.request_counts().await;
+    assert!(!counts.contains_key("kubectl-user"), "{counts:?}");
+    let mine = &counts["anonymous"];
+    for key in [
+        "get configmaps",
+        "list pods",
+        "create pods",
+        "patch configmaps",
+        "update configmaps",
+        "delete configmaps",
+    ] {
+        assert!(
+            mine.get(key).is_some_and(|n| *n > 0),
+            "{key} missing in {mine:?}"
+        );
+    }
+}
