@@ -95,7 +95,7 @@ async fn run(cfg: Config) -> ExitCode {
         warn!("configuration: {w}");
     }
 
-    let dcs: Arc<dyn dcs::Dcs> = match build_dcs(&cfg) {
+    let dcs: Arc<dyn dcs::Dcs> = match build_dcs(&cfg).await {
         Ok(d) => d,
         Err(e) => {
             error!("cannot set up the DCS: {e}");
@@ -205,7 +205,7 @@ fn listen_addr(listen: &str) -> String {
     }
 }
 
-fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
+async fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
     let (dynamic, _) = DynamicConfig::from_value(&cfg.bootstrap.dcs);
     let timing = dcs::Timing {
         ttl: dynamic.ttl,
@@ -231,7 +231,34 @@ fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
             .map_err(|e| e.to_string())?;
             Ok(Arc::new(backend))
         }
-        DcsConfig::Kubernetes(_) => Err("the kubernetes DCS is not available in this build".into()),
+        DcsConfig::Kubernetes(k) => {
+            let backend = dcs::kubernetes::Kubernetes::connect(dcs::kubernetes::KubernetesConfig {
+                scope: cfg.scope.clone(),
+                name: cfg.name.clone(),
+                group: cfg.citus.as_ref().map(|c| c.group),
+                namespace: k.namespace.clone(),
+                labels: k.labels.clone(),
+                scope_label: k.scope_label.clone(),
+                role_label: k.role_label.clone(),
+                leader_label_value: k.leader_label_value.clone(),
+                follower_label_value: k.follower_label_value.clone(),
+                standby_leader_label_value: k.standby_leader_label_value.clone(),
+                tmp_role_label: k.tmp_role_label.clone(),
+                use_endpoints: k.use_endpoints,
+                pod_ip: k.pod_ip.clone(),
+                ports: k.ports.clone(),
+                cacert: k.cacert.clone(),
+                context: k.context.clone(),
+                bypass_api_service: k.bypass_api_service,
+                retriable_http_codes: k.retriable_http_codes.clone(),
+                bootstrap_labels: k.bootstrap_labels.clone(),
+                timing,
+                kubeconfig: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(Arc::new(backend))
+        }
     }
 }
 

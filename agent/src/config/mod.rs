@@ -1159,16 +1159,6 @@ pub fn check_supported(cfg: &Config) -> Result<(), ConfigError> {
             "TLS for the REST API is not supported by this version of Regent".into(),
         );
     }
-    match &cfg.dcs {
-        DcsConfig::Etcd3(_) => {}
-        DcsConfig::Kubernetes(_) => {
-            return bad(
-                "kubernetes",
-                "the kubernetes DCS is not available in this version of Regent; use etcd3".into(),
-            );
-        }
-    }
-
     Ok(())
 }
 
