@@ -142,16 +142,19 @@ fn read_ca(path: &Path, key: &str) -> DcsResult<Vec<Vec<u8>>> {
     pem_certs_to_der(&text, path)
 }
 
-/// Service account credentials of the Pod we run in.
-fn incluster_config(cfg: &KubernetesConfig, host: &str) -> DcsResult<kube::Config> {
-    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+/// Service account credentials of the Pod we run in (`sa` holds `token` and `ca.crt`).
+fn incluster_config(
+    cfg: &KubernetesConfig,
+    host: &str,
+    port: &str,
+    sa: &Path,
+) -> DcsResult<kube::Config> {
     let url = incluster_url(host, port.trim());
     let uri = url.parse::<http::Uri>().map_err(|e| {
         config_error(format!(
             "KUBERNETES_SERVICE_HOST/PORT: invalid address {url}: {e}"
         ))
     })?;
-    let sa = Path::new(SA_DIR);
     let (ca_path, key) = match &cfg.cacert {
         Some(p) => (p.clone(), "kubernetes.cacert"),
         None => (sa.join("ca.crt"), "service account CA"),
@@ -229,7 +232,11 @@ impl Kubernetes {
             .ok()
             .filter(|h| !h.trim().is_empty());
         let config = match (&cfg.kubeconfig, service_host) {
-            (None, Some(host)) => incluster_config(&cfg, &host)?,
+            (None, Some(host)) => {
+                let port =
+                    std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                incluster_config(&cfg, &host, &port, Path::new(SA_DIR))?
+            }
             _ => kubeconfig_config(&cfg).await?,
         };
         let api = ApiClient::new(
@@ -1093,6 +1100,57 @@ mod tests {
     fn incluster_addresses() {
         assert_eq!(incluster_url("10.96.0.1", "443"), "https://10.96.0.1:443");
         assert_eq!(incluster_url("fd00::1", "6443"), "https://[fd00::1]:6443");
+    }
+
+    #[test]
+    fn service_account_credentials() {
+        let dir = std::env::temp_dir().join(format!("dcs-k8s-sa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pem = "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n";
+        let cfg = KubernetesConfig::default();
+        let e = incluster_config(&cfg, "10.96.0.1", "443", &dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("service account token"), "{e}");
+        std::fs::write(dir.join("token"), "t").expect("token");
+        let e = incluster_config(&cfg, "10.96.0.1", "443", &dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("ca.crt"), "{e}");
+        std::fs::write(dir.join("ca.crt"), pem).expect("ca");
+        let c = incluster_config(&cfg, "10.96.0.1", "443", &dir).expect("in-cluster config");
+        assert_eq!(c.cluster_url.to_string(), "https://10.96.0.1:443/");
+        assert_eq!(c.root_cert, Some(vec![vec![0, 1, 2]]));
+        assert_eq!(
+            c.auth_info.token_file.as_deref(),
+            Some(dir.join("token").to_str().expect("utf-8 path"))
+        );
+        // kubernetes.cacert replaces the service account CA.
+        let own = dir.join("own-ca.pem");
+        std::fs::write(&own, pem.replace("AAEC", "BA==")).expect("own ca");
+        let with_ca = KubernetesConfig {
+            cacert: Some(own.clone()),
+            ..Default::default()
+        };
+        let c = incluster_config(&with_ca, "fd00::1", "6443", &dir).expect("config");
+        assert_eq!(c.root_cert, Some(vec![vec![4]]));
+        assert_eq!(c.root_cert_file.as_deref(), Some(own.as_path()));
+        assert_eq!(c.cluster_url.to_string(), "https://[fd00::1]:6443/");
+        let missing = KubernetesConfig {
+            cacert: Some(dir.join("nope.pem")),
+            ..Default::default()
+        };
+        let e = incluster_config(&missing, "h", "1", &dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("kubernetes.cacert") && e.contains("nope.pem"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

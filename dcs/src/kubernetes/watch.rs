@@ -82,6 +82,16 @@ pub(crate) fn wakes(
         && get(new, "leader").as_deref() != Some(me)
 }
 
+/// After a watch ended cleanly: a long-lived one is resumed at once; one that ended right away
+/// (a proxy cutting streams short) is resumed with growing pauses so it cannot spin.
+async fn closed_pause(opened: Instant, backoff: Duration) -> Duration {
+    if opened.elapsed() >= Duration::from_secs(1) {
+        return FIRST_BACKOFF;
+    }
+    tokio::time::sleep(backoff).await;
+    (backoff * 2).min(MAX_BACKOFF)
+}
+
 /// Take every complete line off the front of `buf` as a watch event.
 pub(crate) fn drain_events(buf: &mut Vec<u8>) -> Result<Vec<Event>, String> {
     let mut out = Vec::new();
@@ -273,6 +283,7 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
         let mut rv = list_rv;
         let mut errors = 0u32;
         loop {
+            let opened = Instant::now();
             let outcome = stream(
                 &shared,
                 resource,
@@ -317,7 +328,7 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
             match outcome {
                 Ok(End::Closed) => {
                     errors = 0;
-                    backoff = FIRST_BACKOFF;
+                    backoff = closed_pause(opened, backoff).await;
                 }
                 Ok(End::Expired) => {
                     tracing::debug!("kubernetes watch: resourceVersion expired, listing again");
@@ -364,6 +375,7 @@ pub(crate) async fn run_pods(shared: Arc<Shared>) {
                 // Events since `rv` are replayed by the server: the cache is complete again.
                 shared.pods.lock().unwrap_or_else(|p| p.into_inner()).synced = true;
             };
+            let opened = Instant::now();
             let outcome = stream(&shared, "pods", &mut rv, resumed, |kind, obj| {
                 let mut cache = shared.pods.lock().unwrap_or_else(|p| p.into_inner());
                 if kind == "DELETED" {
@@ -378,7 +390,7 @@ pub(crate) async fn run_pods(shared: Arc<Shared>) {
             match outcome {
                 Ok(End::Closed) => {
                     errors = 0;
-                    backoff = FIRST_BACKOFF;
+                    backoff = closed_pause(opened, backoff).await;
                 }
                 Ok(End::Expired) => break false,
                 Err(e) => {
