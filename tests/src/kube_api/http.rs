@@ -49,8 +49,12 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A boolean parameter, parsed like Go's `strconv.ParseBool` (Patroni sends `True`).
     fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "1"))
+        matches!(
+            self.get(key),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
     }
 }
 
