@@ -973,3 +973,23 @@ async fn injected_faults() {
         .expect("post");
     assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boolean_parameters_parse_like_go() {
+    let server = KubeApiServer::launch().await;
+    let c = Client::new(&server, "alice");
+    c.post(CM, json!({"metadata": {"name": "x"}})).await;
+    // Patroni's client sends Python's spelling.
+    let mut watch = EventStream::open(&c, &format!("{CM}?watch=True")).await;
+    assert_eq!(
+        summary(&watch.next_change(Duration::from_secs(5)).await),
+        ("ADDED".into(), "x".into())
+    );
+    let list = c.get(&format!("{CM}?watch=false")).await;
+    assert_eq!(list.body["kind"], "ConfigMapList");
+    let bad = c.get(&format!("{CM}?watch=yes")).await;
+    assert_eq!(bad.status.as_u16(), 400, "{}", bad.body);
+    assert_eq!(bad.body["reason"], "BadRequest");
+    let counts = server.request_counts().await;
+    assert_eq!(counts["alice"]["watch configmaps"], 1, "{counts:?}");
+}

@@ -49,12 +49,17 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
-    /// A boolean parameter, parsed like Go's `strconv.ParseBool` (Patroni sends `True`).
-    fn flag(&self, key: &str) -> bool {
-        matches!(
-            self.get(key),
-            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
-        )
+    /// A boolean parameter, parsed like Go's `strconv.ParseBool` (Patroni sends `True`);
+    /// absent is false, anything unparsable a 400.
+    fn flag(&self, key: &str) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None => Ok(false),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("" | "0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "invalid value for {key}: strconv.ParseBool: parsing {other:?}: invalid syntax"
+            ))),
+        }
     }
 }
 
@@ -308,7 +313,10 @@ async fn api_request(app: &Arc<App>, request: Request, client: &str) -> Response
     };
     let query = Query::parse(request.uri().query());
     let method = request.method().clone();
-    let is_watch = target.watch_path || query.flag("watch");
+    let is_watch = match query.flag("watch") {
+        Ok(flag) => target.watch_path || flag,
+        Err(e) => return error_response(&e),
+    };
     let verb = match (&method, target.name.is_some()) {
         (&Method::GET, _) if is_watch => "watch",
         (&Method::GET, true) => "get",
@@ -499,18 +507,18 @@ async fn serve_resource(
         "watch" => {
             let filter = filter_from(query, target)?;
             let params = WatchParams {
-                resource_version: if query.flag("sendInitialEvents") {
+                resource_version: if query.flag("sendInitialEvents")? {
                     None
                 } else {
                     parse_rv(query)?
                 },
-                allow_bookmarks: query.flag("allowWatchBookmarks"),
+                allow_bookmarks: query.flag("allowWatchBookmarks")?,
                 timeout: query
                     .get("timeoutSeconds")
                     .and_then(|t| t.parse::<u64>().ok())
                     .filter(|t| *t > 0)
                     .map(Duration::from_secs),
-                send_initial_events: query.flag("sendInitialEvents"),
+                send_initial_events: query.flag("sendInitialEvents")?,
             };
             Ok(watch::serve(app.clone(), res, filter, params))
         }
