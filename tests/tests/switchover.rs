@@ -70,10 +70,9 @@ async fn switchover_through_the_dcs_failover_object(backend: Backend) {
         "the failover object removed by the new leader",
         Duration::from_secs(20),
         || async {
-            cluster
-                .etcd()
-                .get(&cluster.dcs_key("failover"))
-                .await
+            let request = cluster.dcs_get("failover").await;
+            request
+                .filter(|r| !failover_request_is_empty(r))
                 .is_none()
                 .then_some(())
         },
