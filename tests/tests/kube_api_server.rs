@@ -993,3 +993,65 @@ async fn boolean_parameters_parse_like_go() {
     let counts = server.request_counts().await;
     assert_eq!(counts["alice"]["watch configmaps"], 1, "{counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_owned_metadata_is_guarded() {
+    let server = KubeApiServer::launch().await;
+    let c = Client::new(&server, "alice");
+    let with_rv = c
+        .post(
+            CM,
+            json!({"metadata": {"name": "x", "resourceVersion": "5"}}),
+        )
+        .await;
+    assert_status(
+        &with_rv,
+        500,
+        "InternalError",
+        "Internal error occurred: resourceVersion should not be set on objects to be created",
+    );
+    let x = c.post(CM, json!({"metadata": {"name": "x"}})).await.body;
+    let other_uid = c
+        .patch(
+            &format!("{CM}/x"),
+            "application/merge-patch+json",
+            json!({"metadata": {"uid": "00000000-0000-4000-8000-000000000000"}}),
+        )
+        .await;
+    assert_status(
+        &other_uid,
+        409,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on configmaps \"x\": Precondition failed: UID in \
+             precondition: 00000000-0000-4000-8000-000000000000, UID in object meta: {}",
+            x["metadata"]["uid"].as_str().unwrap_or("")
+        ),
+    );
+    // Fields the server owns cannot be rewritten by a patch.
+    let patched = c
+        .patch(
+            &format!("{CM}/x"),
+            "application/merge-patch+json",
+            json!({"metadata": {"creationTimestamp": "2000-01-01T00:00:00Z"}, "data": {"a": "b"}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(
+        patched.body["metadata"]["creationTimestamp"],
+        x["metadata"]["creationTimestamp"]
+    );
+    let huge = "x".repeat(1024 * 1024 + 1);
+    let too_big = c
+        .post(
+            CM,
+            json!({"metadata": {"name": "big"}, "data": {"k": huge}}),
+        )
+        .await;
+    assert_status(
+        &too_big,
+        422,
+        "Invalid",
+        "ConfigMap \"big\" is invalid: []: Too long: must have at most 1048576 bytes",
+    );
+}

@@ -556,6 +556,19 @@ pub fn validate(res: &ResourceDef, object: &Value) -> Result<(), ApiError> {
 }
 
 fn validate_configmap(object: &Value, errors: &mut Vec<FieldError>) {
+    let size: usize = ["data", "binaryData"]
+        .iter()
+        .filter_map(|f| object.get(*f).and_then(Value::as_object))
+        .flat_map(|m| m.values())
+        .map(|v| v.as_str().map_or(0, str::len))
+        .sum();
+    if size > 1024 * 1024 {
+        errors.push(FieldError {
+            field: "[]".into(),
+            cause: "FieldValueTooLong",
+            body: format!("Too long: must have at most {} bytes", 1024 * 1024),
+        });
+    }
     for field in ["data", "binaryData"] {
         let Some(data) = object.get(field) else {
             continue;

@@ -171,6 +171,15 @@ impl Store {
                 res.kind
             )));
         }
+        if !meta_str(&object, "resourceVersion").is_empty() {
+            // What etcd storage answers; kubectl users meet it creating exported objects.
+            return Err(ApiError::new(
+                500,
+                "InternalError",
+                "Internal error occurred: resourceVersion should not be set on objects to be \
+                 created",
+            ));
+        }
         let mut inner = self.lock();
         check_namespace(&inner, res, ns)?;
         let body_ns = meta_str(&object, "namespace");
@@ -310,6 +319,17 @@ impl Store {
         let given_rv = meta_str(&new, "resourceVersion").to_string();
         if !given_rv.is_empty() && given_rv != current_rv {
             return Err(ApiError::modified(res, &key.1));
+        }
+        let (given_uid, current_uid) = (meta_str(&new, "uid"), meta_str(old, "uid"));
+        if !given_uid.is_empty() && given_uid != current_uid {
+            return Err(ApiError::conflict(
+                res,
+                &key.1,
+                &format!(
+                    "Precondition failed: UID in precondition: {given_uid}, UID in object meta: \
+                     {current_uid}"
+                ),
+            ));
         }
         if let Value::Object(m) = &mut new {
             m.remove("kind");
