@@ -9,6 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use regent_tests::kube::KubeApiServer;
+use regent_tests::wait_until;
 use serde_json::Value;
 
 fn kubectl_bin() -> Option<PathBuf> {
@@ -330,6 +331,64 @@ async fn kubectl_manages_objects_on_the_test_server() {
     assert_eq!(
         pod["metadata"]["annotations"]["status"],
         "{\"role\":\"replica\"}"
+    );
+
+    // get -w streams Table rows; it ends when the server closes the watch.
+    let mut watcher = tokio::process::Command::new(&k.bin);
+    watcher
+        .args([
+            "get",
+            "configmaps",
+            "-w",
+            "--output-watch-events",
+            "--cache-dir",
+        ])
+        .arg(&k.cache_dir)
+        .env("KUBECONFIG", &k.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let watcher = watcher.spawn().expect("spawn kubectl get -w");
+    wait_until(
+        "kubectl's watch request",
+        Duration::from_secs(20),
+        || async {
+            let counts = server.request_counts().await;
+            let watches = counts
+                .get("anonymous")
+                .and_then(|c| c.get("watch configmaps"))
+                .copied()
+                .unwrap_or(0);
+            (watches > 0).then_some(())
+        },
+    )
+    .await;
+    k.ok(&["label", "configmap", "settings", "watched=yes"])
+        .await;
+    wait_until(
+        "the label in the store",
+        Duration::from_secs(10),
+        || async {
+            let cm = server.get("configmaps", "default", "settings").await?;
+            (cm["metadata"]["labels"]["watched"] == "yes").then_some(())
+        },
+    )
+    .await;
+    server
+        .inject(serde_json::json!({"drop_watches": true}))
+        .await;
+    let output = tokio::time::timeout(Duration::from_secs(20), watcher.wait_with_output())
+        .await
+        .expect("kubectl get -w ends when its watch is closed")
+        .expect("kubectl get -w output");
+    server.clear_faults().await;
+    let streamed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let cells = rows(&streamed);
+    assert_eq!(cells[0], ["EVENT", "NAME", "DATA", "AGE"], "{streamed}");
+    assert_eq!(cells[1][..3], ["ADDED", "settings", "3"], "{streamed}");
+    assert!(
+        cells.iter().any(|r| r[..2] == ["MODIFIED", "settings"]),
+        "{streamed}"
     );
 
     // replace with a stale resourceVersion conflicts; with the current one it succeeds.

@@ -519,6 +519,8 @@ async fn serve_resource(
                     .filter(|t| *t > 0)
                     .map(Duration::from_secs),
                 send_initial_events: query.flag("sendInitialEvents")?,
+                table: wants_table(&headers)
+                    .then(|| query.get("includeObject").unwrap_or("Metadata").to_string()),
             };
             Ok(watch::serve(app.clone(), res, filter, params))
         }

@@ -26,6 +26,32 @@ pub struct WatchParams {
     pub timeout: Option<Duration>,
     /// `sendInitialEvents=true`: current objects first, then a bookmark marking their end.
     pub send_initial_events: bool,
+    /// `Some(includeObject)` when the client asked for Table output (`kubectl get -w`): each
+    /// change is a one-row Table, column definitions only in the first.
+    pub table: Option<String>,
+}
+
+/// Renders change events, as plain objects or as Table rows.
+struct Encoder {
+    res: &'static ResourceDef,
+    table: Option<String>,
+    first: bool,
+}
+
+impl Encoder {
+    fn change(&mut self, event_type: &str, object: &Value) -> Bytes {
+        let Some(include) = &self.table else {
+            return line(event_type, object);
+        };
+        let rv = object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok());
+        let mut rendered = super::table::table(self.res, std::slice::from_ref(object), rv, include);
+        if !std::mem::take(&mut self.first) {
+            rendered["columnDefinitions"] = Value::Array(Vec::new());
+        }
+        line(event_type, &rendered)
+    }
 }
 
 /// How a stored event looks to a watcher with `filter`: objects moving out of the selection
@@ -82,6 +108,11 @@ pub fn serve(
     let started = app.store.watch(res, &filter, params.resource_version);
     let mut drop_epoch = app.admin.watch_epoch();
     let bookmark_interval = app.opts.bookmark_interval;
+    let mut encoder = Encoder {
+        res,
+        table: params.table.clone(),
+        first: true,
+    };
     tokio::spawn(async move {
         let (start, start_rv, mut events) = match started {
             Ok(s) => s,
@@ -95,7 +126,7 @@ pub fn serve(
         match start {
             WatchStart::Objects(objects) => {
                 for object in objects {
-                    if tx.send(line("ADDED", &object)).await.is_err() {
+                    if tx.send(encoder.change("ADDED", &object)).await.is_err() {
                         return;
                     }
                 }
@@ -108,7 +139,7 @@ pub fn serve(
             WatchStart::Events(backlog) => {
                 for event in backlog {
                     if let Some((t, o)) = translate(&filter, &event) {
-                        if tx.send(line(t, &o)).await.is_err() {
+                        if tx.send(encoder.change(t, &o)).await.is_err() {
                             return;
                         }
                     }
@@ -117,6 +148,7 @@ pub fn serve(
         }
         let deadline = params.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut ticker = tokio::time::interval(bookmark_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
             tokio::select! {
@@ -127,7 +159,7 @@ pub fn serve(
                             continue;
                         }
                         if let Some((t, o)) = translate(&filter, &event) {
-                            if tx.send(line(t, &o)).await.is_err() {
+                            if tx.send(encoder.change(t, &o)).await.is_err() {
                                 return;
                             }
                         }
