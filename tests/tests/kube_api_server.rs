@@ -841,6 +841,13 @@ async fn delete_preconditions_collections_and_namespaces() {
         .as_str()
         .is_some_and(|n| n.starts_with("cfg-") && n.len() == 9));
     c.delete("/api/v1/namespaces/team", None).await;
+    let protected = c.delete("/api/v1/namespaces/default", None).await;
+    assert_status(
+        &protected,
+        403,
+        "Forbidden",
+        "namespaces \"default\" is forbidden: this namespace may not be deleted",
+    );
     assert!(names(&c.get("/api/v1/namespaces/team/configmaps").await.body).is_empty());
 
     // PUT of a missing ConfigMap is 404; of missing Endpoints it creates them.

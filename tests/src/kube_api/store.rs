@@ -358,6 +358,19 @@ impl Store {
         preconditions: &Preconditions,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        if res.kind == "Namespace" && ["default", "kube-system", "kube-public"].contains(&name) {
+            return Err(ApiError {
+                details: Some(json!({"name": name, "kind": "namespaces"})),
+                ..ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "namespaces {} is forbidden: this namespace may not be deleted",
+                        super::status::go_quote(name)
+                    ),
+                )
+            });
+        }
         let mut inner = self.lock();
         let key = object_key(res, ns, name);
         let Some(old) = inner
