@@ -51,10 +51,12 @@ fn misunderstood_requests(log: &str, members: &[&str]) -> Vec<String> {
     log.lines()
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.len() == 5
-                && members.contains(&fields[0])
-                && matches!(fields[3], "400" | "404" | "405" | "415" | "422")
-                || fields.len() == 5 && members.contains(&fields[0]) && fields[3].starts_with('5')
+            let [client, _method, _uri, status, _ms] = fields.as_slice() else {
+                return false;
+            };
+            members.contains(client)
+                && (matches!(*status, "400" | "404" | "405" | "415" | "422")
+                    || status.starts_with('5'))
         })
         .map(String::from)
         .collect()

@@ -1062,3 +1062,70 @@ async fn server_owned_metadata_is_guarded() {
         "ConfigMap \"big\" is invalid: []: Too long: must have at most 1048576 bytes",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_in_process_and_discovery() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let opts = regent_tests::kube_api::ServeOptions {
+        log_requests: false,
+        ..Default::default()
+    };
+    let task = tokio::spawn(regent_tests::kube_api::serve(listener, opts));
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        let http = http.clone();
+        async move {
+            let response = http.get(&url).send().await.expect("GET");
+            (
+                response.status(),
+                response.json::<Value>().await.expect("JSON"),
+            )
+        }
+    };
+    let (status, namespaces) = get("/api/v1/namespaces").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        names(&namespaces),
+        ["default", "kube-node-lease", "kube-public", "kube-system"]
+    );
+    let (_, version) = get("/version").await;
+    assert_eq!(version["major"], "1");
+    let (_, api) = get("/api").await;
+    assert_eq!(api["versions"], json!(["v1"]));
+    let (_, core) = get("/api/v1").await;
+    let resources: Vec<&str> = core["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for wanted in [
+        "configmaps",
+        "endpoints",
+        "pods",
+        "pods/status",
+        "services",
+        "namespaces",
+    ] {
+        assert!(resources.contains(&wanted), "{wanted} missing: {core}");
+    }
+    let (_, groups) = get("/apis").await;
+    assert_eq!(groups["groups"][0]["name"], "coordination.k8s.io");
+    let (status, unknown) = get("/api/v1/namespaces/default/secrets").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown["message"],
+        "the server could not find the requested resource"
+    );
+    let (status, lease) = get("/apis/coordination.k8s.io/v1/namespaces/default/leases/x").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        lease["message"],
+        "leases.coordination.k8s.io \"x\" not found"
+    );
+    task.abort();
+}
