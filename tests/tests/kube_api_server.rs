@@ -895,7 +895,12 @@ async fn injected_faults() {
         let c = Client::new(&server, "alice");
         async move { c.get(&format!("{CM}/x")).await.status }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Requests are counted before they stall: wait until the second GET is waiting.
+    regent_tests::wait_until("the stalled request", Duration::from_secs(5), || async {
+        let counts = server.request_counts().await;
+        (counts.get("alice").and_then(|c| c.get("get configmaps")) == Some(&2)).then_some(())
+    })
+    .await;
     server.clear_faults().await;
     assert_eq!(stalled.await.expect("join"), StatusCode::OK);
     assert!(started.elapsed() < Duration::from_secs(5));
