@@ -170,6 +170,38 @@ async fn kubectl_manages_objects_on_the_test_server() {
         ["pod/pg-0 created", "pod/pg-1 created", "pod/web-0 created"]
     );
 
+    // Typed-client commands send protobuf bodies.
+    assert_eq!(
+        k.ok(&[
+            "create",
+            "configmap",
+            "literal",
+            "--from-literal=a=1",
+            "--from-literal=b=2"
+        ])
+        .await
+        .trim(),
+        "configmap/literal created"
+    );
+    let literal = k.json(&["get", "configmap", "literal"]).await;
+    assert_eq!(
+        literal["data"],
+        serde_json::json!({"a": "1", "b": "2"}),
+        "{literal}"
+    );
+    assert_eq!(
+        k.ok(&["create", "namespace", "team"]).await.trim(),
+        "namespace/team created"
+    );
+    let namespaces = k.ok(&["get", "namespaces"]).await;
+    assert!(
+        rows(&namespaces)
+            .iter()
+            .any(|r| r[..2] == ["team", "Active"]),
+        "{namespaces}"
+    );
+    k.ok(&["delete", "configmap", "literal"]).await;
+
     // get: server-side tables.
     let table = k.ok(&["get", "configmaps"]).await;
     let cells = rows(&table);

@@ -420,13 +420,18 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if content_type.contains("protobuf") || content_type.contains("cbor") {
+    if content_type.contains("protobuf") {
+        return super::protobuf::decode(body)
+            .map_err(|why| ApiError::new(415, "UnsupportedMediaType", why));
+    }
+    if content_type.contains("cbor") {
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
             format!(
                 "the body of the request was in an unknown format - accepted media types \
-                 include: application/json, application/yaml (got {content_type})"
+                 include: application/json, application/yaml, application/vnd.kubernetes.protobuf \
+                 (got {content_type})"
             ),
         ));
     }

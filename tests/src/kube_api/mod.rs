@@ -16,6 +16,7 @@ mod discovery;
 mod http;
 mod objects;
 mod patch;
+mod protobuf;
 mod resources;
 mod selectors;
 mod status;
