@@ -34,6 +34,9 @@ use crate::{Dcs, DcsError, DcsResult, Timing};
 
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+/// A watch woken by the lock running out fires this long after it looks expired.
+const LOCK_EXPIRY_SLACK: Duration = Duration::from_millis(50);
+
 /// Settings of the Kubernetes backend (the `kubernetes:` section plus identity and timing).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KubernetesConfig {
@@ -1076,9 +1079,40 @@ impl Dcs for Kubernetes {
 
     async fn watch(&self, timeout: Duration) -> bool {
         self.ensure_watchers();
-        tokio::time::timeout(timeout, self.shared.notify.notified())
-            .await
-            .is_ok()
+        let now = Instant::now();
+        let other_holder_expires = {
+            let ttl = self.ttl();
+            let st = self.kinds();
+            st.tracker()
+                .lease(ttl)
+                .filter(|(holder, expires)| *holder != self.shared.name && *expires >= now)
+                .map(|(_, expires)| expires)
+        };
+        let mut deadline = now + timeout;
+        let mut expiry = None;
+        if let Some(expires) = other_holder_expires {
+            // Members following a live leader are woken by its renewals; half a second more
+            // keeps their own timer from firing just before each renewal (as in Patroni), and
+            // waking when the lock runs out lets them race for it at once.
+            if timeout >= Duration::from_secs(1) {
+                deadline += Duration::from_millis(500);
+            }
+            let at = expires + LOCK_EXPIRY_SLACK;
+            if at < deadline {
+                expiry = Some(at);
+            }
+        }
+        let expired = async {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.shared.notify.notified() => true,
+            _ = expired => true,
+            _ = tokio::time::sleep_until(deadline.into()) => false,
+        }
     }
 
     async fn close(&self) -> DcsResult<()> {

@@ -598,6 +598,38 @@ async fn watch_wakes_on_release(backend: Backend) {
     );
 }
 
+/// A lock that is no longer renewed wakes a waiting replica when it runs out, so the replica
+/// races for it without waiting for its own timer.
+async fn watch_wakes_on_lock_expiry(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(3, 2)).await;
+    let b = store.member("b", timing(3, 2)).await;
+    a.get_cluster().await.expect("read");
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+    let acquired = Instant::now();
+    assert_eq!(leader_of(b.as_ref()).await.as_deref(), Some("a"));
+    while b.watch(Duration::from_millis(300)).await {}
+    // Wait with a timeout far beyond the ttl: only the expiry can end it early.
+    let mut woke = false;
+    while !woke && acquired.elapsed() < Duration::from_secs(20) {
+        woke = b.watch(Duration::from_secs(20)).await && leader_of(b.as_ref()).await.is_none();
+    }
+    let after = acquired.elapsed();
+    assert!(woke, "the expired lock never woke the replica");
+    assert!(
+        after >= Duration::from_millis(2900),
+        "woken before the ttl: {after:?}"
+    );
+    assert!(
+        after < Duration::from_secs(5),
+        "expiry noticed late: {after:?}"
+    );
+    assert!(b
+        .attempt_to_acquire_leader()
+        .await
+        .expect("b takes the expired lock"));
+}
+
 /// Unusable data written by others becomes warnings naming the object, never a failed read.
 async fn garbage_is_reported(backend: Backend) {
     let store = Store::start(backend).await;
@@ -715,6 +747,7 @@ contract_suite!(
     initialize_race,
     member_publish,
     watch_wakes_on_release,
+    watch_wakes_on_lock_expiry,
     garbage_is_reported,
     race_never_two_winners,
 );

@@ -36,13 +36,18 @@ impl LockTracker {
 
     /// The holder while the lock looks alive at `now`; `default_ttl` when the record has none.
     pub(crate) fn holder(&self, default_ttl: u32, now: Instant) -> Option<&str> {
+        self.lease(default_ttl)
+            .and_then(|(holder, expires)| (expires >= now).then_some(holder))
+    }
+
+    /// The holder and the last instant its lock counts as held, unless nobody holds it.
+    pub(crate) fn lease(&self, default_ttl: u32) -> Option<(&str, Instant)> {
         let holder = self.observed.leader()?;
         let ttl = self
             .observed
             .ttl()
             .unwrap_or_else(|| u64::from(default_ttl.max(1)));
-        let changed = self.changed_at?;
-        (changed + Duration::from_secs(ttl) >= now).then_some(holder)
+        Some((holder, self.changed_at? + Duration::from_secs(ttl)))
     }
 }
 
@@ -199,6 +204,10 @@ mod tests {
         );
         assert_eq!(t.holder(30, t0 + Duration::from_secs(18)), Some("a"));
         assert_eq!(t.holder(30, t0 + Duration::from_millis(18_001)), None);
+        assert_eq!(
+            t.lease(30).map(|(h, e)| (h.to_string(), e)),
+            Some(("a".to_string(), t0 + Duration::from_secs(18)))
+        );
         // Released: no holder at once.
         t.observe(
             record(&leader(None, "R0", "3")),
