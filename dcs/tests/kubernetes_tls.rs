@@ -236,7 +236,8 @@ impl FakeApi {
                     };
                     let body = body.to_string();
                     let answer = format!(
-                        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                         Warning: 299 - \"v1 ConfigMap is fine; this is a test\"\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = tls.write_all(answer.as_bytes()).await;
@@ -310,6 +311,51 @@ async fn https_with_the_kubeconfig_ca_and_user_agent() {
         "{seen:?}"
     );
     assert!(seen.iter().all(|s| s.method == "GET"), "{seen:?}");
+}
+
+/// Log lines written by the code under test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The API server's `Warning` headers are logged once per distinct text, not once per request.
+#[tokio::test(flavor = "current_thread")]
+async fn api_warnings_are_logged_once() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let api = FakeApi::start("by-ip", (404, json!({}))).await;
+    let k = Kubernetes::connect(config(kubeconfig("warn", api.port, "ca"), false))
+        .await
+        .expect("connect");
+    for _ in 0..3 {
+        k.get_cluster().await.expect("read");
+    }
+    assert!(api.seen().len() >= 3);
+    let log =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|p| p.into_inner())).to_string();
+    assert_eq!(
+        log.matches("v1 ConfigMap is fine; this is a test").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
