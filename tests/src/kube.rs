@@ -3,7 +3,13 @@
 //! inject faults. Killed on drop.
 //!
 //! The fixture's own requests carry the bearer token [`FIXTURE_TOKEN`], so they are counted
-//! apart from the members' requests.
+//! apart from the members' requests (and are never refused by RBAC rules).
+//!
+//! Plain HTTP by default. [`KubeApiServer::launch_tls`] serves HTTPS with a certificate for
+//! 127.0.0.1/localhost signed by a CA made for that server with the openssl CLI; kubeconfigs
+//! then carry the CA as `certificate-authority-data`. [`KubeApiServer::enforce_rbac`] (or
+//! [`KubeApiServerBuilder::rbac_file`]) makes the server enforce the Roles of a YAML file such
+//! as kubernetes/rbac.yaml for every other token.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -69,11 +75,210 @@ fn collection_path(resource: &str, namespace: &str) -> String {
     }
 }
 
+/// Make a self-signed CA (EC P-256, valid 2 days) as `<dir>/<name>.crt` and `<name>.key` with
+/// the openssl CLI; returns the certificate's path. Panics if openssl fails.
+pub fn make_test_ca(dir: &Path, name: &str) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=regent test {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    dir.join(format!("{name}.crt"))
+}
+
+/// A server certificate for 127.0.0.1 and localhost signed by the CA `<dir>/<ca>.crt`, as
+/// `<dir>/<name>.crt` and `<name>.key`.
+fn make_server_cert(dir: &Path, ca: &str, name: &str) {
+    let ext = format!("{name}.ext");
+    let ext_path = dir.join(&ext);
+    std::fs::write(
+        &ext_path,
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", ext_path.display()));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    // A serial of its own per certificate: clients may cache by issuer and serial.
+    let serial = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(1)
+        .to_string();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-set_serial",
+            &serial,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("run openssl (needed for the HTTPS test server; install it): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Certificates of an HTTPS test server.
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    ca_cert: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl TlsFiles {
+    fn create(dir: &Path) -> TlsFiles {
+        let ca_cert = make_test_ca(dir, "ca");
+        make_server_cert(dir, "ca", "server");
+        TlsFiles {
+            ca_cert,
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+        }
+    }
+}
+
+/// Options of a test server: `KubeApiServer::builder().tls().rbac_file(..).launch().await`.
+#[derive(Debug, Default, Clone)]
+pub struct KubeApiServerBuilder {
+    args: Vec<String>,
+    tls: bool,
+}
+
+impl KubeApiServerBuilder {
+    /// Extra command-line arguments (e.g. `["--watch-window", "5"]`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Serve HTTPS (certificates made with the openssl CLI).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Enforce the Roles named `roles` (all if empty) of the YAML file `path` from the start
+    /// (also after a restart), for every token but the fixture's, the harness's and
+    /// `admin_tokens`.
+    pub fn rbac_file(mut self, path: &Path, roles: &[&str], admin_tokens: &[&str]) -> Self {
+        self.args.push("--rbac".into());
+        self.args.push(path.display().to_string());
+        for role in roles {
+            self.args.push("--rbac-role".into());
+            self.args.push(role.to_string());
+        }
+        for token in admin_tokens {
+            self.args.push("--admin-token".into());
+            self.args.push(token.to_string());
+        }
+        self
+    }
+
+    pub async fn launch(self) -> KubeApiServer {
+        let dir = TestDir::new("kube-api");
+        let tls = self.tls.then(|| TlsFiles::create(dir.path()));
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5));
+        if let Some(files) = &tls {
+            let pem = std::fs::read(&files.ca_cert)
+                .unwrap_or_else(|e| panic!("read {}: {e}", files.ca_cert.display()));
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .unwrap_or_else(|e| panic!("CA {}: {e}", files.ca_cert.display()));
+            http = http
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        }
+        let http = http
+            .build()
+            .unwrap_or_else(|e| panic!("build HTTP client: {e}"));
+        let server = KubeApiServer {
+            dir,
+            port: free_port(),
+            extra_args: self.args,
+            tls,
+            rbac: Mutex::new(None),
+            child: Mutex::new(None),
+            paused: Mutex::new(false),
+            http,
+        };
+        server.start().await;
+        server
+    }
+}
+
 /// The test API server process; state lives in its memory only.
 pub struct KubeApiServer {
     dir: TestDir,
     port: u16,
     extra_args: Vec<String>,
+    tls: Option<TlsFiles>,
+    /// The body of the last `enforce_rbac`, applied again after a restart.
+    rbac: Mutex<Option<Value>>,
     child: Mutex<Option<Child>>,
     paused: Mutex<bool>,
     http: reqwest::Client,
@@ -90,26 +295,42 @@ impl KubeApiServer {
 
     /// Like `launch`, passing extra command-line arguments (e.g. `["--watch-window", "5"]`).
     pub async fn launch_with_args(args: &[&str]) -> KubeApiServer {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_else(|e| panic!("build HTTP client: {e}"));
-        let server = KubeApiServer {
-            dir: TestDir::new("kube-api"),
-            port: free_port(),
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
-            child: Mutex::new(None),
-            paused: Mutex::new(false),
-            http,
-        };
-        server.start().await;
-        server
+        KubeApiServer::builder().args(args).launch().await
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// A fresh server speaking HTTPS only, with a certificate for 127.0.0.1 and localhost
+    /// signed by its own CA ([`ca_cert_path`](Self::ca_cert_path)).
+    pub async fn launch_tls() -> KubeApiServer {
+        KubeApiServer::builder().tls().launch().await
+    }
+
+    /// Every launch option: HTTPS, RBAC rules, extra arguments.
+    pub fn builder() -> KubeApiServerBuilder {
+        KubeApiServerBuilder::default()
+    }
+
+    /// `http://127.0.0.1:PORT`, or `https://` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the server speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The CA certificate (PEM file) that signed the server's certificate, when serving TLS.
+    pub fn ca_cert_path(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|t| t.ca_cert.clone())
+    }
+
+    /// The CA certificate's PEM text, when serving TLS.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_cert_path().map(|path| {
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -150,9 +371,18 @@ impl KubeApiServer {
                 .try_clone()
                 .unwrap_or_else(|e| panic!("clone log handle: {e}"));
             let bin = kube_apiserver_bin();
-            let child = Command::new(&bin)
+            let mut command = Command::new(&bin);
+            command
                 .arg("--listen")
-                .arg(format!("127.0.0.1:{}", self.port))
+                .arg(format!("127.0.0.1:{}", self.port));
+            if let Some(tls) = &self.tls {
+                command
+                    .arg("--tls-cert")
+                    .arg(&tls.server_cert)
+                    .arg("--tls-key")
+                    .arg(&tls.server_key);
+            }
+            let child = command
                 .args(&self.extra_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log))
@@ -171,7 +401,7 @@ impl KubeApiServer {
                 .await
                 .map(|r| r.status().is_success());
             if let Ok(true) = healthy {
-                return;
+                break;
             }
             if let Some(status) = self.try_wait_exit() {
                 panic!(
@@ -187,6 +417,10 @@ impl KubeApiServer {
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rbac = self.rbac.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(body) = rbac {
+            self.post_rbac(&body).await;
         }
     }
 
@@ -227,12 +461,32 @@ impl KubeApiServer {
 
     /// Write a kubeconfig at `path` whose context and current-context are both `kind-kind`,
     /// pointing at this server with bearer token `token` (the name requests are counted under).
+    /// Over TLS it carries the server's CA as `certificate-authority-data`.
     /// Readable by everyone, so members running as the postgres user can read it.
     pub fn write_kubeconfig(&self, path: &Path, token: &str) -> PathBuf {
+        let ca = self.ca_pem();
+        self.write_kubeconfig_with_ca(path, token, ca.as_deref())
+    }
+
+    /// `write_kubeconfig` with the given CA certificate (PEM text) as
+    /// `certificate-authority-data` (`None`: none), e.g. one that did not sign the server's
+    /// certificate.
+    pub fn write_kubeconfig_with_ca(
+        &self,
+        path: &Path,
+        token: &str,
+        ca_pem: Option<&str>,
+    ) -> PathBuf {
+        use base64::Engine as _;
+        let mut cluster = json!({"server": self.url()});
+        if let Some(pem) = ca_pem {
+            cluster["certificate-authority-data"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(pem));
+        }
         let config = json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "kind-kind", "cluster": {"server": self.url()}}],
+            "clusters": [{"name": "kind-kind", "cluster": cluster}],
             "users": [{"name": "kind-kind", "user": {"token": token}}],
             "contexts": [{"name": "kind-kind", "context": {
                 "cluster": "kind-kind", "user": "kind-kind", "namespace": "default"
@@ -408,6 +662,57 @@ impl KubeApiServer {
         self.request_ok(reqwest::Method::DELETE, "/_test/faults", "", None)
             .await
             .unwrap_or_else(|e| panic!("clear faults: {e:#}"));
+    }
+
+    /// Enforce the Roles named `roles` (all if empty) of `yaml` (a multi-document text such as
+    /// kubernetes/rbac.yaml) for every client token except the fixture's, the cluster harness's
+    /// and `admin_tokens`: refused requests get the real server's 403 Status and are listed by
+    /// [`denied_requests`](Self::denied_requests). Every Role is bound to every other token;
+    /// RoleBindings are ignored. Replaces earlier rules; kept across `stop`/`start`.
+    pub async fn enforce_rbac(&self, yaml: &str, roles: &[&str], admin_tokens: &[&str]) {
+        let body = json!({
+            "yaml": yaml,
+            "roles": roles,
+            "admin_tokens": admin_tokens,
+        });
+        self.post_rbac(&body).await;
+        *self.rbac.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+    }
+
+    async fn post_rbac(&self, body: &Value) {
+        self.request_ok(
+            reqwest::Method::POST,
+            "/_test/rbac",
+            "application/json",
+            Some(body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("set RBAC rules: {e:#}"));
+    }
+
+    /// Stop enforcing RBAC rules set with `enforce_rbac` (rules given at launch stay off until
+    /// the next restart).
+    pub async fn allow_all(&self) {
+        *self.rbac.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.request_ok(reqwest::Method::DELETE, "/_test/rbac", "", None)
+            .await
+            .unwrap_or_else(|e| panic!("remove RBAC rules: {e:#}"));
+    }
+
+    /// Requests refused by the RBAC rules so far, oldest first: `{client, verb, resource,
+    /// namespace, name, message}`.
+    pub async fn denied_requests(&self) -> Vec<Value> {
+        let value = self
+            .request_ok(reqwest::Method::GET, "/_test/denied", "", None)
+            .await
+            .unwrap_or_else(|e| panic!("read denied requests: {e:#}"));
+        value.as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn reset_denied_requests(&self) {
+        self.request_ok(reqwest::Method::DELETE, "/_test/denied", "", None)
+            .await
+            .unwrap_or_else(|e| panic!("reset denied requests: {e:#}"));
     }
 
     /// Forget the watch event window: watches from any earlier resourceVersion get 410 Gone.

@@ -1,6 +1,8 @@
 //! The real kubectl (v1.32, from PATH) works against the Kubernetes API test server: discovery,
 //! get (tables, JSON, YAML, label selectors), client-side apply, the three patch types, label,
-//! annotate, delete, and a replace with a stale resourceVersion that must conflict.
+//! annotate, delete, and a replace with a stale resourceVersion that must conflict. Over HTTPS
+//! kubectl sends its token and refuses a server certificate its CA did not sign; with RBAC
+//! rules it gets (and prints) the real server's 403 messages.
 //!
 //! Skipped (with a message) when kubectl is not installed.
 
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use regent_tests::kube::KubeApiServer;
+use regent_tests::kube::{make_test_ca, KubeApiServer};
 use regent_tests::wait_until;
 use serde_json::Value;
 
@@ -30,9 +32,13 @@ struct Kubectl {
 
 impl Kubectl {
     fn new(bin: PathBuf, server: &KubeApiServer, token: &str) -> Kubectl {
+        Kubectl::with_kubeconfig(bin, server, server.kubeconfig(token))
+    }
+
+    fn with_kubeconfig(bin: PathBuf, server: &KubeApiServer, kubeconfig: PathBuf) -> Kubectl {
         Kubectl {
             bin,
-            kubeconfig: server.kubeconfig(token),
+            kubeconfig,
             cache_dir: server.dir().join("kubectl-cache"),
         }
     }
@@ -506,4 +512,137 @@ async fn kubectl_manages_objects_on_the_test_server() {
             "{key} missing in {mine:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_over_https_sends_its_token_and_checks_the_certificate() {
+    let Some(bin) = kubectl_bin() else {
+        eprintln!("SKIPPED: kubectl is not on PATH (set KUBECTL_BIN to run this test)");
+        return;
+    };
+    let server = KubeApiServer::launch_tls().await;
+    assert!(
+        server.url().starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url()
+    );
+    let k = Kubectl::new(bin.clone(), &server, "tls-user");
+    let dir = server.dir().to_path_buf();
+    let file = write(
+        &dir,
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: over-tls}\ndata: {a: b}\n",
+    );
+    assert_eq!(
+        k.ok(&["apply", "-f", &file]).await.trim(),
+        "configmap/over-tls created"
+    );
+    let cm = k.json(&["get", "configmap", "over-tls"]).await;
+    assert_eq!(cm["data"]["a"], "b", "{cm}");
+    let names = first_column(&k.ok(&["get", "configmaps"]).await);
+    assert_eq!(names, ["over-tls"]);
+
+    // Over TLS the requests carry the kubeconfig's token.
+    let counts = server.request_counts().await;
+    let mine = counts
+        .get("tls-user")
+        .unwrap_or_else(|| panic!("no requests counted for tls-user: {counts:?}"));
+    for key in ["get configmaps", "list configmaps", "create configmaps"] {
+        assert!(
+            mine.get(key).is_some_and(|n| *n > 0),
+            "{key} missing in {mine:?}"
+        );
+    }
+    assert!(!counts.contains_key("anonymous"), "{counts:?}");
+
+    // A kubeconfig trusting another CA: the handshake fails, nothing reaches the API.
+    server.reset_request_counts().await;
+    let other_ca = make_test_ca(&dir, "other-ca");
+    let other_pem = std::fs::read_to_string(&other_ca).expect("read other CA");
+    let wrong = server.write_kubeconfig_with_ca(
+        &dir.join("kubeconfig-wrong-ca"),
+        "wrong-ca-user",
+        Some(&other_pem),
+    );
+    let k = Kubectl::with_kubeconfig(bin, &server, wrong);
+    let error = k.fails(&["get", "configmaps"]).await;
+    assert!(
+        error.contains("x509: certificate signed by unknown authority")
+            || error.contains("tls: failed to verify certificate"),
+        "kubectl should refuse the certificate: {error}"
+    );
+    let counts = server.request_counts().await;
+    assert!(!counts.contains_key("wrong-ca-user"), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_meets_rbac_rules() {
+    let Some(bin) = kubectl_bin() else {
+        eprintln!("SKIPPED: kubectl is not on PATH (set KUBECTL_BIN to run this test)");
+        return;
+    };
+    let server = KubeApiServer::launch_tls().await;
+    let dir = server.dir().to_path_buf();
+    let roles = write(
+        &dir,
+        "roles.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: reader}\n\
+         rules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list]\n",
+    );
+    let yaml = std::fs::read_to_string(&roles).expect("read roles");
+    server.enforce_rbac(&yaml, &[], &["root"]).await;
+    let reader = Kubectl::new(bin.clone(), &server, "reader");
+    let root = Kubectl::new(bin, &server, "root");
+    let file = write(
+        &dir,
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: guarded}\ndata: {a: b}\n",
+    );
+    let refused = reader.fails(&["create", "-f", &file]).await;
+    assert!(
+        refused.contains(
+            "configmaps is forbidden: User \"system:serviceaccount:default:reader\" cannot \
+             create resource \"configmaps\" in API group \"\" in the namespace \"default\""
+        ),
+        "{refused}"
+    );
+    root.ok(&["create", "-f", &file]).await;
+    let cm = reader.json(&["get", "configmap", "guarded"]).await;
+    assert_eq!(cm["data"]["a"], "b", "{cm}");
+    let refused = reader
+        .fails(&["annotate", "configmap", "guarded", "x=y"])
+        .await;
+    assert!(
+        refused.contains(
+            "configmaps \"guarded\" is forbidden: User \"system:serviceaccount:default:reader\" \
+             cannot patch resource \"configmaps\" in API group \"\" in the namespace \"default\""
+        ),
+        "{refused}"
+    );
+    let refused = reader.fails(&["get", "pods"]).await;
+    assert!(
+        refused.contains("cannot list resource \"pods\""),
+        "{refused}"
+    );
+    let denied = server.denied_requests().await;
+    let seen: Vec<String> = denied
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {}",
+                d["client"].as_str().unwrap_or("?"),
+                d["verb"],
+                d["resource"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "reader \"create\" \"configmaps\"",
+            "reader \"patch\" \"configmaps\"",
+            "reader \"list\" \"pods\""
+        ],
+        "{denied:?}"
+    );
 }

@@ -1,8 +1,10 @@
 //! The Kubernetes API test server behaves like the real API server where our agents (and
 //! Patroni) can tell the difference: status codes, `Status` bodies, optimistic concurrency,
-//! selectors, watches, validation, and the `/_test/` controls.
+//! selectors, watches, validation, and the `/_test/` controls; HTTPS with its own CA, and RBAC
+//! rules (kubernetes/rbac.yaml) enforced with the real authorizer's 403 answers.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -25,12 +27,18 @@ struct Answer {
 }
 
 impl Client {
+    /// A client of `server` with bearer token `token`, trusting the server's CA over TLS.
     fn new(server: &KubeApiServer, token: &str) -> Client {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(pem) = server.ca_pem() {
+            let ca = reqwest::Certificate::from_pem(pem.as_bytes()).expect("CA certificate");
+            http = http
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        }
         Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("HTTP client"),
+            http: http.build().expect("HTTP client"),
             base: server.url(),
             token: token.to_string(),
         }
@@ -1133,4 +1141,234 @@ async fn serves_in_process_and_discovery() {
         "leases.coordination.k8s.io \"x\" not found"
     );
     task.abort();
+}
+
+/// kubernetes/rbac.yaml of this repository.
+fn rbac_yaml_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kubernetes/rbac.yaml")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_https_with_its_own_ca() {
+    let server = KubeApiServer::launch_tls().await;
+    assert!(server.is_tls());
+    let url = server.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let c = Client::new(&server, "tls-client");
+    let created = c.post(CM, json!({"metadata": {"name": "x"}})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(c.get(&format!("{CM}/x")).await.status, StatusCode::OK);
+    let counts = server.request_counts().await;
+    assert_eq!(counts["tls-client"]["create configmaps"], 1, "{counts:?}");
+    assert_eq!(counts["tls-client"]["get configmaps"], 1, "{counts:?}");
+
+    // The certificate names 127.0.0.1 and localhost.
+    let localhost = c
+        .http
+        .get(format!("https://localhost:{}/version", server.port()))
+        .send()
+        .await
+        .expect("https://localhost");
+    assert_eq!(localhost.status(), StatusCode::OK);
+    // Without the CA the certificate is refused; plain HTTP gets no answer.
+    let untrusting = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client");
+    let error = untrusting
+        .get(format!("{url}/version"))
+        .send()
+        .await
+        .expect_err("a certificate from an unknown CA must be refused");
+    let chain = format!("{:?}", anyhow::Error::from(error));
+    assert!(chain.contains("UnknownIssuer"), "{chain}");
+    let plain = untrusting
+        .get(format!("http://127.0.0.1:{}/version", server.port()))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || plain.as_ref().is_ok_and(|r| !r.status().is_success()),
+        "plain HTTP to the HTTPS port: {plain:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_rules_are_enforced_like_the_real_authorizer() {
+    // ConfigMap mode: only the `regent` Role of kubernetes/rbac.yaml, from the command line.
+    let server = KubeApiServer::builder()
+        .rbac_file(&rbac_yaml_path(), &["regent"], &["root"])
+        .launch()
+        .await;
+    let m = Client::new(&server, "member");
+    let root = Client::new(&server, "root");
+    let forbidden = |answer: &Answer, message: &str| {
+        assert_status(answer, 403, "Forbidden", message);
+    };
+    let user = "User \"system:serviceaccount:default:member\"";
+
+    // What the Role allows on configmaps.
+    let created = m.post(CM, json!({"metadata": {"name": "x"}})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(m.get(&format!("{CM}/x")).await.status, StatusCode::OK);
+    assert_eq!(m.get(CM).await.status, StatusCode::OK);
+    let patched = m
+        .patch(
+            &format!("{CM}/x"),
+            "application/strategic-merge-patch+json",
+            json!({"metadata": {"annotations": {"a": "1"}}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let watch = m
+        .http
+        .get(format!("{}{CM}?watch=1&timeoutSeconds=1", m.base))
+        .bearer_auth("member")
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), StatusCode::OK);
+    drop(watch);
+    // ... and what it does not.
+    forbidden(
+        &m.put(&format!("{CM}/x"), patched.body.clone()).await,
+        &format!(
+            "configmaps \"x\" is forbidden: {user} cannot update resource \"configmaps\" in API \
+             group \"\" in the namespace \"default\""
+        ),
+    );
+    forbidden(
+        &m.delete(&format!("{CM}/x"), None).await,
+        &format!(
+            "configmaps \"x\" is forbidden: {user} cannot delete resource \"configmaps\" in API \
+             group \"\" in the namespace \"default\""
+        ),
+    );
+    forbidden(
+        &m.delete(CM, None).await,
+        &format!(
+            "configmaps is forbidden: {user} cannot deletecollection resource \"configmaps\" in \
+             API group \"\" in the namespace \"default\""
+        ),
+    );
+    forbidden(
+        &m.get("/api/v1/configmaps").await,
+        &format!(
+            "configmaps is forbidden: {user} cannot list resource \"configmaps\" in API group \
+             \"\" at the cluster scope"
+        ),
+    );
+    // Pods: patch the Pod, not its status; never create.
+    server
+        .create_pod("default", "p", &BTreeMap::new(), "10.0.0.1")
+        .await;
+    let pod = "/api/v1/namespaces/default/pods/p";
+    let labelled = m
+        .patch(
+            pod,
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"role": "primary"}}}),
+        )
+        .await;
+    assert_eq!(labelled.status, StatusCode::OK, "{}", labelled.body);
+    let status_patch = m
+        .patch(
+            &format!("{pod}/status"),
+            "application/merge-patch+json",
+            json!({"status": {"phase": "Failed"}}),
+        )
+        .await;
+    forbidden(
+        &status_patch,
+        &format!(
+            "pods \"p\" is forbidden: {user} cannot patch resource \"pods/status\" in API group \
+             \"\" in the namespace \"default\""
+        ),
+    );
+    assert_eq!(
+        status_patch.body["details"],
+        json!({"name": "p", "kind": "pods"})
+    );
+    // Endpoints belong to the other Role, which is not bound; leases to none.
+    forbidden(
+        &m.get("/api/v1/namespaces/default/endpoints/x").await,
+        &format!(
+            "endpoints \"x\" is forbidden: {user} cannot get resource \"endpoints\" in API group \
+             \"\" in the namespace \"default\""
+        ),
+    );
+    forbidden(
+        &m.get("/apis/coordination.k8s.io/v1/namespaces/default/leases/l")
+            .await,
+        &format!(
+            "leases.coordination.k8s.io \"l\" is forbidden: {user} cannot get resource \"leases\" \
+             in API group \"coordination.k8s.io\" in the namespace \"default\""
+        ),
+    );
+    // Admin tokens and discovery are not subject to the rules.
+    assert_eq!(
+        root.delete(&format!("{CM}/x"), None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(m.get("/api/v1").await.status, StatusCode::OK);
+    assert!(server.get("endpoints", "default", "x").await.is_none());
+
+    let denied = server.denied_requests().await;
+    let seen: Vec<String> = denied
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {} {}",
+                d["client"].as_str().unwrap_or("?"),
+                d["verb"].as_str().unwrap_or("?"),
+                d["resource"].as_str().unwrap_or("?"),
+                d["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "member update configmaps x",
+            "member delete configmaps x",
+            "member deletecollection configmaps ",
+            "member list configmaps ",
+            "member patch pods/status p",
+            "member get endpoints x",
+            "member get leases l",
+        ]
+    );
+    let counts = server.request_counts().await;
+    assert_eq!(counts["member"]["patch pods/status"], 1, "{counts:?}");
+    let rbac = root.get("/_test/rbac").await.body;
+    assert_eq!(rbac["roles"][0]["name"], "regent", "{rbac}");
+    assert_eq!(rbac["roles"].as_array().map(Vec::len), Some(1), "{rbac}");
+
+    // At run time: resourceNames, including a list narrowed to one name by fieldSelector.
+    server
+        .enforce_rbac(
+            "kind: Role\nmetadata: {name: api}\nrules:\n- apiGroups: [\"\"]\n  resources: \
+             [endpoints]\n  resourceNames: [kubernetes]\n  verbs: [get, list]\n",
+            &[],
+            &[],
+        )
+        .await;
+    let ep = "/api/v1/namespaces/default/endpoints";
+    assert_eq!(
+        m.get(&format!("{ep}/kubernetes")).await.status.as_u16(),
+        404
+    );
+    assert_eq!(m.get(&format!("{ep}/other")).await.status.as_u16(), 403);
+    assert_eq!(
+        m.get(&format!("{ep}?fieldSelector=metadata.name%3Dkubernetes"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(m.get(ep).await.status.as_u16(), 403);
+    // The runtime rules replaced the file's: configmaps are refused now.
+    assert_eq!(m.get(CM).await.status.as_u16(), 403);
+    server.allow_all().await;
+    assert_eq!(m.get(ep).await.status, StatusCode::OK);
+    assert_eq!(m.delete(CM, None).await.status, StatusCode::OK);
 }

@@ -1,5 +1,6 @@
 //! Test controls that are not part of the Kubernetes API: request counts per client, injected
-//! faults (stalls, error answers, dropped watches) and event-window compaction.
+//! faults (stalls, error answers, dropped watches), event-window compaction and the log of
+//! requests the authorization rules refused.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -61,6 +62,8 @@ pub struct RequestInfo<'a> {
 
 pub struct Admin {
     counts: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Requests refused by the RBAC rules, oldest first.
+    denied: Mutex<Vec<Value>>,
     faults: Mutex<Faults>,
     /// Bumped when faults are cleared: stalled requests stop waiting.
     faults_epoch: watch::Sender<u64>,
@@ -72,6 +75,7 @@ impl Default for Admin {
     fn default() -> Self {
         Admin {
             counts: Mutex::default(),
+            denied: Mutex::default(),
             faults: Mutex::default(),
             faults_epoch: watch::channel(0).0,
             watch_epoch: watch::channel(0).0,
@@ -96,6 +100,30 @@ impl Admin {
 
     pub fn reset_counts(&self) {
         self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Remember a refused request (`{client, verb, resource, namespace, name, message}`).
+    pub fn record_denied(&self, entry: Value) {
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry);
+    }
+
+    pub fn denied(&self) -> Value {
+        Value::Array(
+            self.denied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    pub fn reset_denied(&self) {
+        self.denied
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();

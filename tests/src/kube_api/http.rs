@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::admin::{FaultRequest, RequestInfo};
 use super::discovery;
 use super::patch::PatchType;
+use super::rbac::{self, Access, Policy};
 use super::resources::{self, ResourceDef};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
@@ -293,12 +294,131 @@ async fn admin_route(app: &App, request: Request) -> Response {
             app.admin.clear();
             json_response(StatusCode::OK, &app.admin.describe())
         }
+        (Method::GET, "/_test/denied") => json_response(StatusCode::OK, &app.admin.denied()),
+        (Method::DELETE, "/_test/denied") => {
+            app.admin.reset_denied();
+            json_response(StatusCode::OK, &json!([]))
+        }
+        (Method::GET, "/_test/rbac") => json_response(
+            StatusCode::OK,
+            &app.rbac().map_or(Value::Null, |p| p.describe()),
+        ),
+        (Method::POST, "/_test/rbac") => match serde_json::from_slice::<RbacRequest>(&body) {
+            Ok(request) => match Policy::from_yaml(
+                &request.yaml,
+                request.source.as_deref().unwrap_or("POST /_test/rbac"),
+                &request.roles,
+                &request.admin_tokens,
+            ) {
+                Ok(policy) => {
+                    let described = policy.describe();
+                    app.set_rbac(Some(policy));
+                    json_response(StatusCode::OK, &described)
+                }
+                Err(e) => plain(StatusCode::BAD_REQUEST, &e),
+            },
+            Err(e) => plain(
+                StatusCode::BAD_REQUEST,
+                &format!("RBAC request is not valid: {e}"),
+            ),
+        },
+        (Method::DELETE, "/_test/rbac") => {
+            app.set_rbac(None);
+            json_response(StatusCode::OK, &Value::Null)
+        }
         (Method::POST, "/_test/compact") => {
             let rv = app.store.compact();
             json_response(StatusCode::OK, &json!({"resourceVersion": rv.to_string()}))
         }
         _ => plain(StatusCode::NOT_FOUND, "unknown test control"),
     }
+}
+
+/// Body of `POST /_test/rbac`: the YAML text holding the Roles, which of them to bind (empty:
+/// all) and extra tokens exempt from the rules.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RbacRequest {
+    yaml: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    admin_tokens: Vec<String>,
+    /// Shown in error messages and `GET /_test/rbac` (e.g. the file name).
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// The name the authorizer sees: the path's, or for list/watch one selected exactly with
+/// `fieldSelector=metadata.name=X` (the real server does the same).
+fn authorized_name(target: &Target, query: &Query, verb: &str) -> String {
+    if let Some(name) = &target.name {
+        return name.clone();
+    }
+    if matches!(verb, "list" | "watch") {
+        if let Some(selector) = query.get("fieldSelector") {
+            let selector = selector.trim();
+            if !selector.contains(',') {
+                for prefix in ["metadata.name==", "metadata.name="] {
+                    if let Some(name) = selector.strip_prefix(prefix) {
+                        return name.trim().to_string();
+                    }
+                }
+            }
+        }
+    }
+    String::new()
+}
+
+/// The 403 answer if the RBAC rules in force refuse the request (recorded for
+/// `GET /_test/denied`).
+fn authorize(
+    app: &App,
+    target: &Target,
+    query: &Query,
+    verb: &str,
+    client: &str,
+) -> Option<ApiError> {
+    let policy = app.rbac()?;
+    let name = authorized_name(target, query, verb);
+    // `namespaces/NAME` is in the namespace NAME, as on the real server.
+    let namespace = match (&target.namespace, target.res.is("namespaces")) {
+        (Some(ns), _) => Some(ns.as_str()),
+        (None, true) if target.name.is_some() => target.name.as_deref(),
+        (None, _) => None,
+    };
+    let access = Access {
+        client,
+        verb,
+        group: target.res.group,
+        resource: target.res.plural,
+        subresource: target.subresource.as_deref(),
+        namespace,
+        name: &name,
+    };
+    if policy.allows(&access) {
+        return None;
+    }
+    let error = ApiError::forbidden(
+        Some(target.res),
+        target.subresource.as_deref(),
+        verb,
+        namespace.unwrap_or(""),
+        &name,
+        &rbac::user_of(client),
+    );
+    app.admin.record_denied(json!({
+        "client": client,
+        "verb": verb,
+        "resource": match &target.subresource {
+            Some(sub) => format!("{}/{sub}", target.res.plural),
+            None => target.res.plural.to_string(),
+        },
+        "namespace": namespace,
+        "name": name,
+        "message": error.message,
+    }));
+    Some(error)
 }
 
 async fn api_request(app: &Arc<App>, request: Request, client: &str) -> Response {
@@ -347,22 +467,26 @@ async fn api_request(app: &Arc<App>, request: Request, client: &str) -> Response
         };
         app.admin.count(&info);
         app.admin.stall().await;
-        match app.admin.failure_for(&info) {
-            Some((code, retry_after)) => error_response(
-                &ApiError::injected(
-                    code,
-                    Some(target.res),
-                    verb,
-                    target.namespace.as_deref().unwrap_or(""),
-                    &name,
-                    client,
-                )
-                .with_retry_after(retry_after),
-            ),
-            None => match serve_resource(app, request, &target, &query, verb).await {
-                Ok(r) => r,
-                Err(e) => error_response(&e),
-            },
+        if let Some(denied) = authorize(app, &target, &query, verb, client) {
+            error_response(&denied)
+        } else {
+            match app.admin.failure_for(&info) {
+                Some((code, retry_after)) => error_response(
+                    &ApiError::injected(
+                        code,
+                        Some(target.res),
+                        verb,
+                        target.namespace.as_deref().unwrap_or(""),
+                        &name,
+                        client,
+                    )
+                    .with_retry_after(retry_after),
+                ),
+                None => match serve_resource(app, request, &target, &query, verb).await {
+                    Ok(r) => r,
+                    Err(e) => error_response(&e),
+                },
+            }
         }
     };
     if target.res.is("endpoints") && target.res.group.is_empty() {

@@ -6,7 +6,12 @@
 //! LIST/WATCH with label and field selectors, create/update/patch (merge, strategic merge, JSON
 //! patch)/delete with optimistic concurrency, `Status` error bodies worded as the real server's,
 //! discovery and Table output good enough for kubectl. Test controls under `/_test/`:
-//! request counts per bearer token, injected faults, and event-window compaction (see `admin`).
+//! request counts per bearer token, injected faults, event-window compaction (see `admin`) and
+//! authorization rules (see `rbac`).
+//!
+//! Plain HTTP by default; HTTPS with a certificate and key ([`serve_tls`], see `tls`).
+//! Optional RBAC: the rules of Role documents (e.g. kubernetes/rbac.yaml), enforced for every
+//! client token but the admin tokens, with the real server's 403 answers.
 //!
 //! Run it as the `regent-kube-apiserver` binary (the `kube::KubeApiServer` fixture does), or
 //! in-process with [`serve`].
@@ -17,15 +22,17 @@ mod http;
 mod objects;
 mod patch;
 mod protobuf;
+pub mod rbac;
 mod resources;
 mod selectors;
 mod status;
 mod store;
 mod table;
+pub mod tls;
 mod watch;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -44,6 +51,9 @@ pub struct ServeOptions {
     pub bookmark_interval: Duration,
     /// Print one line per request on stdout.
     pub log_requests: bool,
+    /// Authorization rules from the start (they can also be set and removed at run time with
+    /// `POST/DELETE /_test/rbac`); `None`: every request is allowed.
+    pub rbac: Option<rbac::Policy>,
 }
 
 impl Default for ServeOptions {
@@ -52,6 +62,7 @@ impl Default for ServeOptions {
             watch_window: 1000,
             bookmark_interval: Duration::from_secs(1),
             log_requests: true,
+            rbac: None,
         }
     }
 }
@@ -63,6 +74,18 @@ pub struct App {
     opts: ServeOptions,
     /// `host:port` for discovery's serverAddressByClientCIDRs.
     server_address: String,
+    /// Authorization rules in force, if any.
+    rbac: RwLock<Option<Arc<rbac::Policy>>>,
+}
+
+impl App {
+    fn rbac(&self) -> Option<Arc<rbac::Policy>> {
+        self.rbac.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_rbac(&self, policy: Option<rbac::Policy>) {
+        *self.rbac.write().unwrap_or_else(|p| p.into_inner()) = policy.map(Arc::new);
+    }
 }
 
 /// The router serving `addr` (the address clients use, for discovery).
@@ -70,6 +93,7 @@ pub fn router(addr: SocketAddr, opts: ServeOptions) -> Router {
     let app = Arc::new(App {
         store: store::Store::new(opts.watch_window),
         admin: admin::Admin::default(),
+        rbac: RwLock::new(opts.rbac.clone().map(Arc::new)),
         opts,
         server_address: addr.to_string(),
     });
@@ -79,5 +103,16 @@ pub fn router(addr: SocketAddr, opts: ServeOptions) -> Router {
 /// Serve the API on `listener` until the process ends (or the future is dropped).
 pub async fn serve(listener: TcpListener, opts: ServeOptions) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    axum::serve(listener, router(addr, opts)).await
+}
+
+/// Serve the API over HTTPS on `listener` with `tls` (see [`tls::server_config`]).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    opts: ServeOptions,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let listener = tls::TlsListener::new(listener, tls)?;
     axum::serve(listener, router(addr, opts)).await
 }

@@ -252,6 +252,50 @@ impl ApiError {
         )
     }
 
+    /// What the authorizer answers when no rule allows the request: `pods "x" is forbidden:
+    /// User "system:serviceaccount:default:m" cannot patch resource "pods/status" in API group
+    /// "" in the namespace "default"` (the qualified resource and the details without the
+    /// subresource, the "cannot" part with it).
+    pub fn forbidden(
+        res: Option<&ResourceDef>,
+        subresource: Option<&str>,
+        verb: &str,
+        namespace: &str,
+        name: &str,
+        user: &str,
+    ) -> ApiError {
+        let what = match res {
+            Some(r) if name.is_empty() => r.qualified(),
+            Some(r) => format!("{} {}", r.qualified(), go_quote(name)),
+            None => "resource".to_string(),
+        };
+        let plural = res.map(|r| r.plural).unwrap_or("");
+        let resource = match subresource {
+            Some(sub) => format!("{plural}/{sub}"),
+            None => plural.to_string(),
+        };
+        let group = res.map(|r| r.group).unwrap_or("");
+        let scope = if namespace.is_empty() {
+            "at the cluster scope".to_string()
+        } else {
+            format!("in the namespace {}", go_quote(namespace))
+        };
+        ApiError {
+            details: res.map(|r| details(r, name)),
+            ..ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{what} is forbidden: User {} cannot {verb} resource {} in API group {} \
+                     {scope}",
+                    go_quote(user),
+                    go_quote(&resource),
+                    go_quote(group),
+                ),
+            )
+        }
+    }
+
     /// An injected failure of an arbitrary status, worded as the real server words it.
     pub fn injected(
         code: u16,
@@ -264,28 +308,13 @@ impl ApiError {
         let (reason, message, details) = match code {
             401 => ("Unauthorized", "Unauthorized".to_string(), None),
             403 => {
-                let what = match res {
-                    Some(r) if name.is_empty() => r.qualified(),
-                    Some(r) => format!("{} {}", r.qualified(), go_quote(name)),
-                    None => "resource".to_string(),
-                };
-                let plural = res.map(|r| r.plural).unwrap_or("");
-                let group = res.map(|r| r.group).unwrap_or("");
-                let scope = if namespace.is_empty() {
-                    "at the cluster scope".to_string()
-                } else {
-                    format!("in the namespace {}", go_quote(namespace))
-                };
-                (
-                    "Forbidden",
-                    format!(
-                        "{what} is forbidden: User {} cannot {verb} resource {} in API group {} \
-                         {scope}",
-                        go_quote(&format!("system:serviceaccount:default:{user}")),
-                        go_quote(plural),
-                        go_quote(group),
-                    ),
-                    res.map(|r| details(r, name)),
+                return ApiError::forbidden(
+                    res,
+                    None,
+                    verb,
+                    namespace,
+                    name,
+                    &super::rbac::user_of(user),
                 )
             }
             404 => match res {
