@@ -783,6 +783,10 @@ mod kubernetes_only {
         a.get_cluster().await.expect("read");
         assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
         let cluster = a.get_cluster().await.expect("read");
+        // Keep a's watch from telling it about the foreign write: its cached version goes stale.
+        kube.inject(json!({"fail": {"status": 500, "verb": "watch", "resource": "configmaps", "client": "a"}}))
+            .await;
+        kube.inject(json!({"drop_watches": true})).await;
         patch(
             &kube,
             "configmaps",
