@@ -1203,4 +1203,168 @@ mod kubernetes_only {
             ["w2"]
         );
     }
+
+    /// Everything a member does, once: reads, member data, the lock's whole life, config,
+    /// history, failover, sync, initialize, status, watch.
+    async fn full_workflow(a: &Kubernetes, b: &Kubernetes) {
+        a.get_cluster().await.expect("read");
+        b.get_cluster().await.expect("read");
+        a.touch_member(&data(Role::Replica, "running"))
+            .await
+            .expect("touch");
+        assert!(a.initialize(true, "").await.expect("initialize"));
+        a.cancel_initialization().await.expect("cancel");
+        assert!(a.initialize(true, "").await.expect("initialize"));
+        assert!(a
+            .initialize(false, "7123456789012345678")
+            .await
+            .expect("sysid"));
+        assert!(a
+            .set_config_value(&json!({"ttl": 10}), None)
+            .await
+            .expect("config"));
+        a.set_history_value(&[]).await.expect("history");
+        a.get_cluster().await.expect("read");
+        assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+        a.touch_member(&data(Role::Primary, "running"))
+            .await
+            .expect("touch");
+        let cluster = a.get_cluster().await.expect("read");
+        assert!(a.update_leader(&cluster, Some(1)).await.expect("renew"));
+        a.write_status(&dcs::Status {
+            optime: Some(2),
+            ..Default::default()
+        })
+        .await
+        .expect("status");
+        let f = Failover {
+            member: Some("b".into()),
+            ..Default::default()
+        };
+        assert!(b.set_failover_value(&f, None).await.expect("failover"));
+        let version = a
+            .get_cluster()
+            .await
+            .expect("read")
+            .failover
+            .and_then(|f| f.version);
+        assert!(a
+            .delete_failover(version.as_deref())
+            .await
+            .expect("failover delete"));
+        let sync = SyncState {
+            leader: Some("a".into()),
+            sync_standby: vec!["b".into()],
+            ..Default::default()
+        };
+        assert!(a.set_sync_state(&sync, None).await.expect("sync"));
+        assert!(a.delete_sync_state(None).await.expect("sync delete"));
+        while b.watch(Duration::from_millis(200)).await {}
+        assert!(a.delete_leader(Some(3)).await.expect("release"));
+        assert!(
+            b.watch(Duration::from_secs(5)).await,
+            "release did not wake b"
+        );
+        b.delete_member().await.expect("delete member");
+        a.close().await.expect("close");
+    }
+
+    /// The shipped kubernetes/rbac.yaml allows everything a member does, in both modes; a Role
+    /// without `patch` on configmaps makes writes fail with Forbidden naming verb, resource and
+    /// object; bypass_api_service without access to the `kubernetes` Endpoints turns itself off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shipped_rbac_suffices_and_denials_are_named() {
+        let yaml = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../kubernetes/rbac.yaml"
+        ))
+        .expect("read kubernetes/rbac.yaml");
+        let kube = KubeApiServer::launch().await;
+        kube.enforce_rbac(&yaml, &["regent"], &[]).await;
+        let a = kube_member(&kube, "a", timing(10, 3), |_| {}).await;
+        let b = kube_member(&kube, "b", timing(10, 3), |c| c.bypass_api_service = true).await;
+        full_workflow(&a, &b).await;
+        let denied = kube.denied_requests().await;
+        assert_eq!(
+            denied.len(),
+            1,
+            "only bypass_api_service's read may be refused: {denied:?}"
+        );
+        assert_eq!(denied[0]["resource"], "endpoints");
+        assert_eq!(denied[0]["name"], "kubernetes");
+
+        kube.enforce_rbac(&yaml, &["regent", "regent-endpoints"], &[])
+            .await;
+        kube.reset_denied_requests().await;
+        let endpoints = |c: &mut KubernetesConfig| c.use_endpoints = true;
+        let ea = kube_member(&kube, "ea", timing(10, 3), endpoints).await;
+        let eb = kube_member(&kube, "eb", timing(10, 3), endpoints).await;
+        full_workflow(&ea, &eb).await;
+        let denied = kube.denied_requests().await;
+        assert!(
+            denied.is_empty(),
+            "Endpoints mode needs more than the Roles allow: {denied:?}"
+        );
+
+        let without_patch = yaml.replacen(
+            "resources: [configmaps]\n    verbs: [create, get, list, patch, watch]",
+            "resources: [configmaps]\n    verbs: [create, get, list, watch]",
+            1,
+        );
+        assert_ne!(
+            without_patch, yaml,
+            "the configmaps rule of rbac.yaml changed shape"
+        );
+        kube.enforce_rbac(&without_patch, &["regent"], &[]).await;
+        let e = a
+            .set_config_value(&json!({"ttl": 11}), None)
+            .await
+            .expect_err("patch without permission");
+        let msg = e.to_string();
+        assert!(matches!(e, DcsError::Forbidden(_)), "{msg}");
+        assert!(
+            msg.contains(r#"cannot patch configmaps "demo-config" in namespace "default""#),
+            "{msg}"
+        );
+        let denied = kube.denied_requests().await;
+        let server_says = denied
+            .last()
+            .and_then(|d| d["message"].as_str())
+            .expect("the refused patch is listed")
+            .to_string();
+        assert!(
+            msg.contains(&server_says),
+            "the server's message {server_says:?} is missing: {msg}"
+        );
+        a.get_cluster().await.expect("reads are still allowed");
+    }
+
+    /// The same over HTTPS, the CA coming from the kubeconfig.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn works_over_https() {
+        let kube = KubeApiServer::launch_tls().await;
+        assert!(kube.url().starts_with("https://"));
+        let a = kube_member(&kube, "a", timing(10, 3), |_| {}).await;
+        let b = kube_member(&kube, "b", timing(10, 3), |_| {}).await;
+        full_workflow(&a, &b).await;
+        // A kubeconfig with a CA that did not sign the server certificate is refused.
+        let other_ca = regent_tests::kube::make_test_ca(kube.dir(), "other");
+        let pem = std::fs::read_to_string(&other_ca).expect("read the other CA");
+        let path = kube.write_kubeconfig_with_ca(&kube.dir().join("kubeconfig-c"), "c", Some(&pem));
+        kube.create_pod(NS, "c", &labels(), "10.0.0.77").await;
+        let c = Kubernetes::connect(KubernetesConfig {
+            scope: SCOPE.into(),
+            name: "c".into(),
+            kubeconfig: Some(path),
+            timing: timing(10, 2),
+            ..Default::default()
+        })
+        .await
+        .expect("connect");
+        let e = c
+            .get_cluster()
+            .await
+            .expect_err("untrusted server accepted");
+        assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    }
 }
