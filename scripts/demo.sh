@@ -122,7 +122,7 @@ start_kube() {
       --labels="application=regent-demo,cluster-name=$scope" >/dev/null
     # Pods stay Pending until someone reports them scheduled: play the kubelet.
     KUBECONFIG="$demo_dir/kubeconfig" kubectl patch pod "member-$i" --subresource=status --type=merge \
-      -p "{\"status\":{\"phase\":\"Running\",\"podIP\":\"10.0.0.$((i + 1))\"}}" >/dev/null
+      -p "{\"status\":{\"phase\":\"Running\",\"podIP\":\"10.0.0.$((i + 1))\",\"containerStatuses\":[{\"name\":\"member-$i\",\"ready\":true,\"restartCount\":0,\"image\":\"postgres:15\",\"imageID\":\"\",\"started\":true,\"state\":{\"running\":{}}}]}}" >/dev/null
   done
 }
 
