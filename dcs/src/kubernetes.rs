@@ -605,6 +605,44 @@ impl Kubernetes {
         }
     }
 
+    /// The holder found its leader object deleted (by hand, or a `remove`): create it again
+    /// with a POST, as Patroni does, instead of giving the primary up. A POST is atomic, so if
+    /// another member created the object first we get 409 and the lock is not ours.
+    async fn recreate_leader(
+        &self,
+        cluster: &Cluster,
+        optime: Option<u64>,
+        deadline: Instant,
+    ) -> DcsResult<bool> {
+        let me = self.shared.name.clone();
+        let leader = self.layout().leader.clone();
+        // Keep acquireTime and transitions as last seen, so readers see the same holder.
+        let observed = self.kinds().tracker().observed().clone();
+        let annotations = objects::renew_annotations(
+            &me,
+            self.ttl(),
+            &objects::iso_now(),
+            &observed,
+            optime,
+            &cluster.status,
+        );
+        let subsets = self.wanted_subsets(None, deadline).await;
+        match self
+            .create_kind(&leader, &annotations, subsets, deadline)
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(object = %leader, "the leader object was deleted: created it again");
+                Ok(true)
+            }
+            Err(CallError::Status { code: 409, .. }) => {
+                tracing::warn!(object = %leader, "the leader object was deleted and another member created it first: the lock is not ours");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// After a 409 on our own lock: re-read; `Ok(None)` when the lock is not ours (any more),
     /// `Ok(Some(obj))` when it still is and `obj` is its fresh version.
     async fn reread_own_lock(
@@ -853,8 +891,7 @@ impl Dcs for Kubernetes {
         let me = self.shared.name.clone();
         let leader = self.layout().leader.clone();
         let Some(current) = self.current_leader(deadline).await? else {
-            tracing::warn!(member = %me, "the leader object is gone: the lock is not ours");
-            return Ok(false);
+            return self.recreate_leader(cluster, optime, deadline).await;
         };
         if annotation(&current, "leader") != Some(me.as_str()) {
             tracing::warn!(member = %me, "the leader lock is held by another member");
@@ -884,7 +921,9 @@ impl Dcs for Kubernetes {
             Err(CallError::Status { code: 409, .. }) => {
                 tracing::warn!(object = %leader, "concurrent update of the leader object");
             }
-            Err(CallError::Status { code: 404, .. }) => return Ok(false),
+            Err(CallError::Status { code: 404, .. }) => {
+                return self.recreate_leader(cluster, optime, deadline).await;
+            }
             Err(e) => return Err(e.into()),
         }
         let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {

@@ -834,6 +834,70 @@ mod kubernetes_only {
         );
     }
 
+    /// The leader object deleted under the holder (by hand, or `patronictl remove`): the next
+    /// renew creates it again with the same holder, acquireTime and transitions — no needless
+    /// failover — and when another member created it first, the renew fails without touching it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleted_leader_object_is_recreated_by_its_holder() {
+        let (kube, m) = setup(&["a"], timing(10, 3)).await;
+        let a = &m[0];
+        a.get_cluster().await.expect("read");
+        assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+        let cluster = a.get_cluster().await.expect("read");
+        let before = kube
+            .get("configmaps", NS, "demo-leader")
+            .await
+            .expect("leader object");
+        let path = format!("/api/v1/namespaces/{NS}/configmaps/demo-leader");
+        let (code, _) = kube
+            .request(reqwest::Method::DELETE, &path, "application/json", None)
+            .await
+            .expect("delete the leader object");
+        assert_eq!(code, 200);
+        assert!(a
+            .update_leader(&cluster, Some(11))
+            .await
+            .expect("renew after the delete"));
+        let after = kube
+            .get("configmaps", NS, "demo-leader")
+            .await
+            .expect("leader object created again");
+        let ann = |o: &Value, k: &str| o["metadata"]["annotations"][k].clone();
+        assert_eq!(ann(&after, "leader"), "a");
+        assert_eq!(ann(&after, "optime"), "11");
+        assert_eq!(ann(&after, "acquireTime"), ann(&before, "acquireTime"));
+        assert_eq!(ann(&after, "transitions"), ann(&before, "transitions"));
+
+        // Deleted again, and b creates it first: a's renew must fail and leave b's lock alone.
+        let (code, _) = kube
+            .request(reqwest::Method::DELETE, &path, "application/json", None)
+            .await
+            .expect("delete the leader object");
+        assert_eq!(code, 200);
+        let created = json!({"metadata": {"name": "demo-leader", "namespace": NS,
+            "labels": {"application": "patroni", "cluster-name": "demo"},
+            "annotations": {"leader": "b", "ttl": "10", "renewTime": "2026-01-01T00:00:00.000000+00:00"}}});
+        let (code, _) = kube
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/v1/namespaces/{NS}/configmaps"),
+                "application/json",
+                Some(&created),
+            )
+            .await
+            .expect("create the leader object as b");
+        assert_eq!(code, 201);
+        assert!(!a
+            .update_leader(&cluster, Some(12))
+            .await
+            .expect("renew of a lock someone else created"));
+        let now = kube
+            .get("configmaps", NS, "demo-leader")
+            .await
+            .expect("leader object");
+        assert_eq!(ann(&now, "leader"), "b");
+    }
+
     /// The leader object carries Patroni's annotations.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn leader_annotations_are_patronis() {
