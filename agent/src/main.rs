@@ -111,7 +111,7 @@ async fn run(cfg: Config) -> ExitCode {
     };
 
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(rest::Snapshot::default());
-    let (command_tx, _command_rx) = tokio::sync::mpsc::channel(16);
+    let (command_tx, command_rx) = tokio::sync::mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 
     if let Some(url) = same_name_member_alive(&cfg, dcs.as_ref()).await {
@@ -146,7 +146,7 @@ async fn run(cfg: Config) -> ExitCode {
 
     tokio::spawn(forward_signals(shutdown_tx));
 
-    let agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx);
+    let agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx).with_commands(command_rx);
     let exit = agent.run(shutdown_rx).await;
     rest_task.abort();
     match exit {

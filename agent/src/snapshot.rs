@@ -84,6 +84,7 @@ pub fn build(agent: &Agent) -> Snapshot {
         ttl: agent.dynamic().ttl,
         loop_wait: agent.dynamic().loop_wait,
         last_cycle_unix_ms: agent.last_cycle_ms(),
+        scheduled_restart: agent.scheduled_restart_json(),
         ..Snapshot::default()
     }
 }

@@ -12,6 +12,7 @@ mod cluster;
 mod health;
 mod lag;
 mod metrics;
+mod ops;
 mod reply;
 mod status;
 
@@ -24,6 +25,10 @@ use axum::response::Response;
 use axum::Router;
 
 pub use lag::parse_size;
+pub use ops::{
+    parse_schedule, postgres_version_to_int, FailoverAction, FailoverOutcome, FailoverRequest,
+    OpBody, OpReply, RestartRequest,
+};
 
 /// Everything the API shows, published by the HA loop after each cycle.
 #[derive(Debug, Clone, Default)]
@@ -114,11 +119,43 @@ pub struct ReplicationInfo {
     pub sync_priority: i32,
 }
 
-/// Requests the API hands to the HA loop. Mutating endpoints add variants (with a reply
-/// channel) as they are implemented.
+/// Requests the API hands to the HA loop, which owns the DCS session and Postgres and executes
+/// them between cycles; each carries the channel its answer goes back on.
 #[derive(Debug)]
 pub enum Command {
-    Noop,
+    /// Write the `failover` key after checking the request is feasible (unscheduled only).
+    Failover {
+        request: FailoverRequest,
+        reply: tokio::sync::oneshot::Sender<FailoverOutcome>,
+    },
+    /// Remove a scheduled switchover (`DELETE /switchover`).
+    CancelSwitchover {
+        reply: tokio::sync::oneshot::Sender<OpReply>,
+    },
+    /// `PATCH /config` (`replace: false`, merge with `null` deleting) or `PUT /config`.
+    Config {
+        value: serde_json::Value,
+        replace: bool,
+        reply: tokio::sync::oneshot::Sender<OpReply>,
+    },
+    /// `POST /reload`: re-read the configuration file and re-render the Postgres configuration.
+    Reload {
+        reply: tokio::sync::oneshot::Sender<OpReply>,
+    },
+    /// `POST /restart` (immediate or scheduled).
+    Restart {
+        request: RestartRequest,
+        reply: tokio::sync::oneshot::Sender<OpReply>,
+    },
+    /// `DELETE /restart`.
+    CancelRestart {
+        reply: tokio::sync::oneshot::Sender<OpReply>,
+    },
+    /// `POST /reinitialize`.
+    Reinitialize {
+        force: bool,
+        reply: tokio::sync::oneshot::Sender<OpReply>,
+    },
 }
 
 /// Shared state of every handler.
@@ -150,15 +187,17 @@ pub async fn serve(
 async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
     // Clone so no lock on the channel is held while the reply is built.
     let snapshot = state.snapshot.borrow().clone();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let query = Query::parse(request.uri().query());
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let query = Query::parse(parts.uri.query());
     let segment = path
         .trim_start_matches('/')
         .split('/')
         .next()
         .unwrap_or_default();
     let now_ms = chrono::Utc::now().timestamp_millis();
+    let headers = &parts.headers;
 
     match (&method, segment) {
         (&Method::GET, "patroni") => reply::json(StatusCode::OK, &status::status_json(&snapshot)),
@@ -174,6 +213,19 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
             let code = health::health_check(&snapshot, &body, &path, &query);
             reply::json(code, &body)
         }
+        (&Method::POST, "switchover") => {
+            ops::failover(&state, &snapshot, headers, body, FailoverAction::Switchover).await
+        }
+        (&Method::POST, "failover") => {
+            ops::failover(&state, &snapshot, headers, body, FailoverAction::Failover).await
+        }
+        (&Method::DELETE, "switchover") => ops::delete_switchover(&state).await,
+        (&Method::PATCH, "config") => ops::config(&state, headers, body, false).await,
+        (&Method::PUT, "config") => ops::config(&state, headers, body, true).await,
+        (&Method::POST, "reload") => ops::reload(&state).await,
+        (&Method::POST, "restart") => ops::restart(&state, &snapshot, headers, body).await,
+        (&Method::DELETE, "restart") => ops::delete_restart(&state).await,
+        (&Method::POST, "reinitialize") => ops::reinitialize(&state, headers, body).await,
         (&Method::HEAD, _) | (&Method::OPTIONS, _) => {
             let body = status::status_json(&snapshot);
             reply::status_only(health::health_check(&snapshot, &body, &path, &query))

@@ -952,3 +952,426 @@ async fn serves_http_1_0_over_tcp() {
         .expect("server task did not panic")
         .expect("server ended cleanly");
 }
+
+/// A request with a body to an API whose HA loop is played by `fake_loop` (every command it gets).
+async fn call_ops(
+    snapshot: Snapshot,
+    method: Method,
+    uri: &str,
+    body: Option<&str>,
+    fake_loop: impl FnMut(Command) + Send + 'static,
+) -> Reply {
+    let (publisher, receiver) = tokio::sync::watch::channel(snapshot);
+    let (commands, mut inbox) = tokio::sync::mpsc::channel(4);
+    let mut fake_loop = fake_loop;
+    let loop_task = tokio::spawn(async move {
+        while let Some(cmd) = inbox.recv().await {
+            fake_loop(cmd);
+        }
+    });
+    let app = router(ApiState {
+        snapshot: receiver,
+        commands,
+    });
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(b) = body {
+        builder = builder.header(header::CONTENT_LENGTH, b.len());
+    }
+    let request = builder
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .expect("valid request");
+    // Keep the publisher alive while the handler may poll snapshots.
+    let publisher = std::sync::Arc::new(publisher);
+    let keep = publisher.clone();
+    let response = app.oneshot(request).await.expect("router is infallible");
+    drop(keep);
+    loop_task.abort();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body reads")
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        content_type,
+        body,
+    }
+}
+
+fn no_loop(cmd: Command) {
+    panic!("the request should not reach the HA loop: {cmd:?}");
+}
+
+fn text_of(r: &Reply) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// Body validation happens before anything reaches the loop, with Patroni's codes and texts.
+#[tokio::test]
+async fn switchover_and_failover_body_validation() {
+    let mut paused = primary();
+    paused.paused = true;
+    type Case = (
+        &'static str,
+        Snapshot,
+        &'static str,
+        Option<&'static str>,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "no body",
+            primary(),
+            "/switchover",
+            None,
+            411,
+            "Length Required",
+        ),
+        (
+            "not JSON",
+            primary(),
+            "/switchover",
+            Some("{leader"),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "not an object",
+            primary(),
+            "/switchover",
+            Some("[1]"),
+            400,
+            "JSON object",
+        ),
+        (
+            "empty object",
+            primary(),
+            "/switchover",
+            Some("{}"),
+            400,
+            "empty",
+        ),
+        (
+            "switchover without leader",
+            primary(),
+            "/switchover",
+            Some(r#"{"candidate":"pg-1"}"#),
+            400,
+            "Switchover could be performed only from a specific leader",
+        ),
+        (
+            "failover without candidate",
+            primary(),
+            "/failover",
+            Some(r#"{"leader":"pg-0"}"#),
+            400,
+            "Failover could be performed only to a specific candidate",
+        ),
+        (
+            "leader of the wrong type",
+            primary(),
+            "/switchover",
+            Some(r#"{"leader":5}"#),
+            400,
+            "leader: expected a string",
+        ),
+        (
+            "same source and target",
+            primary(),
+            "/switchover",
+            Some(r#"{"leader":"pg-0","candidate":"pg-0"}"#),
+            400,
+            "Switchover target and source are the same",
+        ),
+        (
+            "scheduled failover",
+            primary(),
+            "/failover",
+            Some(r#"{"candidate":"pg-1","scheduled_at":"2099-01-01T00:00:00+00:00"}"#),
+            400,
+            "Failover can't be scheduled",
+        ),
+        (
+            "schedule without timezone",
+            primary(),
+            "/switchover",
+            Some(r#"{"leader":"pg-0","scheduled_at":"2099-01-01T00:00:00"}"#),
+            400,
+            "Timezone information is mandatory for the scheduled switchover",
+        ),
+        (
+            "unparsable schedule",
+            primary(),
+            "/switchover",
+            Some(r#"{"leader":"pg-0","scheduled_at":"tomorrow"}"#),
+            422,
+            "Unable to parse scheduled timestamp",
+        ),
+        (
+            "schedule in the past",
+            primary(),
+            "/switchover",
+            Some(r#"{"leader":"pg-0","scheduled_at":"2001-01-01T00:00:00+00:00"}"#),
+            422,
+            "Cannot schedule switchover in the past",
+        ),
+        (
+            "scheduling while paused",
+            paused.clone(),
+            "/switchover",
+            Some(
+                r#"{"leader":"pg-0","candidate":"pg-1","scheduled_at":"2099-01-01T00:00:00+00:00"}"#,
+            ),
+            400,
+            "Can't schedule switchover in the paused state",
+        ),
+        (
+            "paused without candidate",
+            paused,
+            "/switchover",
+            Some(r#"{"leader":"pg-0"}"#),
+            400,
+            "Switchover is possible only to a specific candidate in a paused state",
+        ),
+        (
+            "PATCH /config without body",
+            primary(),
+            "/config",
+            None,
+            411,
+            "Length Required",
+        ),
+    ];
+    for (what, snapshot, uri, body, code, text) in cases {
+        let method = if uri == "/config" {
+            Method::PATCH
+        } else {
+            Method::POST
+        };
+        let r = call_ops(snapshot, method, uri, body, no_loop).await;
+        assert_eq!(r.status.as_u16(), code, "{what}: {}", text_of(&r));
+        assert!(text_of(&r).contains(text), "{what}: {}", text_of(&r));
+    }
+}
+
+#[tokio::test]
+async fn restart_filter_validation() {
+    let mut paused = primary();
+    paused.paused = true;
+    let cases: Vec<(&str, Snapshot, &str, u16, &str)> = vec![
+        (
+            "bad role",
+            primary(),
+            r#"{"role":"boss"}"#,
+            400,
+            "PostgreSQL role should be either primary, standby_leader, or replica",
+        ),
+        (
+            "bad version",
+            primary(),
+            r#"{"postgres_version":"9.6"}"#,
+            400,
+            "Invalid PostgreSQL version format",
+        ),
+        (
+            "bad timeout",
+            primary(),
+            r#"{"timeout":-1}"#,
+            400,
+            "Timeout should be a positive number of seconds",
+        ),
+        (
+            "unknown key",
+            primary(),
+            r#"{"when":"now"}"#,
+            400,
+            "Unknown filter for the scheduled restart: when",
+        ),
+        (
+            "schedule while paused",
+            paused,
+            r#"{"schedule":"2099-01-01T00:00:00+00:00"}"#,
+            500,
+            "Can't schedule restart in the paused state",
+        ),
+        (
+            "schedule in the past",
+            primary(),
+            r#"{"schedule":"2001-01-01T00:00:00+00:00"}"#,
+            422,
+            "Cannot schedule restart in the past",
+        ),
+    ];
+    for (what, snapshot, body, code, text) in cases {
+        let r = call_ops(snapshot, Method::POST, "/restart", Some(body), no_loop).await;
+        assert_eq!(r.status.as_u16(), code, "{what}: {}", text_of(&r));
+        assert!(text_of(&r).contains(text), "{what}: {}", text_of(&r));
+    }
+    assert_eq!(postgres_version_to_int("15.4"), Some(150004));
+    assert_eq!(postgres_version_to_int("9.6.24"), Some(90624));
+    assert_eq!(postgres_version_to_int("9.6"), None);
+}
+
+/// What the loop answers is what the client gets; a valid request reaches the loop as parsed.
+#[tokio::test]
+async fn commands_reach_the_loop_and_answers_come_back() {
+    let r = call_ops(
+        primary(),
+        Method::POST,
+        "/switchover",
+        Some(r#"{"leader":"pg-0","member":"pg-2"}"#),
+        |cmd| match cmd {
+            Command::Failover { request, reply } => {
+                assert_eq!(request.candidate.as_deref(), Some("pg-2"));
+                assert_eq!(request.action, FailoverAction::Switchover);
+                let _ = reply.send(FailoverOutcome::Refused(OpReply::text(
+                    412,
+                    "switchover is not possible: no good candidates have been found",
+                )));
+            }
+            other => panic!("unexpected {other:?}"),
+        },
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        text_of(&r),
+        "switchover is not possible: no good candidates have been found"
+    );
+
+    let r = call_ops(
+        primary(),
+        Method::POST,
+        "/switchover",
+        Some(r#"{"leader":"pg-0","scheduled_at":"2099-01-01T10:00:00+02:00"}"#),
+        |cmd| match cmd {
+            Command::Failover { request, reply } => {
+                assert_eq!(
+                    request.scheduled_at.as_deref(),
+                    Some("2099-01-01T10:00:00+02:00")
+                );
+                let _ = reply.send(FailoverOutcome::Written {
+                    at_ms: 0,
+                    leader: Some("pg-0".into()),
+                });
+            }
+            other => panic!("unexpected {other:?}"),
+        },
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(text_of(&r), "Switchover scheduled");
+
+    let r = call_ops(
+        primary(),
+        Method::PATCH,
+        "/config",
+        Some(r#"{"ttl":20,"postgresql":{"parameters":{"work_mem":null}}}"#),
+        |cmd| match cmd {
+            Command::Config {
+                value,
+                replace,
+                reply,
+            } => {
+                assert!(!replace);
+                assert_eq!(value["postgresql"]["parameters"]["work_mem"], Value::Null);
+                let _ = reply.send(OpReply::json(200, json!({"ttl": 20})));
+            }
+            other => panic!("unexpected {other:?}"),
+        },
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"ttl": 20}));
+
+    let r = call_ops(primary(), Method::POST, "/reload", None, |cmd| match cmd {
+        Command::Reload { reply } => {
+            let _ = reply.send(OpReply::text(202, "reload scheduled"));
+        }
+        other => panic!("unexpected {other:?}"),
+    })
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(text_of(&r), "reload scheduled");
+
+    // A loop that never answers: 503, not a hung request.
+    let (publisher, receiver) = tokio::sync::watch::channel(primary());
+    let (commands, inbox) = tokio::sync::mpsc::channel(1);
+    drop(inbox);
+    let app = router(ApiState {
+        snapshot: receiver,
+        commands,
+    });
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/reload")
+        .body(Body::empty())
+        .expect("valid request");
+    let response = app.oneshot(request).await.expect("router is infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(publisher);
+}
+
+/// The poll after a switchover: only views read after the write count.
+#[test]
+fn failover_verdicts() {
+    let written = 1_000;
+    let mut snap = primary();
+    snap.last_cycle_unix_ms = Some(written - 1);
+    let sw = FailoverAction::Switchover;
+    let mut with_failover = cluster();
+    with_failover.failover = Some(Failover {
+        leader: Some("pg-0".into()),
+        member: Some("pg-1".into()),
+        ..Default::default()
+    });
+    snap.cluster = Some(with_failover.clone());
+    assert_eq!(
+        ops::failover_verdict(&snap, written, Some("pg-0"), Some("pg-1"), sw),
+        None,
+        "a view older than the write"
+    );
+    snap.last_cycle_unix_ms = Some(written + 1);
+    assert_eq!(
+        ops::failover_verdict(&snap, written, Some("pg-0"), Some("pg-1"), sw),
+        None,
+        "still the old leader, request pending"
+    );
+    let mut moved = with_failover.clone();
+    moved.leader = Some(Leader {
+        name: "pg-1".into(),
+        version: None,
+    });
+    snap.cluster = Some(moved.clone());
+    assert_eq!(
+        ops::failover_verdict(&snap, written, Some("pg-0"), Some("pg-1"), sw),
+        Some((200, "Successfully switched over to \"pg-1\"".into()))
+    );
+    assert_eq!(
+        ops::failover_verdict(&snap, written, Some("pg-0"), Some("pg-2"), sw),
+        Some((200, "Switched over to \"pg-1\" instead of \"pg-2\"".into()))
+    );
+    assert_eq!(
+        ops::failover_verdict(&snap, written, None, Some("pg-1"), FailoverAction::Failover),
+        Some((200, "Successfully failed over to \"pg-1\"".into()))
+    );
+    let mut gone = cluster();
+    gone.failover = None;
+    snap.cluster = Some(gone);
+    assert_eq!(
+        ops::failover_verdict(&snap, written, Some("pg-0"), Some("pg-1"), sw),
+        Some((503, "Switchover failed".into()))
+    );
+}

@@ -18,6 +18,8 @@ use super::decide::{
 use crate::config::{Config, DynamicConfig};
 use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
 
+mod ops;
+
 /// Delay before a follow-up cycle when a state change is imminent.
 const SOON: Duration = Duration::from_millis(250);
 
@@ -39,6 +41,8 @@ enum Wake {
     LeaseGuard,
     CycleDone(Result<(), String>),
     Timer,
+    /// A REST request for the loop (`None`: the API is gone).
+    Command(Option<rest::Command>),
 }
 
 /// The outcome of executing one plan.
@@ -84,6 +88,9 @@ pub struct Agent {
     dcs_last_seen: Option<i64>,
     last_obs: PgObservation,
     last_cycle_ms: Option<i64>,
+    /// Requests from the REST API, executed between cycles.
+    commands: Option<tokio::sync::mpsc::Receiver<rest::Command>>,
+    scheduled_restart: Option<ops::ScheduledRestart>,
 }
 
 fn unix_now() -> i64 {
@@ -131,7 +138,15 @@ impl Agent {
             dcs_last_seen: None,
             last_obs: PgObservation::default(),
             last_cycle_ms: None,
+            commands: None,
+            scheduled_restart: None,
         }
+    }
+
+    /// Take the REST API's requests; they run between cycles, each followed by a cycle at once.
+    pub fn with_commands(mut self, commands: tokio::sync::mpsc::Receiver<rest::Command>) -> Agent {
+        self.commands = Some(commands);
+        self
     }
 
     fn timing(&self) -> Timing {
@@ -187,7 +202,7 @@ impl Agent {
                     let _ = self.dcs.close().await;
                     return Exit::Fatal(msg);
                 }
-                Wake::CycleDone(Ok(())) | Wake::Timer => {}
+                Wake::CycleDone(Ok(())) | Wake::Timer | Wake::Command(_) => {}
             }
             self.last_cycle_ms = Some(chrono::Utc::now().timestamp_millis());
             self.publish_snapshot();
@@ -209,13 +224,18 @@ impl Agent {
                     _ = sleep_until_opt(guard) => Wake::LeaseGuard,
                     _ = dcs.watch(wait) => Wake::Timer,
                     _ = pg_exit => Wake::Timer,
+                    cmd = next_command(&mut self.commands) => Wake::Command(cmd),
                 }
             };
             match woke {
                 Wake::Shutdown => return self.shutdown().await,
                 Wake::LeaseGuard => self.lease_guard_fired().await,
+                Wake::Command(Some(cmd)) => self.handle_command(cmd).await,
+                // The API side is gone: stop listening.
+                Wake::Command(None) => self.commands = None,
                 _ => {}
             }
+            self.run_scheduled_restart().await;
         }
     }
 
@@ -270,6 +290,7 @@ impl Agent {
         if let Some(c) = &cluster {
             local.diverged_from_leader = self.replica_diverged(c, &local).await;
         }
+        local.now_ms = chrono::Utc::now().timestamp_millis();
         let settings = self.settings();
         let mut decision = decide(cluster.as_ref(), &local, &settings);
         for attempt in 0..2 {
@@ -284,6 +305,12 @@ impl Agent {
                 }
                 PlanOutcome::RenewFailed => break,
             }
+        }
+        if let Some(secs) = decision.wake_in {
+            // Wake up when a scheduled switchover falls due rather than up to loop_wait later.
+            let loop_wait = f64::from(self.dynamic.loop_wait.max(1));
+            let due = Duration::from_secs_f64(secs.clamp(0.05, loop_wait));
+            self.next_cycle_soon = Some(self.next_cycle_soon.map_or(due, |d| d.min(due)));
         }
         self.last_cluster = cluster;
         self.publish_member().await;
@@ -309,6 +336,7 @@ impl Agent {
             primary_start_timeout: self.dynamic.primary_start_timeout,
             lease_safety_margin: self.safety_margin(),
             max_primary_start_failures: 3,
+            loop_wait: self.dynamic.loop_wait,
         }
     }
 
@@ -1305,6 +1333,15 @@ impl Agent {
     }
     pub fn last_cycle_ms(&self) -> Option<i64> {
         self.last_cycle_ms
+    }
+}
+
+async fn next_command(
+    commands: &mut Option<tokio::sync::mpsc::Receiver<rest::Command>>,
+) -> Option<rest::Command> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -108,6 +108,8 @@ pub struct LocalState {
     /// This running replica holds WAL past the point where the leader's timeline forked off
     /// ours: it can never stream from the leader and must be repaired (pg_rewind or a clone).
     pub diverged_from_leader: bool,
+    /// Wall-clock time of this cycle (unix milliseconds): scheduled switchovers are due by it.
+    pub now_ms: i64,
 }
 
 /// A peer's answer to `GET /patroni` during the leader race.
@@ -134,6 +136,8 @@ pub struct Settings {
     pub lease_safety_margin: f64,
     /// How many failed starts of a primary make its holder give the lock up.
     pub max_primary_start_failures: u32,
+    /// Seconds between cycles: a scheduled switchover this late is stale.
+    pub loop_wait: u32,
 }
 
 impl Default for Settings {
@@ -147,6 +151,7 @@ impl Default for Settings {
             primary_start_timeout: 300,
             lease_safety_margin: 2.0,
             max_primary_start_failures: 3,
+            loop_wait: 10,
         }
     }
 }
@@ -156,12 +161,15 @@ impl Default for Settings {
 pub struct Decision {
     pub actions: Vec<Action>,
     pub reason: String,
+    /// Run the next cycle within this many seconds (a scheduled switchover falls due).
+    pub wake_in: Option<f64>,
 }
 
 fn plan(actions: Vec<Action>, reason: impl Into<String>) -> Decision {
     Decision {
         actions,
         reason: reason.into(),
+        wake_in: None,
     }
 }
 
@@ -271,7 +279,7 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
             actions.push(Action::RenewLock);
             match local.pg_role {
                 PgRole::Primary => {
-                    if let Some(request) = failover_request_as_leader(cluster, s) {
+                    if let Some(request) = failover_request_as_leader(cluster, local, s) {
                         return match request {
                             LeaderFailoverStep::HandOver(why) => {
                                 actions.push(Action::Demote(DemoteMode::Graceful));
@@ -281,7 +289,10 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
                                 actions.push(Action::ClearFailover);
                                 plan(actions, why)
                             }
-                            LeaderFailoverStep::Wait(why) => plan(actions, why),
+                            LeaderFailoverStep::Wait(why, wake_in) => Decision {
+                                wake_in: Some(wake_in),
+                                ..plan(actions, why)
+                            },
                         };
                     }
                     if s.use_slots {
@@ -366,19 +377,57 @@ enum LeaderFailoverStep {
     HandOver(String),
     /// The request is done or cannot be honoured: remove it.
     Clear(String),
-    /// A scheduled switchover whose time has not come.
-    Wait(String),
+    /// A scheduled switchover whose time has not come; it is due in this many seconds.
+    Wait(String, f64),
+}
+
+/// `scheduled_at` as Patroni writes it (ISO 8601 with an offset), in unix milliseconds.
+pub fn parse_scheduled_at(text: &str) -> Option<i64> {
+    let t = text.trim();
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"]
+                .iter()
+                .find_map(|f| chrono::DateTime::parse_from_str(t, f).ok())
+        })
+        .map(|d| d.timestamp_millis())
 }
 
 /// A switchover request addressed to the leader (reference §7.5). Only running replicas that
 /// may lead are acceptable candidates, so stepping down never leaves the cluster leaderless on
 /// purpose.
-fn failover_request_as_leader(cluster: &Cluster, s: &Settings) -> Option<LeaderFailoverStep> {
+fn failover_request_as_leader(
+    cluster: &Cluster,
+    local: &LocalState,
+    s: &Settings,
+) -> Option<LeaderFailoverStep> {
     let request = cluster.failover.as_ref()?;
     if request.is_empty() {
         return None;
     }
     let me = s.name.as_str();
+    // A scheduled switchover waits for its time; one missed by more than 1.5·loop_wait is stale
+    // (reference §7.5).
+    if let Some(at) = request.scheduled_at.as_deref() {
+        let Some(at_ms) = parse_scheduled_at(at) else {
+            return Some(LeaderFailoverStep::Clear(format!(
+                "the switchover request has an unreadable scheduled_at {at:?}: removing it"
+            )));
+        };
+        let delta_ms = at_ms - local.now_ms;
+        if delta_ms > 0 {
+            return Some(LeaderFailoverStep::Wait(
+                format!("switchover scheduled at {at}: not acting on it before that time"),
+                delta_ms as f64 / 1000.0,
+            ));
+        }
+        if -delta_ms > i64::from(s.loop_wait) * 1500 {
+            return Some(LeaderFailoverStep::Clear(format!(
+                "found a stale scheduled switchover (at {at}): removing it"
+            )));
+        }
+    }
     if let Some(source) = request.leader.as_deref() {
         if source != me {
             return Some(LeaderFailoverStep::Clear(format!(
@@ -390,11 +439,6 @@ fn failover_request_as_leader(cluster: &Cluster, s: &Settings) -> Option<LeaderF
     if candidate == Some(me) {
         return Some(LeaderFailoverStep::Clear(format!(
             "I am ({me}) the requested candidate and hold the lock: switchover done"
-        )));
-    }
-    if let Some(at) = request.scheduled_at.as_deref() {
-        return Some(LeaderFailoverStep::Wait(format!(
-            "switchover scheduled at {at}: not acting on it before that time"
         )));
     }
     let eligible = |name: &str| {
@@ -471,6 +515,11 @@ fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decisio
             }],
             format!("paused: following {l}"),
         ),
+        // A manual failover is the one promotion allowed in maintenance mode (reference §7.7).
+        None if requested_candidate(cluster) == Some(me) && s.tags.can_be_leader() => plan(
+            vec![Action::AcquireLock, Action::Promote],
+            "paused: I am the requested failover candidate: taking the lock",
+        ),
         None => plan(vec![], "paused: no leader"),
     }
 }
@@ -519,19 +568,19 @@ fn decide_empty_data_dir(cluster: &Cluster, s: &Settings) -> Decision {
     plan(vec![], "waiting for the leader to bootstrap the cluster")
 }
 
+/// The candidate named by an unscheduled failover/switchover request.
+fn requested_candidate(cluster: &Cluster) -> Option<&str> {
+    cluster
+        .failover
+        .as_ref()
+        .filter(|f| f.scheduled_at.is_none())
+        .and_then(|f| f.member.as_deref())
+}
+
 /// Am I the member that should take a free lock? (reference §7.4)
 fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, String) {
     if !s.tags.can_be_leader() {
         return (false, "tagged nofailover / failover_priority 0".into());
-    }
-    if let Some(optime) = cluster.status.optime {
-        let lag = optime.saturating_sub(local.wal_position);
-        if lag > s.maximum_lag_on_failover {
-            return (false, format!("my WAL is {lag} bytes behind the last leader optime, over maximum_lag_on_failover"));
-        }
-    }
-    if s.check_timeline && local.timeline.unwrap_or(0) < cluster.timeline() {
-        return (false, "my timeline is behind the cluster timeline".into());
     }
     if let Some(peer) = local
         .peers
@@ -543,6 +592,19 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
             format!("{} is still running as a primary", peer.name),
         );
     }
+    // The named candidate of a manual failover takes the lock whatever its lag (Patroni).
+    if requested_candidate(cluster) == Some(s.name.as_str()) {
+        return (true, "I am the requested failover candidate".into());
+    }
+    if let Some(optime) = cluster.status.optime {
+        let lag = optime.saturating_sub(local.wal_position);
+        if lag > s.maximum_lag_on_failover {
+            return (false, format!("my WAL is {lag} bytes behind the last leader optime, over maximum_lag_on_failover"));
+        }
+    }
+    if s.check_timeline && local.timeline.unwrap_or(0) < cluster.timeline() {
+        return (false, "my timeline is behind the cluster timeline".into());
+    }
     // A named failover candidate other than me that is alive wins.
     if let Some(f) = &cluster.failover {
         if let Some(candidate) = f.member.as_deref() {
@@ -551,9 +613,6 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
                     false,
                     format!("{candidate} is the requested failover candidate"),
                 );
-            }
-            if candidate == s.name {
-                return (true, "I am the requested failover candidate".into());
             }
         }
     }
@@ -1215,5 +1274,147 @@ mod tests {
         old_still_primary.peers[0].role = Role::Primary;
         let d = decide(Some(&free), &old_still_primary, &settings("b"));
         assert!(!d.actions.contains(&Action::AcquireLock), "{}", d.reason);
+    }
+
+    /// A scheduled switchover, seen by the leader at different wall times (loop_wait 10 s).
+    #[test]
+    fn scheduled_switchover_acts_when_due() {
+        let at = "2030-01-01T12:00:00+00:00";
+        let at_ms = parse_scheduled_at(at).expect("valid timestamp");
+        let cases: Vec<(&str, i64, Vec<Action>, bool)> = vec![
+            (
+                "an hour early: wait",
+                at_ms - 3_600_000,
+                vec![Action::RenewLock],
+                true,
+            ),
+            (
+                "a second early: wait",
+                at_ms - 1_000,
+                vec![Action::RenewLock],
+                true,
+            ),
+            (
+                "on time: hand over",
+                at_ms,
+                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+                false,
+            ),
+            (
+                "one loop late: hand over",
+                at_ms + 10_000,
+                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+                false,
+            ),
+            (
+                "more than 1.5 loops late: stale, removed",
+                at_ms + 15_001,
+                vec![Action::RenewLock, Action::ClearFailover],
+                false,
+            ),
+        ];
+        for (what, now_ms, expected, waits) in cases {
+            let cluster = with_request(Some("a"), Some("b"), Some(at));
+            let mut local = primary(100);
+            local.now_ms = now_ms;
+            let d = decide(Some(&cluster), &local, &settings("a"));
+            assert_eq!(d.actions, expected, "{what}: {}", d.reason);
+            assert_eq!(d.wake_in.is_some(), waits, "{what}: {:?}", d.wake_in);
+        }
+        let cluster = with_request(Some("a"), Some("b"), Some(at));
+        let mut local = primary(100);
+        local.now_ms = at_ms - 1_500;
+        let d = decide(Some(&cluster), &local, &settings("a"));
+        assert_eq!(d.wake_in, Some(1.5));
+        let unreadable = with_request(Some("a"), Some("b"), Some("tomorrow"));
+        let d = decide(Some(&unreadable), &primary(100), &settings("a"));
+        assert_eq!(
+            d.actions,
+            vec![Action::RenewLock, Action::ClearFailover],
+            "{}",
+            d.reason
+        );
+        // Patroni's other spellings of the same instant.
+        assert_eq!(parse_scheduled_at("2030-01-01T13:00:00+01:00"), Some(at_ms));
+        assert_eq!(
+            parse_scheduled_at("2030-01-01 12:00:00.000+0000"),
+            Some(at_ms)
+        );
+    }
+
+    /// POST /failover with the lock free: the named candidate takes it, even when lagging or
+    /// when the cluster is paused; the others leave it to the candidate.
+    #[test]
+    fn failover_without_leader_promotes_the_candidate() {
+        let mut free = with_request(None, Some("c"), None);
+        free.leader = None;
+        free.status.optime = Some(10 << 20);
+        let mut lagging_c = replica(100);
+        lagging_c.peers = vec![peer("b", 10 << 20, json!({}))];
+        let mut b = replica(10 << 20);
+        b.peers = vec![peer("c", 100, json!({}))];
+        let mut paused = free.clone();
+        paused.config = Some(ClusterConfig {
+            raw: json!({"pause": true}),
+            version: None,
+        });
+        let mut nofailover = settings("c");
+        nofailover.tags = tags(json!({"nofailover": true}));
+        let mut scheduled = free.clone();
+        if let Some(f) = scheduled.failover.as_mut() {
+            f.scheduled_at = Some("2030-01-01T12:00:00+00:00".into());
+        }
+        let take = vec![Action::AcquireLock, Action::Promote, Action::EnsureSlots];
+        let cases: Vec<(&str, &Cluster, &LocalState, Settings, bool)> = vec![
+            (
+                "lagging candidate takes the lock",
+                &free,
+                &lagging_c,
+                settings("c"),
+                true,
+            ),
+            (
+                "the healthier non-candidate yields",
+                &free,
+                &b,
+                settings("b"),
+                false,
+            ),
+            (
+                "paused: the candidate takes the lock",
+                &paused,
+                &lagging_c,
+                settings("c"),
+                true,
+            ),
+            ("paused: nobody else", &paused, &b, settings("b"), false),
+            (
+                "a nofailover candidate never",
+                &free,
+                &lagging_c,
+                nofailover,
+                false,
+            ),
+            (
+                "a scheduled request names no candidate yet",
+                &scheduled,
+                &lagging_c,
+                settings("c"),
+                false,
+            ),
+        ];
+        for (what, cluster, local, s, takes) in cases {
+            let d = decide(Some(cluster), local, &s);
+            assert_eq!(
+                d.actions.contains(&Action::AcquireLock),
+                takes,
+                "{what}: {:?} {}",
+                d.actions,
+                d.reason
+            );
+            if takes && !cluster.is_paused() {
+                assert_eq!(d.actions, take, "{what}");
+            }
+        }
     }
 }

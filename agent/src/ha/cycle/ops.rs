@@ -1,0 +1,654 @@
+//! REST commands, executed by the HA loop between cycles: the loop owns the DCS session and
+//! Postgres, so the API never acts on them directly (reference §4.5).
+
+use std::time::Duration;
+
+use dcs::{Cluster, Failover, Member, Role};
+use rest::{Command, FailoverOutcome, FailoverRequest, OpReply, RestartRequest};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::{Agent, PlanOutcome};
+use crate::config::DynamicConfig;
+use crate::postgres::{ConfRole, StopMode};
+
+/// A restart waiting for its time (`POST /restart` with `schedule`).
+#[derive(Debug, Clone)]
+pub(super) struct ScheduledRestart {
+    pub at_ms: i64,
+    pub request: RestartRequest,
+}
+
+impl Agent {
+    pub(super) async fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Failover { request, reply } => {
+                let outcome = self.cmd_failover(request).await;
+                let _ = reply.send(outcome);
+            }
+            Command::CancelSwitchover { reply } => {
+                let answer = self.cmd_cancel_switchover().await;
+                let _ = reply.send(answer);
+            }
+            Command::Config {
+                value,
+                replace,
+                reply,
+            } => {
+                let answer = self.cmd_config(value, replace).await;
+                let _ = reply.send(answer);
+            }
+            Command::Reload { reply } => {
+                let answer = self.cmd_reload();
+                let _ = reply.send(answer);
+            }
+            Command::Restart { request, reply } => {
+                let answer = self.cmd_restart(request).await;
+                let _ = reply.send(answer);
+            }
+            Command::CancelRestart { reply } => {
+                let answer = match self.scheduled_restart.take() {
+                    Some(_) => OpReply::text(200, "scheduled restart deleted"),
+                    None => OpReply::text(404, "no restarts are scheduled"),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Reinitialize { force, reply } => {
+                self.cmd_reinitialize(force, reply).await;
+            }
+        }
+    }
+
+    async fn fresh_cluster(&self) -> Result<Cluster, String> {
+        let retry = Duration::from_secs(u64::from(self.dynamic.retry_timeout) + 1);
+        match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("cannot read the cluster from the DCS: {e}")),
+            Err(_) => Err("reading the cluster from the DCS timed out".into()),
+        }
+    }
+
+    async fn cmd_failover(&mut self, request: FailoverRequest) -> FailoverOutcome {
+        let cluster = match self.fresh_cluster().await {
+            Ok(c) => c,
+            Err(e) => return FailoverOutcome::Refused(OpReply::text(503, e)),
+        };
+        if request.scheduled_at.is_none() {
+            if let Err(msg) = self.failover_possible(&cluster, &request).await {
+                info!(
+                    action = request.action.name(),
+                    "{} refused: {msg}",
+                    request.action.name()
+                );
+                return FailoverOutcome::Refused(OpReply::text(412, msg));
+            }
+        }
+        let value = Failover {
+            leader: request.leader.clone(),
+            member: request.candidate.clone(),
+            scheduled_at: request.scheduled_at.clone(),
+            version: None,
+        };
+        match self.dcs.set_failover_value(&value, None).await {
+            Ok(true) => {
+                info!(
+                    leader = ?value.leader,
+                    candidate = ?value.member,
+                    scheduled_at = ?value.scheduled_at,
+                    "{} requested through the REST API",
+                    request.action.name()
+                );
+                FailoverOutcome::Written {
+                    at_ms: chrono::Utc::now().timestamp_millis(),
+                    leader: cluster.leader_name().map(str::to_string),
+                }
+            }
+            Ok(false) | Err(_) => FailoverOutcome::Refused(OpReply::text(
+                503,
+                "failed to write failover key into DCS",
+            )),
+        }
+    }
+
+    /// Patroni's is_failover_possible: the named members must exist and at least one of the
+    /// possible candidates must answer as running and allowed to promote.
+    async fn failover_possible(
+        &self,
+        cluster: &Cluster,
+        request: &FailoverRequest,
+    ) -> Result<(), String> {
+        let members = failover_candidates(cluster, request)?;
+        let checks = members.iter().map(|m| {
+            let http = self.http.clone();
+            let url = m.data.api_url.clone();
+            async move {
+                let url = url?;
+                let resp = http.get(&url).send().await.ok()?;
+                let body: Value = resp.json().await.ok()?;
+                Some(failover_limitation(&body).is_none())
+            }
+        });
+        let answers = futures_util::future::join_all(checks).await;
+        if answers.into_iter().any(|ok| ok == Some(true)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not possible: no good candidates have been found",
+                request.action.name()
+            ))
+        }
+    }
+
+    async fn cmd_cancel_switchover(&mut self) -> OpReply {
+        let cluster = match self.fresh_cluster().await {
+            Ok(c) => c,
+            Err(e) => return OpReply::text(503, e),
+        };
+        match cluster.failover.as_ref() {
+            Some(f) if f.scheduled_at.is_some() => {
+                match self.dcs.delete_failover(f.version.as_deref()).await {
+                    Ok(true) => {
+                        info!("scheduled switchover deleted through the REST API");
+                        OpReply::text(200, "scheduled switchover deleted")
+                    }
+                    _ => OpReply::error(409, "Conflict"),
+                }
+            }
+            _ => OpReply::text(404, "no switchover is scheduled"),
+        }
+    }
+
+    /// `PATCH /config` / `PUT /config`: the result is checked with the configuration parser
+    /// before it is written, and a PATCH is written with CAS on the version it was based on.
+    async fn cmd_config(&mut self, value: Value, replace: bool) -> OpReply {
+        let cluster = match self.fresh_cluster().await {
+            Ok(c) => c,
+            Err(e) => return OpReply::text(503, e),
+        };
+        let current = cluster.config.as_ref();
+        let (new, version, changed) = if replace {
+            let changed = current.is_none_or(|c| c.raw != value);
+            (value, None, changed)
+        } else {
+            let Some(current) = current.filter(|c| c.version.is_some()) else {
+                return OpReply::error(503, "Service Unavailable");
+            };
+            let mut data = current.raw.clone();
+            let changed = patch_config(&mut data, &value);
+            (data, current.version.clone(), changed)
+        };
+        if !changed {
+            return OpReply::json(200, new);
+        }
+        if let Err(problems) = validate_config(current.map(|c| &c.raw), &new) {
+            return OpReply::text(400, format!("invalid configuration: {problems}"));
+        }
+        match self.dcs.set_config_value(&new, version.as_deref()).await {
+            Ok(true) => {
+                info!(
+                    replace,
+                    "dynamic configuration changed through the REST API"
+                );
+                OpReply::json(200, new)
+            }
+            // PUT writes unconditionally: any failure is the DCS's (Patroni: 502).
+            Ok(false) if replace => OpReply::error(502, "Bad Gateway"),
+            // PATCH lost the CAS race against another writer.
+            Ok(false) => OpReply::error(409, "Conflict"),
+            Err(e) => {
+                warn!("cannot write the configuration: {e}");
+                if replace {
+                    OpReply::error(502, "Bad Gateway")
+                } else {
+                    OpReply::error(503, "Service Unavailable")
+                }
+            }
+        }
+    }
+
+    /// `POST /reload`: render the Postgres configuration again and signal Postgres.
+    fn cmd_reload(&mut self) -> OpReply {
+        if self.pg.is_running() {
+            let role = self.current_conf_role();
+            match self.pg.write_config(role) {
+                Ok(change) => {
+                    info!(
+                        changed = change.changed,
+                        needs_restart = change.needs_restart,
+                        "reload requested: Postgres configuration rendered"
+                    );
+                    if let Err(e) = self.pg.reload() {
+                        warn!("cannot reload Postgres: {e}");
+                    }
+                }
+                Err(e) => warn!("cannot write the Postgres configuration: {e}"),
+            }
+        }
+        OpReply::text(202, "reload scheduled")
+    }
+
+    async fn cmd_restart(&mut self, request: RestartRequest) -> OpReply {
+        if let Some(schedule) = &request.schedule {
+            if self.scheduled_restart.is_some() {
+                return OpReply::text(409, "Another restart is already scheduled");
+            }
+            let at_ms = chrono::DateTime::parse_from_rfc3339(schedule)
+                .map(|d| d.timestamp_millis())
+                .unwrap_or(0);
+            self.scheduled_restart = Some(ScheduledRestart {
+                at_ms,
+                request: request.clone(),
+            });
+            info!(schedule, "restart scheduled through the REST API");
+            return OpReply::text(202, "Restart scheduled");
+        }
+        self.restart_now(&request).await
+    }
+
+    /// Patroni's restart_matches: the filters that must hold for a restart to go ahead.
+    fn restart_conditions_hold(&self, request: &RestartRequest) -> bool {
+        let role = match self.role {
+            Role::Primary => "primary",
+            _ => "replica",
+        };
+        if request.role.as_deref().is_some_and(|r| r != role) {
+            info!("not proceeding with the restart: host role mismatch");
+            return false;
+        }
+        if let Some(v) = request.postgres_version.as_deref() {
+            let wanted = rest::postgres_version_to_int(v).unwrap_or(0);
+            if self
+                .last_obs
+                .server_version
+                .is_some_and(|have| wanted <= have)
+            {
+                info!("not proceeding with the restart: postgres version mismatch");
+                return false;
+            }
+        }
+        if request.restart_pending && !self.last_obs.pending_restart {
+            info!("not proceeding with the restart: pending restart flag is not set");
+            return false;
+        }
+        true
+    }
+
+    pub(super) async fn restart_now(&mut self, request: &RestartRequest) -> OpReply {
+        if !self.restart_conditions_hold(request) {
+            return OpReply::text(503, "restart conditions are not satisfied");
+        }
+        let leader = self.role == Role::Primary && self.lock_deadline.is_some();
+        if leader {
+            // A fresh lease covers the time Postgres is down.
+            let cluster = self.last_cluster.clone();
+            if !matches!(self.renew_lock(cluster.as_ref()).await, PlanOutcome::Done) {
+                return OpReply::text(503, "restart failed");
+            }
+        }
+        let role = if leader {
+            ConfRole::Primary
+        } else {
+            self.current_conf_role()
+        };
+        let following = self.following.clone();
+        info!("restarting Postgres as requested through the REST API");
+        let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+        self.stop_postgres(StopMode::Fast, timeout).await;
+        if self.pg.is_running() {
+            return OpReply::text(503, "restart failed");
+        }
+        match self.start_postgres(role, following).await {
+            PlanOutcome::Done => OpReply::text(200, "restarted successfully"),
+            _ => OpReply::text(503, "restart failed"),
+        }
+    }
+
+    /// Run a scheduled restart whose time has come (stale ones, 1.5·loop_wait late, are dropped).
+    pub(super) async fn run_scheduled_restart(&mut self) {
+        let Some(scheduled) = &self.scheduled_restart else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        if scheduled.at_ms > now {
+            return;
+        }
+        let Some(scheduled) = self.scheduled_restart.take() else {
+            return;
+        };
+        if now - scheduled.at_ms > i64::from(self.dynamic.loop_wait) * 1500 {
+            warn!("found a stale scheduled restart: cleaning it up");
+            return;
+        }
+        let answer = self.restart_now(&scheduled.request).await;
+        info!(code = answer.code, "scheduled restart: {:?}", answer.body);
+    }
+
+    /// The scheduled restart as shown on REST (`scheduled_restart`).
+    pub(crate) fn scheduled_restart_json(&self) -> Option<Value> {
+        let s = self.scheduled_restart.as_ref()?;
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "schedule".into(),
+            Value::String(s.request.schedule.clone().unwrap_or_default()),
+        );
+        if let Some(r) = &s.request.role {
+            m.insert("role".into(), Value::String(r.clone()));
+        }
+        if let Some(v) = &s.request.postgres_version {
+            m.insert("postgres_version".into(), Value::String(v.clone()));
+        }
+        if s.request.restart_pending {
+            m.insert("restart_pending".into(), Value::Bool(true));
+        }
+        Some(Value::Object(m))
+    }
+
+    /// `POST /reinitialize`: a replica throws its data away and clones it again from the leader.
+    /// The answer goes out before the (long) clone starts, as in Patroni.
+    async fn cmd_reinitialize(
+        &mut self,
+        force: bool,
+        reply: tokio::sync::oneshot::Sender<OpReply>,
+    ) {
+        let cluster = match self.fresh_cluster().await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(OpReply::text(503, e));
+                return;
+            }
+        };
+        let Some(leader) = cluster.leader_name().map(str::to_string) else {
+            let _ = reply.send(OpReply::text(
+                503,
+                "Cluster has no leader, can not reinitialize",
+            ));
+            return;
+        };
+        if leader == self.cfg.name {
+            let _ = reply.send(OpReply::text(503, "I am the leader, can not reinitialize"));
+            return;
+        }
+        let _ = reply.send(OpReply::text(200, "reinitialize started"));
+        info!(force, from = %leader, "reinitializing this replica");
+        self.stop_postgres(StopMode::Fast, Duration::from_secs(60))
+            .await;
+        self.following = None;
+        if let Err(e) = self.pg.wipe_data_dir() {
+            warn!("cannot remove the data directory: {e}");
+            return;
+        }
+        let outcome = self.clone_from(Some(&cluster), &leader).await;
+        if !matches!(outcome, PlanOutcome::Done) {
+            warn!("reinitialize: cloning from {leader} failed");
+        }
+    }
+}
+
+/// The members a failover request could promote; `Err` is Patroni's 412 text.
+pub(crate) fn failover_candidates<'a>(
+    cluster: &'a Cluster,
+    request: &FailoverRequest,
+) -> Result<Vec<&'a Member>, String> {
+    let current = cluster.leader_name();
+    if let Some(leader) = request.leader.as_deref() {
+        if current != Some(leader) {
+            return Err("leader name does not match".into());
+        }
+    }
+    if let Some(candidate) = request.candidate.as_deref() {
+        let Some(member) = cluster.member(candidate) else {
+            return Err("candidate does not exists".into());
+        };
+        if current == Some(candidate) {
+            return Err(format!(
+                "{} is not possible: {candidate} is already the leader",
+                request.action.name()
+            ));
+        }
+        return Ok(vec![member]);
+    }
+    let members: Vec<&Member> = cluster
+        .members
+        .iter()
+        .filter(|m| Some(m.name.as_str()) != current && m.data.api_url.is_some())
+        .collect();
+    if members.is_empty() {
+        return Err(format!(
+            "{} is not possible: cluster does not have members except leader",
+            request.action.name()
+        ));
+    }
+    Ok(members)
+}
+
+/// Why a member answering `GET /patroni` with `status` may not be promoted (Patroni's
+/// failover_limitation).
+pub(crate) fn failover_limitation(status: &Value) -> Option<&'static str> {
+    if status.get("state").and_then(Value::as_str) != Some("running") {
+        return Some("not running");
+    }
+    let tags: dcs::Tags = status
+        .get("tags")
+        .and_then(|t| serde_json::from_value(t.clone()).ok())
+        .unwrap_or_default();
+    if !tags.can_be_leader() {
+        return Some("not allowed to promote");
+    }
+    if status.get("watchdog_failed").and_then(Value::as_bool) == Some(true) {
+        return Some("not watchdog capable");
+    }
+    None
+}
+
+/// Patroni's patch_config: merge `patch` into `target`; `null` deletes, objects merge
+/// recursively, anything else replaces. Returns whether something changed.
+pub(crate) fn patch_config(target: &mut Value, patch: &Value) -> bool {
+    let (Value::Object(target), Value::Object(patch)) = (target, patch) else {
+        return false;
+    };
+    let mut changed = false;
+    for (key, value) in patch {
+        match value {
+            Value::Null => changed |= target.remove(key).is_some_and(|v| !v.is_null()),
+            Value::Object(_) => match target.get_mut(key) {
+                Some(existing @ Value::Object(_)) => changed |= patch_config(existing, value),
+                _ => {
+                    target.insert(key.clone(), value.clone());
+                    changed = true;
+                }
+            },
+            _ => {
+                if target.get(key) != Some(value) {
+                    target.insert(key.clone(), value.clone());
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
+}
+
+/// Refuse a configuration that the parser would have to correct, unless the same problem was
+/// already there before the change (so an unrelated edit is not blocked by an old one).
+pub(crate) fn validate_config(before: Option<&Value>, after: &Value) -> Result<(), String> {
+    if !after.is_object() {
+        return Err("the configuration must be a JSON object".into());
+    }
+    let (_, old) = before
+        .map(DynamicConfig::from_value)
+        .unwrap_or_else(|| (DynamicConfig::default(), Vec::new()));
+    let (_, new) = DynamicConfig::from_value(after);
+    let fresh: Vec<String> = new.into_iter().filter(|w| !old.contains(w)).collect();
+    if fresh.is_empty() {
+        Ok(())
+    } else {
+        Err(fresh.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dcs::{Leader, MemberData};
+    use rest::FailoverAction;
+    use serde_json::json;
+
+    #[test]
+    fn patch_merges_and_null_deletes() {
+        let mut c = json!({"ttl": 30, "postgresql": {"parameters": {"a": 1, "b": 2}}, "x": 1});
+        assert!(patch_config(
+            &mut c,
+            &json!({"postgresql": {"parameters": {"a": null, "c": "3"}}, "x": null, "pause": true})
+        ));
+        assert_eq!(
+            c,
+            json!({"ttl": 30, "postgresql": {"parameters": {"b": 2, "c": "3"}}, "pause": true})
+        );
+        assert!(!patch_config(&mut c, &json!({"ttl": 30, "missing": null})));
+        assert!(patch_config(&mut c, &json!({"postgresql": 5})));
+        assert_eq!(c["postgresql"], json!(5));
+    }
+
+    #[test]
+    fn validation_names_the_key_and_ignores_old_problems() {
+        let ok = json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10});
+        assert!(validate_config(
+            Some(&ok),
+            &json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "pause": true})
+        )
+        .is_ok());
+        let err = validate_config(Some(&ok), &json!({"ttl": "soon"})).unwrap_err();
+        assert!(err.contains("ttl"), "{err}");
+        let err = validate_config(Some(&ok), &json!({"maximum_lag_on_failover": "x"})).unwrap_err();
+        assert!(err.contains("maximum_lag_on_failover"), "{err}");
+        // A problem that was already there does not block an unrelated change.
+        let bad = json!({"ttl": "soon"});
+        assert!(validate_config(Some(&bad), &json!({"ttl": "soon", "pause": true})).is_ok());
+        assert!(validate_config(None, &json!([])).is_err());
+    }
+
+    fn cluster() -> Cluster {
+        let member = |name: &str, role: Role| {
+            Member::new(
+                name,
+                MemberData {
+                    api_url: Some(format!("http://127.0.0.1:1/{name}")),
+                    state: "running".into(),
+                    role,
+                    ..Default::default()
+                },
+            )
+        };
+        Cluster {
+            leader: Some(Leader {
+                name: "a".into(),
+                version: None,
+            }),
+            members: vec![
+                member("a", Role::Primary),
+                member("b", Role::Replica),
+                member("c", Role::Replica),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn req(
+        action: FailoverAction,
+        leader: Option<&str>,
+        candidate: Option<&str>,
+    ) -> FailoverRequest {
+        FailoverRequest {
+            action,
+            leader: leader.map(Into::into),
+            candidate: candidate.map(Into::into),
+            scheduled_at: None,
+        }
+    }
+
+    #[test]
+    fn failover_feasibility_texts() {
+        use FailoverAction::*;
+        let c = cluster();
+        let names = |r: Result<Vec<&Member>, String>| -> Result<Vec<String>, String> {
+            r.map(|v| v.iter().map(|m| m.name.clone()).collect())
+        };
+        type Case = (&'static str, FailoverRequest, Result<Vec<String>, String>);
+        let cases: Vec<Case> = vec![
+            (
+                "switchover to a member",
+                req(Switchover, Some("a"), Some("b")),
+                Ok(vec!["b".into()]),
+            ),
+            (
+                "switchover to anyone",
+                req(Switchover, Some("a"), None),
+                Ok(vec!["b".into(), "c".into()]),
+            ),
+            (
+                "wrong leader",
+                req(Switchover, Some("b"), Some("c")),
+                Err("leader name does not match".into()),
+            ),
+            (
+                "unknown candidate",
+                req(Switchover, Some("a"), Some("zz")),
+                Err("candidate does not exists".into()),
+            ),
+            (
+                "failover to the leader",
+                req(Failover, None, Some("a")),
+                Err("failover is not possible: a is already the leader".into()),
+            ),
+        ];
+        for (what, r, expected) in cases {
+            assert_eq!(names(failover_candidates(&c, &r)), expected, "{what}");
+        }
+        let mut alone = cluster();
+        alone.members.truncate(1);
+        assert_eq!(
+            names(failover_candidates(
+                &alone,
+                &req(Switchover, Some("a"), None)
+            )),
+            Err("switchover is not possible: cluster does not have members except leader".into())
+        );
+        // No leader: a switchover names a leader that does not hold the lock.
+        let mut unlocked = cluster();
+        unlocked.leader = None;
+        assert_eq!(
+            names(failover_candidates(
+                &unlocked,
+                &req(Switchover, Some("a"), Some("b"))
+            )),
+            Err("leader name does not match".into())
+        );
+        assert_eq!(
+            names(failover_candidates(
+                &unlocked,
+                &req(Failover, None, Some("b"))
+            )),
+            Ok(vec!["b".into()])
+        );
+    }
+
+    #[test]
+    fn limitation_of_a_peer() {
+        assert_eq!(
+            failover_limitation(&json!({"state": "running", "role": "replica"})),
+            None
+        );
+        assert_eq!(
+            failover_limitation(&json!({"state": "stopped"})),
+            Some("not running")
+        );
+        assert_eq!(
+            failover_limitation(&json!({"state": "running", "tags": {"nofailover": true}})),
+            Some("not allowed to promote")
+        );
+        assert_eq!(
+            failover_limitation(&json!({"state": "running", "watchdog_failed": true})),
+            Some("not watchdog capable")
+        );
+    }
+}
