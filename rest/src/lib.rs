@@ -14,6 +14,7 @@ mod lag;
 mod metrics;
 mod ops;
 mod reply;
+pub mod security;
 mod status;
 
 use std::future::Future;
