@@ -302,3 +302,147 @@ async fn rest_config_reload_and_scheduled_switchover(backend: Backend) {
         (took_over - due).num_milliseconds() as f64 / 1000.0
     );
 }
+
+regent_tests::backend_tests! {
+    rest_restart_reinitialize_and_pause: [etcd];
+}
+
+async fn status(member: &regent_tests::Member) -> Option<Value> {
+    get_json(&format!("{}/patroni", member.api_base())).await
+}
+
+async fn rest_restart_reinitialize_and_pause(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "rrst", 3).await;
+    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
+        .await;
+    let replica = cluster.others(&leader)[0];
+    let api = replica.api_base();
+    let leader_api = cluster.member(&leader).api_base();
+
+    // Immediate restart: filters first, then a real restart (a new postmaster start time).
+    let (code, text) = post(&format!("{api}/restart"), json!({"role": "primary"})).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (503, "restart conditions are not satisfied")
+    );
+    let (code, text) = post(&format!("{api}/restart"), json!({"bogus": 1})).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (400, "Unknown filter for the scheduled restart: bogus")
+    );
+    let before = status(replica).await.expect("GET /patroni")["postmaster_start_time"].clone();
+    let (code, text) = send(reqwest::Method::POST, &format!("{api}/restart"), None).await;
+    assert_eq!((code, text.as_str()), (200, "restarted successfully"));
+    let after = wait_until(
+        "the replica runs again",
+        Duration::from_secs(30),
+        || async {
+            let s = status(replica).await?;
+            (s["state"] == "running").then(|| s["postmaster_start_time"].clone())
+        },
+    )
+    .await;
+    assert_ne!(before, after, "the postmaster was not restarted");
+    cluster
+        .wait_for_member_streaming(replica.name(), &leader, Duration::from_secs(30))
+        .await;
+
+    // Scheduled restart: shown, cancellable.
+    let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (code, text) = post(&format!("{api}/restart"), json!({"schedule": at})).await;
+    assert_eq!((code, text.as_str()), (202, "Restart scheduled"));
+    let (code, text) = post(&format!("{api}/restart"), json!({"schedule": at})).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (409, "Another restart is already scheduled")
+    );
+    wait_until(
+        "scheduled_restart shown",
+        Duration::from_secs(10),
+        || async {
+            let s = status(replica).await?;
+            s.get("scheduled_restart").is_some().then_some(())
+        },
+    )
+    .await;
+    let (code, text) = send(reqwest::Method::DELETE, &format!("{api}/restart"), None).await;
+    assert_eq!((code, text.as_str()), (200, "scheduled restart deleted"));
+    let (code, text) = send(reqwest::Method::DELETE, &format!("{api}/restart"), None).await;
+    assert_eq!((code, text.as_str()), (404, "no restarts are scheduled"));
+
+    // Reinitialize: refused on the leader; a replica's data directory is cloned again.
+    let (code, text) = send(
+        reqwest::Method::POST,
+        &format!("{leader_api}/reinitialize"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, text.as_str()),
+        (503, "I am the leader, can not reinitialize")
+    );
+    let marker = replica.data_dir().join("regent-test-marker");
+    std::fs::write(&marker, b"gone after a reinit").expect("write marker");
+    let (code, text) = post(&format!("{api}/reinitialize"), json!({"force": true})).await;
+    assert_eq!((code, text.as_str()), (200, "reinitialize started"));
+    cluster
+        .wait_for_member_streaming(replica.name(), &leader, Duration::from_secs(60))
+        .await;
+    assert!(!marker.exists(), "the data directory was not recreated");
+
+    // Pause: every member says so, and a crashed Postgres is left alone until resume.
+    let (code, text) = send(
+        reqwest::Method::PATCH,
+        &format!("{leader_api}/config"),
+        Some(r#"{"pause":true}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    for m in cluster.all() {
+        wait_until(
+            &format!("{} reports pause", m.name()),
+            Duration::from_secs(20),
+            || async {
+                let s = status(m).await?;
+                (s["pause"] == json!(true)).then_some(())
+            },
+        )
+        .await;
+        let root = get_json(&format!("{}/", m.api_base())).await;
+        assert_eq!(root.map(|r| r["pause"].clone()), Some(json!(true)));
+    }
+    let pid = replica.postmaster_pid().expect("replica postmaster");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the replica's postmaster");
+    wait_until("the crash is seen", Duration::from_secs(20), || async {
+        let s = status(replica).await?;
+        (s["state"] != "running").then_some(())
+    })
+    .await;
+    // Three HA cycles: a paused agent does not start Postgres again.
+    let window = cluster.timing().loop_wait * 3;
+    let until = Instant::now() + Duration::from_secs(u64::from(window));
+    while Instant::now() < until {
+        assert!(
+            replica.postmaster_pid().is_none(),
+            "a paused agent restarted Postgres"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, text) = send(
+        reqwest::Method::PATCH,
+        &format!("{leader_api}/config"),
+        Some(r#"{"pause":null}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    cluster
+        .wait_for_member_streaming(replica.name(), &leader, Duration::from_secs(60))
+        .await;
+    assert_eq!(cluster.dcs_leader().await.as_deref(), Some(leader.as_str()));
+}

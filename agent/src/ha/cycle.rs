@@ -1231,6 +1231,7 @@ impl Agent {
         if self.last_cluster.as_ref().is_some_and(|c| c.is_paused()) {
             data.pause = Some(true);
         }
+        data.scheduled_restart = self.scheduled_restart_json();
         if self.checkpoint_after_promote_pending && self.role == Role::Primary {
             data.checkpoint_after_promote = Some(false);
         }
