@@ -446,3 +446,74 @@ async fn rest_restart_reinitialize_and_pause(backend: Backend) {
         .await;
     assert_eq!(cluster.dcs_leader().await.as_deref(), Some(leader.as_str()));
 }
+
+regent_tests::backend_tests! {
+    rest_failover_without_a_leader_promotes_the_candidate: [etcd];
+}
+
+/// A paused cluster loses its leader: nobody takes the lock on their own, and POST /failover
+/// names the member that must.
+async fn rest_failover_without_a_leader_promotes_the_candidate(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "rfo", 3).await;
+    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
+        .await;
+    let others = cluster.others(&leader);
+    let (candidate, third) = (others[0], others[1]);
+    let (code, text) = send(
+        reqwest::Method::PATCH,
+        &format!("{}/config", third.api_base()),
+        Some(r#"{"pause":true}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    for m in cluster.all() {
+        wait_until(
+            &format!("{} reports pause", m.name()),
+            Duration::from_secs(20),
+            || async { (status(m).await?["pause"] == json!(true)).then_some(()) },
+        )
+        .await;
+    }
+
+    cluster.member(&leader).kill9_with_postmaster();
+    wait_until(
+        "the dead leader's lock expires",
+        cluster.ttl() * 3,
+        || async { cluster.dcs_leader().await.is_none().then_some(()) },
+    )
+    .await;
+
+    let started = Instant::now();
+    let (code, text) = post(
+        &format!("{}/failover", third.api_base()),
+        json!({"candidate": candidate.name()}),
+    )
+    .await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            200,
+            format!("Successfully failed over to \"{}\"", candidate.name()).as_str()
+        )
+    );
+    println!(
+        "[rest-failover] POST /failover without a leader answered after {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        cluster.dcs_leader().await.as_deref(),
+        Some(candidate.name())
+    );
+    let primary_url = format!("{}/primary", candidate.api_base());
+    wait_until(
+        "the candidate serves as the primary",
+        Duration::from_secs(20),
+        || async {
+            let r = http().get(&primary_url).send().await.ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        },
+    )
+    .await;
+}
