@@ -130,6 +130,20 @@ async fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    // Checked by `check_supported` already; this loads the files for serving.
+    let security = match cfg
+        .restapi
+        .security_settings()
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            rest::security::Security::new(&s, snapshot_rx.clone()).map_err(|e| e.to_string())
+        }) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            error!("REST API security settings: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let api_state = rest::ApiState {
         snapshot: snapshot_rx,
         commands: command_tx,
@@ -139,7 +153,8 @@ async fn run(cfg: Config) -> ExitCode {
         let stop = async move {
             let _ = rest_shutdown.wait_for(|v| *v).await;
         };
-        if let Err(e) = rest::serve(listener, api_state, stop).await {
+        let app = rest::router(api_state);
+        if let Err(e) = rest::security::serve(listener, app, security, stop).await {
             error!("REST API stopped: {e}");
         }
     });
@@ -170,7 +185,9 @@ async fn same_name_member_alive(cfg: &Config, dcs: &dyn dcs::Dcs) -> Option<Stri
         Some((base, _)) if base.contains("://") => format!("{base}/liveness"),
         _ => format!("{}/liveness", api_url.trim_end_matches('/')),
     };
-    let client = reqwest::Client::builder()
+    // Our own API may be https with a private CA: use the settings for calling members.
+    let client = config::member_client_builder(cfg)
+        .ok()?
         .timeout(std::time::Duration::from_secs(2))
         .build()
         .ok()?;

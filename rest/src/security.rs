@@ -249,6 +249,14 @@ fn base64_encode(input: &[u8]) -> String {
     out
 }
 
+/// The `Authorization` header value for basic auth (`Basic base64(user:password)`).
+pub fn basic_credentials(username: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64_encode(format!("{username}:{password}").as_bytes())
+    )
+}
+
 /// Whether `method` changes something and so goes through [`Security::check_access`].
 fn is_unsafe(method: &Method) -> bool {
     matches!(

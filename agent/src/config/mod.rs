@@ -17,6 +17,7 @@
 
 mod dynamic;
 mod env;
+mod http;
 mod value;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 pub use dynamic::DynamicConfig;
+pub use http::member_client_builder;
 pub use value::split_host_port;
 
 use value::{
@@ -1149,17 +1151,57 @@ fn citus_from_value(v: &Value) -> Result<CitusConfig, ConfigError> {
 
 /// Semantic checks on a loaded configuration (addresses parse, names are set, ...).
 /// [`load`] and friends already run it.
-/// Settings that parse but that this version of Regent cannot honour: refusing them is better
-/// than silently running differently from what the file asks for.
+/// Settings that parse but cannot be used as given, found before anything starts: the REST
+/// API's TLS files must load (certificate, unencrypted key, CA for `verify_client`), and the
+/// files `ctl` uses must be readable.
 pub fn check_supported(cfg: &Config) -> Result<(), ConfigError> {
-    let bad = |key: &str, msg: String| Err(ConfigError::invalid(key, msg));
-    if cfg.restapi.certfile.is_some() {
-        return bad(
-            "restapi.certfile",
-            "TLS for the REST API is not supported by this version of Regent".into(),
-        );
+    if let Some(tls) = cfg.restapi.tls_settings()? {
+        rest::security::server_config(&tls).map_err(|e| ConfigError::invalid(e.key, e.message))?;
+    }
+    for (key, path) in [
+        ("ctl.cacert", &cfg.ctl.cacert),
+        ("ctl.certfile", &cfg.ctl.certfile),
+        ("ctl.keyfile", &cfg.ctl.keyfile),
+    ] {
+        if let Some(path) = path {
+            std::fs::File::open(path).map_err(|e| {
+                ConfigError::invalid(key, format!("cannot read {}: {e}", path.display()))
+            })?;
+        }
     }
     Ok(())
+}
+
+impl RestApiConfig {
+    /// TLS settings when `certfile` is set (Patroni serves https exactly then).
+    pub fn tls_settings(&self) -> Result<Option<rest::security::TlsSettings>, ConfigError> {
+        let Some(certfile) = &self.certfile else {
+            return Ok(None);
+        };
+        let verify_client = rest::security::VerifyClient::parse(self.verify_client.as_deref())
+            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        Ok(Some(rest::security::TlsSettings {
+            certfile: certfile.clone(),
+            keyfile: self.keyfile.clone(),
+            keyfile_password: self.keyfile_password.clone(),
+            cafile: self.cafile.clone(),
+            ciphers: self.ciphers.clone(),
+            verify_client,
+        }))
+    }
+
+    /// Access control and TLS settings of the REST API.
+    pub fn security_settings(&self) -> Result<rest::security::SecuritySettings, ConfigError> {
+        Ok(rest::security::SecuritySettings {
+            authentication: self
+                .authentication
+                .as_ref()
+                .map(|a| (a.username.clone(), a.password.clone())),
+            allowlist: self.allowlist.clone(),
+            allowlist_include_members: self.allowlist_include_members,
+            tls: self.tls_settings()?,
+        })
+    }
 }
 
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {

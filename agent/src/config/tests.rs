@@ -833,15 +833,41 @@ fn yaml_merge_keys_and_nulls() {
 }
 
 #[test]
-fn unsupported_settings_are_refused_by_name() {
-    let cases = [(
-        "restapi.certfile",
-        MINIMAL.replace("restapi: {listen", "restapi: {certfile: /c.pem, listen"),
-    )];
+fn unusable_tls_files_are_refused_by_name() {
+    let cases = [
+        (
+            "restapi.certfile",
+            MINIMAL.replace(
+                "restapi: {listen",
+                "restapi: {certfile: /nonexistent/c.pem, listen",
+            ),
+        ),
+        (
+            "restapi.verify_client",
+            MINIMAL.replace(
+                "restapi: {listen",
+                "restapi: {certfile: /c.pem, verify_client: sometimes, listen",
+            ),
+        ),
+        (
+            "ctl.cacert",
+            format!("{MINIMAL}ctl: {{cacert: /nonexistent/ca.pem}}\n"),
+        ),
+        (
+            "ctl.keyfile",
+            format!("{MINIMAL}ctl: {{keyfile: /nonexistent/k.pem}}\n"),
+        ),
+    ];
     for (key, text) in cases {
-        let cfg = must(load_str(&text, &no_env()));
-        let err = check_supported(&cfg).expect_err(key).to_string();
+        let err = load_str(&text, &no_env())
+            .and_then(|cfg| check_supported(&cfg))
+            .expect_err(key)
+            .to_string();
         assert!(err.starts_with(key), "{key}: {err}");
+        assert!(
+            err.contains("nonexistent") || key == "restapi.verify_client",
+            "{key}: {err}"
+        );
     }
     assert!(check_supported(&must(load_str(MINIMAL, &no_env()))).is_ok());
     // TLS to etcd is supported: the files are read when the DCS client is built.
@@ -857,4 +883,43 @@ fn unsupported_settings_are_refused_by_name() {
     assert_eq!(e.protocol, "https");
     assert_eq!(e.cacert.as_deref(), Some(std::path::Path::new("/ca.pem")));
     assert_eq!(e.key.as_deref(), Some(std::path::Path::new("/k.pem")));
+}
+
+#[test]
+fn member_client_settings_name_unreadable_files() {
+    let cases = [
+        (
+            "ctl.cacert",
+            format!("{MINIMAL}ctl: {{cacert: /nonexistent/ca.pem}}\n"),
+        ),
+        (
+            "restapi.cafile",
+            MINIMAL.replace(
+                "restapi: {listen",
+                "restapi: {cafile: /nonexistent/ca.pem, listen",
+            ),
+        ),
+        (
+            "ctl.certfile",
+            format!("{MINIMAL}ctl: {{certfile: /nonexistent/c.pem}}\n"),
+        ),
+    ];
+    for (key, text) in cases {
+        let cfg = must(load_str(&text, &no_env()));
+        let Err(err) = member_client_builder(&cfg) else {
+            panic!("{key}: accepted");
+        };
+        let err = err.to_string();
+        assert!(err.starts_with(key), "{key}: {err}");
+    }
+    let insecure = format!(
+        "{}ctl: {{insecure: true, authentication: {{username: u, password: p}}}}\n",
+        MINIMAL
+    );
+    let cfg = must(load_str(&insecure, &no_env()));
+    assert!(member_client_builder(&cfg)
+        .and_then(|b| b
+            .build()
+            .map_err(|e| ConfigError::invalid("x", e.to_string())))
+        .is_ok());
 }

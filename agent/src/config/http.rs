@@ -1,0 +1,70 @@
+//! The HTTP client settings for calling other members' REST APIs (the HA loop's `GET /patroni`
+//! of peers, `regent ctl`), chosen as Patroni's request helper chooses them: the CA from
+//! `ctl.cacert`, else `restapi.cafile`; a client certificate from `ctl.certfile`/`ctl.keyfile`;
+//! certificate checks skipped with `ctl.insecure` (only without a client certificate); basic
+//! auth from `ctl.authentication`, else `restapi.authentication`.
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+
+use super::{Config, ConfigError};
+
+fn read(key: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// A client builder with TLS and credentials set; callers add timeouts.
+pub fn member_client_builder(cfg: &Config) -> Result<reqwest::ClientBuilder, ConfigError> {
+    let mut builder = reqwest::Client::builder();
+    let ca = match (&cfg.ctl.cacert, &cfg.restapi.cafile) {
+        (Some(path), _) => Some(("ctl.cacert", path)),
+        (None, Some(path)) => Some(("restapi.cafile", path)),
+        (None, None) => None,
+    };
+    if let Some((key, path)) = ca {
+        let pem = read(key, path)?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some(certfile) = &cfg.ctl.certfile {
+        let mut pem = read("ctl.certfile", certfile)?;
+        if let Some(keyfile) = &cfg.ctl.keyfile {
+            pem.push(b'\n');
+            pem.extend(read("ctl.keyfile", keyfile)?);
+        }
+        if cfg.ctl.keyfile_password.is_some() {
+            return Err(ConfigError::invalid(
+                "ctl.keyfile_password",
+                "encrypted private keys are not supported; store the key unencrypted",
+            ));
+        }
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            ConfigError::invalid("ctl.certfile", format!("{}: {e}", certfile.display()))
+        })?;
+        builder = builder.identity(identity);
+    } else if cfg.ctl.insecure {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    if let Some(auth) = cfg
+        .ctl
+        .authentication
+        .as_ref()
+        .or(cfg.restapi.authentication.as_ref())
+    {
+        let credentials = rest::security::basic_credentials(&auth.username, &auth.password);
+        let mut value = HeaderValue::from_str(&credentials).map_err(|_| {
+            ConfigError::invalid(
+                "ctl.authentication",
+                "credentials are not valid in a header",
+            )
+        })?;
+        value.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    Ok(builder)
+}

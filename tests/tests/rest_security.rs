@@ -1,0 +1,266 @@
+//! The REST API's access control end to end, on a one-member cluster served over TLS with basic
+//! authentication and an allowlist: reads are open to any client trusting the CA, plain HTTP is
+//! not served, unsafe requests need the credentials (401 otherwise, and nothing happens) and an
+//! allowed source address (403 otherwise). Certificates are made per run with `openssl`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use regent_tests::process::chown_to_postgres;
+use regent_tests::{wait_until, TestCluster, TestDir};
+use serde_json::{json, Value};
+
+const USER: &str = "admin";
+const PASSWORD: &str = "s3cret";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `openssl` ({e}): install the openssl command-line tool to run these tests")
+        });
+    assert!(
+        output.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, readable by the agent.
+fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-new"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=regent rest test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-new"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write extension file");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "7",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    for file in ["ca.crt", "server.crt", "server.key"] {
+        chown_to_postgres(&dir.join(file));
+    }
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+/// An https client trusting `ca`, connecting from `source` when given.
+fn client(ca: &Path, source: Option<IpAddr>) -> reqwest::Client {
+    let pem = std::fs::read(ca).expect("read CA");
+    let cert = reqwest::Certificate::from_pem(&pem).expect("CA PEM");
+    reqwest::Client::builder()
+        .add_root_certificate(cert)
+        .timeout(Duration::from_secs(5))
+        .local_address(source)
+        .build()
+        .expect("https client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_authentication_and_allowlist_guard_the_rest_api() {
+    let pki = TestDir::new("rest-security-pki");
+    let (ca, cert, key) = make_pki(pki.path());
+    let settings = (cert.clone(), key.clone(), ca.clone());
+    let cluster = TestCluster::builder("restsec")
+        .members(1)
+        .configure(move |_, cfg| {
+            let (cert, key, ca) = &settings;
+            cfg.set("restapi.certfile", cert.display().to_string())
+                .set("restapi.keyfile", key.display().to_string())
+                .set("restapi.cafile", ca.display().to_string())
+                .set(
+                    "restapi.authentication",
+                    json!({"username": USER, "password": PASSWORD}),
+                )
+                .set("restapi.allowlist", json!(["127.0.0.1"]));
+        })
+        .start()
+        .await;
+    let member = cluster.member("restsec-0");
+    let base = format!("https://127.0.0.1:{}", member.api_port());
+    let https = client(&ca, None);
+
+    // Reads over https with the CA work, without credentials.
+    let status: Value = wait_until(
+        "the member to run as primary over https",
+        Duration::from_secs(120),
+        || async {
+            let response = https.get(format!("{base}/patroni")).send().await.ok()?;
+            let body: Value = response.json().await.ok()?;
+            (body["role"] == "primary" && body["state"] == "running").then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(status["patroni"]["scope"], "restsec", "{status}");
+
+    // The member publishes an https api_url.
+    let member_key = cluster
+        .dcs_get("members/restsec-0")
+        .await
+        .expect("member key in the DCS");
+    assert!(
+        member_key.contains(&format!("\"api_url\":\"{base}/patroni\"")),
+        "{member_key}"
+    );
+
+    // No plain HTTP on the TLS port, and no https for a client that does not trust the CA.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let answer = plain
+        .get(format!("http://127.0.0.1:{}/patroni", member.api_port()))
+        .send()
+        .await;
+    assert!(
+        answer.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain http answered: {answer:?}"
+    );
+    let untrusting = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client without the CA");
+    assert!(untrusting
+        .get(format!("{base}/patroni"))
+        .send()
+        .await
+        .is_err());
+
+    // Unsafe requests without (or with wrong) credentials: 401 and nothing is done.
+    let postmaster = member.postmaster_pid();
+    assert!(postmaster.is_some(), "postmaster running");
+    let response = https
+        .post(format!("{base}/restart"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("POST /restart");
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Basic realm=\"Patroni\"")
+    );
+    assert_eq!(
+        response.text().await.expect("body"),
+        "no auth header received"
+    );
+    let response = https
+        .post(format!("{base}/reload"))
+        .basic_auth(USER, Some("wrong"))
+        .send()
+        .await
+        .expect("POST /reload");
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(response.text().await.expect("body"), "not authenticated");
+    let response = https
+        .delete(format!("{base}/switchover"))
+        .send()
+        .await
+        .expect("DELETE /switchover");
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        member.postmaster_pid(),
+        postmaster,
+        "a refused restart restarted Postgres"
+    );
+    assert!(
+        member
+            .log_contents()
+            .contains("REST API refused POST /restart"),
+        "the refusal is logged"
+    );
+
+    // With the credentials the request reaches its handler.
+    let response = https
+        .post(format!("{base}/reload"))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .expect("POST /reload");
+    let code = response.status().as_u16();
+    assert!(
+        code != 401 && code != 403,
+        "authenticated POST /reload answered {code}"
+    );
+
+    // A client outside the allowlist is refused even with the credentials; reads stay open.
+    let outsider = client(&ca, Some("127.0.0.2".parse().expect("ip")));
+    let response = outsider
+        .post(format!("{base}/reload"))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .expect("POST /reload from 127.0.0.2");
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(response.text().await.expect("body"), "Access is denied");
+    let response = outsider
+        .get(format!("{base}/patroni"))
+        .send()
+        .await
+        .expect("GET /patroni from 127.0.0.2");
+    assert_eq!(response.status().as_u16(), 200);
+}
