@@ -1,0 +1,295 @@
+//! TLS serving end to end on 127.0.0.1, with certificates made by the `openssl` command-line tool.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+
+use super::*;
+
+/// A directory of certificates, removed on drop.
+struct Pki(PathBuf);
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Pki {
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}): install the openssl command-line tool")
+        });
+    assert!(
+        output.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+fn leaf(dir: &Path, name: &str, ext: &str) {
+    let mut csr = vec!["req", "-new"];
+    csr.extend(EC);
+    let (key, csr_file, crt, ext_file) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    csr.extend([
+        "-keyout",
+        &key,
+        "-out",
+        &csr_file,
+        "-subj",
+        "/CN=regent-test",
+    ]);
+    openssl(dir, &csr);
+    std::fs::write(dir.join(&ext_file), ext).expect("write extensions");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr_file,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "3",
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &crt,
+        ],
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed.
+fn make_pki() -> Pki {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "regent-rest-tls-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("pki dir");
+    let pki = Pki(dir.clone());
+    let mut ca = vec!["req", "-x509", "-new"];
+    ca.extend(EC);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=regent test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&dir, &ca);
+    leaf(
+        &dir,
+        "server",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    leaf(&dir, "client", "extendedKeyUsage=clientAuth\n");
+    pki
+}
+
+fn tls_settings(pki: &Pki, verify_client: VerifyClient) -> TlsSettings {
+    TlsSettings {
+        certfile: pki.path("server.crt"),
+        keyfile: Some(pki.path("server.key")),
+        cafile: Some(pki.path("ca.crt")),
+        verify_client,
+        ..Default::default()
+    }
+}
+
+/// Serve a router answering "done" with `settings`; returns the https base URL.
+async fn start(settings: SecuritySettings) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let snapshot = tokio::sync::watch::channel(Snapshot::default()).1;
+    let security = Arc::new(Security::new(&settings, snapshot).expect("settings"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = Router::new().fallback(|| async { "done" });
+    tokio::spawn(serve(listener, app, security, async move {
+        let _ = stopped.await;
+    }));
+    (format!("https://127.0.0.1:{port}"), stop)
+}
+
+fn client(pki: &Pki, with_cert: bool) -> reqwest::Client {
+    let ca = std::fs::read(pki.path("ca.crt")).expect("ca");
+    let mut builder = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"))
+        .timeout(Duration::from_secs(5));
+    if with_cert {
+        let mut pem = std::fs::read(pki.path("client.crt")).expect("client cert");
+        pem.extend(std::fs::read(pki.path("client.key")).expect("client key"));
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+    }
+    builder.build().expect("client")
+}
+
+#[tokio::test]
+async fn https_with_optional_client_certificates() {
+    let pki = make_pki();
+    let (base, _stop) = start(SecuritySettings {
+        tls: Some(tls_settings(&pki, VerifyClient::Optional)),
+        ..Default::default()
+    })
+    .await;
+    let anonymous = client(&pki, false);
+    let response = anonymous
+        .get(format!("{base}/patroni"))
+        .send()
+        .await
+        .expect("GET over https");
+    assert_eq!(response.status(), 200);
+    // Patroni refuses unsafe requests without a client certificate when it asks for one.
+    let response = anonymous
+        .post(format!("{base}/reload"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        response.text().await.expect("body"),
+        "client certificate required"
+    );
+    let response = client(&pki, true)
+        .post(format!("{base}/reload"))
+        .send()
+        .await
+        .expect("POST with a client certificate");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), "done");
+    // No plain HTTP on the TLS port.
+    let plain = base.replace("https://", "http://");
+    let answer = reqwest::Client::new()
+        .get(format!("{plain}/patroni"))
+        .send()
+        .await;
+    assert!(
+        answer.as_ref().map_or(true, |r| !r.status().is_success()),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn required_client_certificates_are_checked_in_the_handshake() {
+    let pki = make_pki();
+    let (base, _stop) = start(SecuritySettings {
+        tls: Some(tls_settings(&pki, VerifyClient::Required)),
+        authentication: Some(("u".into(), "p".into())),
+        ..Default::default()
+    })
+    .await;
+    assert!(client(&pki, false)
+        .get(format!("{base}/patroni"))
+        .send()
+        .await
+        .is_err());
+    let with_cert = client(&pki, true);
+    let response = with_cert
+        .get(format!("{base}/patroni"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    // A certificate does not replace the credentials.
+    let response = with_cert
+        .post(format!("{base}/reload"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 401);
+    let response = with_cert
+        .post(format!("{base}/reload"))
+        .basic_auth("u", Some("p"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+}
+
+#[test]
+fn encrypted_keys_and_missing_ca_are_refused_by_name() {
+    let pki = make_pki();
+    openssl(
+        &pki.0,
+        &[
+            "pkey",
+            "-in",
+            "server.key",
+            "-aes256",
+            "-passout",
+            "pass:pw",
+            "-out",
+            "enc.key",
+        ],
+    );
+    let settings = TlsSettings {
+        keyfile: Some(pki.path("enc.key")),
+        keyfile_password: Some("pw".into()),
+        ..tls_settings(&pki, VerifyClient::None)
+    };
+    let err = server_config(&settings).expect_err("encrypted key");
+    assert_eq!(err.key, "restapi.keyfile");
+    assert!(err.message.contains("encrypted"), "{err}");
+
+    let settings = TlsSettings {
+        cafile: None,
+        ..tls_settings(&pki, VerifyClient::Required)
+    };
+    assert_eq!(
+        server_config(&settings).expect_err("no CA").key,
+        "restapi.cafile"
+    );
+
+    // The key may live in the certificate file.
+    let mut both = std::fs::read(pki.path("server.crt")).expect("crt");
+    both.extend(std::fs::read(pki.path("server.key")).expect("key"));
+    std::fs::write(pki.path("both.pem"), both).expect("write");
+    let settings = TlsSettings {
+        certfile: pki.path("both.pem"),
+        keyfile: None,
+        ..tls_settings(&pki, VerifyClient::None)
+    };
+    assert!(server_config(&settings).is_ok());
+}
