@@ -60,6 +60,9 @@ pub struct SecuritySettings {
     pub allowlist_include_members: bool,
     /// `None`: plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// Headers added to every response (`restapi.http_extra_headers`, plus
+    /// `https_extra_headers` under TLS), as (setting, name, value).
+    pub extra_headers: Vec<(String, String, String)>,
 }
 
 /// Access control ready to use: names resolved, TLS files loaded.
@@ -70,6 +73,7 @@ pub struct Security {
     include_members: bool,
     verify_client: VerifyClient,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    extra_headers: Vec<(header::HeaderName, HeaderValue)>,
     snapshot: tokio::sync::watch::Receiver<Snapshot>,
 }
 
@@ -109,6 +113,19 @@ impl Security {
             }
         }
         let tls = settings.tls.as_ref().map(server_config).transpose()?;
+        let mut extra_headers = Vec::new();
+        for (setting, name, value) in &settings.extra_headers {
+            let name = header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                SecurityError::new(setting, format!("'{name}' is not an HTTP header name"))
+            })?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                SecurityError::new(
+                    setting,
+                    format!("'{value}' is not a valid value for {name}"),
+                )
+            })?;
+            extra_headers.push((name, value));
+        }
         Ok(Security {
             auth_key: settings
                 .authentication
@@ -121,6 +138,7 @@ impl Security {
                 .as_ref()
                 .map_or(VerifyClient::None, |t| t.verify_client),
             tls,
+            extra_headers,
             snapshot,
         })
     }
@@ -275,6 +293,15 @@ pub fn guard(router: Router, security: Arc<Security>) -> Router {
 }
 
 async fn check(State(security): State<Arc<Security>>, request: Request, next: Next) -> Response {
+    let mut response = checked(&security, request, next).await;
+    // Patroni adds them to every answer, refusals included.
+    for (name, value) in &security.extra_headers {
+        response.headers_mut().append(name.clone(), value.clone());
+    }
+    response
+}
+
+async fn checked(security: &Security, request: Request, next: Next) -> Response {
     if !is_unsafe(request.method()) {
         return next.run(request).await;
     }

@@ -132,7 +132,11 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
                     "restapi.authentication",
                     json!({"username": USER, "password": PASSWORD}),
                 )
-                .set("restapi.allowlist", json!(["127.0.0.1"]));
+                .set("restapi.allowlist", json!(["127.0.0.1"]))
+                .set(
+                    "restapi.https_extra_headers",
+                    json!({"X-Regent-Test": "tls"}),
+                );
         })
         .start()
         .await;
@@ -203,6 +207,14 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok()),
         Some("Basic realm=\"Patroni\"")
+    );
+    assert_eq!(
+        response
+            .headers()
+            .get("x-regent-test")
+            .and_then(|v| v.to_str().ok()),
+        Some("tls"),
+        "https_extra_headers on a refusal"
     );
     assert_eq!(
         response.text().await.expect("body"),

@@ -1158,6 +1158,31 @@ pub fn check_supported(cfg: &Config) -> Result<(), ConfigError> {
     if let Some(tls) = cfg.restapi.tls_settings()? {
         rest::security::server_config(&tls).map_err(|e| ConfigError::invalid(e.key, e.message))?;
     }
+    for (key, headers) in [
+        (
+            "restapi.http_extra_headers",
+            &cfg.restapi.http_extra_headers,
+        ),
+        (
+            "restapi.https_extra_headers",
+            &cfg.restapi.https_extra_headers,
+        ),
+    ] {
+        for (name, value) in headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("'{name}' is not an HTTP header name"),
+                ));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("'{value}' is not a valid value for {name}"),
+                ));
+            }
+        }
+    }
     for (key, path) in [
         ("ctl.cacert", &cfg.ctl.cacert),
         ("ctl.certfile", &cfg.ctl.certfile),
@@ -1200,6 +1225,18 @@ impl RestApiConfig {
             allowlist: self.allowlist.clone(),
             allowlist_include_members: self.allowlist_include_members,
             tls: self.tls_settings()?,
+            extra_headers: self
+                .http_extra_headers
+                .iter()
+                .map(|(n, v)| ("restapi.http_extra_headers", n, v))
+                .chain(
+                    self.https_extra_headers
+                        .iter()
+                        .filter(|_| self.certfile.is_some())
+                        .map(|(n, v)| ("restapi.https_extra_headers", n, v)),
+                )
+                .map(|(key, n, v)| (key.to_string(), n.clone(), v.clone()))
+                .collect(),
         })
     }
 }

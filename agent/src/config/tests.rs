@@ -857,6 +857,13 @@ fn unusable_tls_files_are_refused_by_name() {
             "ctl.keyfile",
             format!("{MINIMAL}ctl: {{keyfile: /nonexistent/k.pem}}\n"),
         ),
+        (
+            "restapi.http_extra_headers",
+            MINIMAL.replace(
+                "restapi: {listen",
+                "restapi: {http_extra_headers: {'bad name': nonexistent}, listen",
+            ),
+        ),
     ];
     for (key, text) in cases {
         let err = load_str(&text, &no_env())
@@ -865,7 +872,9 @@ fn unusable_tls_files_are_refused_by_name() {
             .to_string();
         assert!(err.starts_with(key), "{key}: {err}");
         assert!(
-            err.contains("nonexistent") || key == "restapi.verify_client",
+            err.contains("nonexistent")
+                || key == "restapi.verify_client"
+                || err.contains("bad name"),
             "{key}: {err}"
         );
     }

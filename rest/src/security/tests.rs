@@ -375,3 +375,57 @@ fn ciphers_restrict_tls12_only() {
     );
     assert_eq!(picked.len(), tls13 + 2);
 }
+
+#[tokio::test]
+async fn extra_headers_go_on_every_answer() {
+    let sec = security(
+        SecuritySettings {
+            extra_headers: vec![(
+                "restapi.http_extra_headers".into(),
+                "X-Frame-Options".into(),
+                "SAMEORIGIN".into(),
+            )],
+            ..with_auth()
+        },
+        &[],
+    );
+    for (method, want) in [
+        (Method::GET, StatusCode::OK),
+        (Method::POST, StatusCode::UNAUTHORIZED),
+    ] {
+        let (router, _) = counting_router();
+        let mut request = Request::builder()
+            .method(method)
+            .uri("/patroni")
+            .body(Body::empty())
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+        let response = guard(router, sec.clone())
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), want);
+        assert_eq!(
+            response
+                .headers()
+                .get("x-frame-options")
+                .map(|v| v.as_bytes()),
+            Some(&b"SAMEORIGIN"[..])
+        );
+    }
+    let err = Security::new(
+        &SecuritySettings {
+            extra_headers: vec![(
+                "restapi.https_extra_headers".into(),
+                "bad header".into(),
+                "x".into(),
+            )],
+            ..Default::default()
+        },
+        snapshot_with_members(&[]),
+    )
+    .expect_err("bad name");
+    assert_eq!(err.key, "restapi.https_extra_headers");
+}
