@@ -477,14 +477,47 @@ async fn rest_failover_without_a_leader_promotes_the_candidate(backend: Backend)
         .await;
     }
 
-    cluster.member(&leader).kill9_with_postmaster();
+    // A switchover to a named candidate is allowed in maintenance mode; the old leader runs on
+    // as its replica.
+    let (code, text) = post(
+        &format!("{}/switchover", third.api_base()),
+        json!({"leader": leader, "candidate": third.name()}),
+    )
+    .await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            200,
+            format!("Successfully switched over to \"{}\"", third.name()).as_str()
+        )
+    );
+    cluster
+        .wait_for_member_streaming(&leader, third.name(), Duration::from_secs(60))
+        .await;
+    let (code, text) = post(
+        &format!("{}/switchover", third.api_base()),
+        json!({"leader": third.name()}),
+    )
+    .await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            400,
+            "Switchover is possible only to a specific candidate in a paused state"
+        )
+    );
+
+    // The leader dies: in maintenance mode nobody takes the lock on their own ...
+    third.kill9_with_postmaster();
     wait_until(
         "the dead leader's lock expires",
         cluster.ttl() * 3,
         || async { cluster.dcs_leader().await.is_none().then_some(()) },
     )
     .await;
+    let third = cluster.member(&leader);
 
+    // ... until POST /failover names the member that must.
     let started = Instant::now();
     let (code, text) = post(
         &format!("{}/failover", third.api_base()),

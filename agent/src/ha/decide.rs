@@ -489,8 +489,16 @@ fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decisio
     }
     if local.pg_role == PgRole::Primary {
         if i_hold {
+            if let Some(step) = paused_failover_as_leader(cluster, local, s) {
+                return step;
+            }
+            // Slots are kept in maintenance mode too: replicas stream through them.
+            let mut actions = vec![Action::RenewLock];
+            if s.use_slots {
+                actions.push(Action::EnsureSlots);
+            }
             return plan(
-                vec![Action::RenewLock],
+                actions,
                 format!("paused: I am ({me}) the leader with the lock"),
             );
         }
@@ -516,11 +524,55 @@ fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decisio
             format!("paused: following {l}"),
         ),
         // A manual failover is the one promotion allowed in maintenance mode (reference §7.7).
-        None if requested_candidate(cluster) == Some(me) && s.tags.can_be_leader() => plan(
-            vec![Action::AcquireLock, Action::Promote],
-            "paused: I am the requested failover candidate: taking the lock",
-        ),
+        None if requested_candidate(cluster) == Some(me) && s.tags.can_be_leader() => {
+            let mut actions = vec![Action::AcquireLock, Action::Promote];
+            if s.use_slots {
+                actions.push(Action::EnsureSlots);
+            }
+            plan(
+                actions,
+                "paused: I am the requested failover candidate: taking the lock",
+            )
+        }
         None => plan(vec![], "paused: no leader"),
+    }
+}
+
+/// A manual switchover in maintenance mode: only to a named candidate, never scheduled. The old
+/// primary starts again as a replica at once, since nothing automatic would start it.
+fn paused_failover_as_leader(
+    cluster: &Cluster,
+    local: &LocalState,
+    s: &Settings,
+) -> Option<Decision> {
+    let request = cluster.failover.as_ref().filter(|f| !f.is_empty())?;
+    if request.scheduled_at.is_some() {
+        // Scheduled actions wait for the end of the maintenance.
+        return None;
+    }
+    let renew = Action::RenewLock;
+    match failover_request_as_leader(cluster, local, s)? {
+        LeaderFailoverStep::HandOver(why) => match request.member.as_deref() {
+            Some(candidate) => Some(plan(
+                vec![
+                    renew,
+                    Action::Demote(DemoteMode::Graceful),
+                    Action::StartAsReplica {
+                        leader: Some(candidate.to_string()),
+                    },
+                ],
+                format!("paused: {why}"),
+            )),
+            None => Some(plan(
+                vec![renew, Action::ClearFailover],
+                "paused: a switchover needs a named candidate: removing the request",
+            )),
+        },
+        LeaderFailoverStep::Clear(why) => Some(plan(
+            vec![renew, Action::ClearFailover],
+            format!("paused: {why}"),
+        )),
+        LeaderFailoverStep::Wait(..) => None,
     }
 }
 
@@ -1415,6 +1467,60 @@ mod tests {
             if takes && !cluster.is_paused() {
                 assert_eq!(d.actions, take, "{what}");
             }
+        }
+    }
+
+    /// Maintenance mode: the leader hands over to a named candidate only, and restarts as a
+    /// replica of it in the same plan.
+    #[test]
+    fn paused_switchover_to_a_named_candidate() {
+        let paused = |mut c: Cluster| {
+            c.config = Some(ClusterConfig {
+                raw: json!({"pause": true}),
+                version: None,
+            });
+            c
+        };
+        let cases: Vec<(&str, Cluster, Vec<Action>)> = vec![
+            (
+                "named candidate: hand over and follow it",
+                paused(with_request(Some("a"), Some("b"), None)),
+                vec![
+                    Action::RenewLock,
+                    Action::Demote(DemoteMode::Graceful),
+                    Action::StartAsReplica {
+                        leader: Some("b".into()),
+                    },
+                ],
+            ),
+            (
+                "no candidate: removed",
+                paused(with_request(Some("a"), None, None)),
+                vec![Action::RenewLock, Action::ClearFailover],
+            ),
+            (
+                "unknown candidate: removed",
+                paused(with_request(Some("a"), Some("zz"), None)),
+                vec![Action::RenewLock, Action::ClearFailover],
+            ),
+            (
+                "scheduled: left for after the maintenance",
+                paused(with_request(
+                    Some("a"),
+                    Some("b"),
+                    Some("2030-01-01T00:00:00+00:00"),
+                )),
+                vec![Action::RenewLock, Action::EnsureSlots],
+            ),
+            (
+                "no request: keep leading, slots kept",
+                paused(initialized(Some("a"))),
+                vec![Action::RenewLock, Action::EnsureSlots],
+            ),
+        ];
+        for (what, cluster, expected) in cases {
+            let d = decide(Some(&cluster), &primary(100), &settings("a"));
+            assert_eq!(d.actions, expected, "{what}: {}", d.reason);
         }
     }
 }
