@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
@@ -12,7 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig, SupportedCipherSuite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -160,15 +161,78 @@ pub fn select_suites(
         .collect()
 }
 
-/// Build the server configuration, reading every file (errors name the setting).
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, SecurityError> {
+fn load_certified(
+    settings: &TlsSettings,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, SecurityError> {
     let certs = load_certs("restapi.certfile", &settings.certfile)?;
     let key = load_key(settings)?;
+    let key_setting = if settings.keyfile.is_some() {
+        "restapi.keyfile"
+    } else {
+        "restapi.certfile"
+    };
+    CertifiedKey::from_der(certs, key, provider)
+        .map(Arc::new)
+        .map_err(|e| SecurityError::new(key_setting, format!("certificate and key: {e}")))
+}
+
+fn modified(settings: &TlsSettings) -> Vec<Option<SystemTime>> {
+    std::iter::once(&settings.certfile)
+        .chain(settings.keyfile.as_ref())
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// As Patroni, a renewed certificate is served without a restart: on a handshake (at most once a
+/// second) the files' modification times are compared, and changed files are loaded again. A
+/// pair that does not load (e.g. the key not written yet) keeps the previous one in service.
+#[derive(Debug)]
+struct ReloadingCert {
+    settings: TlsSettings,
+    provider: Arc<CryptoProvider>,
+    state: std::sync::Mutex<CertState>,
+}
+
+#[derive(Debug)]
+struct CertState {
+    key: Arc<CertifiedKey>,
+    modified: Vec<Option<SystemTime>>,
+    checked: Instant,
+}
+
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.checked.elapsed() >= CERT_CHECK_INTERVAL {
+            state.checked = Instant::now();
+            let now = modified(&self.settings);
+            if now != state.modified {
+                state.modified = now;
+                match load_certified(&self.settings, &self.provider) {
+                    Ok(key) => {
+                        tracing::info!("REST API certificate reloaded");
+                        state.key = key;
+                    }
+                    Err(e) => tracing::warn!("REST API certificate not reloaded: {e}"),
+                }
+            }
+        }
+        Some(state.key.clone())
+    }
+}
+
+/// Build the server configuration, reading every file (errors name the setting).
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, SecurityError> {
     let base = ring::default_provider();
     let provider = Arc::new(CryptoProvider {
         cipher_suites: select_suites(&base.cipher_suites, settings.ciphers.as_deref()),
         ..base
     });
+    let stamps = modified(settings);
+    let key = load_certified(settings, &provider)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| SecurityError::new("restapi.ciphers", e.to_string()))?;
@@ -187,7 +251,8 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, Securi
                 SecurityError::new("restapi.cafile", format!("{}: {e}", cafile.display()))
             })?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
         let verifier = if settings.verify_client == VerifyClient::Optional {
             verifier.allow_unauthenticated()
         } else {
@@ -198,9 +263,15 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, Securi
             .map_err(|e| SecurityError::new("restapi.cafile", e.to_string()))?;
         builder.with_client_cert_verifier(verifier)
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| SecurityError::new("restapi.keyfile", format!("certificate and key: {e}")))?;
+    let mut config = builder.with_cert_resolver(Arc::new(ReloadingCert {
+        settings: settings.clone(),
+        provider: provider.clone(),
+        state: std::sync::Mutex::new(CertState {
+            key,
+            modified: stamps,
+            checked: Instant::now(),
+        }),
+    }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

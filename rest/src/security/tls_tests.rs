@@ -293,3 +293,49 @@ fn encrypted_keys_and_missing_ca_are_refused_by_name() {
     };
     assert!(server_config(&settings).is_ok());
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let pki = make_pki();
+    let (base, _stop) = start(SecuritySettings {
+        tls: Some(tls_settings(&pki, VerifyClient::None)),
+        ..Default::default()
+    })
+    .await;
+    let serial = |pki: &Pki| {
+        let pki_path = pki.path("ca.crt");
+        let base = base.clone();
+        async move {
+            // A fresh client each time: a new handshake, no session reuse.
+            let ca = std::fs::read(pki_path).expect("ca");
+            let client = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"))
+                .tls_info(true)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client");
+            let response = client.get(format!("{base}/patroni")).send().await.ok()?;
+            let info = response.extensions().get::<reqwest::tls::TlsInfo>()?;
+            info.peer_certificate().map(<[u8]>::to_vec)
+        }
+    };
+    let first = serial(&pki).await.expect("served over https");
+    // Renew: a new key and certificate written over the old files.
+    leaf(
+        &pki.0,
+        "server",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = serial(&pki).await.expect("still served");
+        if now != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
