@@ -67,35 +67,28 @@ pub struct SecuritySettings {
 
 /// Access control ready to use: names resolved, TLS files loaded.
 pub struct Security {
+    /// Replaced as a whole by [`Security::reload`].
+    access: std::sync::RwLock<Arc<Access>>,
+    verify_client: VerifyClient,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The TLS settings served with, to tell when a reload asks for others.
+    tls_settings: Option<TlsSettings>,
+    snapshot: tokio::sync::watch::Receiver<Snapshot>,
+}
+
+/// The settings a reload changes in place.
+#[derive(Debug)]
+struct Access {
     /// `base64(username:password)`, compared with what follows `Basic ` as Patroni does.
     auth_key: Option<String>,
     allowlist: Vec<IpNet>,
     include_members: bool,
-    verify_client: VerifyClient,
-    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     extra_headers: Vec<(header::HeaderName, HeaderValue)>,
-    snapshot: tokio::sync::watch::Receiver<Snapshot>,
 }
 
-impl std::fmt::Debug for Security {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Security")
-            .field("authentication", &self.auth_key.is_some())
-            .field("allowlist", &self.allowlist)
-            .field("include_members", &self.include_members)
-            .field("verify_client", &self.verify_client)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
-}
-
-impl Security {
-    /// Resolve the allowlist's host names (once, at start, as Patroni does) and load the TLS
-    /// files. `snapshot` supplies the members for `allowlist_include_members`.
-    pub fn new(
-        settings: &SecuritySettings,
-        snapshot: tokio::sync::watch::Receiver<Snapshot>,
-    ) -> Result<Security, SecurityError> {
+impl Access {
+    /// Resolve the allowlist's host names (once, as Patroni does) and check the headers.
+    fn new(settings: &SecuritySettings) -> Result<Access, SecurityError> {
         let mut allowlist = Vec::new();
         for entry in &settings.allowlist {
             if entry.contains('/') {
@@ -112,7 +105,6 @@ impl Security {
                 }
             }
         }
-        let tls = settings.tls.as_ref().map(server_config).transpose()?;
         let mut extra_headers = Vec::new();
         for (setting, name, value) in &settings.extra_headers {
             let name = header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -126,21 +118,72 @@ impl Security {
             })?;
             extra_headers.push((name, value));
         }
-        Ok(Security {
+        Ok(Access {
             auth_key: settings
                 .authentication
                 .as_ref()
                 .map(|(user, password)| base64_encode(format!("{user}:{password}").as_bytes())),
             allowlist,
             include_members: settings.allowlist_include_members,
+            extra_headers,
+        })
+    }
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let access = self.access();
+        f.debug_struct("Security")
+            .field("authentication", &access.auth_key.is_some())
+            .field("allowlist", &access.allowlist)
+            .field("include_members", &access.include_members)
+            .field("verify_client", &self.verify_client)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Security {
+    /// Resolve the allowlist's host names and load the TLS files. `snapshot` supplies the
+    /// members for `allowlist_include_members`.
+    pub fn new(
+        settings: &SecuritySettings,
+        snapshot: tokio::sync::watch::Receiver<Snapshot>,
+    ) -> Result<Security, SecurityError> {
+        let access = Access::new(settings)?;
+        let tls = settings.tls.as_ref().map(server_config).transpose()?;
+        Ok(Security {
+            access: std::sync::RwLock::new(Arc::new(access)),
             verify_client: settings
                 .tls
                 .as_ref()
                 .map_or(VerifyClient::None, |t| t.verify_client),
             tls,
-            extra_headers,
+            tls_settings: settings.tls.clone(),
             snapshot,
         })
+    }
+
+    /// Apply reloaded settings (Patroni's reload): credentials, allowlist and extra headers
+    /// change at once. TLS settings other than the served ones need a restart (the listener
+    /// is bound once); that is logged. On error nothing changes.
+    pub fn reload(&self, settings: &SecuritySettings) -> Result<(), SecurityError> {
+        let access = Access::new(settings)?;
+        if settings.tls != self.tls_settings {
+            tracing::warn!(
+                "restapi TLS settings (certfile, keyfile, cafile, ciphers, verify_client) changed: \
+                 restart to apply them"
+            );
+        }
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+        Ok(())
+    }
+
+    fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether the API is served over TLS.
@@ -157,11 +200,12 @@ impl Security {
         authorization: Option<&[u8]>,
         check_members: bool,
     ) -> Result<(), Response> {
-        let check_members = check_members && self.include_members;
-        if !self.allowlist.is_empty() || check_members {
+        let access = self.access();
+        let check_members = check_members && access.include_members;
+        if !access.allowlist.is_empty() || check_members {
             let allowed = match peer {
                 Some(ip) => {
-                    self.allowlist.iter().any(|n| n.contains(ip))
+                    access.allowlist.iter().any(|n| n.contains(ip))
                         || (check_members
                             && self.member_networks().await.iter().any(|n| n.contains(ip)))
                 }
@@ -177,7 +221,7 @@ impl Security {
                 "client certificate required",
             ));
         }
-        if let Some(key) = &self.auth_key {
+        if let Some(key) = &access.auth_key {
             let reason = match authorization {
                 None => Some("no auth header received"),
                 Some(value) => match value.strip_prefix(b"Basic ") {
@@ -295,7 +339,7 @@ pub fn guard(router: Router, security: Arc<Security>) -> Router {
 async fn check(State(security): State<Arc<Security>>, request: Request, next: Next) -> Response {
     let mut response = checked(&security, request, next).await;
     // Patroni adds them to every answer, refusals included.
-    for (name, value) in &security.extra_headers {
+    for (name, value) in &security.access().extra_headers {
         response.headers_mut().append(name.clone(), value.clone());
     }
     response

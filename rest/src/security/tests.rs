@@ -429,3 +429,35 @@ async fn extra_headers_go_on_every_answer() {
     .expect_err("bad name");
     assert_eq!(err.key, "restapi.https_extra_headers");
 }
+
+#[tokio::test]
+async fn reload_changes_credentials_and_allowlist_at_once() {
+    let sec = security(with_auth(), &[]);
+    let (code, _, _, _) = call(sec.clone(), Method::POST, "/reload", "10.0.0.1", Some(GOOD)).await;
+    assert_eq!(code, StatusCode::OK);
+    sec.reload(&SecuritySettings {
+        authentication: Some(("admin".into(), "n3w".into())),
+        allowlist: vec!["10.0.0.0/24".into()],
+        ..Default::default()
+    })
+    .expect("reload");
+    let (code, _, _, runs) =
+        call(sec.clone(), Method::POST, "/reload", "10.0.0.1", Some(GOOD)).await;
+    assert_eq!((code, runs), (StatusCode::UNAUTHORIZED, 0), "old password");
+    let new = basic_credentials("admin", "n3w");
+    let (code, _, _, _) = call(sec.clone(), Method::POST, "/reload", "10.0.0.1", Some(&new)).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _, _, _) = call(sec.clone(), Method::POST, "/reload", "10.0.1.1", Some(&new)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    // A bad reload changes nothing.
+    let bad = SecuritySettings {
+        allowlist: vec!["10.0.0.0/99".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        sec.reload(&bad).expect_err("bad cidr").key,
+        "restapi.allowlist"
+    );
+    let (code, _, _, _) = call(sec, Method::POST, "/reload", "10.0.1.1", Some(&new)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+}

@@ -46,7 +46,7 @@ impl VerifyClient {
 }
 
 /// The TLS file settings of the `restapi` section.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsSettings {
     pub certfile: PathBuf,
     /// `None`: the private key is in `certfile`.
