@@ -2,6 +2,7 @@
 //! DCS layout and REST API. Runs as the container entrypoint (PID 1) of each Postgres pod.
 
 mod config;
+mod ctl;
 mod ha;
 mod logging;
 mod pid1;
@@ -39,6 +40,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // `regent ctl ...` is patronictl's tool; its own parser (a subcommand would clash with the
+    // agent's positional CONFIG argument).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "ctl") {
+        return ctl::main(args[1..].to_vec());
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -1,0 +1,109 @@
+//! Calls to members' REST APIs (`api_url` from their DCS data), with the `ctl.*` credentials
+//! falling back to `restapi.*`, as patronictl does.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::{BasicAuth, Config};
+
+/// A member's answer: status code and body text.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+pub struct Api {
+    client: reqwest::Client,
+    auth: Option<BasicAuth>,
+}
+
+/// `http://h:p/patroni` + `switchover` → `http://h:p/switchover` (a URL join, like patronictl's).
+pub fn endpoint_url(api_url: &str, endpoint: &str) -> String {
+    let (scheme, rest) = api_url.split_once("://").unwrap_or(("http", api_url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!(
+        "{scheme}://{authority}/{}",
+        endpoint.trim_start_matches('/')
+    )
+}
+
+impl Api {
+    pub fn new(cfg: &Config) -> Result<Api, String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let auth = cfg
+            .ctl
+            .authentication
+            .clone()
+            .or_else(|| cfg.restapi.authentication.clone());
+        Ok(Api { client, auth })
+    }
+
+    /// One request; `Err` only when the member could not be reached (no answer at all).
+    pub async fn request(
+        &self,
+        api_url: &str,
+        method: reqwest::Method,
+        endpoint: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, String> {
+        let url = endpoint_url(api_url, endpoint);
+        if url.starts_with("https://") {
+            return Err(format!(
+                "{url}: HTTPS REST APIs are not supported by regent ctl yet"
+            ));
+        }
+        let mut req = self.client.request(method.clone(), &url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        if let Some(a) = &self.auth {
+            req = req.basic_auth(&a.username, Some(&a.password));
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        tracing::debug!(%method, %url, body = ?body, "REST request");
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        tracing::debug!(%url, status, %body, "REST answer");
+        Ok(Answer { status, body })
+    }
+
+    pub async fn get_json(&self, api_url: &str, endpoint: &str) -> Result<Value, String> {
+        let a = self
+            .request(
+                api_url,
+                reqwest::Method::GET,
+                endpoint,
+                None,
+                Some(Duration::from_secs(5)),
+            )
+            .await?;
+        serde_json::from_str(&a.body).map_err(|e| format!("GET {endpoint}: not JSON ({e})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_url;
+
+    #[test]
+    fn endpoint_replaces_the_path_of_api_url() {
+        assert_eq!(
+            endpoint_url("http://10.0.0.1:8008/patroni", "switchover"),
+            "http://10.0.0.1:8008/switchover"
+        );
+        assert_eq!(endpoint_url("http://h:1", "/config"), "http://h:1/config");
+    }
+}

@@ -1,0 +1,285 @@
+//! `regent ctl` against a live 3-member cluster on etcd: listings (pretty, JSON) agree with the
+//! real patronictl, the dynamic config is shown and edited (every member applies the change),
+//! pause/resume, a switchover and the history it leaves, and a clear failure on a wrong config
+//! path. One cluster serves every check to keep the suite short.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use regent_tests::{regent_bin, wait_until, TestCluster};
+use serde_json::Value;
+
+const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
+
+fn ctl(config: &std::path::Path, args: &[&str]) -> Output {
+    std::process::Command::new(regent_bin())
+        .arg("ctl")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env_remove("PATRONICTL_CONFIG_FILE")
+        .output()
+        .expect("run regent ctl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "regent ctl {what} failed ({:?}): {}{}",
+        o.status.code(),
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
+}
+
+/// (Member, Role, State) of every row of a JSON listing.
+fn rows(json: &str) -> Vec<(String, String, String)> {
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let mut out: Vec<(String, String, String)> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {json}"))
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (f("Member"), f("Role"), f("State"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn patronictl() -> Option<PathBuf> {
+    let path = std::env::var_os("PATRONI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"))
+        .with_file_name("patronictl");
+    path.exists().then_some(path)
+}
+
+async fn show(member: &regent_tests::Member, setting: &str) -> Option<String> {
+    let client = member.pg_client().await.ok()?;
+    let row = client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .ok()?;
+    row.try_get::<_, String>(0).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regent_ctl_on_a_live_cluster() {
+    let cluster = TestCluster::start("ctl", 3).await;
+    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
+        .await;
+    let config = cluster.member(&leader).config_path();
+
+    // list, pretty: the title names the cluster and its system id; one leader, two replicas.
+    let table = ok(ctl(&config, &["list"]), "list");
+    println!("{table}");
+    assert!(table.starts_with("+ Cluster: ctl ("), "{table}");
+    let row_of = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!("| {name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}: {table}"))
+            .to_string()
+    };
+    assert!(row_of(&leader).contains("| Leader "), "{table}");
+    for r in cluster.others(&leader) {
+        let row = row_of(r.name());
+        assert!(
+            row.contains("| Replica ") && row.contains("| streaming "),
+            "{table}"
+        );
+    }
+
+    // list, JSON: patronictl's keys.
+    let want = wait_until(
+        "every replica listed as streaming",
+        Duration::from_secs(30),
+        || {
+            let config = config.clone();
+            async move {
+                let rows = rows(&ok(ctl(&config, &["list", "-f", "json"]), "list -f json"));
+                (rows.iter().filter(|r| r.2 == "streaming").count() == 2).then_some(rows)
+            }
+        },
+    )
+    .await;
+    assert_eq!(want.len(), 3);
+    assert!(
+        want.contains(&(leader.clone(), "Leader".into(), "running".into())),
+        "{want:?}"
+    );
+    let json = ok(ctl(&config, &["list", "-f", "json"]), "list -f json");
+    let first: Value = serde_json::from_str(&json).expect("JSON listing");
+    for key in ["Cluster", "Member", "Host", "Role", "State", "TL"] {
+        assert!(first[0].get(key).is_some(), "{key} missing: {json}");
+    }
+
+    // The real patronictl reads the same DCS and agrees on members, roles and states.
+    match patronictl() {
+        None => println!("[ctl] patronictl not installed: skipping the comparison"),
+        Some(p) => {
+            let out = std::process::Command::new(p)
+                .args([
+                    "--dcs-url",
+                    &format!("etcd3://{}", cluster.etcd().client_addr()),
+                    "list",
+                    "ctl",
+                    "-f",
+                    "json",
+                ])
+                .env_remove("PATRONICTL_CONFIG_FILE")
+                .output()
+                .expect("run patronictl");
+            let theirs = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "patronictl: {theirs} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(rows(&theirs), want, "patronictl: {theirs}");
+        }
+    }
+
+    // topology: the leader first, replicas indented under it.
+    let topo = ok(ctl(&config, &["topology"]), "topology");
+    let members: Vec<&str> = topo.lines().skip(3).take(3).collect();
+    assert!(members[0].starts_with(&format!("| {leader} ")), "{topo}");
+    assert!(
+        members[1].starts_with("| + ") && members[2].starts_with("| + "),
+        "{topo}"
+    );
+
+    // show-config is the DCS config as YAML; edit-config --pg/--set --force changes it with CAS
+    // and every member applies the new parameter.
+    let shown: Value = serde_yaml_ng::from_str(&ok(ctl(&config, &["show-config"]), "show-config"))
+        .expect("show-config prints YAML");
+    let ttl_before = shown["ttl"].clone();
+    assert!(!ttl_before.is_null(), "{shown}");
+    let edited = ok(
+        ctl(
+            &config,
+            &[
+                "edit-config",
+                "--force",
+                "--pg",
+                "work_mem=7MB",
+                "--set",
+                "postgresql.parameters.temp_buffers=3MB",
+            ],
+        ),
+        "edit-config",
+    );
+    assert!(edited.contains("+    work_mem: 7MB"), "{edited}");
+    let shown: Value = serde_yaml_ng::from_str(&ok(ctl(&config, &["show-config"]), "show-config"))
+        .expect("show-config prints YAML");
+    assert_eq!(
+        shown["postgresql"]["parameters"]["work_mem"], "7MB",
+        "{shown:?}"
+    );
+    assert_eq!(shown["ttl"], ttl_before, "other keys kept: {shown:?}");
+    for m in cluster.all() {
+        wait_until(
+            &format!("{} to apply work_mem", m.name()),
+            Duration::from_secs(40),
+            || async move { (show(m, "work_mem").await.as_deref() == Some("7MB")).then_some(()) },
+        )
+        .await;
+    }
+    let unchanged = ok(
+        ctl(&config, &["edit-config", "--force", "--pg", "work_mem=7MB"]),
+        "edit-config",
+    );
+    assert!(unchanged.contains("Not changed"), "{unchanged}");
+
+    // pause / resume: written, reported by every member, shown by list.
+    let paused = ok(ctl(&config, &["pause", "--wait"]), "pause");
+    assert!(
+        paused.contains("Success: cluster management is paused"),
+        "{paused}"
+    );
+    assert!(cluster
+        .dcs_get("config")
+        .await
+        .unwrap_or_default()
+        .contains("\"pause\":true"));
+    assert!(ok(ctl(&config, &["list"]), "list").contains("Maintenance mode: on"));
+    let again = ctl(&config, &["pause"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already paused"));
+    let resumed = ok(ctl(&config, &["resume", "--wait"]), "resume");
+    assert!(
+        resumed.contains("Success: cluster management is resumed"),
+        "{resumed}"
+    );
+    assert!(!ok(ctl(&config, &["list"]), "list").contains("Maintenance mode"));
+
+    // switchover to a named replica; history then records the old timeline.
+    let candidate = cluster.others(&leader)[0].name().to_string();
+    let out = ok(
+        ctl(
+            &config,
+            &[
+                "switchover",
+                "--leader",
+                &leader,
+                "--candidate",
+                &candidate,
+                "--force",
+            ],
+        ),
+        "switchover",
+    );
+    println!("{out}");
+    wait_until("the candidate to lead", Duration::from_secs(60), || async {
+        (cluster.dcs_leader().await.as_deref() == Some(candidate.as_str())).then_some(())
+    })
+    .await;
+    let history = wait_until("a history row", Duration::from_secs(30), || {
+        let config = config.clone();
+        async move {
+            let h = ok(ctl(&config, &["history", "-f", "json"]), "history");
+            let v: Value = serde_json::from_str(&h).ok()?;
+            (!v.as_array()?.is_empty()).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(history[0]["TL"], 1, "{history}");
+    assert!(
+        history[0]["LSN"].as_u64().is_some_and(|l| l > 0),
+        "{history}"
+    );
+    let pretty = ok(ctl(&config, &["history"]), "history");
+    assert!(
+        pretty.contains("| TL |") && pretty.contains("New Leader"),
+        "{pretty}"
+    );
+
+    // version asks every member's REST API.
+    let version = ok(ctl(&config, &["version"]), "version");
+    assert!(version.starts_with("regent ctl version "), "{version}");
+    for m in cluster.all() {
+        assert!(
+            version.contains(&format!("{}: Patroni ", m.name())),
+            "{version}"
+        );
+    }
+
+    // A wrong configuration path: exit code 2 and a message naming the path.
+    let wrong = ctl(std::path::Path::new("/nonexistent/regent.yml"), &["list"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("/nonexistent/regent.yml") && err.contains("does not exist"),
+        "{err}"
+    );
+}
