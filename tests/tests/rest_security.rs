@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use regent_tests::process::chown_to_postgres;
-use regent_tests::{wait_until, TestCluster, TestDir};
+use regent_tests::{run_regent, wait_until, MemberConfig, MemberSpec, TestCluster, TestDir};
 use serde_json::{json, Value};
 
 const USER: &str = "admin";
@@ -275,4 +275,95 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
         .await
         .expect("GET /patroni from 127.0.0.2");
     assert_eq!(response.status().as_u16(), 200);
+}
+
+/// `--validate-config` loads the REST API's TLS files: a good set passes, a bad one is refused
+/// (exit 2) naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_config_checks_the_tls_files() {
+    let dir = TestDir::new("rest-security-validate");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).expect("pki dir");
+    let (ca, cert, key) = make_pki(&pki);
+    openssl(
+        &pki,
+        &[
+            "pkey",
+            "-in",
+            "server.key",
+            "-aes256",
+            "-passout",
+            "pass:pw",
+            "-out",
+            "enc.key",
+        ],
+    );
+    chown_to_postgres(&pki.join("enc.key"));
+    let spec = MemberSpec::new(
+        "validate",
+        "validate-0",
+        dir.postgres_subdir("validate-0"),
+        vec!["127.0.0.1:2379".to_string()],
+    );
+    let path = spec.member_dir.join("regent.yml");
+    // Settings to write, and the key a refusal must name (`None`: accepted).
+    type Case<'a> = (Vec<(&'a str, Value)>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                ("restapi.certfile", json!(cert.display().to_string())),
+                ("restapi.keyfile", json!(key.display().to_string())),
+                ("restapi.cafile", json!(ca.display().to_string())),
+                ("restapi.verify_client", json!("optional")),
+            ],
+            None,
+        ),
+        (
+            vec![("restapi.certfile", json!("/nonexistent/server.crt"))],
+            Some("restapi.certfile"),
+        ),
+        (
+            vec![
+                ("restapi.certfile", json!(cert.display().to_string())),
+                (
+                    "restapi.keyfile",
+                    json!(pki.join("enc.key").display().to_string()),
+                ),
+                ("restapi.keyfile_password", json!("pw")),
+            ],
+            Some("restapi.keyfile"),
+        ),
+        (
+            vec![
+                ("restapi.certfile", json!(cert.display().to_string())),
+                ("restapi.keyfile", json!(key.display().to_string())),
+                ("restapi.verify_client", json!("required")),
+            ],
+            Some("restapi.cafile"),
+        ),
+    ];
+    for (settings, refused) in cases {
+        let mut config = MemberConfig::patroni(&spec);
+        for (key, value) in &settings {
+            config.set(key, value);
+        }
+        config.write_to(&path);
+        let output = run_regent(
+            [std::ffi::OsStr::new("--validate-config"), path.as_os_str()],
+            &spec.member_dir,
+            Duration::from_secs(30),
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match refused {
+            None => assert_eq!(output.status.code(), Some(0), "{settings:?}: {stderr}"),
+            Some(key) => {
+                assert_eq!(output.status.code(), Some(2), "{settings:?}: {stderr}");
+                assert!(
+                    stderr.contains(key),
+                    "{settings:?} must name {key}: {stderr}"
+                );
+            }
+        }
+    }
 }
