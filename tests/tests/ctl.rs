@@ -1,19 +1,22 @@
-//! `regent ctl` against a live 3-member cluster on etcd: listings (pretty, JSON) agree with the
-//! real patronictl, the dynamic config is shown and edited (every member applies the change),
-//! pause/resume, a switchover and the history it leaves, and a clear failure on a wrong config
-//! path. One cluster serves every check to keep the suite short.
+//! `regent ctl` against a live 3-member cluster (etcd, Kubernetes): listings (pretty, JSON) agree
+//! with the real patronictl, the dynamic config is shown and edited by both tools (every member
+//! applies the change), pause/resume, a switchover and the history it leaves, and a clear failure
+//! on a wrong config path. One cluster serves every check to keep the suite short.
 
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
+use regent_tests::config::Backend;
 use regent_tests::{regent_bin, wait_until, TestCluster};
 use serde_json::Value;
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 
-fn ctl(config: &std::path::Path, args: &[&str]) -> Output {
+/// `regent ctl -c <config> args...` with the member's environment (KUBECONFIG on Kubernetes).
+fn ctl_env(config: &std::path::Path, env: &[(String, String)], args: &[&str]) -> Output {
     std::process::Command::new(regent_bin())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("ctl")
         .arg("-c")
         .arg(config)
@@ -71,14 +74,19 @@ async fn show(member: &regent_tests::Member, setting: &str) -> Option<String> {
     row.try_get::<_, String>(0).ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn regent_ctl_on_a_live_cluster() {
-    let cluster = TestCluster::start("ctl", 3).await;
+regent_tests::backend_tests! {
+    regent_ctl_on_a_live_cluster: [etcd, kubernetes];
+}
+
+async fn regent_ctl_on_a_live_cluster(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "ctl", 3).await;
     let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
     cluster
         .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
         .await;
     let config = cluster.member(&leader).config_path();
+    let env = cluster.member(&leader).spec().agent_env();
+    let ctl = |config: &std::path::Path, args: &[&str]| ctl_env(config, &env, args);
 
     // list, pretty: the title names the cluster and its system id; one leader, two replicas.
     let table = ok(ctl(&config, &["list"]), "list");
@@ -125,8 +133,9 @@ async fn regent_ctl_on_a_live_cluster() {
     }
 
     // The real patronictl reads the same DCS and agrees on members, roles and states.
-    match patronictl() {
-        None => println!("[ctl] patronictl not installed: skipping the comparison"),
+    let patronictl = patronictl().filter(|_| !backend.is_kubernetes());
+    match &patronictl {
+        None => println!("[ctl] patronictl not installed (or Kubernetes): skipping the comparison"),
         Some(p) => {
             let out = std::process::Command::new(p)
                 .args([
@@ -195,6 +204,44 @@ async fn regent_ctl_on_a_live_cluster() {
         )
         .await;
     }
+    // The real patronictl edits the same config object (CAS on its version).
+    if let Some(p) = &patronictl {
+        let out = std::process::Command::new(p)
+            .args([
+                "--dcs-url",
+                &format!("etcd3://{}", cluster.etcd().client_addr()),
+                "edit-config",
+                "ctl",
+                "--force",
+                "--pg",
+                "work_mem=6MB",
+            ])
+            .env_remove("PATRONICTL_CONFIG_FILE")
+            .output()
+            .expect("run patronictl edit-config");
+        assert!(
+            out.status.success(),
+            "patronictl edit-config: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shown: Value =
+            serde_yaml_ng::from_str(&ok(ctl(&config, &["show-config"]), "show-config"))
+                .expect("show-config prints YAML");
+        assert_eq!(shown["postgresql"]["parameters"]["work_mem"], "6MB");
+        for m in cluster.all() {
+            wait_until(
+                &format!("{} to apply work_mem 6MB", m.name()),
+                Duration::from_secs(40),
+                || async move { (show(m, "work_mem").await.as_deref() == Some("6MB")).then_some(()) },
+            )
+            .await;
+        }
+        ok(
+            ctl(&config, &["edit-config", "--force", "--pg", "work_mem=7MB"]),
+            "edit-config",
+        );
+    }
     let unchanged = ok(
         ctl(&config, &["edit-config", "--force", "--pg", "work_mem=7MB"]),
         "edit-config",
@@ -207,11 +254,9 @@ async fn regent_ctl_on_a_live_cluster() {
         paused.contains("Success: cluster management is paused"),
         "{paused}"
     );
-    assert!(cluster
-        .dcs_get("config")
-        .await
-        .unwrap_or_default()
-        .contains("\"pause\":true"));
+    let shown: Value = serde_yaml_ng::from_str(&ok(ctl(&config, &["show-config"]), "show-config"))
+        .expect("show-config prints YAML");
+    assert_eq!(shown["pause"], true, "{shown:?}");
     assert!(ok(ctl(&config, &["list"]), "list").contains("Maintenance mode: on"));
     let again = ctl(&config, &["pause"]);
     assert_eq!(again.status.code(), Some(1));
