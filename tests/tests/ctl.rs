@@ -89,7 +89,16 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
     let ctl = |config: &std::path::Path, args: &[&str]| ctl_env(config, &env, args);
 
     // list, pretty: the title names the cluster and its system id; one leader, two replicas.
-    let table = ok(ctl(&config, &["list"]), "list");
+    // Members publish their replication state with their next HA cycle.
+    let table = wait_until(
+        "list to show two streaming replicas",
+        Duration::from_secs(30),
+        || {
+            let t = ok(ctl(&config, &["list"]), "list");
+            async move { (t.matches("| streaming ").count() == 2).then_some(t) }
+        },
+    )
+    .await;
     println!("{table}");
     assert!(table.starts_with("+ Cluster: ctl ("), "{table}");
     let row_of = |name: &str| {
@@ -308,6 +317,33 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
         pretty.contains("| TL |") && pretty.contains("New Leader"),
         "{pretty}"
     );
+
+    // reload and restart go to the members' REST APIs; a restarted replica streams again.
+    let reload = ok(ctl(&config, &["reload", "ctl", "--force"]), "reload");
+    for m in cluster.all() {
+        assert!(reload.contains(&format!("member {}", m.name())), "{reload}");
+    }
+    let replica = cluster.others(&candidate)[0].name().to_string();
+    let before = cluster.member(&replica).patroni_status().await;
+    let restart = ok(
+        ctl(&config, &["restart", "ctl", &replica, "--force"]),
+        "restart",
+    );
+    assert!(
+        restart.contains(&format!("Success: restart on member {replica}")),
+        "{restart}"
+    );
+    let after = cluster.member(&replica).patroni_status().await;
+    assert_ne!(
+        before.and_then(|s| s.get("postmaster_start_time").cloned()),
+        after.and_then(|s| s.get("postmaster_start_time").cloned()),
+        "Postgres restarted"
+    );
+    cluster
+        .wait_for_member_streaming(&replica, &candidate, Duration::from_secs(60))
+        .await;
+    let unknown = ctl(&config, &["restart", "ctl", "nobody", "--force"]);
+    assert_eq!(unknown.status.code(), Some(1));
 
     // version asks every member's REST API.
     let version = ok(ctl(&config, &["version"]), "version");

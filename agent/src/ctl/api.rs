@@ -1,11 +1,11 @@
-//! Calls to members' REST APIs (`api_url` from their DCS data), with the `ctl.*` credentials
-//! falling back to `restapi.*`, as patronictl does.
+//! Calls to members' REST APIs (`api_url` from their DCS data), with the `ctl.*` TLS settings and
+//! credentials falling back to `restapi.*`, as patronictl does (`config::member_client_builder`).
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{BasicAuth, Config};
+use crate::config::Config;
 
 /// A member's answer: status code and body text.
 #[derive(Debug)]
@@ -16,7 +16,6 @@ pub struct Answer {
 
 pub struct Api {
     client: reqwest::Client,
-    auth: Option<BasicAuth>,
 }
 
 /// `http://h:p/patroni` + `switchover` → `http://h:p/switchover` (a URL join, like patronictl's).
@@ -30,18 +29,17 @@ pub fn endpoint_url(api_url: &str, endpoint: &str) -> String {
 }
 
 impl Api {
-    pub fn new(cfg: &Config) -> Result<Api, String> {
-        let client = reqwest::Client::builder()
+    /// `insecure`: `-k`, skip certificate checks as `ctl.insecure` does.
+    pub fn new(cfg: &Config, insecure: bool) -> Result<Api, String> {
+        let mut cfg = cfg.clone();
+        cfg.ctl.insecure |= insecure;
+        let client = crate::config::member_client_builder(&cfg)
+            .map_err(|e| format!("REST client settings: {e}"))?
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let auth = cfg
-            .ctl
-            .authentication
-            .clone()
-            .or_else(|| cfg.restapi.authentication.clone());
-        Ok(Api { client, auth })
+        Ok(Api { client })
     }
 
     /// One request; `Err` only when the member could not be reached (no answer at all).
@@ -54,17 +52,9 @@ impl Api {
         timeout: Option<Duration>,
     ) -> Result<Answer, String> {
         let url = endpoint_url(api_url, endpoint);
-        if url.starts_with("https://") {
-            return Err(format!(
-                "{url}: HTTPS REST APIs are not supported by regent ctl yet"
-            ));
-        }
         let mut req = self.client.request(method.clone(), &url);
         if let Some(t) = timeout {
             req = req.timeout(t);
-        }
-        if let Some(a) = &self.auth {
-            req = req.basic_auth(&a.username, Some(&a.password));
         }
         if let Some(b) = body {
             req = req.json(b);

@@ -46,7 +46,7 @@ pub(super) async fn run(cli: CtlCli, cfg: Config) -> CtlResult {
     let dcs = crate::build_dcs(&cfg)
         .await
         .map_err(|e| CtlError::failed(format!("cannot set up the DCS: {e}")))?;
-    let api = Api::new(&cfg).map_err(CtlError::failed)?;
+    let api = Api::new(&cfg, cli.insecure).map_err(CtlError::usage)?;
     let ctx = Ctx { cfg, dcs, api };
     match cli.command {
         Command::List(a) => list(&ctx, &a, false).await,
