@@ -85,7 +85,14 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
         .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
         .await;
     let config = cluster.member(&leader).config_path();
-    let env = cluster.member(&leader).spec().agent_env();
+    // On Kubernetes ctl has its own token, so the test server counts its requests apart.
+    let env = if backend.is_kubernetes() {
+        cluster.kube().reset_request_counts().await;
+        let kubeconfig = cluster.kube().kubeconfig("regent-ctl");
+        vec![("KUBECONFIG".to_string(), kubeconfig.display().to_string())]
+    } else {
+        cluster.member(&leader).spec().agent_env()
+    };
     let ctl = |config: &std::path::Path, args: &[&str]| ctl_env(config, &env, args);
 
     // list, pretty: the title names the cluster and its system id; one leader, two replicas.
@@ -176,6 +183,18 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
         members[1].starts_with("| + ") && members[2].starts_with("| + "),
         "{topo}"
     );
+
+    // Reading commands write nothing (no member data, no Pod labels, no lock).
+    if backend.is_kubernetes() {
+        let counts = cluster.kube().request_counts().await;
+        let mine = counts.get("regent-ctl").cloned().unwrap_or_default();
+        assert!(!mine.is_empty(), "ctl's requests counted: {counts:?}");
+        let writes: Vec<&String> = mine
+            .keys()
+            .filter(|k| !["get ", "list ", "watch "].iter().any(|v| k.starts_with(v)))
+            .collect();
+        assert!(writes.is_empty(), "list/topology wrote: {mine:?}");
+    }
 
     // show-config is the DCS config as YAML; edit-config --pg/--set --force changes it with CAS
     // and every member applies the new parameter.
