@@ -296,6 +296,47 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
     );
     assert!(!ok(ctl(&config, &["list"]), "list").contains("Maintenance mode"));
 
+    // A scheduled switchover is listed, then flushed.
+    let nothing = ok(ctl(&config, &["flush", "ctl", "switchover"]), "flush");
+    assert!(
+        nothing.contains("No pending scheduled switchover"),
+        "{nothing}"
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let target = cluster.others(&leader)[1].name().to_string();
+    let out = ok(
+        ctl(
+            &config,
+            &[
+                "switchover",
+                "--candidate",
+                &target,
+                "--scheduled",
+                &later,
+                "--force",
+            ],
+        ),
+        "scheduled switchover",
+    );
+    println!("{out}");
+    let listed = ok(ctl(&config, &["list"]), "list");
+    assert!(listed.contains("Switchover scheduled at:"), "{listed}");
+    let flushed = ok(
+        ctl(&config, &["flush", "ctl", "switchover", "--force"]),
+        "flush",
+    );
+    println!("{flushed}");
+    wait_until(
+        "the scheduled switchover flushed",
+        Duration::from_secs(10),
+        || async {
+            let f = cluster.dcs_get("failover").await.unwrap_or_default();
+            (!f.contains("scheduled_at")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(cluster.dcs_leader().await.as_deref(), Some(leader.as_str()));
+
     // switchover to a named replica; history then records the old timeline.
     let candidate = cluster.others(&leader)[0].name().to_string();
     let out = ok(

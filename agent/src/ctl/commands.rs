@@ -129,6 +129,15 @@ pub(super) async fn run(cli: CtlCli, cfg: Config) -> CtlResult {
             wait,
             ..
         } => reinit(&ctx, &member_names, force, wait).await,
+        Command::Flush {
+            mut rest,
+            role,
+            force,
+            ..
+        } => {
+            let target = rest.pop().unwrap_or_default();
+            flush(&ctx, &rest, &target, role.as_deref(), force).await
+        }
     }
 }
 
@@ -291,7 +300,7 @@ async fn list(ctx: &Ctx, a: &ListArgs, topology: bool) -> CtlResult {
         if a.timestamp {
             println!("{}", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"));
         }
-        print!("{}", render_members(ctx, &cluster, a, topology));
+        print!("{}", render_members(&ctx.cfg, &cluster, a, topology));
         let Some(i) = interval else {
             return Ok(());
         };
@@ -302,9 +311,9 @@ async fn list(ctx: &Ctx, a: &ListArgs, topology: bool) -> CtlResult {
     }
 }
 
-fn render_members(ctx: &Ctx, cluster: &Cluster, a: &ListArgs, topology: bool) -> String {
+fn render_members(cfg: &Config, cluster: &Cluster, a: &ListArgs, topology: bool) -> String {
     let fmt = a.format;
-    let citus = ctx.cfg.citus.as_ref().map(|c| c.group);
+    let citus = cfg.citus.as_ref().map(|c| c.group);
     let members = sorted_members(cluster);
     let ordered: Vec<(&Member, String)> = if topology {
         topology_order(cluster, &members)
@@ -434,7 +443,7 @@ fn render_members(ctx: &Ctx, cluster: &Cluster, a: &ListArgs, topology: bool) ->
         let row: Vec<Value> = columns
             .iter()
             .map(|c| match *c {
-                "Cluster" => Value::String(ctx.cfg.scope.clone()),
+                "Cluster" => Value::String(cfg.scope.clone()),
                 "Group" => citus.map(Value::from).unwrap_or(json!("")),
                 "Member" => Value::String(shown_name.clone()),
                 "Host" => Value::String(host.clone()),
@@ -465,11 +474,8 @@ fn render_members(ctx: &Ctx, cluster: &Cluster, a: &ListArgs, topology: bool) ->
         Some(s) => s.to_string(),
     };
     let title = match citus {
-        Some(g) => format!(
-            " Citus cluster: {} (group: {g}, {initialize}) ",
-            ctx.cfg.scope
-        ),
-        None => format!(" Cluster: {} ({initialize}) ", ctx.cfg.scope),
+        Some(g) => format!(" Citus cluster: {} (group: {g}, {initialize}) ", cfg.scope),
+        None => format!(" Cluster: {} ({initialize}) ", cfg.scope),
     };
     let mut columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     if matches!(fmt, Format::Pretty) {
@@ -862,7 +868,7 @@ async fn failover(
         watch_default: false,
         watch: None,
     };
-    print!("{}", render_members(ctx, &cluster, &list_args, false));
+    print!("{}", render_members(&ctx.cfg, &cluster, &list_args, false));
     let cluster_leader = cluster.leader_name().map(str::to_string);
     let mut leader = leader;
     if switchover {
@@ -1283,4 +1289,223 @@ async fn reinit(ctx: &Ctx, names: &[String], force: bool, wait: bool) -> CtlResu
         return Err(CtlError::failed("reinitialize failed on some members"));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- flush
+
+async fn flush(
+    ctx: &Ctx,
+    names: &[String],
+    target: &str,
+    role: Option<&str>,
+    force: bool,
+) -> CtlResult {
+    let cluster = ctx.cluster().await?;
+    match target {
+        "restart" => {
+            let members = select_members(&cluster, names, role)?;
+            confirm_members(&members, force, "flush")?;
+            for m in members {
+                if m.data.scheduled_restart.is_none() {
+                    println!("No scheduled restart for member {}", m.name);
+                    continue;
+                }
+                let Some(url) = m.data.api_url.as_deref() else {
+                    continue;
+                };
+                match ctx
+                    .api
+                    .request(url, Method::DELETE, "restart", None, None)
+                    .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        println!("Success: flush scheduled restart for member {}", m.name)
+                    }
+                    Ok(r) => println!(
+                        "Failed: flush scheduled restart for member {}, status code={}, ({})",
+                        m.name,
+                        r.status,
+                        r.body.trim()
+                    ),
+                    Err(e) => {
+                        println!("Failed: flush scheduled restart for member {}: {e}", m.name)
+                    }
+                }
+            }
+            Ok(())
+        }
+        "switchover" => {
+            if !names.is_empty() {
+                return Err(CtlError::usage("flush switchover takes no member names"));
+            }
+            let Some(failover) = cluster
+                .failover
+                .as_ref()
+                .filter(|f| f.scheduled_at.is_some())
+            else {
+                println!("No pending scheduled switchover");
+                return Ok(());
+            };
+            for m in leader_first(&cluster) {
+                let Some(url) = m.data.api_url.as_deref() else {
+                    continue;
+                };
+                match ctx
+                    .api
+                    .request(url, Method::DELETE, "switchover", None, None)
+                    .await
+                {
+                    Ok(r) if r.status == 200 || r.status == 404 => {
+                        let prefix = if r.status == 200 { "Success" } else { "Failed" };
+                        println!("{prefix}: {}", r.body.trim());
+                        return Ok(());
+                    }
+                    Ok(r) if r.status == 501 => break,
+                    Ok(r) => println!(
+                        "Failed: member={}, status_code={}, ({})",
+                        m.name,
+                        r.status,
+                        r.body.trim()
+                    ),
+                    Err(e) => debug!("member {} is not accessible: {e}", m.name),
+                }
+            }
+            println!(
+                "{} Could not find any accessible member of cluster {}",
+                timestamp(),
+                ctx.cfg.scope
+            );
+            debug!("clearing the failover object in the DCS (CAS)");
+            let done = ctx
+                .dcs
+                .delete_failover(failover.version.as_deref())
+                .await
+                .map_err(|e| CtlError::failed(format!("cannot clear the failover object: {e}")))?;
+            if !done {
+                return Err(CtlError::failed(
+                    "the failover object changed meanwhile; nothing flushed",
+                ));
+            }
+            Ok(())
+        }
+        other => Err(CtlError::usage(format!(
+            "flush: unknown target '{other}', expected restart or switchover"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, data: Value) -> Member {
+        Member::new(
+            name,
+            dcs::MemberData::parse(&data.to_string()).expect("member data"),
+        )
+    }
+
+    fn cfg() -> Config {
+        Config::from_yaml_str(
+            "scope: demo\nname: x\netcd3: {hosts: 127.0.0.1:2379}\n\
+             restapi: {listen: 127.0.0.1:8008, connect_address: 127.0.0.1:8008}\n\
+             postgresql: {listen: 127.0.0.1:5432, connect_address: 127.0.0.1:5432, data_dir: /d,\
+             authentication: {superuser: {username: p}, replication: {username: r}}}\n",
+        )
+        .expect("config")
+    }
+
+    fn args(format: Format) -> ListArgs {
+        ListArgs {
+            cluster_name: None,
+            group: None,
+            extended: false,
+            timestamp: false,
+            format,
+            watch_default: false,
+            watch: None,
+        }
+    }
+
+    fn cluster() -> Cluster {
+        let mut c = Cluster {
+            initialize: Some("7379".into()),
+            leader: Some(dcs::Leader {
+                name: "m0".into(),
+                version: None,
+            }),
+            config: Some(dcs::ClusterConfig {
+                raw: json!({"synchronous_mode": true}),
+                version: None,
+            }),
+            ..Default::default()
+        };
+        c.status.optime = Some(3 * 1024 * 1024);
+        c.sync.sync_standby = vec!["m1".into()];
+        c.members = vec![
+            member(
+                "m2",
+                json!({"conn_url": "postgres://10.0.0.3:5432/postgres", "state": "running",
+                "role": "replica", "replication_state": "streaming", "timeline": 1,
+                "receive_lsn": 1048576, "replay_lsn": 1048576, "pending_restart": true,
+                "tags": {"replicatefrom": "m1"}}),
+            ),
+            member(
+                "m0",
+                json!({"conn_url": "postgres://10.0.0.1:5432/postgres", "state": "running",
+                "role": "primary", "timeline": 1, "xlog_location": 3145728}),
+            ),
+            member(
+                "m1",
+                json!({"conn_url": "postgres://10.0.0.2:5432/postgres", "state": "running",
+                "role": "replica", "replication_state": "streaming", "timeline": 1,
+                "receive_lsn": 3145728, "replay_lsn": 3145728}),
+            ),
+        ];
+        c
+    }
+
+    #[test]
+    fn roles_lag_and_pending_restart_as_patronictl_lists_them() {
+        let out = render_members(&cfg(), &cluster(), &args(Format::Json), false);
+        let rows: Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(rows[0]["Member"], "m0");
+        assert_eq!(rows[0]["Role"], "Leader");
+        assert_eq!(rows[0]["Host"], "10.0.0.1", "port shown only when needed");
+        assert!(rows[0].get("Receive Lag").is_none());
+        assert_eq!(rows[1]["Role"], "Sync Standby");
+        assert_eq!(rows[1]["Receive Lag"], 0);
+        assert_eq!(rows[2]["Role"], "Replica");
+        assert_eq!(rows[2]["Replay Lag"], 2);
+        assert_eq!(rows[2]["Replay LSN"], "0/100000");
+        assert_eq!(rows[2]["Pending restart"], "*");
+        assert_eq!(rows[2]["Cluster"], "demo");
+        assert!(
+            out.starts_with("[{\"Cluster\": \"demo\", \"Member\": \"m0\""),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn pretty_listing_has_the_title_and_lag_columns() {
+        let out = render_members(&cfg(), &cluster(), &args(Format::Pretty), false);
+        let first = out.lines().next().unwrap_or_default();
+        assert!(first.starts_with("+ Cluster: demo (7379) -"), "{out}");
+        let header = out.lines().nth(1).unwrap_or_default();
+        assert!(
+            header.contains("| Member | Host     | Role         | State     | TL | Receive LSN | Lag | Replay LSN | Lag | Pending restart | Tags"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn topology_nests_cascading_replicas() {
+        let out = render_members(&cfg(), &cluster(), &args(Format::Tsv), true);
+        let names: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split('\t').nth(1))
+            .collect();
+        assert_eq!(names, vec!["m0", "+ m1", "  + m2"], "{out}");
+    }
 }

@@ -207,6 +207,19 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Discard a scheduled restart or switchover: `flush CLUSTER [MEMBER...] restart|switchover`.
+    Flush {
+        cluster_name: String,
+        /// Members (for restart), then the target: restart or switchover.
+        #[arg(required = true, num_args = 1..)]
+        rest: Vec<String>,
+        #[arg(long)]
+        group: Option<u32>,
+        #[arg(short = 'r', long, value_parser = ["leader", "primary", "standby-leader", "replica", "standby", "any", "master"])]
+        role: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
     /// Rebuild replicas from the leader.
     Reinit {
         cluster_name: String,
@@ -235,7 +248,8 @@ impl Command {
             | Command::Failover { cluster_name, .. } => cluster_name.as_deref(),
             Command::Restart { cluster_name, .. }
             | Command::Reload { cluster_name, .. }
-            | Command::Reinit { cluster_name, .. } => Some(cluster_name),
+            | Command::Reinit { cluster_name, .. }
+            | Command::Flush { cluster_name, .. } => Some(cluster_name),
         }
     }
 
@@ -252,7 +266,8 @@ impl Command {
             | Command::Failover { group, .. }
             | Command::Restart { group, .. }
             | Command::Reload { group, .. }
-            | Command::Reinit { group, .. } => *group,
+            | Command::Reinit { group, .. }
+            | Command::Flush { group, .. } => *group,
         }
     }
 }
