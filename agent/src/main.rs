@@ -92,10 +92,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(run(cfg))
+    // `POST /reload` reads the same file with the environment as it was at start.
+    let reload_path = cli.config_file.clone();
+    let reloader: ha::cycle::ConfigReloader = Box::new(move || {
+        let cfg = config::load_with_env(reload_path.as_deref(), &env).map_err(|e| e.to_string())?;
+        config::validate(&cfg)
+            .and_then(|()| config::check_supported(&cfg))
+            .map_err(|e| e.to_string())?;
+        Ok(cfg)
+    });
+    runtime.block_on(run(cfg, reloader))
 }
 
-async fn run(cfg: Config) -> ExitCode {
+async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
     pid1::start_reaper();
     info!(scope = %cfg.scope, name = %cfg.name, version = env!("CARGO_PKG_VERSION"), "starting regent");
     for w in &cfg.warnings {
@@ -168,7 +177,9 @@ async fn run(cfg: Config) -> ExitCode {
 
     tokio::spawn(forward_signals(shutdown_tx));
 
-    let agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx).with_commands(command_rx);
+    let agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx)
+        .with_commands(command_rx)
+        .with_config_reloader(reloader);
     let exit = agent.run(shutdown_rx).await;
     rest_task.abort();
     match exit {

@@ -134,9 +134,19 @@ async fn switchover(backend: Backend) {
 
     let report = writer.stop().await;
     println!("{tag} writer: {}", report.summary());
+    // A write can also block instead of failing: the longest wait between two
+    // acknowledgements bounds what a client saw.
+    let longest_gap = report
+        .ack_times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
     println!(
-        "{tag} write unavailability during the REST switchover: {:.3} s",
-        report.longest_unavailability().as_secs_f64()
+        "{tag} write unavailability during the REST switchover: {:.3} s (failed writes), \
+         longest gap between acknowledged writes {:.3} s",
+        report.longest_unavailability().as_secs_f64(),
+        longest_gap.as_secs_f64()
     );
     let client = cluster
         .member(&candidate)
@@ -247,8 +257,29 @@ async fn rest_config_reload_and_scheduled_switchover(backend: Backend) {
     })
     .await;
 
+    // POST /reload reads the file again: a local parameter overrides the DCS one.
+    let path = replica.config_path();
+    let mut file: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("read member config"))
+            .expect("member config is YAML");
+    file["postgresql"]["parameters"]["work_mem"] = serde_yaml_ng::Value::from("3MB");
+    std::fs::write(
+        &path,
+        serde_yaml_ng::to_string(&file).expect("render member config"),
+    )
+    .expect("write member config");
     let (code, text) = send(reqwest::Method::POST, &format!("{api}/reload"), None).await;
     assert_eq!((code, text.as_str()), (202, "reload scheduled"));
+    wait_until(
+        "the reloaded local work_mem",
+        Duration::from_secs(20),
+        || async {
+            let client = replica.pg_client().await.ok()?;
+            let row = client.query_one("SHOW work_mem", &[]).await.ok()?;
+            (row.get::<_, String>(0) == "3MB").then_some(())
+        },
+    )
+    .await;
 
     // A scheduled switchover can be cancelled ...
     let leader_api = cluster.member(&leader).api_base();

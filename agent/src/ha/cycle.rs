@@ -91,7 +91,12 @@ pub struct Agent {
     /// Requests from the REST API, executed between cycles.
     commands: Option<tokio::sync::mpsc::Receiver<rest::Command>>,
     scheduled_restart: Option<ops::ScheduledRestart>,
+    /// Loads the configuration again the way it was loaded at start (`POST /reload`).
+    config_reloader: Option<ConfigReloader>,
 }
+
+/// Reads the configuration file (and environment) again; `Err` names what is wrong.
+pub type ConfigReloader = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -108,7 +113,13 @@ impl Agent {
         for w in warnings {
             warn!("bootstrap.dcs: {w}");
         }
-        let http = reqwest::Client::builder()
+        // Peers may serve their API over TLS and with authentication (Patroni's ctl/restapi
+        // client settings).
+        let http = crate::config::member_client_builder(&cfg)
+            .unwrap_or_else(|e| {
+                warn!("calling other members without TLS/auth settings: {e}");
+                reqwest::Client::builder()
+            })
             .timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(1))
             .build()
@@ -140,7 +151,14 @@ impl Agent {
             last_cycle_ms: None,
             commands: None,
             scheduled_restart: None,
+            config_reloader: None,
         }
+    }
+
+    /// How `POST /reload` reads the configuration again.
+    pub fn with_config_reloader(mut self, reloader: ConfigReloader) -> Agent {
+        self.config_reloader = Some(reloader);
+        self
     }
 
     /// Take the REST API's requests; they run between cycles, each followed by a cycle at once.

@@ -206,8 +206,25 @@ impl Agent {
         }
     }
 
-    /// `POST /reload`: render the Postgres configuration again and signal Postgres.
+    /// `POST /reload`: read the configuration again (when the agent knows how), render the
+    /// Postgres configuration and signal Postgres.
     fn cmd_reload(&mut self) -> OpReply {
+        if let Some(reload) = &self.config_reloader {
+            match reload() {
+                Ok(cfg) => match reloadable(&self.cfg, &cfg) {
+                    Ok(()) => {
+                        self.cfg = cfg;
+                        self.pg.set_parameters(
+                            crate::merged_parameters(&self.cfg, &self.dynamic),
+                            crate::merged_pg_hba(&self.cfg, &self.dynamic),
+                        );
+                        info!("configuration reloaded");
+                    }
+                    Err(e) => warn!("reload: {e}: keeping the running configuration"),
+                },
+                Err(e) => warn!("reload: invalid configuration: {e}: keeping the running one"),
+            }
+        }
         if self.pg.is_running() {
             let role = self.current_conf_role();
             match self.pg.write_config(role) {
@@ -382,6 +399,26 @@ impl Agent {
             warn!("reinitialize: cloning from {leader} failed");
         }
     }
+}
+
+/// Settings that identify the member or its data cannot change while it runs.
+pub(crate) fn reloadable(
+    old: &crate::config::Config,
+    new: &crate::config::Config,
+) -> Result<(), String> {
+    if old.scope != new.scope {
+        return Err(format!(
+            "scope cannot change ({} -> {})",
+            old.scope, new.scope
+        ));
+    }
+    if old.name != new.name {
+        return Err(format!("name cannot change ({} -> {})", old.name, new.name));
+    }
+    if old.postgresql.data_dir != new.postgresql.data_dir {
+        return Err("postgresql.data_dir cannot change".into());
+    }
+    Ok(())
 }
 
 /// The members a failover request could promote; `Err` is Patroni's 412 text.
