@@ -380,6 +380,38 @@ async fn rest_restart_reinitialize_and_pause(backend: Backend) {
         .wait_for_member_streaming(replica.name(), &leader, Duration::from_secs(30))
         .await;
 
+    // A parameter that needs a restart: every member says so, and a restart filtered on it
+    // clears it.
+    let (code, text) = send(
+        reqwest::Method::PATCH,
+        &format!("{leader_api}/config"),
+        Some(r#"{"postgresql":{"parameters":{"max_connections":120}}}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    for m in cluster.all() {
+        wait_until(
+            &format!("{} reports pending_restart", m.name()),
+            Duration::from_secs(30),
+            || async { (status(m).await?["pending_restart"] == json!(true)).then_some(()) },
+        )
+        .await;
+    }
+    let (code, text) = post(&format!("{api}/restart"), json!({"restart_pending": true})).await;
+    assert_eq!((code, text.as_str()), (200, "restarted successfully"));
+    wait_until(
+        "pending_restart cleared by the restart",
+        Duration::from_secs(30),
+        || async {
+            let s = status(replica).await?;
+            (s["state"] == "running" && s.get("pending_restart").is_none()).then_some(())
+        },
+    )
+    .await;
+    cluster
+        .wait_for_member_streaming(replica.name(), &leader, Duration::from_secs(30))
+        .await;
+
     // Scheduled restart: shown, cancellable.
     let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let (code, text) = post(&format!("{api}/restart"), json!({"schedule": at})).await;
