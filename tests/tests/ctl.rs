@@ -26,6 +26,34 @@ fn ctl_env(config: &std::path::Path, env: &[(String, String)], args: &[&str]) ->
         .expect("run regent ctl")
 }
 
+/// `regent ctl` with `EDITOR` set and `answer` typed at the confirmation prompt.
+fn ctl_edit(
+    config: &std::path::Path,
+    env: &[(String, String)],
+    editor: &str,
+    answer: &str,
+) -> Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(regent_bin())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("EDITOR", editor)
+        .args(["ctl", "-c"])
+        .arg(config)
+        .arg("edit-config")
+        .env_remove("PATRONICTL_CONFIG_FILE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run regent ctl edit-config");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(answer.as_bytes());
+    }
+    child
+        .wait_with_output()
+        .expect("regent ctl edit-config output")
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -270,6 +298,25 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
             "edit-config",
         );
     }
+    // Without --set/--pg/--apply: $EDITOR, the diff, and a confirmation ("n" changes nothing).
+    let editor = "sed -i -e 's/^maximum_lag_on_failover: .*/maximum_lag_on_failover: 1048577/'";
+    let refused = ctl_edit(&config, &env, editor, "n\n");
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    assert!(
+        stdout(&refused).contains("+maximum_lag_on_failover: 1048577"),
+        "{}",
+        stdout(&refused)
+    );
+    let shown = ok(ctl(&config, &["show-config"]), "show-config");
+    assert!(!shown.contains("1048577"), "{shown}");
+    let accepted = ctl_edit(&config, &env, editor, "y\n");
+    assert!(accepted.status.success(), "{}", stdout(&accepted));
+    let shown = ok(ctl(&config, &["show-config"]), "show-config");
+    assert!(
+        shown.contains("maximum_lag_on_failover: 1048577"),
+        "{shown}"
+    );
+
     let unchanged = ok(
         ctl(&config, &["edit-config", "--force", "--pg", "work_mem=7MB"]),
         "edit-config",
