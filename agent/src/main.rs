@@ -160,6 +160,16 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // A reload (POST /reload) also applies the REST API's credentials, allowlist and headers.
+    let reload_security = security.clone();
+    let reloader: ha::cycle::ConfigReloader = Box::new(move || {
+        let cfg = reloader()?;
+        let settings = cfg.restapi.security_settings().map_err(|e| e.to_string())?;
+        reload_security
+            .reload(&settings)
+            .map_err(|e| e.to_string())?;
+        Ok(cfg)
+    });
     let api_state = rest::ApiState {
         snapshot: snapshot_rx,
         commands: command_tx,

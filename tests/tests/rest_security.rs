@@ -259,11 +259,48 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
         "authenticated POST /reload answered {code}"
     );
 
+    // POST /reload applies a changed password: the old one is refused from then on.
+    let mut config = member.config().clone();
+    config.set(
+        "restapi.authentication",
+        json!({"username": USER, "password": "n3w"}),
+    );
+    config.write_to(&member.config_path());
+    let response = https
+        .post(format!("{base}/reload"))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .expect("POST /reload");
+    assert_eq!(response.status().as_u16(), 202, "reload accepted");
+    wait_until(
+        "the reloaded password to be required",
+        Duration::from_secs(30),
+        || async {
+            let old = https
+                .post(format!("{base}/reload"))
+                .basic_auth(USER, Some(PASSWORD))
+                .send()
+                .await
+                .ok()?;
+            (old.status().as_u16() == 401).then_some(())
+        },
+    )
+    .await;
+    let response = https
+        .post(format!("{base}/reload"))
+        .basic_auth(USER, Some("n3w"))
+        .send()
+        .await
+        .expect("POST /reload");
+    let code = response.status().as_u16();
+    assert!(code != 401 && code != 403, "new password answered {code}");
+
     // A client outside the allowlist is refused even with the credentials; reads stay open.
     let outsider = client(&ca, Some("127.0.0.2".parse().expect("ip")));
     let response = outsider
         .post(format!("{base}/reload"))
-        .basic_auth(USER, Some(PASSWORD))
+        .basic_auth(USER, Some("n3w"))
         .send()
         .await
         .expect("POST /reload from 127.0.0.2");
@@ -366,4 +403,113 @@ async fn validate_config_checks_the_tls_files() {
             }
         }
     }
+}
+
+/// Two members over TLS with authentication and only the members allowed: they read each other
+/// over https (the CA from `restapi.cafile`), and a switchover asked with the credentials from a
+/// member's address is carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_switch_over_through_the_secured_api() {
+    let pki = TestDir::new("rest-security-pki2");
+    let (ca, cert, key) = make_pki(pki.path());
+    let settings = (cert.clone(), key.clone(), ca.clone());
+    let cluster = TestCluster::builder("restsec2")
+        .members(2)
+        .configure(move |_, cfg| {
+            let (cert, key, ca) = &settings;
+            cfg.set("restapi.certfile", cert.display().to_string())
+                .set("restapi.keyfile", key.display().to_string())
+                .set("restapi.cafile", ca.display().to_string())
+                .set(
+                    "restapi.authentication",
+                    json!({"username": USER, "password": PASSWORD}),
+                )
+                .set("restapi.allowlist_include_members", true);
+        })
+        .start()
+        .await;
+    let https = client(&ca, None);
+    let base = |m: &regent_tests::Member| format!("https://127.0.0.1:{}", m.api_port());
+    let roles = || async {
+        let mut roles = Vec::new();
+        for member in cluster.all() {
+            let body: Value = https
+                .get(format!("{}/patroni", base(member)))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            if body["state"] != "running" {
+                return None;
+            }
+            roles.push((
+                member.name().to_string(),
+                body["role"].as_str()?.to_string(),
+            ));
+        }
+        Some(roles)
+    };
+    let (leader, replica) = wait_until(
+        "a primary and a running replica over https",
+        Duration::from_secs(180),
+        || async {
+            let roles = roles().await?;
+            let leader = roles.iter().find(|(_, r)| r == "primary")?.0.clone();
+            let replica = roles.iter().find(|(_, r)| r == "replica")?.0.clone();
+            Some((leader, replica))
+        },
+    )
+    .await;
+    let leader_api = base(cluster.member(&leader));
+    let body = json!({"leader": leader, "candidate": replica});
+
+    // Members are allowed; another address is not, credentials or not.
+    let outsider = client(&ca, Some("127.0.0.2".parse().expect("ip")));
+    let response = outsider
+        .post(format!("{leader_api}/switchover"))
+        .basic_auth(USER, Some(PASSWORD))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /switchover from 127.0.0.2");
+    assert_eq!(response.status().as_u16(), 403);
+    let response = https
+        .post(format!("{leader_api}/switchover"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /switchover without credentials");
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(cluster.dcs_leader().await.as_deref(), Some(leader.as_str()));
+
+    let response = https
+        .post(format!("{leader_api}/switchover"))
+        .basic_auth(USER, Some(PASSWORD))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /switchover");
+    let code = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            200,
+            format!("Successfully switched over to \"{replica}\"").as_str()
+        )
+    );
+    wait_until(
+        "the candidate to lead, seen over https",
+        Duration::from_secs(60),
+        || async {
+            let roles = roles().await?;
+            roles
+                .iter()
+                .any(|(n, r)| n == &replica && r == "primary")
+                .then_some(())
+        },
+    )
+    .await;
 }
