@@ -291,11 +291,13 @@ async fn ask<T>(
             "the HA loop did not answer",
         )
     };
-    if state.commands.send(build(tx)).await.is_err() {
-        return Err(unavailable());
-    }
-    match tokio::time::timeout(LOOP_ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(answer)) => Ok(answer),
+    // One deadline for both: a loop busy with a long task (a clone) may not even take the command.
+    let exchange = async {
+        state.commands.send(build(tx)).await.ok()?;
+        rx.await.ok()
+    };
+    match tokio::time::timeout(LOOP_ANSWER_TIMEOUT, exchange).await {
+        Ok(Some(answer)) => Ok(answer),
         _ => Err(unavailable()),
     }
 }

@@ -21,6 +21,11 @@ pub(super) struct ScheduledRestart {
 
 impl Agent {
     pub(super) async fn handle_command(&mut self, command: Command) {
+        if command_abandoned(&command) {
+            // The client gave up waiting (the loop was busy): acting now would surprise it.
+            info!("skipping a REST request whose client stopped waiting: {command:?}");
+            return;
+        }
         match command {
             Command::Failover { request, reply } => {
                 let outcome = self.cmd_failover(request).await;
@@ -401,6 +406,18 @@ impl Agent {
     }
 }
 
+fn command_abandoned(command: &Command) -> bool {
+    match command {
+        Command::Failover { reply, .. } => reply.is_closed(),
+        Command::CancelSwitchover { reply }
+        | Command::Config { reply, .. }
+        | Command::Reload { reply }
+        | Command::Restart { reply, .. }
+        | Command::CancelRestart { reply }
+        | Command::Reinitialize { reply, .. } => reply.is_closed(),
+    }
+}
+
 /// Settings that identify the member or its data cannot change while it runs.
 pub(crate) fn reloadable(
     old: &crate::config::Config,
@@ -687,5 +704,14 @@ mod tests {
             failover_limitation(&json!({"state": "running", "watchdog_failed": true})),
             Some("not watchdog capable")
         );
+    }
+
+    #[test]
+    fn a_command_whose_client_left_is_abandoned() {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let command = Command::Reload { reply };
+        assert!(!command_abandoned(&command));
+        drop(rx);
+        assert!(command_abandoned(&command));
     }
 }
