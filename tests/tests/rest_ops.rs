@@ -412,6 +412,23 @@ async fn rest_restart_reinitialize_and_pause(backend: Backend) {
         .wait_for_member_streaming(replica.name(), &leader, Duration::from_secs(30))
         .await;
 
+    // The leader restarts in place and keeps the lock.
+    let leader_member = cluster.member(&leader);
+    let before =
+        status(leader_member).await.expect("GET /patroni")["postmaster_start_time"].clone();
+    let (code, text) = post(&format!("{leader_api}/restart"), json!({"role": "primary"})).await;
+    assert_eq!((code, text.as_str()), (200, "restarted successfully"));
+    let after = wait_until("the leader runs again", Duration::from_secs(30), || async {
+        let s = status(leader_member).await?;
+        (s["state"] == "running").then(|| s["postmaster_start_time"].clone())
+    })
+    .await;
+    assert_ne!(before, after, "the leader's postmaster was not restarted");
+    assert_eq!(cluster.dcs_leader().await.as_deref(), Some(leader.as_str()));
+    cluster
+        .wait_for_replicas_streaming(&leader, Duration::from_secs(60))
+        .await;
+
     // Scheduled restart: shown, cancellable.
     let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let (code, text) = post(&format!("{api}/restart"), json!({"schedule": at})).await;
