@@ -449,6 +449,11 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
     cluster
         .wait_for_member_streaming(&replica, &candidate, Duration::from_secs(60))
         .await;
+    let none = ok(
+        ctl(&config, &["restart", "ctl", "--pending", "--force"]),
+        "restart --pending",
+    );
+    assert!(none.contains("No member has a pending restart"), "{none}");
     let unknown = ctl(&config, &["restart", "ctl", "nobody", "--force"]);
     assert_eq!(unknown.status.code(), Some(1));
 

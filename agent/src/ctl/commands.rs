@@ -1100,10 +1100,6 @@ struct RestartArgs {
 async fn restart(ctx: &Ctx, a: RestartArgs) -> CtlResult {
     let cluster = ctx.cluster().await?;
     let mut members = select_members(&cluster, &a.members, a.role.as_deref())?;
-    if a.any {
-        // Any one will do; the first keeps it deterministic.
-        members.truncate(1);
-    }
     let mut body = Map::new();
     if a.pending {
         body.insert("restart_pending".into(), json!(true));
@@ -1123,10 +1119,18 @@ async fn restart(ctx: &Ctx, a: RestartArgs) -> CtlResult {
     if let Some(t) = &a.timeout {
         body.insert("timeout".into(), json!(t));
     }
-    if let Some(r) = &a.role {
-        if r != "any" {
-            body.insert("role".into(), json!(r));
+    // The role only selects members (patronictl sends no role); without a schedule, --pending
+    // keeps the members that report a pending restart now.
+    if a.pending && scheduled.is_none() {
+        members.retain(|m| m.data.pending_restart == Some(true));
+        if members.is_empty() {
+            println!("No member has a pending restart");
+            return Ok(());
         }
+    }
+    if a.any {
+        // Any one will do; the first keeps it deterministic.
+        members.truncate(1);
     }
     confirm_members(&members, a.force, "restart")?;
     let body = Value::Object(body);
