@@ -12,8 +12,10 @@ use dcs::etcd::{Etcd3, EtcdConfig};
 use dcs::{Dcs, DcsError, Timing};
 use serde_json::{json, Value};
 
+mod support;
+use support::pki::{make_ca, make_leaf};
+
 const ETCD_BIN: &str = "/usr/bin/etcd";
-const OPENSSL_BIN: &str = "openssl";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -32,97 +34,6 @@ impl Pki {
     fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new(OPENSSL_BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `{OPENSSL_BIN}` ({e}): install the openssl command-line tool \
-                 (Debian package `openssl`) to run these tests"
-            )
-        });
-    assert!(
-        output.status.success(),
-        "openssl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=regent test {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-fn make_leaf(dir: &Path, name: &str, subject: &str, extensions: &str, serial: &str) {
-    let ext_file = format!("{name}.ext");
-    std::fs::write(dir.join(&ext_file), extensions).expect("write extension file");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            subject,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            serial,
-            "-days",
-            "2",
-            "-extfile",
-            &ext_file,
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
 }
 
 const PKI_DIR_PREFIX: &str = "dcs-etcd-tls-pki-";
