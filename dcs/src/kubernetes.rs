@@ -643,6 +643,34 @@ impl Kubernetes {
         }
     }
 
+    /// The second and last attempt on our own lock after a 409, with the version just re-read:
+    /// another conflict (or the object gone) means the lock is not ours to write.
+    async fn patch_lock_once_more(
+        &self,
+        leader: &str,
+        annotations: &Map<String, Value>,
+        fresh: &Value,
+        subsets: Option<Value>,
+        deadline: Instant,
+    ) -> DcsResult<bool> {
+        match self
+            .patch_kind(
+                leader,
+                annotations,
+                resource_version(fresh),
+                subsets,
+                deadline,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(CallError::Status {
+                code: 409 | 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// After a 409 on our own lock: re-read; `Ok(None)` when the lock is not ours (any more),
     /// `Ok(Some(obj))` when it still is and `obj` is its fresh version.
     async fn reread_own_lock(
@@ -934,22 +962,8 @@ impl Dcs for Kubernetes {
             return Ok(true);
         }
         let subsets = self.wanted_subsets(Some(&fresh), deadline).await;
-        match self
-            .patch_kind(
-                &leader,
-                &annotations,
-                resource_version(&fresh),
-                subsets,
-                deadline,
-            )
+        self.patch_lock_once_more(&leader, &annotations, &fresh, subsets, deadline)
             .await
-        {
-            Ok(()) => Ok(true),
-            Err(CallError::Status {
-                code: 409 | 404, ..
-            }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
     }
 
     async fn delete_leader(&self, optime: Option<u64>) -> DcsResult<bool> {
@@ -987,22 +1001,8 @@ impl Dcs for Kubernetes {
         let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
             return Ok(false);
         };
-        match self
-            .patch_kind(
-                &leader,
-                &annotations,
-                resource_version(&fresh),
-                subsets,
-                deadline,
-            )
+        self.patch_lock_once_more(&leader, &annotations, &fresh, subsets, deadline)
             .await
-        {
-            Ok(()) => Ok(true),
-            Err(CallError::Status {
-                code: 409 | 404, ..
-            }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
     }
 
     async fn initialize(&self, create_new: bool, sysid: &str) -> DcsResult<bool> {
