@@ -616,8 +616,9 @@ impl Kubernetes {
     ) -> DcsResult<bool> {
         let me = self.shared.name.clone();
         let leader = self.layout().leader.clone();
-        // Keep acquireTime and transitions as last seen, so readers see the same holder.
-        let observed = self.kinds().tracker().observed().clone();
+        // Keep acquireTime and transitions as last seen while held, so readers see the same
+        // holder: the deletion may already have reached the tracker through the watch.
+        let observed = self.kinds().tracker().last_held().clone();
         let annotations = objects::renew_annotations(
             &me,
             self.ttl(),

@@ -19,15 +19,25 @@ use super::objects::{self, LeaderRecord};
 pub(crate) struct LockTracker {
     observed: LeaderRecord,
     changed_at: Option<Instant>,
+    /// The last record that named a holder: what a holder re-creates its deleted object from,
+    /// even after the deletion itself has been observed.
+    last_held: LeaderRecord,
 }
 
 impl LockTracker {
     /// Record the lock fields seen now; only a change restarts the clock.
     pub(crate) fn observe(&mut self, record: LeaderRecord, now: Instant) {
         if (!record.is_empty() || !self.observed.is_empty()) && record != self.observed {
+            if record.leader().is_some() {
+                self.last_held = record.clone();
+            }
             self.observed = record;
             self.changed_at = Some(now);
         }
+    }
+
+    pub(crate) fn last_held(&self) -> &LeaderRecord {
+        &self.last_held
     }
 
     pub(crate) fn observed(&self) -> &LeaderRecord {
@@ -214,6 +224,18 @@ mod tests {
             t0 + Duration::from_secs(9),
         );
         assert_eq!(t.holder(30, t0 + Duration::from_secs(9)), None);
+    }
+
+    #[test]
+    fn last_held_record_survives_a_deletion() {
+        let t0 = Instant::now();
+        let mut t = LockTracker::default();
+        t.observe(record(&leader(Some("a"), "R1", "1")), t0);
+        // The object deleted (seen through the watch before the holder renews).
+        t.observe(LeaderRecord::default(), t0 + Duration::from_secs(1));
+        assert_eq!(t.observed().leader(), None);
+        assert_eq!(t.last_held().leader(), Some("a"));
+        assert_eq!(t.last_held().get("acquireTime"), Some("A"));
     }
 
     #[test]
