@@ -27,8 +27,11 @@ const EXIT_USAGE: u8 = 2;
 const CTL_NAME: &str = "regent-ctl";
 
 #[derive(Parser, Debug)]
+// bin_name: `main` hands clap the arguments from "ctl" on, and clap would otherwise name the
+// program after that first argument ("Usage: ctl ...").
 #[command(
     name = "regent ctl",
+    bin_name = "regent ctl",
     version,
     about = "Manage a Patroni-compatible cluster (patronictl's commands)"
 )]
@@ -539,6 +542,30 @@ fn fill_missing(tree: &mut Map<String, Value>, defaults: Map<String, Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Help and usage errors name the command as typed: `regent ctl`, for subcommands too.
+    #[test]
+    fn usage_names_regent_ctl() {
+        let help = CtlCli::try_parse_from(["ctl", "--help"])
+            .expect_err("--help stops parsing")
+            .to_string();
+        assert!(
+            help.contains("Usage: regent ctl [OPTIONS] <COMMAND>"),
+            "{help}"
+        );
+        let sub = CtlCli::try_parse_from(["ctl", "list", "--help"])
+            .expect_err("--help stops parsing")
+            .to_string();
+        assert!(sub.contains("Usage: regent ctl list [OPTIONS]"), "{sub}");
+        let wrong = CtlCli::try_parse_from(["ctl", "no-such-command"])
+            .expect_err("an unknown subcommand is refused")
+            .to_string();
+        assert!(
+            wrong.contains("Usage: regent ctl [OPTIONS] <COMMAND>"),
+            "{wrong}"
+        );
+        assert!(!wrong.contains("Usage: ctl"), "{wrong}");
+    }
 
     #[test]
     fn dcs_url_gives_hosts_and_namespace() {
