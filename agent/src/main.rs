@@ -173,6 +173,7 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
     let api_state = rest::ApiState {
         snapshot: snapshot_rx,
         commands: command_tx,
+        citus: None,
     };
     let mut rest_shutdown = shutdown_rx.clone();
     let rest_task = tokio::spawn(async move {

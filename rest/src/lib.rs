@@ -8,6 +8,7 @@
 //! dedicated handler is a health check (unknown paths answer 503 with the status JSON); `HEAD`
 //! and `OPTIONS` are health checks answering with the status code only; anything else is 501.
 
+mod citus;
 mod cluster;
 mod health;
 mod lag;
@@ -25,6 +26,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 
+pub use citus::CitusHandler;
 pub use lag::parse_size;
 pub use ops::{
     parse_schedule, postgres_version_to_int, FailoverAction, FailoverOutcome, FailoverRequest,
@@ -164,6 +166,8 @@ pub enum Command {
 pub struct ApiState {
     pub snapshot: tokio::sync::watch::Receiver<Snapshot>,
     pub commands: tokio::sync::mpsc::Sender<Command>,
+    /// Citus members: what `POST /citus` events are handed to (`None`: not a Citus member).
+    pub citus: Option<std::sync::Arc<dyn CitusHandler>>,
 }
 
 /// The whole API as one router. Patroni routes on the first path segment and treats unknown GETs
@@ -227,6 +231,7 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
         (&Method::POST, "restart") => ops::restart(&state, &snapshot, headers, body).await,
         (&Method::DELETE, "restart") => ops::delete_restart(&state).await,
         (&Method::POST, "reinitialize") => ops::reinitialize(&state, headers, body).await,
+        (&Method::POST, "citus" | "mpp") => citus::citus(&state, headers, body).await,
         (&Method::HEAD, _) | (&Method::OPTIONS, _) => {
             let body = status::status_json(&snapshot);
             reply::status_only(health::health_check(&snapshot, &body, &path, &query))

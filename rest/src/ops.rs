@@ -52,7 +52,7 @@ impl OpReply {
         }
     }
 
-    fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         match self.body {
             OpBody::Text(t) => reply::text(code, "text/html", t),

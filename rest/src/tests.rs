@@ -170,6 +170,7 @@ async fn call(snapshot: Snapshot, method: Method, uri: &str) -> Reply {
     let app = router(ApiState {
         snapshot: receiver,
         commands,
+        citus: None,
     });
     let request = Request::builder()
         .method(method)
@@ -866,6 +867,7 @@ async fn snapshot_updates_are_seen() {
     let app = router(ApiState {
         snapshot: receiver,
         commands,
+        citus: None,
     });
     let health = || {
         Request::builder()
@@ -896,6 +898,7 @@ async fn serves_http_1_0_over_tcp() {
         ApiState {
             snapshot: receiver,
             commands,
+            citus: None,
         },
         async move {
             let _ = stopped_signal.await;
@@ -972,6 +975,7 @@ async fn call_ops(
     let app = router(ApiState {
         snapshot: receiver,
         commands,
+        citus: None,
     });
     let mut builder = Request::builder().method(method).uri(uri);
     if let Some(b) = body {
@@ -1313,6 +1317,7 @@ async fn commands_reach_the_loop_and_answers_come_back() {
     let app = router(ApiState {
         snapshot: receiver,
         commands,
+        citus: None,
     });
     let request = Request::builder()
         .method(Method::POST)
