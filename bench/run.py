@@ -4,8 +4,8 @@
 Both implementations get the very same generated Patroni YAML configuration
 (Regent is a drop-in), their own fresh DCS (a single-node etcd, or with
 `--dcs kubernetes` the Kubernetes API test server), and the same measurements:
-kill -9 failover, graceful (SIGTERM) handover, idle RSS and, on Kubernetes, API
-requests per member per minute at idle.
+kill -9 failover, graceful (SIGTERM) handover, switchover through POST /switchover,
+idle RSS and, on Kubernetes, API requests per member per minute at idle.
 See bench/README.md for what each number means.
 
 Requires: Python 3.9+, psycopg2, /usr/bin/etcd, PostgreSQL 15 binaries,
@@ -1100,6 +1100,7 @@ class Writer(threading.Thread):
         super().__init__(daemon=True, name="writer")
         self.dsn = dsn
         self.successes = []  # (attempt start, completion, server port); times are monotonic seconds
+        self.acked_ids = []  # bench_writes.id of every acknowledged INSERT, to check none is lost
         self.failures = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -1115,10 +1116,11 @@ class Writer(threading.Thread):
                     connection.autocommit = True
                 with connection.cursor() as cursor:
                     cursor.execute("INSERT INTO bench_writes (written_at) VALUES (clock_timestamp()) "
-                                   "RETURNING inet_server_port()")
-                    server_port = cursor.fetchone()[0]
+                                   "RETURNING id, inet_server_port()")
+                    row_id, server_port = cursor.fetchone()
                 with self.lock:
                     self.successes.append((started, time.monotonic(), server_port))
+                    self.acked_ids.append(row_id)
             except psycopg2.Error:
                 with self.lock:
                     self.failures += 1
@@ -1141,6 +1143,23 @@ class Writer(threading.Thread):
                 if started >= since and port != not_on_port:
                     return completed
         return None
+
+    def first_success_on_started_after(self, port, since):
+        """Completion time of the first write begun at or after `since` on the server on `port`."""
+        with self.lock:
+            for started, completed, server in self.successes:
+                if started >= since and server == port:
+                    return completed
+        return None
+
+    def longest_gap(self):
+        """(gap seconds, completion before, completion after, port before, port after) of the longest
+        interval between two consecutive acknowledged writes, or None with fewer than two."""
+        with self.lock:
+            acked = sorted((completed, port) for _, completed, port in self.successes)
+        gaps = [(later[0] - earlier[0], earlier[0], later[0], earlier[1], later[1])
+                for earlier, later in zip(acked, acked[1:])]
+        return max(gaps) if gaps else None
 
     def successes_on_after(self, port, since):
         """Writes acknowledged by the server on `port` that completed after `since`."""
@@ -1335,6 +1354,87 @@ def measure_handover(cluster, record):
     record["handover_rejoin_s"] = restart_and_rejoin(cluster, leader)
 
 
+def post_switchover(member, leader, candidate, timeout):
+    """POST /switchover {leader, candidate} to `member`'s REST API: (HTTP status, answer text).
+
+    Both implementations answer once the outcome is known (a new leader or a failure), so the call
+    blocks for the length of the switchover."""
+    body = json.dumps({"leader": leader, "candidate": candidate}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{member.rest_port}/switchover", data=body,
+                                     method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode(errors="replace").strip()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace").strip()
+
+
+def count_present(member, ids):
+    """How many of `ids` the bench table on `member` holds (read on that server directly)."""
+    dsn = (f"host=127.0.0.1 port={member.pg_port} dbname=postgres user={SUPERUSER} "
+           f"password={SUPERUSER_PASSWORD} connect_timeout=2")
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM bench_writes WHERE id = ANY(%s)", (list(ids),))
+            return cursor.fetchone()[0]
+    finally:
+        connection.close()
+
+
+# Writes acknowledged before the switchover request, so the longest gap has a steady baseline.
+SWITCHOVER_BASELINE_WRITES = 25
+# How long the writer keeps going on the new leader, so a second stall right after the first
+# write there would still count in the longest gap.
+SWITCHOVER_TAIL = 1.0
+
+
+def measure_switchover(cluster, record):
+    """POST /switchover from the leader to the next member while the client writes; fills `record`."""
+    leader_name = cluster.wait_healthy(REJOIN_TIMEOUT, "switchover start")
+    leader = cluster.member(leader_name)
+    # The candidate rotates over the replicas from run to run: the member after the leader.
+    position = [m.name for m in cluster.members].index(leader_name)
+    candidate = cluster.members[(position + 1) % len(cluster.members)]
+    record["switchover_old_leader"] = leader_name
+    record["switchover_candidate"] = candidate.name
+    writer = start_writer(cluster)
+    try:
+        began = time.monotonic()
+        wait_until(lambda: writer.successes_on_after(leader.pg_port, began) >= SWITCHOVER_BASELINE_WRITES,
+                   30, f"{SWITCHOVER_BASELINE_WRITES} writes on {leader_name} before the switchover")
+        t0 = time.monotonic()
+        status, answer = post_switchover(leader, leader_name, candidate.name, FAILOVER_TIMEOUT)
+        record["switchover_response_s"] = time.monotonic() - t0
+        record["switchover_http_status"] = status
+        record["switchover_answer"] = answer[:200]
+        if status != 200:
+            raise BenchError(f"POST /switchover to {leader_name} answered HTTP {status}: {answer[:200]}")
+        t_write = wait_until(lambda: writer.first_success_on_started_after(candidate.pg_port, t0),
+                             FAILOVER_TIMEOUT, f"the first write on {candidate.name} after POST /switchover",
+                             interval=0.005)
+        wait_until(lambda: writer.first_success_on_started_after(candidate.pg_port, t_write + SWITCHOVER_TAIL),
+                   30, f"writes on {candidate.name} {SWITCHOVER_TAIL:.0f}s after the switchover", interval=0.02)
+    finally:
+        writer.stop()
+        record["switchover_failed_writes"] = writer.failures
+    record["switchover_unavailable_s"] = t_write - t0
+    gap, _, _, port_before, port_after = writer.longest_gap()
+    record["switchover_write_gap_s"] = gap
+    ports = {m.pg_port: m.name for m in cluster.members}
+    record["switchover_gap_between"] = [ports.get(port_before, port_before), ports.get(port_after, port_after)]
+    t_taken = cluster.watch.first_acquire_after(t0, leader_name)
+    record["switchover_lock_taken_s"] = None if t_taken is None else t_taken - t0
+    # A switchover must not lose acknowledged writes: every id must be on the new leader.
+    present = count_present(candidate, writer.acked_ids)
+    record["switchover_lost_writes"] = len(writer.acked_ids) - present
+    healthy_leader = cluster.wait_healthy(REJOIN_TIMEOUT, f"{leader_name} to stream from {candidate.name}")
+    record["switchover_rejoin_s"] = time.monotonic() - t0
+    record["switchover_new_leader"] = healthy_leader
+    if healthy_leader != candidate.name:
+        raise BenchError(f"switchover to {candidate.name} ended with {healthy_leader} leading")
+
+
 # Metrics shown in the table: key, label, unit, decimals.
 METRICS = [
     ("failover_unavailable_s", "failover: kill -9 → first write on new leader", "s", 3),
@@ -1346,6 +1446,11 @@ METRICS = [
     ("handover_write_gap_s", "  write gap (last old → first new)", "s", 3),
     ("handover_key_released_s", "  leader key released", "s", 3),
     ("handover_rejoin_s", "handover: old leader rejoin", "s", 3),
+    ("switchover_write_gap_s", "switchover: longest gap between acknowledged writes", "s", 3),
+    ("switchover_unavailable_s", "  POST /switchover → first write on the candidate", "s", 3),
+    ("switchover_lock_taken_s", "  POST /switchover → lock taken by the candidate", "s", 3),
+    ("switchover_response_s", "  POST /switchover answered", "s", 3),
+    ("switchover_rejoin_s", "switchover: POST → old leader streaming again", "s", 3),
     ("rss_mib", "agent RSS at idle (per member)", "MiB", 1),
     ("api_requests_per_min", "API requests at idle (mean per member)", "/min", 1),
     ("api_requests_leader_per_min", "  leader", "/min", 1),
@@ -1385,7 +1490,21 @@ def log_handover(prefix, run):
             f"after releasing the leader key")
 
 
-MEASUREMENTS = ("rss", "requests", "failover", "handover")
+def log_switchover(prefix, run):
+    between = run.get("switchover_gap_between") or ["?", "?"]
+    log(f"{prefix}: switchover {run.get('switchover_old_leader')}→{run.get('switchover_candidate')}: "
+        f"longest write gap {seconds(run.get('switchover_write_gap_s'))} ({between[0]}→{between[1]}), "
+        f"first write on the candidate {seconds(run.get('switchover_unavailable_s'))}, "
+        f"lock taken {seconds(run.get('switchover_lock_taken_s'))}, "
+        f"answered {seconds(run.get('switchover_response_s'))} "
+        f"(HTTP {run.get('switchover_http_status')}: {run.get('switchover_answer')!r}), "
+        f"old leader streaming {seconds(run.get('switchover_rejoin_s'))}, "
+        f"{run.get('switchover_failed_writes')} failed write attempt(s)")
+    if run.get("switchover_lost_writes"):
+        log(f"WARNING: {run['switchover_lost_writes']} acknowledged write(s) missing on the new leader")
+
+
+MEASUREMENTS = ("rss", "requests", "failover", "handover", "switchover")
 
 
 def log_requests(prefix, run):
@@ -1437,6 +1556,11 @@ def benchmark(implementation, root_dir, run_as, runs, dcs, idle_seconds, measure
                         measure_handover(cluster, run)
                     finally:
                         log_handover(prefix, run)
+                if "switchover" in measurements:
+                    try:
+                        measure_switchover(cluster, run)
+                    finally:
+                        log_switchover(prefix, run)
             except (BenchError, OSError, ValueError, psycopg2.Error) as error:
                 run["error"] = str(error)
                 result["errors"].append(f"run {run_index + 1}: {error}")
@@ -1479,6 +1603,8 @@ def print_table(summaries):
         ratio = "—"
         if regent and patroni and regent["median"] > 0 and key != "effective_ttl_s":
             ratio = f"{patroni['median'] / regent['median']:.2f}×"
+        if regent is None and patroni is None:
+            continue  # not measured in this run (see --measure)
         rows.append([label, cell(regent, unit, digits), cell(patroni, unit, digits), ratio])
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
     print()
@@ -1487,6 +1613,22 @@ def print_table(summaries):
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    print()
+
+
+def print_switchover_summary(summaries):
+    """The switchover write unavailability of both, with the Regent/Patroni ratio of the medians."""
+    key = "switchover_write_gap_s"
+    stats = {name: summaries.get(name, {}).get(key) for name in ("regent", "patroni")}
+    if not any(stats.values()):
+        return
+    print("Switchover write unavailability (longest gap between acknowledged writes, POST /switchover):")
+    for name, stat in stats.items():
+        if stat:
+            print(f"  {name:8} median {stat['median']:.3f} s  min {stat['min']:.3f} s  "
+                  f"max {stat['max']:.3f} s  (n={stat['n']})")
+    if stats["regent"] and stats["patroni"] and stats["patroni"]["median"] > 0:
+        print(f"  Regent/Patroni ratio of medians: {stats['regent']['median'] / stats['patroni']['median']:.2f}")
     print()
 
 
@@ -1510,7 +1652,7 @@ def main():
     parser.add_argument("--retry-timeout", type=int, default=DEFAULT_DCS["retry_timeout"],
                         help="bootstrap.dcs retry_timeout")
     parser.add_argument("--measure", default=",".join(MEASUREMENTS),
-                        help="comma-separated subset of rss,requests,failover,handover (default: all; "
+                        help="comma-separated subset of rss,requests,failover,handover,switchover (default: all; "
                              "requests only on --dcs kubernetes)")
     parser.add_argument("--dcs", choices=("etcd", "kubernetes"), default="etcd",
                         help="DCS: a single-node etcd (default) or the Kubernetes API test server")
@@ -1584,6 +1726,7 @@ def main():
     summaries = {name: summarize(result) for name, result in results.items()}
     if results:
         print_table(summaries)
+        print_switchover_summary(summaries)
         document = {
             "settings": {"runs": runs, **dcs, "measurements": measurements, "write_interval_s": WRITE_INTERVAL,
                          "idle_seconds": idle_seconds, "dcs": args.dcs, "use_endpoints": args.use_endpoints,
