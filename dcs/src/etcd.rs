@@ -134,7 +134,13 @@ struct MemberCache {
 /// State shared with the background watch task.
 pub(crate) struct Shared {
     client: Client,
+    /// This member's group: `<namespace>/<scope>/[<group>/]`.
     prefix: String,
+    /// `<namespace>/<scope>/`: every Citus group lives below it.
+    scope_prefix: String,
+    /// What `get_cluster` reads and the watch follows: the whole scope on the Citus coordinator
+    /// (all groups in one range), else this member's group.
+    read_prefix: String,
     name: String,
     notify: Notify,
     /// Revision of the last full read; the watch starts right after it.
@@ -253,9 +259,18 @@ impl Etcd3 {
         } else {
             cfg.namespace.as_str()
         };
+        let prefix = cluster_prefix(namespace, cfg.scope.trim(), cfg.group);
+        let scope_prefix = cluster_prefix(namespace, cfg.scope.trim(), None);
+        let read_prefix = if cfg.group == Some(0) {
+            scope_prefix.clone()
+        } else {
+            prefix.clone()
+        };
         let shared = Shared {
             client: Client::new(hosts, credentials, tls, cfg.timing)?,
-            prefix: cluster_prefix(namespace, cfg.scope.trim(), cfg.group),
+            prefix,
+            scope_prefix,
+            read_prefix,
             name: cfg.name,
             notify: Notify::new(),
             last_read_revision: AtomicI64::new(0),
@@ -436,6 +451,12 @@ impl Etcd3 {
             .clone()
     }
 
+    /// One range over every key below `prefix`.
+    async fn range_prefix(&self, prefix: &str) -> Result<Value, CallError> {
+        let body = json!({"key": b64(prefix), "range_end": b64(prefix_range_end(prefix))});
+        self.call("/kv/range", &body).await
+    }
+
     async fn read_status(&self) -> DcsResult<Status> {
         let answer = self
             .call("/kv/range", &json!({"key": b64(self.key("status"))}))
@@ -488,9 +509,8 @@ impl Dcs for Etcd3 {
     }
 
     async fn get_cluster(&self) -> DcsResult<Cluster> {
-        let prefix = &self.shared.prefix;
-        let body = json!({"key": b64(prefix), "range_end": b64(prefix_range_end(prefix))});
-        let answer = self.call("/kv/range", &body).await?;
+        let read_prefix = &self.shared.read_prefix;
+        let answer = self.range_prefix(read_prefix).await?;
         let revision = header_revision(&answer);
         if revision > 0 {
             self.shared
@@ -498,8 +518,12 @@ impl Dcs for Etcd3 {
                 .store(revision, Ordering::Relaxed);
         }
         let mut warnings = Vec::new();
-        let kvs = parse::decode_kvs(prefix, answer.get("kvs"), &mut warnings);
-        let cluster = parse::parse_cluster(prefix, &kvs, warnings);
+        let kvs = parse::decode_kvs(read_prefix, answer.get("kvs"), &mut warnings);
+        let cluster = if *read_prefix == self.shared.prefix {
+            parse::parse_cluster(&self.shared.prefix, &kvs, warnings)
+        } else {
+            parse::parse_coordinator(&self.shared.scope_prefix, kvs, warnings)
+        };
         // Forget what we wrote if our member key vanished or was changed by someone else, so the
         // next touch_member writes it again.
         if let Some(cache) = self.member_cache() {
@@ -512,6 +536,18 @@ impl Dcs for Etcd3 {
         }
         for w in &cluster.warnings {
             tracing::debug!(warning = %w, "etcd cluster read");
+        }
+        Ok(cluster)
+    }
+
+    async fn get_group(&self, group: u32) -> DcsResult<Cluster> {
+        let prefix = format!("{}{group}/", self.shared.scope_prefix);
+        let answer = self.range_prefix(&prefix).await?;
+        let mut warnings = Vec::new();
+        let kvs = parse::decode_kvs(&prefix, answer.get("kvs"), &mut warnings);
+        let cluster = parse::parse_cluster(&prefix, &kvs, warnings);
+        for w in &cluster.warnings {
+            tracing::debug!(warning = %w, group, "etcd group read");
         }
         Ok(cluster)
     }

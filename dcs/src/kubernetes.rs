@@ -11,7 +11,7 @@ mod objects;
 mod state;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -383,6 +383,69 @@ impl Kubernetes {
         }
     }
 
+    /// One LIST of the kind objects by our selector (every Citus group): the items and the
+    /// list's resourceVersion.
+    async fn list_kinds(&self, deadline: Instant) -> DcsResult<(Vec<Value>, String)> {
+        let req = Req::list(self.resource(), self.ns(), &self.layout().selector());
+        let list = self.shared.api.call(&req, deadline).await?.json(&req)?;
+        watch::parse_list(&list).ok_or_else(|| {
+            DcsError::Protocol(format!("{}: the answer is not a list", req.describe()))
+        })
+    }
+
+    /// The Pods matching our selector (every Citus group): the watch cache while it is in
+    /// sync, else one LIST, which also fills the cache.
+    async fn pods_snapshot(&self, deadline: Instant) -> DcsResult<Vec<Value>> {
+        let cached = {
+            let cache = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .synced
+                .then(|| cache.pods.values().cloned().collect::<Vec<_>>())
+        };
+        if let Some(pods) = cached {
+            return Ok(pods);
+        }
+        let req = Req::list("pods", self.ns(), &self.layout().selector());
+        let v = self.shared.api.call(&req, deadline).await?.json(&req)?;
+        let (items, _) = watch::parse_list(&v).ok_or_else(|| {
+            DcsError::Protocol(format!("{}: the answer is not a list", req.describe()))
+        })?;
+        let mut cache = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &items {
+            cache.offer(p.clone());
+        }
+        Ok(items)
+    }
+
+    /// Citus: feed every other group's leader object of a LIST (and the absence of those seen
+    /// before) to its lock tracker. Returns, per group listed, its leader object name and object.
+    fn observe_other_leaders(
+        &self,
+        st: &mut KindState,
+        others: &BTreeMap<u32, HashMap<String, Value>>,
+        list_rv: &str,
+        now: Instant,
+    ) -> BTreeMap<u32, (String, Option<Value>)> {
+        let layout = self.layout();
+        let leaders: BTreeMap<u32, (String, Option<Value>)> = others
+            .iter()
+            .map(|(g, objs)| {
+                let name = layout.for_group(*g).leader;
+                let obj = objs.get(&name).cloned();
+                (*g, (name, obj))
+            })
+            .collect();
+        for name in st.other_leader_names() {
+            if !leaders.values().any(|(n, _)| *n == name) {
+                st.offer_other_leader(&name, None, Some(list_rv), now);
+            }
+        }
+        for (name, obj) in leaders.values() {
+            st.offer_other_leader(name, obj.clone(), Some(list_rv), now);
+        }
+        leaders
+    }
+
     /// Our own Pod: from the cache, else read now.
     async fn own_pod(&self, deadline: Instant) -> Option<Value> {
         let cached = self
@@ -712,67 +775,130 @@ impl Dcs for Kubernetes {
     async fn get_cluster(&self) -> DcsResult<Cluster> {
         self.ensure_watchers();
         self.shared.api.refresh_api_servers().await;
-        let api = &self.shared.api;
-        let deadline = api.budget();
+        let deadline = self.shared.api.budget();
         let layout = self.layout();
-        let kinds_req = Req::list(self.resource(), self.ns(), &layout.selector());
-        let cached_pods = {
-            let cache = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
-            cache
-                .synced
-                .then(|| cache.pods.values().cloned().collect::<Vec<_>>())
-        };
-        let pods_req = Req::list("pods", self.ns(), &layout.selector());
-        let pods_fut = async {
-            match cached_pods {
-                Some(p) => Ok::<_, DcsError>(p),
-                None => {
-                    let resp = api.call(&pods_req, deadline).await?;
-                    let v = resp.json(&pods_req)?;
-                    let (items, _) = watch::parse_list(&v).ok_or_else(|| {
-                        DcsError::Protocol(format!(
-                            "{}: the answer is not a list",
-                            pods_req.describe()
-                        ))
-                    })?;
-                    let mut cache = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
-                    for p in &items {
-                        cache.offer(p.clone());
+        let (kinds, pods) = tokio::join!(self.list_kinds(deadline), self.pods_snapshot(deadline));
+        let (items, list_rv) = kinds?;
+        let pods = pods?;
+        let coordinator = layout.group == Some(0);
+        let mut label_warnings = Vec::new();
+        let mut ours: HashMap<String, Value> = HashMap::new();
+        // Citus: the other groups' objects came with the same LIST (the selector spans groups).
+        let mut others: BTreeMap<u32, HashMap<String, Value>> = BTreeMap::new();
+        for o in items {
+            let Some(n) = objects::name(&o).map(str::to_string) else {
+                continue;
+            };
+            if layout.is_ours(&n) {
+                ours.insert(n, o);
+            } else if layout.group.is_some() {
+                match layout.other_group_of(&o) {
+                    Some(g) => {
+                        others.entry(g).or_default().insert(n, o);
                     }
-                    Ok(items)
+                    None if coordinator => {
+                        let what = layout.describe(&n);
+                        label_warnings.extend(objects::group_label_warning(&what, &o));
+                    }
+                    None => {}
                 }
             }
-        };
-        let (kinds, pods) = tokio::join!(api.call(&kinds_req, deadline), pods_fut);
-        let list = kinds?.json(&kinds_req)?;
-        let pods = pods?;
-        let (items, list_rv) = watch::parse_list(&list).ok_or_else(|| {
-            DcsError::Protocol(format!(
-                "{}: the answer is not a list",
-                kinds_req.describe()
-            ))
-        })?;
-        let ours: HashMap<String, Value> = items
-            .into_iter()
-            .filter_map(|o| {
-                let n = objects::name(&o)?.to_string();
-                layout.is_ours(&n).then_some((n, o))
-            })
-            .collect();
+        }
         let now = Instant::now();
         let ttl = self.ttl();
-        let lock_held = {
+        let (lock_held, others_held) = {
             let mut st = self.kinds();
             for n in layout.names() {
                 st.offer(&layout.leader, n, ours.get(n).cloned(), Some(&list_rv), now);
             }
-            st.note_read(&layout.leader, ours.clone());
+            let mut read = ours.clone();
+            let mut others_held = BTreeMap::new();
+            if layout.group.is_some() {
+                let leaders = self.observe_other_leaders(&mut st, &others, &list_rv, now);
+                for (g, (name, obj)) in &leaders {
+                    let listed = LeaderRecord::from_object(obj.as_ref());
+                    let held = listed.leader().is_some()
+                        && st.other_holder(name, ttl, now) == listed.leader();
+                    others_held.insert(*g, held);
+                    if let Some(o) = obj {
+                        read.insert(name.clone(), o.clone());
+                    }
+                }
+            }
+            st.note_read(&layout.leader, read);
             let listed = LeaderRecord::from_object(ours.get(&layout.leader));
-            listed.leader().is_some() && st.tracker().holder(ttl, now) == listed.leader()
+            let held =
+                listed.leader().is_some() && st.tracker().holder(ttl, now) == listed.leader();
+            (held, others_held)
         };
-        let cluster = objects::build_cluster(layout, &ours, &pods, lock_held);
+        let mut cluster = objects::build_cluster(layout, &ours, &pods, lock_held);
+        if coordinator {
+            let mut groups: BTreeSet<u32> = others.keys().copied().collect();
+            for pod in &pods {
+                let Some(value) = objects::label(pod, objects::CITUS_GROUP_LABEL) else {
+                    continue;
+                };
+                match objects::parse_group(value) {
+                    Some(g) => {
+                        groups.insert(g);
+                    }
+                    None => {
+                        let what = format!("Pod {}", objects::name(pod).unwrap_or("?"));
+                        label_warnings.extend(objects::group_label_warning(&what, pod));
+                    }
+                }
+            }
+            groups.remove(&0);
+            cluster.warnings.append(&mut label_warnings);
+            let none = HashMap::new();
+            for g in groups {
+                let worker = objects::build_cluster(
+                    &layout.for_group(g),
+                    others.get(&g).unwrap_or(&none),
+                    &pods,
+                    others_held.get(&g).copied().unwrap_or(false),
+                );
+                cluster.warnings.extend(worker.warnings.iter().cloned());
+                cluster.workers.insert(g, worker);
+            }
+        }
         for w in &cluster.warnings {
             tracing::debug!(warning = %w, "kubernetes cluster read");
+        }
+        Ok(cluster)
+    }
+
+    async fn get_group(&self, group: u32) -> DcsResult<Cluster> {
+        if self.layout().group == Some(group) {
+            let mut cluster = self.get_cluster().await?;
+            cluster.workers.clear();
+            return Ok(cluster);
+        }
+        self.ensure_watchers();
+        self.shared.api.refresh_api_servers().await;
+        let deadline = self.shared.api.budget();
+        let (kinds, pods) = tokio::join!(self.list_kinds(deadline), self.pods_snapshot(deadline));
+        let (items, list_rv) = kinds?;
+        let pods = pods?;
+        let layout = self.layout();
+        let target = layout.for_group(group);
+        let objs: HashMap<String, Value> = items
+            .into_iter()
+            .filter(|o| layout.other_group_of(o) == Some(group))
+            .filter_map(|o| Some((objects::name(&o)?.to_string(), o)))
+            .collect();
+        let held = {
+            let now = Instant::now();
+            let mut st = self.kinds();
+            let leader = objs.get(&target.leader).cloned();
+            let listed = LeaderRecord::from_object(leader.as_ref());
+            st.offer_other_leader(&target.leader, leader, Some(&list_rv), now);
+            listed.leader().is_some()
+                && st.other_holder(&target.leader, self.ttl(), now) == listed.leader()
+        };
+        let cluster = objects::build_cluster(&target, &objs, &pods, held);
+        for w in &cluster.warnings {
+            tracing::debug!(warning = %w, group, "kubernetes group read");
         }
         Ok(cluster)
     }

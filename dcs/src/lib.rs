@@ -65,8 +65,15 @@ pub trait Dcs: Send + Sync {
     /// Apply new timing (ttl, loop_wait, retry_timeout) from the dynamic configuration.
     fn set_timing(&self, timing: Timing);
 
-    /// Read the whole cluster view with one round-trip where the backend allows it.
+    /// Read the whole cluster view with one round-trip where the backend allows it. On the Citus
+    /// coordinator (group 0) the same round trip also fills [`Cluster::workers`] with every
+    /// worker group.
     async fn get_cluster(&self) -> DcsResult<Cluster>;
+
+    /// Read one Citus group of this cluster (same scope) with one round trip, e.g. a worker
+    /// looking up the coordinator's leader (group 0) to send it `POST /citus`. The result's
+    /// `workers` is empty. Problems in that group's objects are warnings, never an error.
+    async fn get_group(&self, group: u32) -> DcsResult<Cluster>;
 
     /// Publish this member's data (kept alive with the member's session/lease).
     async fn touch_member(&self, data: &MemberData) -> DcsResult<()>;
@@ -120,7 +127,8 @@ pub trait Dcs: Send + Sync {
 
     /// Wait until a change that matters for HA decisions (leader lock, config, failover,
     /// initialize, sync) happens, or `timeout` passes. Returns `true` when woken by a change.
-    /// Changes that happen between two calls are not lost: the next call returns at once.
+    /// Changes that happen between two calls are not lost: the next call returns at once. The
+    /// Citus coordinator is also woken when any worker group's lock holder changes.
     async fn watch(&self, timeout: Duration) -> bool;
 
     /// Release the session (etcd lease revoke): member key and any lock bound to it go away.

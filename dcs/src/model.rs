@@ -5,6 +5,8 @@
 //! history rows, failover and sync objects) are Patroni's and are produced/parsed here so that
 //! every backend writes byte-compatible values.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -573,8 +575,16 @@ pub struct Cluster {
     pub failover: Option<Failover>,
     pub sync: SyncState,
     pub history: Vec<HistoryEntry>,
-    /// Problems met while reading objects written by others (named field, what was wrong).
+    /// Problems met while reading objects written by others (named field, what was wrong). On
+    /// the Citus coordinator this also holds every worker group's warnings, each naming its key
+    /// or object, so one list reports everything the read met.
     pub warnings: Vec<String>,
+    /// Citus: every worker group (>= 1) present in the DCS, read in the same round trip as this
+    /// group. Filled only on the coordinator (group 0); empty for everyone else and for the
+    /// clusters returned by [`crate::Dcs::get_group`]. A worker group's `leader` is its lock
+    /// holder (etcd: the leader key exists; Kubernetes: see the backend), its `members` carry
+    /// their published data.
+    pub workers: BTreeMap<u32, Cluster>,
 }
 
 impl Cluster {
@@ -611,6 +621,18 @@ impl Cluster {
             .map(truthy)
             .unwrap_or(false)
     }
+}
+
+/// A Citus group id as written in keys and labels: `0` or a number without leading zeros;
+/// anything else is not a group.
+pub fn parse_group(s: &str) -> Option<u32> {
+    if s == "0" {
+        return Some(0);
+    }
+    if s.is_empty() || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Convert an LSN in `X/Y` text form to its absolute byte offset.

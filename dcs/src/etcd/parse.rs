@@ -3,11 +3,14 @@
 //! Everything here reads data that anyone may have written: nothing fails the whole read, problems
 //! become warnings that name the key.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::client::{json_i64, unb64};
 use crate::model::{
-    Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member, MemberData, Status, SyncState,
+    parse_group, Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member, MemberData,
+    Status, SyncState,
 };
 
 /// One decoded key-value, key relative to the cluster prefix.
@@ -157,6 +160,35 @@ pub(crate) fn parse_cluster(prefix: &str, kvs: &[Kv], mut warnings: Vec<String>)
     cluster
 }
 
+/// The Citus coordinator's view from one range over the whole scope (keys relative to
+/// `scope_prefix`, e.g. `0/leader`, `1/members/w1`): group 0 is its own cluster, every other
+/// group becomes a worker. Keys without a group segment belong to no Citus group: ignored.
+pub(crate) fn parse_coordinator(
+    scope_prefix: &str,
+    kvs: Vec<Kv>,
+    warnings: Vec<String>,
+) -> Cluster {
+    let mut groups: BTreeMap<u32, Vec<Kv>> = BTreeMap::new();
+    for mut kv in kvs {
+        let Some((group, rest)) = kv.key.split_once('/') else {
+            continue;
+        };
+        let Some(group) = parse_group(group) else {
+            continue;
+        };
+        kv.key = rest.to_string();
+        groups.entry(group).or_default().push(kv);
+    }
+    let own = groups.remove(&0).unwrap_or_default();
+    let mut cluster = parse_cluster(&format!("{scope_prefix}0/"), &own, warnings);
+    for (group, kvs) in groups {
+        let worker = parse_cluster(&format!("{scope_prefix}{group}/"), &kvs, Vec::new());
+        cluster.warnings.extend(worker.warnings.iter().cloned());
+        cluster.workers.insert(group, worker);
+    }
+    cluster
+}
+
 /// Parse the history list keeping the good rows; bad rows are reported and skipped.
 fn parse_history_lenient(key: &str, raw: &str, warnings: &mut Vec<String>) -> Vec<HistoryEntry> {
     let rows = match serde_json::from_str::<Value>(raw) {
@@ -253,6 +285,68 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.contains("/service/demo/history") && w.contains("row 1")));
+    }
+
+    #[test]
+    fn coordinator_splits_groups() {
+        let kvs = vec![
+            kv("0/leader", "c1", 1),
+            kv("0/members/c1", r#"{"role":"primary","state":"running"}"#, 2),
+            kv("1/leader", "w1", 3),
+            kv(
+                "1/members/w1",
+                r#"{"role":"primary","state":"running","conn_url":"postgres://10.0.1.1:5432/citus","api_url":"http://10.0.1.1:8008/patroni"}"#,
+                4,
+            ),
+            kv(
+                "1/members/w1b",
+                r#"{"role":"replica","state":"running"}"#,
+                5,
+            ),
+            kv("1/config", r#"{"ttl":20}"#, 6),
+            kv("2/members/w2", "{garbage", 7),
+            kv("2/history", "nope", 8),
+            // Not a Citus group: ignored.
+            kv("leader", "stray", 9),
+            kv("01/leader", "stray", 10),
+            kv("x/leader", "stray", 11),
+        ];
+        let c = parse_coordinator("/service/demo/", kvs, Vec::new());
+        assert_eq!(c.leader_name(), Some("c1"));
+        assert_eq!(c.members.len(), 1);
+        assert_eq!(c.workers.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        let w1 = &c.workers[&1];
+        assert_eq!(w1.leader_name(), Some("w1"));
+        assert_eq!(
+            w1.leader.as_ref().and_then(|l| l.version.clone()),
+            Some("3".into())
+        );
+        assert_eq!(
+            w1.leader_member().and_then(|m| m.data.conn_host_port()),
+            Some(("10.0.1.1".into(), 5432))
+        );
+        assert_eq!(w1.members.len(), 2);
+        assert_eq!(
+            w1.config.as_ref().map(|c| c.raw["ttl"].clone()),
+            Some(20.into())
+        );
+        assert!(w1.workers.is_empty() && w1.warnings.is_empty());
+        let w2 = &c.workers[&2];
+        assert!(w2.leader.is_none());
+        assert_eq!(w2.members.len(), 1);
+        for key in ["/service/demo/2/members/w2", "/service/demo/2/history"] {
+            assert!(
+                w2.warnings.iter().any(|w| w.contains(key)),
+                "{:?}",
+                w2.warnings
+            );
+            assert!(
+                c.warnings.iter().any(|w| w.contains(key)),
+                "{:?}",
+                c.warnings
+            );
+        }
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     }
 
     #[test]

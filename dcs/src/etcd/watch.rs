@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::client::{b64, json_i64, unb64};
 use super::{prefix_range_end, Shared};
+use crate::model::parse_group;
 
 /// Keys (relative to the prefix) whose changes wake the loop. Members, status and history change
 /// every cycle and would cause wake-up storms.
@@ -56,8 +57,8 @@ async fn stream_once(
     next_revision: &mut Option<i64>,
 ) -> Result<StreamEnd, String> {
     let mut create = json!({
-        "key": b64(&shared.prefix),
-        "range_end": b64(prefix_range_end(&shared.prefix)),
+        "key": b64(&shared.read_prefix),
+        "range_end": b64(prefix_range_end(&shared.read_prefix)),
     });
     if let Some(rev) = *next_revision {
         create["start_revision"] = Value::String(rev.to_string());
@@ -143,7 +144,11 @@ fn handle_message(
                     .and_then(Value::as_str)
                     .and_then(|k| unb64(k).ok())
                     .and_then(|k| String::from_utf8(k).ok());
-                if let Some(rel) = key
+                if is_worker_leader(shared, key.as_deref()) {
+                    // The coordinator follows worker primaries into pg_dist_node.
+                    tracing::debug!(key = ?key, "etcd watch: worker group leader changed");
+                    wake = true;
+                } else if let Some(rel) = key
                     .as_deref()
                     .and_then(|k| k.strip_prefix(shared.prefix.as_str()))
                 {
@@ -170,6 +175,18 @@ fn handle_message(
         }
     }
     Ok(None)
+}
+
+/// On the Citus coordinator (which watches the whole scope): is `key` another group's
+/// `<scope_prefix><group>/leader`?
+fn is_worker_leader(shared: &Shared, key: Option<&str>) -> bool {
+    if shared.read_prefix == shared.prefix {
+        return false;
+    }
+    key.and_then(|k| k.strip_prefix(shared.scope_prefix.as_str()))
+        .and_then(|rel| rel.strip_suffix("/leader"))
+        .and_then(parse_group)
+        .is_some_and(|group| group != 0)
 }
 
 /// A PUT that created the key (its version is 1), as opposed to an update or a delete.

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Map, Value};
 
+pub(crate) use crate::model::parse_group;
 use crate::model::{
     Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member, MemberData, Role, Status,
     SyncState,
@@ -58,6 +59,7 @@ impl Kind {
 pub(crate) struct Layout {
     pub kind: Kind,
     pub namespace: String,
+    pub scope: String,
     pub group: Option<u32>,
     /// `<scope>[-<group>]`.
     pub base: String,
@@ -80,10 +82,6 @@ impl Layout {
         scope_label: &str,
         use_endpoints: bool,
     ) -> Layout {
-        let base = match group {
-            Some(g) => format!("{scope}-{g}"),
-            None => scope.to_string(),
-        };
         let kind = if use_endpoints {
             Kind::Endpoints
         } else {
@@ -91,6 +89,20 @@ impl Layout {
         };
         let mut selector_labels = labels.clone();
         selector_labels.insert(scope_label.to_string(), scope.to_string());
+        Layout::build(kind, namespace, scope, group, selector_labels)
+    }
+
+    fn build(
+        kind: Kind,
+        namespace: &str,
+        scope: &str,
+        group: Option<u32>,
+        selector_labels: BTreeMap<String, String>,
+    ) -> Layout {
+        let base = match group {
+            Some(g) => format!("{scope}-{g}"),
+            None => scope.to_string(),
+        };
         let mut object_labels = selector_labels.clone();
         if let Some(g) = group {
             object_labels.insert(CITUS_GROUP_LABEL.to_string(), g.to_string());
@@ -98,6 +110,7 @@ impl Layout {
         Layout {
             kind,
             namespace: namespace.to_string(),
+            scope: scope.to_string(),
             group,
             leader: match kind {
                 Kind::Endpoints => base.clone(),
@@ -110,6 +123,34 @@ impl Layout {
             selector_labels,
             object_labels,
         }
+    }
+
+    /// The layout of another Citus group of the same cluster (same scope, labels and kind).
+    pub(crate) fn for_group(&self, group: u32) -> Layout {
+        Layout::build(
+            self.kind,
+            &self.namespace,
+            &self.scope,
+            Some(group),
+            self.selector_labels.clone(),
+        )
+    }
+
+    /// The Citus group of a kind object of *another* group than ours: its `citus-group` label
+    /// names the group (as Patroni's coordinator splits its cache) and its name is one of that
+    /// group's object names. Anything else is not another group's object.
+    pub(crate) fn other_group_of(&self, obj: &Value) -> Option<u32> {
+        let group = label(obj, CITUS_GROUP_LABEL).and_then(parse_group)?;
+        if Some(group) == self.group {
+            return None;
+        }
+        self.for_group(group).is_ours(name(obj)?).then_some(group)
+    }
+
+    /// The group of another group's leader object (see [`Layout::other_group_of`]).
+    pub(crate) fn other_group_leader(&self, obj: &Value) -> Option<u32> {
+        let group = self.other_group_of(obj)?;
+        (name(obj) == Some(self.for_group(group).leader.as_str())).then_some(group)
     }
 
     /// The label selector `k1=v1,k2=v2` (not URL-encoded).
@@ -147,15 +188,12 @@ impl Layout {
     }
 }
 
-/// A Citus group label value: `^(0|[1-9][0-9]*)$`, anything else is ignored.
-pub(crate) fn parse_group(s: &str) -> Option<u32> {
-    if s == "0" {
-        return Some(0);
-    }
-    if s.is_empty() || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+/// A warning for an object or Pod whose `citus-group` label is present but names no group.
+pub(crate) fn group_label_warning(what: &str, obj: &Value) -> Option<String> {
+    let value = label(obj, CITUS_GROUP_LABEL)?;
+    parse_group(value).is_none().then(|| {
+        format!("{what}: label '{CITUS_GROUP_LABEL}' is not a Citus group ({value:?}); ignored")
+    })
 }
 
 // ---- generic accessors on API objects ---------------------------------------------------------

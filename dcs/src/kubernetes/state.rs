@@ -62,11 +62,14 @@ impl LockTracker {
 }
 
 /// Our group's kind objects (latest version seen from any source) and the lock tracker fed by
-/// every change of the leader object.
+/// every change of the leader object. With Citus also the other groups' leader objects, each
+/// with its own tracker, judged the same way (they arrive anyway: the selector spans all groups).
 #[derive(Debug, Default)]
 pub(crate) struct KindState {
     objects: HashMap<String, Value>,
     tracker: LockTracker,
+    /// Other Citus groups' lock trackers, by leader object name.
+    other_trackers: HashMap<String, LockTracker>,
     /// The leader object as of the last `get_cluster` (outer `None`: nothing read yet).
     last_read_leader: Option<Option<Value>>,
     /// Our objects as of the last `get_cluster`, the baseline of the first watch LIST.
@@ -93,8 +96,49 @@ impl KindState {
         rv: Option<&str>,
         now: Instant,
     ) -> bool {
+        let changed = self.store(name, obj, rv);
+        if changed && name == leader_name {
+            let record = LeaderRecord::from_object(self.objects.get(name));
+            self.tracker.observe(record, now);
+        }
+        changed
+    }
+
+    /// [`KindState::offer`] for another Citus group's leader object `name`.
+    pub(crate) fn offer_other_leader(
+        &mut self,
+        name: &str,
+        obj: Option<Value>,
+        rv: Option<&str>,
+        now: Instant,
+    ) -> bool {
+        let changed = self.store(name, obj, rv);
+        let tracked = self.other_trackers.contains_key(name);
+        if changed || !tracked {
+            // Even "absent" starts the tracker, so the group is known from now on.
+            let record = LeaderRecord::from_object(self.objects.get(name));
+            self.other_trackers
+                .entry(name.to_string())
+                .or_default()
+                .observe(record, now);
+        }
+        changed
+    }
+
+    /// The holder of another group's lock while it looks alive at `now`.
+    pub(crate) fn other_holder(&self, name: &str, default_ttl: u32, now: Instant) -> Option<&str> {
+        self.other_trackers.get(name)?.holder(default_ttl, now)
+    }
+
+    /// Leader object names of the other groups seen so far.
+    pub(crate) fn other_leader_names(&self) -> Vec<String> {
+        self.other_trackers.keys().cloned().collect()
+    }
+
+    /// Keep a newer version of `name` (`None`: absent as of `rv`); older information is ignored.
+    fn store(&mut self, name: &str, obj: Option<Value>, rv: Option<&str>) -> bool {
         let current_rv = self.objects.get(name).and_then(objects::resource_version);
-        let changed = match obj {
+        match obj {
             Some(obj) => {
                 let new_rv = objects::resource_version(&obj);
                 if self.objects.contains_key(name) && !objects::rv_newer(new_rv, current_rv) {
@@ -113,12 +157,7 @@ impl KindState {
                 self.objects.remove(name);
                 true
             }
-        };
-        if changed && name == leader_name {
-            let record = LeaderRecord::from_object(self.objects.get(name));
-            self.tracker.observe(record, now);
         }
-        changed
     }
 
     /// The first observation of the leader object (even "absent") starts the tracker.

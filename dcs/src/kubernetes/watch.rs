@@ -5,7 +5,7 @@
 //! a few minutes; a clean end or an error resumes from the last version seen (with backoff after
 //! errors), a 410 Gone (or many errors in a row) starts again with a LIST.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::client::{random_u64, status_message, Req};
-use super::objects::{self, annotation, resource_version, Layout};
+use super::objects::{self, annotation, resource_version, Layout, LeaderRecord};
 use super::Shared;
 
 /// Server-side end of one watch request (plus jitter so members do not reconnect in step).
@@ -70,6 +70,13 @@ pub(crate) fn wakes(
     new: Option<&Value>,
 ) -> bool {
     let get = |o: Option<&Value>, k: &str| o.and_then(|o| annotation(o, k)).map(str::to_string);
+    if !layout.is_ours(name) {
+        // Another Citus group's lock: its holder changing wakes the coordinator (which follows
+        // worker primaries into pg_dist_node); renewals wake nobody.
+        let other_leader = new.or(old).and_then(|o| layout.other_group_leader(o));
+        let holder = |o: Option<&Value>| LeaderRecord::from_object(o).leader().map(str::to_string);
+        return layout.group == Some(0) && other_leader.is_some() && holder(old) != holder(new);
+    }
     if waking_annotations(layout, name)
         .iter()
         .any(|k| get(old, k) != get(new, k))
@@ -80,6 +87,12 @@ pub(crate) fn wakes(
         && new.is_some()
         && old.and_then(resource_version) != new.and_then(resource_version)
         && get(new, "leader").as_deref() != Some(me)
+}
+
+/// Does this task follow the object: one of our group's, or (Citus) another group's leader
+/// object, whose changes feed that group's lock tracker (and wake the coordinator)?
+fn is_followed(layout: &Layout, name: &str, obj: &Value) -> bool {
+    layout.is_ours(name) || (layout.group.is_some() && layout.other_group_leader(obj).is_some())
 }
 
 /// After a watch ended cleanly: a long-lived one is resumed at once; one that ended right away
@@ -250,7 +263,7 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
             .into_iter()
             .filter_map(|o| {
                 let n = objects::name(&o)?.to_string();
-                layout.is_ours(&n).then_some((n, o))
+                is_followed(layout, &n, &o).then_some((n, o))
             })
             .collect();
         // The first baseline is the last cluster read, so a change between that read and this
@@ -265,15 +278,22 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
                 .cloned()
                 .unwrap_or_else(|| ours.clone()),
         };
-        let wake = layout
-            .names()
+        let mut names: BTreeSet<&str> = layout.names().into_iter().collect();
+        names.extend(baseline.keys().map(String::as_str));
+        names.extend(ours.keys().map(String::as_str));
+        let wake = names
             .iter()
             .any(|n| wakes(layout, &shared.name, n, baseline.get(*n), ours.get(*n)));
         {
             let now = Instant::now();
             let mut st = shared.kinds.lock().unwrap_or_else(|p| p.into_inner());
-            for n in layout.names() {
-                st.offer(&layout.leader, n, ours.get(n).cloned(), Some(&list_rv), now);
+            for n in names {
+                let obj = ours.get(n).cloned();
+                if layout.is_ours(n) {
+                    st.offer(&layout.leader, n, obj, Some(&list_rv), now);
+                } else {
+                    st.offer_other_leader(n, obj, Some(&list_rv), now);
+                }
             }
         }
         if wake {
@@ -293,7 +313,7 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
                     let Some(name) = objects::name(&obj).map(str::to_string) else {
                         return;
                     };
-                    if !layout.is_ours(&name) {
+                    if !is_followed(layout, &name, &obj) {
                         return;
                     }
                     let old = view.get(&name);
@@ -309,13 +329,22 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
                     {
                         let mut st = shared.kinds.lock().unwrap_or_else(|p| p.into_inner());
                         let rv = new_rv.map(str::to_string);
-                        st.offer(
-                            &layout.leader,
-                            &name,
-                            new.cloned(),
-                            rv.as_deref(),
-                            Instant::now(),
-                        );
+                        if layout.is_ours(&name) {
+                            st.offer(
+                                &layout.leader,
+                                &name,
+                                new.cloned(),
+                                rv.as_deref(),
+                                Instant::now(),
+                            );
+                        } else {
+                            st.offer_other_leader(
+                                &name,
+                                new.cloned(),
+                                rv.as_deref(),
+                                Instant::now(),
+                            );
+                        }
                     }
                     if kind == "DELETED" {
                         view.remove(&name);
