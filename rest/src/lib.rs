@@ -13,6 +13,7 @@ mod cluster;
 mod health;
 mod lag;
 mod metrics;
+mod openapi;
 mod ops;
 mod reply;
 pub mod security;
@@ -211,6 +212,7 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
         (&Method::GET, "config") => cluster::config(&snapshot),
         (&Method::GET, "failsafe") => cluster::failsafe(&snapshot),
         (&Method::GET, "metrics") => metrics::metrics(&snapshot),
+        (&Method::GET, "openapi.json") => openapi::openapi(),
         (&Method::GET, "liveness") => reply::status_only(health::liveness(&snapshot, now_ms)),
         (&Method::GET, "readiness") => reply::status_only(health::readiness(&snapshot, &query)),
         (&Method::GET, _) => {
