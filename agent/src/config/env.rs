@@ -318,6 +318,18 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
         }
     }
 
+    // Regent's own Citus settings.
+    if let Some(raw) = r.take("CITUS_MINIMUM_WORKERS") {
+        section(&mut out, "citus").insert("minimum_workers".into(), int_value(raw));
+    }
+    for role in ["coordinator", "worker"] {
+        let name = format!("CITUS_PROVISION_{}", role.to_ascii_uppercase());
+        if let Some(raw) = r.take(&name) {
+            let scripts = parse_list(&format!("{PREFIX}{name}"), &raw)?;
+            section(section(&mut out, "citus"), "provision").insert(role.into(), scripts);
+        }
+    }
+
     let remaining: Vec<(String, String)> = env
         .iter()
         .filter(|(k, v)| k.starts_with(PREFIX) && !r.used.contains(*k) && !v.is_empty())
@@ -410,6 +422,15 @@ mod tests {
             ("PATRONI_CITUS_GROUP", "2"),
             ("PATRONI_CITUS_DATABASE", "citus"),
             ("PATRONI_CITUS_HOST", "ignored"),
+            ("PATRONI_CITUS_MINIMUM_WORKERS", "2"),
+            (
+                "PATRONI_CITUS_PROVISION_COORDINATOR",
+                "/etc/regent/provision/10-roles.sql, /etc/regent/provision/20-tables.sql",
+            ),
+            (
+                "PATRONI_CITUS_PROVISION_WORKER",
+                "/etc/regent/provision/worker",
+            ),
             ("PATRONI_EMPTY", ""),
             ("OTHER_VAR", "x"),
         ]);
@@ -442,7 +463,18 @@ mod tests {
                     "use_endpoints": true,
                     "retriable_http_codes": [401, 403],
                 },
-                "citus": {"group": 2, "database": "citus"},
+                "citus": {
+                    "group": 2,
+                    "database": "citus",
+                    "minimum_workers": 2,
+                    "provision": {
+                        "coordinator": [
+                            "/etc/regent/provision/10-roles.sql",
+                            "/etc/regent/provision/20-tables.sql",
+                        ],
+                        "worker": ["/etc/regent/provision/worker"],
+                    },
+                },
             })
         );
     }

@@ -765,6 +765,34 @@ pub struct CitusConfig {
     /// 0 = coordinator, ≥ 1 = worker groups.
     pub group: u32,
     pub database: String,
+    /// Regent: how many worker groups must be registered before the coordinator runs its
+    /// provisioning scripts (`citus.minimum_workers`, default 0).
+    #[serde(default)]
+    pub minimum_workers: u32,
+    /// Regent: SQL scripts each group's primary runs once (`citus.provision`).
+    #[serde(default)]
+    pub provision: CitusProvision,
+}
+
+/// `citus.provision.coordinator` / `.worker`: SQL files (or directories of `*.sql` files), in the
+/// order they run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct CitusProvision {
+    #[serde(default)]
+    pub coordinator: Vec<PathBuf>,
+    #[serde(default)]
+    pub worker: Vec<PathBuf>,
+}
+
+impl CitusConfig {
+    /// The scripts of this member's group: the coordinator's for group 0, else the workers'.
+    pub fn provision_scripts(&self) -> &[PathBuf] {
+        if self.group == 0 {
+            &self.provision.coordinator
+        } else {
+            &self.provision.worker
+        }
+    }
 }
 
 /// The whole file as deserialized; DCS and Citus sections are converted afterwards so their
@@ -1146,7 +1174,75 @@ fn citus_from_value(v: &Value) -> Result<CitusConfig, ConfigError> {
             ))
         }
     };
-    Ok(CitusConfig { group, database })
+    let minimum_workers = match m.get("minimum_workers") {
+        None => 0,
+        Some(n) => u64_of(n)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "citus.minimum_workers",
+                    format!("invalid value {}, expected an integer >= 0", show(n)),
+                )
+            })?,
+    };
+    let provision = match m.get("provision") {
+        None => CitusProvision::default(),
+        Some(p) => citus_provision_from_value(p)?,
+    };
+    Ok(CitusConfig {
+        group,
+        database,
+        minimum_workers,
+        provision,
+    })
+}
+
+fn citus_provision_from_value(v: &Value) -> Result<CitusProvision, ConfigError> {
+    let Value::Object(m) = v else {
+        return Err(ConfigError::invalid(
+            "citus.provision",
+            format!(
+                "expected a mapping with coordinator and/or worker, got {}",
+                show(v)
+            ),
+        ));
+    };
+    let mut out = CitusProvision::default();
+    for (key, value) in m {
+        let target = match key.as_str() {
+            "coordinator" => &mut out.coordinator,
+            "worker" => &mut out.worker,
+            // A misspelt role would silently provision nothing.
+            _ => {
+                return Err(ConfigError::invalid(
+                    format!("citus.provision.{key}"),
+                    "unknown key, expected coordinator or worker",
+                ))
+            }
+        };
+        let full_key = format!("citus.provision.{key}");
+        let bad = |what: &Value| {
+            ConfigError::invalid(
+                full_key.clone(),
+                format!(
+                    "invalid value {}, expected a path or a list of paths to .sql files",
+                    show(what)
+                ),
+            )
+        };
+        let items: Vec<&Value> = match value {
+            Value::Array(items) => items.iter().collect(),
+            Value::String(_) => vec![value],
+            other => return Err(bad(other)),
+        };
+        for item in items {
+            match item {
+                Value::String(s) if !s.trim().is_empty() => target.push(PathBuf::from(s.trim())),
+                other => return Err(bad(other)),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Semantic checks on a loaded configuration (addresses parse, names are set, ...).

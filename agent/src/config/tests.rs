@@ -234,6 +234,68 @@ fn patroni_postgres0_loads() {
 }
 
 #[test]
+fn citus_regent_keys() {
+    let text = format!(
+        "{MINIMAL}citus:\n  group: 0\n  database: citus\n  minimum_workers: '2'\n  provision:\n    \
+         coordinator: /etc/regent/provision/coordinator\n    \
+         worker:\n    - /etc/regent/provision/10-worker.sql\n    - ' /etc/regent/provision/20-worker.sql '\n\
+         bootstrap:\n  dcs:\n    synchronous_mode: false\n"
+    );
+    let cfg = must(load_str(&text, &no_env()));
+    let citus = cfg
+        .citus
+        .clone()
+        .unwrap_or_else(|| panic!("citus section lost"));
+    assert_eq!(citus.minimum_workers, 2);
+    assert_eq!(
+        citus.provision,
+        CitusProvision {
+            coordinator: vec![PathBuf::from("/etc/regent/provision/coordinator")],
+            worker: vec![
+                PathBuf::from("/etc/regent/provision/10-worker.sql"),
+                PathBuf::from("/etc/regent/provision/20-worker.sql"),
+            ],
+        }
+    );
+    assert_eq!(
+        citus.provision_scripts(),
+        [PathBuf::from("/etc/regent/provision/coordinator")]
+    );
+    let worker = CitusConfig { group: 3, ..citus };
+    assert_eq!(worker.provision_scripts().len(), 2);
+    // An explicit synchronous_mode wins over the Citus default.
+    assert_eq!(cfg.bootstrap.dcs["synchronous_mode"], json!(false));
+}
+
+#[test]
+fn citus_regent_keys_from_the_environment() {
+    let vars = env(&[
+        ("PATRONI_CITUS_GROUP", "1"),
+        ("PATRONI_CITUS_DATABASE", "citus"),
+        ("PATRONI_CITUS_MINIMUM_WORKERS", "3"),
+        ("PATRONI_CITUS_PROVISION_WORKER", "[/p/a.sql, /p/b.sql]"),
+    ]);
+    let cfg = must(load_str(MINIMAL, &vars));
+    let citus = cfg.citus.unwrap_or_else(|| panic!("citus section lost"));
+    assert_eq!((citus.group, citus.minimum_workers), (1, 3));
+    assert_eq!(
+        citus.provision.worker,
+        [PathBuf::from("/p/a.sql"), PathBuf::from("/p/b.sql")]
+    );
+    assert!(citus.provision.coordinator.is_empty());
+    let bad = env(&[
+        ("PATRONI_CITUS_GROUP", "1"),
+        ("PATRONI_CITUS_DATABASE", "citus"),
+        ("PATRONI_CITUS_MINIMUM_WORKERS", "some"),
+    ]);
+    let err = error_text(load_str(MINIMAL, &bad));
+    assert!(
+        err.contains("citus.minimum_workers: invalid value 'some'"),
+        "{err}"
+    );
+}
+
+#[test]
 fn kubernetes_section_with_defaults_and_citus() {
     let text = MINIMAL.replace(
         "etcd3: {hosts: \"127.0.0.1:2379\"}",
@@ -267,7 +329,9 @@ fn kubernetes_section_with_defaults_and_citus() {
         cfg.citus,
         Some(CitusConfig {
             group: 1,
-            database: "citus".into()
+            database: "citus".into(),
+            minimum_workers: 0,
+            provision: CitusProvision::default(),
         })
     );
     assert_eq!(cfg.bootstrap.dcs["synchronous_mode"], json!(true));
@@ -408,7 +472,9 @@ fn env_overrides_file_values() {
         cfg.citus,
         Some(CitusConfig {
             group: 0,
-            database: "citus".into()
+            database: "citus".into(),
+            minimum_workers: 0,
+            provision: CitusProvision::default(),
         })
     );
 }
@@ -601,6 +667,41 @@ fn invalid_configurations_name_the_key() {
             "name: n\n",
             "name: n\ncitus: {group: 1}\n",
             "citus.database: required setting is missing",
+        ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {group: 0, database: citus, minimum_workers: -2}\n",
+            "citus.minimum_workers: invalid value -2, expected an integer >= 0",
+        ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {group: 0, database: citus, minimum_workers: many}\n",
+            "citus.minimum_workers: invalid value 'many'",
+        ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {group: 0, database: citus, provision: [a.sql]}\n",
+            "citus.provision: expected a mapping with coordinator and/or worker",
+        ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {group: 0, database: citus, provision: {workers: [a.sql]}}\n",
+            "citus.provision.workers: unknown key, expected coordinator or worker",
+        ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {group: 0, database: citus, provision: {worker: [a.sql, 3]}}\n",
+            "citus.provision.worker: invalid value 3, expected a path or a list of paths",
+        ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {group: 0, database: citus, provision: {coordinator: ''}}\n",
+            "citus.provision.coordinator: invalid value '', expected a path",
+        ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {group: 0, database: citus, provision: {coordinator: {a: b}}}\n",
+            "citus.provision.coordinator: invalid value",
         ),
         (
             "name: n\n",
