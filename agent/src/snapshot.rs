@@ -77,7 +77,7 @@ pub fn build(agent: &Agent) -> Snapshot {
                 None
             },
             pending_restart: obs.pending_restart,
-            pending_restart_reason: None,
+            pending_restart_reason: obs.pending_restart_reason_json(),
         },
         tags: cfg.tags.clone(),
         paused,

@@ -1,5 +1,6 @@
 //! SQL-side control: observation, promotion, roles after bootstrap, slots, timeline history.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,38 @@ pub struct PgObservation {
     pub server_version: Option<u32>,
     pub postmaster_start_time: Option<String>,
     pub pending_restart: bool,
+    /// Why a restart is pending: each parameter whose running value differs from the one the
+    /// configuration files give (what the postmaster would take on restart), by name.
+    pub pending_restart_reason: BTreeMap<String, PendingParam>,
+}
+
+/// One parameter that waits for a restart, values as Patroni shows them (`128MB`, not `16384`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PendingParam {
+    /// The running value (`current_setting`).
+    pub old_value: String,
+    /// The value after a restart: the last setting in the configuration files, or the built-in
+    /// default when the files no longer set it.
+    pub new_value: String,
+}
+
+impl PgObservation {
+    /// `{"param": {"old_value": .., "new_value": ..}}` for the member data and `GET /patroni`;
+    /// `None` when nothing is pending.
+    pub fn pending_restart_reason_json(&self) -> Option<serde_json::Value> {
+        if self.pending_restart_reason.is_empty() {
+            return None;
+        }
+        let reasons = self
+            .pending_restart_reason
+            .iter()
+            .map(|(name, p)| {
+                let diff = serde_json::json!({"old_value": p.old_value, "new_value": p.new_value});
+                (name.clone(), diff)
+            })
+            .collect();
+        Some(serde_json::Value::Object(reasons))
+    }
 }
 
 /// A line of a timeline history file: (timeline, LSN where it ended, reason).
@@ -160,6 +193,91 @@ const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(), \
     current_setting('server_version_num')::int, \
     pg_postmaster_start_time()::text, \
     (SELECT bool_or(pending_restart) FROM pg_settings)";
+
+/// Parameters waiting for a restart with their running value and the value the configuration
+/// files give now (pg_file_settings re-reads them; the last occurrence wins), falling back to the
+/// built-in default when no file sets the parameter any more. Recovery parameters and hot_standby
+/// are left out, as Patroni does: the agent manages them itself.
+const PENDING_RESTART_SQL: &str = "SELECT s.name, pg_catalog.current_setting(s.name), \
+    f.setting, s.boot_val, s.unit, s.vartype \
+    FROM pg_catalog.pg_settings s \
+    LEFT JOIN LATERAL (SELECT fs.setting FROM pg_catalog.pg_file_settings fs \
+        WHERE pg_catalog.lower(fs.name) = pg_catalog.lower(s.name) \
+        ORDER BY fs.seqno DESC LIMIT 1) f ON true \
+    WHERE s.pending_restart AND s.name <> 'hot_standby' AND s.name NOT LIKE 'recovery\\_%' \
+    AND s.name NOT IN ('restore_command', 'archive_cleanup_command', 'primary_conninfo', \
+        'primary_slot_name', 'promote_trigger_file') \
+    ORDER BY s.name";
+
+/// Bytes per memory unit and milliseconds per time unit, largest first (Postgres' unit names).
+const MEMORY_UNITS: &[(&str, u64)] = &[
+    ("TB", 1 << 40),
+    ("GB", 1 << 30),
+    ("MB", 1 << 20),
+    ("kB", 1 << 10),
+    ("B", 1),
+];
+const TIME_UNITS: &[(&str, u64)] = &[
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("min", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// A positive integer setting in its base unit (`unit` from pg_settings: `8kB`, `kB`, `MB`, `s`,
+/// `ms`, ...) written with the largest unit that represents it exactly, as Postgres and Patroni
+/// show values: `16384` with `8kB` → `128MB`. Anything else comes back unchanged.
+pub(crate) fn from_base_unit(value: &str, vartype: &str, unit: Option<&str>) -> String {
+    let unchanged = || value.to_string();
+    let (Some(unit), "integer") = (unit, vartype) else {
+        return unchanged();
+    };
+    let Ok(amount) = value.trim().parse::<u64>() else {
+        return unchanged();
+    };
+    // `8kB`, `16MB`: a multiplier in front of the unit name.
+    let digits = unit.len() - unit.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (multiplier, unit_name) = unit.split_at(digits);
+    let multiplier = if multiplier.is_empty() {
+        1
+    } else {
+        match multiplier.parse::<u64>() {
+            Ok(m) => m,
+            Err(_) => return unchanged(),
+        }
+    };
+    let table = if MEMORY_UNITS.iter().any(|(name, _)| *name == unit_name) {
+        MEMORY_UNITS
+    } else if TIME_UNITS.iter().any(|(name, _)| *name == unit_name) {
+        TIME_UNITS
+    } else {
+        return unchanged();
+    };
+    let Some(base) = table
+        .iter()
+        .find(|(name, _)| *name == unit_name)
+        .map(|(_, factor)| *factor)
+    else {
+        return unchanged();
+    };
+    let Some(total) = amount
+        .checked_mul(multiplier)
+        .and_then(|v| v.checked_mul(base))
+    else {
+        return unchanged();
+    };
+    if total == 0 {
+        return unchanged();
+    }
+    table
+        .iter()
+        .filter(|(_, factor)| *factor >= base)
+        .find(|(_, factor)| total % factor == 0)
+        .map_or_else(unchanged, |(name, factor)| {
+            format!("{}{name}", total / factor)
+        })
+}
 
 const REPLICATION_SQL: &str = "SELECT pid, usename::text, application_name, \
     client_addr::text, state, sync_state, sync_priority, \
@@ -292,10 +410,48 @@ impl Postgres {
                 .and_then(timeline_of_walfile)
                 .or(positive(checkpoint_tli))
         };
+        if obs.pending_restart {
+            // As in Patroni the flag means "there is a reason" (parameters the agent manages
+            // itself are no reason); it stays set when the details cannot be read this time.
+            match self.pending_restart_params().await {
+                Ok(params) => {
+                    obs.pending_restart = !params.is_empty();
+                    obs.pending_restart_reason = params;
+                }
+                Err(e) => tracing::debug!(error = %e, "pending restart reason not read"),
+            }
+        }
         if !in_recovery {
             obs.replication = self.replication_rows().await?;
         }
         Ok(())
+    }
+
+    async fn pending_restart_params(&mut self) -> Result<BTreeMap<String, PendingParam>, PgError> {
+        let step = "pending restart reason";
+        let rows = self
+            .query_local(step, QUERY_TIMEOUT, PENDING_RESTART_SQL, &[])
+            .await?;
+        let get = |e: tokio_postgres::Error| PgError::Sql { step, source: e };
+        let mut params = BTreeMap::new();
+        for row in &rows {
+            let name: String = row.try_get(0).map_err(get)?;
+            let running: Option<String> = row.try_get(1).map_err(get)?;
+            let in_files: Option<String> = row.try_get(2).map_err(get)?;
+            let default: Option<String> = row.try_get(3).map_err(get)?;
+            let unit: Option<String> = row.try_get(4).map_err(get)?;
+            let vartype: String = row.try_get(5).map_err(get)?;
+            let unit = unit.as_deref();
+            let new_value = in_files.or(default).unwrap_or_else(|| "?".to_string());
+            params.insert(
+                name,
+                PendingParam {
+                    old_value: from_base_unit(&running.unwrap_or_default(), &vartype, unit),
+                    new_value: from_base_unit(&new_value, &vartype, unit),
+                },
+            );
+        }
+        Ok(params)
     }
 
     async fn replication_rows(&mut self) -> Result<Vec<ReplicationRow>, PgError> {
@@ -651,6 +807,53 @@ mod unit_tests {
     fn walfile_timeline() {
         assert_eq!(timeline_of_walfile("0000000A0000000000000003"), Some(10));
         assert_eq!(timeline_of_walfile("xyz"), None);
+    }
+
+    #[test]
+    fn settings_shown_in_the_largest_exact_unit() {
+        let cases = [
+            ("16384", "integer", Some("8kB"), "128MB"),
+            ("16385", "integer", Some("8kB"), "131080kB"),
+            ("4096", "integer", Some("kB"), "4MB"),
+            ("1048576", "integer", Some("MB"), "1TB"),
+            ("1", "integer", Some("16MB"), "16MB"),
+            ("300", "integer", Some("s"), "5min"),
+            ("86400", "integer", Some("s"), "1d"),
+            ("1500", "integer", Some("ms"), "1500ms"),
+            ("101", "integer", None, "101"),
+            ("128MB", "integer", Some("8kB"), "128MB"),
+            ("0", "integer", Some("kB"), "0"),
+            ("-1", "integer", Some("kB"), "-1"),
+            ("0.5", "real", Some("ms"), "0.5"),
+            ("on", "bool", None, "on"),
+            ("10", "integer", Some("furlongs"), "10"),
+        ];
+        for (value, vartype, unit, shown) in cases {
+            assert_eq!(
+                from_base_unit(value, vartype, unit),
+                shown,
+                "{value} {vartype} {unit:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pending_restart_reason_as_patroni_shows_it() {
+        let mut obs = PgObservation::default();
+        assert_eq!(obs.pending_restart_reason_json(), None);
+        obs.pending_restart_reason.insert(
+            "max_connections".into(),
+            PendingParam {
+                old_value: "100".into(),
+                new_value: "101".into(),
+            },
+        );
+        assert_eq!(
+            obs.pending_restart_reason_json(),
+            Some(serde_json::json!({
+                "max_connections": {"old_value": "100", "new_value": "101"}
+            }))
+        );
     }
 
     #[test]
