@@ -1244,6 +1244,7 @@ impl Agent {
             }
             if obs.pending_restart {
                 data.pending_restart = Some(true);
+                data.pending_restart_reason = obs.pending_restart_reason_json();
             }
         }
         if self.last_cluster.as_ref().is_some_and(|c| c.is_paused()) {
