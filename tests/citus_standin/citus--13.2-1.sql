@@ -666,7 +666,7 @@ DECLARE
     shard text;
 BEGIN
     SELECT * INTO dist FROM citus_standin.distributed_table WHERE logicalrelid = TG_RELID;
-    key := to_jsonb(NEW) ->> dist.distribution_column;
+    EXECUTE format('SELECT ($1).%I::text', dist.distribution_column) USING NEW INTO key;
     IF key IS NULL THEN
         RAISE EXCEPTION 'cannot perform an INSERT with NULL in the partition column'
             USING ERRCODE = '23502';
@@ -689,6 +689,37 @@ BEGIN
                shard, shard, row_to_json(NEW)::text));
     RETURN NEW;
 END $$;
+
+-- The shard a distribution value (as text) hashes to.
+CREATE FUNCTION citus_standin.shard_for_value(table_name regclass, distribution_value text)
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    hash int;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM citus_standin.distributed_table WHERE logicalrelid = table_name) THEN
+        RAISE EXCEPTION 'relation % is not distributed', table_name USING ERRCODE = 'XX000';
+    END IF;
+    IF distribution_value IS NULL THEN
+        RAISE EXCEPTION 'distribution value cannot be NULL for tables other than reference tables.'
+            USING ERRCODE = 'XX000';
+    END IF;
+    hash := hashtext(distribution_value);
+    RETURN (SELECT shardid FROM pg_catalog.pg_dist_shard
+             WHERE logicalrelid = table_name
+               AND hash BETWEEN shardminvalue::int AND shardmaxvalue::int);
+END $$;
+
+-- Citus takes distribution_value "any"; here a typed value, or an untyped literal as text.
+CREATE FUNCTION pg_catalog.get_shard_id_for_distribution_column(
+    table_name regclass, distribution_value anyelement)
+RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT citus_standin.shard_for_value(table_name, distribution_value::text)
+$$;
+CREATE FUNCTION pg_catalog.get_shard_id_for_distribution_column(
+    table_name regclass, distribution_value text DEFAULT NULL)
+RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT citus_standin.shard_for_value(table_name, distribution_value)
+$$;
 
 CREATE FUNCTION citus_standin.refuse_modification() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -10,6 +10,7 @@
 //! * `REGENT_KEEP_TEST_DIRS` — keep temporary directories after passing tests too.
 //! * `REGENT_TEST_SHOW_LOGS` — print member log tails even when a test passes.
 
+pub mod citus;
 pub mod cluster;
 pub mod config;
 pub mod etcd;
