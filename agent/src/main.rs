@@ -360,6 +360,10 @@ fn pg_settings(cfg: &Config) -> postgres::PgSettings {
         pg_ctl_timeout: std::time::Duration::from_secs(cfg.postgresql.pg_ctl_timeout),
         pgpass: cfg.postgresql.pgpass.clone(),
         socket_dir: socket_dir(run_as),
+        citus: cfg.citus.as_ref().map(|c| postgres::CitusSettings {
+            group: c.group,
+            database: c.database.clone(),
+        }),
         ..postgres::PgSettings::default()
     }
 }

@@ -305,6 +305,13 @@ pub(super) fn managed_parameters(
     params
         .entry("unix_socket_directories".into())
         .or_insert_with(|| settings.socket_dir.to_string_lossy().into_owned());
+    if settings.citus.is_some() {
+        let local_host = citus_local_hostname(&params);
+        citus::gucs::apply(&mut params, &local_host).map_err(|e| PgError::Parameter {
+            name: e.name,
+            reason: e.reason,
+        })?;
+    }
     // Written for both roles so a promotion does not look like a restart-requiring change.
     params
         .entry("recovery_target_timeline".into())
@@ -330,6 +337,20 @@ pub(super) fn managed_parameters(
         }
     }
     Ok(params)
+}
+
+/// The host Citus uses to connect to its own server: the socket directory the agent uses itself
+/// (so both pass the same pg_hba rules), `localhost` when only abstract sockets are configured.
+fn citus_local_hostname(params: &BTreeMap<String, String>) -> String {
+    params
+        .get("unix_socket_directories")
+        .and_then(|dirs| {
+            dirs.split(',')
+                .map(str::trim)
+                .find(|d| !d.is_empty() && !d.starts_with('@'))
+        })
+        .unwrap_or("localhost")
+        .to_string()
 }
 
 pub(super) fn render_conf(params: &BTreeMap<String, String>) -> String {
@@ -695,6 +716,58 @@ mod unit_tests {
             &render(&s4, &ConfRole::Primary),
             Some(15)
         ));
+    }
+
+    #[test]
+    fn citus_parameters_are_applied_on_every_render() {
+        let mut s = settings();
+        s.citus = Some(super::super::CitusSettings {
+            group: 1,
+            database: "citus".into(),
+        });
+        s.parameters.insert(
+            "shared_preload_libraries".into(),
+            json!("pg_stat_statements,citus,auto_explain"),
+        );
+        s.parameters.insert("max_connections".into(), json!(120));
+        s.parameters.insert("wal_level".into(), json!("replica"));
+        for role in [
+            ConfRole::Primary,
+            ConfRole::Replica {
+                primary: None,
+                slot: None,
+            },
+        ] {
+            let params = managed_parameters(&s, &role, Path::new("/p")).unwrap();
+            assert_eq!(
+                params["shared_preload_libraries"],
+                "citus,pg_stat_statements,auto_explain"
+            );
+            assert_eq!(params["max_prepared_transactions"], "240");
+            assert_eq!(params["wal_level"], "logical");
+            assert_eq!(params["citus.local_hostname"], "/run/pg");
+            assert!(render_conf(&params).contains("citus.local_hostname = '/run/pg'\n"));
+        }
+        // A user-set max_prepared_transactions and socket directory are followed.
+        s.parameters
+            .insert("max_prepared_transactions".into(), json!(50));
+        s.parameters.insert(
+            "unix_socket_directories".into(),
+            json!("@abstract, /tmp/sock"),
+        );
+        let params = managed_parameters(&s, &ConfRole::Primary, Path::new("/p")).unwrap();
+        assert_eq!(params["max_prepared_transactions"], "50");
+        assert_eq!(params["citus.local_hostname"], "/tmp/sock");
+        // Bad values are named.
+        s.parameters
+            .insert("max_prepared_transactions".into(), json!("many"));
+        let e = managed_parameters(&s, &ConfRole::Primary, Path::new("/p")).unwrap_err();
+        assert!(e.to_string().contains("max_prepared_transactions"), "{e}");
+        // Without citus nothing changes.
+        let plain = managed_parameters(&settings(), &ConfRole::Primary, Path::new("/p")).unwrap();
+        assert_eq!(plain["wal_level"], "replica");
+        assert!(!plain.contains_key("shared_preload_libraries"));
+        assert!(!plain.contains_key("citus.local_hostname"));
     }
 
     #[test]

@@ -102,6 +102,16 @@ pub struct PgSettings {
     pub log_file: Option<PathBuf>,
     /// Password file for libpq tools and the WAL receiver; `None` = `<data_dir parent>/.pgpass_<name>`.
     pub pgpass: Option<PathBuf>,
+    /// Set on members of a Citus cluster: Citus's GUCs on every render, its bootstrap after initdb.
+    pub citus: Option<CitusSettings>,
+}
+
+/// The Citus part of the settings (`citus.group`, `citus.database`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CitusSettings {
+    /// 0 = coordinator, ≥ 1 = a worker group.
+    pub group: u32,
+    pub database: String,
 }
 
 impl Default for PgSettings {
@@ -126,6 +136,7 @@ impl Default for PgSettings {
             socket_dir: PathBuf::from("/var/run/postgresql"),
             log_file: None,
             pgpass: None,
+            citus: None,
         }
     }
 }
@@ -314,6 +325,53 @@ impl Postgres {
                     .map(PathBuf::from)
             });
         user_set.unwrap_or_else(|| self.settings.socket_dir.clone())
+    }
+
+    /// Connection settings for database `database` of the local server: the superuser over the
+    /// Unix socket, as the agent's own connection.
+    pub fn local_db_config(&self, database: &str) -> tokio_postgres::Config {
+        let user = &self.settings.superuser;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(&user.username)
+            .dbname(database)
+            .application_name("regent")
+            .host_path(self.effective_socket_dir())
+            .port(self.settings.port)
+            .connect_timeout(Duration::from_secs(2));
+        if let Some(p) = &user.password {
+            config.password(p);
+        }
+        config
+    }
+
+    /// Citus's steps on a new primary, after initdb and the roles (reference §5.3): the Citus
+    /// database and extension, the superuser's credentials in `pg_dist_authinfo`, and on the
+    /// coordinator its own address in `pg_dist_node`. Nothing to do outside a Citus cluster.
+    pub async fn citus_bootstrap(&self) -> Result<(), PgError> {
+        let Some(citus) = &self.settings.citus else {
+            return Ok(());
+        };
+        let superuser = &self.settings.superuser;
+        let plan = citus::bootstrap::Bootstrap {
+            database: citus.database.clone(),
+            coordinator: (citus.group == 0).then(|| citus::bootstrap::NodeAddress {
+                host: self.settings.connect_host.clone(),
+                port: self.settings.port,
+            }),
+            superuser: citus::bootstrap::AuthInfo {
+                password: superuser.password.clone(),
+                sslcert: superuser.sslcert.clone(),
+                sslkey: superuser.sslkey.clone(),
+            },
+        };
+        let local = self.local_db_config("postgres");
+        citus::bootstrap::run(&local, &plan)
+            .await
+            .map_err(|e| PgError::Unexpected {
+                step: "citus bootstrap",
+                detail: e.to_string(),
+            })
     }
 
     /// True when the data directory is missing or has no entries.

@@ -604,7 +604,7 @@ impl Postgres {
                     .await?;
             }
         }
-        Ok(())
+        self.citus_bootstrap().await
     }
 
     /// Create missing physical slots (reserving WAL now) and drop inactive physical slots that
