@@ -1,15 +1,23 @@
-//! The real patronictl drives a Regent cluster on etcd through Regent's REST API: pause and
-//! resume (PATCH /config, members report it), switchover --force (POST /switchover), restart
-//! --force (POST /restart). Skipped with a message when patronictl is not installed
-//! (/opt/regent-patroni/bin/patronictl, or next to $PATRONI_BIN).
+//! The real patronictl drives a Regent cluster through Regent's REST API and the DCS, on etcd and
+//! on the Kubernetes API test server: list, pause and resume (PATCH /config, members report it),
+//! edit-config (the dynamic config in the DCS, applied by every member), switchover --force
+//! (POST /switchover), restart --force (POST /restart). Skipped with a message when patronictl
+//! is not installed (/opt/regent-patroni/bin/patronictl, or next to $PATRONI_BIN).
+//!
+//! On Kubernetes patronictl reads its own configuration file (`scope` and a `kubernetes` section
+//! with the members' namespace, labels and `use_endpoints`) and a kubeconfig with its own token,
+//! so the test server counts its requests apart and the test can check it really used the API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use regent_tests::{wait_until, TestCluster};
+use regent_tests::config::{Backend, KUBE_APP_LABEL, KUBE_NAMESPACE};
+use regent_tests::{wait_until, Member, TestCluster};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
+/// Bearer token of patronictl's kubeconfig: the name its API requests are counted under.
+const PATRONICTL_TOKEN: &str = "patronictl";
 
 fn patronictl_bin() -> Option<PathBuf> {
     let path = std::env::var_os("PATRONI_BIN")
@@ -19,42 +27,127 @@ fn patronictl_bin() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-fn run(bin: &PathBuf, dcs_url: &str, args: &[&str]) -> String {
-    let out: Output = std::process::Command::new(bin)
-        .arg("--dcs-url")
-        .arg(dcs_url)
-        .args(args)
-        .env_remove("PATRONICTL_CONFIG_FILE")
-        .output()
-        .expect("run patronictl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "patronictl {args:?} failed ({:?}): {text}",
-        out.status.code()
-    );
-    text
+/// How patronictl reaches the cluster's DCS: options before the command, and its environment.
+struct Patronictl {
+    bin: PathBuf,
+    dcs_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patronictl_operates_a_regent_cluster() {
+impl Patronictl {
+    /// etcd: `--dcs-url etcd3://...`. Kubernetes: `-c <file>` (patronictl has no URL form for
+    /// Kubernetes) and KUBECONFIG pointing at the test server with patronictl's own token.
+    fn for_cluster(bin: PathBuf, cluster: &TestCluster) -> Patronictl {
+        match cluster.backend() {
+            Backend::Etcd => Patronictl {
+                bin,
+                dcs_args: vec![
+                    "--dcs-url".to_string(),
+                    format!("etcd3://{}", cluster.etcd().client_addr()),
+                ],
+                env: Vec::new(),
+            },
+            Backend::Kubernetes { use_endpoints } => {
+                let server = cluster.kube();
+                let config = server.dir().join("patronictl.yaml");
+                write_kube_config(&config, cluster.scope(), use_endpoints);
+                let kubeconfig = server.kubeconfig(PATRONICTL_TOKEN);
+                Patronictl {
+                    bin,
+                    dcs_args: vec!["-c".to_string(), config.display().to_string()],
+                    env: vec![("KUBECONFIG".to_string(), kubeconfig.display().to_string())],
+                }
+            }
+        }
+    }
+
+    /// Run one command; panics with its output unless it succeeds.
+    fn run(&self, args: &[&str]) -> String {
+        let out: Output = std::process::Command::new(&self.bin)
+            .args(&self.dcs_args)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("PATRONICTL_CONFIG_FILE")
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", self.bin.display()));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "patronictl {args:?} failed ({:?}): {text}",
+            out.status.code()
+        );
+        text
+    }
+}
+
+/// patronictl's configuration for the members' Kubernetes DCS: the same namespace, labels and
+/// leader-object kind as the members (tests/src/config.rs). No top-level `namespace`: Patroni
+/// would copy it into the Kubernetes section.
+fn write_kube_config(path: &Path, scope: &str, use_endpoints: bool) {
+    let (label, value) = KUBE_APP_LABEL;
+    let text = format!(
+        "scope: {scope}\nkubernetes:\n  namespace: {KUBE_NAMESPACE}\n  labels:\n    \
+         {label}: {value}\n  use_endpoints: {use_endpoints}\n"
+    );
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The table row of `member` in `patronictl list` output.
+fn list_row<'a>(table: &'a str, member: &str) -> &'a str {
+    let cell = format!("| {member} ");
+    table
+        .lines()
+        .find(|line| line.starts_with(&cell))
+        .unwrap_or_else(|| panic!("no row for {member} in:\n{table}"))
+}
+
+async fn show(member: &Member, setting: &str) -> Option<String> {
+    let client = member.pg_client().await.ok()?;
+    let row = client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .ok()?;
+    row.try_get::<_, String>(0).ok()
+}
+
+regent_tests::backend_tests! {
+    patronictl_operates_a_regent_cluster: [etcd, kubernetes, kubernetes_endpoints];
+}
+
+async fn patronictl_operates_a_regent_cluster(backend: Backend) {
     let Some(bin) = patronictl_bin() else {
         println!("[patronictl] not installed: skipping");
         return;
     };
-    let cluster = TestCluster::start("pctl", 3).await;
+    let cluster = TestCluster::start_on(backend, "pctl", 3).await;
+    let tag = format!("[patronictl/{}]", backend.label());
     let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
     cluster
         .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
         .await;
-    let url = format!("etcd3://{}", cluster.etcd().client_addr());
+    let ctl = Patronictl::for_cluster(bin, &cluster);
+    if backend.is_kubernetes() {
+        cluster.kube().reset_request_counts().await;
+    }
+
+    // list: patronictl reads the members from the DCS and finds Regent's leader.
+    let list = ctl.run(&["list", "pctl"]);
+    println!("{tag}\n{list}");
+    assert!(list.contains("+ Cluster: pctl ("), "{list}");
+    assert!(list_row(&list, &leader).contains("| Leader "), "{list}");
+    for other in cluster.others(&leader) {
+        assert!(
+            list_row(&list, other.name()).contains("| Replica "),
+            "{list}"
+        );
+    }
 
     // pause --wait returns once every member reports the pause.
-    let out = run(&bin, &url, &["pause", "pctl", "--wait"]);
+    let out = ctl.run(&["pause", "pctl", "--wait"]);
     assert!(
         out.contains("Success: cluster management is paused"),
         "{out}"
@@ -63,29 +156,39 @@ async fn patronictl_operates_a_regent_cluster() {
         let status = m.patroni_status().await.unwrap_or_default();
         assert_eq!(status["pause"], true, "{}: {status}", m.name());
     }
-    let list = run(&bin, &url, &["list", "pctl"]);
+    let list = ctl.run(&["list", "pctl"]);
     assert!(list.contains("Maintenance mode: on"), "{list}");
-    let out = run(&bin, &url, &["resume", "pctl", "--wait"]);
+    let out = ctl.run(&["resume", "pctl", "--wait"]);
     assert!(
         out.contains("Success: cluster management is resumed"),
         "{out}"
     );
 
+    // edit-config writes the dynamic config in the DCS; every member applies the parameter.
+    let out = ctl.run(&["edit-config", "pctl", "-p", "work_mem=5MB", "--force"]);
+    assert!(out.contains("work_mem"), "{out}");
+    let shown = ctl.run(&["show-config", "pctl"]);
+    assert!(shown.contains("work_mem: 5MB"), "{shown}");
+    for m in cluster.all() {
+        wait_until(
+            "the member to apply work_mem from the DCS",
+            Duration::from_secs(30),
+            || async { (show(m, "work_mem").await.as_deref() == Some("5MB")).then_some(()) },
+        )
+        .await;
+    }
+
     // switchover --force to a named candidate, through POST /switchover on the leader.
     let candidate = cluster.others(&leader)[0].name().to_string();
-    let out = run(
-        &bin,
-        &url,
-        &[
-            "switchover",
-            "pctl",
-            "--leader",
-            &leader,
-            "--candidate",
-            &candidate,
-            "--force",
-        ],
-    );
+    let out = ctl.run(&[
+        "switchover",
+        "pctl",
+        "--leader",
+        &leader,
+        "--candidate",
+        &candidate,
+        "--force",
+    ]);
     assert!(
         out.contains(&format!("Successfully switched over to \"{candidate}\"")),
         "{out}"
@@ -99,7 +202,7 @@ async fn patronictl_operates_a_regent_cluster() {
         .await;
 
     // restart --force of the old leader, now a replica.
-    let out = run(&bin, &url, &["restart", "pctl", &leader, "--force"]);
+    let out = ctl.run(&["restart", "pctl", &leader, "--force"]);
     assert!(
         out.contains(&format!("Success: restart on member {leader}")),
         "{out}"
@@ -107,4 +210,18 @@ async fn patronictl_operates_a_regent_cluster() {
     cluster
         .wait_for_member_streaming(&leader, &candidate, Duration::from_secs(60))
         .await;
+
+    // On Kubernetes, everything above went through the API server under patronictl's token.
+    if backend.is_kubernetes() {
+        let counts = cluster.kube().request_counts().await;
+        let ours: u64 = counts
+            .get(PATRONICTL_TOKEN)
+            .map(|by_request| by_request.values().sum())
+            .unwrap_or_default();
+        println!("{tag} patronictl made {ours} Kubernetes API requests");
+        assert!(
+            ours > 0,
+            "no API request under patronictl's token: {counts:?}"
+        );
+    }
 }
