@@ -718,6 +718,434 @@ async fn race_never_two_winners(backend: Backend) {
     }
 }
 
+// ---- Citus groups ------------------------------------------------------------------------------
+
+impl Store {
+    /// A member of Citus group `group` (Kubernetes: its Pod carries the `citus-group` label).
+    async fn citus_member(&self, name: &str, group: u32, timing: Timing) -> Box<dyn Dcs> {
+        match self.backend {
+            Backend::Etcd => Box::new(
+                Etcd3::new(EtcdConfig {
+                    hosts: vec![self.etcd.as_ref().expect("etcd").client_url()],
+                    scope: SCOPE.into(),
+                    name: name.into(),
+                    group: Some(group),
+                    timing,
+                    ..Default::default()
+                })
+                .expect("valid etcd config"),
+            ),
+            Backend::Kubernetes => {
+                let mut pod_labels = labels();
+                pod_labels.insert("citus-group".into(), group.to_string());
+                let ip = citus_ip(name);
+                self.kube().create_pod(NS, name, &pod_labels, &ip).await;
+                Box::new(kube_member(self.kube(), name, timing, |c| c.group = Some(group)).await)
+            }
+        }
+    }
+
+    /// Read requests as (ranges or config map LISTs, Pod LISTs). etcd: its cumulative count of
+    /// Range calls from all clients (etcd's own metrics), no Pods; Kubernetes: `client`'s LISTs
+    /// since the last call (the server's counts are reset).
+    async fn read_requests(&self, client: &str) -> (u64, u64) {
+        match self.backend {
+            Backend::Etcd => {
+                let url = format!("{}/metrics", self.etcd.as_ref().expect("etcd").client_url());
+                let text = reqwest::get(&url)
+                    .await
+                    .expect("etcd metrics")
+                    .text()
+                    .await
+                    .expect("etcd metrics text");
+                let ranges = text
+                    .lines()
+                    .find(|l| {
+                        l.starts_with("grpc_server_started_total{")
+                            && l.contains(r#"grpc_method="Range""#)
+                    })
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .expect("etcd counts Range calls");
+                (ranges as u64, 0)
+            }
+            Backend::Kubernetes => {
+                let counts = self.kube().request_counts().await;
+                self.kube().reset_request_counts().await;
+                let get = |what: &str| {
+                    counts
+                        .get(client)
+                        .and_then(|c| c.get(what))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                (get("list configmaps"), get("list pods"))
+            }
+        }
+    }
+}
+
+/// A distinct Pod IP per member name.
+fn citus_ip(name: &str) -> String {
+    format!(
+        "10.0.1.{}",
+        10 + name.bytes().map(u32::from).sum::<u32>() % 200
+    )
+}
+
+/// Member data as a Citus node publishes it, addresses derived from the name.
+fn citus_data(name: &str, role: Role) -> MemberData {
+    let ip = citus_ip(name);
+    MemberData {
+        conn_url: Some(format!("postgres://{ip}:5432/citus")),
+        api_url: Some(format!("http://{ip}:8008/patroni")),
+        state: "running".into(),
+        role,
+        ..Default::default()
+    }
+}
+
+fn member_names(c: &dcs::Cluster) -> Vec<&str> {
+    c.members.iter().map(|m| m.name.as_str()).collect()
+}
+
+/// The coordinator reads every worker group (lock holder, members with their data, config) in
+/// the same single round trip as its own group; workers read only their group, and
+/// `get_group(0)` gives them the coordinator's leader with one read. Garbage in a worker group is
+/// reported naming the object and never fails the read.
+async fn citus_coordinator_reads_every_group(backend: Backend) {
+    let store = Store::start(backend).await;
+    let t = timing(10, 3);
+    let c0 = store.citus_member("c0", 0, t).await;
+    let w1 = store.citus_member("w1", 1, t).await;
+    let w1b = store.citus_member("w1b", 1, t).await;
+    let w2 = store.citus_member("w2", 2, t).await;
+    for (m, name, role) in [
+        (&c0, "c0", Role::Primary),
+        (&w1, "w1", Role::Primary),
+        (&w1b, "w1b", Role::Replica),
+        (&w2, "w2", Role::Primary),
+    ] {
+        m.touch_member(&citus_data(name, role))
+            .await
+            .expect("touch");
+    }
+    for m in [&c0, &w1, &w2] {
+        m.get_cluster().await.expect("read");
+        assert!(m.attempt_to_acquire_leader().await.expect("acquire"));
+    }
+    assert!(w1
+        .set_config_value(&json!({"ttl": 20}), None)
+        .await
+        .expect("group 1 config"));
+
+    let full = wait_until(
+        "the coordinator sees both worker groups",
+        Duration::from_secs(5),
+        || async {
+            let c = c0.get_cluster().await.expect("coordinator read");
+            (c.workers.len() == 2
+                && c.workers
+                    .get(&1)
+                    .is_some_and(|w| w.members.len() == 2 && w.config.is_some()))
+            .then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(full.leader_name(), Some("c0"));
+    assert_eq!(member_names(&full), ["c0"]);
+    let g1 = &full.workers[&1];
+    assert_eq!(g1.leader_name(), Some("w1"));
+    assert_eq!(member_names(g1), ["w1", "w1b"]);
+    assert_eq!(
+        g1.leader_member().map(|m| &m.data),
+        Some(&citus_data("w1", Role::Primary))
+    );
+    assert_eq!(
+        g1.member("w1b").map(|m| &m.data),
+        Some(&citus_data("w1b", Role::Replica))
+    );
+    assert_eq!(
+        g1.config.as_ref().map(|c| c.raw["ttl"].clone()),
+        Some(json!(20))
+    );
+    assert!(g1.workers.is_empty());
+    let g2 = &full.workers[&2];
+    assert_eq!(g2.leader_name(), Some("w2"));
+    assert_eq!(
+        g2.leader_member().and_then(|m| m.data.conn_url.clone()),
+        citus_data("w2", Role::Primary).conn_url
+    );
+    assert!(full.warnings.is_empty(), "{:?}", full.warnings);
+
+    // A worker reads its own group only, and the coordinator's with get_group(0).
+    let own = wait_until(
+        "group 1 with both members",
+        Duration::from_secs(5),
+        || async {
+            let c = w1.get_cluster().await.expect("worker read");
+            (c.members.len() == 2).then_some(c)
+        },
+    )
+    .await;
+    assert!(own.workers.is_empty());
+    assert_eq!(own.leader_name(), Some("w1"));
+    assert_eq!(member_names(&own), ["w1", "w1b"]);
+    let coordinator = w1.get_group(0).await.expect("worker reads group 0");
+    assert_eq!(coordinator.leader_name(), Some("c0"));
+    assert_eq!(
+        coordinator
+            .leader_member()
+            .and_then(|m| m.data.api_url.clone()),
+        citus_data("c0", Role::Primary).api_url
+    );
+    assert_eq!(member_names(&coordinator), ["c0"]);
+    assert!(coordinator.workers.is_empty());
+    // Pods come from the watch cache, which may still lack the latest member data.
+    let other = wait_until(
+        "group 1 with both members",
+        Duration::from_secs(5),
+        || async {
+            let c = w2.get_group(1).await.expect("worker reads group 1");
+            (c.members.len() == 2).then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(other.leader_name(), Some("w1"));
+    assert_eq!(member_names(&other), ["w1", "w1b"]);
+    let empty = w1.get_group(7).await.expect("absent group");
+    assert!(empty.leader.is_none() && empty.members.is_empty());
+
+    // Round trips: one range / one LIST per read, whatever the number of groups; Pods come
+    // from the watch cache once it is in sync.
+    if backend == Backend::Kubernetes {
+        let kube = store.kube();
+        let synced = poll_until(Duration::from_secs(5), || async {
+            kube.reset_request_counts().await;
+            c0.get_cluster().await.ok()?;
+            w1.get_group(0).await.ok()?;
+            let counts = kube.request_counts().await;
+            let pod_lists = |client: &str| {
+                counts
+                    .get(client)
+                    .and_then(|c| c.get("list pods"))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            (pod_lists("c0") + pod_lists("w1") == 0).then_some(())
+        })
+        .await;
+        assert!(synced.is_some(), "the Pod caches never served a read");
+    }
+    let (before, _) = store.read_requests("c0").await;
+    for _ in 0..3 {
+        let c = c0.get_cluster().await.expect("coordinator read");
+        assert_eq!(c.workers.len(), 2);
+    }
+    let (after, pods) = store.read_requests("c0").await;
+    let ranges = if backend == Backend::Etcd {
+        after - before
+    } else {
+        after
+    };
+    assert_eq!(ranges, 3, "3 coordinator reads, requests: {ranges}");
+    assert_eq!(pods, 0);
+    store.read_requests("w1").await;
+    let (before, _) = store.read_requests("w1").await;
+    w1.get_group(0).await.expect("group 0");
+    let (after, pods) = store.read_requests("w1").await;
+    let ranges = if backend == Backend::Etcd {
+        after - before
+    } else {
+        after
+    };
+    assert_eq!((ranges, pods), (1, 0), "one read for get_group");
+
+    // Garbage in a worker group: named warnings, the read still succeeds.
+    let named: Vec<String> = match backend {
+        Backend::Etcd => {
+            let etcd = store.etcd.as_ref().expect("etcd");
+            etcd.put("/service/demo/2/members/broken", "{garbage")
+                .await
+                .expect("put");
+            etcd.put("/service/demo/2/config", "[1, 2")
+                .await
+                .expect("put");
+            vec![
+                "/service/demo/2/members/broken".into(),
+                "/service/demo/2/config".into(),
+            ]
+        }
+        Backend::Kubernetes => {
+            let kube = store.kube();
+            let mut pod_labels = labels();
+            pod_labels.insert("citus-group".into(), "2".into());
+            kube.create_pod(NS, "broken", &pod_labels, "10.0.2.99")
+                .await;
+            patch(
+                kube,
+                "pods",
+                "broken",
+                json!({"metadata": {"annotations": {"status": "{garbage"}}}),
+            )
+            .await;
+            let mut cm_labels = labels();
+            cm_labels.insert("citus-group".into(), "2".into());
+            let cm = json!({"metadata": {"name": "demo-2-config", "labels": cm_labels,
+                "annotations": {"config": "[1, 2"}}});
+            let (status, body) = kube
+                .request(
+                    reqwest::Method::POST,
+                    "/api/v1/namespaces/default/configmaps",
+                    "application/json",
+                    Some(&cm),
+                )
+                .await
+                .expect("create config map");
+            assert_eq!(status, 201, "{body}");
+            vec!["Pod broken".into(), "ConfigMap demo-2-config".into()]
+        }
+    };
+    let seen = poll_until(Duration::from_secs(5), || async {
+        let c = c0
+            .get_cluster()
+            .await
+            .expect("the coordinator read must survive garbage");
+        let g2 = c.workers.get(&2)?;
+        named
+            .iter()
+            .all(|n| {
+                g2.warnings.iter().any(|w| w.contains(n.as_str()))
+                    && c.warnings.iter().any(|w| w.contains(n.as_str()))
+            })
+            .then_some(c)
+    })
+    .await;
+    let c = match seen {
+        Some(c) => c,
+        None => {
+            let c = c0.get_cluster().await.expect("read");
+            panic!("warnings do not name all of {named:?}: {:?}", c.warnings)
+        }
+    };
+    let g2 = &c.workers[&2];
+    assert_eq!(g2.leader_name(), Some("w2"));
+    assert!(g2.config.is_none());
+    assert!(g2.member("broken").is_none_or(|m| !m.data.is_running()));
+    assert_eq!(c.workers[&1].leader_name(), Some("w1"));
+    // Read on its own, group 2 reports the same problems.
+    let direct = w1
+        .get_group(2)
+        .await
+        .expect("group 2 read survives garbage");
+    assert!(
+        named
+            .iter()
+            .all(|n| direct.warnings.iter().any(|w| w.contains(n.as_str()))),
+        "{:?}",
+        direct.warnings
+    );
+}
+
+/// A worker group's lock changing hands wakes the coordinator's watch within a second (new
+/// holder, release); worker renewals and member updates do not, and workers are not woken by
+/// other groups' locks.
+async fn citus_worker_leader_change_wakes_coordinator(backend: Backend) {
+    let store = Store::start(backend).await;
+    let t = timing(10, 3);
+    let c0 = store.citus_member("c0", 0, t).await;
+    let w1 = store.citus_member("w1", 1, t).await;
+    let w1b = store.citus_member("w1b", 1, t).await;
+    let w2 = store.citus_member("w2", 2, t).await;
+    for m in [&c0, &w1, &w1b, &w2] {
+        m.get_cluster().await.expect("read");
+    }
+    assert!(c0.attempt_to_acquire_leader().await.expect("acquire"));
+    while c0.watch(Duration::from_millis(300)).await {}
+
+    // How long after `act` started (the write being sent) the watch of `watcher` returned.
+    async fn woken_after<F: std::future::Future<Output = ()>>(
+        watcher: &dyn Dcs,
+        act: F,
+    ) -> Option<Duration> {
+        let ((woke, woke_at), acted_at) = tokio::join!(
+            async { (watcher.watch(Duration::from_secs(5)).await, Instant::now()) },
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let started = Instant::now();
+                act.await;
+                started
+            }
+        );
+        woke.then(|| woke_at.saturating_duration_since(acted_at))
+    }
+
+    let delay = woken_after(c0.as_ref(), async {
+        assert!(w1.attempt_to_acquire_leader().await.expect("w1 acquires"));
+    })
+    .await
+    .expect("a new worker leader did not wake the coordinator");
+    assert!(delay < Duration::from_secs(1), "noticed after {delay:?}");
+    println!("{backend:?}: worker lock acquired, coordinator woken after {delay:?}");
+    let c = c0.get_cluster().await.expect("read");
+    assert_eq!(c.workers.get(&1).and_then(|w| w.leader_name()), Some("w1"));
+
+    // Quiet: renewals and member data of workers do not wake the coordinator.
+    while c0.watch(Duration::from_millis(300)).await {}
+    let (woke, ()) = tokio::join!(c0.watch(Duration::from_millis(1500)), async {
+        for i in 0..3u64 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let g1 = w1.get_cluster().await.expect("read");
+            assert!(w1.update_leader(&g1, Some(100 + i)).await.expect("renew"));
+            let mut data = citus_data("w1b", Role::Replica);
+            data.xlog_location = Some(100 + i);
+            w1b.touch_member(&data).await.expect("touch");
+        }
+    });
+    assert!(
+        !woke,
+        "worker renewals or member updates woke the coordinator"
+    );
+
+    // A worker is not woken by another group's lock.
+    w1.get_cluster().await.expect("read");
+    while w1.watch(Duration::from_millis(300)).await {}
+    let (woke, ()) = tokio::join!(w1.watch(Duration::from_millis(1500)), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(w2.attempt_to_acquire_leader().await.expect("w2 acquires"));
+    });
+    assert!(!woke, "group 2's lock woke a group 1 member");
+
+    // Switchover in group 1: release, then the other member takes the lock.
+    while c0.watch(Duration::from_millis(300)).await {}
+    let delay = woken_after(c0.as_ref(), async {
+        assert!(w1.delete_leader(Some(200)).await.expect("release"));
+    })
+    .await
+    .expect("a worker release did not wake the coordinator");
+    assert!(
+        delay < Duration::from_secs(1),
+        "release noticed after {delay:?}"
+    );
+    let c = c0.get_cluster().await.expect("read");
+    assert_eq!(c.workers.get(&1).and_then(|w| w.leader_name()), None);
+    while c0.watch(Duration::from_millis(300)).await {}
+    w1b.get_cluster().await.expect("read");
+    let delay = woken_after(c0.as_ref(), async {
+        assert!(w1b.attempt_to_acquire_leader().await.expect("w1b acquires"));
+    })
+    .await
+    .expect("the new worker leader did not wake the coordinator");
+    assert!(
+        delay < Duration::from_secs(1),
+        "new holder noticed after {delay:?}"
+    );
+    println!("{backend:?}: worker switchover, coordinator woken after {delay:?}");
+    let c = c0.get_cluster().await.expect("read");
+    assert_eq!(c.workers.get(&1).and_then(|w| w.leader_name()), Some("w1b"));
+    assert_eq!(c.workers.get(&2).and_then(|w| w.leader_name()), Some("w2"));
+}
+
 macro_rules! contract_suite {
     ($($case:ident),* $(,)?) => {
         mod etcd {
@@ -750,6 +1178,8 @@ contract_suite!(
     watch_wakes_on_lock_expiry,
     garbage_is_reported,
     race_never_two_winners,
+    citus_coordinator_reads_every_group,
+    citus_worker_leader_change_wakes_coordinator,
 );
 
 // ---- Kubernetes only ---------------------------------------------------------------------------

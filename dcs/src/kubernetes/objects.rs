@@ -1029,6 +1029,69 @@ mod tests {
     }
 
     #[test]
+    fn other_groups_by_label_and_name() {
+        let obj = |name: &str, group: Option<&str>| {
+            let mut labels = json!({"application": "patroni", "cluster-name": "demo"});
+            if let Some(g) = group {
+                labels["citus-group"] = json!(g);
+            }
+            json!({"metadata": {"name": name, "labels": labels}})
+        };
+        let coordinator = layout(Some(0), false);
+        let w2 = coordinator.for_group(2);
+        assert_eq!(
+            (w2.leader.as_str(), w2.config.as_str(), w2.group),
+            ("demo-2-leader", "demo-2-config", Some(2))
+        );
+        assert_eq!(w2.selector(), coordinator.selector());
+        assert_eq!(w2.object_labels["citus-group"], "2");
+        assert_eq!(w2, layout(Some(2), false));
+        assert_eq!(layout(Some(0), true).for_group(3).leader, "demo-3");
+        assert_eq!(
+            coordinator.other_group_of(&obj("demo-2-sync", Some("2"))),
+            Some(2)
+        );
+        assert_eq!(
+            coordinator.other_group_leader(&obj("demo-2-leader", Some("2"))),
+            Some(2)
+        );
+        assert_eq!(
+            coordinator.other_group_leader(&obj("demo-2-config", Some("2"))),
+            None
+        );
+        // Own group, a label that does not match the name, no label, a bad label: not another
+        // group's object.
+        assert_eq!(
+            coordinator.other_group_of(&obj("demo-0-leader", Some("0"))),
+            None
+        );
+        assert_eq!(
+            coordinator.other_group_of(&obj("demo-2-leader", Some("1"))),
+            None
+        );
+        assert_eq!(
+            coordinator.other_group_of(&obj("demo-2-leader", None)),
+            None
+        );
+        assert_eq!(
+            coordinator.other_group_of(&obj("demo-2-leader", Some("02"))),
+            None
+        );
+        // A worker sees the coordinator's objects as another group's.
+        assert_eq!(
+            layout(Some(1), false).other_group_leader(&obj("demo-0-leader", Some("0"))),
+            Some(0)
+        );
+        let w = group_label_warning("ConfigMap x", &obj("x", Some("two"))).unwrap_or_default();
+        assert!(w.contains("ConfigMap x") && w.contains("\"two\""), "{w}");
+        assert_eq!(
+            group_label_warning("ConfigMap x", &obj("x", Some("2"))),
+            None
+        );
+        assert_eq!(group_label_warning("ConfigMap x", &obj("x", None)), None);
+    }
+
+    #[test]
     fn resource_versions_compare_as_integers() {
         assert!(rv_newer(Some("10"), Some("9")));
         assert!(!rv_newer(Some("9"), Some("10")));

@@ -329,6 +329,52 @@ mod tests {
     }
 
     #[test]
+    fn other_groups_have_their_own_trackers() {
+        let t0 = Instant::now();
+        let mut s = KindState::default();
+        let worker = |holder: Option<&str>, renew: &str, rv: &str| {
+            let mut o = leader(holder, renew, rv);
+            o["metadata"]["name"] = json!("demo-1-leader");
+            o
+        };
+        assert!(s.other_leader_names().is_empty());
+        s.offer_other_leader(
+            "demo-1-leader",
+            Some(worker(Some("w1"), "R1", "3")),
+            None,
+            t0,
+        );
+        assert_eq!(s.other_leader_names(), ["demo-1-leader"]);
+        // Our own tracker is untouched.
+        assert!(s.tracker().observed().is_empty());
+        assert_eq!(s.other_holder("demo-1-leader", 30, t0), Some("w1"));
+        // ttl annotation 10: not renewed for more than that, expired.
+        let late = t0 + Duration::from_millis(10_001);
+        assert_eq!(s.other_holder("demo-1-leader", 30, late), None);
+        // A renewal seen later keeps it alive; older information is ignored.
+        s.offer_other_leader(
+            "demo-1-leader",
+            Some(worker(Some("w1"), "R2", "4")),
+            None,
+            t0 + Duration::from_secs(9),
+        );
+        assert!(!s.offer_other_leader(
+            "demo-1-leader",
+            Some(worker(Some("w1"), "R1", "3")),
+            None,
+            late
+        ));
+        assert_eq!(s.other_holder("demo-1-leader", 30, late), Some("w1"));
+        // Gone as of a newer list: no holder.
+        assert!(s.offer_other_leader("demo-1-leader", None, Some("9"), late));
+        assert_eq!(s.other_holder("demo-1-leader", 30, late), None);
+        // A group first seen without a leader object is tracked from then on.
+        s.offer_other_leader("demo-2-leader", None, Some("9"), late);
+        assert_eq!(s.other_leader_names().len(), 2);
+        assert_eq!(s.other_holder("unknown", 30, late), None);
+    }
+
+    #[test]
     fn pod_cache_keeps_the_newest() {
         let p = |rv: &str| json!({"metadata": {"name": "a", "resourceVersion": rv}});
         let mut c = PodCache::default();

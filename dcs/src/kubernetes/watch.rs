@@ -513,6 +513,54 @@ mod tests {
     }
 
     #[test]
+    fn worker_lock_holder_changes_wake_only_the_coordinator() {
+        let citus = |group| {
+            Layout::new(
+                "demo",
+                Some(group),
+                "default",
+                &BTreeMap::new(),
+                "cluster-name",
+                false,
+            )
+        };
+        let (coordinator, worker) = (citus(0), citus(2));
+        let w1 = |holder: Option<&str>, renew: &str, rv: &str| {
+            let mut ann = json!({"renewTime": renew, "ttl": "30"});
+            if let Some(h) = holder {
+                ann["leader"] = json!(h);
+            }
+            json!({"metadata": {"name": "demo-1-leader", "resourceVersion": rv,
+                "labels": {"cluster-name": "demo", "citus-group": "1"}, "annotations": ann}})
+        };
+        let (a1, a2) = (w1(Some("a"), "1", "1"), w1(Some("a"), "2", "2"));
+        let (b3, free) = (w1(Some("b"), "3", "3"), w1(None, "3", "4"));
+        let name = "demo-1-leader";
+        // A new holder, a release, a deletion, a first appearance: the coordinator wakes.
+        assert!(wakes(&coordinator, "c", name, Some(&a2), Some(&b3)));
+        assert!(wakes(&coordinator, "c", name, Some(&b3), Some(&free)));
+        assert!(wakes(&coordinator, "c", name, Some(&b3), None));
+        assert!(wakes(&coordinator, "c", name, None, Some(&a1)));
+        // Renewals do not; another worker group is never woken by them.
+        assert!(!wakes(&coordinator, "c", name, Some(&a1), Some(&a2)));
+        assert!(!wakes(&worker, "w", name, Some(&a2), Some(&b3)));
+        // Other objects of a worker group do not wake the coordinator.
+        let mut config = a1.clone();
+        config["metadata"]["name"] = json!("demo-1-config");
+        assert!(!wakes(
+            &coordinator,
+            "c",
+            "demo-1-config",
+            None,
+            Some(&config)
+        ));
+        assert!(is_followed(&coordinator, name, &a1));
+        assert!(is_followed(&worker, name, &a1));
+        assert!(!is_followed(&coordinator, "demo-1-config", &config));
+        assert!(!is_followed(&layout(), name, &a1));
+    }
+
+    #[test]
     fn events_split_across_chunks() {
         let stream = b"{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"a\",\"resourceVersion\":\"5\"}}}\n\n{\"type\":\"BOOKMARK\",\"object\":{\"metadata\":{\"resourceVersion\":\"9\"}}}\n{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"code\":410}}\n";
         let mut buf = Vec::new();
