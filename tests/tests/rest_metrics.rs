@@ -1,18 +1,21 @@
 //! `GET /metrics` on a real 3-member cluster follows what happens to it: the leader holds the
 //! lock and is primary, replicas report their lag and the leader each replica's (a replica with
 //! replay paused falls behind, then catches up); a parameter that needs a restart raises
-//! `patroni_pending_restart` with the reason on `GET /patroni` and `GET /cluster`; maintenance
-//! mode shows as `patroni_is_paused`; a killed postmaster as `patroni_postgres_running 0`; the age
-//! of the last DCS round-trip grows while the DCS is frozen and drops once it is back. Every
-//! scrape is checked to be a valid exposition (HELP and TYPE for each sample, no series twice).
+//! `patroni_pending_restart` with the reason on `GET /patroni`, `GET /cluster` and in the
+//! listings of `regent ctl` and patronictl; maintenance mode shows as `patroni_is_paused`; a
+//! killed postmaster as `patroni_postgres_running 0`; the age of the last DCS round-trip grows
+//! while the DCS is frozen and drops once it is back. Every scrape is checked to be a valid
+//! exposition (HELP and TYPE for each sample, no series twice).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use regent_tests::config::{Backend, Timing};
 use regent_tests::member::Member;
-use regent_tests::{wait_until_ok, TestCluster};
+use regent_tests::{regent_bin, wait_until_ok, TestCluster};
 use serde_json::{json, Value};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
@@ -219,6 +222,36 @@ async fn patch_config(member: &Member, body: Value) {
     assert_eq!(code, 200, "PATCH /config {body}: {text}");
 }
 
+fn patronictl_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("PATRONI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"))
+        .with_file_name("patronictl");
+    path.exists().then_some(path)
+}
+
+/// A JSON listing (`list --extended -f json`) in which every member shows the restart flag and
+/// `reason` as patronictl formats it.
+fn assert_listing_shows_reason(tool: &str, output: &Output, reason: &str) {
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{tool} list failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{tool} list is not a JSON array ({e}): {text}"));
+    assert_eq!(rows.len(), 3, "{tool}: {text}");
+    for row in &rows {
+        assert_eq!(row["Pending restart"], json!("*"), "{tool}: {row}");
+        assert_eq!(
+            row["Pending restart reason"],
+            json!(reason),
+            "{tool}: {row}"
+        );
+    }
+}
+
 async fn show_max_connections(member: &Member) -> String {
     let client = member.pg_client().await.expect("connect");
     let row = client
@@ -359,7 +392,40 @@ async fn metrics_follow_the_cluster(backend: Backend) {
         },
     )
     .await;
-    println!("{tag} pending restart reason {want_reason}");
+    // ...and the listings show it: `regent ctl list --extended`, and the real patronictl.
+    let shown = format!("max_connections: {running}->101");
+    let ctl_env = if backend.is_kubernetes() {
+        let kubeconfig = cluster.kube().kubeconfig("regent-ctl");
+        vec![("KUBECONFIG".to_string(), kubeconfig.display().to_string())]
+    } else {
+        leader.spec().agent_env()
+    };
+    let ctl = std::process::Command::new(regent_bin())
+        .envs(ctl_env)
+        .env_remove("PATRONICTL_CONFIG_FILE")
+        .arg("ctl")
+        .arg("-c")
+        .arg(leader.config_path())
+        .args(["list", "--extended", "-f", "json"])
+        .output()
+        .expect("run regent ctl list");
+    assert_listing_shows_reason("regent ctl", &ctl, &shown);
+    if backend.is_kubernetes() {
+        println!("{tag} patronictl on Kubernetes is proven in patronictl.rs; not repeated here");
+    } else if let Some(patronictl) = patronictl_bin() {
+        let listing = std::process::Command::new(patronictl)
+            .args([
+                "--dcs-url",
+                &format!("etcd3://{}", cluster.etcd().client_addr()),
+            ])
+            .args(["list", scope, "--extended", "-f", "json"])
+            .output()
+            .expect("run patronictl list");
+        assert_listing_shows_reason("patronictl", &listing, &shown);
+    } else {
+        println!("{tag} patronictl not installed: its listing is not checked");
+    }
+    println!("{tag} pending restart reason {want_reason}, listed as {shown:?}");
     patch_config(
         leader,
         json!({"postgresql": {"parameters": {"max_connections": running.parse::<u32>().expect("a number")}}}),
