@@ -1448,6 +1448,44 @@ async fn demo_manifest_runs_a_three_member_cluster_under_its_role() {
         authorised.status()
     );
 
+    // `kubectl exec <pod> -- regent ctl list` (docs/kubernetes.md): the Pod's variables and
+    // PATRONICTL_CONFIG_FILE are all regent ctl needs.
+    let mut ctl = regent_tests::regent_command(leader_member.binary(), leader_member.member_dir());
+    ctl.envs(leader_member.env().iter().map(|(k, v)| (k, v)))
+        .args(["ctl", "list", "-f", "json"]);
+    let listed = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::from(ctl)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("regent ctl list hangs"))
+    .unwrap_or_else(|e| panic!("run regent ctl list: {e}"));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "regent ctl list: {stdout}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("regent ctl list -f json printed {stdout}: {e}"));
+    let roles: BTreeMap<String, String> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["Member"].as_str().unwrap_or("").to_string(),
+                r["Role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(roles.len(), replicas, "regent ctl list: {stdout}");
+    assert_eq!(
+        roles.get(&leader).map(String::as_str),
+        Some("Leader"),
+        "{stdout}"
+    );
+
     // Nothing the members did needed more than the Role.
     let denied: Vec<Value> = server.denied_requests().await;
     assert!(
