@@ -5,6 +5,13 @@
 //! Every write that can race carries the resourceVersion seen at the last read and loses on
 //! 409 Conflict; nothing is ever overwritten after a conflict. The lock's liveness is judged by
 //! when its record last changed in local time (see [`state`]), never by comparing clocks.
+//!
+//! Citus: objects are `<scope>-<group>-*` with a `citus-group` label the selector omits, so the
+//! one LIST (and watch) spans every group. The coordinator splits it by that label into
+//! [`Cluster::workers`]. Other groups' locks are judged like our own, not by trusting the
+//! `leader` annotation alone: each has a tracker fed by every read and watch event, and a holder
+//! counts while its record changed within its `ttl` in local time (a record first seen counts as
+//! held for a whole `ttl`, the same caution a fresh member applies to its own group).
 
 mod client;
 mod objects;

@@ -244,6 +244,40 @@ mod tests {
     }
 
     #[test]
+    fn only_the_coordinator_follows_worker_leaders() {
+        let member = |group| {
+            super::super::Etcd3::new(super::super::EtcdConfig {
+                scope: "demo".into(),
+                name: "m".into(),
+                group,
+                ..Default::default()
+            })
+            .expect("valid config")
+        };
+        let coordinator = member(Some(0));
+        let shared = &coordinator.shared;
+        assert_eq!(shared.read_prefix, "/service/demo/");
+        for (key, wakes) in [
+            ("/service/demo/1/leader", true),
+            ("/service/demo/12/leader", true),
+            ("/service/demo/0/leader", false),
+            ("/service/demo/1/members/w1", false),
+            ("/service/demo/1/status", false),
+            ("/service/demo/01/leader", false),
+            ("/service/demo/leader", false),
+            ("/service/other/1/leader", false),
+        ] {
+            assert_eq!(is_worker_leader(shared, Some(key)), wakes, "{key}");
+        }
+        assert!(!is_worker_leader(shared, None));
+        for group in [Some(1), None] {
+            let m = member(group);
+            assert_eq!(m.shared.read_prefix, m.shared.prefix);
+            assert!(!is_worker_leader(&m.shared, Some("/service/demo/2/leader")));
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         let mut buf = b"{\"a\":1} ]".to_vec();
         assert!(drain_messages(&mut buf).is_err());
