@@ -71,10 +71,13 @@ impl Scrape {
     }
 
     fn flag(&self, name: &str) -> Result<bool> {
-        match self.value(name)? {
-            v if v == 1.0 => Ok(true),
-            v if v == 0.0 => Ok(false),
-            v => bail!("{}: {name} is {v}, not 0 or 1", self.member),
+        let value = self.value(name)?;
+        if value == 1.0 {
+            Ok(true)
+        } else if value == 0.0 {
+            Ok(false)
+        } else {
+            bail!("{}: {name} is {value}, not 0 or 1", self.member)
         }
     }
 
