@@ -106,7 +106,7 @@ fn numbered_suffix(text: &str) -> bool {
     (2..=3).contains(&parts.len())
         && parts
             .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.len() > 0 && !p.starts_with('0'))
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !p.starts_with('0'))
 }
 
 #[cfg(test)]

@@ -120,7 +120,10 @@ pub enum ProvisionError {
         statement: String,
     },
     #[error("provisioning script {} failed, nothing of it was applied: {error}", .path.display())]
-    Script { path: PathBuf, error: ScriptError },
+    Script {
+        path: PathBuf,
+        error: Box<ScriptError>,
+    },
     #[error("provisioning, {step}: {}", crate::bootstrap::describe(.source))]
     Database {
         step: &'static str,
@@ -275,7 +278,7 @@ async fn run_one(
     let script_failed = |e: tokio_postgres::Error| match e.as_db_error() {
         Some(_) => ProvisionError::Script {
             path: path.to_path_buf(),
-            error: script_error(&e, text),
+            error: Box::new(script_error(&e, text)),
         },
         None => ProvisionError::Database {
             step: "run the script",
@@ -653,7 +656,7 @@ mod tests {
         std::fs::write(sub.join("10-a.sql"), "SELECT 2;").unwrap();
         let single = sub.join("10-a.sql");
 
-        let listed = list_scripts(&[dir.clone()]).unwrap();
+        let listed = list_scripts(std::slice::from_ref(&dir)).unwrap();
         let names: Vec<&str> = listed.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["10-a.sql", "20-b.sql"]);
 

@@ -126,7 +126,7 @@ async fn scripts_run_once_and_not_again_after_a_restart() {
     assert_eq!(count(&c, "SELECT count(*) FROM runs").await, 2);
 
     // The other role's list is separate: the same file name runs for the worker role.
-    let ran = run_pending(&mut c, Role::Worker, &[roles.clone()]).await;
+    let ran = run_pending(&mut c, Role::Worker, std::slice::from_ref(&roles)).await;
     let e = ran.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
         e.contains("10-roles.sql") && e.contains("42710"),
