@@ -170,10 +170,21 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
             .map_err(|e| e.to_string())?;
         Ok(cfg)
     });
+    // Citus: the coordinator's manager is shared by the HA loop and the `/citus` handler.
+    let citus_runtime = cfg
+        .citus
+        .as_ref()
+        .map(|c| ha::cycle::CitusRuntime::new(c.group, c.database.clone()));
+    let citus_handler = citus_runtime.as_ref().map(|rt| {
+        std::sync::Arc::new(ha::cycle::CoordinatorEvents {
+            manager: rt.manager.clone(),
+            dcs: dcs.clone(),
+        }) as std::sync::Arc<dyn rest::CitusHandler>
+    });
     let api_state = rest::ApiState {
         snapshot: snapshot_rx,
         commands: command_tx,
-        citus: None,
+        citus: citus_handler,
     };
     let mut rest_shutdown = shutdown_rx.clone();
     let rest_task = tokio::spawn(async move {
@@ -188,9 +199,12 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
 
     tokio::spawn(forward_signals(shutdown_tx));
 
-    let agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx)
+    let mut agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx)
         .with_commands(command_rx)
         .with_config_reloader(reloader);
+    if let Some(rt) = citus_runtime {
+        agent = agent.with_citus(rt);
+    }
     let exit = agent.run(shutdown_rx).await;
     rest_task.abort();
     match exit {

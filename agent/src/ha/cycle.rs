@@ -18,7 +18,10 @@ use super::decide::{
 use crate::config::{Config, DynamicConfig};
 use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
 
+mod citus;
 mod ops;
+
+pub use citus::{CitusRuntime, CoordinatorEvents};
 
 /// Delay before a follow-up cycle when a state change is imminent.
 const SOON: Duration = Duration::from_millis(250);
@@ -93,6 +96,8 @@ pub struct Agent {
     scheduled_restart: Option<ops::ScheduledRestart>,
     /// Loads the configuration again the way it was loaded at start (`POST /reload`).
     config_reloader: Option<ConfigReloader>,
+    /// Citus members: the coordinator's pg_dist_node manager, or a worker's notifications.
+    citus: Option<CitusRuntime>,
 }
 
 /// Reads the configuration file (and environment) again; `Err` names what is wrong.
@@ -152,7 +157,14 @@ impl Agent {
             commands: None,
             scheduled_restart: None,
             config_reloader: None,
+            citus: None,
         }
+    }
+
+    /// A Citus member (the `citus` section is set).
+    pub fn with_citus(mut self, runtime: CitusRuntime) -> Agent {
+        self.citus = Some(runtime);
+        self
     }
 
     /// How `POST /reload` reads the configuration again.
@@ -330,8 +342,9 @@ impl Agent {
             let due = Duration::from_secs_f64(secs.clamp(0.05, loop_wait));
             self.next_cycle_soon = Some(self.next_cycle_soon.map_or(due, |d| d.min(due)));
         }
-        self.last_cluster = cluster;
         self.publish_member().await;
+        self.citus_after_cycle(cluster.as_ref()).await;
+        self.last_cluster = cluster;
         Ok(())
     }
 
@@ -982,6 +995,8 @@ impl Agent {
 
     async fn promote(&mut self) -> PlanOutcome {
         info!("promoting Postgres");
+        self.notify_coordinator(::citus::event::EventType::BeforePromote)
+            .await;
         self.role = Role::Promoted;
         match self.pg.promote().await {
             Ok(()) => {
@@ -1039,6 +1054,10 @@ impl Agent {
                 if let Err(e) = self.pg.checkpoint().await {
                     debug!("checkpoint before switchover failed: {e}");
                 }
+                // A Citus worker: the coordinator holds writes to this group until the new
+                // primary announces itself.
+                self.notify_coordinator(::citus::event::EventType::BeforeDemote)
+                    .await;
                 let budget = self
                     .lock_deadline
                     .map(|d| {
@@ -1304,7 +1323,10 @@ impl Agent {
             if let Err(e) = self.pg.checkpoint().await {
                 debug!("checkpoint before shutdown failed: {e}");
             }
+            self.notify_coordinator(::citus::event::EventType::BeforeDemote)
+                .await;
         }
+        self.stop_node_manager("shutting down");
         self.stop_postgres(
             StopMode::Fast,
             Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),

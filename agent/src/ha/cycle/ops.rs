@@ -314,6 +314,11 @@ impl Agent {
         };
         let following = self.following.clone();
         info!("restarting Postgres as requested through the REST API");
+        if leader {
+            // A Citus worker primary: writes to this group wait instead of failing.
+            self.notify_coordinator(::citus::event::EventType::BeforeDemote)
+                .await;
+        }
         let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
         self.stop_postgres(StopMode::Fast, timeout).await;
         if self.pg.is_running() {
