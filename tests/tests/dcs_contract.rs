@@ -1146,6 +1146,44 @@ async fn citus_worker_leader_change_wakes_coordinator(backend: Backend) {
     assert_eq!(c.workers.get(&2).and_then(|w| w.leader_name()), Some("w2"));
 }
 
+/// A worker leader that stops renewing is no longer the coordinator's view of the group's
+/// leader once its ttl has run out (etcd: the lease expires; Kubernetes: the coordinator's own
+/// tracker of that group's lock), and never before.
+async fn citus_expired_worker_lock_is_dropped(backend: Backend) {
+    let store = Store::start(backend).await;
+    let c0 = store.citus_member("c0", 0, timing(10, 3)).await;
+    let w1 = store.citus_member("w1", 1, timing(3, 2)).await;
+    w1.touch_member(&citus_data("w1", Role::Primary))
+        .await
+        .expect("touch");
+    w1.get_cluster().await.expect("read");
+    assert!(w1.attempt_to_acquire_leader().await.expect("acquire"));
+    let acquired = Instant::now();
+    let c = c0.get_cluster().await.expect("read");
+    assert_eq!(c.workers.get(&1).and_then(|w| w.leader_name()), Some("w1"));
+    // The worker's agent dies: no renewals, no release.
+    drop(w1);
+    let gone = poll_until(Duration::from_secs(10), || async {
+        let c = c0.get_cluster().await.expect("read");
+        let holder = c
+            .workers
+            .get(&1)
+            .and_then(|w| w.leader_name().map(str::to_string));
+        if holder.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        holder.is_none().then(|| acquired.elapsed())
+    })
+    .await
+    .expect("the dead worker leader was never dropped");
+    println!("{backend:?}: dead worker leader dropped after {gone:?} (ttl 3 s)");
+    assert!(
+        gone >= Duration::from_millis(2900),
+        "dropped before its ttl: {gone:?}"
+    );
+    assert!(gone < Duration::from_secs(7), "dropped late: {gone:?}");
+}
+
 macro_rules! contract_suite {
     ($($case:ident),* $(,)?) => {
         mod etcd {
@@ -1180,6 +1218,7 @@ contract_suite!(
     race_never_two_winners,
     citus_coordinator_reads_every_group,
     citus_worker_leader_change_wakes_coordinator,
+    citus_expired_worker_lock_is_dropped,
 );
 
 // ---- Kubernetes only ---------------------------------------------------------------------------
