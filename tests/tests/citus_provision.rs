@@ -275,12 +275,30 @@ async fn a_failing_script_leaves_nothing_and_runs_once_fixed() {
     );
 }
 
+/// `SHOW` of the settings Citus needs, in a fixed order.
+async fn citus_settings(client: &Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in [
+        "shared_preload_libraries",
+        "wal_level",
+        "max_prepared_transactions",
+        "citus.local_hostname",
+    ] {
+        let row = client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("SHOW {name}: {e}"));
+        out.push(row.get::<_, String>(0));
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_bootstrap_and_gucs() {
-    let flavor = ensure_citus();
-    println!("running against {}", flavor.describe());
+    // Real Citus when installed, else the stand-in (the fixture says which).
+    ensure_citus();
     let cluster = TestCluster::builder("citusboot")
-        .members(1)
+        .members(2)
         .configure(|_, cfg| {
             cfg.set(
                 "citus",
@@ -295,45 +313,36 @@ async fn coordinator_bootstrap_and_gucs() {
         .start()
         .await;
     let members = cluster.all();
-    let member = members[0];
-    wait_until_ok(
-        "the coordinator is the primary",
-        Duration::from_secs(90),
+    let (primary, replica) = wait_until_ok(
+        "a primary and a streaming replica",
+        Duration::from_secs(120),
         || async {
-            if member.is_primary().await {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("not primary yet"))
+            let (a, b) = (members[0], members[1]);
+            match (a.is_primary().await, b.is_healthy_replica().await) {
+                (true, true) => return Ok((a, b)),
+                _ if b.is_primary().await && a.is_healthy_replica().await => return Ok((b, a)),
+                _ => {}
             }
+            Err(anyhow::anyhow!("no primary with a healthy replica yet"))
         },
     )
     .await;
 
-    let mut config = member.pg_config();
+    let mut config = primary.pg_config();
     config.dbname("citus");
     let c = regent_tests::citus::connect_with(&config, "coordinator")
         .await
         .unwrap_or_else(|e| panic!("connect to database citus: {e:#}"));
-    let show = |name: &'static str| {
-        let c = &c;
-        async move {
-            let row = c
-                .query_one(&format!("SHOW {name}"), &[])
-                .await
-                .unwrap_or_else(|e| panic!("SHOW {name}: {e}"));
-            row.get::<_, String>(0)
-        }
-    };
+    let settings = citus_settings(&c).await;
     assert_eq!(
-        show("shared_preload_libraries").await,
-        "citus,pg_stat_statements"
+        settings[..3],
+        ["citus,pg_stat_statements", "logical", "80"],
+        "citus first with the user's library after it, logical WAL, 2 x max_connections"
     );
-    assert_eq!(show("wal_level").await, "logical");
-    assert_eq!(show("max_prepared_transactions").await, "80");
-    let local_host = show("citus.local_hostname").await;
     assert!(
-        local_host.starts_with('/'),
-        "a socket directory: {local_host}"
+        settings[3].starts_with('/'),
+        "citus.local_hostname is the socket directory: {}",
+        settings[3]
     );
 
     let extension = count(
@@ -353,7 +362,7 @@ async fn coordinator_bootstrap_and_gucs() {
     let (host, port, role): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(
         (host.as_str(), port, role.as_str()),
-        ("127.0.0.1", i32::from(member.pg_port()), "primary")
+        ("127.0.0.1", i32::from(primary.pg_port()), "primary")
     );
 
     let row = c
@@ -369,4 +378,13 @@ async fn coordinator_bootstrap_and_gucs() {
         authinfo,
         format!("password={}", regent_tests::config::SUPERUSER_PASSWORD)
     );
+
+    // The replica renders the same settings (a hot standby refuses to start with fewer prepared
+    // transactions than its primary) and has the Citus database through replication.
+    let mut config = replica.pg_config();
+    config.dbname("citus");
+    let r = regent_tests::citus::connect_with(&config, "replica")
+        .await
+        .unwrap_or_else(|e| panic!("connect to the replica's database citus: {e:#}"));
+    assert_eq!(citus_settings(&r).await[..3], settings[..3]);
 }
