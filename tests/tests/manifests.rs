@@ -803,6 +803,22 @@ fn citus_groups_match_their_labels_and_each_has_a_primary_service() {
         BTreeSet::from([0, 1, 2]),
         "a coordinator and two worker groups"
     );
+    // A worker authenticates its POST /citus to the coordinator with its own REST credentials.
+    let credentials: BTreeSet<(Option<String>, Option<String>)> = set
+        .statefulsets()
+        .iter()
+        .map(|w| {
+            (
+                w.env_value("PATRONI_RESTAPI_USERNAME"),
+                w.env_value("PATRONI_RESTAPI_PASSWORD"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        credentials.len(),
+        1,
+        "every group must use the same REST credentials: {credentials:?}"
+    );
     assert_eq!(
         scopes.len(),
         1,
