@@ -21,12 +21,13 @@ use serde_json::{json, Value};
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A long ttl keeps the leader's lease valid through the DCS freeze below (the lease guard
-/// stops a primary ttl − 20 % after its last renewal), so the freeze tests the metric only.
+/// Long enough that the short DCS freeze below changes nothing but the metric: the DCS read
+/// keeps retrying through it (retry_timeout) and the leader's lease stays valid (the lease guard
+/// stops a primary ttl − 20 % after its last renewal).
 const TIMING: Timing = Timing {
     ttl: 30,
     loop_wait: 2,
-    retry_timeout: 3,
+    retry_timeout: 10,
 };
 
 /// A healthy member reads the DCS every loop_wait; the age is in whole seconds.
@@ -499,6 +500,7 @@ async fn metrics_follow_the_cluster(backend: Backend) {
         })
         .await;
     }
+    let leader_postmaster = leader.postmaster_pid().expect("leader postmaster pid");
     cluster.pause_dcs();
     let mut first_ages = BTreeMap::new();
     for member in cluster.all() {
@@ -537,5 +539,10 @@ async fn metrics_follow_the_cluster(backend: Backend) {
         cluster.wait_for_leader(STEP_DEADLINE).await,
         leader_name,
         "the freeze stayed within the lease"
+    );
+    assert_eq!(
+        leader.postmaster_pid(),
+        Some(leader_postmaster),
+        "the leader's Postgres ran through the freeze"
     );
 }
