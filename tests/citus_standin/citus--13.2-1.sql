@@ -10,8 +10,8 @@
  * primaries named in pg_dist_node (through dblink's C functions, bound privately below so that
  * `CREATE EXTENSION citus` needs nothing else).
  *
- * Known differences from Citus (see README.md): routed writes commit on the worker at once
- * (no distributed transaction), metadata is not synced to workers beyond their group id
+ * Known differences from Citus (see README.md): routed writes commit on the workers with a
+ * one-phase commit at the coordinator's COMMIT (no two-phase commit), metadata is not synced to workers beyond their group id
  * (metadatasynced stays true), distributed tables are views over the shards (INSERT and SELECT
  * only), and errors Citus raises from its maintenance daemon (55000 "out of sync", 40P01) can be
  * injected with citus_standin.inject_error().
@@ -239,16 +239,76 @@ BEGIN
         auth);
 END $$;
 
+-- Routed writes run inside a transaction on the node that commits when the coordinator's
+-- transaction commits: write_on_node opens it (marked with the coordinator's transaction id)
+-- and records it here; a deferred constraint trigger sends COMMIT at the coordinator's COMMIT.
+-- When the coordinator's transaction rolls back instead, the row vanishes and the node's
+-- transaction stays open until the connection is next used, when node_connection finds the
+-- marker and rolls it back. One-phase commit: two nodes can end up apart only if one fails
+-- between their COMMITs.
+CREATE UNLOGGED TABLE citus_standin.remote_transaction (
+    coordinator_xact bigint NOT NULL,
+    conn text NOT NULL,
+    PRIMARY KEY (coordinator_xact, conn)
+);
+
+-- Whether this coordinator transaction already has a transaction open on connection `conn`.
+CREATE FUNCTION citus_standin.in_remote_transaction(conn text) RETURNS bool
+    LANGUAGE sql VOLATILE AS $$
+    SELECT EXISTS (SELECT 1 FROM citus_standin.remote_transaction r
+                    WHERE r.coordinator_xact = txid_current_if_assigned() AND r.conn = $1)
+$$;
+
+CREATE FUNCTION citus_standin.commit_remote() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    outcome text := citus_standin.dblink_exec(NEW.conn, 'COMMIT');
+BEGIN
+    DELETE FROM citus_standin.remote_transaction
+     WHERE coordinator_xact = NEW.coordinator_xact AND conn = NEW.conn;
+    IF outcome IS DISTINCT FROM 'COMMIT' THEN
+        RAISE EXCEPTION 'the transaction on % was rolled back (%)', NEW.conn, outcome
+            USING ERRCODE = '40000';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER commit_remote AFTER INSERT ON citus_standin.remote_transaction
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION citus_standin.commit_remote();
+
 -- Open (or reuse) this session's connection to a node; returns the dblink connection name.
+-- A cached connection is reused after a check that it still answers and carries no
+-- transaction left by a rolled-back coordinator transaction (which it rolls back).
 -- A failure is reported as Citus reports it: 08006 naming user@host:port and libpq's reason.
 CREATE FUNCTION citus_standin.node_connection(node_id int, node_name text, node_port int)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     conn text := format('citus:%s@%s:%s', current_user, node_name, node_port);
+    marker text;
+    state text;
     reason text;
 BEGIN
     IF conn = ANY (coalesce(citus_standin.dblink_get_connections(), '{}')) THEN
-        RETURN conn;
+        IF citus_standin.in_remote_transaction(conn) THEN
+            RETURN conn;
+        END IF;
+        BEGIN
+            SELECT m INTO marker FROM citus_standin.dblink(conn,
+                'SELECT current_setting(''citus_standin.coordinator_xact'', true)') AS t(m text);
+            IF coalesce(marker, '') <> '' THEN
+                PERFORM citus_standin.dblink_exec(conn, 'ROLLBACK');
+            END IF;
+            RETURN conn;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+            IF state = '25P02' THEN  -- a left-over transaction that failed
+                PERFORM citus_standin.dblink_exec(conn, 'ROLLBACK');
+                RETURN conn;
+            END IF;
+            IF NOT citus_standin.is_lost_connection(state) THEN
+                RAISE;
+            END IF;
+        END;
+        PERFORM citus_standin.dblink_disconnect(conn);
     END IF;
     BEGIN
         PERFORM citus_standin.dblink_connect(conn,
@@ -284,7 +344,8 @@ BEGIN
         RETURN citus_standin.dblink_exec(conn, command);
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
-        IF NOT citus_standin.is_lost_connection(state) THEN
+        IF NOT citus_standin.is_lost_connection(state)
+           OR citus_standin.in_remote_transaction(conn) THEN
             RAISE;
         END IF;
     END;
@@ -305,6 +366,30 @@ BEGIN
         RAISE EXCEPTION 'node % not found', node_id USING ERRCODE = 'P0002';
     END IF;
     RETURN citus_standin.exec_at(node_id, node.nodename, node.nodeport, command);
+END $$;
+
+-- A routed write: inside this coordinator transaction's transaction on the node (opened on
+-- first use), so that it commits or rolls back with the coordinator's transaction. The address
+-- is read now, as in exec_on_node.
+CREATE FUNCTION citus_standin.write_on_node(node_id int, command text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    node record;
+    conn text;
+    xact bigint;
+BEGIN
+    SELECT nodename, nodeport INTO node FROM pg_catalog.pg_dist_node WHERE nodeid = node_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'node % not found', node_id USING ERRCODE = 'P0002';
+    END IF;
+    conn := citus_standin.node_connection(node_id, node.nodename, node.nodeport);
+    IF NOT citus_standin.in_remote_transaction(conn) THEN
+        xact := txid_current();
+        PERFORM citus_standin.dblink_exec(conn,
+            format('BEGIN; SET LOCAL citus_standin.coordinator_xact = %L', xact));
+        INSERT INTO citus_standin.remote_transaction VALUES (xact, conn);
+    END IF;
+    PERFORM citus_standin.dblink_exec(conn, command);
 END $$;
 
 -- Take the node's write lock exclusively until the end of the transaction. With force, wait at
@@ -642,7 +727,8 @@ BEGIN
             CONTINUE;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
-            IF NOT citus_standin.is_lost_connection(state) THEN
+            IF NOT citus_standin.is_lost_connection(state)
+               OR citus_standin.in_remote_transaction(conn) THEN
                 RAISE;
             END IF;
         END;
@@ -684,7 +770,7 @@ BEGIN
     END IF;
     PERFORM citus_standin.lock_node_shared(target_node);
     shard := citus_standin.shard_name(TG_RELID, target.shardid);
-    PERFORM citus_standin.exec_on_node(target_node,
+    PERFORM citus_standin.write_on_node(target_node,
         format('INSERT INTO %s SELECT * FROM json_populate_record(NULL::%s, %L)',
                shard, shard, row_to_json(NEW)::text));
     RETURN NEW;

@@ -696,6 +696,21 @@ async fn update_and_remove_errors_and_distributed_table_reads() {
         )),
         "{down:?}"
     );
+
+    // Back up: sessions that had a connection to the old server process reconnect.
+    cluster.workers[0]
+        .start_again()
+        .expect("start the worker again");
+    coordinator
+        .execute("INSERT INTO events VALUES (101, 'after restart')", &[])
+        .await
+        .expect("a write after the worker restarted, from a session that wrote before");
+    let count: i64 = coordinator
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("a read after the worker restarted")
+        .get(0);
+    assert_eq!(count, 101);
 }
 
 /// How the transaction holding `citus_update_node` ends in the blocking tests.
@@ -904,6 +919,87 @@ async fn force_terminates_the_blocking_writer_after_the_cooldown() {
         },
     )
     .await;
+    let victim_rows: i64 = setup
+        .query_one("SELECT count(*) FROM events WHERE id = 1", &[])
+        .await
+        .expect("look for the terminated session's row")
+        .get(0);
+    assert_eq!(
+        victim_rows, 0,
+        "the terminated session's write was rolled back"
+    );
+}
+
+#[tokio::test]
+async fn routed_writes_commit_and_roll_back_with_the_coordinator_transaction() {
+    let cluster = CitusCluster::start("citus-xact", 2)
+        .await
+        .expect("coordinator and two registered workers");
+    let client = cluster.coordinator_client().await.expect("connect");
+    create_events(&client).await;
+
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO events SELECT g, 'rolled back' FROM generate_series(1, 20) g;",
+        )
+        .await
+        .expect("insert inside a transaction");
+    let inside: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("read inside the transaction")
+        .get(0);
+    assert_eq!(inside, 20, "the transaction reads its own routed writes");
+    let other = cluster.coordinator_client().await.expect("connect");
+    let outside: i64 = other
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("read from another session")
+        .get(0);
+    assert_eq!(
+        outside, 0,
+        "uncommitted routed writes are invisible to others"
+    );
+    client.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+
+    // The same session (and its connections to the workers) carries on after the rollback.
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO events SELECT g, 'kept' FROM generate_series(1, 10) g;
+             COMMIT;
+             INSERT INTO events SELECT g, 'autocommit' FROM generate_series(11, 15) g;",
+        )
+        .await
+        .expect("insert after the rollback");
+    for (who, session) in [("writer", &client), ("other session", &other)] {
+        let rows: Vec<(i32, String)> = session
+            .query("SELECT id, payload FROM events ORDER BY id", &[])
+            .await
+            .unwrap_or_else(|e| panic!("read from the {who}: {e}"))
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let expected: Vec<(i32, String)> = (1..=15)
+            .map(|id| (id, if id <= 10 { "kept" } else { "autocommit" }.to_string()))
+            .collect();
+        assert_eq!(rows, expected, "committed rows as seen by the {who}");
+    }
+
+    // A failed routed write (duplicate key on the worker) fails the statement, not the session.
+    let duplicate = sql_error(&client, "INSERT INTO events VALUES (1, 'again')", &[]).await;
+    assert_eq!(duplicate.code, "23505", "{duplicate:?}");
+    client
+        .execute("INSERT INTO events VALUES (16, 'after the error')", &[])
+        .await
+        .expect("write after a failed write");
+    let count: i64 = other
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 16);
 }
 
 #[tokio::test]
