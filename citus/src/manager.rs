@@ -19,6 +19,8 @@
 
 mod db;
 mod queue;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
@@ -73,8 +74,9 @@ pub(crate) trait Db: Send {
     /// Drop the connection: the server rolls back an open transaction.
     fn disconnect(&mut self);
     fn is_connected(&self) -> bool;
-    /// Something that cancels the running statement from outside (stop).
-    fn cancel_token(&self) -> Option<CancelToken>;
+    /// Where the current connection's cancel token is kept, to cancel a running statement
+    /// from outside (stop); the same cell for the whole life of the `Db`.
+    fn canceller(&self) -> Canceller;
     /// `citus_is_coordinator()`.
     fn is_coordinator(&mut self) -> impl Future<Output = Result<bool, DbError>> + Send;
     /// Every `pg_dist_node` row (columns by name).
@@ -115,6 +117,20 @@ pub(crate) trait Db: Send {
     ) -> impl Future<Output = Result<(), DbError>> + Send;
 }
 
+/// The cancel token of the current connection, if any.
+pub(crate) type Canceller = Arc<Mutex<Option<CancelToken>>>;
+
+/// Cancel the statement running on the connection `canceller` belongs to (best effort).
+pub(crate) async fn cancel_running(canceller: &Canceller) {
+    let token = match canceller.lock() {
+        Ok(token) => token.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    if let Some(token) = token {
+        let _ = token.cancel_query(NoTls).await;
+    }
+}
+
 /// Bounds for the dedicated connection.
 #[derive(Debug, Clone)]
 pub(crate) struct PgLimits {
@@ -131,7 +147,10 @@ pub(crate) struct PgDb {
     config: Config,
     limits: PgLimits,
     client: Option<Client>,
-    /// The session `statement_timeout` currently set, to avoid re-setting it.
+    cancel: Canceller,
+    /// The client-side bound of statements that set no timeout of their own: the longest
+    /// `statement_timeout` the session may have (a rollback can undo a `SET`, so it is set
+    /// again before each change rather than tracked).
     statement_timeout: Duration,
 }
 
@@ -158,7 +177,15 @@ impl PgDb {
             config,
             limits,
             client: None,
+            cancel: Arc::default(),
             statement_timeout,
+        }
+    }
+
+    fn set_cancel_token(&self, token: Option<CancelToken>) {
+        match self.cancel.lock() {
+            Ok(mut cell) => *cell = token,
+            Err(poisoned) => *poisoned.into_inner() = token,
         }
     }
 
@@ -202,12 +229,9 @@ impl PgDb {
 
     /// Session `statement_timeout` for the next statements.
     async fn set_statement_timeout(&mut self, limit: Duration) -> Result<(), DbError> {
-        if limit != self.statement_timeout {
-            self.execute(&format!("SET statement_timeout = {}", limit.as_millis()))
-                .await?;
-            self.statement_timeout = limit;
-        }
-        Ok(())
+        self.statement_timeout = self.statement_timeout.max(limit);
+        self.execute(&format!("SET statement_timeout = {}", limit.as_millis()))
+            .await
     }
 }
 
@@ -266,6 +290,7 @@ impl Db for PgDb {
                 tracing::debug!(error = %e, "citus: pg_dist_node connection ended");
             }
         });
+        self.set_cancel_token(Some(client.cancel_token()));
         self.client = Some(client);
         self.statement_timeout = self.limits.statement_timeout;
         Ok(())
@@ -273,14 +298,15 @@ impl Db for PgDb {
 
     fn disconnect(&mut self) {
         self.client = None;
+        self.set_cancel_token(None);
     }
 
     fn is_connected(&self) -> bool {
         self.client.as_ref().is_some_and(|c| !c.is_closed())
     }
 
-    fn cancel_token(&self) -> Option<CancelToken> {
-        self.client.as_ref().map(Client::cancel_token)
+    fn canceller(&self) -> Canceller {
+        self.cancel.clone()
     }
 
     async fn is_coordinator(&mut self) -> Result<bool, DbError> {

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
 use tracing::{debug, info, warn};
 
-use super::db::{Db, DbError, PgLimits};
+use super::db::{cancel_running, Db, DbError, PgLimits};
 use super::queue::{Origin, Pushed, Queue, Task};
 use super::{cooldown_ms, DistNode, ManagerError, Message, NodeTarget};
 use crate::event::EventType;
@@ -146,6 +145,7 @@ impl<D: Db> Worker<D> {
     }
 
     pub async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Message>, stop_now: Arc<Notify>) {
+        let canceller = self.db.canceller();
         loop {
             let deadline = self.in_flight.as_ref().map(|f| f.deadline);
             let work = self.queue.has_pickable(self.in_flight_group());
@@ -158,7 +158,6 @@ impl<D: Db> Worker<D> {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
                     if deadline.is_some() => self.expire().await,
                 _ = std::future::ready(()), if work => {
-                    let cancel = self.db.cancel_token();
                     let interrupted = tokio::select! {
                         _ = self.step() => false,
                         _ = stop_now.notified() => true,
@@ -166,9 +165,7 @@ impl<D: Db> Worker<D> {
                     if interrupted {
                         // The Stop message that follows resets the state; the running
                         // statement must not finish on its own (an autocommit update would).
-                        if let Some(cancel) = cancel {
-                            let _ = cancel.cancel_query(NoTls).await;
-                        }
+                        cancel_running(&canceller).await;
                         self.db.disconnect();
                     }
                 }
