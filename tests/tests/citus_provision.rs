@@ -4,9 +4,10 @@
 //!   `regent.provisioned`; not again on a second call nor after a server restart; a failing
 //!   script is reported with its file, SQLSTATE and line, leaves nothing behind and runs once
 //!   fixed; a script that controls the transaction itself is refused before anything runs.
-//! * Bootstrap and GUCs (real Citus or the test stand-in): a one-member Regent coordinator renders
-//!   Citus's settings and, after initdb, creates the Citus database and extension, stores the
-//!   superuser's credentials in `pg_dist_authinfo` and registers itself as the group 0 node.
+//! * Bootstrap and GUCs (real Citus or the test stand-in): a Regent coordinator renders Citus's
+//!   settings on its primary and replica and, after initdb, creates the Citus database and
+//!   extension, stores the superuser's credentials in `pg_dist_authinfo` and registers itself as
+//!   the group 0 node; a worker does the same without registering anything.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -387,4 +388,60 @@ async fn coordinator_bootstrap_and_gucs() {
         .await
         .unwrap_or_else(|e| panic!("connect to the replica's database citus: {e:#}"));
     assert_eq!(citus_settings(&r).await[..3], settings[..3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_bootstrap_does_not_register_a_coordinator() {
+    ensure_citus();
+    let cluster = TestCluster::builder("citusworker")
+        .members(1)
+        .configure(|_, cfg| {
+            cfg.set(
+                "citus",
+                serde_json::json!({"group": 2, "database": "citus_db"}),
+            );
+        })
+        .start()
+        .await;
+    let members = cluster.all();
+    let worker = members[0];
+    wait_until_ok(
+        "the worker group's primary",
+        Duration::from_secs(90),
+        || async {
+            if worker.is_primary().await {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("not primary yet"))
+            }
+        },
+    )
+    .await;
+    let mut config = worker.pg_config();
+    config.dbname("citus_db");
+    let c = regent_tests::citus::connect_with(&config, "worker")
+        .await
+        .unwrap_or_else(|e| panic!("connect to database citus_db: {e:#}"));
+    assert_eq!(citus_settings(&c).await[..2], ["citus", "logical"]);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM pg_catalog.pg_extension WHERE extname = 'citus'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM pg_catalog.pg_dist_node").await,
+        0,
+        "a worker does not register itself"
+    );
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM pg_catalog.pg_dist_authinfo WHERE nodeid = 0"
+        )
+        .await,
+        1
+    );
 }
