@@ -1223,6 +1223,7 @@ async fn local_member(
     server: &KubeApiServer,
     workload: &Workload<'_>,
     ordinal: usize,
+    adapt: &dyn Fn(&mut MemberConfig),
 ) -> Member {
     let name = workload.pod_name(ordinal);
     let member_dir = dir.postgres_subdir(&name);
@@ -1253,6 +1254,7 @@ async fn local_member(
         .set("bootstrap.dcs.ttl", FAST_TIMING.ttl)
         .set("bootstrap.dcs.loop_wait", FAST_TIMING.loop_wait)
         .set("bootstrap.dcs.retry_timeout", FAST_TIMING.retry_timeout);
+    adapt(&mut config);
     let (pg_port, api_port) = (spec.pg_port, spec.api_port);
     let mut member = Member::create(spec, config, regent_tests::regent_bin());
     for (key, value) in workload.env(ordinal) {
@@ -1324,7 +1326,7 @@ async fn demo_manifest_runs_a_three_member_cluster_under_its_role() {
     let dir = TestDir::new("manifests-demo");
     let mut members = Vec::new();
     for ordinal in 0..replicas {
-        members.push(local_member(&dir, &server, workload, ordinal).await);
+        members.push(local_member(&dir, &server, workload, ordinal, &|_| {}).await);
     }
     for member in &members {
         member.start();
@@ -1514,4 +1516,206 @@ async fn demo_manifest_runs_a_three_member_cluster_under_its_role() {
         || async { members.iter().all(Member::agent_running).then_some(()) },
     )
     .await;
+}
+
+/// A connection to `member`'s database `dbname` as the superuser, with the Secret's password.
+async fn superuser_client(
+    member: &Member,
+    password: &str,
+    dbname: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host("127.0.0.1")
+        .port(member.pg_port())
+        .user("postgres")
+        .password(password)
+        .dbname(dbname)
+        .connect_timeout(Duration::from_secs(5));
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Citus: one member of each StatefulSet of kubernetes/citus/ (a coordinator and two worker
+/// groups), with the manifests' configuration, environment and provisioning scripts (written to
+/// local files, `citus.provision` pointing at them), under the Role of
+/// kubernetes/citus/rbac.yaml, against real Citus or the stand-in: the coordinator registers
+/// every group's primary in pg_dist_node, runs its script once two worker groups are registered
+/// (the distributed table takes rows through the coordinator), and each worker runs its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn citus_manifests_run_a_coordinator_and_two_worker_groups() {
+    let flavor = regent_tests::citus::ensure_citus();
+    eprintln!("[manifests/citus] against {}", flavor.describe());
+    let set = ManifestSet::citus();
+    let workloads = set.statefulsets();
+    let server = KubeApiServer::builder()
+        .rbac_file(
+            &repo_path("kubernetes/citus/rbac.yaml"),
+            &["citusdemo"],
+            &[],
+        )
+        .launch()
+        .await;
+    let dir = TestDir::new("manifests-citus");
+    let scripts = dir.postgres_subdir("provision");
+    let provision = set
+        .find("ConfigMap", "citusdemo-provision")
+        .unwrap_or_else(|| panic!("no ConfigMap citusdemo-provision"));
+    for (file, text) in provision.value["data"].as_object().into_iter().flatten() {
+        let path = scripts.join(file);
+        std::fs::write(&path, text.as_str().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        regent_tests::process::chown_to_postgres(&path);
+    }
+    let relocate = |config: &mut MemberConfig| {
+        for role in ["coordinator", "worker"] {
+            let key = format!("citus.provision.{role}");
+            let moved: Vec<String> = match config.get(&key) {
+                Some(serde_yaml_ng::Value::Sequence(items)) => items
+                    .iter()
+                    .filter_map(|p| p.as_str())
+                    .map(|p| {
+                        let file = p.rsplit('/').next().unwrap_or(p);
+                        scripts.join(file).display().to_string()
+                    })
+                    .collect(),
+                other => panic!("{key} is not a list: {other:?}"),
+            };
+            config.set(&key, moved);
+        }
+    };
+    let mut members = Vec::new();
+    let mut groups = Vec::new();
+    for workload in &workloads {
+        let group = workload
+            .citus_group()
+            .unwrap_or_else(|| panic!("{}: no group", workload.doc.what()));
+        groups.push(group);
+        members.push(local_member(&dir, &server, workload, 0, &relocate).await);
+    }
+    for member in &members {
+        member.start();
+    }
+    let password = workloads[0]
+        .env_value("PATRONI_SUPERUSER_PASSWORD")
+        .unwrap_or_default();
+    let coordinator = members[groups
+        .iter()
+        .position(|g| *g == 0)
+        .unwrap_or_else(|| panic!("no group 0"))]
+    .name()
+    .to_string();
+    let coordinator = members
+        .iter()
+        .find(|m| m.name() == coordinator)
+        .unwrap_or_else(|| panic!("no coordinator"));
+
+    // Every group's leader, then pg_dist_node naming each of them.
+    wait_until_ok("a leader in every group", CLUSTER_DEADLINE, || async {
+        for m in &members {
+            if m.api_status("/primary").await != Some(200) {
+                anyhow::bail!("{} does not answer /primary 200", m.name());
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let expected: BTreeMap<i32, String> = groups
+        .iter()
+        .zip(&members)
+        .map(|(g, m)| (*g as i32, format!("127.0.0.1:{}", m.pg_port())))
+        .collect();
+    wait_until_ok("pg_dist_node to name every group's primary", CLUSTER_DEADLINE, || async {
+        let client = superuser_client(coordinator, &password, "citus").await?;
+        let rows = client
+            .query("SELECT groupid, nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' ORDER BY groupid", &[])
+            .await?;
+        let nodes: BTreeMap<i32, String> = rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), format!("{}:{}", r.get::<_, String>(1), r.get::<_, i32>(2))))
+            .collect();
+        if nodes != expected {
+            anyhow::bail!("pg_dist_node {nodes:?}, expected {expected:?}");
+        }
+        Ok(())
+    })
+    .await;
+
+    // The provisioning scripts ran: the coordinator's distributed table takes rows, each
+    // worker has its local objects, and each ran exactly once.
+    wait_until_ok(
+        "the coordinator's provisioning script",
+        CLUSTER_DEADLINE,
+        || async {
+            let client = superuser_client(coordinator, &password, "citus").await?;
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM regent.provisioned WHERE role = 'coordinator'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if n != 1 {
+                anyhow::bail!("{n} coordinator scripts recorded");
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let client = superuser_client(coordinator, &password, "citus")
+        .await
+        .unwrap_or_else(|e| panic!("connect to the coordinator: {e:#}"));
+    client
+        .batch_execute("INSERT INTO events (tenant_id, payload) SELECT i % 10, jsonb_build_object('n', i) FROM generate_series(1, 100) AS i")
+        .await
+        .unwrap_or_else(|e| panic!("insert into the distributed table: {e}"));
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap_or_else(|e| panic!("count the distributed table: {e}"))
+        .get(0);
+    assert_eq!(count, 100);
+    for (group, member) in groups.iter().zip(&members).filter(|(g, _)| **g > 0) {
+        wait_until_ok(
+            &format!("group {group}'s provisioning script"),
+            CLUSTER_DEADLINE,
+            || async {
+                let client = superuser_client(member, &password, "citus").await?;
+                let row = client
+                    .query_one(
+                        "SELECT to_regclass('maintenance.notes') IS NOT NULL, \
+                            (SELECT count(*) FROM regent.provisioned WHERE role = 'worker')",
+                        &[],
+                    )
+                    .await?;
+                let (exists, recorded): (bool, i64) = (row.get(0), row.get(1));
+                if !exists || recorded != 1 {
+                    anyhow::bail!(
+                        "maintenance.notes exists: {exists}, worker scripts recorded: {recorded}"
+                    );
+                }
+                Ok(())
+            },
+        )
+        .await;
+    }
+
+    // Each group's lock object carries its group label; no request needed more than the Role.
+    for group in &groups {
+        let name = format!("citusdemo-{group}-leader");
+        let object = server
+            .get("configmaps", POD_NAMESPACE, &name)
+            .await
+            .unwrap_or_else(|| panic!("no ConfigMap {name}"));
+        assert_eq!(
+            object["metadata"]["labels"]["citus-group"],
+            json!(group.to_string()),
+            "{name}"
+        );
+    }
+    let denied: Vec<Value> = server.denied_requests().await;
+    assert!(
+        denied.is_empty(),
+        "requests refused under Role citusdemo: {denied:?}"
+    );
 }
