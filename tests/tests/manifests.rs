@@ -17,6 +17,13 @@
 //! * kubernetes/demo.yaml runs: three members with that configuration and environment, under
 //!   the Role of kubernetes/rbac.yaml, bootstrap and replicate; the Services select the leader
 //!   and the replicas, the Secret's passwords are the ones in use.
+//! * kubernetes/citus/ runs: one member per group (coordinator and two workers) under its
+//!   Role, against real Citus or the stand-in; pg_dist_node follows the groups' primaries and
+//!   the provisioning scripts run once each.
+//!
+//! What the local runs change, because three Pods share one machine: listen addresses and
+//! ports (the connect addresses keep their form with the local ports), data and socket
+//! directories, the HA timing, and the provisioning scripts' directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
