@@ -250,7 +250,7 @@ fn merge(mut base: Value, extra: &Value) -> Value {
 /// `/liveness` and `/readiness`: status line only.
 fn probe(summary: &str, description: &str, parameters: Value) -> Value {
     json!({
-        "tags": ["health"],
+        "tags": ["probes"],
         "operationId": summary.to_lowercase().replace(' ', "_"),
         "summary": summary,
         "description": description,
