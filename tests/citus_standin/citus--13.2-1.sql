@@ -253,11 +253,17 @@ CREATE UNLOGGED TABLE citus_standin.remote_transaction (
 );
 
 -- Whether this coordinator transaction already has a transaction open on connection `conn`.
+-- (PL/pgSQL, so that a hot standby, where unlogged tables cannot be read, never plans the query.)
 CREATE FUNCTION citus_standin.in_remote_transaction(conn text) RETURNS bool
-    LANGUAGE sql VOLATILE AS $$
-    SELECT EXISTS (SELECT 1 FROM citus_standin.remote_transaction r
-                    WHERE r.coordinator_xact = txid_current_if_assigned() AND r.conn = $1)
-$$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_is_in_recovery() OR txid_current_if_assigned() IS NULL THEN
+        RETURN false;
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM citus_standin.remote_transaction r
+                    WHERE r.coordinator_xact = txid_current_if_assigned()
+                      AND r.conn = in_remote_transaction.conn);
+END $$;
 
 CREATE FUNCTION citus_standin.commit_remote() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -496,9 +502,16 @@ BEGIN
     -- A worker primary learns its group (Citus syncs its metadata); this also checks that the
     -- node is reachable, failing with 08006 as Citus does.
     IF noderole = 'primary' AND new_groupid <> 0 THEN
-        PERFORM citus_standin.exec_at(new_nodeid, nodename, nodeport,
-            format('DO $remote$ BEGIN PERFORM citus_standin.set_local_group(%s); END $remote$',
-                   new_groupid));
+        BEGIN
+            PERFORM citus_standin.exec_at(new_nodeid, nodename, nodeport,
+                format('DO $remote$ BEGIN PERFORM citus_standin.set_local_group(%s); END $remote$',
+                       new_groupid));
+        EXCEPTION WHEN undefined_function OR invalid_schema_name THEN
+            RAISE EXCEPTION 'the citus extension is not created in database "%" on node %:%',
+                current_database(), nodename, nodeport
+                USING ERRCODE = '55000',
+                      HINT = 'Run CREATE EXTENSION citus there first (Regent does it when it bootstraps the node).';
+        END;
     END IF;
     INSERT INTO pg_catalog.pg_dist_node (nodeid, groupid, nodename, nodeport, hasmetadata,
                                          isactive, noderole, nodecluster, metadatasynced,
