@@ -58,7 +58,7 @@ pub struct Bootstrap {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("Citus bootstrap, {step}: {}", describe(.source))]
+#[error("{step}: {}", describe(.source))]
 pub struct BootstrapError {
     pub step: String,
     #[source]

@@ -445,3 +445,64 @@ async fn worker_bootstrap_does_not_register_a_coordinator() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_steps_are_idempotent() {
+    ensure_citus();
+    let server = PgServer::start("citus-bootstrap-twice", &[])
+        .unwrap_or_else(|e| panic!("start Postgres: {e:#}"));
+    let plan = citus::bootstrap::Bootstrap {
+        database: "citus".into(),
+        coordinator: Some(citus::bootstrap::NodeAddress {
+            host: "127.0.0.1".into(),
+            port: server.port(),
+        }),
+        superuser: citus::bootstrap::AuthInfo {
+            password: Some("it's secret".into()),
+            ..Default::default()
+        },
+    };
+    // Run as an interrupted bootstrap retried on the same data directory would.
+    for attempt in 1..=2 {
+        citus::bootstrap::run(&server.pg_config("postgres"), &plan)
+            .await
+            .unwrap_or_else(|e| panic!("bootstrap attempt {attempt}: {e}"));
+    }
+    let c = server
+        .connect("citus")
+        .await
+        .unwrap_or_else(|e| panic!("connect to database citus: {e:#}"));
+    let rows = c
+        .query(
+            "SELECT authinfo FROM pg_catalog.pg_dist_authinfo WHERE nodeid = 0",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read pg_dist_authinfo: {e}"));
+    let authinfo: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(authinfo, [r"password='it\'s secret'"]);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM pg_catalog.pg_dist_node WHERE groupid = 0"
+        )
+        .await,
+        1
+    );
+
+    // A database that cannot be created is reported with the step and the SQLSTATE.
+    let bad = citus::bootstrap::Bootstrap {
+        database: "template0".into(),
+        coordinator: None,
+        superuser: Default::default(),
+    };
+    let err = citus::bootstrap::run(&server.pg_config("postgres"), &bad)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("connect to database template0: FATAL 55000"),
+        "{err}"
+    );
+}

@@ -369,7 +369,7 @@ impl Postgres {
         citus::bootstrap::run(&local, &plan)
             .await
             .map_err(|e| PgError::Unexpected {
-                step: "citus bootstrap",
+                step: "Citus bootstrap",
                 detail: e.to_string(),
             })
     }
