@@ -648,3 +648,73 @@ async fn deadline_stop_and_errors_roll_back() -> Result<()> {
     }
     Ok(())
 }
+
+/// A hung agent cannot hold writes forever: the transaction's server-side idle limit (the
+/// event's timeout plus `idle_margin`) ends the session and the held write resumes, while the
+/// agent's own deadline cannot fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_agent_is_cut_off_by_the_server() -> Result<()> {
+    init_logging();
+    let cluster = CitusCluster::start("mgr-hung", 1).await?;
+    let coordinator = cluster.coordinator_client().await?;
+    let w1 = cluster.workers[0].port();
+    let ids = distributed_events(&coordinator, &[1]).await?;
+    let id = ids[0].1;
+    let committed = primaries(&coordinator).await?;
+
+    let config = cluster.coordinator.pg_config(CITUS_DATABASE);
+    let coordinator_port = cluster.coordinator.port();
+    let hang = Duration::from_secs(10);
+    let (demoted_tx, demoted_rx) = tokio::sync::oneshot::channel();
+    // The manager on a runtime of its own, whose only thread then blocks: a hung agent.
+    let agent = std::thread::spawn(move || -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("agent runtime")?;
+        runtime.block_on(async move {
+            let manager = NodeManager::start_with(
+                config,
+                ManagerOptions {
+                    idle_margin: Duration::from_secs(1),
+                    ..options()
+                },
+            );
+            manager.heartbeat(vec![
+                target(0, "127.0.0.1", coordinator_port),
+                target(1, "127.0.0.1", w1),
+            ]);
+            let result = manager
+                .rest_event(
+                    event(EventType::BeforeDemote, 1, Duration::from_secs(1)),
+                    target(1, "127.0.0.1", w1),
+                )
+                .await;
+            let _ = demoted_tx.send(result);
+            std::thread::sleep(hang);
+        });
+        Ok(())
+    });
+    demoted_rx
+        .await
+        .context("the agent thread ended early")?
+        .map_err(|e| anyhow!("before_demote: {e}"))?;
+    let hung_at = Instant::now();
+    let held = spawn_insert(cluster.coordinator_client().await?, id);
+    let (_, acknowledged) = tokio::time::timeout(WAIT, held)
+        .await
+        .context("the held write never resumed")???;
+    let held_for = acknowledged.duration_since(hung_at);
+    eprintln!("write resumed {held_for:?} after the agent hung");
+    assert!(
+        held_for < hang - Duration::from_secs(2),
+        "resumed by the server's idle limit, not by the agent waking up: {held_for:?}"
+    );
+    assert_eq!(primaries(&coordinator).await?, committed, "rolled back");
+    assert_eq!(row_count(&coordinator, id).await?, 1);
+    tokio::task::spawn_blocking(move || agent.join())
+        .await
+        .context("join task")?
+        .map_err(|_| anyhow!("the agent thread panicked"))??;
+    Ok(())
+}
