@@ -515,3 +515,38 @@ impl CitusCluster {
         worker.connect(CITUS_DATABASE).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_version_is_read_from_a_control_file() {
+        let real = "# Citus extension\ncomment = 'Citus distributed database'\n\
+                    default_version = '13.2-1'\nmodule_pathname = '$libdir/citus'\n";
+        assert_eq!(control_default_version(real).as_deref(), Some("13.2-1"));
+        assert_eq!(control_default_version("comment = 'x'\n"), None);
+    }
+
+    #[test]
+    fn the_workspace_control_file_carries_the_marker_and_version() {
+        let control = fs::read_to_string(standin_dir().join(CONTROL_FILE))
+            .unwrap_or_else(|e| panic!("read the stand-in control file: {e}"));
+        assert!(control.contains(STANDIN_MARKER));
+        assert_eq!(control_default_version(&control).as_deref(), Some("13.2-1"));
+        assert!(
+            standin_dir().join(SCRIPT_FILE).exists(),
+            "the script for default_version exists"
+        );
+    }
+
+    #[test]
+    fn temporary_names_are_hidden_siblings_and_unique() {
+        let target = Path::new("/x/extension/citus.control");
+        let (a, b) = (temp_name(target), temp_name(target));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), target.parent());
+        let name = a.file_name().map(|n| n.to_string_lossy().into_owned());
+        assert!(name.is_some_and(|n| n.starts_with(".citus.control.") && n.ends_with(".tmp")));
+    }
+}
