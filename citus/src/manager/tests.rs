@@ -539,3 +539,41 @@ fn cache_comparison_and_target_validation() {
         assert_eq!(t.validate().err().as_deref(), expected, "{t:?}");
     }
 }
+
+#[test]
+fn targets_from_conn_urls() {
+    let ok = [
+        ("postgres://10.0.0.5:5433/postgres", "10.0.0.5", 5433),
+        (
+            "postgresql://user:pw@db-1.demo.svc:6432/citus?sslmode=require",
+            "db-1.demo.svc",
+            6432,
+        ),
+        ("postgres://host", "host", 5432),
+        ("postgres://u@[::1]:5434/db", "::1", 5434),
+        ("postgres://[fe80::1]/db", "fe80::1", 5432),
+    ];
+    for (url, host, port) in ok {
+        assert_eq!(
+            NodeTarget::from_conn_url(2, url),
+            Ok(NodeTarget {
+                group: 2,
+                host: host.into(),
+                port
+            }),
+            "{url}"
+        );
+    }
+    let bad = [
+        ("http://h:1/db", "expected postgres:// or postgresql://"),
+        ("postgres://h:99999/db", "port \"99999\" is not in 1..65535"),
+        ("postgres://h:0/db", "port 0 is not in 1..65535"),
+        ("postgres://a,b/db", "more than one host"),
+        ("postgres:///db", "empty host"),
+        ("postgres://[::1/db", "unclosed '['"),
+    ];
+    for (url, why) in bad {
+        let error = NodeTarget::from_conn_url(2, url).expect_err(url);
+        assert!(error.contains(why), "{url}: {error}");
+    }
+}
