@@ -193,6 +193,31 @@ async fn run_schemathesis(
     run
 }
 
+/// Check the served document against the OpenAPI 3.0 meta-schema, with the validator that
+/// ships inside schemathesis (run by the Python of its virtualenv).
+async fn validate_document(dir: &Path, document: &Value) {
+    let file = dir.join("openapi.json");
+    std::fs::write(&file, document.to_string()).expect("write openapi.json");
+    let python = schemathesis_bin().with_file_name("python");
+    let script = "import json, sys\n\
+        from schemathesis.specs.openapi.definitions import OPENAPI_30_VALIDATOR\n\
+        errors = list(OPENAPI_30_VALIDATOR.iter_errors(json.load(open(sys.argv[1]))))\n\
+        print('\\n'.join(str(e) for e in errors[:20]))\n\
+        sys.exit(1 if errors else 0)\n";
+    let output = tokio::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {}: {e}", python.display()));
+    assert!(
+        output.status.success(),
+        "the served document is not valid OpenAPI 3.0:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Server errors this member may give by design (see the module comment); everything else
 /// with a 5xx is a failure.
 fn allowed_server_error(
@@ -313,6 +338,7 @@ async fn fuzzing_without_credentials_changes_nothing() {
         .collect();
 
     let dir = TestDir::new("rest-fuzz");
+    validate_document(dir.path(), &document).await;
     println!("schemathesis: {}", schemathesis.display());
     let run = run_schemathesis(
         dir.path(),
