@@ -1277,6 +1277,41 @@ async fn local_member(
     member
 }
 
+/// `regent ctl list -f json <extra>` run with `member`'s environment: member name → role.
+async fn ctl_list(member: &Member, extra: &[&str]) -> (BTreeMap<String, String>, String) {
+    let mut ctl = regent_tests::regent_command(member.binary(), member.member_dir());
+    ctl.envs(member.env().iter().map(|(k, v)| (k, v)))
+        .args(["ctl", "list", "-f", "json"])
+        .args(extra);
+    let listed = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::from(ctl)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("regent ctl list hangs"))
+    .unwrap_or_else(|e| panic!("run regent ctl list: {e}"));
+    let stdout = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.status.success(),
+        "regent ctl list {extra:?}: {stdout}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("regent ctl list -f json printed {stdout}: {e}"));
+    let roles = rows
+        .iter()
+        .map(|r| {
+            (
+                r["Member"].as_str().unwrap_or("").to_string(),
+                r["Role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    (roles, stdout)
+}
+
 async fn pods_selected_by(
     server: &KubeApiServer,
     selector: &BTreeMap<String, String>,
@@ -1475,35 +1510,7 @@ async fn demo_manifest_runs_a_three_member_cluster_under_its_role() {
 
     // `kubectl exec <pod> -- regent ctl list` (docs/kubernetes.md): the Pod's variables and
     // PATRONICTL_CONFIG_FILE are all regent ctl needs.
-    let mut ctl = regent_tests::regent_command(leader_member.binary(), leader_member.member_dir());
-    ctl.envs(leader_member.env().iter().map(|(k, v)| (k, v)))
-        .args(["ctl", "list", "-f", "json"]);
-    let listed = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::from(ctl)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("regent ctl list hangs"))
-    .unwrap_or_else(|e| panic!("run regent ctl list: {e}"));
-    let stdout = String::from_utf8_lossy(&listed.stdout);
-    assert!(
-        listed.status.success(),
-        "regent ctl list: {stdout}{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let rows: Vec<Value> = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("regent ctl list -f json printed {stdout}: {e}"));
-    let roles: BTreeMap<String, String> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["Member"].as_str().unwrap_or("").to_string(),
-                r["Role"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let (roles, stdout) = ctl_list(leader_member, &[]).await;
     assert_eq!(roles.len(), replicas, "regent ctl list: {stdout}");
     assert_eq!(
         roles.get(&leader).map(String::as_str),
@@ -1705,6 +1712,13 @@ async fn citus_manifests_run_a_coordinator_and_two_worker_groups() {
             },
         )
         .await;
+    }
+
+    // regent ctl in the coordinator's Pod lists another group with --group (docs/citus.md).
+    for (group, member) in groups.iter().zip(&members).filter(|(g, _)| **g > 0) {
+        let (roles, stdout) = ctl_list(coordinator, &["--group", &group.to_string()]).await;
+        let expected = BTreeMap::from([(member.name().to_string(), "Leader".to_string())]);
+        assert_eq!(roles, expected, "regent ctl list --group {group}: {stdout}");
     }
 
     // Each group's lock object carries its group label; no request needed more than the Role.

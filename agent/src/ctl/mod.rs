@@ -407,9 +407,16 @@ fn load_config(cli: &CtlCli, env: &BTreeMap<String, String>) -> CtlResult<Config
             "no cluster name: give CLUSTER_NAME or set scope in the configuration",
         ));
     }
+    // --group wins over the file and over PATRONI_CITUS_GROUP (in a Pod: the Pod's own group).
     if let Some(g) = cli.command.group() {
-        if let Some(Value::Object(c)) = tree.get_mut("citus") {
-            c.insert("group".into(), Value::from(g));
+        let from_env = env.remove("PATRONI_CITUS_GROUP").is_some();
+        if from_env || tree.contains_key("citus") {
+            let citus = tree
+                .entry("citus")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(c) = citus {
+                c.insert("group".into(), Value::from(g));
+            }
         }
     }
     fill_placeholders(&mut tree);
