@@ -647,7 +647,7 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["leader"],
             "properties": {
-                "leader": {"type": "string", "description": "The current leader's name."},
+                "leader": {"type": "string", "minLength": 1, "description": "The current leader's name."},
                 "candidate": {"type": "string", "nullable": true,
                     "description": "The member to promote (required while paused)."},
                 "member": {"type": "string", "nullable": true, "description": "Old name of `candidate`."},
@@ -657,10 +657,11 @@ fn schemas() -> Value {
         },
         "FailoverRequest": {
             "type": "object",
-            "required": ["candidate"],
+            "description": "`candidate` (or its old name `member`) is required.",
+            "anyOf": [{"required": ["candidate"]}, {"required": ["member"]}],
             "properties": {
-                "candidate": {"type": "string", "description": "The member to promote."},
-                "member": {"type": "string", "nullable": true, "description": "Old name of `candidate`."},
+                "candidate": {"type": "string", "minLength": 1, "description": "The member to promote."},
+                "member": {"type": "string", "minLength": 1, "description": "Old name of `candidate`."},
                 "leader": {"type": "string", "nullable": true,
                     "description": "With a leader the request is a switchover."}
             }
@@ -689,13 +690,18 @@ fn schemas() -> Value {
         "CitusEvent": {
             "type": "object",
             "required": ["type", "group", "leader"],
+            "description": "Unknown fields are ignored.",
             "properties": {
                 "type": {"type": "string", "enum": ["before_demote", "before_promote", "after_promote"]},
-                "group": {"type": "integer", "minimum": 0, "description": "The sender's Citus group."},
-                "leader": {"type": "string", "description": "The sender's member name."},
-                "timeout": {"type": "number", "minimum": 0,
+                "group": {"type": "integer", "minimum": 0, "maximum": 2_147_483_647_i64,
+                    "description": "The sender's Citus group."},
+                "leader": {"type": "string", "minLength": 1, "description": "The sender's member name."},
+                // Bounds and defaults as the agent's event parser applies them.
+                "timeout": {"type": "number", "nullable": true, "minimum": 0, "exclusiveMinimum": true,
+                    "maximum": 3600, "default": 30,
                     "description": "Seconds a `before_demote` transaction may stay open (sender's `ttl`)."},
-                "cooldown": {"type": "number", "minimum": 0,
+                "cooldown": {"type": "number", "nullable": true, "minimum": 0, "maximum": 3600,
+                    "default": 10,
                     "description": "Seconds `citus_update_node` waits before cancelling blockers (sender's `retry_timeout`)."}
             }
         }
