@@ -1072,6 +1072,11 @@ impl Agent {
                     error!("Postgres did not stop: keeping the leader lock, switchover aborted");
                     return;
                 }
+                // The candidate takes the free lock only once GET /patroni shows no running
+                // primary here: publish the stop before the release wakes it, or it waits a
+                // whole loop_wait for its next cycle.
+                self.role = Role::Demoted;
+                self.publish_member().await;
                 let optime = self.pg.controldata().await.ok().map(|cd| cd.checkpoint_lsn);
                 match self.dcs.delete_leader(optime).await {
                     Ok(_) => info!("released the leader lock for the switchover"),
