@@ -5,7 +5,9 @@
 //! listings of `regent ctl` and patronictl; maintenance mode shows as `patroni_is_paused`; a
 //! killed postmaster as `patroni_postgres_running 0`; the age of the last DCS round-trip grows
 //! while the DCS is frozen and drops once it is back. Every scrape is checked to be a valid
-//! exposition (HELP and TYPE for each sample, no series twice).
+//! exposition (HELP and TYPE for each sample, no series twice). Next to a real Patroni replica
+//! (from PyPI, at $PATRONI_BIN or /opt/regent-patroni/bin/patroni), a Regent replica shows the
+//! same `patroni_*` families and values and the same pending restart reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -21,9 +23,10 @@ use serde_json::{json, Value};
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Long enough that the short DCS freeze below changes nothing but the metric: the DCS read
-/// keeps retrying through it (retry_timeout) and the leader's lease stays valid (the lease guard
-/// stops a primary ttl − 20 % after its last renewal).
+/// Long enough that the short DCS freeze below changes nothing but the metric, and that a loaded
+/// machine does not cost the leader its lock: the DCS read keeps retrying through the freeze
+/// (retry_timeout) and the leader's lease stays valid (the lease guard stops a primary ttl − 20 %
+/// after its last renewal).
 const TIMING: Timing = Timing {
     ttl: 30,
     loop_wait: 2,
@@ -545,4 +548,176 @@ async fn metrics_follow_the_cluster(backend: Backend) {
         Some(leader_postmaster),
         "the leader's Postgres ran through the freeze"
     );
+}
+
+fn patroni_bin() -> PathBuf {
+    let path = std::env::var_os("PATRONI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"));
+    assert!(
+        path.exists(),
+        "the real Patroni is needed at {} (or $PATRONI_BIN): python3 -m venv /opt/regent-patroni \
+         && /opt/regent-patroni/bin/pip install 'patroni[etcd3]' psycopg2-binary",
+        path.display()
+    );
+    path
+}
+
+/// The raw text of `GET /metrics`.
+async fn metrics_text(member: &Member) -> String {
+    let url = format!("{}/metrics", member.api_base());
+    let response = http().get(&url).send().await.expect("GET /metrics");
+    assert_eq!(response.status().as_u16(), 200, "GET {url}");
+    response.text().await.expect("metrics body")
+}
+
+/// Every comment line (`# HELP`, `# TYPE`, `# Values`) of the `patroni_*` families, in order.
+fn patroni_family_comments(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with('#'))
+        .filter(|l| !l.contains(" regent_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Gauges whose value means the same thing on two replicas of one cluster (positions, times and
+/// versions differ by nature).
+const COMPARABLE: &[&str] = &[
+    "patroni_postgres_running",
+    "patroni_primary",
+    "patroni_standby_leader",
+    "patroni_replica",
+    "patroni_sync_standby",
+    "patroni_quorum_standby",
+    "patroni_xlog_location",
+    "patroni_xlog_paused",
+    "patroni_postgres_streaming",
+    "patroni_postgres_in_archive_recovery",
+    "patroni_postgres_server_version",
+    "patroni_cluster_unlocked",
+    "patroni_failsafe_mode_is_active",
+    "patroni_postgres_timeline",
+    "patroni_pending_restart",
+    "patroni_is_paused",
+    "patroni_postgres_state",
+];
+
+async fn comparable_values(member: &Member, scope: &str) -> Result<BTreeMap<String, f64>> {
+    let scrape = scrape(member, scope).await?;
+    COMPARABLE
+        .iter()
+        .map(|name| Ok((name.to_string(), scrape.value(name)?)))
+        .collect()
+}
+
+regent_tests::backend_tests! {
+    metrics_and_pending_restart_reason_match_patroni: [etcd];
+}
+
+/// A Regent replica and a real Patroni replica of the same Regent leader expose the same
+/// `patroni_*` families (HELP, TYPE, order) with the same values, and report the same pending
+/// restart reason after a parameter change (`wal_buffers` in its base unit, 8kB pages: not set
+/// locally, unlike shared_buffers, and shown as `1MB` by both).
+async fn metrics_and_pending_restart_reason_match_patroni(backend: Backend) {
+    let cluster = TestCluster::builder("metpar")
+        .backend(backend)
+        .members(3)
+        .timing(TIMING)
+        .binary_for(2, patroni_bin())
+        .start_agents(false)
+        .start()
+        .await;
+    let scope = cluster.scope().to_string();
+    let scope = scope.as_str();
+    let (leader, regent, patroni) = (
+        cluster.member("metpar-0"),
+        cluster.member("metpar-1"),
+        cluster.member("metpar-2"),
+    );
+    leader.start();
+    assert_eq!(
+        cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await,
+        "metpar-0"
+    );
+    regent.start();
+    patroni.start();
+    cluster
+        .wait_for_replicas_streaming("metpar-0", BOOTSTRAP_DEADLINE)
+        .await;
+
+    let regent_text = metrics_text(regent).await;
+    let patroni_text = metrics_text(patroni).await;
+    assert_eq!(
+        patroni_family_comments(&regent_text),
+        patroni_family_comments(&patroni_text),
+        "HELP/TYPE lines differ\nRegent:\n{regent_text}\nPatroni:\n{patroni_text}"
+    );
+    let same_values = || async {
+        let regent_values = comparable_values(regent, scope).await?;
+        let patroni_values = comparable_values(patroni, scope).await?;
+        ensure!(
+            regent_values == patroni_values,
+            "Regent {regent_values:?}\nPatroni {patroni_values:?}"
+        );
+        Ok(regent_values)
+    };
+    let values = wait_until_ok(
+        "the same values on both replicas",
+        STEP_DEADLINE,
+        same_values,
+    )
+    .await;
+    assert_eq!(values["patroni_replica"], 1.0, "{values:?}");
+    assert_eq!(values["patroni_pending_restart"], 0.0, "{values:?}");
+
+    patch_config(
+        leader,
+        json!({"postgresql": {"parameters": {"max_connections": 101, "wal_buffers": 128}}}),
+    )
+    .await;
+    let reason = |member: &'static str| {
+        let member = cluster.member(member);
+        async move {
+            let status = member
+                .patroni_status()
+                .await
+                .ok_or_else(|| anyhow!("no GET /patroni"))?;
+            let reason = status["pending_restart_reason"].clone();
+            ensure!(
+                reason.as_object().is_some_and(|r| r.len() == 2),
+                "{}: {status}",
+                member.name()
+            );
+            Ok(reason)
+        }
+    };
+    let patroni_reason = wait_until_ok("Patroni's pending restart reason", STEP_DEADLINE, || {
+        reason("metpar-2")
+    })
+    .await;
+    let regent_reason = wait_until_ok("Regent's pending restart reason", STEP_DEADLINE, || {
+        reason("metpar-1")
+    })
+    .await;
+    println!(
+        "[metrics/parity] pending_restart_reason: Patroni {patroni_reason}, Regent {regent_reason}"
+    );
+    assert_eq!(regent_reason, patroni_reason);
+    assert_eq!(
+        regent_reason["wal_buffers"]["new_value"],
+        json!("1MB"),
+        "{regent_reason}"
+    );
+    assert_eq!(
+        regent_reason["max_connections"]["new_value"],
+        json!("101"),
+        "{regent_reason}"
+    );
+    let values = wait_until_ok(
+        "the same values with a restart pending",
+        STEP_DEADLINE,
+        same_values,
+    )
+    .await;
+    assert_eq!(values["patroni_pending_restart"], 1.0, "{values:?}");
 }
