@@ -39,6 +39,9 @@ pub struct ManagerOptions {
     /// rolls back even if the agent hangs.
     pub idle_margin: Duration,
     pub update_margin: Duration,
+    /// How long a worker group in pg_dist_node may lack a heartbeat target (no running primary
+    /// in the DCS) before it is reported; reported once per absence, never dropped.
+    pub missing_grace: Duration,
 }
 
 impl Default for ManagerOptions {
@@ -53,6 +56,7 @@ impl Default for ManagerOptions {
             idle_in_transaction: Duration::from_secs(60),
             idle_margin: Duration::from_secs(5),
             update_margin: Duration::from_secs(10),
+            missing_grace: Duration::from_secs(30),
         }
     }
 }
@@ -78,6 +82,13 @@ struct InFlight {
     host: String,
     port: u16,
     deadline: Instant,
+}
+
+/// A worker group in pg_dist_node that the heartbeats do not name.
+#[derive(Debug)]
+struct MissingGroup {
+    since: Instant,
+    reported: bool,
 }
 
 /// One change of a primary row.
@@ -118,8 +129,8 @@ pub(crate) struct Worker<D> {
     in_flight: Option<InFlight>,
     /// `citus_is_coordinator()` was true on the current connection.
     coordinator: bool,
-    /// Groups in pg_dist_node without a heartbeat target, already reported.
-    missing_reported: BTreeSet<u32>,
+    /// Groups in pg_dist_node without a heartbeat target: since when, and whether reported.
+    missing_since: BTreeMap<u32, MissingGroup>,
     /// The last reason tasks could not run, to log it once.
     last_failure: Option<String>,
     shared_nodes: Arc<Mutex<Vec<DistNode>>>,
@@ -138,7 +149,7 @@ impl<D: Db> Worker<D> {
             cache: None,
             in_flight: None,
             coordinator: false,
-            missing_reported: BTreeSet::new(),
+            missing_since: BTreeMap::new(),
             last_failure: None,
             shared_nodes,
         }
@@ -228,15 +239,21 @@ impl<D: Db> Worker<D> {
             }
         }
         let Some(cache) = &self.cache else { return };
-        for (group, row) in cache.range(1..) {
-            if groups.contains(group) {
-                self.missing_reported.remove(group);
-            } else if self.missing_reported.insert(*group) {
+        let cached: Vec<u32> = cache.keys().copied().filter(|g| *g >= 1).collect();
+        let report = groups_to_report(
+            &mut self.missing_since,
+            &cached,
+            &groups,
+            Instant::now(),
+            self.options.missing_grace,
+        );
+        for group in report {
+            if let Some(row) = cache.get(&group) {
                 warn!(
                     group,
                     nodeid = row.nodeid,
                     node = %node_text(&row.nodename, row.nodeport),
-                    "citus: worker group is in pg_dist_node but has no running primary in the DCS; its node is left as is"
+                    "citus: worker group is in pg_dist_node but has had no running primary in the DCS for a while; its node is left as is"
                 );
             }
         }
@@ -259,7 +276,7 @@ impl<D: Db> Worker<D> {
         }
         self.cache = None;
         self.coordinator = false;
-        self.missing_reported.clear();
+        self.missing_since.clear();
         self.last_failure = None;
     }
 
@@ -735,6 +752,68 @@ impl<D: Db> Worker<D> {
     }
 }
 
+/// Track the worker groups of pg_dist_node (`cached`) that the heartbeat does not name
+/// (`targeted`), and return those missing for `grace` and not reported yet in this absence. A
+/// switchover or failover leaves a group without a running primary for a moment: only a longer
+/// absence is worth a warning.
+fn groups_to_report(
+    missing_since: &mut BTreeMap<u32, MissingGroup>,
+    cached: &[u32],
+    targeted: &BTreeSet<u32>,
+    now: Instant,
+    grace: Duration,
+) -> Vec<u32> {
+    missing_since.retain(|group, _| !targeted.contains(group) && cached.contains(group));
+    let mut report = Vec::new();
+    for group in cached.iter().filter(|g| !targeted.contains(g)) {
+        let missing = missing_since.entry(*group).or_insert(MissingGroup {
+            since: now,
+            reported: false,
+        });
+        if !missing.reported && now.duration_since(missing.since) >= grace {
+            missing.reported = true;
+            report.push(*group);
+        }
+    }
+    report
+}
+
 fn cached_row(cache: &Option<BTreeMap<u32, DistNode>>, group: u32) -> Option<&DistNode> {
     cache.as_ref().and_then(|c| c.get(&group))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_groups_are_reported_once_after_the_grace() {
+        let grace = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut missing = BTreeMap::new();
+        let cached = [1, 2];
+        let targeted = |groups: &[u32]| groups.iter().copied().collect::<BTreeSet<u32>>();
+        // (time, targeted groups, expected report)
+        let steps: [(u64, &[u32], &[u32]); 7] = [
+            (0, &[1, 2], &[]),
+            (10, &[1], &[]),    // group 2 missing since 10 s
+            (30, &[1], &[]),    // 20 s: within the grace
+            (40, &[1], &[2]),   // 30 s: reported
+            (50, &[1], &[]),    // once
+            (60, &[1, 2], &[]), // back: forgotten
+            (70, &[], &[]),     // both missing again: a new absence
+        ];
+        for (secs, groups, expected) in steps {
+            let got = groups_to_report(&mut missing, &cached, &targeted(groups), at(secs), grace);
+            assert_eq!(got, expected, "at {secs} s");
+        }
+        assert_eq!(
+            groups_to_report(&mut missing, &cached, &targeted(&[]), at(100), grace),
+            vec![1, 2]
+        );
+        // A group gone from pg_dist_node is forgotten.
+        groups_to_report(&mut missing, &[1], &targeted(&[]), at(101), grace);
+        assert!(!missing.contains_key(&2));
+    }
 }
