@@ -62,7 +62,7 @@ fn group_members(cluster: &TestCluster, group: usize) -> Vec<&Member> {
 }
 
 /// The group's member answering `GET /primary` 200, if exactly one does.
-async fn group_primary<'a>(cluster: &'a TestCluster, group: usize) -> Option<&'a Member> {
+async fn group_primary(cluster: &TestCluster, group: usize) -> Option<&Member> {
     let mut found = Vec::new();
     for m in group_members(cluster, group) {
         if m.api_status("/primary").await == Some(200) {
@@ -72,11 +72,7 @@ async fn group_primary<'a>(cluster: &'a TestCluster, group: usize) -> Option<&'a
     (found.len() == 1).then(|| found[0])
 }
 
-async fn wait_group_primary<'a>(
-    cluster: &'a TestCluster,
-    group: usize,
-    deadline: Duration,
-) -> &'a Member {
+async fn wait_group_primary(cluster: &TestCluster, group: usize, deadline: Duration) -> &Member {
     let started = Instant::now();
     loop {
         if let Some(m) = group_primary(cluster, group).await {
@@ -215,7 +211,8 @@ struct CoordinatorClient {
 }
 
 impl CoordinatorClient {
-    async fn start(cluster: &TestCluster) -> CoordinatorClient {
+    /// `first_id`: ids written start there, so runs never collide.
+    async fn start(cluster: &TestCluster, first_id: i64) -> CoordinatorClient {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(ClientReport::default()));
         let config = coordinator_config(cluster);
@@ -231,7 +228,7 @@ impl CoordinatorClient {
             let stop = stop.clone();
             let report = report.clone();
             tasks.push(tokio::spawn(async move {
-                let mut id: i64 = if writer { 1 } else { 0 };
+                let mut id: i64 = first_id;
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
                     if writer {
@@ -244,14 +241,14 @@ impl CoordinatorClient {
                         rep.longest_write = rep.longest_write.max(took);
                         match r {
                             Ok(_) => rep.writes_ok += 1,
-                            Err(e) => rep.write_errors.push(format!("{e:?}")),
+                            Err(e) => rep.write_errors.push(describe(&e)),
                         }
                     } else {
                         let r = client.query_one("SELECT count(*) FROM events", &[]).await;
                         let mut rep = report.lock().unwrap();
                         match r {
                             Ok(_) => rep.reads_ok += 1,
-                            Err(e) => rep.read_errors.push(e.to_string()),
+                            Err(e) => rep.read_errors.push(describe(&e)),
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -280,74 +277,226 @@ impl CoordinatorClient {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn citus_cluster_registers_every_group_and_follows_a_worker_switchover() {
+async fn citus_cluster_registers_every_group_and_follows_worker_switchovers() {
     let (flavor, cluster) = start("cit", 3, |_, _| {}).await;
     eprintln!("[citus] running against {}", flavor.describe());
     let booted = wait_dist_nodes_match(&cluster, 3, Duration::from_secs(90)).await;
     eprintln!("[citus] pg_dist_node names all 3 groups' primaries after {booted:.3?}");
     create_distributed_table(&cluster).await;
 
-    // Worker switchover through the REST API, while a client writes through the coordinator.
-    let client = CoordinatorClient::start(&cluster).await;
-    poll_until(Duration::from_secs(10), || async {
-        (client.snapshot().writes_ok >= 10).then_some(())
-    })
-    .await
-    .expect("writes go through before the switchover");
+    // Five worker switchovers through the REST API (group 1, back and forth), each while a
+    // client writes and reads through the coordinator every 20 ms.
+    let mut stalls = Vec::new();
+    for run in 1..=5i64 {
+        let client = CoordinatorClient::start(&cluster, run * 1_000_000).await;
+        poll_until(Duration::from_secs(10), || async {
+            (client.snapshot().writes_ok >= 10).then_some(())
+        })
+        .await
+        .expect("writes go through before the switchover");
+        let old = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
+        let candidate = group_members(&cluster, 1)
+            .into_iter()
+            .find(|m| m.name() != old.name())
+            .expect("a second group 1 member");
+        wait_streaming(candidate).await;
+        let switch_started = Instant::now();
+        let (code, text) = post(
+            old,
+            "/switchover",
+            json!({"leader": old.name(), "candidate": candidate.name()}),
+        )
+        .await;
+        assert_eq!(code, 200, "switchover: {text}");
+        let new = poll_until(Duration::from_secs(30), || async {
+            group_primary(&cluster, 1)
+                .await
+                .filter(|m| m.name() == candidate.name())
+        })
+        .await
+        .expect("the candidate becomes group 1's primary");
+        let updated = wait_dist_nodes_match(&cluster, 3, Duration::from_secs(10)).await;
+        // Writes must go on against the new primary before the client stops.
+        let writes_before = client.snapshot().writes_ok;
+        poll_until(Duration::from_secs(10), || async {
+            (client.snapshot().writes_ok >= writes_before + 10).then_some(())
+        })
+        .await
+        .expect("writes continue after the switchover");
+        let report = client.stop().await;
+        eprintln!(
+            "[citus] run {run}: worker switchover {} -> {}: primary after {:.3?}, pg_dist_node \
+             matched {:.3?} later; writes: {} ok, {} errors, longest {:.3?}; reads: {} ok, {} \
+             errors{}",
+            old.name(),
+            new.name(),
+            switch_started.elapsed(),
+            updated,
+            report.writes_ok,
+            report.write_errors.len(),
+            report.longest_write,
+            report.reads_ok,
+            report.read_errors.len(),
+            report
+                .read_errors
+                .first()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+        );
+        assert!(
+            report.write_errors.is_empty(),
+            "writes through the coordinator failed during the worker switchover: {:?}",
+            report.write_errors
+        );
+        stalls.push(report.longest_write);
+        // The old primary follows the new one (no re-clone) before the next run.
+        wait_streaming(old).await;
+    }
+    stalls.sort();
+    eprintln!(
+        "[citus] longest write stall per worker switchover: median {:.3?} (min {:.3?}, max {:.3?}, n=5)",
+        stalls[2], stalls[0], stalls[4]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_and_coordinator_failovers_keep_pg_dist_node_right() {
+    let (flavor, cluster) = start("cif", 2, |_, _| {}).await;
+    eprintln!("[citus-failover] running against {}", flavor.describe());
+    wait_dist_nodes_match(&cluster, 2, Duration::from_secs(90)).await;
+
+    // kill -9 of the worker group's leader (agent and postmaster).
     let old = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
-    let candidate = group_members(&cluster, 1)
+    let survivor = group_members(&cluster, 1)
         .into_iter()
         .find(|m| m.name() != old.name())
         .expect("a second group 1 member");
-    cluster
-        .member(candidate.name())
-        .api_get("/patroni")
-        .await
-        .expect("candidate answers");
-    wait_streaming(candidate).await;
-    let switch_started = Instant::now();
+    wait_streaming(survivor).await;
+    old.kill9_with_postmaster();
+    let killed = Instant::now();
+    poll_until(Duration::from_secs(60), || async {
+        matches!(survivor.pg_in_recovery().await, Ok(false)).then_some(())
+    })
+    .await
+    .expect("the surviving worker member is promoted");
+    let promoted = killed.elapsed();
+    let updated = wait_dist_nodes_match(&cluster, 2, Duration::from_secs(10)).await;
+    eprintln!(
+        "[citus-failover] worker {} killed: {} promoted after {promoted:.3?}; pg_dist_node \
+         updated {updated:.3?} after the promotion (loop_wait {} s)",
+        old.name(),
+        survivor.name(),
+        TIMING.loop_wait
+    );
+    assert!(
+        updated <= Duration::from_secs(u64::from(TIMING.loop_wait) + 1),
+        "pg_dist_node took {updated:?} after the promotion, more than one loop"
+    );
+    old.start();
+
+    // kill -9 of the coordinator's leader: the new coordinator leader takes over, then a worker
+    // switchover is reflected by it.
+    let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(5)).await;
+    let next = group_members(&cluster, 0)
+        .into_iter()
+        .find(|m| m.name() != coordinator.name())
+        .expect("a second coordinator member");
+    wait_streaming(next).await;
+    coordinator.kill9_with_postmaster();
+    poll_until(Duration::from_secs(60), || async {
+        group_primary(&cluster, 0)
+            .await
+            .filter(|m| m.name() == next.name())
+    })
+    .await
+    .expect("the second coordinator member leads");
+    wait_dist_nodes_match(&cluster, 2, Duration::from_secs(15)).await;
+    let worker = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
+    let other = group_members(&cluster, 1)
+        .into_iter()
+        .find(|m| m.name() != worker.name())
+        .expect("a second group 1 member");
+    wait_streaming(other).await;
     let (code, text) = post(
-        old,
+        worker,
         "/switchover",
-        json!({"leader": old.name(), "candidate": candidate.name()}),
+        json!({"leader": worker.name(), "candidate": other.name()}),
     )
     .await;
     assert_eq!(code, 200, "switchover: {text}");
-    let new = poll_until(Duration::from_secs(30), || async {
+    poll_until(Duration::from_secs(30), || async {
         group_primary(&cluster, 1)
             .await
-            .filter(|m| m.name() == candidate.name())
+            .filter(|m| m.name() == other.name())
     })
     .await
-    .expect("the candidate becomes group 1's primary");
-    let updated = wait_dist_nodes_match(&cluster, 3, Duration::from_secs(10)).await;
-    // Let writes run on the new primary for a moment, then stop the client.
-    let writes_before = client.snapshot().writes_ok;
-    poll_until(Duration::from_secs(10), || async {
-        (client.snapshot().writes_ok >= writes_before + 10).then_some(())
-    })
-    .await
-    .expect("writes continue after the switchover");
-    let report = client.stop().await;
+    .expect("the candidate leads group 1");
+    let after = wait_dist_nodes_match(&cluster, 2, Duration::from_secs(10)).await;
     eprintln!(
-        "[citus] worker switchover {} -> {}: primary after {:.3?}, pg_dist_node updated {:.3?} later; \
-         writes: {} ok, {} errors, longest {:.3?}; reads: {} ok, {} errors{}",
-        old.name(),
-        new.name(),
-        switch_started.elapsed(),
-        updated,
-        report.writes_ok,
-        report.write_errors.len(),
-        report.longest_write,
-        report.reads_ok,
-        report.read_errors.len(),
-        report.read_errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+        "[citus-failover] coordinator {} killed, {} took over; worker switchover reflected {after:.3?} \
+         after the new worker primary answered",
+        coordinator.name(),
+        next.name()
     );
-    assert!(
-        report.write_errors.is_empty(),
-        "writes through the coordinator failed during the worker switchover: {:?}",
-        report.write_errors
-    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_citus_bodies_are_refused_and_change_nothing() {
+    let (flavor, cluster) = start("cib", 2, |_, _| {}).await;
+    eprintln!("[citus-bodies] running against {}", flavor.describe());
+    wait_dist_nodes_match(&cluster, 2, Duration::from_secs(90)).await;
+    let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(5)).await;
+    let worker = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
+    let before = dist_nodes(coordinator).await.expect("pg_dist_node");
+    let bodies = [
+        json!({"type": "before_demote", "group": 1}),
+        json!({"type": "explode", "group": 1, "leader": worker.name()}),
+        json!({"type": "before_demote", "group": -1, "leader": worker.name()}),
+        json!({"type": "before_demote", "group": "one", "leader": worker.name()}),
+        json!({"type": "before_demote", "group": 1, "leader": 7}),
+        json!({"type": "before_demote", "group": 1, "leader": worker.name(), "timeout": "soon"}),
+        json!({"type": "before_demote", "group": 1, "leader": worker.name(), "cooldown": -5}),
+        json!(["before_demote"]),
+    ];
+    for body in bodies {
+        let (code, text) = post(coordinator, "/citus", body.clone()).await;
+        assert_eq!(code, 400, "{body} → {code} {text}");
+    }
+    // A valid event from a member that is not its group's leader is accepted and ignored.
+    let replica = group_members(&cluster, 1)
+        .into_iter()
+        .find(|m| m.name() != worker.name())
+        .expect("a second group 1 member");
+    let (code, _) = post(
+        coordinator,
+        "/citus",
+        json!({"type": "before_demote", "group": 1, "leader": replica.name(), "timeout": 5, "cooldown": 1}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let after = dist_nodes(coordinator).await.expect("pg_dist_node");
+    assert_eq!(before, after, "pg_dist_node changed");
+    // Writes to the worker group are not held: a probe write through the coordinator returns.
+    create_distributed_table(&cluster).await;
+    let client = citus_client(coordinator).await.expect("connect");
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        client.execute(
+            "INSERT INTO events SELECT g, 'y' FROM generate_series(1, 20) g",
+            &[],
+        ),
+    )
+    .await
+    .expect("writes are not paused")
+    .expect("insert");
+}
+
+/// An error as SQLSTATE and message (a closed connection has no SQLSTATE).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, String) {
