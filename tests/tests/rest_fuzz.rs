@@ -445,4 +445,14 @@ async fn fuzzing_without_credentials_changes_nothing() {
     assert_eq!(member.agent_pid(), Some(agent_pid));
     assert!(member.is_primary().await);
     assert_eq!(observe(&cluster).await, before);
+    // A handler that panicked would have cost only its connection: look for it in the log.
+    let log = member.log_contents();
+    assert!(
+        !log.contains("panicked"),
+        "the agent log reports a panic:\n{}",
+        log.lines()
+            .filter(|l| l.contains("panicked"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
