@@ -8,6 +8,8 @@
 //!   `PATRONI_CITUS_GROUP` and every group has one primary Service;
 //! * each `serviceAccountName` is bound to a Role with the rules of kubernetes/rbac.yaml;
 //! * ports agree (listen and connect addresses, container ports, Services, probes);
+//! * docker/Dockerfile's runtime image is what the manifests assume (entrypoint, the postgres
+//!   user's uid = runAsUser/fsGroup, exposed ports, the data volume's mount point, PG 15);
 //! * mounted files, Secrets and provisioning scripts exist; shipped objects never collide with
 //!   the objects Regent creates, nor match its label selector;
 //! * each StatefulSet's configuration (the mounted file plus its environment, resolved as the
@@ -1071,6 +1073,126 @@ fn shipped_objects_never_collide_with_regents_own() {
             }
         }
     }
+}
+
+/// The instructions of docker/Dockerfile's last stage (the runtime image), continuation lines
+/// joined.
+fn runtime_stage_instructions() -> Vec<String> {
+    let path = repo_path("docker/Dockerfile");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut instructions: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') && current.is_empty()
+            || trimmed.is_empty() && current.is_empty()
+        {
+            continue;
+        }
+        current.push_str(trimmed.trim_end_matches('\\'));
+        current.push(' ');
+        if !trimmed.ends_with('\\') {
+            instructions.push(current.trim().to_string());
+            current.clear();
+        }
+    }
+    let last_from = instructions
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .unwrap_or_else(|| panic!("{}: no FROM", path.display()));
+    instructions.split_off(last_from)
+}
+
+#[test]
+fn the_image_matches_what_the_manifests_expect() {
+    let runtime = runtime_stage_instructions();
+    let find = |keyword: &str| -> Vec<&String> {
+        runtime.iter().filter(|i| i.starts_with(keyword)).collect()
+    };
+    let user = find("USER ");
+    assert_eq!(user.len(), 1, "one USER in the runtime stage: {user:?}");
+    let uid = user[0]["USER ".len()..]
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert_eq!(
+        find("ENTRYPOINT "),
+        [&"ENTRYPOINT [\"/usr/local/bin/regent\"]".to_string()],
+        "regent is the entrypoint (PID 1)"
+    );
+    let exposed: BTreeSet<u16> = find("EXPOSE ")
+        .iter()
+        .flat_map(|i| i["EXPOSE ".len()..].split_whitespace())
+        .map(|p| p.parse().unwrap_or_else(|_| panic!("EXPOSE {p}")))
+        .collect();
+    let install = runtime
+        .iter()
+        .find(|i| i.contains("useradd"))
+        .unwrap_or_else(|| panic!("the runtime stage creates no postgres user"));
+    assert!(
+        install.contains(&format!("--uid {uid}")) && install.contains(&format!("--gid {uid}")),
+        "USER {uid} must be the postgres user the image creates: {install}"
+    );
+    for set in ManifestSet::all() {
+        for workload in set.statefulsets() {
+            let what = workload.doc.what();
+            let security = &workload.pod_spec()["securityContext"];
+            for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+                assert_eq!(
+                    security[key].to_string(),
+                    uid,
+                    "{what}: securityContext.{key}"
+                );
+            }
+            for port in ["postgresql", "api"] {
+                let number = workload.container_port(port);
+                assert!(
+                    exposed.contains(&number),
+                    "{what}: port {number} not exposed by the image"
+                );
+            }
+            // The data directory lies in the volume, which the image prepares for the user.
+            let data_dir = workload.config()["postgresql"]["data_dir"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let mount = workload.container()["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["mountPath"].as_str())
+                .find(|m| data_dir.starts_with(&format!("{m}/")))
+                .unwrap_or_else(|| panic!("{what}: data_dir {data_dir} is on no volume"));
+            assert!(
+                workload.spec()["volumeClaimTemplates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| workload.container()["volumeMounts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|m| m["mountPath"] == mount && m["name"] == t["metadata"]["name"])),
+                "{what}: {mount} is not a volume claim"
+            );
+            assert!(
+                install.contains(mount),
+                "{what}: the image does not create {mount} for the postgres user"
+            );
+            // The configured PostgreSQL is the image's (bin_dir unset: /usr/lib/postgresql/15/bin).
+            assert!(
+                workload.config()["postgresql"]["bin_dir"].is_null(),
+                "{what}: bin_dir"
+            );
+        }
+    }
+    assert!(
+        runtime.iter().any(|i| i.starts_with("ARG PG_MAJOR=15")),
+        "the image's PostgreSQL is 15, which the agent looks for by default"
+    );
 }
 
 /// The configuration file and environment of Pod 0 of `workload`, written for the agent.
