@@ -9,13 +9,17 @@
 //!
 //! How 5xx answers are judged: schemathesis writes every exchange to a HAR file, which this test
 //! reads itself. Any 500 fails the test. The only other 5xx allowed are those the document lists
-//! and that a healthy leader gives by design: 503 from a health check that does not pass on this
-//! member (GET on a health path such as `/replica` on the primary; HEAD and OPTIONS are health
-//! checks on any path, so OPTIONS `/cluster` answers 503 as in Patroni), 502 from `GET /failsafe` (failsafe
-//! mode is off), and 501 to a method the document does not list for the path (schemathesis probes
-//! every path with TRACE; Patroni answers 501 there too). Unsafe requests without credentials must all be refused with 401. Schemathesis's
-//! own checks run too (server errors with the same per-operation allowance, status codes, content
-//! types, headers and bodies conforming to the document, ignored authentication) and must pass.
+//! and that a healthy leader gives by design:
+//! * 503 from a health check that does not pass on this member: GET on a health path (`/replica`
+//!   on the primary) or on a path without a GET handler, and HEAD or OPTIONS on any path (they
+//!   are health checks everywhere, so OPTIONS `/cluster` answers 503, as in Patroni);
+//! * 502 from `GET /failsafe` (failsafe mode is off);
+//! * 501 to a method the document does not list for the path (schemathesis probes every path
+//!   with TRACE; Patroni answers 501 there too).
+//!
+//! Unsafe requests without credentials must all be refused with 401. Schemathesis's own checks
+//! run too (server errors with a similar allowance, status codes, content types, headers and
+//! bodies conforming to the document, ignored authentication) and must pass.
 //!
 //! schemathesis comes from `$SCHEMATHESIS_BIN`, else `/opt/regent-schemathesis/bin/schemathesis`
 //! (what `.ci/run` installs); the test fails, naming how to install it, when it is missing.
@@ -31,7 +35,8 @@ use serde_json::{json, Value};
 const USER: &str = "fuzzadmin";
 const PASSWORD: &str = "fuzz-s3cret";
 const DEFAULT_SCHEMATHESIS: &str = "/opt/regent-schemathesis/bin/schemathesis";
-/// Test cases per operation and wall-clock budget of the unauthenticated run.
+/// Test cases per operation in each phase, and the wall-clock budget of the unauthenticated run
+/// (the fuzzing phase repeats until the budget is spent).
 const UNAUTHENTICATED_EXAMPLES: u32 = 25;
 const UNAUTHENTICATED_SECONDS: u32 = 45;
 /// The same for the authenticated run of the safe operations.
@@ -51,7 +56,7 @@ fn schemathesis_bin() -> PathBuf {
         path.is_file(),
         "schemathesis not found at {} (set SCHEMATHESIS_BIN, or install it: \
          python3 -m venv /opt/regent-schemathesis && \
-         /opt/regent-schemathesis/bin/pip install schemathesis; .ci/run does this)",
+         /opt/regent-schemathesis/bin/pip install 'schemathesis>=4.32,<5'; .ci/run does this)",
         path.display()
     );
     path
