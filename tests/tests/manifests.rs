@@ -19,9 +19,10 @@
 //! * kubernetes/demo.yaml runs: three members with that configuration and environment, under
 //!   the Role of kubernetes/rbac.yaml, bootstrap and replicate; the Services select the leader
 //!   and the replicas, the Secret's passwords are the ones in use.
-//! * kubernetes/citus/ runs: one member per group (coordinator and two workers) under its
-//!   Role, against real Citus or the stand-in; pg_dist_node follows the groups' primaries and
-//!   the provisioning scripts run once each.
+//! * kubernetes/citus/ runs: a coordinator and two worker groups under its Role, against real
+//!   Citus or the stand-in; pg_dist_node follows the groups' primaries, also through a worker
+//!   switchover started with `regent ctl` in the coordinator's Pod, and the provisioning
+//!   scripts run once each.
 //!
 //! What the local runs change, because three Pods share one machine: listen addresses and
 //! ports (the connect addresses keep their form with the local ports), data and socket
@@ -1672,12 +1673,14 @@ async fn superuser_client(
     Ok(client)
 }
 
-/// Citus: one member of each StatefulSet of kubernetes/citus/ (a coordinator and two worker
-/// groups), with the manifests' configuration, environment and provisioning scripts (written to
-/// local files, `citus.provision` pointing at them), under the Role of
+/// Citus: members of each StatefulSet of kubernetes/citus/ (one for the coordinator and group
+/// 2, two for group 1), with the manifests' configuration, environment and provisioning scripts
+/// (written to local files, `citus.provision` pointing at them), under the Role of
 /// kubernetes/citus/rbac.yaml, against real Citus or the stand-in: the coordinator registers
 /// every group's primary in pg_dist_node, runs its script once two worker groups are registered
-/// (the distributed table takes rows through the coordinator), and each worker runs its own.
+/// (the distributed table takes rows through the coordinator), and each worker runs its own;
+/// `regent ctl list --group N` and `regent ctl switchover --group 1` from the coordinator's Pod
+/// work as docs/citus.md shows, pg_dist_node follows the switchover and writes go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn citus_manifests_run_a_coordinator_and_two_worker_groups() {
     let flavor = regent_tests::citus::ensure_citus();
@@ -1720,70 +1723,106 @@ async fn citus_manifests_run_a_coordinator_and_two_worker_groups() {
             config.set(&key, moved);
         }
     };
-    let mut members = Vec::new();
-    let mut groups = Vec::new();
+    // Group 1 gets a second member, for a worker switchover.
+    let mut members: Vec<(u32, Member)> = Vec::new();
     for workload in &workloads {
         let group = workload
             .citus_group()
             .unwrap_or_else(|| panic!("{}: no group", workload.doc.what()));
-        groups.push(group);
-        members.push(local_member(&dir, &server, workload, 0, &relocate).await);
+        let count = if group == 1 { 2 } else { 1 };
+        for ordinal in 0..count {
+            let member = local_member(&dir, &server, workload, ordinal, &relocate).await;
+            members.push((group, member));
+        }
     }
-    for member in &members {
+    for (_, member) in &members {
         member.start();
     }
     let password = workloads[0]
         .env_value("PATRONI_SUPERUSER_PASSWORD")
         .unwrap_or_default();
-    let coordinator = members[groups
-        .iter()
-        .position(|g| *g == 0)
-        .unwrap_or_else(|| panic!("no group 0"))]
-    .name()
-    .to_string();
-    let coordinator = members
-        .iter()
-        .find(|m| m.name() == coordinator)
-        .unwrap_or_else(|| panic!("no coordinator"));
+    let password = password.as_str();
+    let groups: BTreeSet<u32> = members.iter().map(|(g, _)| *g).collect();
+    let of_group = |group: u32| -> Vec<&Member> {
+        members
+            .iter()
+            .filter(|(g, _)| *g == group)
+            .map(|(_, m)| m)
+            .collect()
+    };
 
     // Every group's leader, then pg_dist_node naming each of them.
-    wait_until_ok("a leader in every group", CLUSTER_DEADLINE, || async {
-        for m in &members {
-            if m.api_status("/primary").await != Some(200) {
-                anyhow::bail!("{} does not answer /primary 200", m.name());
+    let leaders: BTreeMap<u32, String> =
+        wait_until_ok("one leader in every group", CLUSTER_DEADLINE, || async {
+            let mut leaders = BTreeMap::new();
+            for group in &groups {
+                let mut primaries = Vec::new();
+                for m in of_group(*group) {
+                    if m.api_status("/primary").await == Some(200) {
+                        primaries.push(m.name().to_string());
+                    }
+                }
+                let [leader] = primaries.as_slice() else {
+                    anyhow::bail!("group {group}: members answering /primary 200: {primaries:?}");
+                };
+                leaders.insert(*group, leader.clone());
             }
-        }
-        Ok(())
-    })
-    .await;
-    let expected: BTreeMap<i32, String> = groups
-        .iter()
-        .zip(&members)
-        .map(|(g, m)| (*g as i32, format!("127.0.0.1:{}", m.pg_port())))
-        .collect();
-    wait_until_ok("pg_dist_node to name every group's primary", CLUSTER_DEADLINE, || async {
-        let client = superuser_client(coordinator, &password, "citus").await?;
-        let rows = client
-            .query("SELECT groupid, nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' ORDER BY groupid", &[])
-            .await?;
-        let nodes: BTreeMap<i32, String> = rows
+            Ok(leaders)
+        })
+        .await;
+    let member = |name: &str| -> &Member {
+        members
             .iter()
-            .map(|r| (r.get::<_, i32>(0), format!("{}:{}", r.get::<_, String>(1), r.get::<_, i32>(2))))
-            .collect();
-        if nodes != expected {
-            anyhow::bail!("pg_dist_node {nodes:?}, expected {expected:?}");
-        }
-        Ok(())
-    })
+            .map(|(_, m)| m)
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    };
+    let coordinator = member(&leaders[&0]);
+    let dist_nodes = || async {
+        let client = superuser_client(coordinator, password, "citus").await?;
+        let rows = client
+            .query(
+                "SELECT groupid, nodename, nodeport FROM pg_dist_node \
+                 WHERE noderole = 'primary' ORDER BY groupid",
+                &[],
+            )
+            .await?;
+        Ok::<_, anyhow::Error>(
+            rows.iter()
+                .map(|r| {
+                    let address = format!("{}:{}", r.get::<_, String>(1), r.get::<_, i32>(2));
+                    (r.get::<_, i32>(0) as u32, address)
+                })
+                .collect::<BTreeMap<u32, String>>(),
+        )
+    };
+    let expected_nodes = |leaders: &BTreeMap<u32, String>| -> BTreeMap<u32, String> {
+        leaders
+            .iter()
+            .map(|(g, name)| (*g, format!("127.0.0.1:{}", member(name).pg_port())))
+            .collect()
+    };
+    let expected = expected_nodes(&leaders);
+    wait_until_ok(
+        "pg_dist_node to name every group's primary",
+        CLUSTER_DEADLINE,
+        || async {
+            let nodes = dist_nodes().await?;
+            if nodes != expected {
+                anyhow::bail!("pg_dist_node {nodes:?}, expected {expected:?}");
+            }
+            Ok(())
+        },
+    )
     .await;
 
     // The provisioning scripts ran: the coordinator's distributed table takes rows, each
-    // worker has its local objects, and each ran exactly once.
+    // worker group has its local objects, and each ran exactly once.
     wait_until_ok(
         "the coordinator's provisioning script",
         CLUSTER_DEADLINE,
         || async {
-            let client = superuser_client(coordinator, &password, "citus").await?;
+            let client = superuser_client(coordinator, password, "citus").await?;
             let n: i64 = client
                 .query_one(
                     "SELECT count(*) FROM regent.provisioned WHERE role = 'coordinator'",
@@ -1798,25 +1837,32 @@ async fn citus_manifests_run_a_coordinator_and_two_worker_groups() {
         },
     )
     .await;
-    let client = superuser_client(coordinator, &password, "citus")
-        .await
-        .unwrap_or_else(|e| panic!("connect to the coordinator: {e:#}"));
-    client
-        .batch_execute("INSERT INTO events (tenant_id, payload) SELECT i % 10, jsonb_build_object('n', i) FROM generate_series(1, 100) AS i")
-        .await
-        .unwrap_or_else(|e| panic!("insert into the distributed table: {e}"));
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap_or_else(|e| panic!("count the distributed table: {e}"))
-        .get(0);
-    assert_eq!(count, 100);
-    for (group, member) in groups.iter().zip(&members).filter(|(g, _)| **g > 0) {
+    let insert_and_count = |expected: i64| async move {
+        let client = superuser_client(coordinator, password, "citus")
+            .await
+            .unwrap_or_else(|e| panic!("connect to the coordinator: {e:#}"));
+        client
+            .batch_execute(
+                "INSERT INTO events (tenant_id, payload) \
+                 SELECT i % 10, jsonb_build_object('n', i) FROM generate_series(1, 100) AS i",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("insert into the distributed table: {e}"));
+        let count: i64 = client
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .unwrap_or_else(|e| panic!("count the distributed table: {e}"))
+            .get(0);
+        assert_eq!(count, expected, "rows in events through the coordinator");
+    };
+    insert_and_count(100).await;
+    for group in groups.iter().filter(|g| **g > 0) {
+        let leader = member(&leaders[group]);
         wait_until_ok(
             &format!("group {group}'s provisioning script"),
             CLUSTER_DEADLINE,
             || async {
-                let client = superuser_client(member, &password, "citus").await?;
+                let client = superuser_client(leader, password, "citus").await?;
                 let row = client
                     .query_one(
                         "SELECT to_regclass('maintenance.notes') IS NOT NULL, \
@@ -1837,11 +1883,77 @@ async fn citus_manifests_run_a_coordinator_and_two_worker_groups() {
     }
 
     // regent ctl in the coordinator's Pod lists another group with --group (docs/citus.md).
-    for (group, member) in groups.iter().zip(&members).filter(|(g, _)| **g > 0) {
+    for group in groups.iter().filter(|g| **g > 0) {
         let (roles, stdout) = ctl_list(coordinator, &["--group", &group.to_string()]).await;
-        let expected = BTreeMap::from([(member.name().to_string(), "Leader".to_string())]);
-        assert_eq!(roles, expected, "regent ctl list --group {group}: {stdout}");
+        let names: BTreeSet<&str> = roles.keys().map(String::as_str).collect();
+        let expected: BTreeSet<&str> = of_group(*group).iter().map(|m| m.name()).collect();
+        assert_eq!(names, expected, "regent ctl list --group {group}: {stdout}");
+        assert_eq!(
+            roles.get(&leaders[group]).map(String::as_str),
+            Some("Leader"),
+            "regent ctl list --group {group}: {stdout}"
+        );
     }
+
+    // A worker switchover from the coordinator's Pod, as docs/citus.md shows it: group 1's
+    // row in pg_dist_node follows, and writes through the coordinator go on.
+    let old = leaders[&1].clone();
+    let candidate = of_group(1)
+        .into_iter()
+        .find(|m| m.name() != old)
+        .unwrap_or_else(|| panic!("group 1 has one member"));
+    wait_until(
+        &format!("{} streaming", candidate.name()),
+        CLUSTER_DEADLINE,
+        || async { (candidate.api_status("/replica").await == Some(200)).then_some(()) },
+    )
+    .await;
+    let mut ctl = regent_tests::regent_command(coordinator.binary(), coordinator.member_dir());
+    ctl.envs(coordinator.env().iter().map(|(k, v)| (k, v)))
+        .args([
+            "ctl",
+            "switchover",
+            "citusdemo",
+            "--group",
+            "1",
+            "--leader",
+            &old,
+        ])
+        .args(["--candidate", candidate.name(), "--force"]);
+    let switched = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::from(ctl)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("regent ctl switchover hangs"))
+    .unwrap_or_else(|e| panic!("run regent ctl switchover: {e}"));
+    assert!(
+        switched.status.success(),
+        "regent ctl switchover --group 1: {}{}",
+        String::from_utf8_lossy(&switched.stdout),
+        String::from_utf8_lossy(&switched.stderr)
+    );
+    let mut after = leaders.clone();
+    after.insert(1, candidate.name().to_string());
+    let expected = expected_nodes(&after);
+    wait_until_ok(
+        "pg_dist_node to follow the switchover",
+        CLUSTER_DEADLINE,
+        || async {
+            if candidate.api_status("/primary").await != Some(200) {
+                anyhow::bail!("{} is not the primary yet", candidate.name());
+            }
+            let nodes = dist_nodes().await?;
+            if nodes != expected {
+                anyhow::bail!("pg_dist_node {nodes:?}, expected {expected:?}");
+            }
+            Ok(())
+        },
+    )
+    .await;
+    insert_and_count(200).await;
 
     // Each group's lock object carries its group label; no request needed more than the Role.
     for group in &groups {
