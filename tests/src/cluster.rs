@@ -165,19 +165,21 @@ impl ClusterBuilder {
                     kubeconfig: server.write_kubeconfig(&member_dir.join("kubeconfig"), &name),
                 };
                 crate::process::chown_to_postgres(&kube.kubeconfig);
-                server
-                    .create_pod(
-                        KUBE_NAMESPACE,
-                        &name,
-                        &kube.pod_labels(&self.scope),
-                        &kube.pod_ip,
-                    )
-                    .await;
                 spec.kubernetes = Some(kube);
             }
             let mut config = MemberConfig::patroni(&spec);
             for change in &self.customizers {
                 change(index, &mut config);
+            }
+            if let (Dcs::Kubernetes { server, .. }, Some(kube)) = (&dcs, &spec.kubernetes) {
+                let mut labels = kube.pod_labels(&self.scope);
+                // A Citus member's Pod carries its group, as the StatefulSet template sets it.
+                if let Some(group) = config.get("citus.group").and_then(|g| g.as_u64()) {
+                    labels.insert("citus-group".to_string(), group.to_string());
+                }
+                server
+                    .create_pod(KUBE_NAMESPACE, &name, &labels, &kube.pod_ip)
+                    .await;
             }
             let member_binary = self
                 .member_binaries

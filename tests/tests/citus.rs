@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use regent_tests::citus::{ensure_citus, CitusFlavor, CITUS_DATABASE};
-use regent_tests::config::{SUPERUSER, SUPERUSER_PASSWORD};
+use regent_tests::config::{Backend, SUPERUSER, SUPERUSER_PASSWORD};
 use regent_tests::{poll_until, Member, TestCluster, Timing};
 use serde_json::json;
 use tokio_postgres::config::TargetSessionAttrs;
@@ -32,12 +32,14 @@ const TIMING: Timing = Timing {
 /// A Citus cluster: `groups` groups (0 = coordinator) of two members each, named
 /// `<scope>-<index>`, member `i` in group `i / 2`.
 async fn start(
+    backend: Backend,
     scope: &str,
     groups: usize,
     extra: impl Fn(usize, &mut regent_tests::MemberConfig) + Send + Sync + 'static,
 ) -> (CitusFlavor, TestCluster) {
     let flavor = ensure_citus();
     let cluster = TestCluster::builder(scope)
+        .backend(backend)
         .members(groups * MEMBERS_PER_GROUP)
         .timing(TIMING)
         .configure(move |i, cfg| {
@@ -276,12 +278,18 @@ impl CoordinatorClient {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn citus_cluster_registers_every_group_and_follows_worker_switchovers() {
-    let (flavor, cluster) = start("cit", 3, |_, _| {}).await;
-    eprintln!("[citus] running against {}", flavor.describe());
+regent_tests::backend_tests! {
+    citus_cluster_registers_every_group_and_follows_worker_switchovers: [etcd, kubernetes];
+    worker_and_coordinator_failovers_keep_pg_dist_node_right: [etcd, kubernetes];
+    bad_citus_bodies_are_refused_and_change_nothing: [etcd];
+}
+
+async fn citus_cluster_registers_every_group_and_follows_worker_switchovers(backend: Backend) {
+    let (flavor, cluster) = start(backend, "cit", 3, |_, _| {}).await;
+    let tag = format!("[citus/{}]", backend.label());
+    eprintln!("{tag} running against {}", flavor.describe());
     let booted = wait_dist_nodes_match(&cluster, 3, Duration::from_secs(90)).await;
-    eprintln!("[citus] pg_dist_node names all 3 groups' primaries after {booted:.3?}");
+    eprintln!("{tag} pg_dist_node names all 3 groups' primaries after {booted:.3?}");
     create_distributed_table(&cluster).await;
 
     // Five worker switchovers through the REST API (group 1, back and forth), each while a
@@ -325,7 +333,7 @@ async fn citus_cluster_registers_every_group_and_follows_worker_switchovers() {
         .expect("writes continue after the switchover");
         let report = client.stop().await;
         eprintln!(
-            "[citus] run {run}: worker switchover {} -> {}: primary after {:.3?}, pg_dist_node \
+            "{tag} run {run}: worker switchover {} -> {}: primary after {:.3?}, pg_dist_node \
              matched {:.3?} later; writes: {} ok, {} errors, longest {:.3?}; reads: {} ok, {} \
              errors{}",
             old.name(),
@@ -354,15 +362,15 @@ async fn citus_cluster_registers_every_group_and_follows_worker_switchovers() {
     }
     stalls.sort();
     eprintln!(
-        "[citus] longest write stall per worker switchover: median {:.3?} (min {:.3?}, max {:.3?}, n=5)",
+        "{tag} longest write stall per worker switchover: median {:.3?} (min {:.3?}, max {:.3?}, n=5)",
         stalls[2], stalls[0], stalls[4]
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn worker_and_coordinator_failovers_keep_pg_dist_node_right() {
-    let (flavor, cluster) = start("cif", 2, |_, _| {}).await;
-    eprintln!("[citus-failover] running against {}", flavor.describe());
+async fn worker_and_coordinator_failovers_keep_pg_dist_node_right(backend: Backend) {
+    let (flavor, cluster) = start(backend, "cif", 2, |_, _| {}).await;
+    let tag = format!("[citus-failover/{}]", backend.label());
+    eprintln!("{tag} running against {}", flavor.describe());
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(90)).await;
 
     // kill -9 of the worker group's leader (agent and postmaster).
@@ -382,7 +390,7 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right() {
     let promoted = killed.elapsed();
     let updated = wait_dist_nodes_match(&cluster, 2, Duration::from_secs(10)).await;
     eprintln!(
-        "[citus-failover] worker {} killed: {} promoted after {promoted:.3?}; pg_dist_node \
+        "{tag} worker {} killed: {} promoted after {promoted:.3?}; pg_dist_node \
          updated {updated:.3?} after the promotion (loop_wait {} s)",
         old.name(),
         survivor.name(),
@@ -433,17 +441,20 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right() {
     .expect("the candidate leads group 1");
     let after = wait_dist_nodes_match(&cluster, 2, Duration::from_secs(10)).await;
     eprintln!(
-        "[citus-failover] coordinator {} killed, {} took over; worker switchover reflected {after:.3?} \
+        "{tag} coordinator {} killed, {} took over; worker switchover reflected {after:.3?} \
          after the new worker primary answered",
         coordinator.name(),
         next.name()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_citus_bodies_are_refused_and_change_nothing() {
-    let (flavor, cluster) = start("cib", 2, |_, _| {}).await;
-    eprintln!("[citus-bodies] running against {}", flavor.describe());
+async fn bad_citus_bodies_are_refused_and_change_nothing(backend: Backend) {
+    let (flavor, cluster) = start(backend, "cib", 2, |_, _| {}).await;
+    eprintln!(
+        "[citus-bodies/{}] running against {}",
+        backend.label(),
+        flavor.describe()
+    );
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(90)).await;
     let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(5)).await;
     let worker = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
