@@ -1101,6 +1101,7 @@ class Writer(threading.Thread):
         self.dsn = dsn
         self.successes = []  # (attempt start, completion, server port); times are monotonic seconds
         self.acked_ids = []  # bench_writes.id of every acknowledged INSERT, to check none is lost
+        self.failed_attempts = []  # (attempt start, end, first line of the error)
         self.failures = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -1121,9 +1122,11 @@ class Writer(threading.Thread):
                 with self.lock:
                     self.successes.append((started, time.monotonic(), server_port))
                     self.acked_ids.append(row_id)
-            except psycopg2.Error:
+            except psycopg2.Error as error:
+                message = (str(error).strip().splitlines() or [type(error).__name__])[0]
                 with self.lock:
                     self.failures += 1
+                    self.failed_attempts.append((started, time.monotonic(), message))
                 if connection is not None:
                     try:
                         connection.close()
@@ -1152,14 +1155,24 @@ class Writer(threading.Thread):
                     return completed
         return None
 
-    def longest_gap(self):
-        """(gap seconds, completion before, completion after, port before, port after) of the longest
-        interval between two consecutive acknowledged writes, or None with fewer than two."""
+    def longest_gap(self, since):
+        """(gap seconds, completion before, completion after, port before, port after, duration of
+        the attempt that closed the gap) of the longest interval between two consecutive
+        acknowledged writes from the last one acknowledged before `since` on, or None with fewer
+        than two."""
         with self.lock:
-            acked = sorted((completed, port) for _, completed, port in self.successes)
-        gaps = [(later[0] - earlier[0], earlier[0], later[0], earlier[1], later[1])
+            acked = sorted((completed, port, started) for started, completed, port in self.successes)
+        before = [i for i, (completed, _, _) in enumerate(acked) if completed < since]
+        acked = acked[before[-1] if before else 0:]
+        gaps = [(later[0] - earlier[0], earlier[0], later[0], earlier[1], later[1], later[0] - later[2])
                 for earlier, later in zip(acked, acked[1:])]
         return max(gaps) if gaps else None
+
+    def failures_between(self, start, end):
+        """Failed attempts that began in [start, end]: (offset from start, duration, error)."""
+        with self.lock:
+            return [(round(began - start, 3), round(ended - began, 3), message)
+                    for began, ended, message in self.failed_attempts if start <= began <= end]
 
     def successes_on_after(self, port, since):
         """Writes acknowledged by the server on `port` that completed after `since`."""
@@ -1419,8 +1432,13 @@ def measure_switchover(cluster, record):
         writer.stop()
         record["switchover_failed_writes"] = writer.failures
     record["switchover_unavailable_s"] = t_write - t0
-    gap, _, _, port_before, port_after = writer.longest_gap()
+    gap, gap_start, gap_end, port_before, port_after, closing_write = writer.longest_gap(t0)
+    record["switchover_gap_closing_write_s"] = closing_write
     record["switchover_write_gap_s"] = gap
+    record["switchover_gap_starts_after_post_s"] = gap_start - t0
+    # What the client saw during the gap, to tell a server-side wait from a client-side one
+    # (e.g. a connection attempt waiting for connect_timeout).
+    record["switchover_failures_in_gap"] = writer.failures_between(gap_start, gap_end)
     ports = {m.pg_port: m.name for m in cluster.members}
     record["switchover_gap_between"] = [ports.get(port_before, port_before), ports.get(port_after, port_after)]
     t_taken = cluster.watch.first_acquire_after(t0, leader_name)
