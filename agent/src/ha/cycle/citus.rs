@@ -388,6 +388,16 @@ impl CoordinatorEvents {
             return OpReply::text(200, "OK");
         };
         let kind = event.kind;
+        if kind != EventType::BeforeDemote {
+            // Only before_demote makes the sender wait (it must not stop Postgres before writes
+            // are held); the others are applied in order by the manager's queue.
+            tokio::spawn(async move {
+                if let Err(e) = manager.rest_event(event, target).await {
+                    warn!(event = ?kind, "citus event not applied: {e}");
+                }
+            });
+            return OpReply::text(200, "OK");
+        }
         match manager.rest_event(event, target).await {
             Ok(()) => OpReply::text(200, "OK"),
             Err(e) => {
