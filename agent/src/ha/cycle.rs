@@ -98,6 +98,8 @@ pub struct Agent {
     config_reloader: Option<ConfigReloader>,
     /// Citus members: the coordinator's pg_dist_node manager, or a worker's notifications.
     citus: Option<CitusRuntime>,
+    /// `pause` as of the last successful DCS read (kept while the DCS is unreachable).
+    last_known_paused: bool,
 }
 
 /// Reads the configuration file (and environment) again; `Err` names what is wrong.
@@ -158,6 +160,7 @@ impl Agent {
             scheduled_restart: None,
             config_reloader: None,
             citus: None,
+            last_known_paused: false,
         }
     }
 
@@ -195,7 +198,8 @@ impl Agent {
     /// could expire.
     fn guard_instant(&self) -> Option<Instant> {
         let deadline = self.lock_deadline?;
-        if !self.pg_expected_up {
+        // Paused: the primary stays up even if the lock could lapse (nobody promotes).
+        if !self.pg_expected_up || self.last_known_paused {
             return None;
         }
         Some(
@@ -306,6 +310,7 @@ impl Agent {
             }
         };
         if let Some(c) = &cluster {
+            self.last_known_paused = c.is_paused();
             self.apply_dynamic_config(c).await;
         }
         let mut local = self.observe(cluster.as_ref()).await;
@@ -321,6 +326,7 @@ impl Agent {
             local.diverged_from_leader = self.replica_diverged(c, &local).await;
         }
         local.now_ms = chrono::Utc::now().timestamp_millis();
+        local.last_known_paused = self.last_known_paused;
         let settings = self.settings();
         let mut decision = decide(cluster.as_ref(), &local, &settings);
         for attempt in 0..2 {

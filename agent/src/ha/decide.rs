@@ -110,6 +110,9 @@ pub struct LocalState {
     pub diverged_from_leader: bool,
     /// Wall-clock time of this cycle (unix milliseconds): scheduled switchovers are due by it.
     pub now_ms: i64,
+    /// The cluster was in maintenance mode (`pause`) the last time the DCS could be read: with
+    /// the DCS unreachable, a paused primary keeps running (reference §7.7).
+    pub last_known_paused: bool,
 }
 
 /// A peer's answer to `GET /patroni` during the leader race.
@@ -176,8 +179,10 @@ fn plan(actions: Vec<Action>, reason: impl Into<String>) -> Decision {
 /// Decide what to do with a fresh view of the DCS. `cluster` is `None` when the DCS could not be
 /// read within the retry budget.
 pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> Decision {
+    let paused = cluster.map_or(local.last_known_paused, Cluster::is_paused);
     // A lease we can no longer trust: be down before it can expire, whatever else is going on.
-    if local.holds_lock && local.pg_role == PgRole::Primary && local.pg_running {
+    // Maintenance mode is the exception: nobody promotes automatically while paused.
+    if !paused && local.holds_lock && local.pg_role == PgRole::Primary && local.pg_running {
         if let Some(left) = local.lock_expires_in {
             if left <= s.lease_safety_margin {
                 return plan(
@@ -470,6 +475,12 @@ fn failover_request_as_leader(
 }
 
 fn decide_without_dcs(local: &LocalState) -> Decision {
+    if local.last_known_paused {
+        return plan(
+            vec![],
+            "DCS is not accessible and the cluster is paused: no automatic action",
+        );
+    }
     if local.pg_running && local.pg_role == PgRole::Primary {
         plan(
             vec![Action::Demote(DemoteMode::Offline)],
@@ -1080,6 +1091,26 @@ mod tests {
             vec![Action::Demote(DemoteMode::Offline)]
         );
         assert_eq!(decide(None, &replica(1), &settings("b")).actions, vec![]);
+    }
+
+    /// Maintenance mode: a primary is not taken down because the DCS went away (Patroni's
+    /// `_handle_dcs_error` while paused), not even when the lease runs out.
+    #[test]
+    fn dcs_unreachable_while_paused_keeps_the_primary() {
+        let mut l = primary(1);
+        l.last_known_paused = true;
+        assert_eq!(decide(None, &l, &settings("a")).actions, vec![]);
+        l.lock_expires_in = Some(0.5);
+        assert_eq!(decide(None, &l, &settings("a")).actions, vec![]);
+        let mut r = replica(1);
+        r.last_known_paused = true;
+        assert_eq!(decide(None, &r, &settings("b")).actions, vec![]);
+        // Not paused when last seen: the primary goes down as before.
+        l.last_known_paused = false;
+        assert_eq!(
+            decide(None, &l, &settings("a")).actions,
+            vec![Action::Demote(DemoteMode::Offline)]
+        );
     }
 
     #[test]
