@@ -282,6 +282,7 @@ regent_tests::backend_tests! {
     citus_cluster_registers_every_group_and_follows_worker_switchovers: [etcd, kubernetes];
     worker_and_coordinator_failovers_keep_pg_dist_node_right: [etcd, kubernetes];
     bad_citus_bodies_are_refused_and_change_nothing: [etcd];
+    minimum_workers_holds_provisioning_back: [etcd];
 }
 
 async fn citus_cluster_registers_every_group_and_follows_worker_switchovers(backend: Backend) {
@@ -508,6 +509,124 @@ fn describe(e: &tokio_postgres::Error) -> String {
         Some(db) => format!("{} {}", db.code().code(), db.message()),
         None => e.to_string(),
     }
+}
+
+/// `regent.provisioned` rows (role/script) on `member`, empty when the table does not exist yet.
+async fn provisioned(member: &Member) -> Vec<String> {
+    let Ok(client) = citus_client(member).await else {
+        return Vec::new();
+    };
+    client
+        .query(
+            "SELECT role || '/' || script FROM regent.provisioned ORDER BY 1",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+        .unwrap_or_default()
+}
+
+async fn minimum_workers_holds_provisioning_back(backend: Backend) {
+    let scripts = regent_tests::TestDir::new("citus-scripts");
+    let dir = scripts.postgres_subdir("provision");
+    let coordinator_sql = dir.join("10-coordinator.sql");
+    let worker_sql = dir.join("10-worker.sql");
+    std::fs::write(
+        &coordinator_sql,
+        "CREATE TABLE provisioned_events (id bigint PRIMARY KEY);\n\
+         SELECT create_distributed_table('provisioned_events', 'id');\n",
+    )
+    .expect("write the coordinator script");
+    std::fs::write(&worker_sql, "CREATE TABLE worker_local (id int);\n")
+        .expect("write the worker script");
+    for f in [&coordinator_sql, &worker_sql] {
+        regent_tests::process::chown_to_postgres(f);
+    }
+    let (c, w) = (coordinator_sql.clone(), worker_sql.clone());
+    let flavor = ensure_citus();
+    let cluster = TestCluster::builder("cim")
+        .backend(backend)
+        .members(3 * MEMBERS_PER_GROUP)
+        .timing(TIMING)
+        .start_agents(false)
+        .configure(move |i, cfg| {
+            cfg.set(
+                "citus",
+                json!({
+                    "group": i / MEMBERS_PER_GROUP,
+                    "database": CITUS_DATABASE,
+                    "minimum_workers": 2,
+                    "provision": {"coordinator": [c.display().to_string()], "worker": [w.display().to_string()]},
+                }),
+            );
+        })
+        .start()
+        .await;
+    let tag = format!("[citus-provision/{}]", backend.label());
+    eprintln!("{tag} running against {}", flavor.describe());
+    // The coordinator group and one worker group only.
+    for m in group_members(&cluster, 0)
+        .into_iter()
+        .chain(group_members(&cluster, 1))
+    {
+        m.start();
+    }
+    let worker = wait_group_primary(&cluster, 1, Duration::from_secs(90)).await;
+    poll_until(Duration::from_secs(60), || async {
+        provisioned(worker)
+            .await
+            .contains(&"worker/10-worker.sql".to_string())
+            .then_some(())
+    })
+    .await
+    .expect("the worker group's script ran");
+    let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(60)).await;
+    // The coordinator has registered the one worker group and says it waits for a second.
+    poll_until(Duration::from_secs(30), || async {
+        let nodes = dist_nodes(coordinator).await.ok()?;
+        let waiting = coordinator
+            .log_contents()
+            .lines()
+            .any(|l| l.contains("provisioning waits") && l.contains("registered=1"));
+        (nodes.contains_key(&1) && waiting).then_some(())
+    })
+    .await
+    .expect("the coordinator registers group 1 and waits for minimum_workers");
+    assert!(
+        !provisioned(coordinator)
+            .await
+            .iter()
+            .any(|r| r.starts_with("coordinator/")),
+        "the coordinator script ran with one worker group of two"
+    );
+    let started = Instant::now();
+    for m in group_members(&cluster, 2) {
+        m.start();
+    }
+    poll_until(Duration::from_secs(90), || async {
+        provisioned(coordinator)
+            .await
+            .contains(&"coordinator/10-coordinator.sql".to_string())
+            .then_some(())
+    })
+    .await
+    .expect("the coordinator script runs once two worker groups are registered");
+    eprintln!(
+        "{tag} coordinator script ran {:.3?} after the second worker group was started",
+        started.elapsed()
+    );
+    // Each script ran exactly once, and the second worker group ran its own.
+    let worker2 = wait_group_primary(&cluster, 2, Duration::from_secs(30)).await;
+    poll_until(Duration::from_secs(60), || async {
+        provisioned(worker2)
+            .await
+            .contains(&"worker/10-worker.sql".to_string())
+            .then_some(())
+    })
+    .await
+    .expect("the second worker group's script ran");
+    let rows = provisioned(coordinator).await;
+    assert_eq!(rows, vec!["coordinator/10-coordinator.sql".to_string()]);
 }
 
 async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, String) {

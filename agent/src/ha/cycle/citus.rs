@@ -41,6 +41,8 @@ pub struct CitusRuntime {
     /// Provisioning scripts have run (or there are none) in this process.
     provisioned: bool,
     provisioning: Option<tokio::task::JoinHandle<bool>>,
+    /// The (registered, with a leader) worker group counts last logged while waiting.
+    provision_wait_logged: Option<(usize, usize)>,
 }
 
 impl CitusRuntime {
@@ -52,6 +54,7 @@ impl CitusRuntime {
             published_primary: false,
             provisioned: false,
             provisioning: None,
+            provision_wait_logged: None,
         }
     }
 
@@ -244,23 +247,27 @@ impl Agent {
         if rt.group == 0 {
             // Worker groups must be registered first: scripts typically distribute tables.
             let registered = rt.manager().map_or(0, |m| {
-                let mut groups: Vec<i32> = m
-                    .nodes()
+                m.nodes()
                     .iter()
                     .filter(|n| n.groupid > 0 && n.noderole == "primary")
                     .map(|n| n.groupid)
-                    .collect();
-                groups.dedup();
-                groups.len()
+                    .collect::<std::collections::BTreeSet<i32>>()
+                    .len()
             });
             let with_leader = cluster.map_or(0, |c| {
                 c.workers.values().filter(|w| w.leader.is_some()).count()
             });
             if registered.min(with_leader) < minimum_workers as usize {
-                debug!(
-                    registered,
-                    with_leader, minimum_workers, "provisioning waits for worker groups"
-                );
+                let seen = Some((registered, with_leader));
+                if rt.provision_wait_logged != seen {
+                    info!(
+                        registered,
+                        with_leader,
+                        minimum_workers,
+                        "provisioning waits for minimum_workers worker groups"
+                    );
+                    rt.provision_wait_logged = seen;
+                }
                 return;
             }
         }
