@@ -283,6 +283,7 @@ regent_tests::backend_tests! {
     worker_and_coordinator_failovers_keep_pg_dist_node_right: [etcd, kubernetes];
     bad_citus_bodies_are_refused_and_change_nothing: [etcd];
     minimum_workers_holds_provisioning_back: [etcd];
+    coordinator_and_worker_switchovers_at_once_do_not_deadlock: [etcd];
 }
 
 async fn citus_cluster_registers_every_group_and_follows_worker_switchovers(backend: Backend) {
@@ -509,6 +510,67 @@ fn describe(e: &tokio_postgres::Error) -> String {
         Some(db) => format!("{} {}", db.code().code(), db.message()),
         None => e.to_string(),
     }
+}
+
+/// A coordinator switchover while a worker switchover holds writes on the coordinator: both
+/// finish, pg_dist_node ends right, and writes through the coordinator work again.
+async fn coordinator_and_worker_switchovers_at_once_do_not_deadlock(backend: Backend) {
+    let (flavor, cluster) = start(backend, "cid", 2, |_, _| {}).await;
+    let tag = format!("[citus-both/{}]", backend.label());
+    eprintln!("{tag} running against {}", flavor.describe());
+    wait_dist_nodes_match(&cluster, 2, Duration::from_secs(90)).await;
+    create_distributed_table(&cluster).await;
+    let mut pairs = Vec::new();
+    for group in [0, 1] {
+        let old = wait_group_primary(&cluster, group, Duration::from_secs(5)).await;
+        let candidate = group_members(&cluster, group)
+            .into_iter()
+            .find(|m| m.name() != old.name())
+            .expect("a second member");
+        wait_streaming(candidate).await;
+        pairs.push((group, old, candidate));
+    }
+    let started = Instant::now();
+    let requests = pairs.iter().map(|(_, old, candidate)| {
+        post(
+            old,
+            "/switchover",
+            json!({"leader": old.name(), "candidate": candidate.name()}),
+        )
+    });
+    for (code, text) in futures_util::future::join_all(requests).await {
+        assert_eq!(code, 200, "switchover: {text}");
+    }
+    for (group, _, candidate) in &pairs {
+        poll_until(Duration::from_secs(30), || async {
+            group_primary(&cluster, *group)
+                .await
+                .filter(|m| m.name() == candidate.name())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{} leads group {group}", candidate.name()));
+    }
+    wait_dist_nodes_match(&cluster, 2, Duration::from_secs(30)).await;
+    let settled = started.elapsed();
+    let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(5)).await;
+    let client = citus_client(coordinator).await.expect("connect");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.execute(
+            "INSERT INTO events SELECT g, 'z' FROM generate_series(1, 50) g",
+            &[],
+        ),
+    )
+    .await
+    .expect("writes are not held after both switchovers")
+    .expect("insert");
+    eprintln!(
+        "{tag} both switchovers done, pg_dist_node right {:.3?} after they started",
+        started
+            .elapsed()
+            .saturating_sub(Duration::ZERO)
+            .max(matched)
+    );
 }
 
 /// `regent.provisioned` rows (role/script) on `member`, empty when the table does not exist yet.
