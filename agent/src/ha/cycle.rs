@@ -374,6 +374,8 @@ impl Agent {
             lease_safety_margin: self.safety_margin(),
             max_primary_start_failures: 3,
             loop_wait: self.dynamic.loop_wait,
+            synchronous_mode: self.dynamic.synchronous_mode
+                && self.dynamic.standby_cluster.is_none(),
         }
     }
 

@@ -141,6 +141,9 @@ pub struct Settings {
     pub max_primary_start_failures: u32,
     /// Seconds between cycles: a scheduled switchover this late is stale.
     pub loop_wait: u32,
+    /// `synchronous_mode`: only the members named in the `sync` object may take the lock
+    /// automatically, and a switchover goes to a synchronous standby (reference §7.8).
+    pub synchronous_mode: bool,
 }
 
 impl Default for Settings {
@@ -155,6 +158,7 @@ impl Default for Settings {
             lease_safety_margin: 2.0,
             max_primary_start_failures: 3,
             loop_wait: 10,
+            synchronous_mode: false,
         }
     }
 }
@@ -453,12 +457,19 @@ fn failover_request_as_leader(
                 && m.data.is_running()
                 && m.data.role == Role::Replica
                 && m.data.tags.can_be_leader()
+                // Synchronous mode: an asynchronous standby may miss acknowledged writes.
+                && (!s.synchronous_mode || is_sync_standby(cluster, name))
         })
     };
     match candidate {
         Some(c) if eligible(c) => Some(LeaderFailoverStep::HandOver(format!(
             "switchover to {c} requested: handing over the leadership"
         ))),
+        Some(c) if s.synchronous_mode && !is_sync_standby(cluster, c) => {
+            Some(LeaderFailoverStep::Clear(format!(
+                "switchover candidate {c} is not a synchronous standby: removing the request"
+            )))
+        }
         Some(c) => Some(LeaderFailoverStep::Clear(format!(
             "switchover candidate {c} is not a running replica that may lead: removing the request"
         ))),
@@ -640,6 +651,17 @@ fn requested_candidate(cluster: &Cluster) -> Option<&str> {
         .and_then(|f| f.member.as_deref())
 }
 
+/// Is `name` listed as a synchronous standby in the `sync` object?
+fn is_sync_standby(cluster: &Cluster, name: &str) -> bool {
+    cluster.sync.sync_standby.iter().any(|n| n == name)
+}
+
+/// Does the `sync` object name this member, as its leader or one of its standbys? An empty
+/// `sync` (no leader) names nobody and restricts nobody.
+fn sync_names(cluster: &Cluster, name: &str) -> bool {
+    cluster.sync.leader.as_deref() == Some(name) || is_sync_standby(cluster, name)
+}
+
 /// Am I the member that should take a free lock? (reference §7.4)
 fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, String) {
     if !s.tags.can_be_leader() {
@@ -658,6 +680,15 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
     // The named candidate of a manual failover takes the lock whatever its lag (Patroni).
     if requested_candidate(cluster) == Some(s.name.as_str()) {
         return (true, "I am the requested failover candidate".into());
+    }
+    // Synchronous mode: only the last leader and its synchronous standbys are known to hold every
+    // acknowledged write; an asynchronous replica never promotes on its own.
+    let sync_active = s.synchronous_mode && cluster.sync.leader.is_some();
+    if sync_active && !sync_names(cluster, &s.name) {
+        return (
+            false,
+            "synchronous_mode: I am not a synchronous standby".into(),
+        );
     }
     if let Some(optime) = cluster.status.optime {
         let lag = optime.saturating_sub(local.wal_position);
@@ -691,6 +722,11 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
             );
         }
         if !peer.tags.can_be_leader() {
+            continue;
+        }
+        // Synchronous mode: only the other synchronous standbys compete; asynchronous members
+        // and the former leader do not, however far their WAL goes.
+        if sync_active && !is_sync_standby(cluster, &peer.name) {
             continue;
         }
         if peer.wal_position > local.wal_position {
@@ -1553,5 +1589,150 @@ mod tests {
             let d = decide(Some(&cluster), &primary(100), &settings("a"));
             assert_eq!(d.actions, expected, "{what}: {}", d.reason);
         }
+    }
+
+    fn sync_settings(name: &str) -> Settings {
+        Settings {
+            synchronous_mode: true,
+            ..settings(name)
+        }
+    }
+
+    /// The old leader `a` is gone; `sync` names `b` as its synchronous standby, `c` is async.
+    fn sync_cluster(leader: Option<&str>) -> Cluster {
+        let mut c = initialized(leader);
+        c.sync = dcs::SyncState {
+            leader: Some("a".into()),
+            sync_standby: vec!["b".into()],
+            ..Default::default()
+        };
+        c
+    }
+
+    /// Synchronous mode (reference §7.4/§7.8): only the `sync` leader or a listed standby takes
+    /// a free lock, so an asynchronous replica that may miss acknowledged writes never promotes,
+    /// whatever its WAL position. `synchronous_mode_strict` changes what the primary waits for,
+    /// not this rule, so the same table holds for it.
+    #[test]
+    fn synchronous_mode_only_sync_members_take_the_lock() {
+        let free = sync_cluster(None);
+        let promote = vec![Action::AcquireLock, Action::Promote, Action::EnsureSlots];
+        let wait = vec![Action::Follow { leader: None }];
+        // (what, me, my wal, peers, synchronous_mode, expected)
+        type SyncCase = (
+            &'static str,
+            &'static str,
+            u64,
+            Vec<PeerStatus>,
+            bool,
+            Vec<Action>,
+        );
+        let cases: Vec<SyncCase> = vec![
+            (
+                "async replica ahead of the sync standby stays a replica",
+                "c",
+                900,
+                vec![peer("b", 100, json!({}))],
+                true,
+                wait.clone(),
+            ),
+            (
+                "async replica alone stays a replica",
+                "c",
+                900,
+                vec![],
+                true,
+                wait.clone(),
+            ),
+            (
+                "sync standby behind an async replica promotes",
+                "b",
+                100,
+                vec![peer("c", 900, json!({}))],
+                true,
+                promote.clone(),
+            ),
+            (
+                "sync standby alone promotes",
+                "b",
+                100,
+                vec![],
+                true,
+                promote.clone(),
+            ),
+            (
+                "without synchronous_mode the most advanced replica wins",
+                "c",
+                900,
+                vec![peer("b", 100, json!({}))],
+                false,
+                promote.clone(),
+            ),
+            (
+                "without synchronous_mode the sync standby behind waits",
+                "b",
+                100,
+                vec![peer("c", 900, json!({}))],
+                false,
+                wait.clone(),
+            ),
+        ];
+        for (what, me, wal, peers, sync_mode, expected) in cases {
+            let mut local = replica(wal);
+            local.peers = peers;
+            let s = if sync_mode {
+                sync_settings(me)
+            } else {
+                settings(me)
+            };
+            assert_eq!(decide(Some(&free), &local, &s).actions, expected, "{what}");
+        }
+        // An empty `sync` (no leader recorded) restricts nobody.
+        let mut empty = free.clone();
+        empty.sync = dcs::SyncState::default();
+        assert_eq!(
+            decide(Some(&empty), &replica(900), &sync_settings("c")).actions,
+            promote
+        );
+        // The former leader named in `sync` may take the lock back.
+        let mut l = replica(100);
+        l.peers = vec![peer("b", 100, json!({}))];
+        assert_eq!(
+            decide(Some(&free), &l, &sync_settings("a")).actions,
+            promote
+        );
+    }
+
+    /// A switchover in synchronous mode goes to a synchronous standby only.
+    #[test]
+    fn synchronous_mode_switchover_needs_a_sync_standby() {
+        let handover = vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)];
+        let clear = vec![Action::RenewLock, Action::ClearFailover];
+        let mut to_async = with_request(Some("a"), Some("c"), None);
+        to_async.sync = sync_cluster(Some("a")).sync;
+        assert_eq!(
+            decide(Some(&to_async), &primary(100), &sync_settings("a")).actions,
+            clear
+        );
+        assert_eq!(
+            decide(Some(&to_async), &primary(100), &settings("a")).actions,
+            handover
+        );
+        let mut to_sync = with_request(Some("a"), Some("b"), None);
+        to_sync.sync = to_async.sync.clone();
+        assert_eq!(
+            decide(Some(&to_sync), &primary(100), &sync_settings("a")).actions,
+            handover
+        );
+        // No candidate named and no synchronous standby: nobody may take over.
+        let mut anyone = with_request(Some("a"), None, None);
+        anyone.sync = dcs::SyncState {
+            leader: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(Some(&anyone), &primary(100), &sync_settings("a")).actions,
+            clear
+        );
     }
 }
