@@ -246,6 +246,32 @@ fn value_text(name: &str, value: &Value) -> Result<Option<String>, PgError> {
     }
 }
 
+/// `synchronous_standby_names` for these standbys, as Patroni writes it: one name, or
+/// `N (a,b)` for several; names that are not plain lower-case identifiers are double-quoted.
+pub fn synchronous_standby_names_for(names: &[String]) -> String {
+    let quoted: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let plain = n
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            if plain {
+                n.clone()
+            } else {
+                format!("\"{}\"", n.replace('"', "\"\""))
+            }
+        })
+        .collect();
+    match quoted.len() {
+        0 => String::new(),
+        1 => quoted[0].clone(),
+        n => format!("{n} ({})", quoted.join(",")),
+    }
+}
+
 /// The complete set of parameters we render into postgresql.conf, values unquoted.
 pub(super) fn managed_parameters(
     settings: &PgSettings,
@@ -421,6 +447,20 @@ pub(super) fn diff_needs_restart(
 }
 
 impl Postgres {
+    /// Synchronous mode's choice of `synchronous_standby_names` (`None`: as configured), used
+    /// by the next `write_config`. Returns whether it changed.
+    pub fn set_synchronous_standby_names(&mut self, names: Option<String>) -> bool {
+        if self.synchronous_standby_names == names {
+            return false;
+        }
+        self.synchronous_standby_names = names;
+        true
+    }
+
+    pub fn synchronous_standby_names(&self) -> Option<&str> {
+        self.synchronous_standby_names.as_deref()
+    }
+
     /// Render postgresql.conf, pg_hba.conf, standby.signal and the passfile for `role`.
     /// Moves initdb's postgresql.conf to postgresql.base.conf the first time.
     pub fn write_config(&self, role: ConfRole) -> Result<ConfChange, PgError> {
@@ -440,7 +480,10 @@ impl Postgres {
 
         change.changed |= self.write_pgpass()?;
 
-        let params = managed_parameters(&self.settings, &role, &self.pgpass_path())?;
+        let mut params = managed_parameters(&self.settings, &role, &self.pgpass_path())?;
+        if let Some(names) = &self.synchronous_standby_names {
+            params.insert("synchronous_standby_names".into(), names.clone());
+        }
         let new_text = render_conf(&params);
         let old_text = std::fs::read_to_string(&conf_path).unwrap_or_default();
         if old_text != new_text {
@@ -778,5 +821,41 @@ mod unit_tests {
         let mut s = settings();
         s.pg_hba = vec!["local all all trust".into()];
         assert!(render_hba(&s).ends_with("\nlocal all all trust\n"));
+    }
+
+    #[test]
+    fn synchronous_standby_names_as_patroni_writes_them() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(synchronous_standby_names_for(&[]), "");
+        assert_eq!(synchronous_standby_names_for(&names(&["m2"])), "m2");
+        assert_eq!(synchronous_standby_names_for(&names(&["pg-1"])), "\"pg-1\"");
+        assert_eq!(
+            synchronous_standby_names_for(&names(&["a", "Node\"x"])),
+            "2 (a,\"Node\"\"x\")"
+        );
+    }
+
+    #[test]
+    fn synchronous_mode_overrides_the_configured_names() {
+        let dir = std::env::temp_dir().join(format!("regent-ssn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = settings();
+        s.data_dir = dir.clone();
+        s.parameters
+            .insert("synchronous_standby_names".into(), json!("configured"));
+        let mut pg = Postgres::new(s).unwrap();
+        let conf = |pg: &Postgres| {
+            pg.write_config(ConfRole::Primary).unwrap();
+            std::fs::read_to_string(dir.join(CONF)).unwrap()
+        };
+        assert!(conf(&pg).contains("synchronous_standby_names = 'configured'"));
+        assert!(pg.set_synchronous_standby_names(Some("*".into())));
+        assert!(!pg.set_synchronous_standby_names(Some("*".into())));
+        assert!(conf(&pg).contains("synchronous_standby_names = '*'"));
+        pg.set_synchronous_standby_names(Some(String::new()));
+        assert!(conf(&pg).contains("synchronous_standby_names = ''"));
+        pg.set_synchronous_standby_names(None);
+        assert!(conf(&pg).contains("synchronous_standby_names = 'configured'"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 // The public API of this module; not every item is referenced by the agent yet.
 #[allow(unused_imports)]
-pub use conf::{slot_name_for, ConfChange, ConfRole};
+pub use conf::{slot_name_for, synchronous_standby_names_for, ConfChange, ConfRole};
 #[allow(unused_imports)]
 pub use query::{PgObservation, RemoteTimeline, ReplicationRow, TimelineSwitch};
 #[allow(unused_imports)]
@@ -230,6 +230,9 @@ pub struct Postgres {
     stop_requested: bool,
     unexpected_exit: Option<std::process::ExitStatus>,
     client: Option<tokio_postgres::Client>,
+    /// `synchronous_standby_names` chosen by synchronous mode; `None` leaves the parameter as
+    /// configured.
+    synchronous_standby_names: Option<String>,
 }
 
 impl Postgres {
@@ -243,6 +246,7 @@ impl Postgres {
             stop_requested: false,
             unexpected_exit: None,
             client: None,
+            synchronous_standby_names: None,
         };
         pg.set_settings(settings)?;
         Ok(pg)
