@@ -20,6 +20,7 @@ use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutco
 
 mod citus;
 mod ops;
+mod sync;
 
 pub use citus::{CitusRuntime, CoordinatorEvents};
 
@@ -100,6 +101,8 @@ pub struct Agent {
     citus: Option<CitusRuntime>,
     /// `pause` as of the last successful DCS read (kept while the DCS is unreachable).
     last_known_paused: bool,
+    /// Synchronous mode: the flush position noted after synchronous_standby_names changed.
+    sync_since_lsn: Option<u64>,
 }
 
 /// Reads the configuration file (and environment) again; `Err` names what is wrong.
@@ -161,6 +164,7 @@ impl Agent {
             config_reloader: None,
             citus: None,
             last_known_paused: false,
+            sync_since_lsn: None,
         }
     }
 
@@ -348,6 +352,7 @@ impl Agent {
             let due = Duration::from_secs_f64(secs.clamp(0.05, loop_wait));
             self.next_cycle_soon = Some(self.next_cycle_soon.map_or(due, |d| d.min(due)));
         }
+        self.sync_after_cycle(cluster.as_ref()).await;
         self.publish_member().await;
         self.citus_after_cycle(cluster.as_ref()).await;
         self.last_cluster = cluster;
