@@ -123,6 +123,12 @@ impl Agent {
         request: &FailoverRequest,
     ) -> Result<(), String> {
         let members = failover_candidates(cluster, request)?;
+        let members = super::sync::restrict_failover_candidates(
+            cluster,
+            request,
+            self.sync_settings().enabled,
+            members,
+        )?;
         let checks = members.iter().map(|m| {
             let http = self.http.clone();
             let url = m.data.api_url.clone();

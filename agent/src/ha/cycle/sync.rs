@@ -17,7 +17,8 @@
 
 use std::cmp::Reverse;
 
-use dcs::{Cluster, Role, SyncState};
+use dcs::{Cluster, Member, Role, SyncState};
+use rest::{FailoverAction, FailoverRequest};
 use tracing::{info, warn};
 
 use super::{Agent, SOON};
@@ -187,8 +188,45 @@ fn choose_standbys(s: &SyncSettings, v: &PrimaryView) -> Vec<String> {
         .collect()
 }
 
+/// Synchronous mode's part of checking a `POST /switchover`/`/failover` (Patroni's
+/// is_failover_possible): a switchover goes to a synchronous standby only, and without a named
+/// candidate only the synchronous standbys are candidates. A failover to a named asynchronous
+/// member stays possible: it is the operator's explicit choice. `Err` is Patroni's 412 text.
+pub(super) fn restrict_failover_candidates<'a>(
+    cluster: &Cluster,
+    request: &FailoverRequest,
+    synchronous_mode: bool,
+    candidates: Vec<&'a Member>,
+) -> Result<Vec<&'a Member>, String> {
+    if !synchronous_mode {
+        return Ok(candidates);
+    }
+    let is_sync = |name: &str| cluster.sync.sync_standby.iter().any(|n| n == name);
+    match request.candidate.as_deref() {
+        Some(candidate) => {
+            if request.action == FailoverAction::Switchover && !is_sync(candidate) {
+                return Err("candidate name does not match with sync_standby".into());
+            }
+            Ok(candidates)
+        }
+        None => {
+            let sync: Vec<&Member> = candidates
+                .into_iter()
+                .filter(|m| is_sync(&m.name))
+                .collect();
+            if sync.is_empty() {
+                return Err(format!(
+                    "{} is not possible: can not find sync_standby",
+                    request.action.name()
+                ));
+            }
+            Ok(sync)
+        }
+    }
+}
+
 impl Agent {
-    fn sync_settings(&self) -> SyncSettings {
+    pub(super) fn sync_settings(&self) -> SyncSettings {
         SyncSettings {
             enabled: self.dynamic.synchronous_mode && self.dynamic.standby_cluster.is_none(),
             strict: self.dynamic.synchronous_mode_strict,
@@ -557,5 +595,48 @@ mod tests {
         );
         assert_eq!(plan(&off, &cluster(None, &[]), &[], None, None), vec![]);
         assert_eq!(plan_replica(&off, Some("*")), Some(Ssn(None)));
+    }
+
+    #[test]
+    fn switchover_requests_in_synchronous_mode() {
+        let c = cluster(Some("a"), &["b"]);
+        let all: Vec<&Member> = c.members.iter().filter(|m| m.name != "a").collect();
+        let request = |action, candidate: Option<&str>| FailoverRequest {
+            action,
+            leader: Some("a".into()),
+            candidate: candidate.map(Into::into),
+            scheduled_at: None,
+        };
+        let check = |r: &FailoverRequest, sync_mode: bool| {
+            restrict_failover_candidates(&c, r, sync_mode, all.clone())
+                .map(|v| v.iter().map(|m| m.name.clone()).collect::<Vec<_>>())
+        };
+        let to_async = request(FailoverAction::Switchover, Some("c"));
+        assert_eq!(
+            check(&to_async, true),
+            Err("candidate name does not match with sync_standby".into())
+        );
+        assert_eq!(check(&to_async, false), Ok(names(&["b", "c"])));
+        assert_eq!(
+            check(&request(FailoverAction::Switchover, Some("b")), true),
+            Ok(names(&["b", "c"]))
+        );
+        // A failover to a named member is the operator's choice, even an async one.
+        assert!(check(&request(FailoverAction::Failover, Some("c")), true).is_ok());
+        assert_eq!(
+            check(&request(FailoverAction::Switchover, None), true),
+            Ok(names(&["b"]))
+        );
+        let none = cluster(Some("a"), &[]);
+        assert_eq!(
+            restrict_failover_candidates(
+                &none,
+                &request(FailoverAction::Switchover, None),
+                true,
+                all.clone()
+            )
+            .map(|v| v.len()),
+            Err("switchover is not possible: can not find sync_standby".into())
+        );
     }
 }
