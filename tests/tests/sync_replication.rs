@@ -1,0 +1,428 @@
+//! Synchronous replication (`synchronous_mode`) on real clusters: the leader names one streaming
+//! replica as synchronous (the `sync` object and pg_stat_replication agree), only that member may
+//! take over, a switchover to an asynchronous member is refused, no acknowledged write is lost
+//! across a crash of the leader, and in strict mode writes wait while no standby is there.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use regent_tests::config::{Backend, MemberConfig};
+use regent_tests::member::Member;
+use regent_tests::writer::{missing_ids, written_ids};
+use regent_tests::{poll_until, wait_until_ok, TestCluster, Writer};
+use serde_json::{json, Value};
+
+const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
+const SYNC_DEADLINE: Duration = Duration::from_secs(60);
+const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
+
+regent_tests::backend_tests! {
+    only_the_sync_standby_takes_over: [etcd, kubernetes];
+    strict_mode_holds_writes_without_a_standby: [etcd, kubernetes];
+}
+
+fn synchronous(strict: bool) -> impl Fn(usize, &mut MemberConfig) + Send + Sync + 'static {
+    move |_, config: &mut MemberConfig| {
+        config.set("bootstrap.dcs.synchronous_mode", true);
+        config.set("bootstrap.dcs.synchronous_mode_strict", strict);
+    }
+}
+
+/// The `sync` object as (leader, sorted standbys), whatever the backend.
+async fn sync_object(cluster: &TestCluster) -> Option<(String, Vec<String>)> {
+    let raw = cluster.dcs_get("sync").await?;
+    let value: Value = serde_json::from_str(&raw).ok()?;
+    let leader = value.get("leader")?.as_str()?.to_string();
+    let mut standbys: Vec<String> = value
+        .get("sync_standby")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    standbys.sort();
+    Some((leader, standbys))
+}
+
+/// `application_name` → `sync_state` on `leader`.
+async fn replication_states(leader: &Member) -> Result<Vec<(String, String)>> {
+    let client = leader.pg_client().await?;
+    let rows = client
+        .query(
+            "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY 1",
+            &[],
+        )
+        .await
+        .context("pg_stat_replication")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Wait until the `sync` object, owned by `leader`, names exactly one standby, Postgres on the
+/// leader shows that one `sync` and every other streaming member `async`, and `expected_async`
+/// replicas stream; returns the synchronous standby's name.
+async fn wait_for_one_sync_standby(
+    cluster: &TestCluster,
+    leader: &str,
+    expected_async: usize,
+) -> String {
+    let leader_member = cluster.member(leader);
+    wait_until_ok(
+        &format!("{leader} with one synchronous standby"),
+        SYNC_DEADLINE,
+        || async {
+            let Some((owner, standbys)) = sync_object(cluster).await else {
+                bail!("no sync object");
+            };
+            if owner != leader {
+                bail!("sync object owned by {owner}");
+            }
+            let [standby] = standbys.as_slice() else {
+                bail!("sync standbys {standbys:?}");
+            };
+            let states = replication_states(leader_member).await?;
+            let sync: Vec<&str> = states
+                .iter()
+                .filter(|(_, s)| s == "sync")
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let asynchronous = states.iter().filter(|(_, s)| s == "async").count();
+            if sync != [standby.as_str()] || asynchronous != expected_async {
+                bail!("sync object names {standby}, pg_stat_replication shows {states:?}");
+            }
+            Ok(standby.clone())
+        },
+    )
+    .await
+}
+
+async fn post(url: &str, body: Value) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .timeout(Duration::from_secs(30))
+        .json(&body)
+        .send()
+        .await
+        .expect("REST request");
+    let code = response.status().as_u16();
+    (code, response.text().await.unwrap_or_default())
+}
+
+async fn metrics(member: &Member) -> String {
+    reqwest::get(format!("{}/metrics", member.api_base()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+fn sync_standby_gauge(text: &str) -> Option<&str> {
+    text.lines()
+        .find(|l| l.starts_with("patroni_sync_standby{"))
+        .and_then(|l| l.rsplit(' ').next())
+}
+
+/// Every row the writer had acknowledged is on `member`.
+async fn assert_nothing_lost(member: &Member, acked: &[i64], tag: &str) {
+    let client = member.pg_client().await.expect("connect to the new leader");
+    let present = written_ids(&client).await.expect("rows on the new leader");
+    let lost = missing_ids(acked, &present);
+    assert!(
+        lost.is_empty(),
+        "{tag}: acknowledged rows lost on {}: {lost:?}",
+        member.name()
+    );
+}
+
+/// Watch `member` for `window` after the lock became free: it must never leave recovery. The
+/// window starts once its log shows that it considered the free lock and refused it.
+async fn assert_stays_replica(member: &Member, window: Duration) {
+    wait_until_ok(
+        &format!(
+            "{} refusing the free lock as an asynchronous member",
+            member.name()
+        ),
+        Duration::from_secs(60),
+        || async {
+            if member
+                .log_contents()
+                .contains("synchronous_mode: I am not a synchronous standby")
+            {
+                Ok(())
+            } else {
+                bail!("not yet")
+            }
+        },
+    )
+    .await;
+    let promoted = poll_until(window, || async {
+        matches!(member.pg_in_recovery().await, Ok(false)).then_some(())
+    })
+    .await;
+    assert!(
+        promoted.is_none(),
+        "{} (asynchronous) promoted while the synchronous standby was down",
+        member.name()
+    );
+}
+
+async fn only_the_sync_standby_takes_over(backend: Backend) {
+    let cluster = TestCluster::builder("sync")
+        .backend(backend)
+        .members(3)
+        .configure(synchronous(false))
+        .start()
+        .await;
+    let tag = format!("[sync/{}]", backend.label());
+    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
+        .await;
+    let standby = wait_for_one_sync_standby(&cluster, &leader, 1).await;
+    let async_name = cluster
+        .others(&leader)
+        .iter()
+        .map(|m| m.name().to_string())
+        .find(|n| *n != standby)
+        .expect("a third member");
+    println!("{tag} leader {leader}, sync standby {standby}, async {async_name}");
+
+    // What clients and patronictl see.
+    let sync_member = cluster.member(&standby);
+    let async_member = cluster.member(&async_name);
+    assert_eq!(sync_member.api_status("/sync").await, Some(200));
+    assert_eq!(async_member.api_status("/sync").await, Some(503));
+    assert_eq!(async_member.api_status("/async").await, Some(200));
+    assert_eq!(sync_member.api_status("/async").await, Some(503));
+    let (_, listing) = cluster
+        .member(&leader)
+        .api_get("/cluster")
+        .await
+        .expect("GET /cluster");
+    let role_of = |name: &str| {
+        listing["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+            .and_then(|m| m["role"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(role_of(&standby).as_deref(), Some("sync_standby"));
+    assert_eq!(role_of(&async_name).as_deref(), Some("replica"));
+    assert_eq!(sync_standby_gauge(&metrics(sync_member).await), Some("1"));
+    assert_eq!(sync_standby_gauge(&metrics(async_member).await), Some("0"));
+
+    // A switchover to the asynchronous member is refused; nothing changes.
+    let api = cluster.member(&leader).api_base();
+    let (code, text) = post(
+        &format!("{api}/switchover"),
+        json!({"leader": leader, "candidate": async_name}),
+    )
+    .await;
+    assert_eq!(
+        (code, text.as_str()),
+        (412, "candidate name does not match with sync_standby")
+    );
+    assert!(cluster.dcs_get("failover").await.is_none_or(|f| {
+        serde_json::from_str::<Value>(&f).is_ok_and(|v| v.get("member").is_none_or(Value::is_null))
+    }));
+
+    // Crash of the leader (agent and Postgres): the sync standby takes over with every
+    // acknowledged write; the asynchronous member does not.
+    let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
+    wait_until_ok(
+        "writer acknowledged rows",
+        Duration::from_secs(20),
+        || async {
+            if writer.acked_count() > 20 {
+                Ok(())
+            } else {
+                bail!("{} acknowledged", writer.acked_count())
+            }
+        },
+    )
+    .await;
+    let killed_at = Instant::now();
+    cluster.member(&leader).kill9_with_postmaster();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
+    assert_eq!(new_leader, standby, "the synchronous standby took over");
+    wait_until_ok(
+        "a write acknowledged by the new leader",
+        Duration::from_secs(30),
+        || async {
+            match writer.snapshot().first_ack_after(killed_at) {
+                Some(_) => Ok(()),
+                None => bail!("no write acknowledged since the crash"),
+            }
+        },
+    )
+    .await;
+    let report = writer.stop().await;
+    let writable_after = report
+        .first_ack_after(killed_at)
+        .expect("a write acknowledged after the crash")
+        - killed_at;
+    println!(
+        "{tag} kill -9 of {leader}: {standby} accepted writes after {:.3} s (ttl {} s); {}",
+        writable_after.as_secs_f64(),
+        cluster.ttl().as_secs(),
+        report.summary()
+    );
+    assert_eq!(cluster.sql_primaries().await, vec![standby.clone()]);
+    assert_nothing_lost(sync_member, &report.acked, &tag).await;
+
+    // The old leader rejoins; the new leader picks a synchronous standby among the two.
+    cluster.member(&leader).restart();
+    cluster
+        .wait_for_member_streaming(&leader, &standby, REJOIN_DEADLINE)
+        .await;
+    cluster
+        .wait_for_member_streaming(&async_name, &standby, REJOIN_DEADLINE)
+        .await;
+    let second_sync = wait_for_one_sync_standby(&cluster, &standby, 1).await;
+    let second_async = cluster
+        .others(&standby)
+        .iter()
+        .map(|m| m.name().to_string())
+        .find(|n| *n != second_sync)
+        .expect("an asynchronous member");
+    println!("{tag} leader {standby}, sync standby {second_sync}, async {second_async}");
+
+    // Leader and sync standby crash together: the asynchronous member, the only one left, must
+    // not promote (it may miss acknowledged writes). The sync standby, once back, takes over
+    // with everything.
+    let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
+    wait_until_ok(
+        "writer acknowledged rows",
+        Duration::from_secs(20),
+        || async {
+            if writer.acked_count() > 20 {
+                Ok(())
+            } else {
+                bail!("{} acknowledged", writer.acked_count())
+            }
+        },
+    )
+    .await;
+    cluster.member(&standby).kill9_with_postmaster();
+    cluster.member(&second_sync).kill9_with_postmaster();
+    let report = writer.stop().await;
+    assert_stays_replica(cluster.member(&second_async), cluster.ttl()).await;
+    assert!(
+        matches!(
+            cluster.member(&second_async).pg_in_recovery().await,
+            Ok(true)
+        ),
+        "{second_async} is still a running replica"
+    );
+    cluster.member(&second_sync).restart();
+    let last_leader = cluster.wait_for_leader(Duration::from_secs(90)).await;
+    assert_eq!(
+        last_leader, second_sync,
+        "the synchronous standby took over"
+    );
+    assert_nothing_lost(cluster.member(&second_sync), &report.acked, &tag).await;
+    println!(
+        "{tag} {second_async} stayed a replica; {second_sync} took over with all {} acknowledged rows",
+        report.acked.len()
+    );
+}
+
+/// `synchronous_mode_strict`: with its only replica gone the leader renders `*` and a commit
+/// waits (Postgres' SyncRep wait) until a standby is back; it then completes.
+async fn strict_mode_holds_writes_without_a_standby(backend: Backend) {
+    let cluster = TestCluster::builder("strict")
+        .backend(backend)
+        .members(2)
+        .configure(synchronous(true))
+        .start()
+        .await;
+    let tag = format!("[strict/{}]", backend.label());
+    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
+        .await;
+    let replica_name = wait_for_one_sync_standby(&cluster, &leader_name, 0).await;
+    let leader = cluster.member(&leader_name);
+    let client = leader.pg_client().await.expect("connect to the leader");
+    client
+        .batch_execute("CREATE TABLE strict_probe (id int)")
+        .await
+        .expect("create a table while the standby is synchronous");
+
+    cluster
+        .member(&replica_name)
+        .sigterm(Duration::from_secs(60))
+        .await
+        .expect("stop the replica");
+    wait_until_ok("synchronous_standby_names = '*'", SYNC_DEADLINE, || async {
+        let row = client
+            .query_one("SHOW synchronous_standby_names", &[])
+            .await?;
+        let names: String = row.try_get(0)?;
+        if names == "*" {
+            Ok(())
+        } else {
+            bail!("synchronous_standby_names = {names:?}")
+        }
+    })
+    .await;
+    assert_eq!(
+        sync_object(&cluster).await,
+        Some((leader_name.clone(), vec![])),
+        "the sync object names no standby"
+    );
+
+    // The commit waits for a standby. (A statement_timeout would not make it fail: Postgres
+    // cancels the wait with a warning and reports the local commit, so the wait itself is what
+    // is checked here: the insert does not return, and its backend waits on SyncRep.)
+    let writer = leader.pg_client().await.expect("second connection");
+    let insert = tokio::spawn(async move {
+        writer
+            .execute("INSERT INTO strict_probe VALUES (1)", &[])
+            .await
+            .map(|_| Instant::now())
+    });
+    wait_until_ok(
+        "the insert waiting on SyncRep",
+        Duration::from_secs(20),
+        || async {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                    &[],
+                )
+                .await?;
+            let waiting: i64 = row.try_get(0)?;
+            if waiting == 1 {
+                Ok(())
+            } else {
+                bail!("{waiting} backends wait on SyncRep")
+            }
+        },
+    )
+    .await;
+    assert!(
+        !insert.is_finished(),
+        "the insert returned without a standby"
+    );
+
+    let restarted_at = Instant::now();
+    cluster.member(&replica_name).restart();
+    let done = tokio::time::timeout(REJOIN_DEADLINE, insert)
+        .await
+        .expect("the insert completes once the standby is back")
+        .expect("insert task")
+        .expect("insert");
+    println!(
+        "{tag} the held insert completed {:.3} s after {replica_name} was restarted",
+        (done - restarted_at).as_secs_f64()
+    );
+    assert_eq!(
+        wait_for_one_sync_standby(&cluster, &leader_name, 0).await,
+        replica_name
+    );
+}
