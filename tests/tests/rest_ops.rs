@@ -630,3 +630,82 @@ async fn rest_failover_without_a_leader_promotes_the_candidate(backend: Backend)
     )
     .await;
 }
+
+regent_tests::backend_tests! {
+    pause_survives_a_killed_leader_postgres: [etcd, kubernetes];
+}
+
+/// Maintenance mode: kill -9 of the leader's postmaster (its agent stays up) starts no failover
+/// and no restart — for longer than ttl — and after resume the same member leads again.
+async fn pause_survives_a_killed_leader_postgres(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "pkl", 3).await;
+    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
+        .await;
+    let leader_member = cluster.member(&leader);
+    let (code, text) = send(
+        reqwest::Method::PATCH,
+        &format!("{}/config", leader_member.api_base()),
+        Some(r#"{"pause":true}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    for m in cluster.all() {
+        wait_until(
+            &format!("{} reports pause", m.name()),
+            Duration::from_secs(20),
+            || async { (status(m).await?["pause"] == json!(true)).then_some(()) },
+        )
+        .await;
+    }
+    let pid = leader_member.postmaster_pid().expect("leader postmaster");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the leader's postmaster");
+    wait_until("the crash is seen", Duration::from_secs(20), || async {
+        (status(leader_member).await?["state"] != "running").then_some(())
+    })
+    .await;
+    // Longer than ttl: a lock the dead primary no longer renewed would have expired by now, and
+    // an unpaused replica would have promoted.
+    let window = cluster.ttl() + Duration::from_secs(u64::from(cluster.timing().loop_wait) * 2);
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        assert!(
+            leader_member.postmaster_pid().is_none(),
+            "a paused agent restarted Postgres"
+        );
+        for m in cluster.others(&leader) {
+            assert!(
+                matches!(m.pg_in_recovery().await, Ok(true)),
+                "{} left recovery while the cluster is paused",
+                m.name()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let primaries = cluster.sql_primaries().await;
+    assert!(primaries.is_empty(), "primaries in pause: {primaries:?}");
+    println!(
+        "[pause-kill/{}] {:.1} s after the kill: no failover, no restart, DCS leader {:?}",
+        backend.label(),
+        window.as_secs_f64(),
+        cluster.dcs_leader().await
+    );
+    let (code, text) = send(
+        reqwest::Method::PATCH,
+        &format!("{}/config", cluster.others(&leader)[0].api_base()),
+        Some(r#"{"pause":null}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    let after = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    println!(
+        "[pause-kill/{}] after resume: {after} leads (the killed leader was {leader})",
+        backend.label()
+    );
+    assert_eq!(cluster.sql_primaries().await, vec![after.clone()]);
+}

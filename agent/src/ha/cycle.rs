@@ -735,10 +735,15 @@ impl Agent {
             .last_obs
             .wal_position
             .filter(|_| self.role == Role::Primary);
+        // A renew must finish before the lock we hold could expire. A deadline already past
+        // (no renew while Postgres was down in maintenance mode) leaves nothing to protect:
+        // the usual retry budget applies and the DCS decides whether the lock is still ours.
+        let retry_budget = Duration::from_secs(u64::from(self.dynamic.retry_timeout.max(1)));
         let budget = self
             .lock_deadline
             .map(|d| d.saturating_duration_since(started))
-            .unwrap_or(Duration::from_secs(u64::from(self.dynamic.retry_timeout)));
+            .filter(|left| !left.is_zero())
+            .unwrap_or(retry_budget);
         match tokio::time::timeout(budget, self.dcs.update_leader(cluster, optime)).await {
             Ok(Ok(true)) => {
                 // The backend records optime in `status` as part of the renew.
