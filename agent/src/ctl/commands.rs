@@ -12,7 +12,7 @@ use tracing::debug;
 use super::api::Api;
 use super::edit;
 use super::output::{to_yaml, Format, Table};
-use super::{Command, CtlCli, CtlError, CtlResult, ListArgs};
+use super::{Command, CtlCli, CtlError, CtlResult, Groups, ListArgs};
 use crate::config::{Config, DynamicConfig};
 
 const DCS_TIMEOUT: Duration = Duration::from_secs(15);
@@ -21,33 +21,61 @@ struct Ctx {
     cfg: Config,
     dcs: Arc<dyn dcs::Dcs>,
     api: Api,
+    /// The Citus groups this command covers. `All`: `dcs` is the coordinator's (group 0), whose
+    /// one read also fills `Cluster::workers`.
+    groups: Groups,
 }
 
 impl Ctx {
     async fn cluster(&self) -> CtlResult<Cluster> {
-        match tokio::time::timeout(DCS_TIMEOUT, self.dcs.get_cluster()).await {
-            Ok(Ok(c)) => {
-                for w in &c.warnings {
-                    debug!("DCS: {w}");
-                }
-                Ok(c)
-            }
-            Ok(Err(e)) => Err(CtlError::failed(format!("cannot read the cluster: {e}"))),
-            Err(_) => Err(CtlError::failed(format!(
-                "cannot read the cluster: the {} DCS did not answer within {} s",
-                self.dcs.kind(),
-                DCS_TIMEOUT.as_secs()
-            ))),
-        }
+        read_cluster(self.dcs.as_ref()).await
     }
 }
 
-pub(super) async fn run(cli: CtlCli, cfg: Config) -> CtlResult {
-    let dcs = crate::build_dcs(&cfg)
+async fn read_cluster(dcs: &dyn dcs::Dcs) -> CtlResult<Cluster> {
+    match tokio::time::timeout(DCS_TIMEOUT, dcs.get_cluster()).await {
+        Ok(Ok(c)) => {
+            for w in &c.warnings {
+                debug!("DCS: {w}");
+            }
+            Ok(c)
+        }
+        Ok(Err(e)) => Err(CtlError::failed(format!("cannot read the cluster: {e}"))),
+        Err(_) => Err(CtlError::failed(format!(
+            "cannot read the cluster: the {} DCS did not answer within {} s",
+            dcs.kind(),
+            DCS_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+async fn connect_dcs(cfg: &Config) -> CtlResult<Arc<dyn dcs::Dcs>> {
+    crate::build_dcs(cfg)
         .await
-        .map_err(|e| CtlError::failed(format!("cannot set up the DCS: {e}")))?;
+        .map_err(|e| CtlError::failed(format!("cannot set up the DCS: {e}")))
+}
+
+/// The groups a command covers, each with its number (`None`: not a Citus cluster), the
+/// coordinator first, then the workers in group order.
+fn group_views(groups: Groups, cluster: &Cluster) -> Vec<(Option<u32>, &Cluster)> {
+    match groups {
+        Groups::Plain => vec![(None, cluster)],
+        Groups::One(g) => vec![(Some(g), cluster)],
+        Groups::All => std::iter::once((Some(0), cluster))
+            .chain(cluster.workers.iter().map(|(g, w)| (Some(*g), w)))
+            .collect(),
+    }
+}
+
+pub(super) async fn run(cli: CtlCli, cfg: Config, groups: Groups) -> CtlResult {
+    let dcs = connect_dcs(&cfg).await?;
     let api = Api::new(&cfg, cli.insecure).map_err(CtlError::usage)?;
-    let ctx = Ctx { cfg, dcs, api };
+    let ctx = Ctx {
+        cfg,
+        dcs,
+        api,
+        groups,
+    };
     match cli.command {
         Command::List(a) => list(&ctx, &a, false).await,
         Command::Topology(a) => list(&ctx, &a, true).await,
@@ -300,7 +328,10 @@ async fn list(ctx: &Ctx, a: &ListArgs, topology: bool) -> CtlResult {
         if a.timestamp {
             println!("{}", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"));
         }
-        print!("{}", render_members(&ctx.cfg, &cluster, a, topology));
+        print!(
+            "{}",
+            render_members(&ctx.cfg, ctx.groups, &cluster, a, topology)
+        );
         let Some(i) = interval else {
             return Ok(());
         };
@@ -311,31 +342,36 @@ async fn list(ctx: &Ctx, a: &ListArgs, topology: bool) -> CtlResult {
     }
 }
 
-fn render_members(cfg: &Config, cluster: &Cluster, a: &ListArgs, topology: bool) -> String {
+fn render_members(
+    cfg: &Config,
+    groups: Groups,
+    cluster: &Cluster,
+    a: &ListArgs,
+    topology: bool,
+) -> String {
     let fmt = a.format;
-    let citus = cfg.citus.as_ref().map(|c| c.group);
-    let members = sorted_members(cluster);
-    let ordered: Vec<(&Member, String)> = if topology {
-        topology_order(cluster, &members)
-    } else {
-        members.iter().map(|m| (*m, m.name.clone())).collect()
-    };
-    let cluster_lsn = cluster.status.optime.unwrap_or(0);
+    let views = group_views(groups, cluster);
+    // Columns, the host:port choice and the extended columns look at every group shown.
+    let all_members: Vec<&Member> = views.iter().flat_map(|(_, c)| c.members.iter()).collect();
 
     let mut columns: Vec<&str> = vec!["Cluster", "Member", "Host", "Role", "State", "TL"];
     columns.extend(["Receive LSN", "Receive Lag", "Replay LSN", "Replay Lag"]);
-    if citus.is_some() {
+    if groups != Groups::Plain {
         columns.insert(1, "Group");
     }
-    let any_pending = members.iter().any(|m| m.data.pending_restart == Some(true));
-    let any_reason = members.iter().any(|m| {
+    let any_pending = all_members
+        .iter()
+        .any(|m| m.data.pending_restart == Some(true));
+    let any_reason = all_members.iter().any(|m| {
         m.data
             .pending_restart_reason
             .as_ref()
             .is_some_and(|r| r.as_object().is_some_and(|o| !o.is_empty()))
     });
-    let any_sched = members.iter().any(|m| m.data.scheduled_restart.is_some());
-    let any_tags = members.iter().any(|m| !m.data.tags.is_empty());
+    let any_sched = all_members
+        .iter()
+        .any(|m| m.data.scheduled_restart.is_some());
+    let any_tags = all_members.iter().any(|m| !m.data.tags.is_empty());
     for (c, any) in [
         ("Pending restart", any_pending),
         ("Pending restart reason", any_reason),
@@ -346,7 +382,7 @@ fn render_members(cfg: &Config, cluster: &Cluster, a: &ListArgs, topology: bool)
             columns.push(c);
         }
     }
-    let hosts: Vec<(String, u16)> = members
+    let hosts: Vec<(String, u16)> = all_members
         .iter()
         .filter_map(|m| m.data.conn_host_port())
         .collect();
@@ -356,7 +392,126 @@ fn render_members(cfg: &Config, cluster: &Cluster, a: &ListArgs, topology: bool)
     let append_port = hosts.iter().any(|(_, p)| *p != 5432) || distinct.len() < hosts.len();
 
     let mut rows = Vec::new();
-    for (m, shown_name) in &ordered {
+    for (group, group_cluster) in &views {
+        let members = sorted_members(group_cluster);
+        let ordered: Vec<(&Member, String)> = if topology {
+            topology_order(group_cluster, &members)
+        } else {
+            members.iter().map(|m| (*m, m.name.clone())).collect()
+        };
+        for (m, shown_name) in &ordered {
+            let cells = MemberCells::of(group_cluster, m, fmt, append_port);
+            let row: Vec<Value> = columns
+                .iter()
+                .map(|c| match *c {
+                    "Cluster" => Value::String(cfg.scope.clone()),
+                    "Group" => group.map(Value::from).unwrap_or(json!("")),
+                    "Member" => Value::String(shown_name.clone()),
+                    other => cells.get(other),
+                })
+                .collect();
+            rows.push(row);
+        }
+    }
+
+    let initialize = match cluster.initialize.as_deref() {
+        None => "uninitialized".to_string(),
+        Some("") => "initializing".to_string(),
+        Some(s) => s.to_string(),
+    };
+    let title = match groups {
+        Groups::Plain => format!(" Cluster: {} ({initialize}) ", cfg.scope),
+        Groups::One(g) => format!(" Citus cluster: {} (group: {g}, {initialize}) ", cfg.scope),
+        Groups::All => format!(" Citus cluster: {} ", cfg.scope),
+    };
+    let mut columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    if matches!(fmt, Format::Pretty) {
+        // The cluster name (and a single group) is in the title; every group listed keeps its
+        // column. Both lag columns are just "Lag".
+        let skip = if matches!(groups, Groups::One(_)) {
+            2
+        } else {
+            1
+        };
+        columns.drain(..skip);
+        for r in &mut rows {
+            r.drain(..skip);
+        }
+        for c in &mut columns {
+            if c == "Receive Lag" || c == "Replay Lag" {
+                *c = "Lag".into();
+            }
+        }
+    }
+    let table = Table {
+        columns,
+        rows,
+        right: vec!["Group", "Receive LSN", "Replay LSN", "Lag", "TL"],
+        title,
+    };
+    let mut out = table.render(fmt);
+    if matches!(fmt, Format::Pretty) {
+        for (group, group_cluster) in &views {
+            let info = service_info(group_cluster);
+            if info.is_empty() {
+                continue;
+            }
+            if let (Groups::All, Some(g)) = (groups, group) {
+                out.push_str(&format!("Citus group: {g}\n"));
+            }
+            out.push(' ');
+            out.push_str(&info.join("\n "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Maintenance mode and a scheduled switchover, printed under a pretty listing.
+fn service_info(cluster: &Cluster) -> Vec<String> {
+    let mut info = Vec::new();
+    if cluster.is_paused() {
+        info.push("Maintenance mode: on".to_string());
+    }
+    if let Some(f) = cluster
+        .failover
+        .as_ref()
+        .filter(|f| f.scheduled_at.is_some())
+    {
+        let mut line = format!(
+            "Switchover scheduled at: {}",
+            f.scheduled_at.as_deref().unwrap_or_default()
+        );
+        if let Some(l) = &f.leader {
+            line.push_str(&format!("\n{:>24}: {l}", "from"));
+        }
+        if let Some(c) = &f.member {
+            line.push_str(&format!("\n{:>24}: {c}", "to"));
+        }
+        info.push(line);
+    }
+    info
+}
+
+/// The cells of one member's row that depend on the member and its group only.
+struct MemberCells {
+    host: String,
+    role: &'static str,
+    state: String,
+    timeline: Value,
+    receive_lsn: Value,
+    receive_lag: Value,
+    replay_lsn: Value,
+    replay_lag: Value,
+    pending_restart: bool,
+    reason: String,
+    scheduled: String,
+    tags: Value,
+}
+
+impl MemberCells {
+    fn of(cluster: &Cluster, m: &Member, fmt: Format, append_port: bool) -> MemberCells {
+        let cluster_lsn = cluster.status.optime.unwrap_or(0);
         let role = member_role(cluster, m);
         let is_leader = cluster.leader_name() == Some(m.name.as_str());
         let state = if role != "leader" {
@@ -383,13 +538,13 @@ fn render_members(cfg: &Config, cluster: &Cluster, a: &ListArgs, topology: bool)
                 ),
             }
         };
-        let (mut recv_lsn, mut recv_lag) = lsn_cells(m.data.receive_lsn);
+        let (mut receive_lsn, mut receive_lag) = lsn_cells(m.data.receive_lsn);
         let (mut replay_lsn, mut replay_lag) = lsn_cells(m.data.replay_lsn);
         // Members that publish only `xlog_location` (older Patroni): one position.
         if !is_leader && m.data.receive_lsn.is_none() && m.data.replay_lsn.is_none() {
             let (l, g) = lsn_cells(m.data.xlog_location);
             if state == "streaming" {
-                (recv_lsn, recv_lag) = (l, g);
+                (receive_lsn, receive_lag) = (l, g);
             } else {
                 (replay_lsn, replay_lag) = (l, g);
             }
@@ -440,86 +595,39 @@ fn render_members(cfg: &Config, cluster: &Cluster, a: &ListArgs, topology: bool)
         } else {
             Value::Object(m.data.tags.0.clone())
         };
-        let row: Vec<Value> = columns
-            .iter()
-            .map(|c| match *c {
-                "Cluster" => Value::String(cfg.scope.clone()),
-                "Group" => citus.map(Value::from).unwrap_or(json!("")),
-                "Member" => Value::String(shown_name.clone()),
-                "Host" => Value::String(host.clone()),
-                "Role" => Value::String(title_case(role)),
-                "State" => Value::String(state.clone()),
-                "TL" => m.data.timeline.map(Value::from).unwrap_or(json!("")),
-                "Receive LSN" => recv_lsn.clone(),
-                "Receive Lag" => recv_lag.clone(),
-                "Replay LSN" => replay_lsn.clone(),
-                "Replay Lag" => replay_lag.clone(),
-                "Pending restart" => json!(if m.data.pending_restart == Some(true) {
-                    "*"
-                } else {
-                    ""
-                }),
-                "Pending restart reason" => Value::String(reason.clone()),
-                "Scheduled restart" => Value::String(scheduled.clone()),
-                "Tags" => tags.clone(),
-                _ => json!(""),
-            })
-            .collect();
-        rows.push(row);
+        MemberCells {
+            host,
+            role,
+            state,
+            timeline: m.data.timeline.map(Value::from).unwrap_or(json!("")),
+            receive_lsn,
+            receive_lag,
+            replay_lsn,
+            replay_lag,
+            pending_restart: m.data.pending_restart == Some(true),
+            reason,
+            scheduled,
+            tags,
+        }
     }
 
-    let initialize = match cluster.initialize.as_deref() {
-        None => "uninitialized".to_string(),
-        Some("") => "initializing".to_string(),
-        Some(s) => s.to_string(),
-    };
-    let title = match citus {
-        Some(g) => format!(" Citus cluster: {} (group: {g}, {initialize}) ", cfg.scope),
-        None => format!(" Cluster: {} ({initialize}) ", cfg.scope),
-    };
-    let mut columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-    if matches!(fmt, Format::Pretty) {
-        // The cluster name is in the title; both lag columns are just "Lag".
-        let skip = if citus.is_some() { 2 } else { 1 };
-        columns.drain(..skip);
-        for r in &mut rows {
-            r.drain(..skip);
-        }
-        for c in &mut columns {
-            if c == "Receive Lag" || c == "Replay Lag" {
-                *c = "Lag".into();
-            }
+    fn get(&self, column: &str) -> Value {
+        match column {
+            "Host" => Value::String(self.host.clone()),
+            "Role" => Value::String(title_case(self.role)),
+            "State" => Value::String(self.state.clone()),
+            "TL" => self.timeline.clone(),
+            "Receive LSN" => self.receive_lsn.clone(),
+            "Receive Lag" => self.receive_lag.clone(),
+            "Replay LSN" => self.replay_lsn.clone(),
+            "Replay Lag" => self.replay_lag.clone(),
+            "Pending restart" => json!(if self.pending_restart { "*" } else { "" }),
+            "Pending restart reason" => Value::String(self.reason.clone()),
+            "Scheduled restart" => Value::String(self.scheduled.clone()),
+            "Tags" => self.tags.clone(),
+            _ => json!(""),
         }
     }
-    let table = Table {
-        columns,
-        rows,
-        right: vec!["Group", "Receive LSN", "Replay LSN", "Lag", "TL"],
-        title,
-    };
-    let mut out = table.render(fmt);
-    if matches!(fmt, Format::Pretty) {
-        if cluster.is_paused() {
-            out.push_str(" Maintenance mode: on\n");
-        }
-        if let Some(f) = cluster
-            .failover
-            .as_ref()
-            .filter(|f| f.scheduled_at.is_some())
-        {
-            out.push_str(&format!(
-                " Switchover scheduled at: {}\n",
-                f.scheduled_at.as_deref().unwrap_or_default()
-            ));
-            if let Some(l) = &f.leader {
-                out.push_str(&format!("{:>24}: {l}\n", "from"));
-            }
-            if let Some(c) = &f.member {
-                out.push_str(&format!("{:>24}: {c}\n", "to"));
-            }
-        }
-    }
-    out
 }
 
 fn cell(v: &Value) -> String {
@@ -581,7 +689,10 @@ async fn version(ctx: &Ctx, names: &[String]) -> CtlResult {
     println!("regent ctl version {}", env!("CARGO_PKG_VERSION"));
     let cluster = ctx.cluster().await?;
     println!();
-    for m in sorted_members(&cluster) {
+    let members = group_views(ctx.groups, &cluster)
+        .into_iter()
+        .flat_map(|(_, c)| sorted_members(c));
+    for m in members {
         if !names.is_empty() && !names.contains(&m.name) {
             continue;
         }
@@ -857,7 +968,8 @@ async fn failover(
 ) -> CtlResult {
     let action = if switchover { "switchover" } else { "failover" };
     let scope = ctx.cfg.scope.clone();
-    let cluster = ctx.cluster().await?;
+    let mut cluster = ctx.cluster().await?;
+    let mut dcs = ctx.dcs.clone();
     println!("Current cluster topology");
     let list_args = ListArgs {
         cluster_name: None,
@@ -868,7 +980,30 @@ async fn failover(
         watch_default: false,
         watch: None,
     };
-    print!("{}", render_members(&ctx.cfg, &cluster, &list_args, false));
+    print!(
+        "{}",
+        render_members(&ctx.cfg, ctx.groups, &cluster, &list_args, false)
+    );
+    if ctx.groups == Groups::All {
+        // Every group was shown; the operation is for one of them (patronictl's rule).
+        if force {
+            return Err(CtlError::failed(
+                "For Citus clusters the --group must be specified",
+            ));
+        }
+        let answer = prompt("Citus group", "");
+        let group: u32 = answer.parse().map_err(|_| {
+            CtlError::usage(format!(
+                "Citus group: '{answer}' is not a group number (an integer >= 0)"
+            ))
+        })?;
+        let mut cfg = ctx.cfg.clone();
+        if let Some(c) = cfg.citus.as_mut() {
+            c.group = group;
+        }
+        dcs = connect_dcs(&cfg).await?;
+        cluster = read_cluster(dcs.as_ref()).await?;
+    }
     let cluster_leader = cluster.leader_name().map(str::to_string);
     let mut leader = leader;
     if switchover {
@@ -1015,8 +1150,7 @@ async fn failover(
                 scheduled_at: scheduled_at.clone(),
                 version: None,
             };
-            let written = ctx
-                .dcs
+            let written = dcs
                 .set_failover_value(&value, None)
                 .await
                 .map_err(|e| CtlError::failed(format!("cannot write the failover object: {e}")))?;
@@ -1043,14 +1177,17 @@ fn role_matches(cluster: &Cluster, m: &Member, role: Option<&str>) -> bool {
     }
 }
 
-/// Members named on the command line (all when none), filtered by role.
+/// Members named on the command line (all when none) of every group the command covers, group
+/// by group, filtered by role (judged within each member's group).
 fn select_members<'a>(
+    groups: Groups,
     cluster: &'a Cluster,
     names: &[String],
     role: Option<&str>,
 ) -> CtlResult<Vec<&'a Member>> {
+    let views = group_views(groups, cluster);
     for n in names {
-        if cluster.member(n).is_none() {
+        if views.iter().all(|(_, c)| c.member(n).is_none()) {
             return Err(CtlError::failed(format!(
                 "{n} is not a member of cluster {}",
                 cluster
@@ -1061,10 +1198,14 @@ fn select_members<'a>(
             )));
         }
     }
-    let out: Vec<&Member> = sorted_members(cluster)
-        .into_iter()
+    let out: Vec<&Member> = views
+        .iter()
+        .flat_map(|(_, c)| {
+            sorted_members(c)
+                .into_iter()
+                .filter(move |m| role_matches(c, m, role))
+        })
         .filter(|m| names.is_empty() || names.contains(&m.name))
-        .filter(|m| role_matches(cluster, m, role))
         .collect();
     if out.is_empty() {
         return Err(CtlError::failed("No members to act on"));
@@ -1099,7 +1240,7 @@ struct RestartArgs {
 
 async fn restart(ctx: &Ctx, a: RestartArgs) -> CtlResult {
     let cluster = ctx.cluster().await?;
-    let mut members = select_members(&cluster, &a.members, a.role.as_deref())?;
+    let mut members = select_members(ctx.groups, &cluster, &a.members, a.role.as_deref())?;
     let mut body = Map::new();
     if a.pending {
         body.insert("restart_pending".into(), json!(true));
@@ -1184,7 +1325,7 @@ async fn restart(ctx: &Ctx, a: RestartArgs) -> CtlResult {
 
 async fn reload(ctx: &Ctx, names: &[String], role: Option<&str>, force: bool) -> CtlResult {
     let cluster = ctx.cluster().await?;
-    let members = select_members(&cluster, names, role)?;
+    let members = select_members(ctx.groups, &cluster, names, role)?;
     confirm_members(&members, force, "reload")?;
     let mut failed = false;
     for m in members {
@@ -1228,7 +1369,7 @@ async fn reinit(ctx: &Ctx, names: &[String], force: bool, wait: bool) -> CtlResu
     if names.is_empty() {
         return Err(CtlError::usage("name the members to reinitialize"));
     }
-    let members = select_members(&cluster, names, None)?;
+    let members = select_members(ctx.groups, &cluster, names, None)?;
     confirm_members(&members, force, "reinitialize")?;
     let body = json!({ "force": force });
     let mut failed = false;
@@ -1307,7 +1448,7 @@ async fn flush(
     let cluster = ctx.cluster().await?;
     match target {
         "restart" => {
-            let members = select_members(&cluster, names, role)?;
+            let members = select_members(ctx.groups, &cluster, names, role)?;
             confirm_members(&members, force, "flush")?;
             for m in members {
                 if m.data.scheduled_restart.is_none() {
@@ -1471,7 +1612,13 @@ mod tests {
 
     #[test]
     fn roles_lag_and_pending_restart_as_patronictl_lists_them() {
-        let out = render_members(&cfg(), &cluster(), &args(Format::Json), false);
+        let out = render_members(
+            &cfg(),
+            Groups::Plain,
+            &cluster(),
+            &args(Format::Json),
+            false,
+        );
         let rows: Value = serde_json::from_str(&out).expect("JSON");
         assert_eq!(rows[0]["Member"], "m0");
         assert_eq!(rows[0]["Role"], "Leader");
@@ -1492,7 +1639,13 @@ mod tests {
 
     #[test]
     fn pretty_listing_has_the_title_and_lag_columns() {
-        let out = render_members(&cfg(), &cluster(), &args(Format::Pretty), false);
+        let out = render_members(
+            &cfg(),
+            Groups::Plain,
+            &cluster(),
+            &args(Format::Pretty),
+            false,
+        );
         let first = out.lines().next().unwrap_or_default();
         assert!(first.starts_with("+ Cluster: demo (7379) -"), "{out}");
         let header = out.lines().nth(1).unwrap_or_default();
@@ -1502,9 +1655,174 @@ mod tests {
         );
     }
 
+    /// A coordinator (the 3-member `cluster()`) with worker group 1: w1-a leads, w1-b streams.
+    fn citus_cluster() -> Cluster {
+        let mut c = cluster();
+        let mut worker = Cluster {
+            initialize: Some("7380".into()),
+            leader: Some(dcs::Leader {
+                name: "w1-a".into(),
+                version: None,
+            }),
+            config: Some(dcs::ClusterConfig {
+                raw: json!({"pause": true}),
+                version: None,
+            }),
+            ..Default::default()
+        };
+        worker.status.optime = Some(1024 * 1024);
+        worker.members = vec![
+            member(
+                "w1-b",
+                json!({"conn_url": "postgres://10.0.1.2:5432/postgres", "state": "running",
+                "role": "replica", "replication_state": "streaming", "timeline": 2,
+                "receive_lsn": 1048576, "replay_lsn": 1048576}),
+            ),
+            member(
+                "w1-a",
+                json!({"conn_url": "postgres://10.0.1.1:5432/postgres", "state": "running",
+                "role": "primary", "timeline": 2}),
+            ),
+        ];
+        c.workers.insert(1, worker);
+        c
+    }
+
+    #[test]
+    fn citus_listing_without_group_shows_every_group_in_order() {
+        let out = render_members(
+            &cfg(),
+            Groups::All,
+            &citus_cluster(),
+            &args(Format::Json),
+            false,
+        );
+        let rows: Value = serde_json::from_str(&out).expect("JSON");
+        let order: Vec<(i64, &str, &str)> = rows
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|r| {
+                (
+                    r["Group"].as_i64().unwrap_or(-1),
+                    r["Member"].as_str().unwrap_or(""),
+                    r["Role"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (0, "m0", "Leader"),
+                (0, "m1", "Sync Standby"),
+                (0, "m2", "Replica"),
+                (1, "w1-a", "Leader"),
+                (1, "w1-b", "Replica"),
+            ]
+        );
+        assert!(
+            out.starts_with("[{\"Cluster\": \"demo\", \"Group\": 0, \"Member\": \"m0\""),
+            "{out}"
+        );
+        // Lag is measured against the member's own group.
+        assert_eq!(rows[4]["Replay Lag"], 0);
+
+        let pretty = render_members(
+            &cfg(),
+            Groups::All,
+            &citus_cluster(),
+            &args(Format::Pretty),
+            false,
+        );
+        let lines: Vec<&str> = pretty.lines().collect();
+        assert!(
+            lines[0].starts_with("+ Citus cluster: demo ---"),
+            "{pretty}"
+        );
+        assert!(
+            lines[1].starts_with("| Group | Member | Host     | Role         |"),
+            "{pretty}"
+        );
+        assert!(lines[3].starts_with("|     0 | m0     |"), "{pretty}");
+        assert!(lines[6].starts_with("|     1 | w1-a   |"), "{pretty}");
+        // Service lines name the group they belong to.
+        assert!(
+            pretty.ends_with("+\nCitus group: 1\n Maintenance mode: on\n"),
+            "{pretty}"
+        );
+
+        let tsv = render_members(
+            &cfg(),
+            Groups::All,
+            &citus_cluster(),
+            &args(Format::Tsv),
+            true,
+        );
+        let first: Vec<String> = tsv
+            .lines()
+            .map(|l| l.split('\t').take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            first,
+            vec![
+                "Cluster Group Member",
+                "demo 0 m0",
+                "demo 0 + m1",
+                "demo 0   + m2",
+                "demo 1 w1-a",
+                "demo 1 + w1-b",
+            ]
+        );
+    }
+
+    #[test]
+    fn citus_listing_of_one_group_puts_it_in_the_title() {
+        let mut worker = citus_cluster().workers.remove(&1).expect("group 1");
+        worker.config = None;
+        let pretty = render_members(
+            &cfg(),
+            Groups::One(1),
+            &worker,
+            &args(Format::Pretty),
+            false,
+        );
+        let lines: Vec<&str> = pretty.lines().collect();
+        assert!(
+            lines[0].starts_with("+ Citus cluster: demo (group: 1, 7380) -"),
+            "{pretty}"
+        );
+        assert!(lines[1].starts_with("| Member | Host "), "{pretty}");
+        let json = render_members(&cfg(), Groups::One(1), &worker, &args(Format::Json), false);
+        let rows: Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(rows[0]["Group"], 1);
+        assert_eq!(rows[0]["Member"], "w1-a");
+        assert_eq!(rows.as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn members_are_selected_in_every_group_with_roles_judged_per_group() {
+        let c = citus_cluster();
+        let names = |groups, role| -> Vec<String> {
+            select_members(groups, &c, &[], role)
+                .expect("members")
+                .iter()
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        assert_eq!(names(Groups::All, Some("leader")), vec!["m0", "w1-a"]);
+        assert_eq!(
+            names(Groups::All, Some("replica")),
+            vec!["m1", "m2", "w1-b"]
+        );
+        assert_eq!(names(Groups::One(0), Some("leader")), vec!["m0"]);
+        let one = select_members(Groups::All, &c, &["w1-b".to_string()], None).expect("w1-b");
+        assert_eq!(one.len(), 1);
+        assert!(select_members(Groups::One(0), &c, &["w1-b".to_string()], None).is_err());
+    }
+
     #[test]
     fn topology_nests_cascading_replicas() {
-        let out = render_members(&cfg(), &cluster(), &args(Format::Tsv), true);
+        let out = render_members(&cfg(), Groups::Plain, &cluster(), &args(Format::Tsv), true);
         let names: Vec<&str> = out
             .lines()
             .skip(1)

@@ -256,6 +256,24 @@ impl Command {
         }
     }
 
+    /// Commands that, on a Citus cluster without `--group`, cover the coordinator and every
+    /// worker group (patronictl's `--group` without a default). The others (pause, resume,
+    /// history, show-config, edit-config) default to the configured group.
+    fn spans_all_groups(&self) -> bool {
+        matches!(
+            self,
+            Command::List(_)
+                | Command::Topology(_)
+                | Command::Version { .. }
+                | Command::Switchover { .. }
+                | Command::Failover { .. }
+                | Command::Restart { .. }
+                | Command::Reload { .. }
+                | Command::Reinit { .. }
+                | Command::Flush { .. }
+        )
+    }
+
     fn group(&self) -> Option<u32> {
         match self {
             Command::List(a) | Command::Topology(a) => a.group,
@@ -273,6 +291,17 @@ impl Command {
             | Command::Flush { group, .. } => *group,
         }
     }
+}
+
+/// Which Citus groups a command shows and acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Groups {
+    /// Not a Citus cluster.
+    Plain,
+    /// One group: `--group`, or the configured one for commands that default to it.
+    One(u32),
+    /// The coordinator and every worker group (a Citus cluster without `--group`).
+    All,
 }
 
 /// A failure to report: message on stderr and exit code.
@@ -337,7 +366,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(commands::run(cli, cfg)) {
+    let groups = match &cfg.citus {
+        None => Groups::Plain,
+        Some(_) if cli.command.group().is_none() && cli.command.spans_all_groups() => Groups::All,
+        Some(c) => Groups::One(c.group),
+    };
+    match runtime.block_on(commands::run(cli, cfg, groups)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {}", e.msg);
@@ -407,16 +441,29 @@ fn load_config(cli: &CtlCli, env: &BTreeMap<String, String>) -> CtlResult<Config
             "no cluster name: give CLUSTER_NAME or set scope in the configuration",
         ));
     }
-    // --group wins over the file and over PATRONI_CITUS_GROUP (in a Pod: the Pod's own group).
-    if let Some(g) = cli.command.group() {
-        let from_env = env.remove("PATRONI_CITUS_GROUP").is_some();
-        if from_env || tree.contains_key("citus") {
-            let citus = tree
-                .entry("citus")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(c) = citus {
-                c.insert("group".into(), Value::from(g));
-            }
+    // --group wins over the file and over PATRONI_CITUS_GROUP (in a Pod: the Pod's own group),
+    // and makes any cluster a Citus one, as in patronictl. A command spanning every group reads
+    // from the coordinator (group 0), whose one DCS read also brings every worker group.
+    let citus_configured =
+        env.contains_key("PATRONI_CITUS_GROUP") || tree.get("citus").is_some_and(Value::is_object);
+    let group = match cli.command.group() {
+        Some(g) => Some(g),
+        None if citus_configured && cli.command.spans_all_groups() => Some(0),
+        None => None,
+    };
+    if let Some(g) = group {
+        env.remove("PATRONI_CITUS_GROUP");
+        let citus = tree
+            .entry("citus")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !citus.is_object() {
+            *citus = Value::Object(Map::new());
+        }
+        if let Value::Object(c) = citus {
+            c.insert("group".into(), Value::from(g));
+            // Only the DCS layout matters to ctl; PATRONI_CITUS_DATABASE still wins when set.
+            c.entry("database")
+                .or_insert_with(|| Value::String("postgres".into()));
         }
     }
     fill_placeholders(&mut tree);
