@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use regent_tests::config::Backend;
 use regent_tests::writer::{missing_ids, written_ids};
-use regent_tests::{wait_until, TestCluster, Writer};
+use regent_tests::{wait_until, TestCluster, Timing, Writer};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -16,7 +16,19 @@ regent_tests::backend_tests! {
 }
 
 async fn switchover_through_the_dcs_failover_object(backend: Backend) {
-    let cluster = TestCluster::start_on(backend, "swo", 3).await;
+    // A long loop_wait: every step of the handover must be driven by DCS events, not by the
+    // next cycle (a candidate that waited for one would need at least 5 s).
+    let timing = Timing {
+        ttl: 20,
+        loop_wait: 5,
+        retry_timeout: 5,
+    };
+    let cluster = TestCluster::builder("swo")
+        .backend(backend)
+        .members(3)
+        .timing(timing)
+        .start()
+        .await;
     let tag = format!("[swo/{}]", backend.label());
     let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
     cluster
@@ -53,15 +65,21 @@ async fn switchover_through_the_dcs_failover_object(backend: Backend) {
         },
     )
     .await;
+    let handover = requested_at.elapsed();
     assert_eq!(
         cluster.wait_for_leader(Duration::from_secs(30)).await,
         new_name
     );
     println!(
         "{tag} switchover {old_name} -> {candidate}: {new_name} holds the lock after {:.3} s",
-        requested_at.elapsed().as_secs_f64()
+        handover.as_secs_f64()
     );
     assert_eq!(new_name, candidate, "the named candidate took over");
+    assert!(
+        handover < Duration::from_secs(u64::from(timing.loop_wait)) / 2,
+        "the lock moved after {handover:?}: a step waited for a loop (loop_wait {} s)",
+        timing.loop_wait
+    );
 
     cluster
         .wait_for_member_streaming(&old_name, &new_name, Duration::from_secs(60))
