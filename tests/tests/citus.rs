@@ -700,10 +700,17 @@ async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, Str
     (code, resp.text().await.unwrap_or_default())
 }
 
+/// Streaming, and the group's synchronous standby: Citus groups run `synchronous_mode`, where
+/// only that member may take over (switchover or failover).
 async fn wait_streaming(member: &Member) {
     poll_until(Duration::from_secs(30), || async {
         matches!(member.wal_receiver().await, Ok(Some((s, _))) if s == "streaming").then_some(())
     })
     .await
     .unwrap_or_else(|| panic!("{} is not streaming", member.name()));
+    poll_until(Duration::from_secs(30), || async {
+        (member.api_status("/sync").await == Some(200)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{} is not the synchronous standby", member.name()));
 }
