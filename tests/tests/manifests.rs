@@ -1902,10 +1902,11 @@ async fn citus_manifests_run_a_coordinator_and_two_worker_groups() {
         .into_iter()
         .find(|m| m.name() != old)
         .unwrap_or_else(|| panic!("group 1 has one member"));
+    // Citus groups run synchronous_mode: the candidate must be the synchronous standby.
     wait_until(
-        &format!("{} streaming", candidate.name()),
+        &format!("{} the synchronous standby", candidate.name()),
         CLUSTER_DEADLINE,
-        || async { (candidate.api_status("/replica").await == Some(200)).then_some(()) },
+        || async { (candidate.api_status("/sync").await == Some(200)).then_some(()) },
     )
     .await;
     let mut ctl = regent_tests::regent_command(coordinator.binary(), coordinator.member_dir());
