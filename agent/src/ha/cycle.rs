@@ -1027,6 +1027,9 @@ impl Agent {
                 // Tell peers at once: the state change is what replicas follow.
                 self.last_obs = self.pg.observe().await;
                 self.checkpoint_after_promote_pending = true;
+                // A Citus worker: the coordinator resumes writes to this group now (it checks
+                // the lock, which is ours), not after the publish and checkpoint below.
+                self.citus_announce_primary();
                 self.publish_member().await;
                 // A former primary may only check its divergence with pg_rewind once our
                 // pg_control names the new timeline, i.e. after a checkpoint.

@@ -483,29 +483,32 @@ impl Postgres {
             .collect()
     }
 
-    /// Promote the standby and return once it accepts writes. Uses `pg_promote(true, 60)`;
-    /// when the standby does not accept connections yet, falls back to pg_ctl's signal.
+    /// Promote the standby and return once it accepts writes: `pg_promote(false)` then
+    /// `pg_is_in_recovery()` every 20 ms (`pg_promote(true)` checks only every 100 ms, which
+    /// every switchover and failover would pay); when the standby does not accept connections
+    /// yet, pg_ctl's signal instead.
     pub async fn promote(&mut self) -> Result<(), PgError> {
         if !self.is_running() {
             return Err(PgError::NotRunning);
         }
-        let sql = format!("SELECT pg_promote(true, {PROMOTE_WAIT_SECONDS})");
         let timeout = Duration::from_secs(u64::from(PROMOTE_WAIT_SECONDS) + 5);
         let connected = self.client().await.map(|_| ());
         match connected {
             Ok(()) => {
-                let rows = self.query_local("pg_promote", timeout, &sql, &[]).await?;
-                let promoted: bool = rows
+                let rows = self
+                    .query_local("pg_promote", QUERY_TIMEOUT, "SELECT pg_promote(false)", &[])
+                    .await?;
+                let signalled: bool = rows
                     .first()
                     .and_then(|r| r.try_get(0).ok())
                     .unwrap_or(false);
-                if promoted {
-                    return Ok(());
+                if !signalled {
+                    return Err(PgError::Unexpected {
+                        step: "pg_promote",
+                        detail: "the server did not accept the promotion request".into(),
+                    });
                 }
-                Err(PgError::Unexpected {
-                    step: "pg_promote",
-                    detail: format!("promotion did not finish within {PROMOTE_WAIT_SECONDS} s"),
-                })
+                self.wait_writable(timeout).await
             }
             Err(e) => {
                 tracing::info!(error = %e, "standby not queryable; promoting by signal");

@@ -122,6 +122,19 @@ impl Agent {
         }
     }
 
+    /// A worker just promoted: `after_promote` at once (the next cycle would send it too late
+    /// for clients whose writes the coordinator holds).
+    pub(super) fn citus_announce_primary(&mut self) {
+        let Some(rt) = self.citus.as_mut() else {
+            return;
+        };
+        if rt.is_coordinator() || rt.published_primary {
+            return;
+        }
+        rt.published_primary = true;
+        self.notify_coordinator_detached(EventType::AfterPromote);
+    }
+
     fn coordinator_heartbeat(&mut self, cluster: &Cluster) {
         let Some(rt) = self.citus.as_ref() else {
             return;
@@ -395,9 +408,10 @@ impl CoordinatorEvents {
             return OpReply::text(200, "OK");
         };
         let kind = event.kind;
-        if kind != EventType::BeforeDemote {
-            // Only before_demote makes the sender wait (it must not stop Postgres before writes
-            // are held); the others are applied in order by the manager's queue.
+        if kind == EventType::AfterPromote {
+            // The sender need not wait for the commit. before_demote (writes must be held before
+            // Postgres stops) and before_promote (it must be applied before this after_promote,
+            // or it would open a new hold) are answered once applied.
             tokio::spawn(async move {
                 if let Err(e) = manager.rest_event(event, target).await {
                     warn!(event = ?kind, "citus event not applied: {e}");
