@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::api::Api;
 use super::edit;
-use super::output::{to_yaml, Format, Table};
+use super::output::{to_flow_yaml, to_yaml, Format, Table};
 use super::{Command, CtlCli, CtlError, CtlResult, Groups, ListArgs};
 use crate::config::{Config, DynamicConfig};
 
@@ -400,7 +400,7 @@ fn render_members(
             members.iter().map(|m| (*m, m.name.clone())).collect()
         };
         for (m, shown_name) in &ordered {
-            let cells = MemberCells::of(group_cluster, m, fmt, append_port);
+            let cells = MemberCells::of(group_cluster, m, fmt, topology, append_port);
             let row: Vec<Value> = columns
                 .iter()
                 .map(|c| match *c {
@@ -510,7 +510,13 @@ struct MemberCells {
 }
 
 impl MemberCells {
-    fn of(cluster: &Cluster, m: &Member, fmt: Format, append_port: bool) -> MemberCells {
+    fn of(
+        cluster: &Cluster,
+        m: &Member,
+        fmt: Format,
+        topology: bool,
+        append_port: bool,
+    ) -> MemberCells {
         let cluster_lsn = cluster.status.optime.unwrap_or(0);
         let role = member_role(cluster, m);
         let is_leader = cluster.leader_name() == Some(m.name.as_str());
@@ -584,14 +590,15 @@ impl MemberCells {
             .unwrap_or_default();
         let tags = if m.data.tags.is_empty() {
             json!("")
-        } else if matches!(fmt, Format::Pretty) {
+        } else if matches!(fmt, Format::Pretty) && !topology {
             Value::String(
                 to_yaml(&Value::Object(m.data.tags.0.clone()))
                     .trim()
                     .to_string(),
             )
-        } else if matches!(fmt, Format::Tsv) {
-            Value::String(Value::Object(m.data.tags.0.clone()).to_string())
+        } else if matches!(fmt, Format::Pretty | Format::Tsv) {
+            // patronictl: YAML flow style in TSV and in the topology view.
+            Value::String(to_flow_yaml(&Value::Object(m.data.tags.0.clone())))
         } else {
             Value::Object(m.data.tags.0.clone())
         };

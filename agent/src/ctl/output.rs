@@ -52,16 +52,25 @@ impl Table {
                         .map(|r| {
                             let fields: Vec<String> = r
                                 .iter()
-                                .map(|(k, v)| format!("{}: {v}", Value::String((*k).clone())))
+                                .map(|(k, v)| {
+                                    format!(
+                                        "{}: {}",
+                                        py_json(&Value::String((*k).clone())),
+                                        py_json(v)
+                                    )
+                                })
                                 .collect();
                             format!("{{{}}}", fields.join(", "))
                         })
                         .collect();
                     format!("[{}]\n", items.join(", "))
                 } else {
+                    // patronictl dumps YAML with sorted keys, then echoes it with a newline.
                     let items: Vec<serde_yaml_ng::Value> = rows
                         .iter()
                         .map(|r| {
+                            let mut r = r.clone();
+                            r.sort_by(|a, b| a.0.cmp(b.0));
                             let mut m = serde_yaml_ng::Mapping::new();
                             for (k, v) in r {
                                 let v = serde_yaml_ng::to_value(v)
@@ -71,7 +80,7 @@ impl Table {
                             serde_yaml_ng::Value::Mapping(m)
                         })
                         .collect();
-                    serde_yaml_ng::to_string(&items).unwrap_or_default()
+                    serde_yaml_ng::to_string(&items).unwrap_or_default() + "\n"
                 }
             }
             Format::Tsv => {
@@ -170,6 +179,68 @@ pub fn to_yaml(v: &Value) -> String {
     serde_yaml_ng::to_string(v).unwrap_or_else(|_| format!("{v}\n"))
 }
 
+/// JSON as Python's `json.dumps` writes it (patronictl's listings): `", "` and `": "` between
+/// items, non-ASCII characters escaped as `\uXXXX`.
+pub fn py_json(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{}: {}", py_json(&Value::String(k.clone())), py_json(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(py_json).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::String(_) => {
+            let mut out = String::new();
+            for c in v.to_string().chars() {
+                if c.is_ascii() {
+                    out.push(c);
+                } else {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{u:04x}"));
+                    }
+                }
+            }
+            out
+        }
+        scalar => scalar.to_string(),
+    }
+}
+
+/// YAML flow style (`{a: 1, b: x}`, keys sorted), as patronictl shows tags in TSV and topology.
+pub fn to_flow_yaml(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let items: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}: {}",
+                        to_flow_yaml(&Value::String(k.clone())),
+                        to_flow_yaml(&m[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(to_flow_yaml).collect();
+            format!("[{}]", items.join(", "))
+        }
+        // A scalar: serde_yaml_ng quotes what would read back as another type.
+        scalar => serde_yaml_ng::to_string(scalar)
+            .map(|t| t.trim_end().to_string())
+            .unwrap_or_else(|_| scalar.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +280,32 @@ mod tests {
         assert_eq!(
             t.trim(),
             r#"[{"Member": "a-0", "TL": 1}, {"Member": "a-1"}]"#
+        );
+    }
+
+    #[test]
+    fn yaml_has_sorted_keys_and_a_closing_blank_line() {
+        let mut t = table();
+        t.columns = vec!["TL".into(), "Member".into()];
+        t.rows = vec![vec![json!(1), json!("a-0")]];
+        assert_eq!(t.render(Format::Yaml), "- Member: a-0\n  TL: 1\n\n");
+    }
+
+    #[test]
+    fn flow_yaml_sorts_keys_and_quotes_ambiguous_strings() {
+        let tags = json!({"nofailover": true, "clonefrom": "x", "note": "true"});
+        assert_eq!(
+            to_flow_yaml(&tags),
+            "{clonefrom: x, nofailover: true, note: 'true'}"
+        );
+    }
+
+    #[test]
+    fn json_is_spaced_and_ascii_as_python_writes_it() {
+        let v = json!({"rack": "r1", "n": [1, 2], "name": "zoë"});
+        assert_eq!(
+            py_json(&v),
+            r#"{"n": [1, 2], "name": "zo\u00eb", "rack": "r1"}"#
         );
     }
 
