@@ -99,6 +99,8 @@ pub struct Agent {
     config_reloader: Option<ConfigReloader>,
     /// Citus members: the coordinator's pg_dist_node manager, or a worker's notifications.
     citus: Option<CitusRuntime>,
+    /// A Postgres start the loop stopped waiting for (restart `timeout`): role, leader followed.
+    pending_start: Option<(bool, Option<ConnTarget>)>,
     /// `pause` as of the last successful DCS read (kept while the DCS is unreachable).
     last_known_paused: bool,
     /// Synchronous mode: the flush position noted after synchronous_standby_names changed.
@@ -163,6 +165,7 @@ impl Agent {
             scheduled_restart: None,
             config_reloader: None,
             citus: None,
+            pending_start: None,
             last_known_paused: false,
             sync_since_lsn: None,
         }
@@ -287,6 +290,7 @@ impl Agent {
 
     /// One HA cycle. `Err` is fatal.
     async fn run_cycle(&mut self) -> Result<(), String> {
+        self.finish_pending_start().await;
         let retry = Duration::from_secs(u64::from(self.dynamic.retry_timeout) + 1);
         let cluster = match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
             Ok(Ok(c)) => {
@@ -870,6 +874,17 @@ impl Agent {
         role: ConfRole,
         following: Option<ConnTarget>,
     ) -> PlanOutcome {
+        self.start_postgres_within(role, following, None).await
+    }
+
+    /// Start Postgres; with `wait`, stop waiting for it after that long (a restart's `timeout`):
+    /// it goes on starting and the next cycle waits for it (`pending_start`).
+    async fn start_postgres_within(
+        &mut self,
+        role: ConfRole,
+        following: Option<ConnTarget>,
+        wait: Option<Duration>,
+    ) -> PlanOutcome {
         let as_primary = matches!(role, ConfRole::Primary);
         if let Err(e) = self.pg.write_config(role) {
             error!("cannot write the Postgres configuration: {e}");
@@ -877,22 +892,22 @@ impl Agent {
         }
         self.state = "starting".into();
         self.publish_member().await;
-        match self.pg.start().await {
+        let started = match wait {
+            Some(w) => self.pg.start_within(w).await,
+            None => self.pg.start().await,
+        };
+        match started {
             Ok(()) => {
-                self.pg_expected_up = true;
-                self.pg_crashed = false;
-                self.start_failures = 0;
-                self.following = if as_primary { None } else { following };
-                self.state = "running".into();
-                self.role = if as_primary {
-                    Role::Primary
-                } else {
-                    Role::Replica
-                };
-                // Publish the streaming state as soon as the WAL receiver has connected.
-                self.next_cycle_soon = Some(SOON);
-                info!(role = %self.role, "Postgres started");
+                self.postgres_started(as_primary, following);
                 PlanOutcome::Done
+            }
+            Err(crate::postgres::PgError::StartTimeout(w))
+                if wait.is_some() && self.pg.is_running() =>
+            {
+                info!(waited = ?w, "Postgres is still starting");
+                self.pg_expected_up = true;
+                self.pending_start = Some((as_primary, following));
+                PlanOutcome::Aborted
             }
             Err(e) => {
                 self.start_failures += 1;
@@ -901,6 +916,38 @@ impl Agent {
                 PlanOutcome::Aborted
             }
         }
+    }
+
+    /// A start left waiting (restart `timeout`): wait for it now, before anything is decided.
+    async fn finish_pending_start(&mut self) {
+        let Some((as_primary, following)) = self.pending_start.take() else {
+            return;
+        };
+        let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+        match self.pg.wait_until_ready(wait).await {
+            Ok(()) => self.postgres_started(as_primary, following),
+            Err(e) => {
+                self.start_failures += 1;
+                self.state = "start failed".into();
+                error!(failures = self.start_failures, "cannot start Postgres: {e}");
+            }
+        }
+    }
+
+    fn postgres_started(&mut self, as_primary: bool, following: Option<ConnTarget>) {
+        self.pg_expected_up = true;
+        self.pg_crashed = false;
+        self.start_failures = 0;
+        self.following = if as_primary { None } else { following };
+        self.state = "running".into();
+        self.role = if as_primary {
+            Role::Primary
+        } else {
+            Role::Replica
+        };
+        // Publish the streaming state as soon as the WAL receiver has connected.
+        self.next_cycle_soon = Some(SOON);
+        info!(role = %self.role, "Postgres started");
     }
 
     /// Start as a replica; data that last ran as a primary is first checked for divergence from

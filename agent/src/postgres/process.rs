@@ -237,6 +237,13 @@ impl Postgres {
     /// Start `postgres -D <data_dir>` and wait until it accepts connections (`ready` or
     /// `standby` in postmaster.pid). On `StartTimeout` the postmaster keeps running.
     pub async fn start(&mut self) -> Result<(), PgError> {
+        let wait = self.settings.pg_ctl_timeout;
+        self.start_within(wait).await
+    }
+
+    /// Start the postmaster and wait at most `wait` for it to accept connections. On
+    /// `StartTimeout` it keeps starting (a restart's `timeout` only bounds the answer).
+    pub async fn start_within(&mut self, wait: Duration) -> Result<(), PgError> {
         if let Some(pid) = self.running_pid() {
             return Err(PgError::AlreadyRunning(pid));
         }
@@ -262,7 +269,7 @@ impl Postgres {
         self.stop_requested = false;
         self.unexpected_exit = None;
         self.client = None;
-        self.wait_until_ready(self.settings.pg_ctl_timeout).await
+        self.wait_until_ready(wait).await
     }
 
     /// Wait until the postmaster accepts connections, or fail if it exits.

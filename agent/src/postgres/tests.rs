@@ -384,3 +384,27 @@ async fn failed_clone_leaves_an_empty_data_dir() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// A restart's `timeout` bounds only the wait: the postmaster goes on starting and can be
+/// waited for again.
+#[tokio::test]
+async fn a_start_no_longer_waited_for_goes_on() {
+    if !have_postgres() {
+        return;
+    }
+    let dir = TestDir::new(run_as());
+    let mut pg = Postgres::new(settings(&dir.0, "node-w")).unwrap();
+    pg.initdb().await.unwrap();
+    pg.write_config(ConfRole::Primary).unwrap();
+    // Not ready the instant it is spawned.
+    let started = pg.start_within(Duration::ZERO).await;
+    assert!(
+        matches!(started, Err(PgError::StartTimeout(_))),
+        "{started:?}"
+    );
+    assert!(pg.is_running(), "the postmaster was left running");
+    pg.wait_until_ready(DEADLINE).await.unwrap();
+    let obs = pg.observe().await;
+    assert!(obs.queryable, "{obs:?}");
+    pg.stop(StopMode::Fast, DEADLINE).await.unwrap();
+}

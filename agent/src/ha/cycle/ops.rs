@@ -330,8 +330,12 @@ impl Agent {
         if self.pg.is_running() {
             return OpReply::text(503, "restart failed");
         }
-        match self.start_postgres(role, following).await {
+        // `timeout` bounds how long the answer waits for Postgres, as in Patroni; a start that
+        // takes longer goes on and is waited for by the next cycle.
+        let wait = request.timeout.map(Duration::from_secs);
+        match self.start_postgres_within(role, following, wait).await {
             PlanOutcome::Done => OpReply::text(200, "restarted successfully"),
+            _ if self.pending_start.is_some() => OpReply::text(503, "postgres is still starting"),
             _ => OpReply::text(503, "restart failed"),
         }
     }
