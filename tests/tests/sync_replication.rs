@@ -2,6 +2,8 @@
 //! replica as synchronous (the `sync` object and pg_stat_replication agree), only that member may
 //! take over, a switchover to an asynchronous member is refused, no acknowledged write is lost
 //! across a crash of the leader, and in strict mode writes wait while no standby is there.
+//! Also maintenance mode's counterpart on the DCS side: a paused primary keeps running and
+//! accepting writes while the DCS is unreachable, well past the lock's ttl.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,7 @@ const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 regent_tests::backend_tests! {
     only_the_sync_standby_takes_over: [etcd, kubernetes];
     strict_mode_holds_writes_without_a_standby: [etcd, kubernetes];
+    paused_primary_outlives_a_dcs_outage: [etcd];
 }
 
 fn synchronous(strict: bool) -> impl Fn(usize, &mut MemberConfig) + Send + Sync + 'static {
@@ -425,4 +428,73 @@ async fn strict_mode_holds_writes_without_a_standby(backend: Backend) {
         wait_for_one_sync_standby(&cluster, &leader_name, 0).await,
         replica_name
     );
+}
+
+/// Maintenance mode (Patroni's `_handle_dcs_error` while paused): with the DCS frozen for longer
+/// than the ttl the primary is neither demoted nor stopped, and writes go on.
+async fn paused_primary_outlives_a_dcs_outage(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "pdcs", 2).await;
+    let tag = format!("[pause-dcs/{}]", backend.label());
+    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    let leader = cluster.member(&leader_name);
+    leader
+        .create_probe_table()
+        .await
+        .expect("create the probe table");
+    let response = reqwest::Client::new()
+        .patch(format!("{}/config", leader.api_base()))
+        .json(&json!({"pause": true}))
+        .send()
+        .await
+        .expect("PATCH /config");
+    assert_eq!(response.status().as_u16(), 200, "PATCH /config pause");
+    for member in cluster.all() {
+        wait_until_ok(
+            &format!("{} paused", member.name()),
+            SYNC_DEADLINE,
+            || async {
+                match member.patroni_status().await {
+                    Some(s) if s.get("pause") == Some(&Value::Bool(true)) => Ok(()),
+                    other => bail!("GET /patroni: {other:?}"),
+                }
+            },
+        )
+        .await;
+    }
+    let postmaster = leader.postmaster_pid().expect("leader postmaster pid");
+
+    let frozen_at = Instant::now();
+    cluster.pause_dcs();
+    let watch_until = frozen_at + cluster.ttl() + Duration::from_secs(5);
+    let (mut accepted, mut refused) = (0, Vec::new());
+    let mut id = 1;
+    while Instant::now() < watch_until {
+        match leader.write_probe(id).await {
+            Ok(()) => accepted += 1,
+            Err(e) => refused.push(format!(
+                "+{:.1} s: {e:#}",
+                frozen_at.elapsed().as_secs_f64()
+            )),
+        }
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.resume_dcs();
+    println!(
+        "{tag} DCS frozen {:.1} s (ttl {} s): {accepted} writes accepted, {} refused",
+        (watch_until - frozen_at).as_secs_f64(),
+        cluster.ttl().as_secs(),
+        refused.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "writes refused while paused: {refused:?}"
+    );
+    assert_eq!(
+        leader.postmaster_pid(),
+        Some(postmaster),
+        "the primary's postmaster was stopped"
+    );
+    assert!(matches!(leader.pg_in_recovery().await, Ok(false)));
+    assert_eq!(cluster.wait_for_leader(SYNC_DEADLINE).await, leader_name);
 }
