@@ -11,7 +11,10 @@
 //!   published LSN moves between the two reads).
 //!   A custom tag on one worker member brings the Tags column in every format.
 //! * `switchover --force` without `--group` on a Citus cluster is refused, as by patronictl, and
-//!   changes nothing.
+//!   changes nothing; without --force it asks for the group and switches over in that group only.
+//! * `version` and `reload` without `--group` reach every member of every group; `--group`
+//!   narrows them. On Kubernetes, listing every group costs no more API requests than one group
+//!   (the coordinator's single read brings the workers) and writes nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -32,8 +35,9 @@ const TIMING: Timing = Timing {
     loop_wait: 2,
     retry_timeout: 3,
 };
-/// Bearer token of the ctl tools' kubeconfig: reads are counted apart from the members'.
-const CTL_TOKEN: &str = "ctl-citus";
+/// Bearer tokens of the tools' kubeconfigs: their requests are counted apart from the members'.
+const REGENT_CTL_TOKEN: &str = "regent-ctl-citus";
+const PATRONICTL_TOKEN: &str = "patronictl-citus";
 
 fn patronictl_bin() -> Option<PathBuf> {
     let path = std::env::var_os("PATRONI_BIN")
@@ -143,12 +147,15 @@ async fn ctl_lists_every_citus_group_as_patronictl(backend: Backend) {
     let names: Vec<String> = members.iter().map(|m| m.name().to_string()).collect();
     let coordinator_config = members[0].config_path();
     let worker_config = members[MEMBERS_PER_GROUP].config_path();
-    let env = if backend.is_kubernetes() {
-        let kubeconfig = cluster.kube().kubeconfig(CTL_TOKEN);
-        vec![("KUBECONFIG".to_string(), kubeconfig.display().to_string())]
-    } else {
-        Vec::new()
+    let kube_env = |token: &str| {
+        if backend.is_kubernetes() {
+            let kubeconfig = cluster.kube().kubeconfig(token);
+            vec![("KUBECONFIG".to_string(), kubeconfig.display().to_string())]
+        } else {
+            Vec::new()
+        }
     };
+    let env = kube_env(REGENT_CTL_TOKEN);
     let regent = |config: &Path| Tool {
         program: regent_bin(),
         leading: vec!["ctl".into(), "-c".into(), config.display().to_string()],
@@ -230,6 +237,49 @@ async fn ctl_lists_every_citus_group_as_patronictl(backend: Backend) {
         "{topology}"
     );
 
+    // Every group comes from one read: listing all groups costs no more API requests than
+    // listing one, and writes nothing.
+    if backend.is_kubernetes() {
+        let kube = cluster.kube();
+        let mut requests = Vec::new();
+        for args in [&["list", "--group", "1"][..], &["list"][..]] {
+            kube.reset_request_counts().await;
+            ctl.run(args);
+            let counts = kube.request_counts().await;
+            let mine = counts.get(REGENT_CTL_TOKEN).cloned().unwrap_or_default();
+            let writes: Vec<&String> = mine
+                .keys()
+                .filter(|k| !["get ", "list ", "watch "].iter().any(|v| k.starts_with(v)))
+                .collect();
+            assert!(writes.is_empty(), "{args:?} wrote: {mine:?}");
+            println!("{tag} {args:?}: API requests {mine:?}");
+            requests.push(mine.values().sum::<u64>());
+        }
+        assert!(requests[0] > 0, "ctl's requests are counted");
+        assert!(
+            requests[1] <= requests[0],
+            "all groups {} requests, one group {}",
+            requests[1],
+            requests[0]
+        );
+    }
+
+    // Member commands without --group reach every group; --group narrows them.
+    let scope = cluster.scope().to_string();
+    let version = ctl.run(&["version", &scope]);
+    let version_one = ctl.run(&["version", &scope, "--group", "1"]);
+    let reload = ctl.run(&["reload", &scope, "--force"]);
+    let reload_one = ctl.run(&["reload", &scope, "--group", "1", "--force"]);
+    for (i, name) in names.iter().enumerate() {
+        let in_group_one = i / MEMBERS_PER_GROUP == 1;
+        let line = format!("{name}: Patroni ");
+        assert!(version.contains(&line), "{version}");
+        assert_eq!(version_one.contains(&line), in_group_one, "{version_one}");
+        let reloaded = format!("member {name}");
+        assert!(reload.contains(&reloaded), "{reload}");
+        assert_eq!(reload_one.contains(&reloaded), in_group_one, "{reload_one}");
+    }
+
     // A switchover needs a group on Citus: refused with --force, nothing changes.
     let refused = ctl.output(&["switchover", "--force"]);
     assert_eq!(refused.status.code(), Some(1));
@@ -239,6 +289,7 @@ async fn ctl_lists_every_citus_group_as_patronictl(backend: Backend) {
     // The real patronictl agrees, text for text.
     let Some(bin) = patronictl_bin() else {
         println!("{tag} patronictl not installed: comparison skipped");
+        interactive_switchover_in_group(&tag, &ctl, &names, 1).await;
         return;
     };
     let patronictl_config = cluster
@@ -249,7 +300,7 @@ async fn ctl_lists_every_citus_group_as_patronictl(backend: Backend) {
     let patronictl = Tool {
         program: bin,
         leading: vec!["-c".into(), patronictl_config.display().to_string()],
-        env: env.clone(),
+        env: kube_env(PATRONICTL_TOKEN),
     };
     let cases: [&[&str]; 9] = [
         &["list"],
@@ -283,4 +334,84 @@ async fn ctl_lists_every_citus_group_as_patronictl(backend: Backend) {
     // patronictl refuses the same switchover.
     let theirs = patronictl.output(&["switchover", "--force"]);
     assert!(!theirs.status.success());
+
+    interactive_switchover_in_group(&tag, &ctl, &names, 1).await;
+    // Both tools still agree on every group after it.
+    let ours = json_rows(&ctl.run(&["list", "-f", "json"]));
+    let theirs = json_rows(&patronictl.run(&["list", "-f", "json"]));
+    assert_eq!(
+        ours.iter()
+            .map(|r| (r.0, r.1.clone(), r.2.clone()))
+            .collect::<Vec<_>>(),
+        theirs
+            .iter()
+            .map(|r| (r.0, r.1.clone(), r.2.clone()))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The leader of `group` in a JSON listing, if any.
+fn group_leader(rows: &[(i64, String, String, String)], group: i64) -> Option<String> {
+    rows.iter()
+        .find(|r| r.0 == group && r.2 == "Leader")
+        .map(|r| r.1.clone())
+}
+
+/// `regent ctl switchover` without --group asks for the group, then proceeds in that group
+/// (its members, its DCS objects) like patronictl.
+async fn interactive_switchover_in_group(tag: &str, ctl: &Tool, names: &[String], group: i64) {
+    use std::io::Write;
+    let rows = json_rows(&ctl.run(&["list", "-f", "json"]));
+    let leader = group_leader(&rows, group).expect("group leader");
+    let candidate = rows
+        .iter()
+        .find(|r| r.0 == group && r.1 != leader)
+        .map(|r| r.1.clone())
+        .expect("a replica in the group");
+    assert!(names.contains(&candidate));
+    // Answers: Citus group, Primary (default), Candidate, when (now), confirmation.
+    let answers = format!("{group}\n\n{candidate}\nnow\ny\n");
+    let mut child = std::process::Command::new(&ctl.program)
+        .args(&ctl.leading)
+        .arg("switchover")
+        .envs(ctl.env.iter().map(|(k, v)| (k, v)))
+        .env_remove("PATRONICTL_CONFIG_FILE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run regent ctl switchover");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(answers.as_bytes());
+    }
+    let out = child.wait_with_output().expect("switchover output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{tag} interactive switchover:\n{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Citus group: "), "{text}");
+    let started = Instant::now();
+    wait_until(
+        &format!("{candidate} to lead group {group}"),
+        Duration::from_secs(90),
+        || {
+            let out = ctl.output(&["list", "-f", "json"]);
+            let candidate = candidate.clone();
+            async move {
+                let rows = json_rows(&String::from_utf8_lossy(&out.stdout));
+                (group_leader(&rows, group) == Some(candidate)).then_some(())
+            }
+        },
+    )
+    .await;
+    println!(
+        "{tag} group {group}: {leader} -> {candidate} in {:?}",
+        started.elapsed()
+    );
+    // The other group kept its leader.
+    let rows = json_rows(&ctl.run(&["list", "-f", "json"]));
+    assert!(group_leader(&rows, 1 - group).is_some(), "{rows:?}");
 }

@@ -188,6 +188,16 @@ fn confirm(question: &str) -> bool {
 
 fn prompt(question: &str, default: &str) -> String {
     print!("{question} [{default}]: ");
+    read_answer(default)
+}
+
+/// A question without a default (`Citus group: `).
+fn ask(question: &str) -> String {
+    print!("{question}: ");
+    read_answer("")
+}
+
+fn read_answer(default: &str) -> String {
     let _ = std::io::stdout().flush();
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
@@ -998,7 +1008,7 @@ async fn failover(
                 "For Citus clusters the --group must be specified",
             ));
         }
-        let answer = prompt("Citus group", "");
+        let answer = ask("Citus group");
         let group: u32 = answer.parse().map_err(|_| {
             CtlError::usage(format!(
                 "Citus group: '{answer}' is not a group number (an integer >= 0)"
@@ -1044,7 +1054,11 @@ async fn failover(
     let candidate = match candidate {
         Some(c) => Some(c),
         None if force => None,
-        None => Some(prompt(&format!("Candidate {candidates:?}"), "")).filter(|c| !c.is_empty()),
+        None => {
+            // The list as patronictl prints it (a Python list of strings).
+            let shown: Vec<String> = candidates.iter().map(|c| format!("'{c}'")).collect();
+            Some(prompt(&format!("Candidate [{}]", shown.join(", ")), "")).filter(|c| !c.is_empty())
+        }
     };
     if !switchover && candidate.is_none() {
         return Err(CtlError::usage(
