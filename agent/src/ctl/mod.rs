@@ -469,7 +469,9 @@ fn load_config(cli: &CtlCli, env: &BTreeMap<String, String>) -> CtlResult<Config
     fill_placeholders(&mut tree);
 
     // The loader reads files; hand it the merged tree through a private temporary file.
-    let tmp = std::env::temp_dir().join(format!("regent-ctl-{}.yaml", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("regent-ctl-{}-{seq}.yaml", std::process::id()));
     let text = serde_yaml_ng::to_string(&Value::Object(tree))
         .map_err(|e| CtlError::failed(format!("cannot serialise the configuration: {e}")))?;
     write_private(&tmp, &text)
@@ -619,6 +621,75 @@ mod tests {
             "{wrong}"
         );
         assert!(!wrong.contains("Usage: ctl"), "{wrong}");
+    }
+
+    /// The Citus group ctl reads for `args` with a configuration naming worker group 1.
+    fn group_read(args: &[&str], env: &[(&str, &str)]) -> Option<u32> {
+        let dir = std::env::temp_dir().join(format!(
+            "regent-ctl-test-{}-{}",
+            std::process::id(),
+            args.join("_").replace(['-', ' '], "")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("ctl.yaml");
+        std::fs::write(
+            &path,
+            "scope: demo\netcd3: {hosts: 127.0.0.1:2379}\ncitus: {group: 1, database: citus}\n",
+        )
+        .expect("write config");
+        let mut argv = vec!["ctl".to_string(), "-c".into(), path.display().to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let cli = CtlCli::try_parse_from(argv).expect("arguments");
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cfg = load_config(&cli, &env).expect("configuration");
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg.citus.map(|c| c.group)
+    }
+
+    /// patronictl's rule: listings and member commands without --group read the coordinator
+    /// (which brings every worker group); pause/history/config default to the configured group;
+    /// --group wins over the file and PATRONI_CITUS_GROUP.
+    #[test]
+    fn citus_group_read_follows_the_command() {
+        assert_eq!(group_read(&["list"], &[]), Some(0));
+        assert_eq!(group_read(&["topology"], &[]), Some(0));
+        assert_eq!(group_read(&["restart", "demo", "--force"], &[]), Some(0));
+        assert_eq!(
+            group_read(&["list"], &[("PATRONI_CITUS_GROUP", "2")]),
+            Some(0)
+        );
+        assert_eq!(group_read(&["list", "--group", "2"], &[]), Some(2));
+        assert_eq!(group_read(&["pause"], &[]), Some(1));
+        assert_eq!(group_read(&["show-config"], &[]), Some(1));
+        assert_eq!(group_read(&["history", "--group", "0"], &[]), Some(0));
+        assert_eq!(
+            group_read(&["pause"], &[("PATRONI_CITUS_GROUP", "2")]),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn group_option_makes_any_cluster_a_citus_one() {
+        let cli = CtlCli::try_parse_from([
+            "ctl",
+            "--dcs-url",
+            "etcd3://127.0.0.1:2379",
+            "list",
+            "demo",
+            "--group",
+            "3",
+        ])
+        .expect("arguments");
+        let cfg = load_config(&cli, &BTreeMap::new()).expect("configuration");
+        assert_eq!(cfg.citus.map(|c| c.group), Some(3));
+        let cli =
+            CtlCli::try_parse_from(["ctl", "--dcs-url", "etcd3://127.0.0.1:2379", "list", "demo"])
+                .expect("arguments");
+        let cfg = load_config(&cli, &BTreeMap::new()).expect("configuration");
+        assert!(cfg.citus.is_none());
     }
 
     #[test]
