@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use regent_tests::config::{Backend, MemberConfig};
 use regent_tests::member::Member;
-use regent_tests::writer::{missing_ids, written_ids};
+use regent_tests::writer::{missing_ids, written_ids, WRITER_TABLE};
 use regent_tests::{poll_until, wait_until_ok, TestCluster, Writer};
 use serde_json::{json, Value};
 
@@ -127,6 +127,18 @@ fn sync_standby_gauge(text: &str) -> Option<&str> {
     text.lines()
         .find(|l| l.starts_with("patroni_sync_standby{"))
         .and_then(|l| l.rsplit(' ').next())
+}
+
+/// A writer on a cluster where an earlier writer ran: its ids start at 1 again, so the table is
+/// emptied first (on the leader) to keep every write of the new run meaningful.
+async fn fresh_writer(cluster: &TestCluster) -> Writer {
+    let leader = cluster.leader().await.expect("a leader");
+    let client = leader.pg_client().await.expect("connect to the leader");
+    client
+        .batch_execute(&format!("TRUNCATE {WRITER_TABLE}"))
+        .await
+        .expect("empty the writer table");
+    Writer::start(&cluster.all(), Duration::from_secs(30)).await
 }
 
 /// Every row the writer had acknowledged is on `member`.
@@ -297,7 +309,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     // Leader and sync standby crash together: the asynchronous member, the only one left, must
     // not promote (it may miss acknowledged writes). The sync standby, once back, takes over
     // with everything.
-    let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
+    let writer = fresh_writer(&cluster).await;
     wait_until_ok(
         "writer acknowledged rows",
         Duration::from_secs(20),
@@ -332,6 +344,62 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         "{tag} {second_async} stayed a replica; {second_sync} took over with all {} acknowledged rows",
         report.acked.len()
     );
+
+    // A synchronous standby that is stopped leaves its duty first (it publishes nosync and
+    // waits for the leader to release it), so commits on the primary do not wait for it.
+    let leader_now = last_leader;
+    cluster.member(&standby).restart();
+    for name in [&second_async, &standby] {
+        cluster
+            .wait_for_member_streaming(name, &leader_now, REJOIN_DEADLINE)
+            .await;
+    }
+    let leaving = wait_for_one_sync_standby(&cluster, &leader_now, 1).await;
+    let writer = fresh_writer(&cluster).await;
+    wait_until_ok(
+        "writer acknowledged rows",
+        Duration::from_secs(20),
+        || async {
+            if writer.acked_count() > 20 {
+                Ok(())
+            } else {
+                bail!("{} acknowledged", writer.acked_count())
+            }
+        },
+    )
+    .await;
+    let stopping = cluster.member(&leaving);
+    stopping
+        .sigterm(Duration::from_secs(60))
+        .await
+        .expect("stop the synchronous standby");
+    assert!(
+        stopping
+            .log_contents()
+            .contains("released from synchronous standby duty"),
+        "{leaving} stopped without being released from synchronous duty"
+    );
+    let replacement = wait_for_one_sync_standby(&cluster, &leader_now, 0).await;
+    assert_ne!(replacement, leaving);
+    let before = writer.acked_count();
+    wait_until_ok(
+        "writes after the standby stopped",
+        Duration::from_secs(20),
+        || async {
+            if writer.acked_count() > before + 20 {
+                Ok(())
+            } else {
+                bail!("{} acknowledged", writer.acked_count())
+            }
+        },
+    )
+    .await;
+    let report = writer.stop().await;
+    println!(
+        "{tag} {leaving} (sync standby) stopped with SIGTERM, {replacement} took its duty; {}",
+        report.summary()
+    );
+    assert_nothing_lost(cluster.member(&leader_now), &report.acked, &tag).await;
 }
 
 /// `synchronous_mode_strict`: with its only replica gone the leader renders `*` and a commit

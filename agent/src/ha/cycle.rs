@@ -105,6 +105,8 @@ pub struct Agent {
     last_known_paused: bool,
     /// Synchronous mode: the flush position noted after synchronous_standby_names changed.
     sync_since_lsn: Option<u64>,
+    /// A synchronous standby about to stop publishes `nosync` so the leader releases it first.
+    leaving_sync: bool,
 }
 
 /// Reads the configuration file (and environment) again; `Err` names what is wrong.
@@ -168,6 +170,7 @@ impl Agent {
             pending_start: None,
             last_known_paused: false,
             sync_since_lsn: None,
+            leaving_sync: false,
         }
     }
 
@@ -1312,6 +1315,9 @@ impl Agent {
             tags: self.cfg.tags.clone(),
             ..Default::default()
         };
+        if self.leaving_sync {
+            data.tags.0.insert("nosync".into(), Value::Bool(true));
+        }
         if running {
             data.timeline = obs.timeline;
             match self.role {
@@ -1400,6 +1406,9 @@ impl Agent {
                 .await;
         }
         self.stop_node_manager("shutting down");
+        if !leader {
+            self.leave_sync_duty().await;
+        }
         self.stop_postgres(
             StopMode::Fast,
             Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),

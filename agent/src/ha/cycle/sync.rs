@@ -16,6 +16,7 @@
 //! executes their steps.
 
 use std::cmp::Reverse;
+use std::time::Duration;
 
 use dcs::{Cluster, Member, Role, SyncState};
 use rest::{FailoverAction, FailoverRequest};
@@ -273,6 +274,36 @@ impl Agent {
             self.next_cycle_soon = Some(self.next_cycle_soon.map_or(SOON, |d| d.min(SOON)));
         }
         self.run_sync_steps(cluster, steps).await;
+    }
+
+    /// A synchronous standby about to stop (reference §7.8): publish `nosync` and wait, at most
+    /// 2·loop_wait, until the leader has taken it out of `sync` (and then out of
+    /// synchronous_standby_names), so the primary's commits do not stall on it.
+    pub(super) async fn leave_sync_duty(&mut self) {
+        let me = self.cfg.name.clone();
+        let named = |c: &Cluster| c.sync.sync_standby.iter().any(|n| *n == me);
+        if !self.sync_settings().enabled
+            || !self.pg.is_running()
+            || !self.last_cluster.as_ref().is_some_and(named)
+        {
+            return;
+        }
+        info!("leaving synchronous standby duty before stopping: publishing nosync");
+        self.leaving_sync = true;
+        self.publish_member().await;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(2 * u64::from(self.dynamic.loop_wait.max(1)));
+        while tokio::time::Instant::now() < deadline {
+            let read = tokio::time::timeout_at(deadline, self.dcs.get_cluster()).await;
+            if let Ok(Ok(cluster)) = read {
+                if !named(&cluster) {
+                    info!("released from synchronous standby duty");
+                    return;
+                }
+            }
+            tokio::time::sleep(SOON).await;
+        }
+        warn!("still named as a synchronous standby: stopping anyway");
     }
 
     async fn run_sync_steps(&mut self, cluster: &Cluster, steps: Vec<SyncStep>) {
