@@ -281,7 +281,7 @@ impl Agent {
     /// synchronous_standby_names), so the primary's commits do not stall on it.
     pub(super) async fn leave_sync_duty(&mut self) {
         let me = self.cfg.name.clone();
-        let named = |c: &Cluster| c.sync.sync_standby.iter().any(|n| *n == me);
+        let named = |c: &Cluster| c.sync.sync_standby.contains(&me);
         if !self.sync_settings().enabled
             || !self.pg.is_running()
             || !self.last_cluster.as_ref().is_some_and(named)
