@@ -365,6 +365,14 @@ async fn ctl_lists_every_citus_group_as_patronictl(backend: Backend) {
     }
 }
 
+/// The scope: member names are `<scope>-<index>`.
+fn scope_of(names: &[String]) -> &str {
+    names[0]
+        .rsplit_once('-')
+        .map(|(s, _)| s)
+        .unwrap_or_default()
+}
+
 /// The leader of `group` in a JSON listing, if any.
 fn group_leader(rows: &[(i64, String, String, String)], group: i64) -> Option<String> {
     rows.iter()
@@ -408,6 +416,14 @@ async fn interactive_switchover_in_group(tag: &str, ctl: &Tool, names: &[String]
     println!("{tag} interactive switchover:\n{text}");
     assert!(out.status.success(), "{text}");
     assert!(text.contains("Citus group: "), "{text}");
+    // Afterwards the group it acted on is shown, named in the title.
+    assert!(
+        text.contains(&format!(
+            "+ Citus cluster: {} (group: {group}, ",
+            scope_of(names)
+        )),
+        "{text}"
+    );
     let started = Instant::now();
     wait_until(
         &format!("{candidate} to lead group {group}"),

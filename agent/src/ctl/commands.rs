@@ -987,6 +987,7 @@ async fn failover(
     let scope = ctx.cfg.scope.clone();
     let mut cluster = ctx.cluster().await?;
     let mut dcs = ctx.dcs.clone();
+    let mut groups = ctx.groups;
     println!("Current cluster topology");
     let list_args = ListArgs {
         cluster_name: None,
@@ -1020,6 +1021,7 @@ async fn failover(
         }
         dcs = connect_dcs(&cfg).await?;
         cluster = read_cluster(dcs.as_ref()).await?;
+        groups = Groups::One(group);
     }
     let cluster_leader = cluster.leader_name().map(str::to_string);
     let mut leader = leader;
@@ -1150,6 +1152,11 @@ async fn failover(
     match answer {
         Some(a) if a.status == 200 || a.status == 202 => {
             println!("{} {}", timestamp(), a.body.trim());
+            // The cluster as it is now (patronictl shows it after the operation too).
+            match read_cluster(dcs.as_ref()).await {
+                Ok(now) => cluster = now,
+                Err(e) => debug!("{}", e.msg),
+            }
         }
         Some(a) => {
             return Err(CtlError::failed(format!(
@@ -1180,6 +1187,10 @@ async fn failover(
             }
         }
     }
+    print!(
+        "{}",
+        render_members(&ctx.cfg, groups, &cluster, &list_args, false)
+    );
     Ok(())
 }
 

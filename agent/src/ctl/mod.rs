@@ -56,7 +56,7 @@ struct CtlCli {
 #[derive(Args, Debug, Clone)]
 struct ListArgs {
     cluster_name: Option<String>,
-    /// Citus group.
+    /// Citus group (default: the coordinator and every worker group).
     #[arg(long)]
     group: Option<u32>,
     /// Show pending restarts, scheduled restarts and tags.
