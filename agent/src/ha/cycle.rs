@@ -225,6 +225,7 @@ impl Agent {
         if let Err(e) = self.pg.adopt_running().await {
             warn!("cannot check for an already running postmaster: {e}");
         }
+        self.pg.adopt_rendered_synchronous_standby_names();
         loop {
             let guard = self.guard_instant();
             let ended = {

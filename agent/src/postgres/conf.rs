@@ -461,6 +461,20 @@ impl Postgres {
         self.synchronous_standby_names.as_deref()
     }
 
+    /// Take over the `synchronous_standby_names` of the postgresql.conf already in place (a
+    /// Postgres that outlived an agent restart), so that no render drops the synchronous
+    /// standbys it waits for before synchronous mode has looked at them. Synchronous mode then
+    /// keeps or changes it in order; with synchronous mode off it goes back to the configured
+    /// value at the next cycle.
+    pub fn adopt_rendered_synchronous_standby_names(&mut self) -> Option<&str> {
+        let text = std::fs::read_to_string(self.settings.data_dir.join(CONF)).ok()?;
+        let raw = parse_conf_raw(&text).remove("synchronous_standby_names")?;
+        let inner = raw.strip_prefix('\'')?.strip_suffix('\'')?;
+        let value = inner.replace("''", "'").replace("\\\\", "\\");
+        self.synchronous_standby_names = Some(value);
+        self.synchronous_standby_names.as_deref()
+    }
+
     /// Render postgresql.conf, pg_hba.conf, standby.signal and the passfile for `role`.
     /// Moves initdb's postgresql.conf to postgresql.base.conf the first time.
     pub fn write_config(&self, role: ConfRole) -> Result<ConfChange, PgError> {
@@ -854,6 +868,14 @@ mod unit_tests {
         assert!(conf(&pg).contains("synchronous_standby_names = '*'"));
         pg.set_synchronous_standby_names(Some(String::new()));
         assert!(conf(&pg).contains("synchronous_standby_names = ''"));
+        pg.set_synchronous_standby_names(Some("2 (a,\"b'c\")".into()));
+        conf(&pg);
+        pg.set_synchronous_standby_names(None);
+        // A restarted agent takes over what the running server was given.
+        assert_eq!(
+            pg.adopt_rendered_synchronous_standby_names(),
+            Some("2 (a,\"b'c\")")
+        );
         pg.set_synchronous_standby_names(None);
         assert!(conf(&pg).contains("synchronous_standby_names = 'configured'"));
         std::fs::remove_dir_all(&dir).unwrap();
