@@ -213,7 +213,7 @@ impl Etcd {
         let pid = self
             .pid()
             .unwrap_or_else(|| panic!("cannot pause etcd: it is not running"));
-        signal_all(&[pid], Signal::SIGSTOP);
+        crate::process::stop_process(pid);
         *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
     }
 

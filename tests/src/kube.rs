@@ -444,7 +444,7 @@ impl KubeApiServer {
         let pid = self
             .pid()
             .unwrap_or_else(|| panic!("cannot pause the API server: it is not running"));
-        signal_all(&[pid], Signal::SIGSTOP);
+        crate::process::stop_process(pid);
         *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
     }
 

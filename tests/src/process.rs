@@ -180,6 +180,19 @@ fn stat_of(pid: i32) -> Option<(i32, char)> {
 }
 
 /// True if `pid` exists and is not a zombie.
+/// SIGSTOP `pid` and return once the kernel reports it stopped (`T` in /proc/<pid>/stat), so
+/// a request sent afterwards cannot still be served (at most 2 s, then it returns anyway).
+pub fn stop_process(pid: i32) {
+    signal_all(&[pid], Signal::SIGSTOP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if matches!(stat_of(pid), Some((_, 'T' | 't')) | None) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 pub fn process_alive(pid: i32) -> bool {
     matches!(stat_of(pid), Some((_, state)) if state != 'Z' && state != 'X')
 }
