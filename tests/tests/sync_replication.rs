@@ -496,6 +496,28 @@ async fn strict_mode_holds_writes_without_a_standby(backend: Backend) {
         wait_for_one_sync_standby(&cluster, &leader_name, 0).await,
         replica_name
     );
+
+    // Turning synchronous mode off removes the sync object and the standby names.
+    let response = reqwest::Client::new()
+        .patch(format!("{}/config", leader.api_base()))
+        .json(&json!({"synchronous_mode": false}))
+        .send()
+        .await
+        .expect("PATCH /config");
+    assert_eq!(response.status().as_u16(), 200, "PATCH /config");
+    wait_until_ok("synchronous mode off", SYNC_DEADLINE, || async {
+        let row = client
+            .query_one("SHOW synchronous_standby_names", &[])
+            .await?;
+        let names: String = row.try_get(0)?;
+        let sync = sync_object(&cluster).await;
+        if names.is_empty() && sync.is_none() {
+            Ok(())
+        } else {
+            bail!("synchronous_standby_names = {names:?}, sync object {sync:?}")
+        }
+    })
+    .await;
 }
 
 /// Maintenance mode (Patroni's `_handle_dcs_error` while paused): with the DCS frozen for longer
