@@ -636,7 +636,8 @@ regent_tests::backend_tests! {
 }
 
 /// Maintenance mode: kill -9 of the leader's postmaster (its agent stays up) starts no failover
-/// and no restart — for longer than ttl — and after resume the same member leads again.
+/// and no restart — for longer than ttl; the holder gives the lock up, as Patroni does, and after
+/// resume the members elect exactly one leader.
 async fn pause_survives_a_killed_leader_postgres(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "pkl", 3).await;
     let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
@@ -689,6 +690,11 @@ async fn pause_survives_a_killed_leader_postgres(backend: Backend) {
     }
     let primaries = cluster.sql_primaries().await;
     assert!(primaries.is_empty(), "primaries in pause: {primaries:?}");
+    assert_eq!(
+        cluster.dcs_leader().await,
+        None,
+        "a holder without Postgres keeps no lock in pause"
+    );
     println!(
         "[pause-kill/{}] {:.1} s after the kill: no failover, no restart, DCS leader {:?}",
         backend.label(),

@@ -507,6 +507,14 @@ fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decisio
     let me = s.name.as_str();
     let i_hold = cluster.leader_name() == Some(me);
     if !matches!(local.data_dir, DataDir::Valid { .. }) || !local.pg_running {
+        // As Patroni: a holder whose Postgres is down gives the lock up (nobody promotes while
+        // paused); after resume the members elect a leader as usual.
+        if i_hold {
+            return plan(
+                vec![Action::ReleaseLock],
+                "paused: removed the leader lock because Postgres is not running",
+            );
+        }
         return plan(vec![], "paused: no automatic action");
     }
     if local.pg_role == PgRole::Primary {
@@ -1262,6 +1270,23 @@ mod tests {
         assert_eq!(
             decide(Some(&c), &p, &settings("a")).actions,
             vec![Action::AcquireLock]
+        );
+        // The holder's Postgres went down (killed): no restart, no failover; the lock is
+        // given up as Patroni does, and the replicas keep following nobody into promotion.
+        let mut held = initialized(Some("a"));
+        held.config = c.config.clone();
+        let mut down = primary(1);
+        down.pg_running = false;
+        down.pg_crashed = true;
+        assert_eq!(
+            decide(Some(&held), &down, &settings("a")).actions,
+            vec![Action::ReleaseLock]
+        );
+        let mut without_lock = initialized(None);
+        without_lock.config = c.config.clone();
+        assert_eq!(
+            decide(Some(&without_lock), &replica(1000), &settings("b")).actions,
+            vec![]
         );
     }
 
