@@ -400,6 +400,22 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         report.summary()
     );
     assert_nothing_lost(cluster.member(&leader_now), &report.acked, &tag).await;
+
+    // POST /restart of the synchronous standby: released first, synchronous again once back.
+    let restarting = cluster.member(&replacement);
+    let (code, text) = post(&format!("{}/restart", restarting.api_base()), json!({})).await;
+    assert_eq!(code, 200, "POST /restart: {text}");
+    assert!(
+        restarting
+            .log_contents()
+            .contains("released from synchronous standby duty"),
+        "{replacement} restarted without being released from synchronous duty"
+    );
+    assert_eq!(
+        wait_for_one_sync_standby(&cluster, &leader_now, 0).await,
+        replacement,
+        "the restarted standby is synchronous again"
+    );
 }
 
 /// `synchronous_mode_strict`: with its only replica gone the leader renders `*` and a commit

@@ -324,6 +324,8 @@ impl Agent {
             // A Citus worker primary: writes to this group wait instead of failing.
             self.notify_coordinator(::citus::event::EventType::BeforeDemote)
                 .await;
+        } else {
+            self.leave_sync_duty().await;
         }
         let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
         self.stop_postgres(StopMode::Fast, timeout).await;

@@ -239,6 +239,10 @@ impl Agent {
     /// Keep `synchronous_standby_names` and the `sync` object in step (after the cycle's plan).
     pub(super) async fn sync_after_cycle(&mut self, cluster: Option<&Cluster>) {
         let Some(cluster) = cluster else { return };
+        if self.leaving_sync && self.pg.is_running() {
+            // Back after a restart: available for synchronous duty again.
+            self.leaving_sync = false;
+        }
         if !self.pg.is_running() {
             self.sync_since_lsn = None;
             return;
@@ -276,9 +280,10 @@ impl Agent {
         self.run_sync_steps(cluster, steps).await;
     }
 
-    /// A synchronous standby about to stop (reference §7.8): publish `nosync` and wait, at most
-    /// 2·loop_wait, until the leader has taken it out of `sync` (and then out of
-    /// synchronous_standby_names), so the primary's commits do not stall on it.
+    /// A synchronous standby about to stop or restart (reference §7.8): publish `nosync` and
+    /// wait, at most 2·loop_wait, until the leader has taken it out of `sync` (and then out of
+    /// synchronous_standby_names), so the primary's commits do not stall on it. The tag goes
+    /// away at the first cycle with Postgres running again.
     pub(super) async fn leave_sync_duty(&mut self) {
         let me = self.cfg.name.clone();
         let named = |c: &Cluster| c.sync.sync_standby.contains(&me);
