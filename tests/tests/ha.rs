@@ -25,6 +25,44 @@ regent_tests::backend_tests! {
     leader_crash_fails_over_and_old_leader_rejoins: [etcd, kubernetes, kubernetes_endpoints];
     sigterm_on_leader_hands_over_quickly: [etcd, kubernetes];
     frozen_dcs_makes_leader_stop_writes_before_lock_expiry: [etcd, kubernetes];
+    unclaimed_bootstrap_is_cleared_and_the_cluster_bootstraps: [etcd, kubernetes];
+}
+
+/// `initialize` already says "bootstrap in progress" (empty) but no member is bootstrapping —
+/// the member that claimed it died, or its write landed although its request timed out. The
+/// members clear the claim after a ttl and bootstrap instead of waiting forever.
+async fn unclaimed_bootstrap_is_cleared_and_the_cluster_bootstraps(backend: Backend) {
+    let cluster = TestCluster::builder("unc")
+        .backend(backend)
+        .members(2)
+        .start_agents(false)
+        .start()
+        .await;
+    let tag = format!("[unclaimed/{}]", backend.label());
+    cluster
+        .dcs_put("initialize", "")
+        .await
+        .expect("write an unclaimed bootstrap");
+    let started = Instant::now();
+    for m in cluster.all() {
+        m.start();
+    }
+    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    let took = started.elapsed();
+    println!(
+        "{tag} the unclaimed bootstrap was cleared and {leader} bootstrapped the cluster after {:.3} s (ttl {} s)",
+        took.as_secs_f64(),
+        cluster.timing().ttl
+    );
+    assert!(
+        took >= cluster.ttl(),
+        "the claim was cleared before a ttl had passed ({took:?})"
+    );
+    let initialize = cluster.dcs_get("initialize").await.unwrap_or_default();
+    assert!(
+        initialize.trim().parse::<u64>().is_ok(),
+        "initialize holds the system identifier: {initialize:?}"
+    );
 }
 
 /// `[scope/backend]`, the prefix of every line a test prints.

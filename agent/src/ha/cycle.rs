@@ -101,6 +101,8 @@ pub struct Agent {
     citus: Option<CitusRuntime>,
     /// A Postgres start the loop stopped waiting for (restart `timeout`): role, leader followed.
     pending_start: Option<(bool, Option<ConnTarget>)>,
+    /// Since when `initialize` has claimed a bootstrap that no member is carrying out.
+    bootstrap_unclaimed_since: Option<Instant>,
     /// `pause` as of the last successful DCS read (kept while the DCS is unreachable).
     last_known_paused: bool,
     /// Synchronous mode: the flush position noted after synchronous_standby_names changed.
@@ -168,6 +170,7 @@ impl Agent {
             config_reloader: None,
             citus: None,
             pending_start: None,
+            bootstrap_unclaimed_since: None,
             last_known_paused: false,
             sync_since_lsn: None,
             leaving_sync: false,
@@ -338,6 +341,7 @@ impl Agent {
             local.diverged_from_leader = self.replica_diverged(c, &local).await;
         }
         local.now_ms = chrono::Utc::now().timestamp_millis();
+        local.bootstrap_unclaimed_for = self.bootstrap_unclaimed_for(cluster.as_ref());
         local.last_known_paused = self.last_known_paused;
         let settings = self.settings();
         let mut decision = decide(cluster.as_ref(), &local, &settings);
@@ -367,6 +371,29 @@ impl Agent {
         Ok(())
     }
 
+    /// How long the DCS has claimed a bootstrap in progress (`initialize` empty, no leader)
+    /// while no member reports bootstrapping.
+    fn bootstrap_unclaimed_for(&mut self, cluster: Option<&Cluster>) -> Option<f64> {
+        let unclaimed = cluster.is_some_and(|c| {
+            c.initialize.as_deref() == Some("")
+                && c.leader.is_none()
+                && !c.members.iter().any(|m| {
+                    matches!(
+                        m.data.state.as_str(),
+                        "initializing new cluster" | "running custom bootstrap script"
+                    )
+                })
+        });
+        if !unclaimed {
+            self.bootstrap_unclaimed_since = None;
+            return None;
+        }
+        let since = *self
+            .bootstrap_unclaimed_since
+            .get_or_insert_with(Instant::now);
+        Some(since.elapsed().as_secs_f64())
+    }
+
     fn log_decision(&mut self, reason: &str) {
         if reason != self.last_reason {
             info!("{reason}");
@@ -387,6 +414,7 @@ impl Agent {
             lease_safety_margin: self.safety_margin(),
             max_primary_start_failures: 3,
             loop_wait: self.dynamic.loop_wait,
+            ttl: self.dynamic.ttl,
             synchronous_mode: self.dynamic.synchronous_mode
                 && self.dynamic.standby_cluster.is_none(),
         }
@@ -629,6 +657,14 @@ impl Agent {
                         PlanOutcome::Aborted
                     }
                 },
+                Action::CancelInitialization => {
+                    match self.dcs.cancel_initialization().await {
+                        Ok(()) => info!("removed the unclaimed bootstrap from initialize"),
+                        Err(e) => warn!("cannot remove the unclaimed bootstrap: {e}"),
+                    }
+                    self.bootstrap_unclaimed_since = None;
+                    PlanOutcome::Done
+                }
                 Action::Bootstrap => self.bootstrap().await,
                 Action::CloneFrom(name) => self.clone_from(cluster, name).await,
                 Action::WriteInitialize(sysid) => match self

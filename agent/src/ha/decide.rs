@@ -26,6 +26,8 @@ pub enum DemoteMode {
 pub enum Action {
     /// Race to create the `initialize` key; losing aborts the rest of the plan.
     RaceInitialize,
+    /// Remove an `initialize` claim that no member is acting on, so the race can run again.
+    CancelInitialization,
     /// initdb, start, create users, write `initialize`=sysid and `config`, take the lock.
     Bootstrap,
     /// Wipe the data directory and clone it with pg_basebackup from this member.
@@ -113,6 +115,10 @@ pub struct LocalState {
     /// The cluster was in maintenance mode (`pause`) the last time the DCS could be read: with
     /// the DCS unreachable, a paused primary keeps running (reference §7.7).
     pub last_known_paused: bool,
+    /// Seconds for which `initialize` has said "bootstrap in progress" (empty) with no leader and
+    /// no member bootstrapping: the member that claimed it is gone, or its claim was written
+    /// although its request failed (an ambiguous timeout).
+    pub bootstrap_unclaimed_for: Option<f64>,
 }
 
 /// A peer's answer to `GET /patroni` during the leader race.
@@ -141,6 +147,8 @@ pub struct Settings {
     pub max_primary_start_failures: u32,
     /// Seconds between cycles: a scheduled switchover this late is stale.
     pub loop_wait: u32,
+    /// The lock's ttl; also how long a bootstrap claimed by nobody is waited for.
+    pub ttl: u32,
     /// `synchronous_mode`: only the members named in the `sync` object may take the lock
     /// automatically, and a switchover goes to a synchronous standby (reference §7.8).
     pub synchronous_mode: bool,
@@ -158,6 +166,7 @@ impl Default for Settings {
             lease_safety_margin: 2.0,
             max_primary_start_failures: 3,
             loop_wait: 10,
+            ttl: 30,
             synchronous_mode: false,
         }
     }
@@ -209,7 +218,7 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
 
     // Bootstrap or clone an empty data directory.
     let DataDir::Valid { sysid } = &local.data_dir else {
-        return decide_empty_data_dir(cluster, s);
+        return decide_empty_data_dir(cluster, local, s);
     };
 
     if let Some(cluster_sysid) = cluster.initialized_sysid() {
@@ -606,7 +615,7 @@ fn paused_failover_as_leader(
     }
 }
 
-fn decide_empty_data_dir(cluster: &Cluster, s: &Settings) -> Decision {
+fn decide_empty_data_dir(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decision {
     if cluster.initialize.is_none() && cluster.leader.is_none() {
         if s.tags.can_be_leader() {
             return plan(
@@ -646,6 +655,17 @@ fn decide_empty_data_dir(cluster: &Cluster, s: &Settings) -> Decision {
                 format!("cloning a replica from {}", src.name),
             );
         }
+    }
+    if cluster.initialize.as_deref() == Some("")
+        && cluster.leader.is_none()
+        && local
+            .bootstrap_unclaimed_for
+            .is_some_and(|secs| secs >= f64::from(s.ttl.max(1)))
+    {
+        return plan(
+            vec![Action::CancelInitialization],
+            "initialize says a bootstrap is in progress but no member has been bootstrapping for a ttl: clearing it",
+        );
     }
     plan(vec![], "waiting for the leader to bootstrap the cluster")
 }
@@ -895,6 +915,52 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    /// A claim on the bootstrap (`initialize` empty) that no member acts on — its author is gone,
+    /// or its write landed although the request timed out — is cleared after a ttl, so the
+    /// cluster does not wait forever.
+    #[test]
+    fn unclaimed_bootstrap_is_cleared_after_a_ttl() {
+        let initializing = Cluster {
+            initialize: Some(String::new()),
+            ..Default::default()
+        };
+        let s = Settings {
+            ttl: 10,
+            ..settings("b")
+        };
+        let waited = |secs: Option<f64>| LocalState {
+            bootstrap_unclaimed_for: secs,
+            ..LocalState::default()
+        };
+        for (secs, expected) in [
+            (None, vec![]),
+            (Some(9.9), vec![]),
+            (Some(10.0), vec![Action::CancelInitialization]),
+        ] {
+            assert_eq!(
+                decide(Some(&initializing), &waited(secs), &s).actions,
+                expected,
+                "{secs:?}"
+            );
+        }
+        // With a leader, or once initialized, nothing is cleared.
+        let mut led = initializing.clone();
+        led.leader = Some(Leader {
+            name: "a".into(),
+            version: None,
+        });
+        assert!(!decide(Some(&led), &waited(Some(60.0)), &s)
+            .actions
+            .contains(&Action::CancelInitialization));
+        let done = Cluster {
+            initialize: Some("7000000000000000001".into()),
+            ..Default::default()
+        };
+        assert!(!decide(Some(&done), &waited(Some(60.0)), &s)
+            .actions
+            .contains(&Action::CancelInitialization));
     }
 
     #[test]
