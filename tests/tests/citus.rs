@@ -297,7 +297,9 @@ async fn citus_cluster_registers_every_group_and_follows_worker_switchovers(back
     // Five worker switchovers through the REST API (group 1, back and forth), each while a
     // client writes and reads through the coordinator every 20 ms.
     let mut stalls = Vec::new();
-    for run in 1..=5i64 {
+    // Five runs give the median the closing note reports (etcd); Kubernetes checks the same path.
+    let runs: i64 = if backend.is_kubernetes() { 2 } else { 5 };
+    for run in 1..=runs {
         let client = CoordinatorClient::start(&cluster, run * 1_000_000).await;
         poll_until(Duration::from_secs(10), || async {
             (client.snapshot().writes_ok >= 10).then_some(())
@@ -363,9 +365,10 @@ async fn citus_cluster_registers_every_group_and_follows_worker_switchovers(back
         wait_streaming(old).await;
     }
     stalls.sort();
+    let n = stalls.len();
     eprintln!(
-        "{tag} longest write stall per worker switchover: median {:.3?} (min {:.3?}, max {:.3?}, n=5)",
-        stalls[2], stalls[0], stalls[4]
+        "{tag} longest write stall per worker switchover: median {:.3?} (min {:.3?}, max {:.3?}, n={n})",
+        stalls[n / 2], stalls[0], stalls[n - 1]
     );
 }
 
