@@ -312,6 +312,17 @@ async fn fuzzing_without_credentials_changes_nothing() {
         cluster.dcs_get("config").await.map(|_| ())
     })
     .await;
+    // ... and for the member's status to show its timeline (published by its first cycle after
+    // bootstrap), so the only differences left would be the fuzz run's.
+    wait_until(
+        "the timeline on GET /patroni",
+        Duration::from_secs(30),
+        || async {
+            let status = member.patroni_status().await?;
+            status.get("timeline").is_some().then_some(())
+        },
+    )
+    .await;
     let before = observe(&cluster).await;
     assert_eq!(before.leader.as_deref(), Some(name.as_str()));
     assert_eq!(before.failover, None);

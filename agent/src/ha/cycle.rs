@@ -872,6 +872,8 @@ impl Agent {
         }
         self.role = Role::Primary;
         self.state = "running".into();
+        // Publish the new primary's timeline and WAL position at once, not a cycle later.
+        self.last_obs = self.pg.observe().await;
         Ok(())
     }
 
