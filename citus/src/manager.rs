@@ -40,45 +40,6 @@ pub struct NodeTarget {
 }
 
 impl NodeTarget {
-    /// The target a DCS member's `conn_url` names (`postgres://user@host:port/db`, port 5432
-    /// when absent), as Patroni reads it; validated.
-    pub fn from_conn_url(group: u32, conn_url: &str) -> Result<NodeTarget, String> {
-        let bad = |why: &str| format!("group {group}: conn_url {conn_url:?}: {why}");
-        let rest = conn_url
-            .strip_prefix("postgres://")
-            .or_else(|| conn_url.strip_prefix("postgresql://"))
-            .ok_or_else(|| bad("expected postgres:// or postgresql://"))?;
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-        if host_port.contains(',') {
-            return Err(bad("more than one host"));
-        }
-        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or_else(|| bad("unclosed '['"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match host_port.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (host_port, None),
-            }
-        };
-        let port = match port {
-            None | Some("") => 5432,
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| bad(&format!("port {p:?} is not in 1..65535")))?,
-        };
-        let target = NodeTarget {
-            group,
-            host: host.to_string(),
-            port,
-        };
-        target.validate()?;
-        Ok(target)
-    }
-
     /// A usable target: a host (without the `-demoted` suffix the manager uses itself) and a
     /// port in 1..=65535, in a group `pg_dist_node` can hold.
     pub fn validate(&self) -> Result<(), String> {
