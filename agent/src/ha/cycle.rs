@@ -1136,6 +1136,18 @@ impl Agent {
         }
     }
 
+    /// How long a fast stop of a primary may take: it must be over (escalated to immediate if
+    /// need be) half a second before the lock we hold could expire.
+    fn stop_budget_before_lock_expiry(&self) -> Duration {
+        self.lock_deadline
+            .map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .saturating_sub(Duration::from_millis(500))
+            })
+            .unwrap_or(Duration::from_secs(5))
+            .max(Duration::from_millis(200))
+    }
+
     async fn demote(&mut self, mode: DemoteMode) {
         info!(?mode, "demoting");
         match mode {
@@ -1147,15 +1159,8 @@ impl Agent {
             DemoteMode::Offline => {
                 // Fast stop lets walsenders ship every acknowledged WAL record to the replicas;
                 // it must still be over before the lock could expire.
-                let budget = self
-                    .lock_deadline
-                    .map(|d| {
-                        d.saturating_duration_since(Instant::now())
-                            .saturating_sub(Duration::from_millis(500))
-                    })
-                    .unwrap_or(Duration::from_secs(5))
-                    .max(Duration::from_millis(200));
-                self.stop_postgres(StopMode::Fast, budget).await;
+                self.stop_postgres(StopMode::Fast, self.stop_budget_before_lock_expiry())
+                    .await;
                 self.lock_deadline = None;
             }
             DemoteMode::Graceful => {
@@ -1168,15 +1173,8 @@ impl Agent {
                 // primary announces itself.
                 self.notify_coordinator(::citus::event::EventType::BeforeDemote)
                     .await;
-                let budget = self
-                    .lock_deadline
-                    .map(|d| {
-                        d.saturating_duration_since(Instant::now())
-                            .saturating_sub(Duration::from_millis(500))
-                    })
-                    .unwrap_or(Duration::from_secs(5))
-                    .max(Duration::from_millis(200));
-                self.stop_postgres(StopMode::Fast, budget).await;
+                self.stop_postgres(StopMode::Fast, self.stop_budget_before_lock_expiry())
+                    .await;
                 if self.pg.is_running() {
                     // Keep the lock: releasing it with a primary still up could make two.
                     error!("Postgres did not stop: keeping the leader lock, switchover aborted");
