@@ -3,11 +3,13 @@
 
 mod config;
 mod ctl;
+mod fence;
 mod ha;
 mod logging;
 mod pid1;
 mod postgres;
 mod snapshot;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +47,10 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "ctl") {
         return ctl::main(args[1..].to_vec());
+    }
+    // The fence process the agent starts for itself (see fence.rs); nothing else is parsed.
+    if args.len() == 2 && args[1] == fence::FENCE_ARG {
+        return fence::run();
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

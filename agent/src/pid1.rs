@@ -64,22 +64,28 @@ impl Drop for ManagedChild {
     }
 }
 
+/// Runs in a forked child before exec: the agent's death signals it (SIGQUIT).
+fn die_with_the_agent() -> io::Result<()> {
+    // SAFETY: prctl is async-signal-safe; plain call with constant arguments.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGQUIT as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn prepare(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; it runs in the forked child before exec.
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGQUIT as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(die_with_the_agent);
     }
 }
 
@@ -92,6 +98,24 @@ pub fn spawn(mut cmd: Command) -> io::Result<ManagedChild> {
         with_managed(|m| m.insert(p));
     }
     Ok(ManagedChild { child, pid })
+}
+
+/// Spawn a long-running helper with the standard library's process API (the fence: the agent
+/// checks on it without the runtime). Its pid stays managed until [`release`].
+pub fn spawn_std(mut cmd: std::process::Command) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(die_with_the_agent);
+    }
+    let child = cmd.spawn()?;
+    with_managed(|m| m.insert(child.id()));
+    Ok(child)
+}
+
+/// A managed pid that was waited for: orphans with that pid may be reaped again.
+pub fn release(pid: u32) {
+    with_managed(|m| m.remove(&pid));
 }
 
 /// Run a command to completion and collect its output (initdb, pg_basebackup, pg_controldata...).

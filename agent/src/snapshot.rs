@@ -85,6 +85,7 @@ pub fn build(agent: &Agent) -> Snapshot {
         loop_wait: agent.dynamic().loop_wait,
         last_cycle_unix_ms: agent.last_cycle_ms(),
         scheduled_restart: agent.scheduled_restart_json(),
+        watchdog_failed: agent.watchdog_failed(),
         ..Snapshot::default()
     }
 }

@@ -30,6 +30,7 @@ use serde_json::{Map, Value};
 
 pub use dynamic::DynamicConfig;
 pub use http::member_client_builder;
+pub(crate) use value::parse_bool_str;
 pub use value::split_host_port;
 
 use value::{
@@ -150,8 +151,8 @@ pub struct Config {
     pub bootstrap: BootstrapConfig,
     pub postgresql: PostgresqlConfig,
     pub tags: dcs::Tags,
-    /// Accepted for compatibility; Regent does not drive a watchdog device.
-    pub watchdog: Value,
+    /// The watchdog device and the fence process (`crate::watchdog`).
+    pub watchdog: crate::watchdog::WatchdogConfig,
     pub citus: Option<CitusConfig>,
     /// Things worth logging once logging is up (settings adjusted or ignored while loading).
     pub warnings: Vec<String>,
@@ -914,6 +915,12 @@ impl Config {
             _ => return Err(no_dcs_error()),
         };
 
+        let watchdog = crate::watchdog::WatchdogConfig::from_value(&raw.watchdog, &mut warnings)
+            .map_err(|e| match e.split_once(": ") {
+                Some((key, msg)) => ConfigError::invalid(key.to_string(), msg.to_string()),
+                None => ConfigError::invalid("watchdog".to_string(), e.clone()),
+            })?;
+
         let citus = match raw.citus {
             None => None,
             Some(v) => Some(citus_from_value(&v)?),
@@ -1009,7 +1016,7 @@ impl Config {
             bootstrap,
             postgresql,
             tags: raw.tags,
-            watchdog: raw.watchdog,
+            watchdog,
             citus,
             warnings,
         };

@@ -220,7 +220,7 @@ fn patroni_postgres0_loads() {
     assert!(!cfg.tags.nofailover() && !cfg.tags.nosync());
     assert_eq!(cfg.tags.failover_priority(), 1);
     assert!(cfg.citus.is_none());
-    assert!(cfg.watchdog.is_null());
+    assert_eq!(cfg.watchdog, crate::watchdog::WatchdogConfig::default());
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 
     assert_eq!(

@@ -20,6 +20,7 @@ use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutco
 
 mod citus;
 mod ops;
+mod protection;
 mod sync;
 
 pub use citus::{CitusRuntime, CoordinatorEvents};
@@ -109,6 +110,9 @@ pub struct Agent {
     sync_since_lsn: Option<u64>,
     /// A synchronous standby about to stop publishes `nosync` so the leader releases it first.
     leaving_sync: bool,
+    /// The process that stops Postgres when the lease runs out even if this agent is frozen.
+    fence: protection::FenceSlot,
+    watchdog: crate::watchdog::Watchdog,
 }
 
 /// Reads the configuration file (and environment) again; `Err` names what is wrong.
@@ -140,6 +144,9 @@ impl Agent {
             .connect_timeout(Duration::from_secs(1))
             .build()
             .unwrap_or_default();
+        // Started before any Postgres: a primary never runs without it.
+        let fence = protection::FenceSlot::start(cfg.watchdog.fence);
+        let watchdog = crate::watchdog::Watchdog::new(cfg.watchdog.clone());
         Agent {
             cfg,
             dynamic,
@@ -174,6 +181,8 @@ impl Agent {
             last_known_paused: false,
             sync_since_lsn: None,
             leaving_sync: false,
+            fence,
+            watchdog,
         }
     }
 
@@ -248,6 +257,7 @@ impl Agent {
                     self.stop_postgres(StopMode::Fast, Duration::from_secs(30))
                         .await;
                     let _ = self.dcs.close().await;
+                    self.stop_protection();
                     return Exit::Fatal(msg);
                 }
                 Wake::CycleDone(Ok(())) | Wake::Timer | Wake::Command(_) => {}
@@ -343,6 +353,7 @@ impl Agent {
         local.now_ms = chrono::Utc::now().timestamp_millis();
         local.bootstrap_unclaimed_for = self.bootstrap_unclaimed_for(cluster.as_ref());
         local.last_known_paused = self.last_known_paused;
+        local.cannot_lead = self.protection_refuses_leading();
         let settings = self.settings();
         let mut decision = decide(cluster.as_ref(), &local, &settings);
         for attempt in 0..2 {
@@ -365,6 +376,7 @@ impl Agent {
             self.next_cycle_soon = Some(self.next_cycle_soon.map_or(due, |d| d.min(due)));
         }
         self.sync_after_cycle(cluster.as_ref()).await;
+        self.sync_protection();
         self.publish_member().await;
         self.citus_after_cycle(cluster.as_ref()).await;
         self.last_cluster = cluster;
@@ -756,6 +768,7 @@ impl Agent {
             Ok(true) => {
                 self.lock_deadline =
                     Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
+                self.lock_confirmed();
                 info!("acquired the leader lock");
                 PlanOutcome::Done
             }
@@ -793,6 +806,7 @@ impl Agent {
                 // The backend records optime in `status` as part of the renew.
                 self.lock_deadline =
                     Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
+                self.lock_confirmed();
                 PlanOutcome::Done
             }
             Ok(Ok(false)) => {
@@ -818,6 +832,7 @@ impl Agent {
             Err(e) => warn!("cannot release the leader lock: {e}"),
         }
         self.lock_deadline = None;
+        self.sync_protection();
     }
 
     async fn bootstrap(&mut self) -> PlanOutcome {
@@ -1195,6 +1210,7 @@ impl Agent {
         }
         self.role = Role::Demoted;
         self.following = None;
+        self.sync_protection();
     }
 
     /// Stop Postgres; a stop that does not finish in `budget` escalates to immediate.
@@ -1463,6 +1479,7 @@ impl Agent {
         if let Err(e) = self.dcs.close().await {
             debug!("cannot close the DCS session: {e}");
         }
+        self.stop_protection();
         info!("stopped");
         Exit::Shutdown
     }

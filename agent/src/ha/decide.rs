@@ -119,6 +119,9 @@ pub struct LocalState {
     /// no member bootstrapping: the member that claimed it is gone, or its claim was written
     /// although its request failed (an ambiguous timeout).
     pub bootstrap_unclaimed_for: Option<f64>,
+    /// Why this member may not lead now: its fence process is not running, or the watchdog is
+    /// required and not working. It neither takes nor keeps the lock.
+    pub cannot_lead: Option<String>,
 }
 
 /// A peer's answer to `GET /patroni` during the leader race.
@@ -261,6 +264,10 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
     if !local.pg_running {
         let mut actions = prelude;
         if i_hold {
+            if let Some(why) = &local.cannot_lead {
+                actions.push(Action::ReleaseLock);
+                return plan(actions, format!("{why}: releasing the lock"));
+            }
             if local.start_failures >= s.max_primary_start_failures || s.primary_start_timeout == 0
             {
                 actions.push(Action::ReleaseLock);
@@ -294,6 +301,17 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
     let mut actions = prelude;
     match leader {
         Some(_) if i_hold => {
+            if let Some(why) = &local.cannot_lead {
+                // A primary hands over as in a switchover (the lock is released once Postgres
+                // is down); a replica that was about to promote gives the lock back.
+                if local.pg_role == PgRole::Primary {
+                    actions.push(Action::RenewLock);
+                    actions.push(Action::Demote(DemoteMode::Graceful));
+                    return plan(actions, format!("{why}: handing the leadership over"));
+                }
+                actions.push(Action::ReleaseLock);
+                return plan(actions, format!("{why}: releasing the lock"));
+            }
             actions.push(Action::RenewLock);
             match local.pg_role {
                 PgRole::Primary => {
@@ -617,6 +635,9 @@ fn paused_failover_as_leader(
 
 fn decide_empty_data_dir(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decision {
     if cluster.initialize.is_none() && cluster.leader.is_none() {
+        if let Some(why) = &local.cannot_lead {
+            return plan(vec![], format!("not bootstrapping the cluster: {why}"));
+        }
         if s.tags.can_be_leader() {
             return plan(
                 vec![Action::RaceInitialize, Action::Bootstrap],
@@ -692,6 +713,9 @@ fn sync_names(cluster: &Cluster, name: &str) -> bool {
 
 /// Am I the member that should take a free lock? (reference §7.4)
 fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, String) {
+    if let Some(why) = &local.cannot_lead {
+        return (false, why.clone());
+    }
     if !s.tags.can_be_leader() {
         return (false, "tagged nofailover / failover_priority 0".into());
     }
@@ -1166,6 +1190,48 @@ mod tests {
             decide(Some(&c), &local, &settings("b")).actions,
             vec![Action::Follow { leader: None }]
         );
+    }
+
+    #[test]
+    fn a_member_that_cannot_lead_neither_takes_nor_keeps_the_lock() {
+        let why = "the fence process could not be started".to_string();
+        // The lock is free and this member is the healthiest: it does not take it.
+        let mut l = replica(100);
+        l.cannot_lead = Some(why.clone());
+        let d = decide(Some(&initialized(None)), &l, &settings("a"));
+        assert!(!d.actions.contains(&Action::AcquireLock), "{}", d.reason);
+        assert!(d.reason.contains(&why), "{}", d.reason);
+        // A running primary holding the lock hands over, releasing it once stopped.
+        let mut p = primary(100);
+        p.cannot_lead = Some(why.clone());
+        let d = decide(Some(&initialized(Some("a"))), &p, &settings("a"));
+        assert_eq!(
+            d.actions,
+            vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)]
+        );
+        // The holder that was about to promote gives the lock back instead.
+        let mut r = replica(100);
+        r.holds_lock = true;
+        r.cannot_lead = Some(why.clone());
+        let d = decide(Some(&initialized(Some("a"))), &r, &settings("a"));
+        assert_eq!(d.actions, vec![Action::ReleaseLock]);
+        // The holder whose Postgres is down does not restart it as a primary.
+        let mut down = primary(100);
+        down.pg_running = false;
+        down.cannot_lead = Some(why.clone());
+        let d = decide(Some(&initialized(Some("a"))), &down, &settings("a"));
+        assert_eq!(d.actions, vec![Action::ReleaseLock]);
+        // Nor does it bootstrap a new cluster.
+        let mut empty = LocalState {
+            data_dir: DataDir::Empty,
+            cannot_lead: Some(why),
+            ..LocalState::default()
+        };
+        empty.pg_running = false;
+        let mut c = initialized(None);
+        c.initialize = None;
+        let d = decide(Some(&c), &empty, &settings("a"));
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
     }
 
     #[test]

@@ -1,0 +1,279 @@
+//! The fence: a leader whose agent is frozen (SIGSTOP; its Postgres keeps running, as with a hung
+//! runtime or a write blocked on a dead volume) is stopped by its fence process before another
+//! member can take the lock — so it never acknowledges a write after a replica is promoted.
+//!
+//! How each guarantee is checked:
+//! * no write acknowledged by the old primary after the promotion: a client connected directly
+//!   to the old primary writes every 20 ms and records the wall-clock time of each
+//!   acknowledgement; a sampler asks every other member `pg_is_in_recovery()` every 20 ms and
+//!   records when it *sent* each query. The last acknowledgement of the old primary must come
+//!   before the send time of the last sample that still found the new primary in recovery — a
+//!   bound that errs against the test, not for it;
+//! * the old postmaster is gone while the agent is still frozen (the agent could not have done
+//!   it);
+//! * every write the old primary acknowledged is on the new primary (the fast shutdown let the
+//!   walsenders ship it);
+//! * after SIGCONT the old member follows the new leader and streams from it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use regent_tests::config::Backend;
+use regent_tests::probe::insert_probe;
+use regent_tests::{wait_until, Member, TestCluster};
+
+const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
+const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
+
+regent_tests::backend_tests! {
+    frozen_leader_agent_is_fenced_before_another_member_promotes: [etcd, kubernetes];
+    without_the_fence_a_frozen_leader_agent_splits_the_brain: [etcd];
+}
+
+/// Acknowledged writes: id and wall-clock time of the acknowledgement.
+type Acks = Arc<Mutex<Vec<(i64, DateTime<Utc>)>>>;
+
+/// One answer of a member to `pg_is_in_recovery()`.
+#[derive(Clone, Copy)]
+struct RoleSample {
+    sent: DateTime<Utc>,
+    in_recovery: bool,
+}
+
+/// Samples `pg_is_in_recovery()` of `member` every 20 ms until `stop` is set.
+fn sample_roles(
+    member: &Member,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<RoleSample>> {
+    let config = member.pg_config();
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let mut client = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if client.is_none() {
+                if let Ok(Ok((c, conn))) = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    config.connect(tokio_postgres::NoTls),
+                )
+                .await
+                {
+                    tokio::spawn(conn);
+                    client = Some(c);
+                }
+            }
+            if let Some(c) = &client {
+                let sent = Utc::now();
+                match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    c.query_one("SELECT pg_is_in_recovery()", &[]),
+                )
+                .await
+                {
+                    Ok(Ok(row)) => samples.push(RoleSample {
+                        sent,
+                        in_recovery: row.get(0),
+                    }),
+                    _ => client = None,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        samples
+    })
+}
+
+async fn frozen_leader_agent_is_fenced_before_another_member_promotes(backend: Backend) {
+    freeze_the_leader_agent(backend, true).await;
+}
+
+/// The same fault with `watchdog.fence: false`: the old primary goes on acknowledging writes
+/// after a replica is promoted. This is what the fence is for, and it shows that the checks of
+/// the test above do catch a split brain.
+async fn without_the_fence_a_frozen_leader_agent_splits_the_brain(backend: Backend) {
+    freeze_the_leader_agent(backend, false).await;
+}
+
+async fn freeze_the_leader_agent(backend: Backend, fenced: bool) {
+    let cluster = TestCluster::builder(if fenced { "fence" } else { "nofence" })
+        .backend(backend)
+        .members(3)
+        .configure(move |_, cfg| {
+            cfg.set(
+                "watchdog",
+                serde_json::json!({"mode": "off", "fence": fenced}),
+            );
+        })
+        .start()
+        .await;
+    let tag = format!(
+        "[fence/{}{}]",
+        backend.label(),
+        if fenced { "" } else { "/no fence" }
+    );
+    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
+        .await;
+    let old = cluster.member(&old_name);
+    old.create_probe_table().await.expect("create probe table");
+    let old_postmaster = old.postmaster_pid().expect("the leader's postmaster pid");
+    let agent = old.agent_pid().expect("the leader's agent pid");
+
+    // A client on the old primary: one connection, re-opened after an error, a write every
+    // 20 ms; every acknowledgement is recorded with its wall-clock time.
+    let acks: Acks = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let config = old.pg_config();
+        let acks = acks.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut id = 1_i64;
+            let mut client = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if client.is_none() {
+                    if let Ok(Ok((c, conn))) = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        config.connect(tokio_postgres::NoTls),
+                    )
+                    .await
+                    {
+                        tokio::spawn(conn);
+                        client = Some(c);
+                    }
+                }
+                if let Some(c) = &client {
+                    match insert_probe(c, id).await {
+                        Ok(()) => acks
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((id, Utc::now())),
+                        Err(_) => client = None,
+                    }
+                    id += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let samplers: Vec<(String, _)> = cluster
+        .others(&old_name)
+        .into_iter()
+        .map(|m| (m.name().to_string(), sample_roles(m, stop.clone())))
+        .collect();
+    wait_until(
+        "20 writes acknowledged by the leader",
+        Duration::from_secs(30),
+        || async { (acks.lock().unwrap_or_else(|p| p.into_inner()).len() >= 20).then_some(()) },
+    )
+    .await;
+
+    regent_tests::process::stop_process(agent);
+    let frozen_at = Instant::now();
+    let frozen_wall = Utc::now();
+    println!("{tag} froze the agent of {old_name} (pid {agent})");
+
+    // Another member takes over while the old agent stays frozen.
+    let new_name = wait_until(
+        "another member to become the primary",
+        cluster.ttl() * 3,
+        || async {
+            for m in cluster.others(&old_name) {
+                if let Ok(false) = m.pg_in_recovery().await {
+                    return Some(m.name().to_string());
+                }
+            }
+            None
+        },
+    )
+    .await;
+    let promoted_after = frozen_at.elapsed();
+    let postmaster_alive = regent_tests::process::process_alive(old_postmaster);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer task");
+    let mut samples = Vec::new();
+    for (name, handle) in samplers {
+        samples.push((name, handle.await.expect("sampler task")));
+    }
+    kill(Pid::from_raw(agent), Signal::SIGCONT).expect("SIGCONT the old leader's agent");
+
+    let acks = acks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let last_ack = acks.last().map(|(_, t)| *t).expect("acknowledged writes");
+    let new_samples = &samples
+        .iter()
+        .find(|(n, _)| *n == new_name)
+        .expect("samples of the new primary")
+        .1;
+    let last_in_recovery = new_samples
+        .iter()
+        .rev()
+        .find(|s| s.in_recovery)
+        .map(|s| s.sent)
+        .expect("the new primary was sampled in recovery");
+    let secs = |t: DateTime<Utc>| (t - frozen_wall).num_milliseconds() as f64 / 1000.0;
+    println!(
+        "{tag} {new_name} primary {:.3} s after the freeze (last seen in recovery at +{:.3} s); \
+         {old_name} acknowledged {} writes, the last at +{:.3} s; old postmaster alive: \
+         {postmaster_alive}",
+        promoted_after.as_secs_f64(),
+        secs(last_in_recovery),
+        acks.len(),
+        secs(last_ack),
+    );
+    if !fenced {
+        assert!(
+            postmaster_alive && last_ack > last_in_recovery,
+            "without the fence the old primary was expected to go on acknowledging writes"
+        );
+        return;
+    }
+    assert!(
+        !postmaster_alive,
+        "the old primary's postmaster still runs while its agent is frozen: nothing fenced it"
+    );
+    assert!(
+        last_ack < last_in_recovery,
+        "{old_name} acknowledged a write at +{:.3} s, after {new_name} may already have been \
+         promoted (last seen in recovery at +{:.3} s)",
+        secs(last_ack),
+        secs(last_in_recovery)
+    );
+    // No member was primary at the same time as another, sample by sample.
+    for (name, s) in &samples {
+        if let Some(first_primary) = s.iter().find(|s| !s.in_recovery) {
+            assert!(
+                *name == new_name,
+                "{name} was also primary (at +{:.3} s)",
+                secs(first_primary.sent)
+            );
+        }
+    }
+
+    // The old member rejoins as a replica of the new leader.
+    cluster
+        .wait_for_member_streaming(&old_name, &new_name, REJOIN_DEADLINE)
+        .await;
+    let new = cluster.member(&new_name);
+    let ids = new
+        .probe_ids()
+        .await
+        .context("probe ids on the new primary")
+        .expect("read the probe table");
+    let lost: Vec<i64> = acks
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| ids.binary_search(id).is_err())
+        .collect();
+    println!(
+        "{tag} {old_name} streams from {new_name} again; acknowledged writes missing: {}",
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {lost:?} (fast shutdown ships every acknowledged record)"
+    );
+}
