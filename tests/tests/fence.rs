@@ -32,6 +32,7 @@ const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 regent_tests::backend_tests! {
     frozen_leader_agent_is_fenced_before_another_member_promotes: [etcd, kubernetes];
     without_the_fence_a_frozen_leader_agent_splits_the_brain: [etcd];
+    required_watchdog_decides_who_may_lead: [etcd];
 }
 
 /// Acknowledged writes: id and wall-clock time of the acknowledgement.
@@ -276,4 +277,101 @@ async fn freeze_the_leader_agent(backend: Backend, fenced: bool) {
         lost.is_empty(),
         "acknowledged writes lost: {lost:?} (fast shutdown ships every acknowledged record)"
     );
+}
+
+/// `watchdog.mode: required`: a member without a working device never takes the lock and says
+/// `watchdog_failed`; the leader kicks its device on every renew and closes it with the magic
+/// character on shutdown. The device here is a plain file with the `testing` driver, which
+/// records the bytes a real device would receive.
+async fn required_watchdog_decides_who_may_lead(backend: Backend) {
+    let cluster = TestCluster::builder("wdog")
+        .backend(backend)
+        .members(2)
+        .start_agents(false)
+        .configure(|index, cfg| {
+            let data_dir = cfg
+                .get("postgresql.data_dir")
+                .and_then(|v| v.as_str())
+                .map(std::path::PathBuf::from)
+                .expect("data_dir");
+            let member_dir = data_dir.parent().expect("member dir").to_path_buf();
+            let device = if index == 0 {
+                member_dir.join("no-such-watchdog")
+            } else {
+                member_dir.join("watchdog")
+            };
+            cfg.set(
+                "watchdog",
+                serde_json::json!({"mode": "required", "driver": "testing", "device": device}),
+            );
+        })
+        .start()
+        .await;
+    let without = cluster.all()[0];
+    let with = cluster.all()[1];
+    let device = with.member_dir().join("watchdog");
+    std::fs::write(&device, b"").expect("create the device file");
+    regent_tests::process::chown_to_postgres(&device);
+    without.start();
+    with.start();
+
+    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    assert_eq!(
+        leader,
+        with.name(),
+        "only the member with a working watchdog may lead"
+    );
+    let status = wait_until(
+        "the member without a device to report watchdog_failed",
+        Duration::from_secs(30),
+        || async {
+            without
+                .patroni_status()
+                .await
+                .filter(|s| s["watchdog_failed"] == serde_json::json!(true))
+        },
+    )
+    .await;
+    println!(
+        "[watchdog] {} reports {}",
+        without.name(),
+        status["watchdog_failed"]
+    );
+    // The leader kicks its device on every renew (loop_wait 2): several keepalives soon.
+    let kicks = wait_until(
+        "three keepalives on the leader's device",
+        Duration::from_secs(30),
+        || async {
+            let bytes = std::fs::read(&device).ok()?;
+            (bytes.iter().filter(|b| **b == b'1').count() >= 3).then_some(bytes.len())
+        },
+    )
+    .await;
+    assert!(
+        !std::fs::read(&device).expect("device file").contains(&b'V'),
+        "the device was closed while the member leads"
+    );
+    with.sigterm(Duration::from_secs(60))
+        .await
+        .expect("the leader stops on SIGTERM");
+    let bytes = std::fs::read(&device).expect("device file");
+    println!(
+        "[watchdog] {kicks} keepalives seen while leading; last byte after shutdown: {:?}",
+        bytes.last().map(|b| *b as char)
+    );
+    assert_eq!(
+        bytes.last(),
+        Some(&b'V'),
+        "the device is closed with the magic character on shutdown"
+    );
+    // The remaining member still cannot lead: the lock stays free.
+    let ttl = cluster.ttl();
+    let end = std::time::Instant::now() + ttl + Duration::from_secs(4);
+    while std::time::Instant::now() < end {
+        assert!(
+            !matches!(without.pg_in_recovery().await, Ok(false)),
+            "the member without a working watchdog promoted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
