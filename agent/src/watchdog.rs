@@ -160,6 +160,9 @@ struct WatchdogInfo {
 pub struct Watchdog {
     cfg: WatchdogConfig,
     device: Option<File>,
+    /// The ttl the open device's timeout was set for: a new ttl (dynamic configuration)
+    /// re-opens it with the new timeout.
+    configured_for_ttl: u32,
     /// Why the device could not be used the last time it was needed.
     failure: Option<String>,
 }
@@ -169,6 +172,7 @@ impl Watchdog {
         Watchdog {
             cfg,
             device: None,
+            configured_for_ttl: 0,
             failure: None,
         }
     }
@@ -199,11 +203,16 @@ impl Watchdog {
         if self.cfg.mode == WatchdogMode::Off {
             return;
         }
+        if self.device.is_some() && self.configured_for_ttl != ttl {
+            info!(ttl, "the ttl changed: configuring the watchdog again");
+            self.disable();
+        }
         if self.device.is_none() {
             match self.open(ttl) {
                 Ok(f) => {
                     info!(device = %self.cfg.device.display(), timeout = self.cfg.timeout(ttl), "watchdog activated");
                     self.device = Some(f);
+                    self.configured_for_ttl = ttl;
                     self.failure = None;
                 }
                 Err(e) => {
@@ -249,8 +258,10 @@ impl Watchdog {
     }
 
     fn open(&self, ttl: u32) -> Result<File, String> {
+        // The testing driver's file keeps every byte a device would have received.
         let dev = std::fs::OpenOptions::new()
             .write(true)
+            .append(self.cfg.driver == WatchdogDriver::Testing)
             .open(&self.cfg.device)
             .map_err(|e| format!("cannot open {}: {e}", self.cfg.device.display()))?;
         if self.cfg.driver == WatchdogDriver::Testing {
@@ -379,9 +390,12 @@ mod tests {
         wd.keepalive(30);
         wd.keepalive(30);
         assert!(wd.is_active() && !wd.failed());
+        // A new ttl: closed and opened again (with the new timeout on a real device).
+        wd.keepalive(20);
+        assert!(wd.is_active());
         wd.disable();
         assert!(!wd.is_active());
-        assert_eq!(std::fs::read(&path).unwrap(), b"11V");
+        assert_eq!(std::fs::read(&path).unwrap(), b"11V1V");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
