@@ -395,7 +395,8 @@ mod tests {
         assert!(wd.is_active());
         wd.disable();
         assert!(!wd.is_active());
-        assert_eq!(std::fs::read(&path).unwrap(), b"11V1V");
+        // The first V: the default driver closed the "device" it could not configure.
+        assert_eq!(std::fs::read(&path).unwrap(), b"V11V1V");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
