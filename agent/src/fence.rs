@@ -386,10 +386,32 @@ fn escalate(proc_fd: libc::c_int, pid: i32, start_ticks: u64, step: u8) {
         }
         _ => {
             say(b"regent fence: Postgres still up close to the lease deadline: killing it\n");
-            signal(pid, libc::SIGSTOP);
-            kill_children(proc_fd, pid);
-            signal(pid, libc::SIGKILL);
+            kill_tree(proc_fd, pid);
         }
+    }
+}
+
+/// Stop `pid` (so it forks nothing more), kill each of its children, then kill it. Backends
+/// outlive a killed postmaster until they notice; a frozen postmaster acts on no other signal.
+fn kill_tree(proc_fd: libc::c_int, pid: i32) {
+    signal(pid, libc::SIGSTOP);
+    kill_children(proc_fd, pid);
+    signal(pid, libc::SIGKILL);
+}
+
+/// [`kill_tree`] for the agent: the last step of a stop that Postgres did not obey.
+pub fn kill_postmaster_and_backends(pid: i32) {
+    // SAFETY: opening a directory we only read; closed below.
+    let proc_fd = unsafe {
+        libc::open(
+            c"/proc".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    kill_tree(proc_fd, pid);
+    if proc_fd >= 0 {
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::close(proc_fd) };
     }
 }
 

@@ -703,10 +703,7 @@ impl Agent {
                 },
                 Action::AcquireLock => self.acquire_lock().await,
                 Action::RenewLock => self.renew_lock(cluster).await,
-                Action::ReleaseLock => {
-                    self.release_lock().await;
-                    PlanOutcome::Done
-                }
+                Action::ReleaseLock => self.release_lock_after_stopping_a_primary().await,
                 Action::StartAsPrimary => self.start_postgres(ConfRole::Primary, None).await,
                 Action::StartAsReplica { leader } => {
                     self.start_as_replica(cluster, leader.as_deref()).await
@@ -823,6 +820,25 @@ impl Agent {
                 PlanOutcome::RenewFailed
             }
         }
+    }
+
+    /// Release the lock, but never while a postmaster that may accept writes still runs here: one
+    /// that is not known to be a replica (a primary, or one that does not answer — its backends
+    /// may still commit) is stopped first, down to SIGKILL; if it cannot be, the lock is kept
+    /// and the lease guard and the fence take over.
+    async fn release_lock_after_stopping_a_primary(&mut self) -> PlanOutcome {
+        let paused = self.last_known_paused;
+        if !paused && self.pg.is_running() && self.last_obs.in_recovery != Some(true) {
+            warn!("releasing the leader lock: stopping this Postgres first, it may accept writes");
+            self.stop_postgres(StopMode::Immediate, Duration::from_secs(2))
+                .await;
+            if self.pg.is_running() {
+                error!("Postgres did not stop: keeping the leader lock");
+                return PlanOutcome::Aborted;
+            }
+        }
+        self.release_lock().await;
+        PlanOutcome::Done
     }
 
     async fn release_lock(&mut self) {

@@ -377,8 +377,13 @@ impl Postgres {
                 return Ok(());
             }
         }
-        tracing::warn!(pid, "postmaster did not stop; SIGKILL");
-        self.signal(pid, Signal::SIGKILL)?;
+        tracing::warn!(
+            pid,
+            "postmaster did not stop; SIGKILL to it and every backend"
+        );
+        if process_alive(pid) && is_postgres_process(pid) {
+            crate::fence::kill_postmaster_and_backends(pid);
+        }
         if self.wait_exit_within(ESCALATION_GRACE).await {
             return Ok(());
         }
