@@ -965,9 +965,15 @@ impl Agent {
         }
         self.state = "starting".into();
         self.publish_member().await;
-        let started = match wait {
-            Some(w) => self.pg.start_within(w).await,
-            None => self.pg.start().await,
+        // The fence learns the new postmaster before it accepts a single connection, so a
+        // frozen agent never leaves an unfenced primary behind.
+        let started = match self.pg.spawn_postmaster().await {
+            Ok(()) => {
+                self.sync_protection();
+                let wait = wait.unwrap_or(Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout));
+                self.pg.wait_until_ready(wait).await
+            }
+            Err(e) => Err(e),
         };
         match started {
             Ok(()) => {

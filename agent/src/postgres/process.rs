@@ -244,6 +244,13 @@ impl Postgres {
     /// Start the postmaster and wait at most `wait` for it to accept connections. On
     /// `StartTimeout` it keeps starting (a restart's `timeout` only bounds the answer).
     pub async fn start_within(&mut self, wait: Duration) -> Result<(), PgError> {
+        self.spawn_postmaster().await?;
+        self.wait_until_ready(wait).await
+    }
+
+    /// Start the postmaster without waiting for it (see [`Self::wait_until_ready`]): the caller
+    /// can look after the new process before it accepts connections.
+    pub async fn spawn_postmaster(&mut self) -> Result<(), PgError> {
         if let Some(pid) = self.running_pid() {
             return Err(PgError::AlreadyRunning(pid));
         }
@@ -269,7 +276,7 @@ impl Postgres {
         self.stop_requested = false;
         self.unexpected_exit = None;
         self.client = None;
-        self.wait_until_ready(wait).await
+        Ok(())
     }
 
     /// Wait until the postmaster accepts connections, or fail if it exits.

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use dcs::Role;
 use tracing::{error, info, warn};
 
 use super::Agent;
@@ -74,12 +73,13 @@ impl Agent {
         let paused = self.last_known_paused;
         let postmaster = self.pg.postmaster_pid();
         let leading = self.lock_deadline.is_some() && !paused;
-        // The lock is gone but the primary still runs: the demote that follows must still end
-        // before the old deadline, so the fence keeps it.
+        // The lock is gone but a Postgres not known to be a replica still runs (the demote is
+        // about to stop it, or could not): it must still be down before the old deadline, so
+        // an armed fence stays armed.
         let primary_being_demoted = self.lock_deadline.is_none()
             && !paused
-            && self.role == Role::Primary
-            && postmaster.is_some();
+            && postmaster.is_some()
+            && self.last_obs.in_recovery != Some(true);
         let margin = self.fence_margin();
         let deadline = self.lock_deadline;
         if let FenceSlot::Running(fence) = &mut self.fence {
