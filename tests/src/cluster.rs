@@ -461,22 +461,36 @@ impl TestCluster {
     }
 
     /// Time left on the leader lock: the etcd lease's TTL (whole seconds, rounded down), or on
-    /// Kubernetes `renewTime + ttl − now` from the leader object's annotations.
-    pub async fn dcs_lock_remaining(&self) -> Option<Duration> {
+    /// Kubernetes `renewTime + ttl − now` from the leader object's annotations. An error says
+    /// why it could not be read (no leader key, no lease on it, an unreadable object): a check
+    /// built on it must fail rather than be skipped.
+    pub async fn dcs_lock_remaining(&self) -> Result<Duration> {
         match &self.dcs {
-            Dcs::Etcd(etcd) => etcd
-                .lease_remaining(&self.dcs_key("leader"))
-                .await
-                .ok()
-                .flatten(),
+            Dcs::Etcd(etcd) => {
+                let key = self.dcs_key("leader");
+                etcd.lease_remaining(&key)
+                    .await
+                    .with_context(|| format!("read the lease of {key}"))?
+                    .with_context(|| format!("{key} is missing, has no lease, or it expired"))
+            }
             Dcs::Kubernetes { server, .. } => {
+                let name = self.kube_leader_object();
                 let object = server
-                    .get(self.kube_kind(), KUBE_NAMESPACE, &self.kube_leader_object())
-                    .await?;
+                    .get(self.kube_kind(), KUBE_NAMESPACE, &name)
+                    .await
+                    .with_context(|| format!("leader object {name} missing"))?;
                 let lock = LeaderRecord::from_object(&object);
-                lock.leader.as_ref()?;
-                let expires = lock.renew_time? + chrono::Duration::seconds(lock.ttl? as i64);
-                Some((expires - Utc::now()).to_std().unwrap_or_default())
+                lock.leader
+                    .as_ref()
+                    .with_context(|| format!("{name} names no leader: {object}"))?;
+                let renewed = lock
+                    .renew_time
+                    .with_context(|| format!("{name} has no renewTime: {object}"))?;
+                let ttl = lock
+                    .ttl
+                    .with_context(|| format!("{name} has no ttl: {object}"))?;
+                let expires = renewed + chrono::Duration::seconds(ttl as i64);
+                Ok((expires - Utc::now()).to_std().unwrap_or_default())
             }
         }
     }

@@ -20,6 +20,8 @@ pub mod member;
 pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod roles;
+pub mod tools;
 pub mod writer;
 
 use std::future::Future;
@@ -33,6 +35,7 @@ pub use etcd::Etcd;
 pub use member::{regent_command, Member};
 pub use ports::{free_port, free_ports};
 pub use process::TestDir;
+pub use roles::RoleSampler;
 pub use writer::{Writer, WriterReport};
 
 /// How often the wait helpers poll.

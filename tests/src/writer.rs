@@ -110,6 +110,28 @@ impl WriterReport {
             .unwrap_or_default()
     }
 
+    /// The longest time without an acknowledgement between `from` and `to`: between two
+    /// consecutive acknowledgements, or from `from` to the first and from the last to `to`.
+    /// A write that stalls (e.g. a commit waiting for a synchronous standby) shows here even when
+    /// it does not fail.
+    pub fn longest_ack_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut previous = from;
+        let mut longest = Duration::ZERO;
+        for &ack in self.ack_times.iter().filter(|&&a| a >= from && a <= to) {
+            longest = longest.max(ack - previous);
+            previous = ack;
+        }
+        longest.max(to.saturating_duration_since(previous))
+    }
+
+    /// Failed attempts between `from` and `to`.
+    pub fn failures_between(&self, from: Instant, to: Instant) -> usize {
+        self.failures
+            .iter()
+            .filter(|&&f| f >= from && f <= to)
+            .count()
+    }
+
     /// First acknowledgement at or after `t`.
     pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
         self.ack_times.iter().copied().find(|&ack| ack >= t)
@@ -331,6 +353,11 @@ mod tests {
             vec![(at(30), at(500)), (at(500), at(1000))]
         );
         assert_eq!(report.longest_unavailability(), Duration::from_millis(500));
+        assert_eq!(
+            report.longest_ack_gap(at(0), at(600)),
+            Duration::from_millis(470)
+        );
+        assert_eq!(report.failures_between(at(60), at(900)), 2);
         assert_eq!(report.first_ack_after(at(31)), Some(at(500)));
         assert_eq!(report.first_failure_after(at(101)), Some(at(900)));
         assert_eq!(missing_ids(&[1, 2, 5], &[5, 1]), vec![2]);

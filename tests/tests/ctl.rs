@@ -3,11 +3,11 @@
 //! applies the change), pause/resume, a switchover and the history it leaves, and a clear failure
 //! on a wrong config path. One cluster serves every check to keep the suite short.
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use regent_tests::config::Backend;
+use regent_tests::tools::patronictl_bin;
 use regent_tests::{regent_bin, wait_until, TestCluster};
 use serde_json::Value;
 
@@ -83,14 +83,6 @@ fn rows(json: &str) -> Vec<(String, String, String)> {
         .collect();
     out.sort();
     out
-}
-
-fn patronictl() -> Option<PathBuf> {
-    let path = std::env::var_os("PATRONI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"))
-        .with_file_name("patronictl");
-    path.exists().then_some(path)
 }
 
 async fn show(member: &regent_tests::Member, setting: &str) -> Option<String> {
@@ -177,9 +169,10 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
     }
 
     // The real patronictl reads the same DCS and agrees on members, roles and states.
-    let patronictl = patronictl().filter(|_| !backend.is_kubernetes());
+    // On Kubernetes patronictl needs its own configuration file; patronictl.rs drives it there.
+    let patronictl = (!backend.is_kubernetes()).then(patronictl_bin);
     match &patronictl {
-        None => println!("[ctl] patronictl not installed (or Kubernetes): skipping the comparison"),
+        None => println!("[ctl] Kubernetes: the patronictl comparison runs in patronictl.rs"),
         Some(p) => {
             let out = std::process::Command::new(p)
                 .args([

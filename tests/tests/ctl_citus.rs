@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use regent_tests::citus::{ensure_citus, CITUS_DATABASE};
 use regent_tests::config::{Backend, KUBE_APP_LABEL, KUBE_NAMESPACE};
+use regent_tests::tools::patronictl_bin;
 use regent_tests::{regent_bin, wait_until, TestCluster, Timing};
 use serde_json::{json, Value};
 
@@ -38,14 +39,6 @@ const TIMING: Timing = Timing {
 /// Bearer tokens of the tools' kubeconfigs: their requests are counted apart from the members'.
 const REGENT_CTL_TOKEN: &str = "regent-ctl-citus";
 const PATRONICTL_TOKEN: &str = "patronictl-citus";
-
-fn patronictl_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("PATRONI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"))
-        .with_file_name("patronictl");
-    path.exists().then_some(path)
-}
 
 /// A command line of one tool: program, options before the command, environment.
 struct Tool {
@@ -297,11 +290,7 @@ async fn ctl_lists_every_citus_group_as_patronictl(backend: Backend) {
     assert!(err.contains("--group must be specified"), "{err}");
 
     // The real patronictl agrees, text for text.
-    let Some(bin) = patronictl_bin() else {
-        println!("{tag} patronictl not installed: comparison skipped");
-        interactive_switchover_in_group(&tag, &ctl, &names, 1).await;
-        return;
-    };
+    let bin = patronictl_bin();
     let patronictl_config = cluster
         .member(&names[0])
         .member_dir()

@@ -10,7 +10,7 @@ use chrono::Utc;
 use regent_tests::cluster::{pod_ip, LeaderRecord};
 use regent_tests::config::Backend;
 use regent_tests::writer::{missing_ids, written_ids};
-use regent_tests::{wait_until, wait_until_ok, Member, TestCluster, Writer};
+use regent_tests::{wait_until, wait_until_ok, Member, RoleSampler, TestCluster, Writer};
 use serde_json::Value;
 
 /// initdb + first start + two base backups on a 2-core machine.
@@ -340,7 +340,11 @@ async fn leader_crash_fails_over_and_old_leader_rejoins(backend: Backend) {
     let old = cluster.member(&old_name);
     write_and_replicate(&cluster, old, &cluster.others(&old_name), 1..=20).await;
 
-    let lock_left = cluster.dcs_lock_remaining().await;
+    let lock_left = cluster
+        .dcs_lock_remaining()
+        .await
+        .expect("time left on the leader lock before the crash");
+    let roles = RoleSampler::start(&cluster.all());
     let killed_at = Instant::now();
     old.kill9_with_postmaster();
     let candidates = cluster.others(&old_name);
@@ -349,9 +353,9 @@ async fn leader_crash_fails_over_and_old_leader_rejoins(backend: Backend) {
     let bound = cluster.ttl() + Duration::from_secs(2);
     println!(
         "{tag} kill -9 of {old_name} (agent + postmaster): {new_name} accepted writes after \
-         {:.3} s (lock had {} left; bound ttl + 2 s = {:.0} s)",
+         {:.3} s (lock had {:.1} s left; bound ttl + 2 s = {:.0} s)",
         failover.as_secs_f64(),
-        lock_left.map_or("?".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+        lock_left.as_secs_f64(),
         bound.as_secs_f64()
     );
     assert!(
@@ -387,6 +391,8 @@ async fn leader_crash_fails_over_and_old_leader_rejoins(backend: Backend) {
     new.write_probe(5_000)
         .await
         .expect("write after failover on the new leader");
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
     cluster
         .wait_for_probe_on(&cluster.all(), 5_000, REPLICATION_DEADLINE)
         .await;
@@ -424,6 +430,7 @@ async fn sigterm_on_leader_hands_over_quickly(backend: Backend) {
     let others = cluster.others(&old_name);
     write_and_replicate(&cluster, old, &others, 1..=10).await;
 
+    let roles = RoleSampler::start(&cluster.all());
     let signalled_at = Instant::now();
     old.send_sigterm();
     let (exit, (new_name, writable_at)) = tokio::join!(
@@ -462,6 +469,62 @@ async fn sigterm_on_leader_hands_over_quickly(backend: Backend) {
         (1..=10).all(|id| on_new.contains(&id)),
         "rows lost in the handover: {on_new:?}"
     );
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
+}
+
+/// What one member's `GET /patroni` said at one moment while the DCS was frozen.
+#[derive(Debug, Clone)]
+struct MemberView {
+    at: Instant,
+    /// `None`: the REST API did not answer.
+    role: Option<String>,
+    /// `cluster_unlocked`: the member has no view of a lock holder — either it read the DCS and
+    /// found the lock free, or (as during an outage) it could not read the DCS at all.
+    unlocked: bool,
+}
+
+/// Poll `GET /patroni` on every member (all at once, every 50 ms) until `until`.
+async fn record_views(members: &[&Member], until: Instant) -> Vec<(String, Vec<MemberView>)> {
+    let mut views: Vec<(String, Vec<MemberView>)> = members
+        .iter()
+        .map(|m| (m.name().to_string(), Vec::new()))
+        .collect();
+    while Instant::now() < until {
+        let answers =
+            futures_util::future::join_all(members.iter().map(|m| m.patroni_status())).await;
+        let at = Instant::now();
+        for ((_, samples), answer) in views.iter_mut().zip(answers) {
+            samples.push(MemberView {
+                at,
+                role: answer
+                    .as_ref()
+                    .and_then(|b| str_field(b, "role"))
+                    .map(str::to_string),
+                unlocked: answer
+                    .as_ref()
+                    .and_then(|b| b.get("cluster_unlocked"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    views
+}
+
+/// Probe writes on `member` every 20 ms until `until`: when each attempt ended and whether it
+/// was acknowledged.
+async fn write_until(member: &Member, first_id: i64, until: Instant) -> Vec<(Instant, bool)> {
+    let mut attempts = Vec::new();
+    let mut id = first_id;
+    while Instant::now() < until {
+        let accepted = member.write_probe(id).await.is_ok();
+        attempts.push((Instant::now(), accepted));
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    attempts
 }
 
 /// The DCS freezes (SIGSTOP) for longer than ttl while a client keeps writing. The leader must
@@ -470,7 +533,13 @@ async fn sigterm_on_leader_hands_over_quickly(backend: Backend) {
 /// * Kubernetes: a replica treats the lock as free only ttl after it last saw the leader object
 ///   change, so before the last `renewTime` the leader wrote before the freeze + ttl.
 ///
-/// After the DCS resumes there is exactly one primary and no acknowledged write is lost.
+/// While the DCS is frozen the members cannot read the lock, so none may act on it: every
+/// member's `GET /patroni` is recorded throughout and each replica must stay a replica, and a
+/// role sampler checks that two members never accept writes at once. A member that decided to
+/// take the lock while the DCS was frozen (from a cached view) would have its request applied
+/// only after the resume; on Kubernetes such a claim carries the claimant's clock in its
+/// `renewTime`, which must not be earlier than the old lock's expiry (the last `renewTime`
+/// + ttl). After the resume there is exactly one primary with every acknowledged write.
 async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend) {
     let (cluster, old_name) = healthy_cluster(backend, "pause", 3).await;
     let tag = tag(&cluster);
@@ -494,35 +563,54 @@ async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend
     .await;
 
     let ttl = cluster.ttl();
-    let lock_left = cluster.dcs_lock_remaining().await;
+    let roles = RoleSampler::start(&cluster.all());
+    let lock_left = cluster
+        .dcs_lock_remaining()
+        .await
+        .expect("time left on the leader lock before the freeze");
+    let lock_read_at = Instant::now();
     let paused_wall = Utc::now();
     let paused_at = Instant::now();
     cluster.pause_dcs();
 
-    // Keep writing on the old leader directly until well after its lock must have run out.
+    // Keep writing on the old leader directly, and record what every member concludes, until
+    // well after its lock must have run out.
     let watch_until = paused_at + ttl + Duration::from_secs(3);
-    let mut attempts: Vec<(Instant, bool)> = Vec::new();
-    let mut id = 100_000;
-    while Instant::now() < watch_until {
-        let accepted = old.write_probe(id).await.is_ok();
-        attempts.push((Instant::now(), accepted));
-        id += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let everyone = cluster.all();
+    let (attempts, views) = tokio::join!(
+        write_until(old, 100_000, watch_until),
+        record_views(&everyone, watch_until),
+    );
     let since_pause = |t: Instant| (t - paused_at).as_secs_f64();
     let last_accepted = attempts.iter().rev().find(|(_, ok)| *ok).map(|(t, _)| *t);
     let first_refused = attempts
         .iter()
         .find(|(t, ok)| !ok && last_accepted.iter().all(|l| t > l))
         .map(|(t, _)| *t);
+    let describe_views = |samples: &[MemberView]| {
+        let roles: std::collections::BTreeSet<&str> = samples
+            .iter()
+            .map(|v| v.role.as_deref().unwrap_or("no answer"))
+            .collect();
+        let unlocked = samples.iter().find(|v| v.unlocked).map(|v| v.at);
+        format!(
+            "roles {roles:?}, no lock holder in its view from {}",
+            unlocked.map_or("never".into(), |t| format!("+{:.3} s", since_pause(t)))
+        )
+    };
     println!(
-        "{tag} DCS frozen; ttl {} s, leader lock had {:?} left; {old_name} last accepted a \
-         write at +{} s, refused from +{} s ({} attempts)",
+        "{tag} DCS frozen; ttl {} s, leader lock had {:.1} s left; {old_name} last accepted a \
+         write at +{} s, refused from +{} s ({} attempts); GET /patroni during the freeze: {}",
         ttl.as_secs(),
-        lock_left,
+        lock_left.as_secs_f64(),
         last_accepted.map_or("never".into(), |t| format!("{:.3}", since_pause(t))),
         first_refused.map_or("never".into(), |t| format!("{:.3}", since_pause(t))),
-        attempts.len()
+        attempts.len(),
+        views
+            .iter()
+            .map(|(name, samples)| format!("{name}: {}", describe_views(samples)))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     assert!(
         attempts.iter().any(|(t, _)| *t >= paused_at + ttl),
@@ -537,16 +625,73 @@ async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend
         late.is_empty(),
         "{old_name} accepted writes after ttl elapsed since the pause: {late:?}"
     );
-    if let (Backend::Etcd, Some(left), Some(last)) = (backend, lock_left, last_accepted) {
-        // etcd reports whole seconds, rounded down.
-        let expiry = paused_at + left + Duration::from_secs(1);
+    for (name, samples) in &views {
+        let answered = samples.iter().filter(|v| v.role.is_some()).count();
         assert!(
-            last < expiry,
-            "{old_name} accepted a write at +{:.3} s, after its lease expired",
-            since_pause(last)
+            answered * 2 >= samples.len()
+                && samples.last().is_some_and(|v| v.at >= paused_at + ttl),
+            "{name}'s GET /patroni answered {answered} of {} polls during the freeze: too few \
+             to tell what it did",
+            samples.len()
         );
+        if *name != old_name {
+            let acted = samples
+                .iter()
+                .find(|v| v.role.as_deref().is_some_and(|r| r != "replica"));
+            assert!(
+                acted.is_none(),
+                "replica {name} changed role while the DCS was frozen: {acted:?}"
+            );
+        }
     }
 
+    // The earliest moment anyone may treat the lock as free, as an offset from the pause.
+    let lock_free_from = match backend {
+        Backend::Etcd => {
+            // etcd reports whole seconds, rounded down: the lease ran for at least `left` after
+            // it was read, and at most `left` + 1 s.
+            let expiry = lock_read_at + lock_left + Duration::from_secs(1);
+            if let Some(last) = last_accepted {
+                assert!(
+                    last < expiry,
+                    "{old_name} accepted a write at +{:.3} s, after its lease expired (+{:.3} s)",
+                    since_pause(last),
+                    since_pause(expiry)
+                );
+            }
+            since_pause(lock_read_at + lock_left)
+        }
+        Backend::Kubernetes { .. } => {
+            let watch = leader_watch.as_ref().expect("the leader watch");
+            // The last renewal the leader got in before the freeze: its renewTime is no later
+            // than the freeze (later ones can only be written after the resume).
+            let events = watch.events();
+            let last = events
+                .iter()
+                .map(|e| &e.record)
+                .filter(|r| r.renew_time.is_some_and(|t| t <= paused_wall))
+                .max_by_key(|r| r.renew_time)
+                .unwrap_or_else(|| panic!("no leader renewal seen before the freeze: {events:?}"))
+                .clone();
+            assert_eq!(last.leader.as_deref(), Some(old_name.as_str()), "{last:?}");
+            let lock_ttl = last.ttl.expect("the leader object carries its ttl");
+            let renewed = seconds(last.renew_time.expect("renewTime") - paused_wall);
+            let expiry = renewed + lock_ttl as f64;
+            println!(
+                "{tag} last renewTime before the freeze at {renewed:+.3} s → lock free for \
+                 others from {expiry:+.3} s"
+            );
+            if let Some(last_ok) = last_accepted {
+                assert!(
+                    since_pause(last_ok) < expiry,
+                    "{old_name} accepted a write at +{:.3} s, after the lock became free for \
+                     others at {expiry:+.3} s",
+                    since_pause(last_ok)
+                );
+            }
+            expiry
+        }
+    };
     cluster.resume_dcs();
     let resumed_at = Instant::now();
     let primary = wait_until_ok(
@@ -588,58 +733,43 @@ async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend
         cluster.wait_for_leader(Duration::from_secs(30)).await,
         primary
     );
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
 
     if let Some(watch) = leader_watch {
+        // The first claim of the lock by another member after the freeze: its renewTime is the
+        // claimant's clock when it decided to take the lock (a request it sent while the DCS was
+        // frozen is applied only after the resume, but carries the time it was made).
         let events = watch.events();
-        // The last renewal the leader got in before the freeze: its renewTime is no later
-        // than the freeze (later ones were written after the resume).
-        let before: Vec<&LeaderRecord> = events
+        let claim = events
             .iter()
-            .map(|e| &e.record)
-            .filter(|r| r.renew_time.is_some_and(|t| t <= paused_wall))
-            .collect();
-        let last = before
-            .iter()
-            .max_by_key(|r| r.renew_time)
-            .unwrap_or_else(|| panic!("no leader renewal seen before the freeze: {events:?}"));
-        assert_eq!(last.leader.as_deref(), Some(old_name.as_str()), "{last:?}");
-        let lock_ttl = last.ttl.unwrap_or(ttl.as_secs());
-        let renewed = (last.renew_time.unwrap_or(paused_wall) - paused_wall)
-            .num_microseconds()
-            .unwrap_or_default() as f64
-            / 1e6;
-        let expiry = renewed + lock_ttl as f64;
-        let taken = events
-            .iter()
-            .find(|e| e.received >= resumed_at && e.record.leader.is_some());
-        println!(
-            "{tag} last renewTime before the freeze at {renewed:+.3} s → lock free for others \
-             from {expiry:+.3} s; {old_name} last accepted a write at {}; lock next written \
-             by {} at {} (resumed at +{:.3} s)",
-            last_accepted.map_or("never".into(), |t| format!("+{:.3} s", since_pause(t))),
-            taken
-                .and_then(|e| e.record.leader.clone())
-                .unwrap_or_else(|| "nobody".into()),
-            taken.map_or("never".into(), |e| format!(
-                "+{:.3} s",
-                since_pause(e.received)
-            )),
-            since_pause(resumed_at),
-        );
-        if let Some(last_ok) = last_accepted {
-            assert!(
-                since_pause(last_ok) < expiry,
-                "{old_name} accepted a write at +{:.3} s, after the lock became free for \
-                 others at {expiry:+.3} s",
-                since_pause(last_ok)
-            );
+            .filter(|e| e.received >= resumed_at)
+            .find(|e| e.record.leader.as_ref().is_some_and(|l| *l != old_name));
+        match claim {
+            Some(claim) => {
+                let claimed = seconds(claim.record.renew_time.expect("renewTime") - paused_wall);
+                println!(
+                    "{tag} {} claimed the lock with renewTime {claimed:+.3} s (received at \
+                     +{:.3} s, resumed at +{:.3} s)",
+                    claim.record.leader.as_deref().unwrap_or("?"),
+                    since_pause(claim.received),
+                    since_pause(resumed_at)
+                );
+                assert!(
+                    claimed >= lock_free_from,
+                    "the lock was claimed at {claimed:+.3} s, before it expired at \
+                     {lock_free_from:+.3} s: {claim:?}"
+                );
+            }
+            None => {
+                // The old leader kept or took back the lock: no other member claimed it.
+                assert_eq!(
+                    primary, old_name,
+                    "a new primary without a claim: {events:?}"
+                );
+                println!("{tag} no other member claimed the lock; {old_name} leads again");
+            }
         }
-        let taken = taken.expect("someone holds the lock after the resume");
-        assert!(
-            since_pause(taken.received) >= expiry,
-            "the lock was written at +{:.3} s, before it expired at {expiry:+.3} s",
-            since_pause(taken.received)
-        );
     }
 
     let client = cluster
@@ -653,4 +783,9 @@ async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend
         missing.is_empty(),
         "acknowledged writes missing on {primary}: {missing:?}"
     );
+}
+
+/// A chrono duration in seconds.
+fn seconds(d: chrono::Duration) -> f64 {
+    d.num_microseconds().unwrap_or_default() as f64 / 1e6
 }

@@ -4,25 +4,17 @@
 //! kubectl sends its token and refuses a server certificate its CA did not sign; with RBAC
 //! rules it gets (and prints) the real server's 403 messages.
 //!
-//! Skipped (with a message) when kubectl is not installed.
+//! kubectl is `$KUBECTL_BIN`, else the first on PATH (.ci/run installs it); without it the tests
+//! fail.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use regent_tests::kube::{make_test_ca, KubeApiServer};
+use regent_tests::tools::kubectl_bin;
 use regent_tests::wait_until;
 use serde_json::Value;
-
-fn kubectl_bin() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("KUBECTL_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join("kubectl"))
-        .find(|p| p.is_file())
-}
 
 struct Kubectl {
     bin: PathBuf,
@@ -113,10 +105,7 @@ fn first_column(table: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_manages_objects_on_the_test_server() {
-    let Some(bin) = kubectl_bin() else {
-        eprintln!("SKIPPED: kubectl is not on PATH (set KUBECTL_BIN to run this test)");
-        return;
-    };
+    let bin = kubectl_bin();
     let server = KubeApiServer::launch().await;
     let k = Kubectl::new(bin, &server, "kubectl-user");
     let dir = server.dir().to_path_buf();
@@ -516,10 +505,7 @@ async fn kubectl_manages_objects_on_the_test_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_over_https_sends_its_token_and_checks_the_certificate() {
-    let Some(bin) = kubectl_bin() else {
-        eprintln!("SKIPPED: kubectl is not on PATH (set KUBECTL_BIN to run this test)");
-        return;
-    };
+    let bin = kubectl_bin();
     let server = KubeApiServer::launch_tls().await;
     assert!(
         server.url().starts_with("https://127.0.0.1:"),
@@ -577,10 +563,7 @@ async fn kubectl_over_https_sends_its_token_and_checks_the_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_meets_rbac_rules() {
-    let Some(bin) = kubectl_bin() else {
-        eprintln!("SKIPPED: kubectl is not on PATH (set KUBECTL_BIN to run this test)");
-        return;
-    };
+    let bin = kubectl_bin();
     let server = KubeApiServer::launch_tls().await;
     let dir = server.dir().to_path_buf();
     let roles = write(

@@ -3,24 +3,17 @@
 //! on a real cluster, the replica streams, and after the leader dies the other member takes
 //! the lock. Every request Patroni made must have been understood (no 400/415/422/5xx).
 //!
-//! Patroni is looked up at $PATRONI_BIN, else /opt/regent-patroni/bin/patroni; the test is
-//! skipped with a message when it is absent.
+//! Patroni is looked up at $PATRONI_BIN, else /opt/regent-patroni/bin/patroni (where .ci/run
+//! installs it); without it the test fails.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use regent_tests::cluster::{annotation, pod_ip};
 use regent_tests::config::{Backend, KUBE_NAMESPACE};
+use regent_tests::tools::patroni_bin;
 use regent_tests::{wait_until_ok, TestCluster};
 use serde_json::Value;
-
-fn patroni_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("PATRONI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"));
-    path.exists().then_some(path)
-}
 
 const STARTUP: Duration = Duration::from_secs(120);
 
@@ -63,13 +56,7 @@ fn misunderstood_requests(log: &str, members: &[&str]) -> Vec<String> {
 }
 
 async fn patroni_cluster(use_endpoints: bool) {
-    let Some(patroni) = patroni_bin() else {
-        eprintln!(
-            "SKIPPED: the real Patroni is not installed at /opt/regent-patroni/bin/patroni (or \
-             $PATRONI_BIN)"
-        );
-        return;
-    };
+    let patroni = patroni_bin();
     let scope = if use_endpoints { "pe" } else { "pc" };
     let cluster = TestCluster::builder(scope)
         .members(2)

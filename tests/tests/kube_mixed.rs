@@ -4,34 +4,20 @@
 //! through the DCS (the `<scope>-failover` object, as Patroni's REST API and patronictl write
 //! it) and the Regent members follow the Patroni leader with nothing acknowledged lost.
 //!
-//! Patroni is looked up at $PATRONI_BIN, else /opt/regent-patroni/bin/patroni; without it the
-//! test says so and passes.
+//! Patroni is looked up at $PATRONI_BIN, else /opt/regent-patroni/bin/patroni (where .ci/run
+//! installs it); without it the test fails.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use regent_tests::config::Backend;
+use regent_tests::tools::patroni_bin;
 use regent_tests::writer::{missing_ids, written_ids};
 use regent_tests::{wait_until, wait_until_ok, TestCluster, Writer};
 use serde_json::Value;
 
-fn patroni_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("PATRONI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"));
-    path.exists().then_some(path)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patroni_and_regent_share_a_kubernetes_cluster_and_switch_over() {
-    let Some(patroni_path) = patroni_bin() else {
-        println!(
-            "SKIPPED: the real Patroni is needed at /opt/regent-patroni/bin/patroni (or \
-             $PATRONI_BIN): python3 -m venv /opt/regent-patroni && \
-             /opt/regent-patroni/bin/pip install 'patroni[kubernetes]' psycopg2-binary"
-        );
-        return;
-    };
+    let patroni_path = patroni_bin();
     let cluster = TestCluster::builder("kmix")
         .members(3)
         .backend(Backend::Kubernetes {

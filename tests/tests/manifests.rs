@@ -15,7 +15,7 @@
 //! * each StatefulSet's configuration (the mounted file plus its environment, resolved as the
 //!   kubelet would) passes `regent --validate-config`;
 //! * kubectl accepts the ConfigMaps and Services in a server-side dry run against the
-//!   Kubernetes API test server (skipped without kubectl);
+//!   Kubernetes API test server (kubectl is `$KUBECTL_BIN` or on PATH; .ci/run installs it);
 //! * kubernetes/demo.yaml runs: three members with that configuration and environment, under
 //!   the Role of kubernetes/rbac.yaml, bootstrap and replicate; the Services select the leader
 //!   and the replicas, the Secret's passwords are the ones in use.
@@ -35,6 +35,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use regent_tests::config::KubeSpec;
 use regent_tests::kube::{KubeApiServer, FIXTURE_TOKEN};
+use regent_tests::tools::kubectl_bin;
 use regent_tests::{
     run_regent, wait_until, wait_until_ok, Member, MemberConfig, MemberSpec, TestDir, FAST_TIMING,
 };
@@ -1248,16 +1249,6 @@ async fn every_statefulset_configuration_passes_validate_config() {
     }
 }
 
-fn kubectl_bin() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("KUBECTL_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join("kubectl"))
-        .find(|p| p.is_file())
-}
-
 /// The documents of kinds the Kubernetes API test server serves, as one multi-document file.
 fn supported_documents(set: &ManifestSet) -> String {
     set.docs
@@ -1292,10 +1283,7 @@ async fn kubectl(bin: &Path, server: &KubeApiServer, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_server_dry_run_accepts_configmaps_and_services() {
-    let Some(bin) = kubectl_bin() else {
-        eprintln!("skipped: kubectl not installed (set KUBECTL_BIN)");
-        return;
-    };
+    let bin = kubectl_bin();
     let server = KubeApiServer::launch().await;
     for set in ManifestSet::all() {
         let file = server

@@ -6,23 +6,10 @@
 //! Patroni is looked up at $PATRONI_BIN, else /opt/regent-patroni/bin/patroni (where .ci/run
 //! installs it in a virtualenv the postgres user can run).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use regent_tests::tools::patroni_bin;
 use regent_tests::{wait_until, TestCluster};
-
-fn patroni_bin() -> PathBuf {
-    let path = std::env::var_os("PATRONI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"));
-    assert!(
-        path.exists(),
-        "the real Patroni is needed at {} (or $PATRONI_BIN): python3 -m venv /opt/regent-patroni && \
-         /opt/regent-patroni/bin/pip install 'patroni[etcd3]' psycopg2-binary",
-        path.display()
-    );
-    path
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patroni_and_regent_members_share_one_cluster() {

@@ -1,8 +1,9 @@
 //! The real patronictl drives a Regent cluster through Regent's REST API and the DCS, on etcd and
 //! on the Kubernetes API test server: list, pause and resume (PATCH /config, members report it),
 //! edit-config (the dynamic config in the DCS, applied by every member), switchover --force
-//! (POST /switchover), restart --force (POST /restart). Skipped with a message when patronictl
-//! is not installed (/opt/regent-patroni/bin/patronictl, or next to $PATRONI_BIN).
+//! (POST /switchover), restart --force (POST /restart). patronictl is looked up next to
+//! $PATRONI_BIN, else at /opt/regent-patroni/bin/patronictl (where .ci/run installs it); without
+//! it the test fails.
 //!
 //! On Kubernetes patronictl reads its own configuration file (`scope` and a `kubernetes` section
 //! with the members' namespace, labels and `use_endpoints`) and a kubeconfig with its own token,
@@ -13,19 +14,12 @@ use std::process::Output;
 use std::time::Duration;
 
 use regent_tests::config::{Backend, KUBE_APP_LABEL, KUBE_NAMESPACE};
+use regent_tests::tools::patronictl_bin;
 use regent_tests::{wait_until, Member, TestCluster};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// Bearer token of patronictl's kubeconfig: the name its API requests are counted under.
 const PATRONICTL_TOKEN: &str = "patronictl";
-
-fn patronictl_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("PATRONI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"))
-        .with_file_name("patronictl");
-    path.exists().then_some(path)
-}
 
 /// How patronictl reaches the cluster's DCS: options before the command, and its environment.
 struct Patronictl {
@@ -119,10 +113,7 @@ regent_tests::backend_tests! {
 }
 
 async fn patronictl_operates_a_regent_cluster(backend: Backend) {
-    let Some(bin) = patronictl_bin() else {
-        println!("[patronictl] not installed: skipping");
-        return;
-    };
+    let bin = patronictl_bin();
     let cluster = TestCluster::start_on(backend, "pctl", 3).await;
     let tag = format!("[patronictl/{}]", backend.label());
     let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;

@@ -1,11 +1,12 @@
-//! A Postgres crash is noticed within one loop: the member restarts it in place (no failover),
-//! orphaned backends of the dead postmaster are reaped by the agent, and a leader that cannot
-//! get Postgres back releases the lock so a replica takes over.
+//! A Postgres crash is noticed within one loop: the member restarts it in place (no failover)
+//! and it accepts writes again within 10 s, orphaned backends of the dead postmaster are reaped
+//! by the agent, and a leader that cannot get Postgres back releases the lock so a replica
+//! takes over. Throughout, two members never accept writes at once.
 
 use std::time::{Duration, Instant};
 
 use regent_tests::config::Backend;
-use regent_tests::{wait_until, TestCluster};
+use regent_tests::{wait_until, RoleSampler, TestCluster};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -49,6 +50,7 @@ async fn crashed_postgres_on_the_leader_is_restarted_without_failover(backend: B
     leader.write_probe(1).await.expect("write before the crash");
     let agent = leader.agent_pid().expect("agent pid");
     let old_postmaster = leader.postmaster_pid().expect("postmaster pid");
+    let roles = RoleSampler::start(&cluster.all());
 
     // kill -9 of the postmaster only: its backends are orphaned and re-parented to the agent
     // (a child subreaper, as PID 1 would be).
@@ -58,6 +60,17 @@ async fn crashed_postgres_on_the_leader_is_restarted_without_failover(backend: B
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill postmaster");
+
+    // The agent notices within one loop (loop_wait) and starts a new postmaster; 1 s more
+    // covers a cycle that was busy when the crash happened and a slow fork on a loaded machine.
+    let loop_wait = Duration::from_secs(u64::from(cluster.timing().loop_wait));
+    let new_postmaster = wait_until(
+        "a new postmaster on the leader",
+        Duration::from_secs(30),
+        || async { leader.postmaster_pid().filter(|&pid| pid != old_postmaster) },
+    )
+    .await;
+    let restarted_after = crashed_at.elapsed();
 
     let mut next_id = 2;
     wait_until(
@@ -72,20 +85,27 @@ async fn crashed_postgres_on_the_leader_is_restarted_without_failover(backend: B
     .await;
     let back_after = crashed_at.elapsed();
     println!(
-        "{tag} Postgres back on the leader after {:.3} s",
+        "{tag} new postmaster started {:.3} s after the crash (bound loop_wait + 1 s = {:.0} s); \
+         Postgres accepted writes again after {:.3} s (bound 10 s)",
+        restarted_after.as_secs_f64(),
+        (loop_wait + Duration::from_secs(1)).as_secs_f64(),
         back_after.as_secs_f64()
     );
-    let new_postmaster = leader
-        .postmaster_pid()
-        .expect("postmaster pid after restart");
-    assert_ne!(
-        new_postmaster, old_postmaster,
-        "a new postmaster must be running"
+    assert!(
+        restarted_after <= loop_wait + Duration::from_secs(1),
+        "the crash was noticed and Postgres restarted only after {restarted_after:?}, more than \
+         one loop (loop_wait {loop_wait:?}) + 1 s"
     );
-    // Within one loop (loop_wait 2 s) plus the time Postgres needs for crash recovery.
+    assert_eq!(
+        leader.postmaster_pid(),
+        Some(new_postmaster),
+        "the restarted postmaster is still the one running"
+    );
+    // The restart plus crash recovery of a small instance on a 2-core machine shared with
+    // other builds.
     assert!(
         back_after < Duration::from_secs(10),
-        "restart took {back_after:?}"
+        "Postgres accepted writes again only after {back_after:?}"
     );
 
     // Same leader, no failover: the lock holder did not change and nobody else is primary.
@@ -101,6 +121,8 @@ async fn crashed_postgres_on_the_leader_is_restarted_without_failover(backend: B
         leader.has_probe(1).await.unwrap_or(false),
         "row written before the crash is kept"
     );
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
 
     // The dead postmaster's backends were re-parented to the agent: none is left a zombie.
     wait_until(
@@ -132,6 +154,7 @@ async fn leader_that_cannot_restart_postgres_releases_the_lock(backend: Backend)
     text.push_str("\nthis is not a valid setting line\n");
     std::fs::write(&base_conf, text).expect("break postgresql.base.conf");
     let postmaster = leader.postmaster_pid().expect("postmaster pid");
+    let roles = RoleSampler::start(&cluster.all());
     let crashed_at = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(postmaster),
@@ -168,6 +191,8 @@ async fn leader_that_cannot_restart_postgres_releases_the_lock(backend: Backend)
         "the old leader logs why it released the lock"
     );
     assert_eq!(cluster.sql_primaries().await, vec![replica_name]);
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
     assert!(
         replica.has_probe(1).await.unwrap_or(false),
         "row written before the crash is kept"

@@ -10,13 +10,13 @@
 //! same `patroni_*` families and values and the same pending restart reason.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use regent_tests::config::{Backend, Timing};
 use regent_tests::member::Member;
+use regent_tests::tools::{patroni_bin, patronictl_bin};
 use regent_tests::{regent_bin, wait_until_ok, TestCluster};
 use serde_json::{json, Value};
 
@@ -229,14 +229,6 @@ async fn patch_config(member: &Member, body: Value) {
     assert_eq!(code, 200, "PATCH /config {body}: {text}");
 }
 
-fn patronictl_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("PATRONI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"))
-        .with_file_name("patronictl");
-    path.exists().then_some(path)
-}
-
 /// A JSON listing (`list --extended -f json`) in which every member shows the restart flag and
 /// `reason` as patronictl formats it.
 fn assert_listing_shows_reason(tool: &str, output: &Output, reason: &str) {
@@ -419,8 +411,8 @@ async fn metrics_follow_the_cluster(backend: Backend) {
     assert_listing_shows_reason("regent ctl", &ctl, &shown);
     if backend.is_kubernetes() {
         println!("{tag} patronictl on Kubernetes is proven in patronictl.rs; not repeated here");
-    } else if let Some(patronictl) = patronictl_bin() {
-        let listing = std::process::Command::new(patronictl)
+    } else {
+        let listing = std::process::Command::new(patronictl_bin())
             .args([
                 "--dcs-url",
                 &format!("etcd3://{}", cluster.etcd().client_addr()),
@@ -429,8 +421,6 @@ async fn metrics_follow_the_cluster(backend: Backend) {
             .output()
             .expect("run patronictl list");
         assert_listing_shows_reason("patronictl", &listing, &shown);
-    } else {
-        println!("{tag} patronictl not installed: its listing is not checked");
     }
     println!("{tag} pending restart reason {want_reason}, listed as {shown:?}");
     patch_config(
@@ -548,19 +538,6 @@ async fn metrics_follow_the_cluster(backend: Backend) {
         Some(leader_postmaster),
         "the leader's Postgres ran through the freeze"
     );
-}
-
-fn patroni_bin() -> PathBuf {
-    let path = std::env::var_os("PATRONI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/regent-patroni/bin/patroni"));
-    assert!(
-        path.exists(),
-        "the real Patroni is needed at {} (or $PATRONI_BIN): python3 -m venv /opt/regent-patroni \
-         && /opt/regent-patroni/bin/pip install 'patroni[etcd3]' psycopg2-binary",
-        path.display()
-    );
-    path
 }
 
 /// The raw text of `GET /metrics`.

@@ -17,6 +17,11 @@ use serde_json::{json, Value};
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
 const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest time without an acknowledged write while a synchronous standby stops. Its release
+/// comes before it stops, so commits never wait for it; writes go every 20 ms and measured gaps
+/// were PLACEHOLDER. A commit that waited on the departing standby would wait until the
+/// writer's 2 s insert timeout and show as a failure and a gap of 2 s or more.
+const SYNC_STANDBY_STOP_MAX_ACK_GAP: Duration = Duration::from_millis(1500);
 
 regent_tests::backend_tests! {
     only_the_sync_standby_takes_over: [etcd, kubernetes];
@@ -369,6 +374,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     )
     .await;
     let stopping = cluster.member(&leaving);
+    let stop_requested = Instant::now();
     stopping
         .sigterm(Duration::from_secs(60))
         .await
@@ -395,8 +401,29 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     )
     .await;
     let report = writer.stop().await;
+    // From the SIGTERM until the writer had 20 more acknowledgements after the replacement
+    // took over: the stop, the release, the exit and the choice of a new synchronous standby.
+    let stop_window = (stop_requested, report.stopped);
+    let stop_failures = report.failures_between(stop_window.0, stop_window.1);
+    let stop_gap = report.longest_ack_gap(stop_window.0, stop_window.1);
     println!(
-        "{tag} {leaving} (sync standby) stopped with SIGTERM, {replacement} took its duty; {}",
+        "{tag} {leaving} (sync standby) stopped with SIGTERM, {replacement} took its duty; \
+         {stop_failures} failed writes and at most {:.3} s between two acknowledgements over \
+         {:.1} s (bound {:.1} s); {}",
+        stop_gap.as_secs_f64(),
+        (stop_window.1 - stop_window.0).as_secs_f64(),
+        SYNC_STANDBY_STOP_MAX_ACK_GAP.as_secs_f64(),
+        report.summary()
+    );
+    assert_eq!(
+        stop_failures,
+        0,
+        "writes failed while the synchronous standby stopped: {}",
+        report.summary()
+    );
+    assert!(
+        stop_gap <= SYNC_STANDBY_STOP_MAX_ACK_GAP,
+        "commits stalled {stop_gap:?} while the synchronous standby stopped: {}",
         report.summary()
     );
     assert_nothing_lost(cluster.member(&leader_now), &report.acked, &tag).await;
