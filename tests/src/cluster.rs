@@ -20,6 +20,7 @@ use crate::etcd::Etcd;
 use crate::kube::KubeApiServer;
 use crate::member::Member;
 use crate::process::TestDir;
+use crate::proxy::DcsRelay;
 use crate::{regent_bin, wait_until, wait_until_ok};
 
 /// Generate one test per backend from `async fn <case>(backend: Backend)`:
@@ -80,6 +81,7 @@ pub struct ClusterBuilder {
     member_binaries: Vec<(usize, PathBuf)>,
     customizers: Vec<Customizer>,
     start_agents: bool,
+    dcs_relays: bool,
 }
 
 impl ClusterBuilder {
@@ -122,6 +124,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Connect each member to the DCS through its own relay, which `TestCluster::cut_from_dcs`
+    /// can cut (default: members connect directly).
+    pub fn dcs_relays(mut self, relays: bool) -> Self {
+        self.dcs_relays = relays;
+        self
+    }
+
     /// Write configurations but do not start the agents (default: start them).
     pub fn start_agents(mut self, start: bool) -> Self {
         self.start_agents = start;
@@ -138,12 +147,32 @@ impl ClusterBuilder {
                 use_endpoints,
             },
         };
+        let dcs_addr: std::net::SocketAddr = match &dcs {
+            Dcs::Etcd(etcd) => etcd.client_addr(),
+            Dcs::Kubernetes { server, .. } => server
+                .url()
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_string(),
+        }
+        .parse()
+        .unwrap_or_else(|e| panic!("DCS address: {e}"));
+        let mut relays = Vec::new();
+        if self.dcs_relays {
+            for _ in 0..self.members {
+                relays.push(DcsRelay::start(dcs_addr).await);
+            }
+        }
         let mut members = Vec::with_capacity(self.members);
         for index in 0..self.members {
             let name = format!("{}-{index}", self.scope);
             let member_dir = dir.postgres_subdir(&name);
+            // Where this member reaches the DCS: its relay, or the DCS itself.
+            let reach = relays
+                .get(index)
+                .map_or_else(|| dcs_addr.to_string(), DcsRelay::addr);
             let etcd_hosts = match &dcs {
-                Dcs::Etcd(etcd) => vec![etcd.client_addr()],
+                Dcs::Etcd(_) => vec![reach.clone()],
                 Dcs::Kubernetes { .. } => Vec::new(),
             };
             let mut spec = MemberSpec::new(&self.scope, &name, member_dir.clone(), etcd_hosts);
@@ -164,6 +193,15 @@ impl ClusterBuilder {
                     // The bearer token is the member's name: the server counts requests by it.
                     kubeconfig: server.write_kubeconfig(&member_dir.join("kubeconfig"), &name),
                 };
+                if reach != dcs_addr.to_string() {
+                    let text = std::fs::read_to_string(&kube.kubeconfig)
+                        .unwrap_or_else(|e| panic!("read {}: {e}", kube.kubeconfig.display()));
+                    std::fs::write(
+                        &kube.kubeconfig,
+                        text.replace(&dcs_addr.to_string(), &reach),
+                    )
+                    .unwrap_or_else(|e| panic!("write {}: {e}", kube.kubeconfig.display()));
+                }
                 crate::process::chown_to_postgres(&kube.kubeconfig);
                 spec.kubernetes = Some(kube);
             }
@@ -196,6 +234,7 @@ impl ClusterBuilder {
         }
         TestCluster {
             members,
+            relays,
             dcs,
             _dir: dir,
             scope: self.scope,
@@ -236,6 +275,8 @@ pub const HARNESS_TOKEN: &str = "regent-test-harness";
 /// then the directory holding everything.
 pub struct TestCluster {
     pub members: Vec<Member>,
+    /// One per member, by index, when built with `dcs_relays(true)`.
+    relays: Vec<DcsRelay>,
     dcs: Dcs,
     _dir: TestDir,
     scope: String,
@@ -255,6 +296,7 @@ impl TestCluster {
             member_binaries: Vec::new(),
             customizers: Vec::new(),
             start_agents: true,
+            dcs_relays: false,
         }
     }
 
@@ -322,6 +364,31 @@ impl TestCluster {
             Dcs::Etcd(etcd) => etcd.pause(),
             Dcs::Kubernetes { server, .. } => server.pause(),
         }
+    }
+
+    /// Isolate member `name` from the DCS (its relay forwards nothing); the other members still
+    /// reach it. Needs `dcs_relays(true)`.
+    pub fn cut_from_dcs(&self, name: &str) {
+        self.relay_of(name).cut();
+    }
+
+    /// Undo `cut_from_dcs`.
+    pub fn reconnect_to_dcs(&self, name: &str) {
+        self.relay_of(name).heal();
+    }
+
+    fn relay_of(&self, name: &str) -> &DcsRelay {
+        let index = self
+            .members
+            .iter()
+            .position(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("no member named {name} in scope {}", self.scope));
+        self.relays.get(index).unwrap_or_else(|| {
+            panic!(
+                "scope {} was built without dcs_relays(true): {name} cannot be cut from the DCS",
+                self.scope
+            )
+        })
     }
 
     /// Thaw the DCS process (SIGCONT).

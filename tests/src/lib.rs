@@ -20,6 +20,7 @@ pub mod member;
 pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod proxy;
 pub mod roles;
 pub mod tools;
 pub mod writer;

@@ -33,6 +33,9 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(20);
 /// Bound on one connection attempt or one query of the sampler.
 pub const SAMPLE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long `start` waits for each member's first answer.
+pub const READY_DEADLINE: Duration = Duration::from_secs(10);
+
 const ROLE_QUERY: &str = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')";
 
 /// One answer (or failure to answer) of one member.
@@ -77,8 +80,29 @@ pub struct RoleSampler {
 }
 
 impl RoleSampler {
-    /// Start one sampling task per member.
-    pub fn start(members: &[&Member]) -> RoleSampler {
+    /// Start one sampling task per member and wait until each has answered once, so the record
+    /// covers whatever the test does next. Panics if a member does not answer within
+    /// `READY_DEADLINE`.
+    pub async fn start(members: &[&Member]) -> RoleSampler {
+        let sampler = Self::spawn(members);
+        for timeline in &sampler.timelines {
+            let answered = crate::poll_until(READY_DEADLINE, || async {
+                lock(&timeline.samples)
+                    .iter()
+                    .any(|s| s.answered)
+                    .then_some(())
+            })
+            .await;
+            assert!(
+                answered.is_some(),
+                "{}'s Postgres did not answer the role sampler within {READY_DEADLINE:?}",
+                timeline.name
+            );
+        }
+        sampler
+    }
+
+    fn spawn(members: &[&Member]) -> RoleSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let mut timelines = Vec::new();
         let mut tasks = Vec::new();

@@ -25,6 +25,7 @@ regent_tests::backend_tests! {
     leader_crash_fails_over_and_old_leader_rejoins: [etcd, kubernetes, kubernetes_endpoints];
     sigterm_on_leader_hands_over_quickly: [etcd, kubernetes];
     frozen_dcs_makes_leader_stop_writes_before_lock_expiry: [etcd, kubernetes];
+    isolated_leader_is_replaced_only_after_its_lock_expired: [etcd, kubernetes];
     unclaimed_bootstrap_is_cleared_and_the_cluster_bootstraps: [etcd, kubernetes];
 }
 
@@ -344,7 +345,7 @@ async fn leader_crash_fails_over_and_old_leader_rejoins(backend: Backend) {
         .dcs_lock_remaining()
         .await
         .expect("time left on the leader lock before the crash");
-    let roles = RoleSampler::start(&cluster.all());
+    let roles = RoleSampler::start(&cluster.all()).await;
     let killed_at = Instant::now();
     old.kill9_with_postmaster();
     let candidates = cluster.others(&old_name);
@@ -430,7 +431,7 @@ async fn sigterm_on_leader_hands_over_quickly(backend: Backend) {
     let others = cluster.others(&old_name);
     write_and_replicate(&cluster, old, &others, 1..=10).await;
 
-    let roles = RoleSampler::start(&cluster.all());
+    let roles = RoleSampler::start(&cluster.all()).await;
     let signalled_at = Instant::now();
     old.send_sigterm();
     let (exit, (new_name, writable_at)) = tokio::join!(
@@ -563,7 +564,7 @@ async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend
     .await;
 
     let ttl = cluster.ttl();
-    let roles = RoleSampler::start(&cluster.all());
+    let roles = RoleSampler::start(&cluster.all()).await;
     let lock_left = cluster
         .dcs_lock_remaining()
         .await
@@ -788,4 +789,206 @@ async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend
 /// A chrono duration in seconds.
 fn seconds(d: chrono::Duration) -> f64 {
     d.num_microseconds().unwrap_or_default() as f64 / 1e6
+}
+
+/// The last renewal of the Kubernetes leader object by `holder` at or before `wall`, from the
+/// harness's watch.
+fn last_renewal_before(
+    watch: &regent_tests::cluster::LeaderWatch,
+    holder: &str,
+    wall: chrono::DateTime<Utc>,
+) -> LeaderRecord {
+    let events = watch.events();
+    events
+        .iter()
+        .map(|e| &e.record)
+        .filter(|r| r.renew_time.is_some_and(|t| t <= wall))
+        .max_by_key(|r| r.renew_time)
+        .filter(|r| r.leader.as_deref() == Some(holder))
+        .cloned()
+        .unwrap_or_else(|| panic!("no renewal by {holder} seen before {wall}: {events:?}"))
+}
+
+/// The leader loses the DCS while the other members still reach it (its DCS traffic goes through
+/// a relay that is cut: a partition around one machine). The others see the lock go unrenewed
+/// and may take it only once it expired: on etcd when its lease, read just before the cut, ran
+/// out; on Kubernetes no earlier than the last `renewTime` the leader wrote + ttl — checked on
+/// the claim itself (its `renewTime` is the claimant's clock when it claimed) and on when the
+/// harness saw it. The old leader must stop accepting writes before another member accepts any,
+/// two members never accept writes at once (role sampler), and once reconnected the old leader
+/// follows the new one.
+async fn isolated_leader_is_replaced_only_after_its_lock_expired(backend: Backend) {
+    let started = Instant::now();
+    let cluster = TestCluster::builder("iso")
+        .backend(backend)
+        .members(3)
+        .dcs_relays(true)
+        .start()
+        .await;
+    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
+        .await;
+    let tag = tag(&cluster);
+    println!(
+        "{tag} bootstrap: leader {old_name}, replicas streaming after {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    let old = cluster.member(&old_name);
+    let others = cluster.others(&old_name);
+    write_and_replicate(&cluster, old, &others, 1..=10).await;
+    let leader_watch = match backend {
+        Backend::Kubernetes { .. } => Some(
+            cluster
+                .watch_kube_leader()
+                .await
+                .expect("watch the leader object"),
+        ),
+        Backend::Etcd => None,
+    };
+
+    let ttl = cluster.ttl();
+    let roles = RoleSampler::start(&cluster.all()).await;
+    let lock_left = cluster
+        .dcs_lock_remaining()
+        .await
+        .expect("time left on the leader lock before the cut");
+    let lock_read_at = Instant::now();
+    let cut_wall = Utc::now();
+    let cut_at = Instant::now();
+    cluster.cut_from_dcs(&old_name);
+
+    // Keep writing on the old leader until well after the failover bound; meanwhile try the
+    // others until one accepts a write, and watch who the DCS names as leader.
+    let write_until_at = cut_at + ttl + Duration::from_secs(4);
+    let (attempts, (new_name, writable_at), taken) = tokio::join!(
+        write_until(old, 100_000, write_until_at),
+        first_writable(&others, 200_000, Duration::from_secs(60)),
+        wait_until(
+            "another member holding the lock",
+            Duration::from_secs(60),
+            || async {
+                let holder = cluster.dcs_leader().await?;
+                (holder != old_name).then(|| (holder, Instant::now()))
+            }
+        ),
+    );
+    let (holder, taken_at) = taken;
+    let since_cut = |t: Instant| (t - cut_at).as_secs_f64();
+    let last_accepted = attempts.iter().rev().find(|(_, ok)| *ok).map(|(t, _)| *t);
+    println!(
+        "{tag} {old_name} cut from the DCS (lock had {:.1} s left): it last accepted a write at \
+         +{} s ({} attempts); {holder} seen holding the lock at +{:.3} s; {new_name} accepted \
+         writes from +{:.3} s",
+        lock_left.as_secs_f64(),
+        last_accepted.map_or("never".into(), |t| format!("{:.3}", since_cut(t))),
+        attempts.len(),
+        since_cut(taken_at),
+        since_cut(writable_at)
+    );
+    assert_eq!(
+        holder, new_name,
+        "the member accepting writes holds the lock"
+    );
+    assert!(
+        attempts.iter().any(|(t, _)| *t > writable_at),
+        "no write attempt on {old_name} after {new_name} took over: the check proves nothing"
+    );
+    if let Some(last) = last_accepted {
+        assert!(
+            last < writable_at,
+            "{old_name} accepted a write at +{:.3} s, after {new_name} accepted writes at +{:.3} s",
+            since_cut(last),
+            since_cut(writable_at)
+        );
+    }
+
+    // The earliest moment the lock may count as free, as an instant.
+    let lock_free_from = match &leader_watch {
+        None => {
+            // etcd reports whole seconds, rounded down: the lease ran for at least `left` after
+            // it was read (a renewal between the read and the cut only makes it longer).
+            let earliest = lock_read_at + lock_left;
+            if let Some(last) = last_accepted {
+                let latest = lock_read_at + lock_left + Duration::from_secs(1);
+                assert!(
+                    last < latest,
+                    "{old_name} accepted a write at +{:.3} s, after its lease expired (by +{:.3} s)",
+                    since_cut(last),
+                    since_cut(latest)
+                );
+            }
+            earliest
+        }
+        Some(watch) => {
+            let last = last_renewal_before(watch, &old_name, cut_wall);
+            let lock_ttl = last.ttl.expect("the leader object carries its ttl");
+            let renewed = seconds(last.renew_time.expect("renewTime") - cut_wall);
+            let expiry = renewed + lock_ttl as f64;
+            let claim = watch
+                .events()
+                .into_iter()
+                .find(|e| e.record.leader.as_ref().is_some_and(|l| *l != old_name))
+                .expect("the watch saw another member claim the lock");
+            let claimed = seconds(claim.record.renew_time.expect("renewTime") - cut_wall);
+            println!(
+                "{tag} last renewTime before the cut at {renewed:+.3} s → lock free for others \
+                 from {expiry:+.3} s; {} claimed it with renewTime {claimed:+.3} s, seen at \
+                 +{:.3} s",
+                claim.record.leader.as_deref().unwrap_or("?"),
+                since_cut(claim.received)
+            );
+            assert!(
+                claimed >= expiry,
+                "the lock was claimed at {claimed:+.3} s, before it expired at {expiry:+.3} s: \
+                 {claim:?}"
+            );
+            if let Some(last_ok) = last_accepted {
+                assert!(
+                    since_cut(last_ok) < expiry,
+                    "{old_name} accepted a write at +{:.3} s, after the lock became free for \
+                     others at {expiry:+.3} s",
+                    since_cut(last_ok)
+                );
+            }
+            cut_at + Duration::from_secs_f64(expiry.max(0.0))
+        }
+    };
+    assert!(
+        taken_at >= lock_free_from,
+        "{holder} held the lock at +{:.3} s, before it could expire at +{:.3} s",
+        since_cut(taken_at),
+        since_cut(lock_free_from)
+    );
+    let failover = writable_at - cut_at;
+    let bound = ttl + Duration::from_secs(2);
+    assert!(
+        failover <= bound,
+        "{new_name} accepted writes {failover:?} after the cut, more than ttl + 2 s"
+    );
+
+    cluster.reconnect_to_dcs(&old_name);
+    let reconnected_at = Instant::now();
+    cluster
+        .wait_for_member_streaming(&old_name, &new_name, REJOIN_DEADLINE)
+        .await;
+    println!(
+        "{tag} {old_name} reconnected and streams from {new_name} after {:.3} s",
+        reconnected_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(30)).await,
+        new_name
+    );
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
+    let on_new = cluster
+        .member(&new_name)
+        .probe_ids()
+        .await
+        .expect("probe ids on the new leader");
+    assert!(
+        (1..=10).all(|id| on_new.contains(&id)),
+        "rows replicated before the cut lost: {on_new:?}"
+    );
 }

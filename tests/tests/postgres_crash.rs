@@ -50,7 +50,7 @@ async fn crashed_postgres_on_the_leader_is_restarted_without_failover(backend: B
     leader.write_probe(1).await.expect("write before the crash");
     let agent = leader.agent_pid().expect("agent pid");
     let old_postmaster = leader.postmaster_pid().expect("postmaster pid");
-    let roles = RoleSampler::start(&cluster.all());
+    let roles = RoleSampler::start(&cluster.all()).await;
 
     // kill -9 of the postmaster only: its backends are orphaned and re-parented to the agent
     // (a child subreaper, as PID 1 would be).
@@ -154,7 +154,7 @@ async fn leader_that_cannot_restart_postgres_releases_the_lock(backend: Backend)
     text.push_str("\nthis is not a valid setting line\n");
     std::fs::write(&base_conf, text).expect("break postgresql.base.conf");
     let postmaster = leader.postmaster_pid().expect("postmaster pid");
-    let roles = RoleSampler::start(&cluster.all());
+    let roles = RoleSampler::start(&cluster.all()).await;
     let crashed_at = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(postmaster),
