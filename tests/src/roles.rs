@@ -193,7 +193,7 @@ impl RoleSampler {
             ));
         }
         format!(
-            "roles sampled every {} ms (widest gap {:.3} s): {}",
+            "roles sampled at most every {} ms (widest gap {:.3} s): {}",
             SAMPLE_INTERVAL.as_millis(),
             self.widest_gap().as_secs_f64(),
             lines.join("; ")
