@@ -11,16 +11,17 @@ use anyhow::{bail, Context, Result};
 use regent_tests::config::{Backend, MemberConfig};
 use regent_tests::member::Member;
 use regent_tests::writer::{missing_ids, written_ids, WRITER_TABLE};
-use regent_tests::{poll_until, wait_until_ok, TestCluster, Writer};
+use regent_tests::{poll_until, wait_until_ok, RoleSampler, TestCluster, Writer};
 use serde_json::{json, Value};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
 const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest time without an acknowledged write while a synchronous standby stops. Its release
-/// comes before it stops, so commits never wait for it; writes go every 20 ms and measured gaps
-/// were PLACEHOLDER. A commit that waited on the departing standby would wait until the
-/// writer's 2 s insert timeout and show as a failure and a gap of 2 s or more.
+/// comes before it stops, so commits never wait for it: writes go every 20 ms and the longest gap
+/// measured was 0.03 s (etcd and Kubernetes). The margin is for a loaded machine. A commit that
+/// waited on the departing standby until its replacement is named takes seconds: a gap over the
+/// bound, or a failure at the writer's 2 s insert timeout.
 const SYNC_STANDBY_STOP_MAX_ACK_GAP: Duration = Duration::from_millis(1500);
 
 regent_tests::backend_tests! {
@@ -265,6 +266,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         },
     )
     .await;
+    let roles = RoleSampler::start(&cluster.all()).await;
     let killed_at = Instant::now();
     cluster.member(&leader).kill9_with_postmaster();
     let new_leader = cluster.wait_for_leader(Duration::from_secs(60)).await;
@@ -281,18 +283,31 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     )
     .await;
     let report = writer.stop().await;
+    // A write in flight when the leader died may still be acknowledged by it: count from the
+    // first write that failed.
+    let first_failure = report
+        .first_failure_after(killed_at)
+        .expect("a write failed after the crash");
     let writable_after = report
-        .first_ack_after(killed_at)
+        .first_ack_after(first_failure)
         .expect("a write acknowledged after the crash")
         - killed_at;
+    let bound = cluster.ttl() + Duration::from_secs(2);
     println!(
-        "{tag} kill -9 of {leader}: {standby} accepted writes after {:.3} s (ttl {} s); {}",
+        "{tag} kill -9 of {leader}: {standby} accepted writes after {:.3} s (bound ttl + 2 s = \
+         {:.0} s); {}",
         writable_after.as_secs_f64(),
-        cluster.ttl().as_secs(),
+        bound.as_secs_f64(),
         report.summary()
+    );
+    assert!(
+        writable_after <= bound,
+        "failover took {writable_after:?}, more than ttl + 2 s"
     );
     assert_eq!(cluster.sql_primaries().await, vec![standby.clone()]);
     assert_nothing_lost(sync_member, &report.acked, &tag).await;
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
 
     // The old leader rejoins; the new leader picks a synchronous standby among the two.
     cluster.member(&leader).restart();
@@ -345,6 +360,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         "the synchronous standby took over"
     );
     assert_nothing_lost(cluster.member(&second_sync), &report.acked, &tag).await;
+    roles.assert_never_two_primaries();
     println!(
         "{tag} {second_async} stayed a replica; {second_sync} took over with all {} acknowledged rows",
         report.acked.len()
@@ -596,6 +612,7 @@ async fn paused_primary_outlives_a_dcs_outage(backend: Backend) {
     }
     let postmaster = leader.postmaster_pid().expect("leader postmaster pid");
 
+    let roles = RoleSampler::start(&cluster.all()).await;
     let frozen_at = Instant::now();
     cluster.pause_dcs();
     let watch_until = frozen_at + cluster.ttl() + Duration::from_secs(5);
@@ -630,4 +647,6 @@ async fn paused_primary_outlives_a_dcs_outage(backend: Backend) {
     );
     assert!(matches!(leader.pg_in_recovery().await, Ok(false)));
     assert_eq!(cluster.wait_for_leader(SYNC_DEADLINE).await, leader_name);
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
 }
