@@ -585,6 +585,10 @@ async fn paused_primary_outlives_a_dcs_outage(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "pdcs", 2).await;
     let tag = format!("[pause-dcs/{}]", backend.label());
     let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    // The role sampler below needs every member's Postgres up.
+    cluster
+        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
+        .await;
     let leader = cluster.member(&leader_name);
     leader
         .create_probe_table()
