@@ -147,20 +147,22 @@ impl ClusterBuilder {
                 use_endpoints,
             },
         };
-        let dcs_addr: std::net::SocketAddr = match &dcs {
+        // host:port of the DCS, which relays forward to.
+        let dcs_addr = match &dcs {
             Dcs::Etcd(etcd) => etcd.client_addr(),
             Dcs::Kubernetes { server, .. } => server
                 .url()
                 .trim_start_matches("http://")
                 .trim_start_matches("https://")
                 .to_string(),
-        }
-        .parse()
-        .unwrap_or_else(|e| panic!("DCS address: {e}"));
+        };
         let mut relays = Vec::new();
         if self.dcs_relays {
+            let upstream = dcs_addr
+                .parse()
+                .unwrap_or_else(|e| panic!("DCS address {dcs_addr}: {e}"));
             for _ in 0..self.members {
-                relays.push(DcsRelay::start(dcs_addr).await);
+                relays.push(DcsRelay::start(upstream).await);
             }
         }
         let mut members = Vec::with_capacity(self.members);
@@ -170,7 +172,7 @@ impl ClusterBuilder {
             // Where this member reaches the DCS: its relay, or the DCS itself.
             let reach = relays
                 .get(index)
-                .map_or_else(|| dcs_addr.to_string(), DcsRelay::addr);
+                .map_or_else(|| dcs_addr.clone(), DcsRelay::addr);
             let etcd_hosts = match &dcs {
                 Dcs::Etcd(_) => vec![reach.clone()],
                 Dcs::Kubernetes { .. } => Vec::new(),
@@ -193,14 +195,11 @@ impl ClusterBuilder {
                     // The bearer token is the member's name: the server counts requests by it.
                     kubeconfig: server.write_kubeconfig(&member_dir.join("kubeconfig"), &name),
                 };
-                if reach != dcs_addr.to_string() {
+                if reach != dcs_addr {
                     let text = std::fs::read_to_string(&kube.kubeconfig)
                         .unwrap_or_else(|e| panic!("read {}: {e}", kube.kubeconfig.display()));
-                    std::fs::write(
-                        &kube.kubeconfig,
-                        text.replace(&dcs_addr.to_string(), &reach),
-                    )
-                    .unwrap_or_else(|e| panic!("write {}: {e}", kube.kubeconfig.display()));
+                    std::fs::write(&kube.kubeconfig, text.replace(&dcs_addr, &reach))
+                        .unwrap_or_else(|e| panic!("write {}: {e}", kube.kubeconfig.display()));
                 }
                 crate::process::chown_to_postgres(&kube.kubeconfig);
                 spec.kubernetes = Some(kube);

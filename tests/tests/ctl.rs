@@ -172,7 +172,7 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
     // On Kubernetes patronictl needs its own configuration file; patronictl.rs drives it there.
     let patronictl = (!backend.is_kubernetes()).then(patronictl_bin);
     match &patronictl {
-        None => println!("[ctl] Kubernetes: the patronictl comparison runs in patronictl.rs"),
+        None => println!("[ctl] Kubernetes: patronictl is driven by patronictl.rs there"),
         Some(p) => {
             let out = std::process::Command::new(p)
                 .args([
