@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use self::client::{b64, json_i64, CallError, Client};
 use crate::model::{
-    history_to_json, Cluster, Failover, HistoryEntry, MemberData, Status, SyncState,
+    failsafe_to_json, history_to_json, Cluster, Failover, FailsafeTopology, HistoryEntry,
+    MemberData, Status, SyncState,
 };
 use crate::{Dcs, DcsError, DcsResult, Timing};
 
@@ -624,7 +625,12 @@ impl Dcs for Etcd3 {
         }
     }
 
-    async fn update_leader(&self, cluster: &Cluster, optime: Option<u64>) -> DcsResult<bool> {
+    async fn update_leader(
+        &self,
+        cluster: &Cluster,
+        optime: Option<u64>,
+        failsafe: Option<&FailsafeTopology>,
+    ) -> DcsResult<bool> {
         let key = self.key("leader");
         let mut lease_state = self.shared.lease.lock().await;
         let Some(lease) = lease_state.id else {
@@ -632,13 +638,12 @@ impl Dcs for Etcd3 {
         };
         // Keepalive before verifying: a successful renew then guarantees ttl from the call start.
         let sent = Instant::now();
-        if !self.keepalive(lease).await? {
-            tracing::warn!(lease, "etcd lease expired, leader lock lost");
-            lease_state.id = None;
-            return Ok(false);
-        }
-        lease_state.last_refresh = Some(sent);
-        drop(lease_state);
+        let alive = match self.keepalive(lease).await {
+            Ok(alive) => alive,
+            Err(DcsError::Protocol(msg)) if msg.contains("not found") => false,
+            Err(e) => return Err(e),
+        };
+        // Status and failsafe go in the same transaction as the check that the lock is ours.
         let mut success = Vec::new();
         if optime.is_some() && optime != cluster.status.optime {
             let status = Status {
@@ -651,6 +656,43 @@ impl Dcs for Etcd3 {
                 None,
             ));
         }
+        if let Some(topology) = failsafe {
+            let key = self.key("failsafe");
+            success.push(if topology.is_empty() {
+                delete_op(&key)
+            } else {
+                put_op(&key, &failsafe_to_json(topology), None)
+            });
+        }
+        if !alive {
+            // The lease ran out (the store was unreachable or stalled for longer than ttl): the
+            // lock is ours again only if nobody else took it meanwhile.
+            tracing::warn!(
+                lease,
+                "etcd lease expired: taking the leader lock again if it is free"
+            );
+            lease_state.id = None;
+            let fresh = self.live_lease(&mut lease_state, Duration::ZERO).await?;
+            drop(lease_state);
+            let name = &self.shared.name;
+            let mut reattach = success.clone();
+            reattach.push(put_op(&key, name, Some(fresh)));
+            let (ok, _) = self
+                .txn(vec![cmp_value(&key, name)], reattach.clone(), vec![])
+                .await?;
+            if ok {
+                return Ok(true);
+            }
+            let (ok, _) = self
+                .txn(vec![cmp_created(&key, 0)], reattach, vec![])
+                .await?;
+            if !ok {
+                tracing::warn!(member = %name, "leader lock is no longer ours");
+            }
+            return Ok(ok);
+        }
+        lease_state.last_refresh = Some(sent);
+        drop(lease_state);
         let compare = vec![cmp_value(&key, &self.shared.name), cmp_lease(&key, lease)];
         let (ok, _) = self.txn(compare, success, vec![]).await?;
         if !ok {

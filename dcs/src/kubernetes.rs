@@ -35,7 +35,8 @@ use self::objects::{
 };
 use self::state::{KindState, PodCache};
 use crate::model::{
-    history_to_json, Cluster, Failover, HistoryEntry, MemberData, Status, SyncState,
+    history_to_json, Cluster, Failover, FailsafeTopology, HistoryEntry, MemberData, Status,
+    SyncState,
 };
 use crate::{Dcs, DcsError, DcsResult, Timing};
 
@@ -682,6 +683,7 @@ impl Kubernetes {
         &self,
         cluster: &Cluster,
         optime: Option<u64>,
+        failsafe: Option<&FailsafeTopology>,
         deadline: Instant,
     ) -> DcsResult<bool> {
         let me = self.shared.name.clone();
@@ -689,7 +691,7 @@ impl Kubernetes {
         // Keep acquireTime and transitions as last seen while held, so readers see the same
         // holder: the deletion may already have reached the tracker through the watch.
         let observed = self.kinds().tracker().last_held().clone();
-        let annotations = objects::renew_annotations(
+        let mut annotations = objects::renew_annotations(
             &me,
             self.ttl(),
             &objects::iso_now(),
@@ -697,6 +699,9 @@ impl Kubernetes {
             optime,
             &cluster.status,
         );
+        if let Some(topology) = failsafe {
+            annotations.extend(objects::failsafe_annotation(topology));
+        }
         let subsets = self.wanted_subsets(None, deadline).await;
         match self
             .create_kind(&leader, &annotations, subsets, deadline)
@@ -1048,18 +1053,25 @@ impl Dcs for Kubernetes {
         }
     }
 
-    async fn update_leader(&self, cluster: &Cluster, optime: Option<u64>) -> DcsResult<bool> {
+    async fn update_leader(
+        &self,
+        cluster: &Cluster,
+        optime: Option<u64>,
+        failsafe: Option<&FailsafeTopology>,
+    ) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
         let me = self.shared.name.clone();
         let leader = self.layout().leader.clone();
         let Some(current) = self.current_leader(deadline).await? else {
-            return self.recreate_leader(cluster, optime, deadline).await;
+            return self
+                .recreate_leader(cluster, optime, failsafe, deadline)
+                .await;
         };
         if annotation(&current, "leader") != Some(me.as_str()) {
             tracing::warn!(member = %me, "the leader lock is held by another member");
             return Ok(false);
         }
-        let annotations = objects::renew_annotations(
+        let mut annotations = objects::renew_annotations(
             &me,
             self.ttl(),
             &objects::iso_now(),
@@ -1067,6 +1079,10 @@ impl Dcs for Kubernetes {
             optime,
             &cluster.status,
         );
+        // The failsafe topology rides on the renew: still one request per loop.
+        if let Some(topology) = failsafe {
+            annotations.extend(objects::failsafe_annotation(topology));
+        }
         let rv = resource_version(&current).map(str::to_string);
         let subsets = self.wanted_subsets(Some(&current), deadline).await;
         match self
@@ -1084,7 +1100,9 @@ impl Dcs for Kubernetes {
                 tracing::warn!(object = %leader, "concurrent update of the leader object");
             }
             Err(CallError::Status { code: 404, .. }) => {
-                return self.recreate_leader(cluster, optime, deadline).await;
+                return self
+                    .recreate_leader(cluster, optime, failsafe, deadline)
+                    .await;
             }
             Err(e) => return Err(e.into()),
         }

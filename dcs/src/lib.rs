@@ -84,8 +84,15 @@ pub trait Dcs: Send + Sync {
     /// Try to take the free leader lock. `Ok(true)`: won. `Ok(false)`: someone else holds it.
     async fn attempt_to_acquire_leader(&self) -> DcsResult<bool>;
 
-    /// Renew the lock held by this member and record `optime`. `Ok(false)`: not ours any more.
-    async fn update_leader(&self, cluster: &Cluster, optime: Option<u64>) -> DcsResult<bool>;
+    /// Renew the lock held by this member and record `optime`. `Ok(false)`: not ours any more
+    /// (another member holds it); an error leaves that open. `failsafe`: write this topology in
+    /// the same request (an empty one removes it); `None` leaves the stored value alone.
+    async fn update_leader(
+        &self,
+        cluster: &Cluster,
+        optime: Option<u64>,
+        failsafe: Option<&FailsafeTopology>,
+    ) -> DcsResult<bool>;
 
     /// Release the lock if this member holds it, recording the last `optime`.
     async fn delete_leader(&self, optime: Option<u64>) -> DcsResult<bool>;

@@ -398,6 +398,30 @@ pub fn parse_history(raw: &str) -> Result<Vec<HistoryEntry>, String> {
     rows.iter().map(HistoryEntry::from_json).collect()
 }
 
+/// The failsafe topology: every member's name and REST `api_url`, written by the leader. While
+/// the DCS cannot be reached, a primary keeps running only if every listed member confirms it
+/// over REST, and only listed members may take a free lock.
+pub type FailsafeTopology = BTreeMap<String, String>;
+
+/// Parse a `failsafe` value (`{"<name>": "<api_url>"}`).
+pub fn parse_failsafe(raw: &str) -> Result<FailsafeTopology, String> {
+    let v: Value = serde_json::from_str(raw).map_err(|e| format!("failsafe is not JSON: {e}"))?;
+    let Value::Object(m) = v else {
+        return Err("failsafe is not a JSON object".into());
+    };
+    m.into_iter()
+        .map(|(name, url)| match url {
+            Value::String(u) => Ok((name, u)),
+            _ => Err(format!("failsafe entry {name:?} is not a string")),
+        })
+        .collect()
+}
+
+/// The `failsafe` value as written (compact JSON object).
+pub fn failsafe_to_json(topology: &FailsafeTopology) -> String {
+    serde_json::to_string(topology).unwrap_or_else(|_| "{}".into())
+}
+
 pub fn history_to_json(rows: &[HistoryEntry]) -> String {
     Value::Array(rows.iter().map(HistoryEntry::to_json).collect()).to_string()
 }
@@ -575,6 +599,8 @@ pub struct Cluster {
     pub failover: Option<Failover>,
     pub sync: SyncState,
     pub history: Vec<HistoryEntry>,
+    /// The failsafe topology written by the leader (`None`: absent or unreadable).
+    pub failsafe: Option<FailsafeTopology>,
     /// Problems met while reading objects written by others (named field, what was wrong). On
     /// the Citus coordinator this also holds every worker group's warnings, each naming its key
     /// or object, so one list reports everything the read met.

@@ -243,11 +243,11 @@ async fn lock_race_has_exactly_one_winner_and_only_the_holder_renews_or_deletes(
         // A second attempt while the lock is held loses, even for the holder's rival.
         assert!(!other.attempt_to_acquire_leader().await.expect("re-acquire"));
         assert!(holder
-            .update_leader(&cluster, Some(round))
+            .update_leader(&cluster, Some(round), None)
             .await
             .expect("renew"));
         assert!(!other
-            .update_leader(&cluster, Some(round))
+            .update_leader(&cluster, Some(round), None)
             .await
             .expect("renew by other"));
         assert!(!other.delete_leader(None).await.expect("delete by other"));
@@ -267,7 +267,7 @@ async fn renew_records_optime_and_delete_leader_keeps_slots() {
     let b = member(&server, "optime", "b", timing(10, 3));
     // Without a lease nothing can be renewed.
     assert!(!a
-        .update_leader(&Default::default(), Some(1))
+        .update_leader(&Default::default(), Some(1), None)
         .await
         .expect("renew"));
     assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
@@ -281,7 +281,10 @@ async fn renew_records_optime_and_delete_leader_keeps_slots() {
     .await
     .expect("status");
     let cluster = a.get_cluster().await.expect("read");
-    assert!(a.update_leader(&cluster, Some(20)).await.expect("renew"));
+    assert!(a
+        .update_leader(&cluster, Some(20), None)
+        .await
+        .expect("renew"));
     let cluster = b.get_cluster().await.expect("read");
     assert_eq!(cluster.status.optime, Some(20));
     assert_eq!(cluster.status.slots.get("permanent"), Some(&json!(100)));
@@ -328,14 +331,14 @@ async fn lock_expires_without_renewal_and_a_watcher_wakes() {
     // The former holder learns it lost the lock and does not silently take it back.
     let cluster = a.get_cluster().await.expect("read");
     assert!(!a
-        .update_leader(&cluster, None)
+        .update_leader(&cluster, None, None)
         .await
         .expect("renew after expiry"));
     assert!(a.get_cluster().await.expect("read").leader.is_none());
     // It can compete again with a new lease.
     assert!(a.attempt_to_acquire_leader().await.expect("acquire again"));
     assert!(a
-        .update_leader(&a.get_cluster().await.expect("read"), None)
+        .update_leader(&a.get_cluster().await.expect("read"), None, None)
         .await
         .expect("renew"));
 }
@@ -642,7 +645,7 @@ async fn stopped_etcd_gives_unreachable_within_retry_timeout() {
     let started = Instant::now();
     let (read, renew, watched) = tokio::join!(
         a.get_cluster(),
-        a.update_leader(&cluster, Some(1)),
+        a.update_leader(&cluster, Some(1), None),
         a.watch(Duration::from_millis(500)),
     );
     let elapsed = started.elapsed();
@@ -820,7 +823,7 @@ async fn hung_etcd_times_out_and_recovers() {
     // A frozen server accepts connections but never answers: only timeouts can save us.
     server.signal("STOP");
     let started = Instant::now();
-    let (read, renew) = tokio::join!(b.get_cluster(), a.update_leader(&cluster, None));
+    let (read, renew) = tokio::join!(b.get_cluster(), a.update_leader(&cluster, None, None));
     let elapsed = started.elapsed();
     server.signal("CONT");
     assert!(matches!(read, Err(DcsError::Unreachable(_))), "{read:?}");
@@ -832,7 +835,7 @@ async fn hung_etcd_times_out_and_recovers() {
     // Back to normal once it answers again, and the watch still works.
     let cluster = a.get_cluster().await.expect("read after resume");
     assert!(a
-        .update_leader(&cluster, None)
+        .update_leader(&cluster, None, None)
         .await
         .expect("renew after resume"));
     assert!(a.delete_leader(None).await.expect("release"));

@@ -281,7 +281,10 @@ async fn lock_race_read_and_watch_over_mutual_tls() {
         let (holder, other, holder_name) = if ra { (&a, &b, "a") } else { (&b, &a, "b") };
         let cluster = other.get_cluster().await.expect("read");
         assert_eq!(cluster.leader_name(), Some(holder_name));
-        assert!(holder.update_leader(&cluster, None).await.expect("renew"));
+        assert!(holder
+            .update_leader(&cluster, None, None)
+            .await
+            .expect("renew"));
         assert!(holder.delete_leader(None).await.expect("release"));
     }
 

@@ -229,7 +229,7 @@ async fn acquire_is_exclusive(backend: Backend) {
         .await
         .expect("second attempt"));
     assert!(!other
-        .update_leader(&cluster, Some(1))
+        .update_leader(&cluster, Some(1), None)
         .await
         .expect("renew by other"));
     assert!(!other.delete_leader(None).await.expect("delete by other"));
@@ -251,7 +251,10 @@ async fn renew_keeps_then_loses(backend: Backend) {
     while started.elapsed() < Duration::from_secs(5) {
         let cluster = a.get_cluster().await.expect("read");
         assert_eq!(cluster.leader_name(), Some("a"));
-        assert!(a.update_leader(&cluster, Some(100)).await.expect("renew"));
+        assert!(a
+            .update_leader(&cluster, Some(100), None)
+            .await
+            .expect("renew"));
         assert_eq!(leader_of(b.as_ref()).await.as_deref(), Some("a"));
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
@@ -272,14 +275,14 @@ async fn renew_keeps_then_loses(backend: Backend) {
     let cluster = a.get_cluster().await.expect("read");
     assert_eq!(cluster.leader_name(), Some("b"));
     assert!(!a
-        .update_leader(&cluster, Some(200))
+        .update_leader(&cluster, Some(200), None)
         .await
         .expect("stale renew"));
     assert!(!a.delete_leader(Some(200)).await.expect("stale release"));
     let cluster = b.get_cluster().await.expect("read");
     assert_eq!(cluster.leader_name(), Some("b"));
     assert!(b
-        .update_leader(&cluster, Some(300))
+        .update_leader(&cluster, Some(300), None)
         .await
         .expect("b renews"));
     assert_eq!(
@@ -1096,7 +1099,10 @@ async fn citus_worker_leader_change_wakes_coordinator(backend: Backend) {
         for i in 0..3u64 {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let g1 = w1.get_cluster().await.expect("read");
-            assert!(w1.update_leader(&g1, Some(100 + i)).await.expect("renew"));
+            assert!(w1
+                .update_leader(&g1, Some(100 + i), None)
+                .await
+                .expect("renew"));
             let mut data = citus_data("w1b", Role::Replica);
             data.xlog_location = Some(100 + i);
             w1b.touch_member(&data).await.expect("touch");
@@ -1265,7 +1271,7 @@ mod kubernetes_only {
         .await;
         kube.reset_request_counts().await;
         assert!(a
-            .update_leader(&cluster, Some(7))
+            .update_leader(&cluster, Some(7), None)
             .await
             .expect("renew after a foreign write"));
         let counts = kube.request_counts().await;
@@ -1285,7 +1291,7 @@ mod kubernetes_only {
         )
         .await;
         assert!(!a
-            .update_leader(&cluster, Some(8))
+            .update_leader(&cluster, Some(8), None)
             .await
             .expect("renew of a lost lock"));
         let obj = kube
@@ -1324,7 +1330,7 @@ mod kubernetes_only {
             .expect("delete the leader object");
         assert_eq!(code, 200);
         assert!(a
-            .update_leader(&cluster, Some(11))
+            .update_leader(&cluster, Some(11), None)
             .await
             .expect("renew after the delete"));
         let after = kube
@@ -1357,7 +1363,7 @@ mod kubernetes_only {
             .expect("create the leader object as b");
         assert_eq!(code, 201);
         assert!(!a
-            .update_leader(&cluster, Some(12))
+            .update_leader(&cluster, Some(12), None)
             .await
             .expect("renew of a lock someone else created"));
         let now = kube
@@ -1397,7 +1403,7 @@ mod kubernetes_only {
         assert_eq!(obj["metadata"]["labels"], json!(labels()));
         let cluster = a.get_cluster().await.expect("read");
         assert!(a
-            .update_leader(&cluster, Some(67108960))
+            .update_leader(&cluster, Some(67108960), None)
             .await
             .expect("renew"));
         let obj = kube
@@ -1491,7 +1497,7 @@ mod kubernetes_only {
         let cluster = a.get_cluster().await.expect("read");
         kube.pause();
         let started = Instant::now();
-        let (read, renew) = tokio::join!(b.get_cluster(), a.update_leader(&cluster, Some(1)));
+        let (read, renew) = tokio::join!(b.get_cluster(), a.update_leader(&cluster, Some(1), None));
         let elapsed = started.elapsed();
         kube.resume();
         assert!(matches!(read, Err(DcsError::Unreachable(_))), "{read:?}");
@@ -1506,7 +1512,7 @@ mod kubernetes_only {
         );
         let cluster = a.get_cluster().await.expect("read after resume");
         assert!(a
-            .update_leader(&cluster, Some(2))
+            .update_leader(&cluster, Some(2), None)
             .await
             .expect("renew after resume"));
         assert_eq!(leader_of(b).await.as_deref(), Some("a"));
@@ -1579,7 +1585,10 @@ mod kubernetes_only {
         kube.reset_request_counts().await;
         for _ in 0..5 {
             let cluster = a.get_cluster().await.expect("read");
-            assert!(a.update_leader(&cluster, Some(1)).await.expect("renew"));
+            assert!(a
+                .update_leader(&cluster, Some(1), None)
+                .await
+                .expect("renew"));
             b.get_cluster().await.expect("read");
             b.touch_member(&data(Role::Replica, "running"))
                 .await
@@ -1641,7 +1650,10 @@ mod kubernetes_only {
         assert_eq!(svc["spec"]["clusterIP"], "None");
         let cluster = a.get_cluster().await.expect("read");
         assert_eq!(cluster.leader_name(), Some("a"));
-        assert!(a.update_leader(&cluster, Some(5)).await.expect("renew"));
+        assert!(a
+            .update_leader(&cluster, Some(5), None)
+            .await
+            .expect("renew"));
         assert!(a
             .set_config_value(&json!({"ttl": 10}), None)
             .await
@@ -1763,7 +1775,10 @@ mod kubernetes_only {
             .await
             .expect("touch");
         let cluster = a.get_cluster().await.expect("read");
-        assert!(a.update_leader(&cluster, Some(1)).await.expect("renew"));
+        assert!(a
+            .update_leader(&cluster, Some(1), None)
+            .await
+            .expect("renew"));
         a.write_status(&dcs::Status {
             optime: Some(2),
             ..Default::default()

@@ -104,7 +104,7 @@ async fn backend_works_over_https_with_the_kubeconfig_ca() {
     let started = Instant::now();
     let (woke, renewed) = tokio::join!(b.watch(Duration::from_secs(5)), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        a.update_leader(&cluster, Some(100)).await
+        a.update_leader(&cluster, Some(100), None).await
     });
     assert!(renewed.expect("renew"), "the leader could not renew");
     assert!(woke, "tls-1's watch did not report the renewal");

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::client::{json_i64, unb64};
 use crate::model::{
-    parse_group, Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member, MemberData,
-    Status, SyncState,
+    parse_failsafe, parse_group, Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member,
+    MemberData, Status, SyncState,
 };
 
 /// One decoded key-value, key relative to the cluster prefix.
@@ -126,7 +126,10 @@ pub(crate) fn parse_cluster(prefix: &str, kvs: &[Kv], mut warnings: Vec<String>)
             }
             // Written by members running Patroni < 2.1.
             "optime/leader" => legacy_optime = kv.value.trim().parse().ok(),
-            "failsafe" => {}
+            "failsafe" => match parse_failsafe(&kv.value) {
+                Ok(f) => cluster.failsafe = Some(f),
+                Err(e) => warnings.push(format!("{full}: {e}; ignored")),
+            },
             other => {
                 if let Some(name) = other.strip_prefix("members/") {
                     if name.is_empty() || name.contains('/') {

@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 
 pub(crate) use crate::model::parse_group;
 use crate::model::{
-    Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member, MemberData, Role, Status,
-    SyncState,
+    failsafe_to_json, parse_failsafe, Cluster, ClusterConfig, Failover, FailsafeTopology,
+    HistoryEntry, Leader, Member, MemberData, Role, Status, SyncState,
 };
 
 /// Annotations of the leader object that make up the lock record (reference §1.8).
@@ -362,6 +362,18 @@ pub(crate) fn renew_annotations(
         };
         m.extend(status_annotations(&status));
     }
+    m
+}
+
+/// The `failsafe` annotation of the leader object; an empty topology removes it.
+pub(crate) fn failsafe_annotation(topology: &FailsafeTopology) -> Map<String, Value> {
+    let mut m = Map::new();
+    let value = if topology.is_empty() {
+        Value::Null
+    } else {
+        str_value(failsafe_to_json(topology))
+    };
+    m.insert("failsafe".into(), value);
     m
 }
 
@@ -789,6 +801,12 @@ pub(crate) fn build_cluster(
     if let Some(obj) = kinds.get(&layout.leader) {
         let what = layout.describe(&layout.leader);
         cluster.status = parse_status(&what, obj, &mut warnings);
+        if let Some(raw) = annotation(obj, "failsafe") {
+            match parse_failsafe(raw) {
+                Ok(f) => cluster.failsafe = Some(f),
+                Err(e) => warnings.push(format!("{what}: annotation 'failsafe': {e}; ignored")),
+            }
+        }
         let record = LeaderRecord::from_object(Some(obj));
         if lock_held {
             if let Some(holder) = record.leader() {
