@@ -187,10 +187,12 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
             dcs: dcs.clone(),
         }) as std::sync::Arc<dyn rest::CitusHandler>
     });
+    let failsafe_inbox = rest::FailsafeInbox::default();
     let api_state = rest::ApiState {
         snapshot: snapshot_rx,
         commands: command_tx,
         citus: citus_handler,
+        failsafe: failsafe_inbox.clone(),
     };
     let mut rest_shutdown = shutdown_rx.clone();
     let rest_task = tokio::spawn(async move {
@@ -207,7 +209,8 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
 
     let mut agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx)
         .with_commands(command_rx)
-        .with_config_reloader(reloader);
+        .with_config_reloader(reloader)
+        .with_failsafe_inbox(failsafe_inbox);
     if let Some(rt) = citus_runtime {
         agent = agent.with_citus(rt);
     }

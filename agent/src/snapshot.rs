@@ -86,6 +86,11 @@ pub fn build(agent: &Agent) -> Snapshot {
         last_cycle_unix_ms: agent.last_cycle_ms(),
         scheduled_restart: agent.scheduled_restart_json(),
         watchdog_failed: agent.watchdog_failed(),
+        failsafe_mode: agent.dynamic().failsafe_mode,
+        failsafe: agent
+            .failsafe_topology()
+            .and_then(|t| serde_json::to_value(t).ok()),
+        failsafe_mode_is_active: agent.failsafe_active(),
         ..Snapshot::default()
     }
 }

@@ -10,6 +10,7 @@
 
 mod citus;
 mod cluster;
+mod failsafe;
 mod health;
 mod lag;
 mod metrics;
@@ -28,6 +29,7 @@ use axum::response::Response;
 use axum::Router;
 
 pub use citus::CitusHandler;
+pub use failsafe::{parse_failsafe_call, FailsafeCall, FailsafeInbox};
 pub use lag::parse_size;
 pub use ops::{
     parse_schedule, postgres_version_to_int, FailoverAction, FailoverOutcome, FailoverRequest,
@@ -63,6 +65,8 @@ pub struct Snapshot {
     pub dynamic_config: Option<serde_json::Value>,
     /// DCS failsafe mode currently keeps this primary running without the DCS.
     pub failsafe_mode_is_active: bool,
+    /// `failsafe_mode` is on in the dynamic configuration (`POST /failsafe` is accepted).
+    pub failsafe_mode: bool,
     /// The `/failsafe` topology (`{name: api_url}`) when failsafe mode is enabled.
     pub failsafe: Option<serde_json::Value>,
     /// A scheduled restart as shown on REST (`{"schedule": ISO, ...filters}`).
@@ -169,6 +173,8 @@ pub struct ApiState {
     pub commands: tokio::sync::mpsc::Sender<Command>,
     /// Citus members: what `POST /citus` events are handed to (`None`: not a Citus member).
     pub citus: Option<std::sync::Arc<dyn CitusHandler>>,
+    /// Where `POST /failsafe` records the leader that called (read by the HA loop).
+    pub failsafe: FailsafeInbox,
 }
 
 /// The whole API as one router. Patroni routes on the first path segment and treats unknown GETs
@@ -233,6 +239,9 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
         (&Method::POST, "restart") => ops::restart(&state, &snapshot, headers, body).await,
         (&Method::DELETE, "restart") => ops::delete_restart(&state).await,
         (&Method::POST, "reinitialize") => ops::reinitialize(&state, headers, body).await,
+        (&Method::POST, "failsafe") => {
+            failsafe::post_failsafe(&state, &snapshot, headers, body).await
+        }
         (&Method::POST, "citus" | "mpp") => citus::citus(&state, headers, body).await,
         (&Method::HEAD, _) | (&Method::OPTIONS, _) => {
             let body = status::status_json(&snapshot);

@@ -328,18 +328,27 @@ fn insert_reads(paths: &mut Map<String, Value>) {
     config["patch"] = patch;
     config["put"] = put;
     paths.insert("/config".into(), config);
-    paths.insert(
-        "/failsafe".into(),
-        read(
-            "get_failsafe",
-            "Failsafe topology",
-            json!({
-                "200": json_response("`{member name: api_url}`.",
-                    json!({"type": "object", "additionalProperties": {"type": "string"}})),
-                "502": text_response("Failsafe mode is off.")
-            }),
-        ),
+    let mut failsafe = read(
+        "get_failsafe",
+        "Failsafe topology",
+        json!({
+            "200": json_response("`{member name: api_url}`.",
+                json!({"type": "object", "additionalProperties": {"type": "string"}})),
+            "502": text_response("Failsafe mode is off.")
+        }),
     );
+    failsafe["post"] = unsafe_op(
+        "post_failsafe",
+        "The primary, without the DCS, asks to be accepted as the leader",
+        Some((schema_ref("FailsafeCall"), true)),
+        json!({
+            "200": text_response("`Accepted`: the sender counts as the leader for `ttl`."),
+            "400": text_response("The body is not valid (the page names the field)."),
+            "500": text_response("`Running as a leader`: this member is a running primary."),
+            "502": text_response("Failsafe mode is off.")
+        }),
+    );
+    paths.insert("/failsafe".into(), failsafe);
     paths.insert(
         "/metrics".into(),
         read(
@@ -687,6 +696,19 @@ fn schemas() -> Value {
                 "force": {"type": "boolean", "description": "Cancel a running reinitialization."}
             }
         },
+        "FailsafeCall": {
+            "type": "object",
+            "required": ["name"],
+            "description": "Unknown fields are ignored.",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "description": "The sender's member name."},
+                "conn_url": {"type": "string", "nullable": true},
+                "api_url": {"type": "string", "nullable": true},
+                "slots": {"type": "object", "nullable": true,
+                    "additionalProperties": {"type": "integer", "minimum": 0},
+                    "description": "Permanent slot positions on the sender."}
+            }
+        },
         "CitusEvent": {
             "type": "object",
             "required": ["type", "group", "leader"],
@@ -963,6 +985,7 @@ mod tests {
             "/config" => Some(r#"{"ttl": 31}"#),
             "/restart" => Some(r#"{"restart_pending": true}"#),
             "/reinitialize" => Some(r#"{"force": false}"#),
+            "/failsafe" => Some(r#"{"name": "pg-0", "api_url": "http://127.0.0.1:8008/patroni"}"#),
             "/citus" | "/mpp" => Some(
                 r#"{"type": "after_promote", "group": 1, "leader": "w1", "timeout": 30, "cooldown": 10}"#,
             ),
@@ -994,6 +1017,7 @@ mod tests {
                     snapshot: receiver,
                     commands,
                     citus: None,
+                    failsafe: Default::default(),
                 }),
                 security,
             );
@@ -1078,6 +1102,7 @@ mod tests {
             snapshot: receiver,
             commands,
             citus: None,
+            failsafe: Default::default(),
         });
         let request = Request::builder()
             .method(Method::GET)

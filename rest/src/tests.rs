@@ -171,6 +171,7 @@ async fn call(snapshot: Snapshot, method: Method, uri: &str) -> Reply {
         snapshot: receiver,
         commands,
         citus: None,
+        failsafe: Default::default(),
     });
     let request = Request::builder()
         .method(method)
@@ -868,6 +869,7 @@ async fn snapshot_updates_are_seen() {
         snapshot: receiver,
         commands,
         citus: None,
+        failsafe: Default::default(),
     });
     let health = || {
         Request::builder()
@@ -899,6 +901,7 @@ async fn serves_http_1_0_over_tcp() {
             snapshot: receiver,
             commands,
             citus: None,
+            failsafe: Default::default(),
         },
         async move {
             let _ = stopped_signal.await;
@@ -976,6 +979,7 @@ async fn call_ops(
         snapshot: receiver,
         commands,
         citus: None,
+        failsafe: Default::default(),
     });
     let mut builder = Request::builder().method(method).uri(uri);
     if let Some(b) = body {
@@ -1318,6 +1322,7 @@ async fn commands_reach_the_loop_and_answers_come_back() {
         snapshot: receiver,
         commands,
         citus: None,
+        failsafe: Default::default(),
     });
     let request = Request::builder()
         .method(Method::POST)

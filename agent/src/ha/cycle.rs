@@ -19,6 +19,7 @@ use crate::config::{Config, DynamicConfig};
 use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
 
 mod citus;
+mod failsafe;
 mod ops;
 mod protection;
 mod sync;
@@ -53,8 +54,13 @@ enum Wake {
 /// The outcome of executing one plan.
 enum PlanOutcome {
     Done,
-    /// The renew failed: decide again with that fact.
+    /// The lock is definitely not ours any more: decide again with that fact.
     RenewFailed,
+    /// A DCS write failed without a definite answer (error, timeout): decide again as with an
+    /// unreachable DCS.
+    DcsFailed,
+    /// A failsafe round ended: did every member accept this primary?
+    FailsafeRound(bool),
     /// A race was lost or a step failed; the next cycle re-reads the DCS.
     Aborted,
     Fatal(String),
@@ -113,6 +119,12 @@ pub struct Agent {
     /// The process that stops Postgres when the lease runs out even if this agent is frozen.
     fence: protection::FenceSlot,
     watchdog: crate::watchdog::Watchdog,
+    /// The failsafe topology as last read from or written to the DCS.
+    known_failsafe: Option<dcs::FailsafeTopology>,
+    /// This primary runs on failsafe rounds (the last cycle's round kept it up).
+    failsafe_active: bool,
+    /// Calls to `POST /failsafe` recorded by the REST API.
+    failsafe_inbox: rest::FailsafeInbox,
 }
 
 /// Reads the configuration file (and environment) again; `Err` names what is wrong.
@@ -183,7 +195,16 @@ impl Agent {
             leaving_sync: false,
             fence,
             watchdog,
+            known_failsafe: None,
+            failsafe_active: false,
+            failsafe_inbox: rest::FailsafeInbox::default(),
         }
+    }
+
+    /// Share the inbox `POST /failsafe` writes to.
+    pub fn with_failsafe_inbox(mut self, inbox: rest::FailsafeInbox) -> Agent {
+        self.failsafe_inbox = inbox;
+        self
     }
 
     /// A Citus member (the `citus` section is set).
@@ -266,12 +287,16 @@ impl Agent {
             self.publish_snapshot();
             crate::pid1::reap_orphans();
 
-            let wait = self
+            let mut wait = self
                 .next_cycle_soon
                 .take()
                 .unwrap_or(Duration::from_secs(u64::from(
                     self.dynamic.loop_wait.max(1),
                 )));
+            if let Some(cap) = self.failsafe_wait_cap() {
+                // The next failsafe round must fit before the lease guard fires.
+                wait = wait.min(cap);
+            }
             let guard = self.guard_instant();
             let dcs = self.dcs.clone();
             let woke = {
@@ -309,7 +334,13 @@ impl Agent {
     async fn run_cycle(&mut self) -> Result<(), String> {
         self.finish_pending_start().await;
         let retry = Duration::from_secs(u64::from(self.dynamic.retry_timeout) + 1);
-        let cluster = match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
+        let read = match self.dcs_call_budget(retry) {
+            Some(budget) => tokio::time::timeout(budget, self.dcs.get_cluster()).await,
+            None => Ok(Err(dcs::DcsError::Unreachable(
+                "no time left for a DCS read before the next failsafe round".into(),
+            ))),
+        };
+        let cluster = match read {
             Ok(Ok(c)) => {
                 self.dcs_last_seen = Some(unix_now());
                 // Content written by others is reported once, not every loop.
@@ -336,6 +367,7 @@ impl Agent {
         };
         if let Some(c) = &cluster {
             self.last_known_paused = c.is_paused();
+            self.known_failsafe = c.failsafe.clone();
             self.apply_dynamic_config(c).await;
         }
         let mut local = self.observe(cluster.as_ref()).await;
@@ -354,31 +386,56 @@ impl Agent {
         local.bootstrap_unclaimed_for = self.bootstrap_unclaimed_for(cluster.as_ref());
         local.last_known_paused = self.last_known_paused;
         local.cannot_lead = self.protection_refuses_leading();
+        local.last_known_failsafe = self.known_failsafe.clone();
+        local.failsafe_leader = self.recent_failsafe_leader();
         let settings = self.settings();
-        let mut decision = decide(cluster.as_ref(), &local, &settings);
-        for attempt in 0..2 {
+        // The view decisions are taken with: the DCS counts as unreachable from the moment a
+        // write fails without a definite answer.
+        let mut view = cluster.as_ref();
+        let mut decision = decide(view, &local, &settings);
+        // Each outcome that re-runs the decision can occur once per cycle.
+        for _ in 0..3 {
             self.log_decision(&decision.reason);
-            match self.execute(cluster.as_ref(), &decision.actions).await {
+            match self.execute(view, &decision.actions).await {
                 PlanOutcome::Done | PlanOutcome::Aborted => break,
                 PlanOutcome::Fatal(msg) => return Err(msg),
-                PlanOutcome::RenewFailed if attempt == 0 => {
+                PlanOutcome::RenewFailed if !local.renew_failed => {
                     local.renew_failed = true;
                     local.holds_lock = false;
-                    decision = decide(cluster.as_ref(), &local, &settings);
+                    decision = decide(view, &local, &settings);
                 }
-                PlanOutcome::RenewFailed => break,
+                PlanOutcome::DcsFailed if view.is_some() => {
+                    view = None;
+                    decision = decide(view, &local, &settings);
+                }
+                PlanOutcome::FailsafeRound(accepted) if local.failsafe_round.is_none() => {
+                    local.failsafe_round = Some(accepted);
+                    decision = decide(view, &local, &settings);
+                }
+                PlanOutcome::RenewFailed
+                | PlanOutcome::DcsFailed
+                | PlanOutcome::FailsafeRound(_) => break,
             }
         }
+        self.set_failsafe_active(
+            local.failsafe_round == Some(true) && self.pg_expected_up && self.role == Role::Primary,
+        );
         if let Some(secs) = decision.wake_in {
             // Wake up when a scheduled switchover falls due rather than up to loop_wait later.
             let loop_wait = f64::from(self.dynamic.loop_wait.max(1));
             let due = Duration::from_secs_f64(secs.clamp(0.05, loop_wait));
             self.next_cycle_soon = Some(self.next_cycle_soon.map_or(due, |d| d.min(due)));
         }
-        self.sync_after_cycle(cluster.as_ref()).await;
+        self.sync_after_cycle(view).await;
         self.sync_protection();
-        self.publish_member().await;
-        self.citus_after_cycle(cluster.as_ref()).await;
+        if view.is_some() {
+            self.publish_member().await;
+        } else {
+            // The DCS is unreachable: a write would only stall the cycle (and, on a primary in
+            // failsafe mode, the next round).
+            self.publish_snapshot();
+        }
+        self.citus_after_cycle(view).await;
         self.last_cluster = cluster;
         Ok(())
     }
@@ -429,6 +486,8 @@ impl Agent {
             ttl: self.dynamic.ttl,
             synchronous_mode: self.dynamic.synchronous_mode
                 && self.dynamic.standby_cluster.is_none(),
+            failsafe_mode: self.dynamic.failsafe_mode,
+            api_url: self.cfg.api_url(),
         }
     }
 
@@ -702,7 +761,8 @@ impl Agent {
                     }
                 },
                 Action::AcquireLock => self.acquire_lock().await,
-                Action::RenewLock => self.renew_lock(cluster).await,
+                Action::RenewLock { failsafe } => self.renew_lock(cluster, failsafe.as_ref()).await,
+                Action::CheckFailsafeMembers(members) => self.check_failsafe_members(members).await,
                 Action::ReleaseLock => self.release_lock_after_stopping_a_primary().await,
                 Action::StartAsPrimary => self.start_postgres(ConfRole::Primary, None).await,
                 Action::StartAsReplica { leader } => {
@@ -766,6 +826,8 @@ impl Agent {
                 self.lock_deadline =
                     Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
                 self.lock_confirmed();
+                // This member leads now: an earlier leader's failsafe call no longer applies.
+                self.failsafe_inbox.clear();
                 info!("acquired the leader lock");
                 PlanOutcome::Done
             }
@@ -775,14 +837,19 @@ impl Agent {
             }
             Err(e) => {
                 warn!("cannot acquire the leader lock: {e}");
-                PlanOutcome::Aborted
+                // Whether the lock is ours is unknown: as with an unreachable DCS.
+                PlanOutcome::DcsFailed
             }
         }
     }
 
-    async fn renew_lock(&mut self, cluster: Option<&Cluster>) -> PlanOutcome {
+    async fn renew_lock(
+        &mut self,
+        cluster: Option<&Cluster>,
+        failsafe: Option<&dcs::FailsafeTopology>,
+    ) -> PlanOutcome {
         let Some(cluster) = cluster else {
-            return PlanOutcome::RenewFailed;
+            return PlanOutcome::DcsFailed;
         };
         let started = Instant::now();
         let optime = self
@@ -798,12 +865,21 @@ impl Agent {
             .map(|d| d.saturating_duration_since(started))
             .filter(|left| !left.is_zero())
             .unwrap_or(retry_budget);
-        match tokio::time::timeout(budget, self.dcs.update_leader(cluster, optime)).await {
+        // In failsafe mode a failed renew must leave time for a round.
+        let Some(budget) = self.dcs_call_budget(budget) else {
+            warn!("no time left to renew the leader lock before the next failsafe round");
+            return PlanOutcome::DcsFailed;
+        };
+        let renew = self.dcs.update_leader(cluster, optime, failsafe);
+        match tokio::time::timeout(budget, renew).await {
             Ok(Ok(true)) => {
                 // The backend records optime in `status` as part of the renew.
                 self.lock_deadline =
                     Some(started + Duration::from_secs(u64::from(self.dynamic.ttl)));
                 self.lock_confirmed();
+                if let Some(topology) = failsafe {
+                    self.known_failsafe = (!topology.is_empty()).then(|| topology.clone());
+                }
                 PlanOutcome::Done
             }
             Ok(Ok(false)) => {
@@ -811,13 +887,14 @@ impl Agent {
                 self.lock_deadline = None;
                 PlanOutcome::RenewFailed
             }
+            // No definite answer: the lock may still be ours, as with an unreachable DCS.
             Ok(Err(e)) => {
                 warn!("cannot renew the leader lock: {e}");
-                PlanOutcome::RenewFailed
+                PlanOutcome::DcsFailed
             }
             Err(_) => {
                 warn!("renewing the leader lock timed out");
-                PlanOutcome::RenewFailed
+                PlanOutcome::DcsFailed
             }
         }
     }
@@ -1527,6 +1604,15 @@ impl Agent {
     }
     pub fn has_lock(&self) -> bool {
         self.lock_deadline.is_some_and(|d| d > Instant::now())
+    }
+    /// The failsafe topology shown on `GET /failsafe` (failsafe mode only).
+    pub fn failsafe_topology(&self) -> Option<&dcs::FailsafeTopology> {
+        self.known_failsafe
+            .as_ref()
+            .filter(|_| self.dynamic.failsafe_mode)
+    }
+    pub fn failsafe_active(&self) -> bool {
+        self.failsafe_active
     }
     pub fn dcs_last_seen(&self) -> Option<i64> {
         self.dcs_last_seen

@@ -5,7 +5,7 @@
 //! fails (a lock could not be renewed or acquired), records the outcome in [`LocalState`] and calls
 //! [`decide`] again. Every HA rule lives here and is tested table-style below.
 
-use dcs::{Cluster, Role, Tags};
+use dcs::{Cluster, FailsafeTopology, Role, Tags};
 
 /// How to take Postgres down when giving up the primary role (reference §7.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +38,14 @@ pub enum Action {
     WriteConfig,
     /// Take the free lock; losing aborts the rest of the plan.
     AcquireLock,
-    /// Renew our lock; failing aborts the plan and re-runs the decision with `renew_failed`.
-    RenewLock,
+    /// Renew our lock; a definite loss aborts the plan and re-runs the decision with
+    /// `renew_failed`, an error re-runs it as "DCS unreachable". `failsafe`: the topology to
+    /// write with the renew (empty: remove it), only when it changed.
+    RenewLock { failsafe: Option<FailsafeTopology> },
+    /// The DCS is unreachable and failsafe mode is on: `POST /failsafe` to every other member
+    /// of the failsafe topology (name, api_url); the decision runs again with the outcome in
+    /// `failsafe_round`.
+    CheckFailsafeMembers(Vec<(String, String)>),
     /// Give the lock up.
     ReleaseLock,
     /// Start Postgres as a primary (we hold the lock).
@@ -122,6 +128,15 @@ pub struct LocalState {
     /// Why this member may not lead now: its fence process is not running, or the watchdog is
     /// required and not working. It neither takes nor keeps the lock.
     pub cannot_lead: Option<String>,
+    /// The failsafe topology as last read from (or written to) the DCS: who must confirm a
+    /// primary while the DCS is unreachable.
+    pub last_known_failsafe: Option<FailsafeTopology>,
+    /// Outcome of this cycle's failsafe round: every other member of the topology accepted
+    /// this member as the leader (`Some(true)`) or not (`Some(false)`).
+    pub failsafe_round: Option<bool>,
+    /// A member that told this one over `POST /failsafe`, less than ttl ago, that it still runs
+    /// as the leader: this member does not race for the lock while that holds.
+    pub failsafe_leader: Option<String>,
 }
 
 /// A peer's answer to `GET /patroni` during the leader race.
@@ -155,6 +170,11 @@ pub struct Settings {
     /// `synchronous_mode`: only the members named in the `sync` object may take the lock
     /// automatically, and a switchover goes to a synchronous standby (reference §7.8).
     pub synchronous_mode: bool,
+    /// `failsafe_mode`: with the DCS unreachable, a primary confirmed by every member of the
+    /// failsafe topology keeps running.
+    pub failsafe_mode: bool,
+    /// This member's REST `api_url` (its entry in the failsafe topology).
+    pub api_url: String,
 }
 
 impl Default for Settings {
@@ -171,6 +191,8 @@ impl Default for Settings {
             loop_wait: 10,
             ttl: 30,
             synchronous_mode: false,
+            failsafe_mode: false,
+            api_url: String::new(),
         }
     }
 }
@@ -210,7 +232,7 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
     }
 
     let Some(cluster) = cluster else {
-        return decide_without_dcs(local);
+        return decide_without_dcs(local, s);
     };
 
     if cluster.is_paused() {
@@ -276,7 +298,7 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
                     "cannot start Postgres as the leader: releasing the lock",
                 );
             }
-            actions.push(Action::RenewLock);
+            actions.push(renew(cluster, s));
             actions.push(Action::StartAsPrimary);
             let why = if local.pg_crashed {
                 "Postgres crashed on the leader: restarting it"
@@ -305,14 +327,14 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
                 // A primary hands over as in a switchover (the lock is released once Postgres
                 // is down); a replica that was about to promote gives the lock back.
                 if local.pg_role == PgRole::Primary {
-                    actions.push(Action::RenewLock);
+                    actions.push(renew(cluster, s));
                     actions.push(Action::Demote(DemoteMode::Graceful));
                     return plan(actions, format!("{why}: handing the leadership over"));
                 }
                 actions.push(Action::ReleaseLock);
                 return plan(actions, format!("{why}: releasing the lock"));
             }
-            actions.push(Action::RenewLock);
+            actions.push(renew(cluster, s));
             match local.pg_role {
                 PgRole::Primary => {
                     if let Some(request) = failover_request_as_leader(cluster, local, s) {
@@ -375,6 +397,19 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalState, s: &Settings) -> De
             )
         }
         None => {
+            if let Some(leader) = failsafe_leader(local, s) {
+                if local.pg_role != PgRole::Primary {
+                    actions.push(Action::Follow {
+                        leader: Some(leader.to_string()),
+                    });
+                    return plan(
+                        actions,
+                        format!(
+                            "the lock is free but {leader} confirmed over /failsafe less than ttl ago that it runs as the leader: not racing"
+                        ),
+                    );
+                }
+            }
             let (healthiest, why) = is_healthiest(cluster, local, s);
             if healthiest {
                 actions.push(Action::AcquireLock);
@@ -512,20 +547,76 @@ fn failover_request_as_leader(
     }
 }
 
-fn decide_without_dcs(local: &LocalState) -> Decision {
+/// The renew of our lock, carrying the failsafe topology when it must change: with failsafe
+/// mode on, every member with an API (and this one) — written only when the member set
+/// changed; with it off, a leftover topology is removed.
+fn renew(cluster: &Cluster, s: &Settings) -> Action {
+    let failsafe = if s.failsafe_mode {
+        let mut topology: FailsafeTopology = cluster
+            .members
+            .iter()
+            .filter_map(|m| m.data.api_url.clone().map(|url| (m.name.clone(), url)))
+            .collect();
+        if !s.api_url.is_empty() {
+            topology.insert(s.name.clone(), s.api_url.clone());
+        }
+        (cluster.failsafe.as_ref() != Some(&topology)).then_some(topology)
+    } else {
+        cluster.failsafe.as_ref().map(|_| FailsafeTopology::new())
+    };
+    Action::RenewLock { failsafe }
+}
+
+/// The member that confirmed over `POST /failsafe`, less than ttl ago, that it runs as the
+/// leader (failsafe mode only).
+fn failsafe_leader<'a>(local: &'a LocalState, s: &Settings) -> Option<&'a str> {
+    local
+        .failsafe_leader
+        .as_deref()
+        .filter(|l| s.failsafe_mode && *l != s.name)
+}
+
+/// The DCS could not be read, or the renew failed without a definite answer (reference §7.6).
+fn decide_without_dcs(local: &LocalState, s: &Settings) -> Decision {
     if local.last_known_paused {
         return plan(
             vec![],
             "DCS is not accessible and the cluster is paused: no automatic action",
         );
     }
-    if local.pg_running && local.pg_role == PgRole::Primary {
-        plan(
-            vec![Action::Demote(DemoteMode::Offline)],
-            "DCS is not accessible and I was the primary: demoting",
-        )
-    } else {
-        plan(vec![], "DCS is not accessible: waiting")
+    if !(local.pg_running && local.pg_role == PgRole::Primary) {
+        return plan(vec![], "DCS is not accessible: waiting");
+    }
+    let demote = |why: &str| plan(vec![Action::Demote(DemoteMode::Offline)], why);
+    if !s.failsafe_mode {
+        return demote("DCS is not accessible and I was the primary: demoting");
+    }
+    let Some(topology) = local
+        .last_known_failsafe
+        .as_ref()
+        .filter(|t| t.contains_key(&s.name))
+    else {
+        return demote("DCS is not accessible and I am not in the failsafe topology: demoting");
+    };
+    match local.failsafe_round {
+        None => {
+            let members = topology
+                .iter()
+                .filter(|(name, _)| **name != s.name)
+                .map(|(name, url)| (name.clone(), url.clone()))
+                .collect();
+            plan(
+                vec![Action::CheckFailsafeMembers(members)],
+                "DCS is not accessible: asking every member of the failsafe topology to accept me as the leader",
+            )
+        }
+        Some(true) => plan(
+            vec![],
+            "continue to run as a leader because failsafe mode is enabled and all members are accessible",
+        ),
+        Some(false) => demote(
+            "DCS is not accessible and not every member of the failsafe topology accepted me as the leader: demoting",
+        ),
     }
 }
 
@@ -550,7 +641,7 @@ fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decisio
                 return step;
             }
             // Slots are kept in maintenance mode too: replicas stream through them.
-            let mut actions = vec![Action::RenewLock];
+            let mut actions = vec![renew(cluster, s)];
             if s.use_slots {
                 actions.push(Action::EnsureSlots);
             }
@@ -607,7 +698,7 @@ fn paused_failover_as_leader(
         // Scheduled actions wait for the end of the maintenance.
         return None;
     }
-    let renew = Action::RenewLock;
+    let renew = renew(cluster, s);
     match failover_request_as_leader(cluster, local, s)? {
         LeaderFailoverStep::HandOver(why) => match request.member.as_deref() {
             Some(candidate) => Some(plan(
@@ -719,6 +810,19 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
     if !s.tags.can_be_leader() {
         return (false, "tagged nofailover / failover_priority 0".into());
     }
+    // Failsafe mode: only the members the last leader listed may take its place; one it never
+    // asked for confirmation could promote while it still runs without the DCS.
+    if s.failsafe_mode
+        && cluster
+            .failsafe
+            .as_ref()
+            .is_some_and(|t| !t.is_empty() && !t.contains_key(&s.name))
+    {
+        return (
+            false,
+            "failsafe_mode: I am not in the failsafe topology".into(),
+        );
+    }
     if let Some(peer) = local
         .peers
         .iter()
@@ -803,6 +907,8 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RENEW: Action = Action::RenewLock { failsafe: None };
     use dcs::{ClusterConfig, HistoryEntry, Leader, Member, MemberData, Status};
     use serde_json::json;
 
@@ -1005,15 +1111,12 @@ mod tests {
     fn healthy_leader_renews() {
         let c = initialized(Some("a"));
         let d = decide(Some(&c), &primary(100), &settings("a"));
-        assert_eq!(d.actions, vec![Action::RenewLock, Action::EnsureSlots]);
+        assert_eq!(d.actions, vec![RENEW, Action::EnsureSlots]);
         let s = Settings {
             use_slots: false,
             ..settings("a")
         };
-        assert_eq!(
-            decide(Some(&c), &primary(100), &s).actions,
-            vec![Action::RenewLock]
-        );
+        assert_eq!(decide(Some(&c), &primary(100), &s).actions, vec![RENEW]);
     }
 
     #[test]
@@ -1205,10 +1308,7 @@ mod tests {
         let mut p = primary(100);
         p.cannot_lead = Some(why.clone());
         let d = decide(Some(&initialized(Some("a"))), &p, &settings("a"));
-        assert_eq!(
-            d.actions,
-            vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)]
-        );
+        assert_eq!(d.actions, vec![RENEW, Action::Demote(DemoteMode::Graceful)]);
         // The holder that was about to promote gives the lock back instead.
         let mut r = replica(100);
         r.holds_lock = true;
@@ -1308,7 +1408,7 @@ mod tests {
         l.pg_crashed = true;
         assert_eq!(
             decide(Some(&c), &l, &settings("a")).actions,
-            vec![Action::RenewLock, Action::StartAsPrimary]
+            vec![RENEW, Action::StartAsPrimary]
         );
         l.start_failures = 3;
         assert_eq!(
@@ -1330,7 +1430,7 @@ mod tests {
         l.holds_lock = true;
         assert_eq!(
             decide(Some(&c), &l, &settings("b")).actions,
-            vec![Action::RenewLock, Action::Promote]
+            vec![RENEW, Action::Promote]
         );
     }
 
@@ -1345,7 +1445,7 @@ mod tests {
         };
         assert_eq!(
             decide(Some(&c), &l, &s).actions,
-            vec![Action::RenewLock, Action::AppendHistory]
+            vec![RENEW, Action::AppendHistory]
         );
         c.history = vec![HistoryEntry {
             timeline: 1,
@@ -1354,7 +1454,7 @@ mod tests {
             timestamp: None,
             new_leader: None,
         }];
-        assert_eq!(decide(Some(&c), &l, &s).actions, vec![Action::RenewLock]);
+        assert_eq!(decide(Some(&c), &l, &s).actions, vec![RENEW]);
     }
 
     #[test]
@@ -1477,42 +1577,42 @@ mod tests {
             (
                 "to a running replica: hand over",
                 with_request(Some("a"), Some("b"), None),
-                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+                vec![RENEW, Action::Demote(DemoteMode::Graceful)],
             ),
             (
                 "without a candidate: hand over to the healthiest",
                 with_request(Some("a"), None, None),
-                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+                vec![RENEW, Action::Demote(DemoteMode::Graceful)],
             ),
             (
                 "without a source leader (failover form): hand over",
                 with_request(None, Some("c"), None),
-                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+                vec![RENEW, Action::Demote(DemoteMode::Graceful)],
             ),
             (
                 "naming another leader: removed",
                 with_request(Some("b"), Some("c"), None),
-                vec![Action::RenewLock, Action::ClearFailover],
+                vec![RENEW, Action::ClearFailover],
             ),
             (
                 "candidate tagged nofailover: removed",
                 nofailover_c,
-                vec![Action::RenewLock, Action::ClearFailover],
+                vec![RENEW, Action::ClearFailover],
             ),
             (
                 "candidate not running: removed",
                 stopped_b,
-                vec![Action::RenewLock, Action::ClearFailover],
+                vec![RENEW, Action::ClearFailover],
             ),
             (
                 "unknown candidate: removed",
                 with_request(Some("a"), Some("zz"), None),
-                vec![Action::RenewLock, Action::ClearFailover],
+                vec![RENEW, Action::ClearFailover],
             ),
             (
                 "scheduled: wait, keep leading",
                 with_request(Some("a"), Some("b"), Some("2099-01-01T00:00:00+00:00")),
-                vec![Action::RenewLock],
+                vec![RENEW],
             ),
         ];
         for (what, cluster, expected) in cases {
@@ -1558,34 +1658,24 @@ mod tests {
         let at = "2030-01-01T12:00:00+00:00";
         let at_ms = parse_scheduled_at(at).expect("valid timestamp");
         let cases: Vec<(&str, i64, Vec<Action>, bool)> = vec![
-            (
-                "an hour early: wait",
-                at_ms - 3_600_000,
-                vec![Action::RenewLock],
-                true,
-            ),
-            (
-                "a second early: wait",
-                at_ms - 1_000,
-                vec![Action::RenewLock],
-                true,
-            ),
+            ("an hour early: wait", at_ms - 3_600_000, vec![RENEW], true),
+            ("a second early: wait", at_ms - 1_000, vec![RENEW], true),
             (
                 "on time: hand over",
                 at_ms,
-                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+                vec![RENEW, Action::Demote(DemoteMode::Graceful)],
                 false,
             ),
             (
                 "one loop late: hand over",
                 at_ms + 10_000,
-                vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)],
+                vec![RENEW, Action::Demote(DemoteMode::Graceful)],
                 false,
             ),
             (
                 "more than 1.5 loops late: stale, removed",
                 at_ms + 15_001,
-                vec![Action::RenewLock, Action::ClearFailover],
+                vec![RENEW, Action::ClearFailover],
                 false,
             ),
         ];
@@ -1606,7 +1696,7 @@ mod tests {
         let d = decide(Some(&unreadable), &primary(100), &settings("a"));
         assert_eq!(
             d.actions,
-            vec![Action::RenewLock, Action::ClearFailover],
+            vec![RENEW, Action::ClearFailover],
             "{}",
             d.reason
         );
@@ -1710,7 +1800,7 @@ mod tests {
                 "named candidate: hand over and follow it",
                 paused(with_request(Some("a"), Some("b"), None)),
                 vec![
-                    Action::RenewLock,
+                    RENEW,
                     Action::Demote(DemoteMode::Graceful),
                     Action::StartAsReplica {
                         leader: Some("b".into()),
@@ -1720,12 +1810,12 @@ mod tests {
             (
                 "no candidate: removed",
                 paused(with_request(Some("a"), None, None)),
-                vec![Action::RenewLock, Action::ClearFailover],
+                vec![RENEW, Action::ClearFailover],
             ),
             (
                 "unknown candidate: removed",
                 paused(with_request(Some("a"), Some("zz"), None)),
-                vec![Action::RenewLock, Action::ClearFailover],
+                vec![RENEW, Action::ClearFailover],
             ),
             (
                 "scheduled: left for after the maintenance",
@@ -1734,12 +1824,12 @@ mod tests {
                     Some("b"),
                     Some("2030-01-01T00:00:00+00:00"),
                 )),
-                vec![Action::RenewLock, Action::EnsureSlots],
+                vec![RENEW, Action::EnsureSlots],
             ),
             (
                 "no request: keep leading, slots kept",
                 paused(initialized(Some("a"))),
-                vec![Action::RenewLock, Action::EnsureSlots],
+                vec![RENEW, Action::EnsureSlots],
             ),
         ];
         for (what, cluster, expected) in cases {
@@ -1863,8 +1953,8 @@ mod tests {
     /// A switchover in synchronous mode goes to a synchronous standby only.
     #[test]
     fn synchronous_mode_switchover_needs_a_sync_standby() {
-        let handover = vec![Action::RenewLock, Action::Demote(DemoteMode::Graceful)];
-        let clear = vec![Action::RenewLock, Action::ClearFailover];
+        let handover = vec![RENEW, Action::Demote(DemoteMode::Graceful)];
+        let clear = vec![RENEW, Action::ClearFailover];
         let mut to_async = with_request(Some("a"), Some("c"), None);
         to_async.sync = sync_cluster(Some("a")).sync;
         assert_eq!(

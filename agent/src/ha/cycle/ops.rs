@@ -309,7 +309,10 @@ impl Agent {
         if leader {
             // A fresh lease covers the time Postgres is down.
             let cluster = self.last_cluster.clone();
-            if !matches!(self.renew_lock(cluster.as_ref()).await, PlanOutcome::Done) {
+            if !matches!(
+                self.renew_lock(cluster.as_ref(), None).await,
+                PlanOutcome::Done
+            ) {
                 return OpReply::text(503, "restart failed");
             }
         }
