@@ -1385,3 +1385,67 @@ fn failover_verdicts() {
         Some((503, "Switchover failed".into()))
     );
 }
+
+/// `POST /failsafe`: 502 with failsafe mode off, 500 on a running primary, 400 naming a bad
+/// field, 200 `Accepted` on a replica — which records the sender for the HA loop at once,
+/// without waiting for it.
+#[tokio::test]
+async fn post_failsafe() {
+    async fn post(snapshot: Snapshot, inbox: &FailsafeInbox, body: &str) -> (u16, String) {
+        let (_publisher, receiver) = tokio::sync::watch::channel(snapshot);
+        // Nobody reads commands: the handler must not need the HA loop.
+        let (commands, _unread) = tokio::sync::mpsc::channel(1);
+        let app = router(ApiState {
+            snapshot: receiver,
+            commands,
+            citus: None,
+            failsafe: inbox.clone(),
+        });
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/failsafe")
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Body::from(body.to_string()))
+            .expect("valid request");
+        let response = app.oneshot(request).await.expect("router is infallible");
+        let code = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (code, String::from_utf8_lossy(&bytes).into_owned())
+    }
+    let body = r#"{"name":"pg-0","conn_url":"postgres://127.0.0.1:5432/postgres","api_url":"http://127.0.0.1:8008/patroni","slots":{"s1":100}}"#;
+    let on = |mut s: Snapshot| {
+        s.failsafe_mode = true;
+        s
+    };
+    let inbox = FailsafeInbox::default();
+    assert_eq!(post(replica(0), &inbox, body).await.0, 502);
+    assert!(inbox.last().is_none());
+    let (code, text) = post(on(primary()), &inbox, body).await;
+    assert_eq!((code, text.as_str()), (500, "Running as a leader"));
+    assert!(inbox.last().is_none());
+    for (bad, field) in [
+        (r#"{"conn_url":"x"}"#, "name"),
+        (r#"{"name":7}"#, "name"),
+        (r#"{"name":"pg-0","api_url":5}"#, "api_url"),
+        (r#"{"name":"pg-0","slots":{"s":"x"}}"#, "slots"),
+    ] {
+        let (code, text) = post(on(replica(0)), &inbox, bad).await;
+        assert_eq!(code, 400, "{bad}");
+        assert!(text.contains(field), "{bad}: {text}");
+    }
+    assert!(inbox.last().is_none());
+    let (code, text) = post(on(replica(0)), &inbox, body).await;
+    assert_eq!((code, text.as_str()), (200, "Accepted"));
+    let call = inbox.last().expect("recorded");
+    assert_eq!(call.leader, "pg-0");
+    assert_eq!(
+        call.api_url.as_deref(),
+        Some("http://127.0.0.1:8008/patroni")
+    );
+    assert_eq!(call.slots.get("s1"), Some(&json!(100)));
+}

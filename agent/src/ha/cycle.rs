@@ -690,11 +690,23 @@ impl Agent {
 
     /// `GET /patroni` of every other member, in parallel: input of the leader race.
     async fn fetch_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
-        let futures = cluster
+        let mut targets: Vec<(String, String)> = cluster
             .members
             .iter()
-            .filter(|m| m.name != self.cfg.name)
             .filter_map(|m| m.data.api_url.clone().map(|u| (m.name.clone(), u)))
+            .collect();
+        // Failsafe mode: members of the topology whose keys are gone (the DCS was unreachable
+        // for longer than ttl) may still run, maybe as the primary.
+        if self.dynamic.failsafe_mode {
+            for (name, url) in cluster.failsafe.iter().flatten() {
+                if !targets.iter().any(|(n, _)| n == name) {
+                    targets.push((name.clone(), url.clone()));
+                }
+            }
+        }
+        let futures = targets
+            .into_iter()
+            .filter(|(name, _)| *name != self.cfg.name)
             .map(|(name, url)| {
                 let http = self.http.clone();
                 async move {

@@ -1982,4 +1982,247 @@ mod tests {
             clear
         );
     }
+
+    fn failsafe_settings(name: &str) -> Settings {
+        Settings {
+            failsafe_mode: true,
+            api_url: format!("http://127.0.0.1:8008/{name}"),
+            ..settings(name)
+        }
+    }
+
+    fn topology(names: &[&str]) -> FailsafeTopology {
+        names
+            .iter()
+            .map(|n| (n.to_string(), format!("http://127.0.0.1:8008/{n}")))
+            .collect()
+    }
+
+    /// DCS unreachable (or a renew without a definite answer): only a primary in failsafe mode
+    /// that is in the topology and accepted by every other listed member keeps running.
+    #[test]
+    fn dcs_unreachable_with_and_without_failsafe() {
+        let round = |names: &[&str]| {
+            vec![Action::CheckFailsafeMembers(
+                names
+                    .iter()
+                    .map(|n| (n.to_string(), format!("http://127.0.0.1:8008/{n}")))
+                    .collect(),
+            )]
+        };
+        let demote = vec![Action::Demote(DemoteMode::Offline)];
+        let with = |known: Option<FailsafeTopology>, outcome: Option<bool>| LocalState {
+            last_known_failsafe: known,
+            failsafe_round: outcome,
+            ..primary(100)
+        };
+        let abc = Some(topology(&["a", "b", "c"]));
+        let cases: Vec<(&str, LocalState, Settings, Vec<Action>)> = vec![
+            (
+                "failsafe on: ask the other members first",
+                with(abc.clone(), None),
+                failsafe_settings("a"),
+                round(&["b", "c"]),
+            ),
+            (
+                "every member accepted: stay primary",
+                with(abc.clone(), Some(true)),
+                failsafe_settings("a"),
+                vec![],
+            ),
+            (
+                "a member refused or did not answer: demote",
+                with(abc.clone(), Some(false)),
+                failsafe_settings("a"),
+                demote.clone(),
+            ),
+            (
+                "failsafe off: demote",
+                with(abc.clone(), None),
+                settings("a"),
+                demote.clone(),
+            ),
+            (
+                "not in the topology: demote",
+                with(Some(topology(&["b", "c"])), None),
+                failsafe_settings("a"),
+                demote.clone(),
+            ),
+            (
+                "no topology known: demote",
+                with(None, None),
+                failsafe_settings("a"),
+                demote.clone(),
+            ),
+            (
+                "alone in the topology: nobody to ask, stay primary",
+                with(Some(topology(&["a"])), None),
+                failsafe_settings("a"),
+                round(&[]),
+            ),
+            (
+                "a replica waits",
+                LocalState {
+                    last_known_failsafe: abc.clone(),
+                    ..replica(100)
+                },
+                failsafe_settings("b"),
+                vec![],
+            ),
+            (
+                "paused: no automatic action",
+                LocalState {
+                    last_known_paused: true,
+                    ..with(abc.clone(), Some(false))
+                },
+                failsafe_settings("a"),
+                vec![],
+            ),
+        ];
+        for (what, local, s, expected) in cases {
+            assert_eq!(decide(None, &local, &s).actions, expected, "{what}");
+        }
+        // A definite loss of the lock is not a DCS failure: no failsafe round.
+        let lost = LocalState {
+            renew_failed: true,
+            holds_lock: false,
+            ..with(abc, None)
+        };
+        assert_eq!(
+            decide(
+                Some(&initialized(Some("b"))),
+                &lost,
+                &failsafe_settings("a")
+            )
+            .actions,
+            vec![Action::Demote(DemoteMode::ImmediateNoLock)]
+        );
+    }
+
+    /// A replica that accepted a `POST /failsafe` less than ttl ago follows its sender and does
+    /// not race for the free lock.
+    #[test]
+    fn replica_told_by_failsafe_does_not_race() {
+        let free = initialized(None);
+        let told = LocalState {
+            failsafe_leader: Some("a".into()),
+            peers: vec![peer("a", 50, json!({}))],
+            ..replica(100)
+        };
+        assert_eq!(
+            decide(Some(&free), &told, &failsafe_settings("b")).actions,
+            vec![Action::Follow {
+                leader: Some("a".into())
+            }]
+        );
+        // Failsafe mode off: the call does not count; the healthiest member races.
+        assert!(decide(Some(&free), &told, &settings("b"))
+            .actions
+            .contains(&Action::AcquireLock));
+        // Nobody told it: it races.
+        let untold = LocalState {
+            failsafe_leader: None,
+            ..told
+        };
+        assert!(decide(Some(&free), &untold, &failsafe_settings("b"))
+            .actions
+            .contains(&Action::AcquireLock));
+    }
+
+    /// Failsafe mode: a non-empty topology that lacks a member keeps it out of the leader race.
+    #[test]
+    fn leader_race_only_among_failsafe_members() {
+        let mut free = initialized(None);
+        let me = replica(100);
+        for (what, failsafe, s, races) in [
+            (
+                "listed",
+                Some(topology(&["a", "b"])),
+                failsafe_settings("b"),
+                true,
+            ),
+            (
+                "not listed",
+                Some(topology(&["a", "c"])),
+                failsafe_settings("b"),
+                false,
+            ),
+            (
+                "empty topology",
+                Some(topology(&[])),
+                failsafe_settings("b"),
+                true,
+            ),
+            ("no topology", None, failsafe_settings("b"), true),
+            (
+                "failsafe off",
+                Some(topology(&["a", "c"])),
+                settings("b"),
+                true,
+            ),
+        ] {
+            free.failsafe = failsafe;
+            assert_eq!(
+                decide(Some(&free), &me, &s)
+                    .actions
+                    .contains(&Action::AcquireLock),
+                races,
+                "{what}"
+            );
+        }
+    }
+
+    /// The leader writes the topology with its renew when the member set changed (always
+    /// listing itself), and removes a leftover one when failsafe mode is off.
+    #[test]
+    fn leader_writes_failsafe_at_renew_when_members_changed() {
+        let renew_of = |c: &Cluster, s: &Settings| {
+            decide(Some(c), &primary(100), s)
+                .actions
+                .into_iter()
+                .find(|a| matches!(a, Action::RenewLock { .. }))
+        };
+        let mut c = initialized(Some("a"));
+        let all = topology(&["a", "b", "c"]);
+        assert_eq!(
+            renew_of(&c, &failsafe_settings("a")),
+            Some(Action::RenewLock {
+                failsafe: Some(all.clone())
+            }),
+            "no topology yet"
+        );
+        c.failsafe = Some(all.clone());
+        assert_eq!(
+            renew_of(&c, &failsafe_settings("a")),
+            Some(RENEW),
+            "unchanged: nothing written"
+        );
+        c.members.retain(|m| m.name != "c");
+        assert_eq!(
+            renew_of(&c, &failsafe_settings("a")),
+            Some(Action::RenewLock {
+                failsafe: Some(topology(&["a", "b"]))
+            }),
+            "a member left"
+        );
+        // Our own member key missing from the read: we are listed all the same.
+        c.members.retain(|m| m.name != "a");
+        assert_eq!(
+            renew_of(&c, &failsafe_settings("a")),
+            Some(Action::RenewLock {
+                failsafe: Some(topology(&["a", "b"]))
+            }),
+            "the leader always lists itself"
+        );
+        c.failsafe = Some(all);
+        assert_eq!(
+            renew_of(&c, &settings("a")),
+            Some(Action::RenewLock {
+                failsafe: Some(FailsafeTopology::new())
+            }),
+            "failsafe off: a leftover topology is removed"
+        );
+        c.failsafe = None;
+        assert_eq!(renew_of(&c, &settings("a")), Some(RENEW), "failsafe off");
+    }
 }
