@@ -429,6 +429,7 @@ impl TestCluster {
         let scope = &self.scope;
         match object {
             "leader" => (kind, self.kube_leader_object(), Some("leader")),
+            "failsafe" => (kind, self.kube_leader_object(), Some("failsafe")),
             "config" | "initialize" | "history" => {
                 let annotation = match object {
                     "config" => "config",
@@ -472,7 +473,7 @@ impl TestCluster {
     }
 
     /// A logical DCS object as a string, whatever the backend: `leader` (holder name),
-    /// `config`, `initialize`, `history`, `members/<name>` (member JSON), `failover` and `sync`
+    /// `failsafe` (topology JSON), `config`, `initialize`, `history`, `members/<name>` (member JSON), `failover` and `sync`
     /// (JSON; on Kubernetes built from the object's annotations).
     pub async fn dcs_get(&self, object: &str) -> Option<String> {
         match &self.dcs {
