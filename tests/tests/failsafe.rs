@@ -20,6 +20,10 @@ use regent_tests::{wait_until, wait_until_ok, Member, TestCluster};
 use serde_json::{json, Value};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
+/// A misbehaving DCS fails for longer than `retry_timeout` (so retries do not hide it) ...
+const FAULT_SPELL: Duration = Duration::from_secs(4);
+/// ... then answers for a moment, again and again.
+const ANSWERING_SPELL: Duration = Duration::from_millis(400);
 
 regent_tests::backend_tests! {
     frozen_dcs_primary_stays_up_with_failsafe: [etcd, kubernetes];
@@ -183,7 +187,7 @@ async fn frozen_dcs_primary_stays_up_with_failsafe(backend: Backend) {
         other_primaries
     );
     assert!(
-        acked.len() > 100,
+        acked.len() >= 50,
         "too few writes to prove anything: {}",
         acked.len()
     );
@@ -293,18 +297,18 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
                     Backend::Kubernetes { .. } => {
                         let kube = cluster.kube();
                         let fault = match round % 3 {
-                            0 => json!({"fail": {"status": 500, "count": 20}}),
-                            1 => json!({"fail": {"status": 429, "retry_after": 1, "count": 20}}),
-                            _ => json!({"stall_ms": 4000}),
+                            0 => json!({"fail": {"status": 500}}),
+                            1 => json!({"fail": {"status": 429, "retry_after": 1}}),
+                            _ => json!({"stall_ms": 5000}),
                         };
                         kube.inject(fault.clone()).await;
                         faults
                             .lock()
                             .expect("faults")
                             .push(format!("+{at:.1} {fault}"));
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        tokio::time::sleep(FAULT_SPELL).await;
                         kube.clear_faults().await;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tokio::time::sleep(ANSWERING_SPELL).await;
                     }
                     Backend::Etcd => {
                         cluster.pause_dcs();
@@ -312,9 +316,9 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
                             .lock()
                             .expect("faults")
                             .push(format!("+{at:.1} frozen"));
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        tokio::time::sleep(FAULT_SPELL).await;
                         cluster.resume_dcs();
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tokio::time::sleep(ANSWERING_SPELL).await;
                     }
                 }
                 round += 1;
@@ -333,7 +337,7 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
         other_primaries
     );
     assert!(
-        acked.len() > 100,
+        acked.len() >= 50,
         "too few writes to prove anything: {}",
         acked.len()
     );
