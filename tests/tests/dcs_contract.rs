@@ -10,7 +10,7 @@ use dcs::etcd::{Etcd3, EtcdConfig};
 use dcs::kubernetes::{Kubernetes, KubernetesConfig};
 use dcs::{Dcs, DcsError, Failover, MemberData, Role, SyncState, Timing};
 use regent_tests::kube::KubeApiServer;
-use regent_tests::{poll_until, wait_until, Etcd};
+use regent_tests::{poll_until, wait_until, wait_until_ok, Etcd};
 use serde_json::{json, Value};
 
 const SCOPE: &str = "demo";
@@ -1190,6 +1190,81 @@ async fn citus_expired_worker_lock_is_dropped(backend: Backend) {
     assert!(gone < Duration::from_secs(7), "dropped late: {gone:?}");
 }
 
+/// The leader writes the failsafe topology with its renew — on Kubernetes in the same PATCH as
+/// the lock — every member reads it, `None` leaves it alone and an empty one removes it.
+async fn failsafe_topology_rides_on_the_renew(backend: Backend) {
+    let store = Store::start(backend).await;
+    let a = store.member("a", timing(10, 3)).await;
+    let b = store.member("b", timing(10, 3)).await;
+    a.get_cluster().await.expect("read");
+    assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
+    let topology: dcs::FailsafeTopology = [
+        ("a".to_string(), "http://10.0.0.5:8008/patroni".to_string()),
+        ("b".to_string(), "http://10.0.0.6:8008/patroni".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let cluster = a.get_cluster().await.expect("read");
+    assert_eq!(cluster.failsafe, None);
+    if backend == Backend::Kubernetes {
+        store.kube().reset_request_counts().await;
+    }
+    assert!(a
+        .update_leader(&cluster, Some(1), Some(&topology))
+        .await
+        .expect("renew with the topology"));
+    if backend == Backend::Kubernetes {
+        let counts = store.kube().request_counts().await;
+        let writes: u64 = counts
+            .get("a")
+            .map(|c| {
+                c.iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with("get") && !k.starts_with("list") && !k.starts_with("watch")
+                    })
+                    .map(|(_, n)| *n)
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert_eq!(writes, 1, "one write per renew: {counts:?}");
+    }
+    let seen = wait_until_ok(
+        "b to read the failsafe topology",
+        Duration::from_secs(5),
+        || async {
+            let c = b.get_cluster().await?;
+            anyhow::ensure!(c.failsafe.is_some(), "no failsafe yet");
+            Ok(c.failsafe)
+        },
+    )
+    .await;
+    assert_eq!(seen.as_ref(), Some(&topology));
+    // Renewing without a topology keeps the stored one.
+    let cluster = a.get_cluster().await.expect("read");
+    assert!(a
+        .update_leader(&cluster, Some(2), None)
+        .await
+        .expect("renew"));
+    assert_eq!(
+        a.get_cluster().await.expect("read").failsafe.as_ref(),
+        Some(&topology)
+    );
+    // An empty topology removes it.
+    let cluster = a.get_cluster().await.expect("read");
+    assert!(a
+        .update_leader(&cluster, Some(3), Some(&dcs::FailsafeTopology::new()))
+        .await
+        .expect("renew removing the topology"));
+    assert_eq!(a.get_cluster().await.expect("read").failsafe, None);
+    // Nobody else may write it through a renew of a lock it does not hold.
+    let cluster = b.get_cluster().await.expect("read");
+    assert!(!b
+        .update_leader(&cluster, None, Some(&topology))
+        .await
+        .expect("renew by a non-holder"));
+    assert_eq!(b.get_cluster().await.expect("read").failsafe, None);
+}
+
 macro_rules! contract_suite {
     ($($case:ident),* $(,)?) => {
         mod etcd {
@@ -1225,6 +1300,7 @@ contract_suite!(
     citus_coordinator_reads_every_group,
     citus_worker_leader_change_wakes_coordinator,
     citus_expired_worker_lock_is_dropped,
+    failsafe_topology_rides_on_the_renew,
 );
 
 // ---- Kubernetes only ---------------------------------------------------------------------------

@@ -429,7 +429,16 @@ impl Agent {
         self.sync_after_cycle(view).await;
         self.sync_protection();
         if view.is_some() {
-            self.publish_member().await;
+            // A primary in failsafe mode must not spend the time of its next round here.
+            let usual = Duration::from_secs(u64::from(self.dynamic.retry_timeout) + 1);
+            if let Some(budget) = self.dcs_call_budget(usual) {
+                if tokio::time::timeout(budget, self.publish_member())
+                    .await
+                    .is_err()
+                {
+                    warn!("publishing the member data timed out");
+                }
+            }
         } else {
             // The DCS is unreachable: a write would only stall the cycle (and, on a primary in
             // failsafe mode, the next round).
