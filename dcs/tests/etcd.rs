@@ -328,19 +328,53 @@ async fn lock_expires_without_renewal_and_a_watcher_wakes() {
         waited < Duration::from_secs(5),
         "lock expired or wake came too late: {waited:?}"
     );
-    // The former holder learns it lost the lock and does not silently take it back.
+    // Once another member took the lock, the former holder's renew fails and changes nothing.
     let cluster = a.get_cluster().await.expect("read");
+    assert!(b
+        .attempt_to_acquire_leader()
+        .await
+        .expect("b takes the free lock"));
     assert!(!a
         .update_leader(&cluster, None, None)
         .await
         .expect("renew after expiry"));
-    assert!(a.get_cluster().await.expect("read").leader.is_none());
-    // It can compete again with a new lease.
-    assert!(a.attempt_to_acquire_leader().await.expect("acquire again"));
-    assert!(a
-        .update_leader(&a.get_cluster().await.expect("read"), None, None)
+    assert_eq!(
+        a.get_cluster().await.expect("read").leader_name(),
+        Some("b")
+    );
+    // b's lease runs out too while nobody takes the lock: b's renew attaches the lock to a new
+    // lease (the store was unreachable for longer than ttl, the lock is still free).
+    wait_until_lock_free(&a).await;
+    let cluster = b.get_cluster().await.expect("read");
+    assert!(b
+        .update_leader(&cluster, Some(7), None)
+        .await
+        .expect("renew after expiry, lock free"));
+    let after = a.get_cluster().await.expect("read");
+    assert_eq!(after.leader_name(), Some("b"));
+    assert_eq!(after.status.optime, Some(7));
+    // And the new lease is kept alive by the next renews.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(b
+        .update_leader(&b.get_cluster().await.expect("read"), None, None)
         .await
         .expect("renew"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        a.get_cluster().await.expect("read").leader_name(),
+        Some("b")
+    );
+}
+
+async fn wait_until_lock_free(reader: &Etcd3) {
+    let started = Instant::now();
+    while reader.get_cluster().await.expect("read").leader.is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the unrenewed lock never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -1285,6 +1285,7 @@ impl Agent {
 
     async fn demote(&mut self, mode: DemoteMode) {
         info!(?mode, "demoting");
+        self.set_failsafe_active(false);
         match mode {
             DemoteMode::ImmediateNoLock => {
                 self.stop_postgres(StopMode::Immediate, Duration::from_secs(10))

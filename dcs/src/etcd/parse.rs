@@ -353,6 +353,22 @@ mod tests {
     }
 
     #[test]
+    fn failsafe_topology() {
+        let c = parse_cluster(
+            "/p/",
+            &[kv("failsafe", r#"{"a":"http://10.0.0.1:8008/patroni"}"#, 3)],
+            Vec::new(),
+        );
+        let topology = c.failsafe.expect("failsafe read");
+        assert_eq!(topology["a"], "http://10.0.0.1:8008/patroni");
+        for garbage in ["[1]", r#"{"a":1}"#, "nope"] {
+            let c = parse_cluster("/p/", &[kv("failsafe", garbage, 3)], Vec::new());
+            assert!(c.failsafe.is_none(), "{garbage}");
+            assert!(c.warnings[0].contains("/p/failsafe"), "{:?}", c.warnings);
+        }
+    }
+
+    #[test]
     fn bad_config_is_absent_with_warning() {
         let c = parse_cluster("/p/", &[kv("config", "[1,2]", 3)], Vec::new());
         assert!(c.config.is_none());

@@ -1189,6 +1189,17 @@ mod tests {
         assert_eq!(m["acquireTime"], "NOW");
         assert_eq!(m["transitions"], "0");
         assert!(!m.contains_key("optime"));
+        let topology: FailsafeTopology = [("a".to_string(), "http://h:8008/patroni".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            failsafe_annotation(&topology)["failsafe"],
+            r#"{"a":"http://h:8008/patroni"}"#
+        );
+        assert_eq!(
+            failsafe_annotation(&FailsafeTopology::new())["failsafe"],
+            Value::Null
+        );
     }
 
     #[test]
@@ -1523,7 +1534,7 @@ mod tests {
             obj(
                 "demo-leader",
                 "2",
-                json!({"leader": "a", "optime": "x", "slots": "[1]"}),
+                json!({"leader": "a", "optime": "x", "slots": "[1]", "failsafe": "{\"a\":1}"}),
             ),
         );
         kinds.insert(
@@ -1547,6 +1558,8 @@ mod tests {
         assert!(has("ConfigMap demo-config", "history"), "{:?}", c.warnings);
         assert!(has("ConfigMap demo-leader", "optime"), "{:?}", c.warnings);
         assert!(has("ConfigMap demo-leader", "slots"), "{:?}", c.warnings);
+        assert!(has("ConfigMap demo-leader", "failsafe"), "{:?}", c.warnings);
+        assert!(c.failsafe.is_none());
         assert!(has("ConfigMap demo-sync", "quorum"), "{:?}", c.warnings);
     }
 
