@@ -591,6 +591,10 @@ fn decide_without_dcs(local: &LocalState, s: &Settings) -> Decision {
     if !s.failsafe_mode {
         return demote("DCS is not accessible and I was the primary: demoting");
     }
+    if let Some(why) = &local.cannot_lead {
+        // Without its fence (or a required watchdog) this member must not lead, DCS or not.
+        return demote(&format!("DCS is not accessible and {why}: demoting"));
+    }
     let Some(topology) = local
         .last_known_failsafe
         .as_ref()
@@ -2068,6 +2072,15 @@ mod tests {
                 },
                 failsafe_settings("b"),
                 vec![],
+            ),
+            (
+                "its fence is not running: demote",
+                LocalState {
+                    cannot_lead: Some("the fence process is gone".into()),
+                    ..with(abc.clone(), None)
+                },
+                failsafe_settings("a"),
+                demote.clone(),
             ),
             (
                 "paused: no automatic action",

@@ -83,6 +83,8 @@ impl Agent {
         if self.lock_deadline.is_none_or(|d| d < deadline) {
             self.lock_deadline = Some(deadline);
         }
+        // Like a renew: the fence moves to the new deadline and the watchdog is kicked.
+        self.lock_confirmed();
     }
 
     /// `POST /failsafe` to every other member of the topology, in parallel; all must accept.
