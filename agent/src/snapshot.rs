@@ -91,6 +91,5 @@ pub fn build(agent: &Agent) -> Snapshot {
             .failsafe_topology()
             .and_then(|t| serde_json::to_value(t).ok()),
         failsafe_mode_is_active: agent.failsafe_active(),
-        ..Snapshot::default()
     }
 }
