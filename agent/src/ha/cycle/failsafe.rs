@@ -19,10 +19,17 @@ use tracing::{debug, info, warn};
 use super::{Agent, PlanOutcome};
 use dcs::Role;
 
-/// Time one member has to answer one `POST /failsafe`.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// A whole round: every member in parallel, each with one retry after a failed attempt.
-pub(super) const ROUND_BUDGET: Duration = Duration::from_millis(4_500);
+/// A whole round: every member in parallel, each with one retry after a failed attempt. 4.5 s
+/// (2 s per attempt) from ttl 15 up; shorter with a shorter ttl, so a round and a DCS call still
+/// fit between two lease deadlines.
+fn round_budget(ttl: u32) -> Duration {
+    Duration::from_secs_f64((0.3 * f64::from(ttl)).clamp(1.5, 4.5))
+}
+
+/// Time one member has to answer one attempt: two attempts fit in a round.
+fn call_timeout(round: Duration) -> Duration {
+    round.mul_f64(4.0 / 9.0)
+}
 /// The shortest DCS call worth making before a round; below that the DCS counts as unreachable.
 const MIN_DCS_CALL: Duration = Duration::from_millis(300);
 
@@ -50,7 +57,7 @@ impl Agent {
         };
         let left = guard
             .saturating_duration_since(Instant::now())
-            .saturating_sub(ROUND_BUDGET);
+            .saturating_sub(round_budget(self.dynamic.ttl));
         (left >= MIN_DCS_CALL).then(|| usual.min(left))
     }
 
@@ -64,7 +71,7 @@ impl Agent {
         Some(
             guard
                 .saturating_duration_since(Instant::now())
-                .saturating_sub(ROUND_BUDGET + MIN_DCS_CALL * 3),
+                .saturating_sub(round_budget(self.dynamic.ttl) + MIN_DCS_CALL * 3),
         )
     }
 
@@ -93,6 +100,8 @@ impl Agent {
         members: &[(String, String)],
     ) -> PlanOutcome {
         let round_started = Instant::now();
+        let budget = round_budget(self.dynamic.ttl);
+        let attempt_timeout = call_timeout(budget);
         let body = json!({
             "name": self.cfg.name,
             "conn_url": self.cfg.conn_url(),
@@ -109,7 +118,7 @@ impl Agent {
                     let sent = http
                         .post(&url)
                         .json(&body)
-                        .timeout(CALL_TIMEOUT)
+                        .timeout(attempt_timeout)
                         .send()
                         .await;
                     match sent {
@@ -126,8 +135,7 @@ impl Agent {
                 Err(last)
             }
         });
-        let answers =
-            tokio::time::timeout(ROUND_BUDGET, futures_util::future::join_all(calls)).await;
+        let answers = tokio::time::timeout(budget, futures_util::future::join_all(calls)).await;
         let refusals: Vec<String> = match answers {
             Ok(results) => results.into_iter().filter_map(Result::err).collect(),
             Err(_) => vec!["the members did not all answer in time".into()],
@@ -161,6 +169,21 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A round, then a DCS call, then the next round's start must fit between a round and the
+    /// lease guard: `ttl − safety margin` (margin = clamp(0.2·ttl, 1, 5)).
+    #[test]
+    fn a_round_and_a_dcs_call_fit_within_a_ttl() {
+        for ttl in [5u32, 8, 10, 15, 20, 30, 60] {
+            let margin = (f64::from(ttl) * 0.2).clamp(1.0, 5.0);
+            let round = round_budget(ttl).as_secs_f64();
+            let room = f64::from(ttl) - margin - round - 3.0 * MIN_DCS_CALL.as_secs_f64();
+            assert!(room > 0.5, "ttl {ttl}: {room:.2} s left between rounds");
+            assert!(call_timeout(round_budget(ttl)) * 2 < round_budget(ttl));
+        }
+        assert_eq!(round_budget(30), Duration::from_millis(4500));
+        assert_eq!(call_timeout(round_budget(30)), Duration::from_secs(2));
+    }
 
     #[test]
     fn url_of_the_failsafe_endpoint() {
