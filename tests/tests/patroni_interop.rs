@@ -154,3 +154,123 @@ async fn patroni_and_regent_members_share_one_cluster() {
         "two promotions recorded: {rows}"
     );
 }
+
+/// `failsafe_mode` across implementations on etcd: a Regent leader, a Patroni replica and a
+/// Regent replica. With etcd frozen for longer than 2×ttl, the Regent leader's `POST /failsafe`
+/// is accepted by the Patroni replica (and the Regent one) and it keeps taking writes; after a
+/// switchover to the Patroni member, the Patroni leader's calls are accepted by the Regent
+/// replicas and it keeps taking writes through a second freeze. No member promotes on its own
+/// and the leader keeps the lock each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failsafe_mode_works_between_patroni_and_regent() {
+    let cluster = TestCluster::builder("mixfs")
+        .members(3)
+        .binary_for(1, patroni_bin())
+        .configure(|_, cfg| {
+            cfg.set("bootstrap.dcs.failsafe_mode", true);
+        })
+        .start_agents(false)
+        .start()
+        .await;
+    let regent = cluster.member("mixfs-0");
+    regent.start();
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(120)).await,
+        "mixfs-0"
+    );
+    cluster.member("mixfs-1").start();
+    cluster.member("mixfs-2").start();
+    cluster
+        .wait_for_replicas_streaming("mixfs-0", Duration::from_secs(120))
+        .await;
+    regent.create_probe_table().await.expect("probe table");
+    let mut next_id = 1;
+    for leader in ["mixfs-0", "mixfs-1"] {
+        let member = cluster.member(leader);
+        // The leader's topology names all three members before the DCS goes away.
+        regent_tests::wait_until_ok(
+            &format!("{leader}'s failsafe topology to list every member"),
+            Duration::from_secs(60),
+            || async {
+                let stored = cluster.dcs_get("failsafe").await.unwrap_or_default();
+                let topology: serde_json::Value = serde_json::from_str(&stored).unwrap_or_default();
+                anyhow::ensure!(
+                    ["mixfs-0", "mixfs-1", "mixfs-2"]
+                        .iter()
+                        .all(|n| topology.get(n).is_some()),
+                    "failsafe: {stored:?}"
+                );
+                Ok(())
+            },
+        )
+        .await;
+        let freeze = cluster.ttl() * 2 + Duration::from_secs(5);
+        let paused_at = Instant::now();
+        cluster.pause_dcs();
+        let mut refused = Vec::new();
+        let mut other_primaries = Vec::new();
+        let mut acked = Vec::new();
+        while paused_at.elapsed() < freeze {
+            match member.write_probe(next_id).await {
+                Ok(()) => acked.push(next_id),
+                Err(e) => refused.push(format!("+{:.1} s: {e}", paused_at.elapsed().as_secs_f64())),
+            }
+            next_id += 1;
+            for primary in cluster.sql_primaries().await {
+                if primary != leader {
+                    other_primaries.push(primary);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cluster.resume_dcs();
+        println!(
+            "[mixfs] {leader} through a {:.0} s etcd freeze: {} writes acknowledged, refused {refused:?}, other primaries {other_primaries:?}",
+            freeze.as_secs_f64(),
+            acked.len()
+        );
+        assert!(
+            acked.len() >= 20,
+            "too few writes to prove anything: {}",
+            acked.len()
+        );
+        assert!(refused.is_empty(), "{leader} refused writes: {refused:?}");
+        assert!(
+            other_primaries.is_empty(),
+            "another primary: {other_primaries:?}"
+        );
+        assert_eq!(
+            cluster.wait_for_leader(Duration::from_secs(60)).await,
+            leader,
+            "the leader changed after the freeze"
+        );
+        let last = *acked.last().expect("acknowledged writes");
+        cluster
+            .wait_for_probe_on(&cluster.all(), last, Duration::from_secs(60))
+            .await;
+        if leader == "mixfs-0" {
+            // Hand over to the Patroni member for the second round.
+            let resp = reqwest::Client::new()
+                .post(format!("{}/switchover", regent.api_base()))
+                .timeout(Duration::from_secs(60))
+                .json(&serde_json::json!({"leader": "mixfs-0", "candidate": "mixfs-1"}))
+                .send()
+                .await
+                .expect("POST /switchover");
+            let code = resp.status().as_u16();
+            assert_eq!(
+                code,
+                200,
+                "switchover: {}",
+                resp.text().await.unwrap_or_default()
+            );
+            assert_eq!(
+                cluster.wait_for_leader(Duration::from_secs(60)).await,
+                "mixfs-1"
+            );
+            cluster
+                .wait_for_replicas_streaming("mixfs-1", Duration::from_secs(120))
+                .await;
+        }
+    }
+}
