@@ -9,14 +9,15 @@
 //! * The DCS misbehaves without being down — the API server answers 500, 429 and stalls in turn,
 //!   etcd freezes and thaws every other second — for longer than 2×ttl: the primary stays up.
 //!
-//! Every test prints the times it measured.
+//! A role sampler queries every member's Postgres every 20 ms throughout. Every test prints the
+//! times it measured.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use regent_tests::config::Backend;
-use regent_tests::{wait_until, wait_until_ok, Member, TestCluster};
+use regent_tests::{wait_until, wait_until_ok, Member, RoleSampler, TestCluster};
 use serde_json::{json, Value};
 
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
@@ -88,40 +89,55 @@ async fn failsafe_cluster(backend: Backend, scope: &str) -> (TestCluster, String
     (cluster, leader)
 }
 
-/// Write probe rows on `leader` every 50 ms until `until`, checking every second that no other
-/// member runs as a primary. Returns (acknowledged ids, refused attempts as seconds since
-/// `since`, second-primary sightings).
+/// Write probe rows on `leader` every 50 ms until `until`. Returns the acknowledged ids and the
+/// refused attempts (seconds since `since`).
 async fn write_through(
-    cluster: &TestCluster,
     leader: &Member,
     first_id: i64,
     since: Instant,
     until: Instant,
-) -> (Vec<i64>, Vec<f64>, Vec<String>) {
+) -> (Vec<i64>, Vec<f64>) {
     let mut acked = Vec::new();
     let mut refused = Vec::new();
-    let mut other_primaries = Vec::new();
     let mut id = first_id;
-    let mut next_role_sample = Instant::now();
     while Instant::now() < until {
         match leader.write_probe(id).await {
             Ok(()) => acked.push(id),
             Err(_) => refused.push((Instant::now() - since).as_secs_f64()),
         }
         id += 1;
-        if Instant::now() >= next_role_sample {
-            let primaries = cluster.sql_primaries().await;
-            if primaries.iter().any(|p| p != leader.name()) {
-                other_primaries.push(format!(
-                    "+{:.1} s: {primaries:?}",
-                    (Instant::now() - since).as_secs_f64()
-                ));
-            }
-            next_role_sample = Instant::now() + Duration::from_secs(1);
-        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (acked, refused, other_primaries)
+    (acked, refused)
+}
+
+/// From the role samples: `leader` accepted writes without a break over `[from, to]`, and no
+/// other member accepted writes at any time.
+fn only_primary_throughout(
+    roles: &RoleSampler,
+    cluster: &TestCluster,
+    leader: &str,
+    from: Instant,
+    to: Instant,
+) {
+    roles.assert_never_two_primaries();
+    for other in cluster.others(leader) {
+        assert!(
+            roles.primary_spans(other.name()).is_empty(),
+            "{} accepted writes: {}",
+            other.name(),
+            roles.summary()
+        );
+    }
+    let covering = roles
+        .primary_spans(leader)
+        .iter()
+        .any(|span| span.from <= from && span.to >= to);
+    assert!(
+        covering,
+        "{leader} did not accept writes throughout: {}",
+        roles.summary()
+    );
 }
 
 /// After the DCS is back: `leader` leads again (lock and role), alone, and every acknowledged
@@ -172,20 +188,22 @@ async fn frozen_dcs_primary_stays_up_with_failsafe(backend: Backend) {
         .await
         .expect("create probe table");
     let frozen_for = cluster.ttl() * 2 + Duration::from_secs(5);
+    let mut roles = RoleSampler::start(&cluster.all()).await;
     let paused_at = Instant::now();
     cluster.pause_dcs();
-    let (acked, refused, other_primaries) =
-        write_through(&cluster, leader, 1, paused_at, paused_at + frozen_for).await;
+    let (acked, refused) = write_through(leader, 1, paused_at, paused_at + frozen_for).await;
     let active = failsafe_active(leader).await;
     cluster.resume_dcs();
+    let resumed_at = Instant::now();
+    roles.stop().await;
     println!(
-        "{tag} DCS frozen {:.1} s: {} writes acknowledged, {} refused {:?}, other primaries {:?}, failsafe_mode_is_active {active}",
+        "{tag} DCS frozen {:.1} s: {} writes acknowledged, {} refused {refused:?}, failsafe_mode_is_active {active}; {}",
         frozen_for.as_secs_f64(),
         acked.len(),
         refused.len(),
-        refused,
-        other_primaries
+        roles.summary()
     );
+    only_primary_throughout(&roles, &cluster, &leader_name, paused_at, resumed_at);
     assert!(
         acked.len() >= 50,
         "too few writes to prove anything: {}",
@@ -194,10 +212,6 @@ async fn frozen_dcs_primary_stays_up_with_failsafe(backend: Backend) {
     assert!(
         refused.is_empty(),
         "{leader_name} refused writes while the DCS was frozen: {refused:?}"
-    );
-    assert!(
-        other_primaries.is_empty(),
-        "another member ran as a primary: {other_primaries:?}"
     );
     assert!(
         active,
@@ -216,6 +230,7 @@ async fn frozen_dcs_and_a_dead_replica_make_the_primary_step_down(backend: Backe
         .expect("create probe table");
     let others = cluster.others(&leader_name);
     let (victim, survivor) = (others[0], others[1]);
+    let mut roles = RoleSampler::start(&cluster.all()).await;
     cluster.pause_dcs();
     let paused_at = Instant::now();
     wait_until(
@@ -228,24 +243,27 @@ async fn frozen_dcs_and_a_dead_replica_make_the_primary_step_down(backend: Backe
     let killed_at = Instant::now();
     let ttl = cluster.ttl();
     let mut attempts: Vec<(f64, bool)> = Vec::new();
-    let mut survivor_promoted = false;
     let mut id = 1;
     while Instant::now() < killed_at + ttl + Duration::from_secs(3) {
         let ok = leader.write_probe(id).await.is_ok();
         attempts.push(((Instant::now() - killed_at).as_secs_f64(), ok));
         id += 1;
-        if let Ok(false) = survivor.pg_in_recovery().await {
-            survivor_promoted = true;
-        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    roles.stop().await;
     cluster.resume_dcs();
     let last_ok = attempts.iter().rev().find(|(_, ok)| *ok).map(|(t, _)| *t);
+    let last_primary_sample = roles
+        .primary_spans(&leader_name)
+        .last()
+        .map(|span| (span.to - killed_at).as_secs_f64());
     println!(
-        "{tag} DCS frozen at -{:.3} s, {} killed at 0: {leader_name} last accepted a write at {}; survivor promoted: {survivor_promoted}",
+        "{tag} DCS frozen at -{:.3} s, {} killed at 0: {leader_name} last accepted a write at {}, last sampled as a primary at {}; {}",
         (killed_at - paused_at).as_secs_f64(),
         victim.name(),
-        last_ok.map_or("never".into(), |t| format!("+{t:.3} s"))
+        last_ok.map_or("never".into(), |t| format!("+{t:.3} s")),
+        last_primary_sample.map_or("never".into(), |t| format!("+{t:.3} s")),
+        roles.summary()
     );
     assert!(
         attempts.iter().any(|(t, _)| *t >= ttl.as_secs_f64()),
@@ -260,10 +278,17 @@ async fn frozen_dcs_and_a_dead_replica_make_the_primary_step_down(backend: Backe
         late.is_empty(),
         "{leader_name} accepted writes ttl after a member of the topology died: {late:?}"
     );
+    roles.assert_never_two_primaries();
     assert!(
-        !survivor_promoted,
-        "{} promoted while the DCS was frozen",
-        survivor.name()
+        roles.primary_spans(survivor.name()).is_empty(),
+        "{} promoted while the DCS was frozen: {}",
+        survivor.name(),
+        roles.summary()
+    );
+    assert!(
+        last_primary_sample.is_some_and(|t| t < ttl.as_secs_f64()),
+        "{leader_name} still accepted writes ttl after a member of the topology died: {}",
+        roles.summary()
     );
     wait_until(
         "a single primary after the DCS resumed",
@@ -282,6 +307,7 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
         .await
         .expect("create probe table");
     let misbehave_for = cluster.ttl() * 2 + Duration::from_secs(5);
+    let mut roles = RoleSampler::start(&cluster.all()).await;
     let started = Instant::now();
     let until = started + misbehave_for;
     let faults: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -325,17 +351,18 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
             }
         }
     };
-    let ((acked, refused, other_primaries), ()) =
-        tokio::join!(write_through(&cluster, leader, 1, started, until), chaos);
+    let ((acked, refused), ()) = tokio::join!(write_through(leader, 1, started, until), chaos);
+    let ended = Instant::now();
+    roles.stop().await;
     println!(
-        "{tag} DCS misbehaved {:.1} s ({} faults): {} writes acknowledged, {} refused {:?}, other primaries {:?}",
+        "{tag} DCS misbehaved {:.1} s ({} faults): {} writes acknowledged, {} refused {refused:?}; {}",
         misbehave_for.as_secs_f64(),
         faults.lock().expect("faults").len(),
         acked.len(),
         refused.len(),
-        refused,
-        other_primaries
+        roles.summary()
     );
+    only_primary_throughout(&roles, &cluster, &leader_name, started, ended);
     assert!(
         acked.len() >= 50,
         "too few writes to prove anything: {}",
@@ -344,10 +371,6 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
     assert!(
         refused.is_empty(),
         "{leader_name} refused writes while the DCS misbehaved: {refused:?}"
-    );
-    assert!(
-        other_primaries.is_empty(),
-        "another member ran as a primary: {other_primaries:?}"
     );
     same_leader_and_no_write_lost(&cluster, &leader_name, &acked).await;
 }
