@@ -1,4 +1,4 @@
-//! `POST /failsafe` (reference §4.5, §7.6): while the DCS is unreachable, the primary asks every
+//! `POST /failsafe`: while the DCS is unreachable, the primary asks every
 //! member of the failsafe topology to accept it as the leader. A replica accepts and, for `ttl`
 //! from then, does not race for the lock; a running primary refuses; with failsafe mode off the
 //! call is refused too.

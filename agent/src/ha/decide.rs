@@ -576,7 +576,7 @@ fn failsafe_leader<'a>(local: &'a LocalState, s: &Settings) -> Option<&'a str> {
         .filter(|l| s.failsafe_mode && *l != s.name)
 }
 
-/// The DCS could not be read, or the renew failed without a definite answer (reference §7.6).
+/// The DCS could not be read, or the renew failed without a definite answer.
 fn decide_without_dcs(local: &LocalState, s: &Settings) -> Decision {
     if local.last_known_paused {
         return plan(

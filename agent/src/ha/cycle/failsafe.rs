@@ -1,4 +1,4 @@
-//! Failsafe mode (reference §7.6): with the DCS unreachable — down, stalled, throttling, failing
+//! Failsafe mode: with the DCS unreachable — down, stalled, throttling, failing
 //! — a primary keeps running for as long as every member of the failsafe topology accepts it as
 //! the leader over `POST /failsafe`.
 //!
