@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""The campaign's checker: turns a run's recording (acknowledged writes, role changes, faults,
+the final leader's rows and timeline history) into the numbers of docs/reliability.md.
+
+    checker.py RECORDING.json [RECORDING.json ...]   re-check saved recordings, print tables
+
+Definitions (times are monotonic seconds on the campaign host):
+- split-brain write: a write acknowledged by member A on timeline TA that was sent after the
+  watcher had already seen another member B as primary on a newer timeline TB > TA.
+- acknowledged write lost: an acknowledged id that the final leader does not have once every
+  fault is healed and every member streams again. Its distance to the timeline fork is its WAL
+  position minus the point where its timeline ends in the final leader's timeline history.
+- time until a new leader accepted writes: from the fault's injection to the first write
+  acknowledged on a timeline newer than the one before the fault (faults that led to a
+  promotion only).
+- time until writes succeed again: from the injection until the read-write client's writes
+  succeed for good (0 when none failed).
+- time until all members stream again: from the heal until one primary sees both other
+  members streaming and every agent runs.
+"""
+
+import bisect
+import json
+import sys
+
+from schedule import FAULT_TYPES
+
+
+def percentile(values, fraction):
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-int(fraction * 100) * len(ordered) // 100))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def fault_at(faults, moment):
+    """Index of the last fault injected at or before `moment` (None before the first)."""
+    found = None
+    for fault in faults:
+        if fault["injected_at"] <= moment:
+            found = fault["index"]
+    return found
+
+
+def analyze(recording):
+    faults = recording["faults"]
+    acks = recording["acks"]  # [id, writer, member, sent, acked, timeline, lsn]
+    role_changes = recording["role_changes"]
+    max_lag = recording["settings"]["maximum_lag_on_failover"]
+    sync = recording["settings"]["mode"] == "sync"
+
+    # First moment each member was seen as primary on each timeline.
+    promotions = {}
+    for member, changes in role_changes.items():
+        for moment, role, timeline in changes:
+            if role == "primary" and timeline:
+                key = (timeline, member)
+                promotions[key] = min(promotions.get(key, moment), moment)
+    promotion_list = sorted((t, tl, m) for (tl, m), t in promotions.items())
+
+    split_brain = []
+    for ack in acks:
+        write_id, _, member, sent, acked, timeline, _ = ack
+        for promoted_at, newer, other in promotion_list:
+            if promoted_at > sent:
+                break
+            if newer > timeline and other != member:
+                split_brain.append({"id": write_id, "member": member, "timeline": timeline,
+                                    "acked_at": acked, "newer_primary": other, "newer_timeline": newer,
+                                    "promoted_seen_at": promoted_at})
+                break
+
+    final = recording["final"]
+    present = set(final.get("ids") or [])
+    history = {int(tli): lsn for tli, lsn in final.get("history") or []}
+    lost = []
+    if final.get("leader") is not None:
+        for write_id, _, member, _, acked, timeline, lsn in acks:
+            if write_id not in present:
+                fork = history.get(timeline)
+                lost.append({"id": write_id, "member": member, "timeline": timeline, "acked_at": acked,
+                             "bytes_past_fork": None if fork is None else lsn - fork})
+    lost_beyond_lag = [w for w in lost if w["bytes_past_fork"] is None or w["bytes_past_fork"] > max_lag]
+
+    ack_times = [a[4] for a in acks]
+    rw_acks = [a for a in acks if a[1] == "rw"]
+    rw_times = [a[4] for a in rw_acks]
+    rw_failures = recording["rw_failures"]  # [sent, ended, message]
+    per_fault = []
+    for position, fault in enumerate(faults):
+        start = fault["injected_at"]
+        end = faults[position + 1]["injected_at"] if position + 1 < len(faults) else recording["ended_at"]
+        new_leader = None
+        if fault.get("pre_timeline"):
+            window = acks[bisect.bisect_left(ack_times, start):bisect.bisect_left(ack_times, end)]
+            newer = next((a for a in window if a[5] > fault["pre_timeline"]), None)
+            if newer is not None:
+                new_leader = newer[4] - start
+        failures = [f for f in rw_failures if start <= f[0] < end]
+        writes_ok = 0.0
+        if failures:
+            last_failure = failures[-1][0]
+            window = rw_acks[bisect.bisect_left(rw_times, last_failure):bisect.bisect_left(rw_times, end)]
+            back = next((a for a in window if a[3] > last_failure), None)
+            writes_ok = None if back is None else back[4] - start
+        streaming = None if fault.get("recovered_at") is None else fault["recovered_at"] - fault["healed_at"]
+        per_fault.append({
+            "index": fault["index"], "type": fault["type"], "new_leader_s": new_leader,
+            "writes_ok_s": writes_ok, "streaming_after_heal_s": streaming,
+            "split_brain_writes": sum(1 for w in split_brain if fault_at(faults, w["acked_at"]) == fault["index"]),
+            "lost_writes": sum(1 for w in lost if fault_at(faults, w["acked_at"]) == fault["index"]),
+        })
+
+    by_type = {}
+    for kind in FAULT_TYPES:
+        rows = [r for r in per_fault if r["type"] == kind]
+        if not rows:
+            continue
+        leaders = [r["new_leader_s"] for r in rows if r["new_leader_s"] is not None]
+        writes = [r["writes_ok_s"] for r in rows if r["writes_ok_s"] is not None]
+        streams = [r["streaming_after_heal_s"] for r in rows if r["streaming_after_heal_s"] is not None]
+        by_type[kind] = {
+            "count": len(rows),
+            "new_leader_count": len(leaders),
+            "new_leader_s": {"p50": percentile(leaders, 0.5), "p99": percentile(leaders, 0.99)},
+            "writes_ok_s": {"p50": percentile(writes, 0.5), "p99": percentile(writes, 0.99)},
+            "streaming_after_heal_s": {"p50": percentile(streams, 0.5), "p99": percentile(streams, 0.99)},
+            "not_recovered": sum(1 for r in rows if r["streaming_after_heal_s"] is None),
+            "split_brain_writes": sum(r["split_brain_writes"] for r in rows),
+            "lost_writes": sum(r["lost_writes"] for r in rows),
+        }
+
+    never_recovered = final.get("never_recovered") or []
+    violations = []
+    if split_brain:
+        violations.append(f"{len(split_brain)} split-brain writes")
+    if sync and lost:
+        violations.append(f"{len(lost)} acknowledged writes lost in synchronous_mode")
+    if not sync and lost_beyond_lag:
+        violations.append(f"{len(lost_beyond_lag)} lost writes beyond maximum_lag_on_failover")
+    if never_recovered:
+        violations.append(f"members never recovered: {', '.join(never_recovered)}")
+    if recording.get("faults_planned", len(faults)) != len(faults):
+        violations.append(f"only {len(faults)} of {recording['faults_planned']} faults ran "
+                          f"({recording.get('stopped_because', 'stopped early')})")
+    return {
+        "agent": recording["agent"], "agent_version": recording.get("agent_version"),
+        "dcs": recording["dcs"], "mode": recording["settings"]["mode"], "seed": recording["seed"],
+        "settings": recording["settings"],
+        "faults_planned": recording.get("faults_planned", len(faults)),
+        "faults_run": len(faults),
+        "duration_s": recording["ended_at"] - recording["started_at"],
+        "acknowledged_writes": len(acks),
+        "unconfirmed_sync_commits": len(recording.get("unconfirmed") or []),
+        "split_brain_writes": len(split_brain),
+        "acknowledged_writes_lost": len(lost),
+        "lost_beyond_maximum_lag": len(lost_beyond_lag),
+        "max_bytes_past_fork": max((w["bytes_past_fork"] or 0 for w in lost), default=0),
+        "members_never_recovered": never_recovered,
+        "by_fault_type": by_type,
+        "faults": per_fault,
+        "split_brain_examples": split_brain[:20],
+        "lost_examples": lost[:20],
+        "violations": violations,
+        "passed": not violations,
+    }
+
+
+def cell(pair, digits=1):
+    if pair["p50"] is None:
+        return "-"
+    return f"{pair['p50']:.{digits}f}/{pair['p99']:.{digits}f}"
+
+
+def table(result):
+    lines = [f"{result['agent']} ({result.get('agent_version') or '?'}), DCS {result['dcs']}, "
+             f"mode {result['mode']}, seed {result['seed']}: {result['faults_run']}/{result['faults_planned']} "
+             f"faults in {result['duration_s'] / 60:.1f} min",
+             f"{'fault type':<26}{'n':>4}{'promoted':>9}{'new leader s':>15}{'writes ok s':>15}"
+             f"{'streaming s':>15}{'split':>7}{'lost':>6}"]
+    for kind, row in result["by_fault_type"].items():
+        lines.append(f"{kind:<26}{row['count']:>4}{row['new_leader_count']:>9}{cell(row['new_leader_s']):>15}"
+                     f"{cell(row['writes_ok_s']):>15}{cell(row['streaming_after_heal_s']):>15}"
+                     f"{row['split_brain_writes']:>7}{row['lost_writes']:>6}")
+    lines.append("(p50/p99; promoted: faults after which a newer timeline accepted writes)")
+    lines.append(f"acknowledged writes {result['acknowledged_writes']}, split-brain writes "
+                 f"{result['split_brain_writes']}, acknowledged writes lost {result['acknowledged_writes_lost']} "
+                 f"(beyond maximum_lag_on_failover: {result['lost_beyond_maximum_lag']}), members never "
+                 f"recovered {len(result['members_never_recovered'])}")
+    lines.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["violations"]))
+    return "\n".join(lines)
+
+
+def side_by_side(results):
+    """One line per fault type, one column group per run."""
+    header = f"{'fault type':<26}" + "".join(f"{r['agent'] + ' new leader/streaming p50':>36}" for r in results)
+    lines = [header]
+    kinds = [k for k in FAULT_TYPES if any(k in r["by_fault_type"] for r in results)]
+    for kind in kinds:
+        line = f"{kind:<26}"
+        for result in results:
+            row = result["by_fault_type"].get(kind)
+            if row is None:
+                line += f"{'-':>36}"
+                continue
+            leader = row["new_leader_s"]["p50"]
+            stream = row["streaming_after_heal_s"]["p50"]
+            text = (f"{'-' if leader is None else f'{leader:.1f}'} / {'-' if stream is None else f'{stream:.1f}'}"
+                    f" (split {row['split_brain_writes']}, lost {row['lost_writes']})")
+            line += f"{text:>36}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(paths):
+    results = []
+    for path in paths:
+        with open(path) as handle:
+            results.append(analyze(json.load(handle)))
+        print(table(results[-1]))
+        print()
+    if len(results) > 1:
+        print(side_by_side(results))
+    return 0 if all(r["passed"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    sys.exit(main(sys.argv[1:]))
