@@ -486,15 +486,16 @@ class Member:
         """Fill the data volume to the last byte."""
         stat = os.statvfs(self.volume)
         free = stat.f_bavail * stat.f_frsize
-        with open(self.fill_path, "wb") as handle:
+        with open(self.fill_path, "wb", buffering=0) as handle:
             try:
                 os.posix_fallocate(handle.fileno(), 0, max(free, 4096))
             except OSError:
                 pass  # ENOSPC: it is full, which is the point
-            block = b"\0" * (1 << 20)
+            handle.seek(0, os.SEEK_END)
+            block = b"\1" * 65536
             try:
-                while True:
-                    handle.write(block)
+                while handle.write(block):
+                    pass
             except OSError:
                 pass
 
