@@ -115,7 +115,7 @@ def run_campaign(agent_name, args, plan, stopping):
     try:
         network.create()
         cluster.start()
-        leader, timeline = cluster.wait_healthy(240, "the cluster to bootstrap")
+        leader, timeline, _ = cluster.wait_healthy(240, "the cluster to bootstrap")
         log(f"bootstrapped: leader {leader} on timeline {timeline} after {time.monotonic() - started:.0f}s")
         rows = cluster_mod.query(cluster.member(leader).address,
                                  "CREATE TABLE IF NOT EXISTS chaos_writes (id bigint PRIMARY KEY, writer text, "
@@ -134,7 +134,7 @@ def run_campaign(agent_name, args, plan, stopping):
                 log(recording["stopped_because"])
                 break
             fault = json.loads(json.dumps(planned))  # the plan stays untouched for the next agent
-            leader, timeline = cluster.wait_healthy(args.recover_timeout, "a healthy cluster before the fault")
+            # The previous fault ended with the cluster healthy and stable (or the run stopped).
             replicas = [m.name for m in cluster.members if m.name != leader]
             fault.update(pre_leader=leader, pre_timeline=timeline)
             injector.notes = []
@@ -143,8 +143,10 @@ def run_campaign(agent_name, args, plan, stopping):
             injected_at, healed_at = faults_mod.run_fault(injector, fault, leader, replicas, stopping)
             fault.update(injected_at=injected_at, healed_at=healed_at)
             try:
-                post_leader, post_timeline = cluster.wait_healthy(args.recover_timeout, "every member streaming again")
-                fault.update(recovered_at=time.monotonic(), post_leader=post_leader, post_timeline=post_timeline)
+                post_leader, post_timeline, since = cluster.wait_healthy(args.recover_timeout,
+                                                                         "every member streaming again")
+                fault.update(recovered_at=since, post_leader=post_leader, post_timeline=post_timeline)
+                leader, timeline = post_leader, post_timeline
                 log(f"  healed; streaming again {fault['recovered_at'] - healed_at:.1f}s after the heal; "
                     f"leader {post_leader} tl {post_timeline}")
             except CampaignError as error:
@@ -194,7 +196,7 @@ def describe_targets(fault):
 def final_state(cluster, args, timeout=None):
     """Wait until every member streams again, then read the final leader's rows and history."""
     try:
-        leader, timeline = cluster.wait_healthy(timeout or args.recover_timeout, "every member streaming at the end")
+        leader, timeline, _ = cluster.wait_healthy(timeout or args.recover_timeout, "every member streaming at the end")
     except CampaignError as error:
         _, _, problem = cluster.state()
         never = sorted({m.name for m in cluster.members if m.name in problem} or {m.name for m in cluster.members})

@@ -181,17 +181,19 @@ class EtcdDcs:
 
 
 class KubeDcs:
-    """The Kubernetes API test server inside the DCS namespace on 10.77.0.2:6443. It keeps its
-    objects in memory: after a restart the campaign re-creates the Pods, as a kubelet would;
-    the agents re-create their own objects (leader, config and sync ConfigMaps)."""
+    """The Kubernetes API test server inside the DCS namespace on 10.77.0.2:6443. A restart
+    keeps every object (saved to a state file on SIGTERM, loaded at start), as a real API
+    server backed by etcd does; watches from before the restart get 410 Gone and re-list."""
 
     name = "kubernetes"
 
     def __init__(self, run_dir, binary):
         self.binary = binary
         self.log_path = os.path.join(run_dir, "kube-apiserver.log")
+        self.state_path = os.path.join(run_dir, "kube-apiserver-state.json")
         self.process = None
         self.members = []
+        self.pods_created = False
         self.flaky_stop = None
         self.flaky_thread = None
 
@@ -203,11 +205,13 @@ class KubeDcs:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 ["ip", "netns", "exec", net.DCS_NS, self.binary, "--listen", f"{net.DCS_ADDRESS}:{KUBE_PORT}",
-                 "--quiet"], stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                 "--quiet", "--state-file", self.state_path], stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
         wait_until(self.healthy, 60, "the Kubernetes API test server to answer", interval=0.2)
-        for member in self.members:
-            self.create_pod(member)
+        if not self.pods_created:
+            for member in self.members:
+                self.create_pod(member)
+            self.pods_created = True
 
     def healthy(self):
         if self.process.poll() is not None:
@@ -269,14 +273,26 @@ class KubeDcs:
         return {"kubernetes": section}, {"KUBECONFIG": member.kubeconfig}
 
     def stop(self):
+        """SIGTERM: the server saves its objects and exits."""
+        self.set_flaky(False)
+        if self.process is not None and self.process.poll() is None:
+            signal_pid(self.process.pid, signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            if self.process.returncode != 0:
+                raise CampaignError(f"the Kubernetes API test server did not save its state "
+                                    f"(exit {self.process.returncode}):\n{tail(self.log_path)}")
+
+    def shutdown(self):
         self.set_flaky(False)
         if self.process is not None and self.process.poll() is None:
             signal_pid(self.process.pid, signal.SIGCONT)
             self.process.kill()
             self.process.wait()
-
-    def shutdown(self):
-        self.stop()
 
     def set_flaky(self, flaky, seed=0):
         """Intermittent answers through the server's fault injection: every 1-3 s one of a
@@ -561,12 +577,23 @@ class Cluster:
         return primary.name, timeline, "; ".join(problems)
 
     def wait_healthy(self, timeout, what):
+        """Wait until the cluster is healthy and stays so, with the same leader and timeline, for
+        `stable_seconds` (an agent may still act on what it saw during the fault, e.g. demote
+        when its DCS retries run out). Returns (leader, timeline, first moment of that stretch)."""
+        stable_seconds = max(2.0, 2.0 * self.settings["loop_wait"])
         last = ["never asked"]
+        stretch = [None, None]  # (leader, timeline), since
 
         def healthy():
             leader, timeline, problem = self.state()
             last[0] = problem
-            return (leader, timeline) if not problem else None
+            now = time.monotonic()
+            if problem:
+                stretch[0] = None
+                return None
+            if stretch[0] != (leader, timeline):
+                stretch[0], stretch[1] = (leader, timeline), now
+            return (leader, timeline, stretch[1]) if now - stretch[1] >= stable_seconds else None
 
         try:
             return wait_until(healthy, timeout, what, interval=0.25)

@@ -21,6 +21,7 @@ HOST_ADDRESS = f"{SUBNET_PREFIX}.1"
 DCS_ADDRESS = f"{SUBNET_PREFIX}.2"
 NS_PREFIX = "rgchaos-"
 DCS_NS = f"{NS_PREFIX}dcs"
+VETH_PREFIX = "rgchaos-v"
 # With br_netfilter loaded, bridged frames pass the root namespace's FORWARD chain, whose policy
 # may be DROP (Docker sets it): this rule lets our bridge's own traffic through.
 FORWARD_RULE = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
@@ -55,7 +56,7 @@ class Network:
 
     def create(self):
         leftovers = existing_namespaces()
-        if leftovers or os.path.exists(f"/sys/class/net/{BRIDGE}"):
+        if leftovers or any(link.startswith((BRIDGE, VETH_PREFIX)) for link in os.listdir("/sys/class/net")):
             log(f"removing leftovers of an earlier campaign: {leftovers} {BRIDGE}")
             self.destroy(quiet=True)
         run(["ip", "link", "add", BRIDGE, "type", "bridge"])
@@ -64,14 +65,19 @@ class Network:
         if subprocess.run(["iptables", "-C", *FORWARD_RULE], capture_output=True).returncode != 0:
             run(["iptables", "-I", *FORWARD_RULE])
             self.forward_rule_added = True
-        self._add_namespace(DCS_NS, DCS_ADDRESS, "rgchaos-vdcs")
+        self._add_namespace(DCS_NS, DCS_ADDRESS, f"{VETH_PREFIX}dcs")
         for index, name in enumerate(self.member_names):
-            self._add_namespace(member_ns(name), member_address(index), f"rgchaos-v{name}")
+            self._add_namespace(member_ns(name), member_address(index), f"{VETH_PREFIX}{name}")
 
     def destroy(self, quiet=False):
         """Remove the namespaces (killing whatever still runs in them), the bridge and the rule."""
         for ns in existing_namespaces():
             kill_namespace_processes(ns)
+        # Deleting a veth end deletes its peer at once; a namespace's own teardown is lazy.
+        for link in os.listdir("/sys/class/net"):
+            if link.startswith(VETH_PREFIX):
+                subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+        for ns in existing_namespaces():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         if os.path.exists(f"/sys/class/net/{BRIDGE}"):
             subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)

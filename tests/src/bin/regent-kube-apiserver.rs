@@ -1,5 +1,5 @@
 //! `regent-kube-apiserver --listen 127.0.0.1:PORT [--watch-window N] [--tls-cert F --tls-key F]
-//! [--rbac FILE [--rbac-role NAME]... [--admin-token T]...]`: the Kubernetes API test server
+//! [--rbac FILE [--rbac-role NAME]... [--admin-token T]...] [--state-file F]`: the Kubernetes API test server
 //! (see `regent_tests::kube_api`). Prints `listening on http://ADDR` (`https://` with TLS) once
 //! it accepts connections, then one line per request.
 
@@ -43,6 +43,10 @@ struct Args {
     /// A token exempt from --rbac besides the fixture's and the harness's (repeatable).
     #[arg(long, requires = "rbac")]
     admin_token: Vec<String>,
+    /// Start from the state saved in this file (when it exists) and save the state there on
+    /// SIGTERM: a restart keeps every object.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
 }
 
 fn fail(message: String) -> ! {
@@ -86,6 +90,7 @@ async fn main() {
         bookmark_interval: Duration::from_millis(args.bookmark_interval_ms.max(10)),
         log_requests: !args.quiet,
         rbac,
+        state_file: args.state_file,
     };
     let served = match tls {
         Some(tls) => serve_tls(listener, tls, opts).await,

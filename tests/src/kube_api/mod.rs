@@ -31,7 +31,9 @@ mod table;
 pub mod tls;
 mod watch;
 
+use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -54,6 +56,10 @@ pub struct ServeOptions {
     /// Authorization rules from the start (they can also be set and removed at run time with
     /// `POST/DELETE /_test/rbac`); `None`: every request is allowed.
     pub rbac: Option<rbac::Policy>,
+    /// Start from the state saved in this file when it exists, and save the state there on
+    /// SIGTERM before exiting: a restart that keeps every object, as a real API server backed
+    /// by etcd does.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -63,6 +69,7 @@ impl Default for ServeOptions {
             bookmark_interval: Duration::from_secs(1),
             log_requests: true,
             rbac: None,
+            state_file: None,
         }
     }
 }
@@ -88,22 +95,56 @@ impl App {
     }
 }
 
-/// The router serving `addr` (the address clients use, for discovery).
-pub fn router(addr: SocketAddr, opts: ServeOptions) -> Router {
+/// The router serving `addr` (the address clients use, for discovery). With
+/// `opts.state_file`, the saved state is loaded and a task saves it on SIGTERM (needs a Tokio
+/// runtime).
+pub fn router(addr: SocketAddr, opts: ServeOptions) -> io::Result<Router> {
+    let store = store::Store::new(opts.watch_window);
+    if let Some(path) = &opts.state_file {
+        load_state(&store, path)?;
+    }
     let app = Arc::new(App {
-        store: store::Store::new(opts.watch_window),
+        store,
         admin: admin::Admin::default(),
         rbac: RwLock::new(opts.rbac.clone().map(Arc::new)),
         opts,
         server_address: addr.to_string(),
     });
-    Router::new().fallback(http::handle).with_state(app)
+    if let Some(path) = app.opts.state_file.clone() {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let saver = app.clone();
+        tokio::spawn(async move {
+            terminate.recv().await;
+            saver.store.save_and_exit(&path);
+        });
+    }
+    Ok(Router::new().fallback(http::handle).with_state(app))
+}
+
+fn load_state(store: &store::Store, path: &std::path::Path) -> io::Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("state file {}: {e}", path.display()),
+            ))
+        }
+    };
+    let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidData, message);
+    let state: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("state file {}: not JSON: {e}", path.display())))?;
+    store
+        .restore(&state)
+        .map_err(|e| invalid(format!("state file {}: {e}", path.display())))
 }
 
 /// Serve the API on `listener` until the process ends (or the future is dropped).
 pub async fn serve(listener: TcpListener, opts: ServeOptions) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    axum::serve(listener, router(addr, opts)).await
+    axum::serve(listener, router(addr, opts)?).await
 }
 
 /// Serve the API over HTTPS on `listener` with `tls` (see [`tls::server_config`]).
@@ -114,5 +155,5 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let listener = tls::TlsListener::new(listener, tls)?;
-    axum::serve(listener, router(addr, opts)).await
+    axum::serve(listener, router(addr, opts)?).await
 }

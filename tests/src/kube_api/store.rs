@@ -547,6 +547,75 @@ impl Store {
         }
     }
 
+    /// Write the objects and the resourceVersion counter to `path` (for [`Store::restore`] in
+    /// a restarted server: `{"rv": N, "cluster_ips": N, "objects": {plural: [[namespace,
+    /// name, object]]}}`) and end the process, all under the store lock: no
+    /// change can be acknowledged that the saved state does not hold.
+    pub fn save_and_exit(&self, path: &std::path::Path) -> ! {
+        let inner = self.lock();
+        let code = match std::fs::write(path, snapshot_of(&inner).to_string()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("cannot save the state to {}: {e}", path.display());
+                1
+            }
+        };
+        std::process::exit(code)
+    }
+
+    /// Replace the whole state with one saved by [`Store::save_and_exit`]. Stored events are not part of it:
+    /// a watch resuming from a resourceVersion before the restart gets 410 Gone and re-lists,
+    /// as after a real API server restart.
+    pub fn restore(&self, state: &Value) -> Result<(), String> {
+        let rv = state
+            .get("rv")
+            .and_then(Value::as_u64)
+            .ok_or("field `rv`: expected a number")?;
+        let cluster_ips = state
+            .get("cluster_ips")
+            .and_then(Value::as_u64)
+            .ok_or("field `cluster_ips`: expected a number")?;
+        let mut objects = HashMap::new();
+        let stored = state
+            .get("objects")
+            .and_then(Value::as_object)
+            .ok_or("field `objects`: expected an object")?;
+        for (plural, entries) in stored {
+            let res = RESOURCES
+                .iter()
+                .find(|r| r.plural == plural)
+                .ok_or_else(|| format!("field `objects`: unknown resource `{plural}`"))?;
+            let mut by_key = BTreeMap::new();
+            for entry in entries
+                .as_array()
+                .ok_or_else(|| format!("field `objects.{plural}`: expected an array"))?
+            {
+                let (ns, name, object) = match entry.as_array().map(Vec::as_slice) {
+                    Some([Value::String(ns), Value::String(name), object @ Value::Object(_)]) => {
+                        (ns, name, object)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "field `objects.{plural}`: expected [namespace, name, object] entries"
+                        ))
+                    }
+                };
+                by_key.insert((ns.clone(), name.clone()), object.clone());
+            }
+            objects.insert(res.plural, by_key);
+        }
+        let mut inner = self.lock();
+        inner.rv = rv;
+        inner.cluster_ips = cluster_ips;
+        inner.objects = objects;
+        for res in RESOURCES {
+            let window = inner.windows.entry(res.plural).or_default();
+            window.events.clear();
+            window.min_rv = rv;
+        }
+        Ok(())
+    }
+
     /// Forget every stored event: watches from any resourceVersion before now get 410.
     pub fn compact(&self) -> u64 {
         let mut inner = self.lock();
@@ -558,6 +627,21 @@ impl Store {
         }
         rv
     }
+}
+
+fn snapshot_of(inner: &Inner) -> Value {
+    let objects: serde_json::Map<String, Value> = inner
+        .objects
+        .iter()
+        .map(|(plural, by_key)| {
+            let entries = by_key
+                .iter()
+                .map(|((ns, name), object)| json!([ns, name, object]))
+                .collect();
+            ((*plural).to_string(), Value::Array(entries))
+        })
+        .collect();
+    json!({"rv": inner.rv, "cluster_ips": inner.cluster_ips, "objects": objects})
 }
 
 fn object_key(res: &ResourceDef, ns: &str, name: &str) -> Key {
