@@ -199,7 +199,8 @@ def final_state(cluster, args, timeout=None):
         leader, timeline, _ = cluster.wait_healthy(timeout or args.recover_timeout, "every member streaming at the end")
     except CampaignError as error:
         _, _, problem = cluster.state()
-        never = sorted({m.name for m in cluster.members if m.name in problem} or {m.name for m in cluster.members})
+        names = {m.name for m in cluster.members}
+        never = sorted({p.split(":")[0] for p in problem.split("; ")} & names or names)
         log(f"final state not healthy: {error}")
         return {"leader": None, "never_recovered": never, "problem": problem}
     address = cluster.member(leader).address
