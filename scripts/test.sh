@@ -33,7 +33,7 @@ cargo test -p regent-tests --no-fail-fast -- --test-threads=1 --nocapture 2>&1 |
 # acknowledged writes in synchronous_mode or a member that never recovers fail the run. A small
 # ttl keeps the two campaigns within about ten minutes together.
 chaos_args=(--faults 20 --seed 20261207 --ttl 8 --loop-wait 1 --retry-timeout 3 --flaky-seconds 15
-  --recover-timeout 90 --deadline 330 --regent-bin "$REGENT_BIN"
+  --recover-timeout 60 --deadline 330 --regent-bin "$REGENT_BIN"
   --kube-apiserver-bin "$target_dir/debug/regent-kube-apiserver")
 for chaos_run in "etcd sync" "kubernetes async"; do
   read -r chaos_dcs chaos_mode <<< "$chaos_run"

@@ -158,7 +158,9 @@ def run_campaign(agent_name, args, plan, stopping):
                 recording["stopped_because"] = f"the cluster did not recover after fault {fault['index'] + 1}"
                 break
         workload.stop()
-        recording["final"] = final_state(cluster, args)
+        # After a fault the cluster did not recover from, a short last chance is enough.
+        unrecovered = bool(recording["faults"]) and recording["faults"][-1]["recovered_at"] is None
+        recording["final"] = final_state(cluster, args, timeout=30 if unrecovered else None)
     except (CampaignError, Stop) as error:
         log(f"campaign error: {error}")
         recording["stopped_because"] = str(error)

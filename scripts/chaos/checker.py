@@ -179,12 +179,13 @@ def table(result):
              f"mode {result['mode']}, seed {result['seed']}: {result['faults_run']}/{result['faults_planned']} "
              f"faults in {result['duration_s'] / 60:.1f} min",
              f"{'fault type':<26}{'n':>4}{'promoted':>9}{'new leader s':>15}{'writes ok s':>15}"
-             f"{'streaming s':>15}{'split':>7}{'lost':>6}"]
+             f"{'streaming s':>15}{'stuck':>6}{'split':>7}{'lost':>6}"]
     for kind, row in result["by_fault_type"].items():
         lines.append(f"{kind:<26}{row['count']:>4}{row['new_leader_count']:>9}{cell(row['new_leader_s']):>15}"
                      f"{cell(row['writes_ok_s']):>15}{cell(row['streaming_after_heal_s']):>15}"
-                     f"{row['split_brain_writes']:>7}{row['lost_writes']:>6}")
-    lines.append("(p50/p99; promoted: faults after which a newer timeline accepted writes)")
+                     f"{row['not_recovered']:>6}{row['split_brain_writes']:>7}{row['lost_writes']:>6}")
+    lines.append("(p50/p99 in seconds; promoted: faults after which a newer timeline accepted writes; "
+                 "stuck: faults the cluster did not recover from)")
     lines.append(f"acknowledged writes {result['acknowledged_writes']}, split-brain writes "
                  f"{result['split_brain_writes']}, acknowledged writes lost {result['acknowledged_writes_lost']} "
                  f"(beyond maximum_lag_on_failover: {result['lost_beyond_maximum_lag']}), members never "

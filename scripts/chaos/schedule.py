@@ -91,7 +91,7 @@ def build(seed, count, ttl, flaky_seconds):
                 second["hold"] = round(ttl * rng.uniform(1, 2), 1)
             second["delay"] = round(rng.uniform(0, first["hold"] / 2), 1)
             fault = {"type": kind, "parts": [first, second],
-                     "hold": max(first["hold"], second["delay"] + second["hold"])}
+                     "hold": round(max(first["hold"], second["delay"] + second["hold"]), 1)}
         elif kind == "switchover_during_fault":
             # The candidate is replica 0; the side fault hits replica 1 or the DCS.
             side_kind = rng.choice(DURING_SWITCHOVER)
