@@ -351,7 +351,8 @@ class PatroniAgent:
     def __init__(self):
         if not os.access(PATRONI_PYTHON, os.X_OK):
             raise CampaignError(f"{PATRONI_PYTHON} is missing: .ci/run installs the Patroni virtualenv")
-        self.version = run([PATRONI_PYTHON, "-m", "patroni", "--version"]).strip()
+        # `python -m patroni --version` prints "__main__.py 4.1.5".
+        self.version = "patroni " + run([PATRONI_PYTHON, "-m", "patroni", "--version"]).split()[-1]
 
     def argv(self, config_path):
         return [PATRONI_PYTHON, "-m", "patroni", config_path]

@@ -5,6 +5,7 @@ import signal
 import threading
 import time
 
+import cluster as cluster_mod
 import net
 from common import log
 
@@ -130,6 +131,14 @@ def run_fault(injector, fault, leader, replicas, stopping):
         return injected_at, time.monotonic()
     if kind == "switchover_during_fault":
         side = fault["parts"][0]
+        # With synchronous_mode only the synchronous standby may take over: make it the candidate
+        # (replica 0), so the side fault hits the other replica.
+        if injector.cluster.settings["mode"] == "sync":
+            rows = cluster_mod.query(injector.cluster.member(leader).address,
+                                     "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync'")
+            sync_standbys = [r[0] for r in rows or []]
+            if sync_standbys and sync_standbys[0] == replicas[1]:
+                replicas = [replicas[1], replicas[0]]
         heal = injector.apply(side, leader, replicas)
         candidate = injector.resolve(fault["candidate"], leader, replicas).name
         fault["candidate_member"] = candidate
