@@ -8,10 +8,12 @@ namespaces, a bridge, iptables rules and tmpfs mounts, and removes them all at t
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
+import traceback
 
 import checker
 import cluster as cluster_mod
@@ -83,7 +85,7 @@ def run_campaign(agent_name, args, plan, stopping):
     label = run_label(agent_name, args)
     run_dir = os.path.join(args.work_dir, label)
     if os.path.exists(run_dir):
-        os.system(f"rm -rf '{run_dir}'")
+        shutil.rmtree(run_dir)  # an earlier run of the same label; its volumes were unmounted
     os.makedirs(run_dir)
     os.chmod(args.work_dir, 0o755)
     os.chmod(run_dir, 0o755)
@@ -278,4 +280,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except Exception:  # a fault of the campaign itself, not of the cluster: exit 2, not 1
+        traceback.print_exc()
+        sys.exit(2)
