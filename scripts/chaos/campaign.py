@@ -117,7 +117,7 @@ def run_campaign(agent_name, args, plan, stopping):
     try:
         network.create()
         cluster.start()
-        leader, timeline, _ = cluster.wait_healthy(240, "the cluster to bootstrap")
+        leader, timeline, _ = cluster.wait_healthy(240, "the cluster to bootstrap", agents_must_run=True)
         log(f"bootstrapped: leader {leader} on timeline {timeline} after {time.monotonic() - started:.0f}s")
         rows = cluster_mod.query(cluster.member(leader).address,
                                  "CREATE TABLE IF NOT EXISTS chaos_writes (id bigint PRIMARY KEY, writer text, "

@@ -3,6 +3,7 @@
 the final leader's rows and timeline history) into the numbers of docs/reliability.md.
 
     checker.py RECORDING.json [RECORDING.json ...]   re-check saved recordings, print tables
+    checker.py --markdown RECORDING.json ...         the same as one Markdown table
 
 Definitions (times are monotonic seconds on the campaign host):
 - split-brain write: a write acknowledged by member A on timeline TA that was sent after the
@@ -194,6 +195,35 @@ def table(result):
     return "\n".join(lines)
 
 
+def markdown(results):
+    """The per-type numbers of one or more runs of the same schedule as one Markdown table."""
+    head = "| fault type | n | " + " | ".join(
+        f"{r['agent']}: promoted, new leader p50/p99 s, writes ok p50/p99 s, streaming p50/p99 s, "
+        f"stuck, split, lost" for r in results) + " |"
+    lines = [head, "|---|---|" + "---|" * len(results)]
+    for kind in FAULT_TYPES:
+        rows = [r["by_fault_type"].get(kind) for r in results]
+        if not any(rows):
+            continue
+        count = next(row["count"] for row in rows if row)
+        cells = []
+        for row in rows:
+            if row is None:
+                cells.append("-")
+                continue
+            cells.append(f"{row['new_leader_count']}, {cell(row['new_leader_s'])}, {cell(row['writes_ok_s'])}, "
+                         f"{cell(row['streaming_after_heal_s'])}, {row['not_recovered']}, "
+                         f"{row['split_brain_writes']}, {row['lost_writes']}")
+        lines.append(f"| {kind} | {count} | " + " | ".join(cells) + " |")
+    lines.append("| **run** | | " + " | ".join(
+        f"{r['faults_run']}/{r['faults_planned']} faults in {r['duration_s'] / 60:.1f} min; "
+        f"{r['acknowledged_writes']} acknowledged writes; split-brain writes **{r['split_brain_writes']}**; "
+        f"lost **{r['acknowledged_writes_lost']}** (beyond maximum_lag_on_failover: "
+        f"{r['lost_beyond_maximum_lag']}); never recovered **{len(r['members_never_recovered'])}**; "
+        + ("PASS" if r["passed"] else "FAIL") for r in results) + " |")
+    return "\n".join(lines)
+
+
 def side_by_side(results):
     """One line per fault type, one column group per run."""
     header = f"{'fault type':<26}" + "".join(f"{r['agent'] + ' new leader/streaming p50':>36}" for r in results)
@@ -216,13 +246,17 @@ def side_by_side(results):
 
 
 def main(paths):
+    as_markdown = "--markdown" in paths
     results = []
-    for path in paths:
+    for path in (p for p in paths if p != "--markdown"):
         with open(path) as handle:
             results.append(analyze(json.load(handle)))
-        print(table(results[-1]))
-        print()
-    if len(results) > 1:
+        if not as_markdown:
+            print(table(results[-1]))
+            print()
+    if as_markdown:
+        print(markdown(results))
+    elif len(results) > 1:
         print(side_by_side(results))
     return 0 if all(r["passed"] for r in results) else 1
 

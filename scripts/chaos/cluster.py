@@ -257,11 +257,12 @@ class KubeDcs:
         self.members.append(member)
         member.kubeconfig = os.path.join(member.dir, "kubeconfig")
         kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "chaos",
-            "clusters": [{"name": "chaos", "cluster": {"server": self.url}}],
-            "users": [{"name": "chaos", "user": {"token": member.name}}],
-            "contexts": [{"name": "chaos", "context": {"cluster": "chaos", "user": "chaos",
-                                                       "namespace": KUBE_NAMESPACE}}],
+            # Patroni reads the context named by `kubernetes.context`, by default "kind-kind".
+            "apiVersion": "v1", "kind": "Config", "current-context": "kind-kind",
+            "clusters": [{"name": "kind-kind", "cluster": {"server": self.url}}],
+            "users": [{"name": "kind-kind", "user": {"token": member.name}}],
+            "contexts": [{"name": "kind-kind", "context": {"cluster": "kind-kind", "user": "kind-kind",
+                                                           "namespace": KUBE_NAMESPACE}}],
         }
         with open(member.kubeconfig, "w") as handle:
             json.dump(kubeconfig, handle)  # JSON is YAML
@@ -577,7 +578,7 @@ class Cluster:
                 problems.append(f"{member.name}: not streaming from {primary.name}")
         return primary.name, timeline, "; ".join(problems)
 
-    def wait_healthy(self, timeout, what):
+    def wait_healthy(self, timeout, what, agents_must_run=False):
         """Wait until the cluster is healthy and stays so, with the same leader and timeline, for
         `stable_seconds` (an agent may still act on what it saw during the fault, e.g. demote
         when its DCS retries run out). Returns (leader, timeline, first moment of that stretch)."""
@@ -586,6 +587,10 @@ class Cluster:
         stretch = [None, None]  # (leader, timeline), since
 
         def healthy():
+            exited = [m for m in self.members if m.process is not None and m.process.poll() is not None]
+            if agents_must_run and exited:
+                raise CampaignError(f"{exited[0].name}: the agent exited ({exited[0].process.returncode}):\n"
+                                    f"{tail(exited[0].log_path, 15)}")
             leader, timeline, problem = self.state()
             last[0] = problem
             now = time.monotonic()
