@@ -143,6 +143,13 @@ def analyze(recording):
         violations.append(f"{len(lost_beyond_lag)} lost writes beyond maximum_lag_on_failover")
     if never_recovered:
         violations.append(f"members never recovered: {', '.join(never_recovered)}")
+    # failsafe_mode: the primary stays up while the DCS misbehaves, for as long as every member
+    # answers it (Regent's promise; Patroni is measured, not held to it).
+    failsafe_failovers = [r["index"] for r in per_fault
+                          if r["type"] == "dcs_flaky_failsafe" and r["new_leader_s"] is not None]
+    if recording["agent"] == "regent" and failsafe_failovers:
+        violations.append("a new leader took over while the DCS misbehaved with failsafe_mode on "
+                          f"(faults {', '.join(str(i) for i in failsafe_failovers)})")
     if recording.get("faults_planned", len(faults)) != len(faults):
         violations.append(f"only {len(faults)} of {recording['faults_planned']} faults ran "
                           f"({recording.get('stopped_because', 'stopped early')})")
@@ -160,6 +167,7 @@ def analyze(recording):
         "lost_beyond_maximum_lag": len(lost_beyond_lag),
         "max_bytes_past_fork": max((w["bytes_past_fork"] or 0 for w in lost), default=0),
         "members_never_recovered": never_recovered,
+        "failsafe_failovers": failsafe_failovers,
         "by_fault_type": by_type,
         "faults": per_fault,
         "split_brain_examples": split_brain[:20],

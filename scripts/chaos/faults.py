@@ -78,6 +78,10 @@ class Injector:
             failsafe = kind == "dcs_flaky_failsafe"
             if failsafe:
                 cluster.patch_config(leader, {"failsafe_mode": True})
+                # The leader may stay up through the DCS's trouble only once every member is
+                # in the failsafe topology it published with a renew.
+                if not wait_for_failsafe_topology(cluster, leader):
+                    self.notes.append("the failsafe topology was not published in time")
             dcs.set_flaky(True, fault["flaky_seed"])
 
             def heal():
@@ -102,6 +106,18 @@ def signal_quietly(pid, sig):
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def wait_for_failsafe_topology(cluster, leader, timeout=30):
+    """Poll the leader's GET /failsafe until it names every member."""
+    names = {m.name for m in cluster.members}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = cluster_mod.http_json("GET", f"{cluster.member(leader).rest_url}/failsafe", timeout=2)
+        if status == 200 and isinstance(body, dict) and names <= set(body):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def wait_for_any_leader(cluster, timeout=60):
