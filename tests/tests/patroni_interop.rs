@@ -257,15 +257,20 @@ async fn failsafe_mode_works_between_patroni_and_regent() {
                 .send()
                 .await
                 .expect("POST /switchover");
+            // A Patroni replica that accepted failsafe calls follows their sender for a ttl
+            // after the last one, so right after the freeze the candidate may take a ttl to
+            // act: the answer is then 503 "Switchover status unknown" and the switchover
+            // completes later, as with Patroni's own leader.
             let code = resp.status().as_u16();
-            assert_eq!(
-                code,
-                200,
-                "switchover: {}",
+            assert!(
+                code == 200 || code == 503,
+                "switchover: {code} {}",
                 resp.text().await.unwrap_or_default()
             );
             assert_eq!(
-                cluster.wait_for_leader(Duration::from_secs(60)).await,
+                cluster
+                    .wait_for_leader(cluster.ttl() + Duration::from_secs(60))
+                    .await,
                 "mixfs-1"
             );
             cluster
