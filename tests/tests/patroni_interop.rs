@@ -249,7 +249,21 @@ async fn failsafe_mode_works_between_patroni_and_regent() {
             .wait_for_probe_on(&cluster.all(), last, Duration::from_secs(60))
             .await;
         if leader == "mixfs-0" {
-            // Hand over to the Patroni member for the second round.
+            // Hand over to the Patroni member for the second round, once its member key (gone
+            // with its lease during the freeze) is back and the leader can see it.
+            wait_until(
+                "the Patroni member back in the leader's view of the cluster",
+                Duration::from_secs(60),
+                || async {
+                    let (_, body) = regent.api_get("/cluster").await.ok()?;
+                    body["members"]
+                        .as_array()?
+                        .iter()
+                        .any(|m| m["name"] == "mixfs-1" && m["state"] == "streaming")
+                        .then_some(())
+                },
+            )
+            .await;
             let resp = reqwest::Client::new()
                 .post(format!("{}/switchover", regent.api_base()))
                 .timeout(Duration::from_secs(60))
