@@ -277,6 +277,14 @@ impl Fence {
         Ok(())
     }
 
+    /// Get rid of a fence that stopped answering before a new one replaces it: a stopped fence
+    /// continued later would still act on its old, stale deadline.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        crate::pid1::release(self.child.id());
+    }
+
     /// Stop the fence (clean exit of the agent): disarm, close the pipe, wait.
     pub fn shutdown(mut self) {
         if let Err(e) = self.disarm() {

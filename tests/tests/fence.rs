@@ -375,3 +375,65 @@ async fn required_watchdog_decides_who_may_lead(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+regent_tests::backend_tests! {
+    a_stopped_fence_is_replaced_and_the_leader_keeps_leading: [etcd];
+}
+
+/// The agent's `regent fence` children (pid), from /proc.
+fn fence_children(agent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat.get(i + 2..))
+                .and_then(|rest| rest.split(' ').nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(agent) && cmdline.ends_with(b"fence\0")
+        })
+        .filter(|pid| regent_tests::process::process_alive(*pid))
+        .collect()
+}
+
+/// A fence that is stopped (SIGSTOP) could not act: the agent notices within a cycle, kills it
+/// (continued later, it would act on a stale deadline) and starts a new one; the leader keeps
+/// its lock and Postgres throughout.
+async fn a_stopped_fence_is_replaced_and_the_leader_keeps_leading(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "fencestop", 2).await;
+    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    let leader = cluster.member(&leader_name);
+    let agent = leader.agent_pid().expect("agent pid");
+    let postmaster = leader.postmaster_pid().expect("postmaster pid");
+    let fences = fence_children(agent);
+    let [old] = fences.as_slice() else {
+        panic!("expected one fence child of the agent, found {fences:?}");
+    };
+    regent_tests::process::stop_process(*old);
+    let new = wait_until(
+        "a new fence in place of the stopped one",
+        Duration::from_secs(20),
+        || async {
+            let now = fence_children(agent);
+            (!regent_tests::process::process_alive(*old) && now.len() == 1 && now[0] != *old)
+                .then(|| now[0])
+        },
+    )
+    .await;
+    println!("[fence/stop] fence {old} stopped; replaced by {new}");
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(30)).await,
+        leader_name,
+        "the leader changed"
+    );
+    assert_eq!(
+        leader.postmaster_pid(),
+        Some(postmaster),
+        "Postgres was restarted"
+    );
+}

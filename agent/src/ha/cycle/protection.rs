@@ -46,8 +46,9 @@ impl Agent {
             FenceSlot::Off => false,
         };
         if fence_dead {
-            if let FenceSlot::Running(_) = self.fence {
-                error!("the fence process is gone: starting it again");
+            if let FenceSlot::Running(old) = std::mem::replace(&mut self.fence, FenceSlot::Off) {
+                error!("the fence process is gone or stopped: starting it again");
+                old.kill();
             }
             self.fence = FenceSlot::start(true);
             if let FenceSlot::Running(_) = self.fence {
