@@ -109,12 +109,18 @@ def signal_quietly(pid, sig):
 
 
 def wait_for_failsafe_topology(cluster, leader, timeout=30):
-    """Poll the leader's GET /failsafe until it names every member."""
+    """Poll until the leader's GET /failsafe names every member and every member's GET /config
+    has failsafe_mode on (a member that has not seen it yet refuses the leader's calls)."""
     names = {m.name for m in cluster.members}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, body = cluster_mod.http_json("GET", f"{cluster.member(leader).rest_url}/failsafe", timeout=2)
-        if status == 200 and isinstance(body, dict) and names <= set(body):
+        published = status == 200 and isinstance(body, dict) and names <= set(body)
+        applied = all(
+            isinstance(config, dict) and config.get("failsafe_mode") is True
+            for config in (cluster_mod.http_json("GET", f"{m.rest_url}/config", timeout=2)[1]
+                           for m in cluster.members))
+        if published and applied:
             return True
         time.sleep(0.1)
     return False
