@@ -124,7 +124,9 @@ impl Agent {
     pub(super) fn stop_protection(&mut self) {
         self.watchdog.disable();
         if self.pg.postmaster_pid().is_some() {
-            warn!("Postgres still runs at exit: leaving the fence armed");
+            // Paused: the fence is disarmed and exits with the pipe. Otherwise an armed fence
+            // still stops this Postgres at the lease deadline.
+            info!("Postgres still runs at exit: the fence keeps its current orders");
             return;
         }
         if let FenceSlot::Running(f) = std::mem::replace(&mut self.fence, FenceSlot::Off) {
