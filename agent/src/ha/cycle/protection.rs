@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::Agent;
 use crate::fence::Fence;
