@@ -45,6 +45,19 @@ struct RoleSample {
     in_recovery: bool,
 }
 
+/// One session (1 s to connect), its connection driven by a task; `None` if it cannot be had.
+async fn connect(config: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(
+        Duration::from_secs(1),
+        config.connect(tokio_postgres::NoTls),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    tokio::spawn(conn);
+    Some(client)
+}
+
 /// Samples `pg_is_in_recovery()` of `member` every 20 ms until `stop` is set.
 fn sample_roles(
     member: &Member,
@@ -56,15 +69,7 @@ fn sample_roles(
         let mut client = None;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             if client.is_none() {
-                if let Ok(Ok((c, conn))) = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    config.connect(tokio_postgres::NoTls),
-                )
-                .await
-                {
-                    tokio::spawn(conn);
-                    client = Some(c);
-                }
+                client = connect(&config).await;
             }
             if let Some(c) = &client {
                 let sent = Utc::now();
@@ -137,15 +142,7 @@ async fn freeze_the_leader_agent(backend: Backend, fenced: bool) {
             let mut client = None;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if client.is_none() {
-                    if let Ok(Ok((c, conn))) = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        config.connect(tokio_postgres::NoTls),
-                    )
-                    .await
-                    {
-                        tokio::spawn(conn);
-                        client = Some(c);
-                    }
+                    client = connect(&config).await;
                 }
                 if let Some(c) = &client {
                     match insert_probe(c, id).await {
