@@ -46,6 +46,9 @@ def parse_args(argv):
                         help="seconds for the whole run of one agent (default: from the schedule)")
     parser.add_argument("--regent-bin", default=os.environ.get("REGENT_BIN"))
     parser.add_argument("--kube-apiserver-bin", default=os.environ.get("REGENT_KUBE_APISERVER_BIN"))
+    parser.add_argument("--slot", type=int, choices=net.SLOTS, default=0,
+                        help="network slot 0 … 9 (bridge rgchaosS, addresses 10.77.S.0/24): "
+                             "campaigns in different slots run side by side")
     parser.add_argument("--work-dir", default="/tmp/regent-chaos")
     parser.add_argument("--out", default=None, help="directory for the result JSON files "
                                                     "(default: WORK_DIR/results)")
@@ -83,12 +86,12 @@ class Stop(Exception):
 def run_campaign(agent_name, args, plan, stopping):
     """One agent through the whole schedule; returns the recording."""
     label = run_label(agent_name, args)
-    run_dir = os.path.join(args.work_dir, label)
+    run_dir = os.path.join(args.work_dir, f"slot{args.slot}", label)
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)  # an earlier run of the same label; its volumes were unmounted
     os.makedirs(run_dir)
-    os.chmod(args.work_dir, 0o755)
-    os.chmod(run_dir, 0o755)
+    for directory in (args.work_dir, os.path.dirname(run_dir), run_dir):
+        os.chmod(directory, 0o755)
     if agent_name == "regent":
         binary = args.regent_bin or default_binary("regent")
         if not binary:
@@ -243,6 +246,7 @@ def save(recording, result, out_dir):
 
 def main(argv):
     args = parse_args(argv)
+    net.configure(args.slot)
     if os.geteuid() != 0:
         sys.exit("chaos: must run as root (network namespaces, iptables, tmpfs mounts)")
     stopping = threading.Event()

@@ -390,7 +390,7 @@ class Member:
         os.chmod(self.dir, 0o755)
         os.chown(self.dir, uid, gid)
         run(["mount", "-t", "tmpfs", "-o", f"size={VOLUME_SIZE},mode=0700,uid={uid},gid={gid}",
-             f"chaos-{self.name}", self.volume])
+             f"{net.NS_PREFIX}{self.name}", self.volume])
 
     def unmount(self):
         for _ in range(50):

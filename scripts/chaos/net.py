@@ -1,9 +1,12 @@
 """The campaign's private network: one bridge, one network namespace per member and one for
 the DCS, each with its own address. Nothing here routes beyond the bridge.
 
-    root namespace   10.77.0.1   (the campaign: clients, role watcher, fault control)
-    DCS namespace    10.77.0.2   (etcd behind the fault proxy, or the Kubernetes API test server)
-    member m1..m3    10.77.0.11 .. 10.77.0.13
+    root namespace   10.77.S.1   (the campaign: clients, role watcher, fault control)
+    DCS namespace    10.77.S.2   (etcd behind the fault proxy, or the Kubernetes API test server)
+    member m1..m3    10.77.S.11 .. 10.77.S.13
+
+S is the campaign's slot (--slot, 0 … 9): campaigns in different slots have their own bridge,
+namespaces, addresses and volumes, so they can run side by side.
 
 Cuts are iptables DROP rules inside a member's namespace. The campaign's own address is never
 cut: clients keep reaching a cut-off leader, which is the harshest case for split brain (a
@@ -15,16 +18,30 @@ import subprocess
 
 from common import log, run
 
-BRIDGE = "rgchaos0"
-SUBNET_PREFIX = "10.77.0"
-HOST_ADDRESS = f"{SUBNET_PREFIX}.1"
-DCS_ADDRESS = f"{SUBNET_PREFIX}.2"
-NS_PREFIX = "rgchaos-"
-DCS_NS = f"{NS_PREFIX}dcs"
-VETH_PREFIX = "rgchaos-v"
-# With br_netfilter loaded, bridged frames pass the root namespace's FORWARD chain, whose policy
-# may be DROP (Docker sets it): this rule lets our bridge's own traffic through.
-FORWARD_RULE = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+SLOTS = range(10)
+
+
+def configure(slot):
+    """Names and addresses of one slot; every other module reads them from here at call time."""
+    global SLOT, BRIDGE, SUBNET_PREFIX, HOST_ADDRESS, DCS_ADDRESS, NS_PREFIX, DCS_NS, VETH_PREFIX
+    global FORWARD_RULE
+    if slot not in SLOTS:
+        raise ValueError(f"slot must be within 0 … 9, not {slot}")
+    SLOT = slot
+    BRIDGE = f"rgchaos{slot}"
+    SUBNET_PREFIX = f"10.77.{slot}"
+    HOST_ADDRESS = f"{SUBNET_PREFIX}.1"
+    DCS_ADDRESS = f"{SUBNET_PREFIX}.2"
+    # Also the source name of the members' tmpfs volumes, so a cleanup finds its own.
+    NS_PREFIX = f"rgchaos{slot}-"
+    DCS_NS = f"{NS_PREFIX}dcs"
+    VETH_PREFIX = f"rgchaos{slot}-v"  # at most 13 characters with a member name: under IFNAMSIZ
+    # With br_netfilter loaded, bridged frames pass the root namespace's FORWARD chain, whose
+    # policy may be DROP (Docker sets it): this rule lets our bridge's own traffic through.
+    FORWARD_RULE = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+
+
+configure(0)
 
 
 def member_address(index):

@@ -19,6 +19,7 @@ INSERT = ("INSERT INTO chaos_writes (id, writer) VALUES (%s, %s) RETURNING inet_
 ROLE_QUERY = ("SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN 0 ELSE "
               "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END")
 INTERVAL = 0.020
+READ_ONLY_TRANSACTION = "25006"
 ids = itertools.count(1)
 ids_lock = threading.Lock()
 
@@ -74,7 +75,10 @@ class Writer(threading.Thread):
             except psycopg2.Error as error:
                 if self.record_failures:
                     self.failures.append((sent, time.monotonic(), first_line(error)))
-                if conn is not None:
+                # A replica refusing the insert keeps the session: once promoted it accepts the
+                # next one on it, as a pooled client's would. Reconnecting after every refusal
+                # would fork a backend per write on every replica.
+                if conn is not None and not (error.pgcode == READ_ONLY_TRANSACTION and not conn.closed):
                     try:
                         conn.close()
                     except psycopg2.Error:
