@@ -35,7 +35,7 @@ KUBE_NAMESPACE = "default"
 KUBE_LABELS = {"application": "regent-chaos"}
 KUBE_HARNESS_TOKEN = "chaos-harness"
 # Size of each member's data volume (a tmpfs); the volume-full fault fills the leader's.
-VOLUME_SIZE = "384m"
+VOLUME_SIZE = "768m"
 MAXIMUM_LAG_ON_FAILOVER = 1048576
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -419,7 +419,10 @@ class Member:
                     "max_wal_senders": 10,
                     "max_replication_slots": 10,
                     "wal_log_hints": "on",
-                    "wal_keep_size": "64MB",
+                    # Kept segments are counted by number on every timeline: with a large
+                    # wal_keep_size, each failover's copy of the current segment stays, and a
+                    # long campaign fills the volume by itself. Slots keep what replicas need.
+                    "wal_keep_size": "16MB",
                     "max_wal_size": "128MB",
                     "min_wal_size": "32MB",
                 },
