@@ -107,8 +107,20 @@ def analyze(recording):
             back = next((a for a in window if a[3] > last_failure), None)
             writes_ok = None if back is None else back[4] - start
         streaming = None if fault.get("recovered_at") is None else fault["recovered_at"] - fault["healed_at"]
+        # When another member was promoted: how long before that the old leader had acknowledged
+        # its last write (negative: it acknowledged writes after the promotion).
+        fenced_before = None
+        promoted = next((t for t, tl, m in promotion_list
+                         if start <= t < end and fault.get("pre_timeline") and tl > fault["pre_timeline"]
+                         and m != fault.get("pre_leader")), None)
+        if promoted is not None:
+            old_acks = [a[4] for a in acks[bisect.bisect_left(ack_times, start):bisect.bisect_left(ack_times, end)]
+                        if a[2] == fault.get("pre_leader") and a[5] == fault["pre_timeline"]]
+            if old_acks:
+                fenced_before = promoted - max(old_acks)
         per_fault.append({
             "index": fault["index"], "type": fault["type"], "new_leader_s": new_leader,
+            "old_leader_last_ack_before_promotion_s": fenced_before,
             "writes_ok_s": writes_ok, "streaming_after_heal_s": streaming,
             "split_brain_writes": sum(1 for w in split_brain if fault_at(faults, w["acked_at"]) == fault["index"]),
             "lost_writes": sum(1 for w in lost if fault_at(faults, w["acked_at"]) == fault["index"]),
@@ -122,8 +134,12 @@ def analyze(recording):
         leaders = [r["new_leader_s"] for r in rows if r["new_leader_s"] is not None]
         writes = [r["writes_ok_s"] for r in rows if r["writes_ok_s"] is not None]
         streams = [r["streaming_after_heal_s"] for r in rows if r["streaming_after_heal_s"] is not None]
+        margins = [r["old_leader_last_ack_before_promotion_s"] for r in rows
+                   if r["old_leader_last_ack_before_promotion_s"] is not None]
         by_type[kind] = {
             "count": len(rows),
+            "old_leader_last_ack_before_promotion_s": {"min": min(margins, default=None),
+                                                       "p50": percentile(margins, 0.5)},
             "new_leader_count": len(leaders),
             "new_leader_s": {"p50": percentile(leaders, 0.5), "p99": percentile(leaders, 0.99)},
             "writes_ok_s": {"p50": percentile(writes, 0.5), "p99": percentile(writes, 0.99)},
@@ -232,6 +248,26 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def fencing_margins(results):
+    """Per fault type that led to a promotion: how long before the promotion the old leader
+    acknowledged its last write (min / p50 over the faults; negative = after it)."""
+    head = "| fault type | " + " | ".join(f"{r['agent']}: new leaders, min / p50 s" for r in results) + " |"
+    lines = [head, "|---|" + "---|" * len(results)]
+    for kind in FAULT_TYPES:
+        rows = [r["by_fault_type"].get(kind) for r in results]
+        margins = [row and row.get("old_leader_last_ack_before_promotion_s") for row in rows]
+        if not any(m and m["min"] is not None for m in margins):
+            continue
+        cells = []
+        for row, margin in zip(rows, margins):
+            if not margin or margin["min"] is None:
+                cells.append("-")
+                continue
+            cells.append(f"{row['new_leader_count']}, {margin['min']:.1f} / {margin['p50']:.1f}")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def side_by_side(results):
     """One line per fault type, one column group per run."""
     header = f"{'fault type':<26}" + "".join(f"{r['agent'] + ' new leader/streaming p50':>36}" for r in results)
@@ -264,6 +300,8 @@ def main(paths):
             print()
     if as_markdown:
         print(markdown(results))
+        print()
+        print(fencing_margins(results))
     elif len(results) > 1:
         print(side_by_side(results))
     return 0 if all(r["passed"] for r in results) else 1
