@@ -30,7 +30,9 @@ const EXIT_CONFIG: u8 = 2;
 #[command(
     name = "regent",
     version,
-    about = "PostgreSQL high-availability agent (Patroni-compatible)"
+    about = "PostgreSQL high-availability agent (Patroni-compatible)",
+    after_help = "Managing a cluster: regent ctl <COMMAND> takes patronictl's commands, options \
+                  and output formats (regent ctl --help lists them)."
 )]
 struct Cli {
     /// Check the configuration file and exit (0 when valid, 2 otherwise); starts nothing.
@@ -132,11 +134,25 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
         }
     };
 
+    // Peers may serve their API over TLS and with authentication (Patroni's ctl/restapi
+    // client settings); the HA loop's calls are short.
+    let member_client = match config::member_client(
+        &cfg,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(1),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(rest::Snapshot::default());
     let (command_tx, command_rx) = tokio::sync::mpsc::channel(16);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 
-    if let Some(url) = same_name_member_alive(&cfg, dcs.as_ref()).await {
+    if let Some(url) = same_name_member_alive(&cfg, dcs.as_ref(), &member_client).await {
         error!(
             "a member named {} is already running at {url}: refusing to start a second one",
             cfg.name
@@ -207,7 +223,7 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
 
     tokio::spawn(forward_signals(shutdown_tx));
 
-    let mut agent = ha::cycle::Agent::new(cfg, dcs, pg, snapshot_tx)
+    let mut agent = ha::cycle::Agent::new(cfg, dcs, pg, member_client, snapshot_tx)
         .with_commands(command_rx)
         .with_config_reloader(reloader)
         .with_failsafe_inbox(failsafe_inbox);
@@ -227,7 +243,11 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
 
 /// Two agents with one name would fight over one member key and one lock: before listening,
 /// ask the REST API published under our name whether it is alive (`GET /liveness`).
-async fn same_name_member_alive(cfg: &Config, dcs: &dyn dcs::Dcs) -> Option<String> {
+async fn same_name_member_alive(
+    cfg: &Config,
+    dcs: &dyn dcs::Dcs,
+    client: &reqwest::Client,
+) -> Option<String> {
     let cluster = tokio::time::timeout(std::time::Duration::from_secs(5), dcs.get_cluster())
         .await
         .ok()?
@@ -237,12 +257,7 @@ async fn same_name_member_alive(cfg: &Config, dcs: &dyn dcs::Dcs) -> Option<Stri
         Some((base, _)) if base.contains("://") => format!("{base}/liveness"),
         _ => format!("{}/liveness", api_url.trim_end_matches('/')),
     };
-    // Our own API may be https with a private CA: use the settings for calling members.
-    let client = config::member_client_builder(cfg)
-        .ok()?
-        .timeout(std::time::Duration::from_secs(2))
-        .build()
-        .ok()?;
+    // Our own API may be https with a private CA: the client for calling members has it.
     let resp = client.get(&liveness).send().await.ok()?;
     resp.status().is_success().then_some(api_url)
 }

@@ -1,6 +1,6 @@
 //! Build the REST API's view of this member from the HA loop's state.
 
-use dcs::Role;
+use dcs::{PostgresState, Role};
 use rest::{PostgresStatus, ReplicationInfo, Snapshot, Wal};
 
 use crate::ha::cycle::{Agent, PATRONI_COMPAT_VERSION};
@@ -8,7 +8,7 @@ use crate::ha::cycle::{Agent, PATRONI_COMPAT_VERSION};
 pub fn build(agent: &Agent) -> Snapshot {
     let cfg = agent.cfg();
     let obs = agent.last_obs();
-    let running = agent.state() == "running";
+    let running = *agent.state() == PostgresState::Running;
     let role = agent.role().clone();
     let wal = if !running {
         Wal::Unknown
@@ -52,7 +52,7 @@ pub fn build(agent: &Agent) -> Snapshot {
         has_lock: agent.has_lock(),
         standby_cluster: false,
         postgres: PostgresStatus {
-            state: agent.state().to_string(),
+            state: agent.state().clone(),
             role,
             server_version: if running { obs.server_version } else { None },
             postmaster_start_time: if running {

@@ -1,5 +1,5 @@
 //! The `POST /citus` event a worker group's leader sends to the coordinator's leader around a
-//! demote or promote (reference §5.5):
+//! demote or promote (docs/compatibility.md, *Citus*):
 //! `{"type":"before_demote","group":1,"leader":"demo-1-0","timeout":30,"cooldown":10}`.
 //!
 //! `type`, `group` and `leader` are required. `timeout` (the sender's `ttl`, seconds) and

@@ -1,4 +1,4 @@
-//! The coordinator leader's `pg_dist_node` manager (reference §5.4–§5.6).
+//! The coordinator leader's `pg_dist_node` manager (docs/compatibility.md, *Citus*).
 //!
 //! One task owns one dedicated connection to the coordinator's Citus database and applies every
 //! change, one at a time:

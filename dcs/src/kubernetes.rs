@@ -1,4 +1,4 @@
-//! Kubernetes backend with Patroni's object layout (reference §1): the cluster state lives in the
+//! Kubernetes backend with Patroni's object layout (docs/compatibility.md, *Kubernetes*): the cluster state lives in the
 //! annotations of ConfigMaps (or Endpoints) `<scope>-leader`, `-config`, `-failover`, `-sync`;
 //! each member publishes itself in the `status` annotation and role label of its own Pod.
 //!

@@ -70,6 +70,185 @@ impl<'de> Deserialize<'de> for Role {
     }
 }
 
+/// What a member's Postgres is doing, as members publish it (`state` in member data and in
+/// `GET /patroni`). The texts are Patroni's, so both implementations read each other's;
+/// `patroni_postgres_state` numbers them. A text this version does not know is kept as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PostgresState {
+    InitializingNewCluster,
+    InitdbFailed,
+    RunningCustomBootstrap,
+    CustomBootstrapFailed,
+    CreatingReplica,
+    Running,
+    Starting,
+    StartingAfterCustomBootstrap,
+    StartFailed,
+    Restarting,
+    RestartFailed,
+    Stopping,
+    Stopped,
+    StopFailed,
+    Crashed,
+    /// Regent repairing a data directory that diverged from the leader's timeline.
+    RunningPgRewind,
+    /// Postgres runs but does not answer queries (status JSON only).
+    Unknown,
+    /// Written by someone else; also the empty text of member data without a state.
+    Other(String),
+}
+
+/// `patroni_postgres_state`'s name for a state and its number.
+type MetricCode = (&'static str, i32);
+
+/// Every known state with its text and, where Patroni numbers it, its metric code.
+static POSTGRES_STATES: [(PostgresState, &str, Option<MetricCode>); 17] = [
+    (
+        PostgresState::InitializingNewCluster,
+        "initializing new cluster",
+        Some(("initdb", 0)),
+    ),
+    (
+        PostgresState::InitdbFailed,
+        "initdb failed",
+        Some(("initdb_failed", 1)),
+    ),
+    (
+        PostgresState::RunningCustomBootstrap,
+        "running custom bootstrap script",
+        Some(("custom_bootstrap", 2)),
+    ),
+    (
+        PostgresState::CustomBootstrapFailed,
+        "custom bootstrap failed",
+        Some(("custom_bootstrap_failed", 3)),
+    ),
+    (
+        PostgresState::CreatingReplica,
+        "creating replica",
+        Some(("creating_replica", 4)),
+    ),
+    (PostgresState::Running, "running", Some(("running", 5))),
+    (PostgresState::Starting, "starting", Some(("starting", 6))),
+    (
+        PostgresState::StartingAfterCustomBootstrap,
+        "starting after custom bootstrap",
+        Some(("bootstrap_starting", 7)),
+    ),
+    (
+        PostgresState::StartFailed,
+        "start failed",
+        Some(("start_failed", 8)),
+    ),
+    (
+        PostgresState::Restarting,
+        "restarting",
+        Some(("restarting", 9)),
+    ),
+    (
+        PostgresState::RestartFailed,
+        "restart failed",
+        Some(("restart_failed", 10)),
+    ),
+    (PostgresState::Stopping, "stopping", Some(("stopping", 11))),
+    (PostgresState::Stopped, "stopped", Some(("stopped", 12))),
+    (
+        PostgresState::StopFailed,
+        "stop failed",
+        Some(("stop_failed", 13)),
+    ),
+    (PostgresState::Crashed, "crashed", Some(("crashed", 14))),
+    (PostgresState::RunningPgRewind, "running pg_rewind", None),
+    (PostgresState::Unknown, "unknown", None),
+];
+
+impl PostgresState {
+    pub fn as_str(&self) -> &str {
+        match self {
+            PostgresState::Other(text) => text,
+            known => POSTGRES_STATES
+                .iter()
+                .find(|(state, _, _)| state == known)
+                .map_or("", |(_, text, _)| text),
+        }
+    }
+
+    pub fn parse(text: &str) -> PostgresState {
+        POSTGRES_STATES
+            .iter()
+            .find(|(_, known, _)| *known == text)
+            .map_or_else(
+                || PostgresState::Other(text.to_string()),
+                |(state, _, _)| state.clone(),
+            )
+    }
+
+    /// `patroni_postgres_state`'s name and number for this state, as Patroni numbers them.
+    pub fn metric_code(&self) -> Option<MetricCode> {
+        POSTGRES_STATES
+            .iter()
+            .find(|(state, _, _)| state == self)
+            .and_then(|(_, _, code)| *code)
+    }
+
+    /// Every state `patroni_postgres_state` numbers, in order: (text, name, number).
+    pub fn metric_codes() -> impl Iterator<Item = (&'static str, &'static str, i32)> {
+        POSTGRES_STATES
+            .iter()
+            .filter_map(|(_, text, code)| code.map(|(name, number)| (*text, name, number)))
+    }
+
+    /// A new data directory being made: initdb, a custom bootstrap, or a copy of the leader.
+    pub fn is_bootstrapping(&self) -> bool {
+        matches!(
+            self,
+            PostgresState::InitializingNewCluster
+                | PostgresState::RunningCustomBootstrap
+                | PostgresState::StartingAfterCustomBootstrap
+                | PostgresState::CreatingReplica
+        )
+    }
+}
+
+impl Default for PostgresState {
+    /// Nothing published.
+    fn default() -> Self {
+        PostgresState::Other(String::new())
+    }
+}
+
+impl From<&str> for PostgresState {
+    fn from(text: &str) -> Self {
+        PostgresState::parse(text)
+    }
+}
+
+impl std::str::FromStr for PostgresState {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(PostgresState::parse(text))
+    }
+}
+
+impl std::fmt::Display for PostgresState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for PostgresState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PostgresState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(PostgresState::parse(&text))
+    }
+}
+
 /// Member tags (`tags:` in the config, `tags` in member data). Kept as the raw JSON map so custom
 /// tags survive; typed accessors interpret the well-known ones leniently (Patroni accepts
 /// booleans written as strings).
@@ -128,7 +307,7 @@ impl Tags {
     }
 }
 
-/// One member as published in the DCS (Patroni's member JSON, reference §3).
+/// One member as published in the DCS (Patroni's member JSON; docs/compatibility.md, *Member JSON*).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemberData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,7 +315,7 @@ pub struct MemberData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
     #[serde(default)]
-    pub state: String,
+    pub state: PostgresState,
     #[serde(default = "default_role")]
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,7 +366,7 @@ impl MemberData {
             return Ok(MemberData {
                 conn_url: Some(conn.to_string()),
                 api_url,
-                state: "running".into(),
+                state: PostgresState::Running,
                 role: Role::Replica,
                 ..Default::default()
             });
@@ -244,7 +423,7 @@ impl MemberData {
     }
 
     pub fn is_running(&self) -> bool {
-        self.state == "running"
+        self.state == PostgresState::Running
     }
 }
 
@@ -330,7 +509,7 @@ pub struct Leader {
     pub version: Option<String>,
 }
 
-/// The dynamic configuration (`config` key), reference §6.3.
+/// The dynamic configuration (`config` key; docs/configuration.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     /// The whole JSON object as stored; keys Regent does not know are kept.
@@ -677,6 +856,46 @@ pub fn format_lsn(lsn: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_states_read_and_write_patronis_texts() {
+        for (state, text, _) in POSTGRES_STATES.iter() {
+            assert_eq!(PostgresState::parse(text), *state, "{text}");
+            assert_eq!(state.to_string(), *text);
+            let member = MemberData::parse(&format!(r#"{{"state":"{text}"}}"#)).unwrap();
+            assert_eq!(member.state, *state);
+            assert!(serde_json::to_string(&member)
+                .unwrap()
+                .contains(&format!(r#""state":"{text}""#)));
+        }
+        // Someone else's state survives a read and a write; no state stays no state.
+        let other = MemberData::parse(r#"{"state":"running custom bootstrap script 2"}"#).unwrap();
+        assert_eq!(
+            other.state,
+            PostgresState::Other("running custom bootstrap script 2".into())
+        );
+        assert!(serde_json::to_string(&other)
+            .unwrap()
+            .contains(r#""state":"running custom bootstrap script 2""#));
+        assert_eq!(MemberData::parse("{}").unwrap().state.as_str(), "");
+        assert!(MemberData::parse(r#"{"state": 5}"#).is_err());
+    }
+
+    #[test]
+    fn postgres_state_metric_codes_are_patronis() {
+        let codes: Vec<(&str, i32)> = PostgresState::metric_codes()
+            .map(|(_, name, code)| (name, code))
+            .collect();
+        assert_eq!(codes.len(), 15);
+        assert!(codes
+            .iter()
+            .enumerate()
+            .all(|(i, (_, code))| *code == i as i32));
+        assert_eq!(PostgresState::Running.metric_code(), Some(("running", 5)));
+        assert_eq!(PostgresState::Crashed.metric_code(), Some(("crashed", 14)));
+        assert_eq!(PostgresState::RunningPgRewind.metric_code(), None);
+        assert_eq!(PostgresState::Other("x".into()).metric_code(), None);
+    }
 
     #[test]
     fn role_accepts_master_and_writes_primary() {

@@ -1,5 +1,5 @@
 //! `POST /citus` (and Patroni 4's alias `POST /mpp`): a worker group's primary tells the
-//! coordinator it is about to stop or has just been promoted (reference §5.5). The API only reads
+//! coordinator it is about to stop or has just been promoted (ARCHITECTURE.md, *Citus*). The API only reads
 //! the body; what to do with it (is this the coordinator's leader, is the sender its group's
 //! leader, the `pg_dist_node` change) belongs to the agent, behind [`CitusHandler`].
 

@@ -1,4 +1,4 @@
-//! `GET /cluster`, `/history`, `/config`, `/failsafe` (reference §4.4): views of the last DCS read.
+//! `GET /cluster`, `/history`, `/config`, `/failsafe` (docs/compatibility.md, *REST API*): views of the last DCS read.
 
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -49,7 +49,7 @@ pub(crate) fn cluster_json(snapshot: &Snapshot, cluster: &dcs::Cluster) -> Value
             // Non-leaders show how they replicate (`streaming`, ...) rather than `running`.
             let state = match (&data.replication_state, role) {
                 (Some(rs), r) if r != "leader" && !rs.is_empty() => rs.clone(),
-                _ => data.state.clone(),
+                _ => data.state.to_string(),
             };
             let mut member = Map::new();
             member.insert("name".into(), Value::from(m.name.clone()));

@@ -1,7 +1,7 @@
-//! Health-check status codes (reference §4.2): role endpoints, `/liveness`, `/readiness`.
+//! Health-check status codes (docs/compatibility.md, *REST API*): role endpoints, `/liveness`, `/readiness`.
 
 use axum::http::StatusCode;
-use dcs::Role;
+use dcs::{PostgresState, Role};
 
 use crate::lag::parse_size;
 use crate::status::{GlobalView, StatusJson};
@@ -157,7 +157,7 @@ pub(crate) fn liveness(snapshot: &Snapshot, now_unix_ms: i64) -> StatusCode {
         return OK;
     };
     let pg = &snapshot.postgres;
-    let is_primary = pg.role == Role::Primary && pg.state == "running";
+    let is_primary = pg.role == Role::Primary && pg.state == PostgresState::Running;
     let tolerance_s = i64::from(snapshot.ttl) * if is_primary { 1 } else { 2 };
     let deadline = last_cycle + (i64::from(snapshot.loop_wait) + tolerance_s) * 1000;
     code(deadline > now_unix_ms)
@@ -170,7 +170,7 @@ pub(crate) fn readiness(snapshot: &Snapshot, query: &Query) -> StatusCode {
     if snapshot.has_lock {
         return OK;
     }
-    if snapshot.postgres.state != "running" {
+    if snapshot.postgres.state != PostgresState::Running {
         return UNAVAILABLE;
     }
     let status = crate::status::status_json(snapshot);

@@ -1,4 +1,4 @@
-//! Patroni-compatible REST API (reference patroni-compat.md §4).
+//! Patroni-compatible REST API (docs/compatibility.md, *REST API*).
 //!
 //! The API is a view: handlers read the latest [`Snapshot`] published by the HA loop through a
 //! `tokio::sync::watch` channel, and requests that change something are handed to the loop as
@@ -78,8 +78,7 @@ pub struct Snapshot {
 /// What the HA loop last learned about the local Postgres.
 #[derive(Debug, Clone, Default)]
 pub struct PostgresStatus {
-    /// `running`, `starting`, `stopped`, `crashed`, ... (reference §3).
-    pub state: String,
+    pub state: dcs::PostgresState,
     pub role: dcs::Role,
     /// `server_version_num`, e.g. 150004.
     pub server_version: Option<u32>,

@@ -1,4 +1,4 @@
-//! `GET /metrics`: Prometheus text with Patroni's metric names (reference §4.4).
+//! `GET /metrics`: Prometheus text with Patroni's metric names (docs/compatibility.md, *REST API*).
 
 use std::fmt::Write;
 
@@ -8,26 +8,6 @@ use axum::response::Response;
 use crate::reply;
 use crate::status::{status_json, Xlog};
 use crate::{Snapshot, Wal};
-
-/// Patroni's numeric codes for Postgres states; anything else is -1.
-/// (state text, metric description name, index).
-const STATE_INDEX: &[(&str, &str, i32)] = &[
-    ("initializing new cluster", "initdb", 0),
-    ("initdb failed", "initdb_failed", 1),
-    ("running custom bootstrap script", "custom_bootstrap", 2),
-    ("custom bootstrap failed", "custom_bootstrap_failed", 3),
-    ("creating replica", "creating_replica", 4),
-    ("running", "running", 5),
-    ("starting", "starting", 6),
-    ("starting after custom bootstrap", "bootstrap_starting", 7),
-    ("start failed", "start_failed", 8),
-    ("restarting", "restarting", 9),
-    ("restart failed", "restart_failed", 10),
-    ("stopping", "stopping", 11),
-    ("stopped", "stopped", 12),
-    ("stop failed", "stop_failed", 13),
-    ("crashed", "crashed", 14),
-];
 
 /// Seconds since the epoch of a Postgres timestamp as text (`2024-06-01 10:00:00.123+00`); 0 if
 /// absent or unreadable.
@@ -313,12 +293,9 @@ pub(crate) fn render(snapshot: &Snapshot, now: f64) -> String {
         flag(status.pause == Some(true)).to_string(),
     );
 
-    let state_index = STATE_INDEX
-        .iter()
-        .find(|(text, _, _)| *text == status.state)
-        .map_or(-1, |(_, _, index)| *index);
-    let descriptions: Vec<String> = STATE_INDEX
-        .iter()
+    // Patroni numbers its known states; anything else is -1.
+    let state_index = status.state.metric_code().map_or(-1, |(_, index)| index);
+    let descriptions: Vec<String> = dcs::PostgresState::metric_codes()
         .map(|(_, name, index)| format!("{index}={name}"))
         .collect();
     // Patroni lists the state codes in a comment between HELP and TYPE.

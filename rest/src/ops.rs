@@ -1,4 +1,4 @@
-//! Mutating endpoints (reference §4.5): the handlers validate the request, hand the work to the
+//! Mutating endpoints (docs/compatibility.md, *REST API*): the handlers validate the request, hand the work to the
 //! HA loop as a [`Command`] and turn its answer into Patroni's reply.
 
 use std::time::Duration;
@@ -109,7 +109,7 @@ pub enum FailoverOutcome {
     Refused(OpReply),
 }
 
-/// `POST /restart` filters (reference §4.5).
+/// `POST /restart` filters.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RestartRequest {
     pub role: Option<String>,

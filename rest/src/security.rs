@@ -1,4 +1,4 @@
-//! Access control of the REST API, as Patroni does it (reference patroni-compat.md §4.6):
+//! Access control of the REST API, as Patroni does it (docs/compatibility.md, *REST API*):
 //! requests that change something (`POST`, `PUT`, `PATCH`, `DELETE`) must come from an allowed
 //! address (`restapi.allowlist`, plus the members' `api_url` hosts with
 //! `allowlist_include_members`; else 403 `Access is denied`), carry a client certificate when

@@ -1,4 +1,4 @@
-//! The status JSON of health checks and `GET /patroni` (reference §4.3).
+//! The status JSON of health checks and `GET /patroni` (docs/compatibility.md, *REST API*).
 //!
 //! Peers read it during the leader race (`xlog`, `role`, `tags`, `timeline`, `watchdog_failed`),
 //! so field names and shapes follow Patroni exactly.
@@ -7,10 +7,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{ReplicationInfo, Snapshot, Wal};
+use dcs::PostgresState;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct StatusJson {
-    pub state: String,
+    pub state: PostgresState,
     /// Present (possibly `null`) only when Postgres could be queried.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postmaster_start_time: Option<Value>,
@@ -75,7 +76,7 @@ pub(crate) struct PatroniInfo {
 
 impl StatusJson {
     pub fn is_running(&self) -> bool {
-        self.state == "running"
+        self.state == PostgresState::Running
     }
 
     /// Replayed position on a replica, 0 otherwise (what lag checks compare against).
@@ -168,7 +169,10 @@ pub(crate) fn sync_matches(cluster: &dcs::Cluster, name: &str) -> bool {
 pub(crate) fn status_json(snapshot: &Snapshot) -> StatusJson {
     let pg = &snapshot.postgres;
     let global = GlobalView::of(snapshot);
-    let queryable_state = matches!(pg.state.as_str(), "running" | "restarting" | "starting");
+    let queryable_state = matches!(
+        pg.state,
+        PostgresState::Running | PostgresState::Restarting | PostgresState::Starting
+    );
 
     let mut status = StatusJson {
         state: pg.state.clone(),
@@ -259,7 +263,7 @@ pub(crate) fn status_json(snapshot: &Snapshot) -> StatusJson {
             }
         }
         // Running but not queryable: Patroni reports the state as unknown.
-        _ if pg.state == "running" => status.state = "unknown".to_string(),
+        _ if pg.state == PostgresState::Running => status.state = PostgresState::Unknown,
         _ => {}
     }
     status

@@ -1,5 +1,6 @@
 //! Command-line behaviour that needs nothing but the binary (and an etcd to prove that nothing
-//! was written): `--version`, `--validate-config`, and refusal of bad configuration files.
+//! was written): `--version`, `--help`, `--validate-config`, and refusal of bad configuration
+//! files.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -112,6 +113,19 @@ async fn version_prints_the_version_and_exits_zero() {
         stdout.contains(env!("CARGO_PKG_VERSION")),
         "--version must print the workspace version {}; {}",
         env!("CARGO_PKG_VERSION"),
+        describe(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_names_regent_ctl() {
+    let dir = TestDir::new("cli-help");
+    let output = run_regent(["--help"], dir.path(), CLI_DEADLINE).await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("regent ctl <COMMAND>"),
+        "--help must point to regent ctl; {}",
         describe(&output)
     );
 }

@@ -1,6 +1,12 @@
 //! A replica that received WAL the new leader never had (it was ahead, but could not be
 //! chosen: tagged nofailover) cannot stream from the new timeline. The agent notices that its WAL
 //! runs past the fork point, stops Postgres, repairs it with pg_rewind and follows the new leader.
+//!
+//! And the converse: a replica that followed a timeline switch but has not had a restartpoint
+//! since (its pg_control still names the old timeline) has not diverged. Killed, it must come
+//! back by recovering as a replica, not through pg_rewind: pg_rewind would finish crash recovery
+//! as a primary first, writing a checkpoint record the leader does not have, then find "no
+//! rewind required" on the leader's own timeline, and the replica could never stream again.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +19,111 @@ const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 
 regent_tests::backend_tests! {
     replica_ahead_of_the_new_leader_is_rewound_and_follows: [etcd, kubernetes];
+    replica_killed_after_a_timeline_switch_streams_again_without_rewind: [etcd];
+}
+
+async fn replica_killed_after_a_timeline_switch_streams_again_without_rewind(backend: Backend) {
+    let cluster = TestCluster::builder("tlswitch")
+        .members(3)
+        .backend(backend)
+        .start()
+        .await;
+    let old_leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&old_leader, BOOTSTRAP_DEADLINE)
+        .await;
+    let others = cluster.others(&old_leader);
+    let (candidate, bystander) = (others[0], others[1]);
+    let candidate_name = candidate.name().to_string();
+
+    // A switchover puts the leader on timeline 2; the bystander follows it by streaming.
+    cluster
+        .request_switchover(&old_leader, &candidate_name)
+        .await
+        .expect("switchover request");
+    wait_until("the candidate to lead", Duration::from_secs(60), || {
+        let cluster = &cluster;
+        let candidate_name = candidate_name.clone();
+        async move {
+            (cluster.dcs_leader().await.as_deref() == Some(candidate_name.as_str())).then_some(())
+        }
+    })
+    .await;
+    cluster
+        .wait_for_member_streaming(bystander.name(), &candidate_name, Duration::from_secs(60))
+        .await;
+    // More than shared_buffers (16 MB) of new rows per round: replaying them evicts dirty pages
+    // on the bystander, which moves its minimum recovery point onto timeline 2, past the fork.
+    // That is the situation the old code misjudged: pg_control's checkpoint still on timeline 1
+    // (no restartpoint since the switch), the minimum recovery point on timeline 2.
+    candidate.create_probe_table().await.expect("probe table");
+    let leader_client = candidate
+        .pg_client()
+        .await
+        .expect("connect to the new leader");
+    leader_client
+        .batch_execute("CREATE TABLE tlswitch_fill (g int, filler text)")
+        .await
+        .expect("fill table on the new leader");
+    let mut timelines: (i32, i32) = (0, 0);
+    for round in 1..=6 {
+        leader_client
+            .batch_execute(
+                "INSERT INTO tlswitch_fill \
+                 SELECT g, repeat('x', 500) FROM generate_series(1, 60000) g",
+            )
+            .await
+            .expect("fill rows on the new leader");
+        candidate.write_probe(round).await.expect("probe row");
+        cluster
+            .wait_for_probe_on(&[bystander], round, Duration::from_secs(60))
+            .await;
+        let client = bystander
+            .pg_client()
+            .await
+            .expect("connect to the bystander");
+        let row = client
+            .query_one(
+                "SELECT (SELECT timeline_id FROM pg_control_checkpoint()), \
+                        (SELECT min_recovery_end_timeline FROM pg_control_recovery())",
+                &[],
+            )
+            .await
+            .expect("pg_control of the bystander");
+        timelines = (row.get(0), row.get(1));
+        if timelines.1 == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        timelines,
+        (1, 2),
+        "precondition: last restartpoint on timeline 1, minimum recovery point on timeline 2"
+    );
+
+    // Kill the bystander's postmaster (its agent keeps running and starts it again).
+    let postmaster = bystander.postmaster_pid().expect("bystander postmaster");
+    kill(Pid::from_raw(postmaster), Signal::SIGKILL).expect("SIGKILL postmaster");
+    let killed_at = Instant::now();
+    cluster
+        .wait_for_member_streaming(bystander.name(), &candidate_name, Duration::from_secs(60))
+        .await;
+    println!(
+        "[tlswitch/{}] killed replica streams again after {:.3} s",
+        backend.label(),
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        !bystander.log_contents().contains("running pg_rewind"),
+        "a replica that only lagged behind a restartpoint is not rewound"
+    );
+    candidate
+        .write_probe(100)
+        .await
+        .expect("probe row after the kill");
+    cluster
+        .wait_for_probe_on(&[bystander], 100, Duration::from_secs(30))
+        .await;
 }
 
 async fn replica_ahead_of_the_new_leader_is_rewound_and_follows(backend: Backend) {

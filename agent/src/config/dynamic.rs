@@ -1,4 +1,4 @@
-//! Typed view of the dynamic configuration stored in the DCS (`config` key, reference §6.3).
+//! Typed view of the dynamic configuration stored in the DCS (`config` key; docs/configuration.md).
 //!
 //! The DCS content is written by peers, `patronictl edit-config` and humans, so reading it never
 //! fails: a bad value falls back to its default with a warning naming the key.

@@ -1,5 +1,5 @@
 //! `PATRONI_*` environment variables turned into a configuration overlay, with Patroni's names
-//! and value syntax (reference §6.4).
+//! and value syntax (docs/configuration.md, *Loading*).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -68,3 +68,17 @@ pub fn member_client_builder(cfg: &Config) -> Result<reqwest::ClientBuilder, Con
     }
     Ok(builder)
 }
+
+/// The client for calling other members, with its timeouts; `Err` names the setting that makes
+/// it impossible (a client without the configured TLS or credentials would be worse than none).
+pub fn member_client(
+    cfg: &Config,
+    timeout: std::time::Duration,
+    connect_timeout: std::time::Duration,
+) -> Result<reqwest::Client, ConfigError> {
+    member_client_builder(cfg)?
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .build()
+        .map_err(|e| ConfigError::invalid("ctl", format!("cannot build the HTTP client: {e}")))
+}

@@ -1,4 +1,4 @@
-//! Configuration: Patroni's YAML keys and `PATRONI_*` environment variables (reference §6, §5.1).
+//! Configuration: Patroni's YAML keys and `PATRONI_*` environment variables (docs/configuration.md).
 //!
 //! Loading order (as Patroni): a config file or directory (`*.yml`/`*.yaml` merged alphabetically)
 //! with `PATRONI_*` variables applied on top; without a path, the whole YAML from
@@ -29,7 +29,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 pub use dynamic::DynamicConfig;
-pub use http::member_client_builder;
+pub use http::member_client;
+#[cfg(test)]
+use http::member_client_builder;
 pub(crate) use value::parse_bool_str;
 pub use value::split_host_port;
 

@@ -1,5 +1,5 @@
 //! Calls to members' REST APIs (`api_url` from their DCS data), with the `ctl.*` TLS settings and
-//! credentials falling back to `restapi.*`, as patronictl does (`config::member_client_builder`).
+//! credentials falling back to `restapi.*`, as patronictl does (`config::member_client`).
 
 use std::time::Duration;
 
@@ -33,12 +33,9 @@ impl Api {
     pub fn new(cfg: &Config, insecure: bool) -> Result<Api, String> {
         let mut cfg = cfg.clone();
         cfg.ctl.insecure |= insecure;
-        let client = crate::config::member_client_builder(&cfg)
-            .map_err(|e| format!("REST client settings: {e}"))?
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client =
+            crate::config::member_client(&cfg, Duration::from_secs(30), Duration::from_secs(5))
+                .map_err(|e| format!("REST client settings: {e}"))?;
         Ok(Api { client })
     }
 

@@ -535,9 +535,9 @@ impl MemberCells {
                 .replication_state
                 .clone()
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| m.data.state.clone())
+                .unwrap_or_else(|| m.data.state.to_string())
         } else {
-            m.data.state.clone()
+            m.data.state.to_string()
         };
         let host = match m.data.conn_host_port() {
             Some((h, p)) if append_port => format!("{h}:{p}"),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dcs::{Cluster, Dcs, HistoryEntry, MemberData, Role, Timing};
+use dcs::{Cluster, Dcs, HistoryEntry, MemberData, PostgresState, Role, Timing};
 use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -79,8 +79,8 @@ pub struct Agent {
     /// We started Postgres and did not ask it to stop: an exit is a crash.
     pg_expected_up: bool,
     pg_crashed: bool,
-    /// Published state (`running`, `starting`, `creating replica`, ...).
-    state: String,
+    /// Published state of Postgres.
+    state: PostgresState,
     role: Role,
     following: Option<ConnTarget>,
     last_member: Option<MemberData>,
@@ -94,7 +94,7 @@ pub struct Agent {
     /// Promoted, and the checkpoint that moves pg_control to the new timeline is not done yet.
     checkpoint_after_promote_pending: bool,
     /// Role and state last logged, so each change is logged once.
-    logged_role_state: Option<(Role, String)>,
+    logged_role_state: Option<(Role, PostgresState)>,
     last_cluster: Option<Cluster>,
     dcs_last_seen: Option<i64>,
     last_obs: PgObservation,
@@ -135,27 +135,18 @@ fn unix_now() -> i64 {
 }
 
 impl Agent {
+    /// `http` calls other members' REST APIs ([`crate::config::member_client`]).
     pub fn new(
         cfg: Config,
         dcs: Arc<dyn Dcs>,
         pg: Postgres,
+        http: reqwest::Client,
         snapshot: watch::Sender<rest::Snapshot>,
     ) -> Agent {
         let (dynamic, warnings) = DynamicConfig::from_value(&cfg.bootstrap.dcs);
         for w in warnings {
             warn!("bootstrap.dcs: {w}");
         }
-        // Peers may serve their API over TLS and with authentication (Patroni's ctl/restapi
-        // client settings).
-        let http = crate::config::member_client_builder(&cfg)
-            .unwrap_or_else(|e| {
-                warn!("calling other members without TLS/auth settings: {e}");
-                reqwest::Client::builder()
-            })
-            .timeout(Duration::from_secs(2))
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .unwrap_or_default();
         // Started before any Postgres: a primary never runs without it.
         let fence = protection::FenceSlot::start(cfg.watchdog.fence);
         let watchdog = crate::watchdog::Watchdog::new(cfg.watchdog.clone());
@@ -170,7 +161,7 @@ impl Agent {
             start_failures: 0,
             pg_expected_up: false,
             pg_crashed: false,
-            state: "stopped".into(),
+            state: PostgresState::Stopped,
             role: Role::Uninitialized,
             following: None,
             last_member: None,
@@ -457,8 +448,9 @@ impl Agent {
                 && c.leader.is_none()
                 && !c.members.iter().any(|m| {
                     matches!(
-                        m.data.state.as_str(),
-                        "initializing new cluster" | "running custom bootstrap script"
+                        m.data.state,
+                        PostgresState::InitializingNewCluster
+                            | PostgresState::RunningCustomBootstrap
                     )
                 })
         });
@@ -596,7 +588,7 @@ impl Agent {
             }
             self.pg_crashed = true;
             self.pg_expected_up = false;
-            self.state = "crashed".into();
+            self.state = PostgresState::Crashed;
         }
         local.pg_crashed = self.pg_crashed;
         let obs = self.pg.observe().await;
@@ -633,7 +625,7 @@ impl Agent {
                 .max(obs.replayed_lsn.unwrap_or(0)),
         };
         if local.pg_running {
-            self.state = "running".into();
+            self.state = PostgresState::Running;
             self.role = match local.pg_role {
                 PgRole::Primary => Role::Primary,
                 _ => Role::Replica,
@@ -950,7 +942,7 @@ impl Agent {
     }
 
     async fn bootstrap(&mut self) -> PlanOutcome {
-        self.state = "initializing new cluster".into();
+        self.state = PostgresState::InitializingNewCluster;
         self.publish_member().await;
         match self.try_bootstrap().await {
             Ok(()) => {
@@ -959,7 +951,7 @@ impl Agent {
             }
             Err(e) => {
                 error!("bootstrap failed: {e}");
-                self.state = "initdb failed".into();
+                self.state = PostgresState::InitdbFailed;
                 self.stop_postgres(StopMode::Immediate, Duration::from_secs(10))
                     .await;
                 if let Err(e) = self.pg.wipe_data_dir() {
@@ -1000,7 +992,7 @@ impl Agent {
             _ => return Err("could not take the leader lock after bootstrap".into()),
         }
         self.role = Role::Primary;
-        self.state = "running".into();
+        self.state = PostgresState::Running;
         // Publish the new primary's timeline and WAL position at once, not a cycle later.
         self.last_obs = self.pg.observe().await;
         Ok(())
@@ -1017,13 +1009,13 @@ impl Agent {
             warn!("cannot clone from {name}: no usable conn_url");
             return PlanOutcome::Aborted;
         };
-        self.state = "creating replica".into();
+        self.state = PostgresState::CreatingReplica;
         self.role = Role::Uninitialized;
         self.publish_member().await;
         info!(from = name, "cloning the data directory with pg_basebackup");
         if let Err(e) = self.pg.basebackup(&target).await {
             error!("pg_basebackup from {name} failed: {e}");
-            self.state = "stopped".into();
+            self.state = PostgresState::Stopped;
             return PlanOutcome::Aborted;
         }
         let leader = cluster.and_then(|c| c.leader_name()).map(str::to_string);
@@ -1061,7 +1053,7 @@ impl Agent {
             error!("cannot write the Postgres configuration: {e}");
             return PlanOutcome::Aborted;
         }
-        self.state = "starting".into();
+        self.state = PostgresState::Starting;
         self.publish_member().await;
         // The fence learns the new postmaster before it accepts a single connection, so a
         // frozen agent never leaves an unfenced primary behind.
@@ -1088,7 +1080,7 @@ impl Agent {
             }
             Err(e) => {
                 self.start_failures += 1;
-                self.state = "start failed".into();
+                self.state = PostgresState::StartFailed;
                 error!(failures = self.start_failures, "cannot start Postgres: {e}");
                 PlanOutcome::Aborted
             }
@@ -1105,7 +1097,7 @@ impl Agent {
             Ok(()) => self.postgres_started(as_primary, following),
             Err(e) => {
                 self.start_failures += 1;
-                self.state = "start failed".into();
+                self.state = PostgresState::StartFailed;
                 error!(failures = self.start_failures, "cannot start Postgres: {e}");
             }
         }
@@ -1116,7 +1108,7 @@ impl Agent {
         self.pg_crashed = false;
         self.start_failures = 0;
         self.following = if as_primary { None } else { following };
-        self.state = "running".into();
+        self.state = PostgresState::Running;
         self.role = if as_primary {
             Role::Primary
         } else {
@@ -1164,14 +1156,26 @@ impl Agent {
                 return Err(PlanOutcome::Aborted);
             }
         };
+        // A divergence seen while running is consumed by this check, whatever it finds.
+        let divergence_seen = std::mem::take(&mut self.divergence_seen);
+        let local_timeline = local.replayed_timeline();
+        if local.is_crashed_replica() && !divergence_seen {
+            // pg_rewind would first finish crash recovery as a primary, writing a shutdown
+            // checkpoint the leader does not have: on the leader's own timeline it then finds
+            // "no rewind required" and the replica can never stream again. Recovery as a
+            // replica writes nothing; if it did run past a fork, the running check stops it
+            // cleanly and the next start rewinds.
+            return Ok(());
+        }
         let remote = match self.pg.remote_timeline_history(target).await {
             Ok(r) => r,
             Err(e) => {
                 warn!("cannot read the timeline history of {leader}: {e}");
+                self.divergence_seen = divergence_seen;
                 return Err(PlanOutcome::Aborted);
             }
         };
-        if remote.timeline == local.timeline {
+        if remote.timeline == local_timeline {
             // Same timeline: nothing to repair, Postgres catches up by streaming.
             return Ok(());
         }
@@ -1185,18 +1189,19 @@ impl Agent {
                 leader,
                 "waiting for the leader's checkpoint after promotion before checking divergence"
             );
+            self.divergence_seen = divergence_seen;
             self.next_cycle_soon = Some(SOON);
             return Err(PlanOutcome::Aborted);
         }
         let switch = remote
             .history
             .iter()
-            .find(|h| h.0 == local.timeline)
+            .find(|h| h.0 == local_timeline)
             .map(|h| h.1);
         let was_primary = local.state == "in production" || local.state == "shut down";
         // How far our WAL goes, as far as pg_control tells without reading WAL.
         let local_end = local.checkpoint_lsn.max(local.min_recovery_end_lsn);
-        let diverged = std::mem::take(&mut self.divergence_seen)
+        let diverged = divergence_seen
             || match switch {
                 // We ran on past the point where the leader's timeline forked off ours, or we
                 // crashed as a primary and cannot tell where our WAL ends.
@@ -1208,7 +1213,7 @@ impl Agent {
             return Ok(());
         }
         if self.use_pg_rewind() {
-            self.state = "running pg_rewind".into();
+            self.state = PostgresState::RunningPgRewind;
             info!(from = leader, diverged, was_primary, "running pg_rewind");
             match self.pg.rewind(target).await {
                 Ok(RewindOutcome::Rewound) => {
@@ -1226,7 +1231,7 @@ impl Agent {
         } else {
             warn!("the data directory diverged from {leader}'s timeline and use_pg_rewind is off: cloning a fresh copy");
         }
-        self.state = "creating replica".into();
+        self.state = PostgresState::CreatingReplica;
         self.publish_member().await;
         if let Err(e) = self.pg.basebackup(target).await {
             error!("pg_basebackup from {leader} failed: {e}");
@@ -1338,10 +1343,10 @@ impl Agent {
     async fn stop_postgres(&mut self, mode: StopMode, budget: Duration) {
         self.pg_expected_up = false;
         if !self.pg.is_running() {
-            self.state = "stopped".into();
+            self.state = PostgresState::Stopped;
             return;
         }
-        self.state = "stopping".into();
+        self.state = PostgresState::Stopping;
         if let Err(e) = self.pg.stop(mode, budget).await {
             warn!("stopping Postgres ({mode:?}) failed: {e}: stopping immediately");
             if let Err(e) = self
@@ -1350,11 +1355,11 @@ impl Agent {
                 .await
             {
                 error!("cannot stop Postgres: {e}");
-                self.state = "stop failed".into();
+                self.state = PostgresState::StopFailed;
                 return;
             }
         }
-        self.state = "stopped".into();
+        self.state = PostgresState::Stopped;
     }
 
     async fn follow(&mut self, cluster: Option<&Cluster>, leader: Option<&str>) -> PlanOutcome {
@@ -1479,7 +1484,7 @@ impl Agent {
 
     fn member_data(&self) -> MemberData {
         let obs = &self.last_obs;
-        let running = self.state == "running";
+        let running = self.state == PostgresState::Running;
         let mut data = MemberData {
             conn_url: Some(self.cfg.conn_url()),
             api_url: Some(self.cfg.api_url()),
@@ -1536,7 +1541,7 @@ impl Agent {
             let (from_role, from_state) = self
                 .logged_role_state
                 .as_ref()
-                .map(|(r, st)| (r.to_string(), st.clone()))
+                .map(|(r, st)| (r.to_string(), st.to_string()))
                 .unwrap_or_default();
             info!(
                 from_role,
@@ -1618,7 +1623,7 @@ impl Agent {
     pub fn last_obs(&self) -> &PgObservation {
         &self.last_obs
     }
-    pub fn state(&self) -> &str {
+    pub fn state(&self) -> &PostgresState {
         &self.state
     }
     pub fn role(&self) -> &Role {
@@ -1660,10 +1665,10 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Interpret a peer's `GET /patroni` body (reference §4.3).
+/// Interpret a peer's `GET /patroni` body.
 pub fn peer_from_status(name: &str, body: &Value) -> PeerStatus {
     let role = Role::parse(body.get("role").and_then(Value::as_str).unwrap_or(""));
-    let state = body.get("state").and_then(Value::as_str).unwrap_or("");
+    let state = PostgresState::parse(body.get("state").and_then(Value::as_str).unwrap_or(""));
     let xlog = body.get("xlog");
     let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(Value::as_u64);
     let wal = num("location")
@@ -1673,7 +1678,7 @@ pub fn peer_from_status(name: &str, body: &Value) -> PeerStatus {
     PeerStatus {
         name: name.to_string(),
         role,
-        running: state == "running",
+        running: state == PostgresState::Running,
         wal_position: wal,
         timeline: body
             .get("timeline")

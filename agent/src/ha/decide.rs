@@ -7,7 +7,7 @@
 
 use dcs::{Cluster, FailsafeTopology, Role, Tags};
 
-/// How to take Postgres down when giving up the primary role (reference §7.5).
+/// How to take Postgres down when giving up the primary role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DemoteMode {
     /// The lock was lost: immediate stop, the lock is not ours to release.
@@ -119,7 +119,7 @@ pub struct LocalState {
     /// Wall-clock time of this cycle (unix milliseconds): scheduled switchovers are due by it.
     pub now_ms: i64,
     /// The cluster was in maintenance mode (`pause`) the last time the DCS could be read: with
-    /// the DCS unreachable, a paused primary keeps running (reference §7.7).
+    /// the DCS unreachable, a paused primary keeps running.
     pub last_known_paused: bool,
     /// Seconds for which `initialize` has said "bootstrap in progress" (empty) with no leader and
     /// no member bootstrapping: the member that claimed it is gone, or its claim was written
@@ -168,7 +168,7 @@ pub struct Settings {
     /// The lock's ttl; also how long a bootstrap claimed by nobody is waited for.
     pub ttl: u32,
     /// `synchronous_mode`: only the members named in the `sync` object may take the lock
-    /// automatically, and a switchover goes to a synchronous standby (reference §7.8).
+    /// automatically, and a switchover goes to a synchronous standby.
     pub synchronous_mode: bool,
     /// `failsafe_mode`: with the DCS unreachable, a primary confirmed by every member of the
     /// failsafe topology keeps running.
@@ -465,7 +465,7 @@ pub fn parse_scheduled_at(text: &str) -> Option<i64> {
         .map(|d| d.timestamp_millis())
 }
 
-/// A switchover request addressed to the leader (reference §7.5). Only running replicas that
+/// A switchover request addressed to the leader. Only running replicas that
 /// may lead are acceptable candidates, so stepping down never leaves the cluster leaderless on
 /// purpose.
 fn failover_request_as_leader(
@@ -478,8 +478,7 @@ fn failover_request_as_leader(
         return None;
     }
     let me = s.name.as_str();
-    // A scheduled switchover waits for its time; one missed by more than 1.5·loop_wait is stale
-    // (reference §7.5).
+    // A scheduled switchover waits for its time; one missed by more than 1.5·loop_wait is stale.
     if let Some(at) = request.scheduled_at.as_deref() {
         let Some(at_ms) = parse_scheduled_at(at) else {
             return Some(LeaderFailoverStep::Clear(format!(
@@ -624,7 +623,7 @@ fn decide_without_dcs(local: &LocalState, s: &Settings) -> Decision {
     }
 }
 
-/// Maintenance mode: no automatic starts, stops, promotions or demotions (reference §7.7).
+/// Maintenance mode: no automatic starts, stops, promotions or demotions.
 fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decision {
     let me = s.name.as_str();
     let i_hold = cluster.leader_name() == Some(me);
@@ -675,7 +674,7 @@ fn decide_paused(cluster: &Cluster, local: &LocalState, s: &Settings) -> Decisio
             }],
             format!("paused: following {l}"),
         ),
-        // A manual failover is the one promotion allowed in maintenance mode (reference §7.7).
+        // A manual failover is the one promotion allowed in maintenance mode.
         None if requested_candidate(cluster) == Some(me) && s.tags.can_be_leader() => {
             let mut actions = vec![Action::AcquireLock, Action::Promote];
             if s.use_slots {
@@ -806,7 +805,7 @@ fn sync_names(cluster: &Cluster, name: &str) -> bool {
     cluster.sync.leader.as_deref() == Some(name) || is_sync_standby(cluster, name)
 }
 
-/// Am I the member that should take a free lock? (reference §7.4)
+/// Am I the member that should take a free lock?
 fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, String) {
     if let Some(why) = &local.cannot_lead {
         return (false, why.clone());
@@ -1860,7 +1859,7 @@ mod tests {
         c
     }
 
-    /// Synchronous mode (reference §7.4/§7.8): only the `sync` leader or a listed standby takes
+    /// Synchronous mode: only the `sync` leader or a listed standby takes
     /// a free lock, so an asynchronous replica that may miss acknowledged writes never promotes,
     /// whatever its WAL position. `synchronous_mode_strict` changes what the primary waits for,
     /// not this rule, so the same table holds for it.

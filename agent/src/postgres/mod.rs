@@ -349,7 +349,7 @@ impl Postgres {
         config
     }
 
-    /// Citus's steps on a new primary, after initdb and the roles (reference §5.3): the Citus
+    /// Citus's steps on a new primary, after initdb and the roles: the Citus
     /// database and extension, the superuser's credentials in `pg_dist_authinfo`, and on the
     /// coordinator its own address in `pg_dist_node`. Nothing to do outside a Citus cluster.
     pub async fn citus_bootstrap(&self) -> Result<(), PgError> {

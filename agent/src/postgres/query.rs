@@ -192,7 +192,8 @@ const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(), \
     (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), \
     current_setting('server_version_num')::int, \
     pg_postmaster_start_time()::text, \
-    (SELECT bool_or(pending_restart) FROM pg_settings)";
+    (SELECT bool_or(pending_restart) FROM pg_settings), \
+    (SELECT min_recovery_end_timeline FROM pg_control_recovery())";
 
 /// Parameters waiting for a restart with their running value and the value the configuration
 /// files give now (pg_file_settings re-reads them; the last occurrence wins), falling back to the
@@ -403,7 +404,13 @@ impl Postgres {
         // pg_control_checkpoint() lags right after a promotion; the current WAL file does not.
         let positive = |t: Option<i32>| t.and_then(|t| u32::try_from(t).ok()).filter(|t| *t > 0);
         obs.timeline = if in_recovery {
-            positive(received_tli).or(positive(checkpoint_tli))
+            // A replica's last restartpoint can still be on the timeline before a switch it
+            // has replayed; the minimum recovery point and the walreceiver are on the new one.
+            let min_recovery_tli: Option<i32> = row.try_get(14).map_err(get)?;
+            [received_tli, checkpoint_tli, min_recovery_tli]
+                .into_iter()
+                .filter_map(positive)
+                .max()
         } else {
             walfile
                 .as_deref()

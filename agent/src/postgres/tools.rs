@@ -36,6 +36,18 @@ impl ControlData {
     pub fn is_clean_shutdown(&self) -> bool {
         self.state == "shut down" || self.state == "shut down in recovery"
     }
+
+    /// The newest timeline this data directory holds WAL of, as far as pg_control tells: on a
+    /// replica the last restartpoint may predate a timeline switch it has replayed, while the
+    /// minimum recovery point follows replay.
+    pub fn replayed_timeline(&self) -> u32 {
+        self.timeline.max(self.min_recovery_end_timeline)
+    }
+
+    /// A replica that stopped without a shutdown restartpoint (killed, crashed, power loss).
+    pub fn is_crashed_replica(&self) -> bool {
+        self.state == "in archive recovery"
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

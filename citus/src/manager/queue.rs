@@ -1,5 +1,5 @@
 //! The pending `pg_dist_node` changes, one at most per group, and the order they are applied in
-//! (reference §5.6): while a group's REST transaction is in flight only that group's task is
+//! (docs/compatibility.md, *Citus*): while a group's REST transaction is in flight only that group's task is
 //! taken; otherwise the coordinator's own group 0 first; otherwise the oldest.
 
 use std::collections::VecDeque;

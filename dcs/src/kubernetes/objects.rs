@@ -14,17 +14,9 @@ use crate::model::{
     HistoryEntry, Leader, Member, MemberData, Role, Status, SyncState,
 };
 
-/// Annotations of the leader object that make up the lock record (reference §1.8).
+/// Annotations of the leader object that make up the lock record.
 pub(crate) const LOCK_FIELDS: [&str; 5] =
     ["leader", "acquireTime", "ttl", "renewTime", "transitions"];
-
-/// Member states during which `bootstrap_labels` are set on the Pod.
-const BOOTSTRAP_STATES: [&str; 4] = [
-    "initializing new cluster",
-    "running custom bootstrap script",
-    "starting after custom bootstrap",
-    "creating replica",
-];
 
 /// Label Patroni puts on the objects of a Citus group (never on the selector).
 pub(crate) const CITUS_GROUP_LABEL: &str = "citus-group";
@@ -515,7 +507,7 @@ pub(crate) struct LabelSettings {
     pub bootstrap_labels: BTreeMap<String, String>,
 }
 
-/// The role label value of a member (reference §1.5).
+/// The role label value of a member.
 fn role_value(
     data: &MemberData,
     holds_lock: bool,
@@ -557,7 +549,8 @@ pub(crate) fn member_labels(
             role_value(data, holds_lock, "primary", "replica", "primary"),
         );
     }
-    let bootstrapping = BOOTSTRAP_STATES.contains(&data.state.as_str());
+    // `bootstrap_labels` are set while a new data directory is being made.
+    let bootstrapping = data.state.is_bootstrapping();
     for (k, v) in &settings.bootstrap_labels {
         out.insert(k.clone(), bootstrapping.then(|| v.clone()));
     }

@@ -1,7 +1,7 @@
 //! What this member knows about its group's objects, shared by the requests and the watch tasks:
 //! the latest version of each kind object, the lock liveness tracker and the Pod cache.
 //!
-//! Lock liveness (reference §1.8): readers never compare `renewTime` with their clock. They
+//! Lock liveness (docs/compatibility.md, *Kubernetes*): readers never compare `renewTime` with their clock. They
 //! remember the lock record (`leader`, `acquireTime`, `ttl`, `renewTime`, `transitions`) and the
 //! local instant it last changed; the lock counts as held while that instant + `ttl` is not past.
 //! A holder that renewed at T (after its call started at S ≤ T) is seen changing at some T' ≥ T,

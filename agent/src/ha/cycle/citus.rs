@@ -1,4 +1,4 @@
-//! Citus in the HA loop (reference §5).
+//! Citus in the HA loop (ARCHITECTURE.md, *Citus*).
 //!
 //! * Coordinator (group 0) leader: runs the `pg_dist_node` manager while it leads with a running
 //!   primary, feeds it every cycle with each group's current primary (the DCS truth), serves the
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use citus::event::{CitusEvent, EventType};
 use citus::manager::{NodeManager, NodeTarget};
-use dcs::{Cluster, Dcs, Member, Role};
+use dcs::{Cluster, Dcs, Member, PostgresState, Role};
 use rest::OpReply;
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -98,7 +98,7 @@ impl Agent {
         };
         let leading = self.lock_deadline.is_some()
             && self.role == Role::Primary
-            && self.state == "running"
+            && self.state == PostgresState::Running
             && self.pg.is_running();
         if rt.is_coordinator() {
             if leading {

@@ -1,5 +1,5 @@
 //! REST commands, executed by the HA loop between cycles: the loop owns the DCS session and
-//! Postgres, so the API never acts on them directly (reference §4.5).
+//! Postgres, so the API never acts on them directly (ARCHITECTURE.md, *REST operations and `regent ctl`*).
 
 use std::time::Duration;
 

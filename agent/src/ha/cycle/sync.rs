@@ -1,4 +1,4 @@
-//! Synchronous replication (`synchronous_mode`, reference §7.8).
+//! Synchronous replication (`synchronous_mode`; ARCHITECTURE.md, *Synchronous mode*).
 //!
 //! The leader picks its synchronous standbys each cycle and keeps two things in step: the
 //! `synchronous_standby_names` it renders into postgresql.conf and the `sync` object in the DCS,
@@ -280,7 +280,7 @@ impl Agent {
         self.run_sync_steps(cluster, steps).await;
     }
 
-    /// A synchronous standby about to stop or restart (reference §7.8): publish `nosync` and
+    /// A synchronous standby about to stop or restart: publish `nosync` and
     /// wait, at most 2·loop_wait, until the leader has taken it out of `sync` (and then out of
     /// synchronous_standby_names), so the primary's commits do not stall on it. The tag goes
     /// away at the first cycle with Postgres running again.
