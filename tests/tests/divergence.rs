@@ -22,6 +22,14 @@ regent_tests::backend_tests! {
     replica_killed_after_a_timeline_switch_streams_again_without_rewind: [etcd];
 }
 
+/// Wait until the DCS names `name` as the leader.
+async fn wait_for_dcs_leader(cluster: &TestCluster, name: &str, deadline: Duration) {
+    wait_until(&format!("{name} to lead"), deadline, || async move {
+        (cluster.dcs_leader().await.as_deref() == Some(name)).then_some(())
+    })
+    .await;
+}
+
 async fn replica_killed_after_a_timeline_switch_streams_again_without_rewind(backend: Backend) {
     let cluster = TestCluster::builder("tlswitch")
         .members(3)
@@ -41,14 +49,7 @@ async fn replica_killed_after_a_timeline_switch_streams_again_without_rewind(bac
         .request_switchover(&old_leader, &candidate_name)
         .await
         .expect("switchover request");
-    wait_until("the candidate to lead", Duration::from_secs(60), || {
-        let cluster = &cluster;
-        let candidate_name = candidate_name.clone();
-        async move {
-            (cluster.dcs_leader().await.as_deref() == Some(candidate_name.as_str())).then_some(())
-        }
-    })
-    .await;
+    wait_for_dcs_leader(&cluster, &candidate_name, Duration::from_secs(60)).await;
     cluster
         .wait_for_member_streaming(bystander.name(), &candidate_name, Duration::from_secs(60))
         .await;
@@ -183,14 +184,7 @@ async fn replica_ahead_of_the_new_leader_is_rewound_and_follows(backend: Backend
     let _ = kill(Pid::from_raw(sender_pid), Signal::SIGKILL);
     let failed_at = Instant::now();
     let candidate_name = candidate.name().to_string();
-    wait_until("the candidate to lead", Duration::from_secs(40), || {
-        let cluster = &cluster;
-        let candidate_name = candidate_name.clone();
-        async move {
-            (cluster.dcs_leader().await.as_deref() == Some(candidate_name.as_str())).then_some(())
-        }
-    })
-    .await;
+    wait_for_dcs_leader(&cluster, &candidate_name, Duration::from_secs(40)).await;
     assert!(
         !candidate.has_probe(20).await.unwrap_or(true),
         "the candidate must not have the rows it never received"
