@@ -29,6 +29,17 @@ status=0
 cargo test --workspace --exclude regent-tests 2>&1 | tee -a "$results" || status=1
 cargo test -p regent-tests --no-fail-fast -- --test-threads=1 --nocapture 2>&1 | tee -a "$results" || status=1
 
+# The campaign checker's rules on made-up recordings.
+checker_out="$(python3 -m unittest discover -s scripts/chaos -p 'test_*.py' 2>&1)" && checker_status=0 || checker_status=$?
+echo "$checker_out"
+checker_count="$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\} in.*/\1/p' <<< "$checker_out")"
+if [ "$checker_status" = 0 ]; then
+  echo "test result: ok. ${checker_count:-0} passed; 0 failed (campaign checker)" | tee -a "$results"
+else
+  echo "test result: FAILED. 0 passed; ${checker_count:-1} failed (campaign checker)" | tee -a "$results"
+  status=1
+fi
+
 # A short seeded fault campaign on each DCS (docs/reliability.md): split-brain writes, lost
 # acknowledged writes in synchronous_mode or a member that never recovers fail the run. A small
 # ttl keeps the two campaigns within about ten minutes together.

@@ -114,12 +114,15 @@ def run_campaign(agent_name, args, plan, stopping):
     recording = {"agent": agent_name, "agent_version": agent.version, "dcs": args.dcs, "seed": args.seed,
                  "settings": settings, "faults_planned": len(plan), "faults": [], "run_dir": run_dir}
     workload = None
+    leader_log = None
     started = time.monotonic()
     recording["started_at"] = started
     log(f"{label}: {len(plan)} faults, deadline {deadline_s / 60:.0f} min, logs under {run_dir}")
     try:
         network.create()
         cluster.start()
+        leader_log = dcs.leader_log()
+        leader_log.start()
         leader, timeline, _ = cluster.wait_healthy(240, "the cluster to bootstrap", agents_must_run=True)
         log(f"bootstrapped: leader {leader} on timeline {timeline} after {time.monotonic() - started:.0f}s")
         rows = cluster_mod.query(cluster.member(leader).address,
@@ -183,6 +186,9 @@ def run_campaign(agent_name, args, plan, stopping):
             recording["role_changes"] = workload.role_changes()
         else:
             recording.update(acks=[], unconfirmed=[], rw_failures=[], role_changes={})
+        if leader_log is not None:
+            leader_log.stopping.set()
+            recording["leader_log"] = list(leader_log.entries)
         log("tearing down")
         cluster.shutdown()
         network.destroy()

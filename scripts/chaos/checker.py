@@ -11,6 +11,15 @@ Definitions (times are monotonic seconds on the campaign host):
 - acknowledged write lost: an acknowledged id that the final leader does not have once every
   fault is healed and every member streams again. Its distance to the timeline fork is its WAL
   position minus the point where its timeline ends in the final leader's timeline history.
+- failover lag: for every timeline switch in the final leader's history, the optime the old
+  leader had published in the DCS just before the promoted member took the lock (from the
+  leader log, in the DCS's own revision order) minus the point where the old timeline ends.
+  maximum_lag_on_failover bounds it in asynchronous mode. A lost write is beyond
+  maximum_lag_on_failover when a promotion within the bound would have kept it: its WAL
+  position is at most the published optime minus maximum_lag_on_failover. Writes the old
+  leader acknowledged after its last published optime are what asynchronous replication may
+  lose. Without a published optime for a switch (no leader log), a lost write is beyond the
+  bound when it lies more than maximum_lag_on_failover past the fork.
 - time until a new leader accepted writes: from the fault's injection to the first write
   acknowledged on a timeline newer than the one before the fault (faults that led to a
   promotion only).
@@ -43,6 +52,51 @@ def fault_at(faults, moment):
         if fault["injected_at"] <= moment:
             found = fault["index"]
     return found
+
+
+# The harness sees a lock change through a watch and a promotion by polling every ~20 ms; the
+# lock change that led to a promotion is the promoted member's last one up to this long after.
+HANDOVER_SLACK_S = 5.0
+
+
+def lock_handovers(leader_log):
+    """[(seen_at, new_holder, optime published before)] for every time the leader lock passed
+    to another member, from the leader log's entries (seen_at, revision, leader, optime)."""
+    handovers = []
+    holder = None
+    previous_optime = None
+    for seen_at, _, leader, optime in leader_log:
+        if leader is not None and leader != holder:
+            if holder is not None:
+                handovers.append((seen_at, leader, previous_optime))
+            holder = leader
+        previous_optime = optime
+    return handovers
+
+
+def failover_lags(history, promotion_list, leader_log):
+    """For every timeline switch of the final history: the fork, the promoted member, the
+    optime published before it took the lock, and the difference (None where unknown). A
+    member that kept the lock (it stopped Postgres while the DCS was out of reach, then
+    promoted itself again) is measured against the last optime published before it promoted."""
+    handovers = lock_handovers(leader_log)
+    failovers = []
+    for timeline, fork in sorted(history.items()):
+        promoted = next(((t, m) for t, tl, m in promotion_list if tl == timeline + 1), None)
+        published = None
+        if promoted is not None:
+            taken = [h for h in handovers if h[0] <= promoted[0] + HANDOVER_SLACK_S]
+            if taken and taken[-1][1] == promoted[1]:
+                published = taken[-1][2]
+            else:
+                published = next((e[3] for e in reversed(leader_log)
+                                  if e[0] <= promoted[0] and e[3] is not None), None)
+        failovers.append({"timeline": timeline, "fork": fork,
+                          "promoted": None if promoted is None else promoted[1],
+                          "promoted_seen_at": None if promoted is None else promoted[0],
+                          "published_optime": published,
+                          "lag_bytes": None if published is None else published - fork})
+    return failovers
 
 
 def analyze(recording):
@@ -82,8 +136,18 @@ def analyze(recording):
             if write_id not in present:
                 fork = history.get(timeline)
                 lost.append({"id": write_id, "member": member, "timeline": timeline, "acked_at": acked,
-                             "bytes_past_fork": None if fork is None else lsn - fork})
-    lost_beyond_lag = [w for w in lost if w["bytes_past_fork"] is None or w["bytes_past_fork"] > max_lag]
+                             "lsn": lsn, "bytes_past_fork": None if fork is None else lsn - fork})
+    failovers = failover_lags(history, promotion_list, recording.get("leader_log") or [])
+    published_by_timeline = {f["timeline"]: f["published_optime"] for f in failovers}
+
+    def beyond_lag(write):
+        published = published_by_timeline.get(write["timeline"])
+        if published is not None:
+            return write["lsn"] <= published - max_lag
+        return write["bytes_past_fork"] is None or write["bytes_past_fork"] > max_lag
+
+    lost_beyond_lag = [w for w in lost if beyond_lag(w)]
+    failovers_beyond_lag = [f for f in failovers if f["lag_bytes"] is not None and f["lag_bytes"] > max_lag]
 
     ack_times = [a[4] for a in acks]
     rw_acks = [a for a in acks if a[1] == "rw"]
@@ -157,6 +221,13 @@ def analyze(recording):
         violations.append(f"{len(lost)} acknowledged writes lost in synchronous_mode")
     if not sync and lost_beyond_lag:
         violations.append(f"{len(lost_beyond_lag)} lost writes beyond maximum_lag_on_failover")
+    if not sync and failovers_beyond_lag:
+        violations.append("promoted further than maximum_lag_on_failover behind the published optime "
+                          f"(timelines {', '.join(str(f['timeline']) for f in failovers_beyond_lag)})")
+    unmeasured = [f["timeline"] for f in failovers if f["published_optime"] is None]
+    if not sync and "leader_log" in recording and unmeasured:
+        violations.append("no published optime known before the promotion that ended timelines "
+                          f"{', '.join(str(t) for t in unmeasured)}")
     if never_recovered:
         violations.append(f"members never recovered: {', '.join(never_recovered)}")
     # failsafe_mode: the primary stays up while the DCS misbehaves, for as long as every member
@@ -182,6 +253,10 @@ def analyze(recording):
         "acknowledged_writes_lost": len(lost),
         "lost_beyond_maximum_lag": len(lost_beyond_lag),
         "max_bytes_past_fork": max((w["bytes_past_fork"] or 0 for w in lost), default=0),
+        "failovers": failovers,
+        "max_failover_lag_bytes": max((f["lag_bytes"] for f in failovers if f["lag_bytes"] is not None),
+                                      default=None),
+        "failovers_without_published_optime": sum(1 for f in failovers if f["published_optime"] is None),
         "members_never_recovered": never_recovered,
         "failsafe_failovers": failsafe_failovers,
         "by_fault_type": by_type,
@@ -197,6 +272,18 @@ def cell(pair, digits=1):
     if pair["p50"] is None:
         return "-"
     return f"{pair['p50']:.{digits}f}/{pair['p99']:.{digits}f}"
+
+
+def failover_lag_text(result):
+    """The largest distance between a published optime and a promoted member's fork."""
+    lag = result["max_failover_lag_bytes"]
+    text = ("no published optime known" if lag is None else
+            f"promoted member at most {lag / 1024:.0f} kB behind the published optime")
+    text += f" (maximum_lag_on_failover {result['settings']['maximum_lag_on_failover'] / 1024:.0f} kB)"
+    unknown = result["failovers_without_published_optime"]
+    if unknown and lag is not None:
+        text += f", {unknown} without a published optime"
+    return text
 
 
 def table(result):
@@ -215,6 +302,7 @@ def table(result):
                  f"{result['split_brain_writes']}, acknowledged writes lost {result['acknowledged_writes_lost']} "
                  f"(beyond maximum_lag_on_failover: {result['lost_beyond_maximum_lag']}), members never "
                  f"recovered {len(result['members_never_recovered'])}")
+    lines.append(f"timeline switches {len(result['failovers'])}: {failover_lag_text(result)}")
     lines.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["violations"]))
     return "\n".join(lines)
 
@@ -243,7 +331,7 @@ def markdown(results):
         f"{r['faults_run']}/{r['faults_planned']} faults in {r['duration_s'] / 60:.1f} min; "
         f"{r['acknowledged_writes']} acknowledged writes; split-brain writes **{r['split_brain_writes']}**; "
         f"lost **{r['acknowledged_writes_lost']}** (beyond maximum_lag_on_failover: "
-        f"{r['lost_beyond_maximum_lag']}); never recovered **{len(r['members_never_recovered'])}**; "
+        f"{r['lost_beyond_maximum_lag']}; {failover_lag_text(r)}); never recovered **{len(r['members_never_recovered'])}**; "
         + ("PASS" if r["passed"] else "FAIL") for r in results) + " |")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ import urllib.request
 import psycopg2
 
 import net
+from leader_log import EtcdLeaderLog, KubeLeaderLog
 from common import CampaignError, log, run, tail, wait_until
 
 PG_BIN_DIR = "/usr/lib/postgresql/15/bin"
@@ -171,6 +172,9 @@ class EtcdDcs:
     def prepare_member(self, member):
         pass
 
+    def leader_log(self):
+        return EtcdLeaderLog(net.DCS_ADDRESS, ETCD_PORT, SCOPE)
+
     def set_flaky(self, flaky, seed=0):
         line = f"flaky {seed}\n" if flaky else "normal\n"
         with socket.create_connection((net.DCS_ADDRESS, PROXY_CONTROL_PORT), timeout=5) as conn:
@@ -294,6 +298,10 @@ class KubeDcs:
             signal_pid(self.process.pid, signal.SIGCONT)
             self.process.kill()
             self.process.wait()
+
+    def leader_log(self):
+        return KubeLeaderLog(net.DCS_ADDRESS, KUBE_PORT, KUBE_NAMESPACE, f"{SCOPE}-leader",
+                             KUBE_HARNESS_TOKEN)
 
     def set_flaky(self, flaky, seed=0):
         """Intermittent answers through the server's fault injection: every 1-3 s one of a
