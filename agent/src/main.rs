@@ -74,6 +74,11 @@ fn main() -> ExitCode {
         eprintln!("regent: invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // Postgres settings that cannot work (parameters, TLS options) are configuration errors too.
+    if let Err(e) = postgres::Postgres::new(pg_settings(&cfg)) {
+        eprintln!("regent: invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if cli.validate_config {
         println!("configuration is valid");
         return ExitCode::SUCCESS;

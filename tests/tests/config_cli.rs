@@ -171,6 +171,34 @@ async fn wrong_type_for_restapi_listen_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_tls_options_of_the_superuser_are_refused() {
+    let mut setup = setup().await;
+    setup.config.set(
+        "postgresql.authentication.superuser.sslmode",
+        "verify-everything",
+    );
+    setup.config.write_to(&setup.config_path);
+    assert_rejected(&setup, &["postgresql.authentication.superuser.sslmode"]).await;
+
+    setup
+        .config
+        .set("postgresql.authentication.superuser.sslmode", "verify-full");
+    setup.config.set(
+        "postgresql.authentication.superuser.sslrootcert",
+        "/nonexistent/root.crt",
+    );
+    setup.config.write_to(&setup.config_path);
+    assert_rejected(
+        &setup,
+        &[
+            "postgresql.authentication.superuser.sslrootcert",
+            "/nonexistent/root.crt",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_data_dir_is_refused() {
     let mut setup = setup().await;
     assert!(setup.config.remove("postgresql.data_dir").is_some());

@@ -8,6 +8,7 @@
 mod conf;
 mod process;
 mod query;
+mod tls;
 mod tools;
 
 #[cfg(test)]
@@ -187,6 +188,11 @@ pub enum PgError {
     },
     #[error("postgresql parameter {name}: {reason}")]
     Parameter { name: String, reason: String },
+    #[error("postgresql.authentication.{user}.{source}")]
+    TlsOption {
+        user: &'static str,
+        source: tls::TlsOptionError,
+    },
     #[error("postmaster exited during start ({status}); log tail: {log_tail}")]
     StartFailed { status: String, log_tail: String },
     #[error("postmaster did not accept connections within {0:?}")]
@@ -230,6 +236,8 @@ pub struct Postgres {
     stop_requested: bool,
     unexpected_exit: Option<std::process::ExitStatus>,
     client: Option<tokio_postgres::Client>,
+    /// TLS of the superuser's TCP connections to other members (built from its ssl options).
+    remote_tls: Option<tls::RemoteTls>,
     /// `synchronous_standby_names` chosen by synchronous mode; `None` leaves the parameter as
     /// configured.
     synchronous_standby_names: Option<String>,
@@ -246,6 +254,7 @@ impl Postgres {
             stop_requested: false,
             unexpected_exit: None,
             client: None,
+            remote_tls: None,
             synchronous_standby_names: None,
         };
         pg.set_settings(settings)?;
@@ -261,7 +270,13 @@ impl Postgres {
         settings.data_dir = absolute(&settings.data_dir);
         settings.socket_dir = absolute(&settings.socket_dir);
         validate(&settings)?;
+        let remote_tls =
+            tls::remote_tls(&settings.superuser).map_err(|source| PgError::TlsOption {
+                user: "superuser",
+                source,
+            })?;
         self.settings = settings;
+        self.remote_tls = Some(remote_tls);
         self.client = None;
         Ok(())
     }

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Socket};
 
 use super::{ConnTarget, PgError, PgProcessState, PgUser, Postgres};
 
@@ -153,8 +154,12 @@ async fn timed<T>(
     }
 }
 
-async fn connect(config: &Config, step: &'static str) -> Result<Client, PgError> {
-    let (client, connection) = timed(step, CONNECT_TIMEOUT * 2, config.connect(NoTls)).await?;
+async fn connect<T>(config: &Config, step: &'static str, tls: T) -> Result<Client, PgError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = timed(step, CONNECT_TIMEOUT * 2, config.connect(tls)).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection closed");
@@ -301,7 +306,7 @@ impl Postgres {
             self.client = None;
         }
         if self.client.is_none() {
-            let client = connect(&self.local_config(), "connect to local postgres").await?;
+            let client = connect(&self.local_config(), "connect to local postgres", NoTls).await?;
             self.client = Some(client);
         }
         self.client.as_ref().ok_or(PgError::NotRunning)
@@ -731,9 +736,17 @@ impl Postgres {
         &self,
         target: &ConnTarget,
     ) -> Result<RemoteTimeline, PgError> {
+        let step = "connect to leader";
+        let tls = self.remote_tls.clone().ok_or(PgError::Unexpected {
+            step,
+            detail: "no TLS settings".into(),
+        })?;
         let mut config = base_config(&self.settings.superuser);
-        config.host(&target.host).port(target.port);
-        let client = connect(&config, "connect to leader").await?;
+        config
+            .host(&target.host)
+            .port(target.port)
+            .ssl_mode(tls.mode);
+        let client = connect(&config, step, tls.connector).await?;
         let step = "leader timeline";
         let rows = timed(
             step,

@@ -411,3 +411,218 @@ async fn a_start_no_longer_waited_for_goes_on() {
     assert!(obs.queryable, "{obs:?}");
     pg.stop(StopMode::Fast, DEADLINE).await.unwrap();
 }
+
+/// PEM files of a test CA and of a server certificate it signed for `localhost`.
+struct TestCertificates {
+    ca: PathBuf,
+    other_ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    /// A client certificate for the role `certuser`.
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn test_certificates(dir: &Path) -> TestCertificates {
+    let make_ca = |name: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    let (ca, ca_key) = make_ca("regent test CA");
+    let (other_ca, _) = make_ca("another CA");
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "certuser");
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let files = TestCertificates {
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other-ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+    };
+    std::fs::write(&files.ca, ca.pem()).unwrap();
+    std::fs::write(&files.other_ca, other_ca.pem()).unwrap();
+    std::fs::write(&files.server_cert, server.pem()).unwrap();
+    std::fs::write(&files.server_key, server_key.serialize_pem()).unwrap();
+    std::fs::write(&files.client_cert, client.pem()).unwrap();
+    std::fs::write(&files.client_key, client_key.serialize_pem()).unwrap();
+    // Postgres refuses a key file others can read.
+    std::fs::set_permissions(&files.server_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if let Some((uid, gid)) = run_as() {
+        for file in [&files.server_cert, &files.server_key] {
+            std::os::unix::fs::chown(file, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    files
+}
+
+/// The agent's TCP connection to another member (the leader's timeline check) against a server
+/// whose pg_hba accepts TCP only with TLS: every sslmode behaves as with libpq.
+#[tokio::test]
+async fn remote_connections_honour_sslmode_against_a_hostssl_only_server() {
+    require_postgres();
+    let dir = TestDir::new(run_as());
+    let certs = test_certificates(&dir.0);
+    let mut server_settings = settings(&dir.0, "tls-server");
+    server_settings.parameters.insert("ssl".into(), json!("on"));
+    server_settings.parameters.insert(
+        "ssl_cert_file".into(),
+        json!(certs.server_cert.to_string_lossy()),
+    );
+    server_settings.parameters.insert(
+        "ssl_key_file".into(),
+        json!(certs.server_key.to_string_lossy()),
+    );
+    server_settings
+        .parameters
+        .insert("ssl_ca_file".into(), json!(certs.ca.to_string_lossy()));
+    server_settings.pg_hba = vec![
+        "local all all trust".into(),
+        "hostssl all certuser 127.0.0.1/32 cert".into(),
+        "hostssl all all 127.0.0.1/32 scram-sha-256".into(),
+        "hostssl all all ::1/128 scram-sha-256".into(),
+    ];
+    let mut server = Postgres::new(server_settings.clone()).unwrap();
+    server.initdb().await.unwrap();
+    server.write_config(ConfRole::Primary).unwrap();
+    server.start().await.unwrap();
+    server.post_bootstrap().await.unwrap();
+    sql(&mut server, "CREATE ROLE certuser LOGIN SUPERUSER")
+        .await
+        .unwrap();
+
+    let client_with = |options: &[(&str, &str)]| {
+        let mut s = server_settings.clone();
+        for (key, value) in options {
+            let text = value.to_string();
+            match *key {
+                "sslmode" => s.superuser.sslmode = Some(text),
+                "sslrootcert" => s.superuser.sslrootcert = Some(text),
+                "sslcert" => s.superuser.sslcert = Some(text),
+                "sslkey" => s.superuser.sslkey = Some(text),
+                "user" => {
+                    s.superuser.username = text;
+                    s.superuser.password = None;
+                }
+                other => panic!("no option {other}"),
+            }
+        }
+        Postgres::new(s)
+    };
+    let refused = |options: &[(&str, &str)]| match client_with(options) {
+        Ok(_) => panic!("{options:?} accepted"),
+        Err(e) => e.to_string(),
+    };
+    let ca = certs.ca.to_string_lossy().into_owned();
+    let other_ca = certs.other_ca.to_string_lossy().into_owned();
+    let client_cert = certs.client_cert.to_string_lossy().into_owned();
+    let client_key = certs.client_key.to_string_lossy().into_owned();
+    let by_address = target(&server);
+    let by_name = ConnTarget {
+        host: "localhost".into(),
+        port: server.settings().port,
+    };
+    // (options, target, whether the connection succeeds)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a ConnTarget, bool);
+    let cases: Vec<Case> = vec![
+        (vec![], &by_address, true),
+        (vec![("sslmode", "disable")], &by_address, false),
+        (vec![("sslmode", "allow")], &by_address, true),
+        (vec![("sslmode", "require")], &by_address, true),
+        (
+            vec![("sslmode", "require"), ("sslrootcert", &other_ca)],
+            &by_address,
+            false,
+        ),
+        (
+            vec![("sslmode", "verify-ca"), ("sslrootcert", &ca)],
+            &by_address,
+            true,
+        ),
+        (
+            vec![("sslmode", "verify-ca"), ("sslrootcert", &other_ca)],
+            &by_address,
+            false,
+        ),
+        (
+            vec![("sslmode", "verify-full"), ("sslrootcert", &ca)],
+            &by_name,
+            true,
+        ),
+        // The certificate names localhost, not 127.0.0.1.
+        (
+            vec![("sslmode", "verify-full"), ("sslrootcert", &ca)],
+            &by_address,
+            false,
+        ),
+        // pg_hba's `cert` method: the client certificate is the credential.
+        (
+            vec![("user", "certuser"), ("sslmode", "require")],
+            &by_address,
+            false,
+        ),
+        (
+            vec![
+                ("user", "certuser"),
+                ("sslmode", "verify-ca"),
+                ("sslrootcert", &ca),
+                ("sslcert", &client_cert),
+                ("sslkey", &client_key),
+            ],
+            &by_address,
+            true,
+        ),
+    ];
+    for (options, target, expect_ok) in cases {
+        let Ok(client) = client_with(&options) else {
+            panic!("{options:?} refused");
+        };
+        let result = client.remote_timeline_history(target).await;
+        assert_eq!(
+            result.is_ok(),
+            expect_ok,
+            "options {options:?} to {}: {result:?}",
+            target.host
+        );
+        if let Ok(remote) = result {
+            assert_eq!(remote.timeline, 1, "{options:?}");
+        }
+    }
+
+    // Options that cannot work are refused when the settings are read, naming the option.
+    let error = refused(&[("sslmode", "verify-everything")]);
+    assert!(
+        error.starts_with("postgresql.authentication.superuser.sslmode: "),
+        "{error}"
+    );
+    let error = refused(&[("sslmode", "verify-ca")]);
+    assert!(
+        error.starts_with("postgresql.authentication.superuser.sslrootcert: "),
+        "{error}"
+    );
+    let error = refused(&[
+        ("sslmode", "verify-full"),
+        ("sslrootcert", "/nonexistent/ca.crt"),
+    ]);
+    assert!(error.contains("/nonexistent/ca.crt"), "{error}");
+
+    server
+        .stop(StopMode::Fast, Duration::from_secs(20))
+        .await
+        .unwrap();
+}
