@@ -1,7 +1,7 @@
 //! The REST operations on a 3-member cluster, as patronictl and operators call them: POST
 //! /switchover and /failover (checks, texts, a switchover end to end with its write
-//! unavailability measured), scheduled switchovers, PATCH/PUT /config reaching every member,
-//! POST /reload.
+//! unavailability measured), a switchover while another replica has stopped answering,
+//! scheduled switchovers, PATCH/PUT /config reaching every member, POST /reload.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ const SWITCHOVER_MAX_UNAVAILABILITY: Duration = Duration::from_secs(4);
 
 regent_tests::backend_tests! {
     rest_switchover_hands_over_to_the_candidate: [etcd, kubernetes];
+    switchover_does_not_wait_for_a_replica_that_stopped_answering: [etcd];
     rest_config_reload_and_scheduled_switchover: [etcd];
 }
 
@@ -169,6 +170,99 @@ async fn switchover(backend: Backend) {
 
 async fn rest_switchover_hands_over_to_the_candidate(backend: Backend) {
     switchover(backend).await;
+}
+
+/// Sends SIGCONT to a stopped process when dropped, so a failing test leaves nothing frozen.
+struct Frozen(nix::unistd::Pid);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A replica whose walreceiver stopped answering (a hung process or a network that drops its
+/// packets) makes the old primary's fast shutdown wait: after the shutdown checkpoint, each
+/// walsender waits until its replica confirms it, for up to wal_sender_timeout (60 s). The
+/// switchover must not wait with it once the candidate has the checkpoint: it completes well
+/// before the old leader's lease guard would have to stop Postgres (ttl − safety margin), and
+/// the old leader is never started as the primary again.
+async fn switchover_does_not_wait_for_a_replica_that_stopped_answering(backend: Backend) {
+    let cluster = TestCluster::start_on(backend, "rswstuck", 3).await;
+    let tag = format!("[rest-switchover-stuck/{}]", backend.label());
+    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+    cluster
+        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
+        .await;
+    let others = cluster.others(&old_name);
+    let candidate = others[0].name().to_string();
+    let stuck = others[1].name().to_string();
+
+    let stuck_client = cluster
+        .member(&stuck)
+        .pg_client()
+        .await
+        .expect("connect to the replica to freeze");
+    let walreceiver: i32 = stuck_client
+        .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
+        .await
+        .expect("the replica's walreceiver")
+        .get(0);
+    let frozen = Frozen(nix::unistd::Pid::from_raw(walreceiver));
+    nix::sys::signal::kill(frozen.0, nix::sys::signal::Signal::SIGSTOP)
+        .expect("SIGSTOP the walreceiver");
+    // WAL the frozen replica will never confirm.
+    let old_client = cluster
+        .member(&old_name)
+        .pg_client()
+        .await
+        .expect("connect to the leader");
+    old_client
+        .batch_execute("CREATE TABLE stuck_probe AS SELECT generate_series(1, 10000) AS n")
+        .await
+        .expect("write on the leader");
+
+    let mut roles = RoleSampler::start(&cluster.all()).await;
+    let started = Instant::now();
+    let (code, text) = post(
+        &format!("{}/switchover", cluster.member(&old_name).api_base()),
+        json!({"leader": old_name, "candidate": candidate}),
+    )
+    .await;
+    let answered = started.elapsed();
+    println!(
+        "{tag} POST /switchover {old_name} -> {candidate} with {stuck}'s walreceiver frozen: \
+         {code} {text:?} after {:.3} s",
+        answered.as_secs_f64()
+    );
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            200,
+            format!("Successfully switched over to \"{candidate}\"").as_str()
+        )
+    );
+    // The lease guard fires at ttl − safety margin (2 s at ttl 10) after the last renew.
+    let guard = cluster.ttl() - Duration::from_secs(2);
+    assert!(
+        answered < guard,
+        "the switchover took {answered:?}: it waited for the frozen replica (lease guard at {guard:?})"
+    );
+    cluster
+        .wait_for_member_streaming(&old_name, &candidate, Duration::from_secs(60))
+        .await;
+    drop(frozen);
+    cluster
+        .wait_for_member_streaming(&stuck, &candidate, Duration::from_secs(90))
+        .await;
+    roles.stop().await;
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
+    let spans = roles.primary_spans(&old_name);
+    assert!(
+        spans.len() <= 1,
+        "the old leader was the primary again after it stopped for the switchover: {spans:?}"
+    );
 }
 
 async fn get_json(url: &str) -> Option<Value> {

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::decide::{
-    decide, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole, Settings,
+    decide, handover_candidates, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole,
+    Settings,
 };
 use crate::config::{Config, DynamicConfig};
 use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
@@ -318,7 +319,7 @@ impl Agent {
             "the leader lock could not be renewed and may expire in {:.1}s: stopping Postgres",
             self.safety_margin()
         );
-        self.demote(DemoteMode::Offline).await;
+        self.demote(DemoteMode::Offline, None).await;
     }
 
     /// One HA cycle. `Err` is fatal.
@@ -689,6 +690,35 @@ impl Agent {
         }
     }
 
+    /// `GET /patroni` of the named members, in parallel.
+    async fn fetch_peers_named(&self, cluster: &Cluster, names: &[String]) -> Vec<PeerStatus> {
+        let futures = cluster
+            .members
+            .iter()
+            .filter(|m| names.contains(&m.name) && m.name != self.cfg.name)
+            .filter_map(|m| m.data.api_url.clone().map(|u| (m.name.clone(), u)))
+            .map(|(name, url)| self.fetch_peer(name, url));
+        futures_util::future::join_all(futures)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// One member's `GET /patroni`; None when it does not answer with JSON.
+    fn fetch_peer(
+        &self,
+        name: String,
+        url: String,
+    ) -> impl std::future::Future<Output = Option<PeerStatus>> {
+        let http = self.http.clone();
+        async move {
+            let resp = http.get(&url).send().await.ok()?;
+            let body: Value = resp.json().await.ok()?;
+            Some(peer_from_status(&name, &body))
+        }
+    }
+
     /// `GET /patroni` of every other member, in parallel: input of the leader race.
     async fn fetch_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
         let mut targets: Vec<(String, String)> = cluster
@@ -708,14 +738,7 @@ impl Agent {
         let futures = targets
             .into_iter()
             .filter(|(name, _)| *name != self.cfg.name)
-            .map(|(name, url)| {
-                let http = self.http.clone();
-                async move {
-                    let resp = http.get(&url).send().await.ok()?;
-                    let body: Value = resp.json().await.ok()?;
-                    Some(peer_from_status(&name, &body))
-                }
-            });
+            .map(|(name, url)| self.fetch_peer(name, url));
         futures_util::future::join_all(futures)
             .await
             .into_iter()
@@ -783,7 +806,7 @@ impl Agent {
                 }
                 Action::Promote => self.promote().await,
                 Action::Demote(mode) => {
-                    self.demote(*mode).await;
+                    self.demote(*mode, cluster).await;
                     PlanOutcome::Done
                 }
                 Action::Follow { leader } => self.follow(cluster, leader.as_deref()).await,
@@ -1288,7 +1311,7 @@ impl Agent {
             .max(Duration::from_millis(200))
     }
 
-    async fn demote(&mut self, mode: DemoteMode) {
+    async fn demote(&mut self, mode: DemoteMode, cluster: Option<&Cluster>) {
         info!(?mode, "demoting");
         self.set_failsafe_active(false);
         match mode {
@@ -1314,7 +1337,10 @@ impl Agent {
                 // primary announces itself.
                 self.notify_coordinator(::citus::event::EventType::BeforeDemote)
                     .await;
-                self.stop_postgres(StopMode::Fast, self.stop_budget_before_lock_expiry())
+                let candidates = cluster
+                    .map(|c| handover_candidates(c, &self.settings()))
+                    .unwrap_or_default();
+                self.stop_for_handover(cluster, &candidates, self.stop_budget_before_lock_expiry())
                     .await;
                 if self.pg.is_running() {
                     // Keep the lock: releasing it with a primary still up could make two.
@@ -1337,6 +1363,63 @@ impl Agent {
         self.role = Role::Demoted;
         self.following = None;
         self.sync_protection();
+    }
+
+    /// The fast shutdown of a switchover. Postgres writes its shutdown checkpoint, then waits
+    /// until every walsender has sent it; a replica cut off from us holds that up until its
+    /// connection times out, and the lock with it. Once a candidate reports WAL past the shutdown
+    /// checkpoint, no client can write here any more and the candidate has every record: the
+    /// rest of the shutdown is cut short with an immediate stop.
+    async fn stop_for_handover(
+        &mut self,
+        cluster: Option<&Cluster>,
+        candidates: &[String],
+        budget: Duration,
+    ) {
+        const POLL: Duration = Duration::from_millis(250);
+        self.pg_expected_up = false;
+        if !self.pg.is_running() {
+            self.state = PostgresState::Stopped;
+            return;
+        }
+        self.state = PostgresState::Stopping;
+        if let Err(e) = self.pg.request_stop(StopMode::Fast) {
+            warn!("cannot ask Postgres to stop: {e}");
+        }
+        let deadline = Instant::now() + budget;
+        loop {
+            if self.pg.wait_exit_within(POLL).await {
+                self.state = PostgresState::Stopped;
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!("Postgres did not stop in time for the switchover: immediate shutdown");
+                break;
+            }
+            let (Some(cluster), false) = (cluster, candidates.is_empty()) else {
+                continue;
+            };
+            let Ok(control) = self.pg.controldata().await else {
+                continue;
+            };
+            // "shut down" while the postmaster runs: the shutdown checkpoint is written and only
+            // walsenders are left.
+            if control.state != "shut down" {
+                continue;
+            }
+            let checkpoint = control.checkpoint_lsn;
+            let peers = self.fetch_peers_named(cluster, candidates).await;
+            if let Some(peer) = peers.iter().find(|p| p.wal_position > checkpoint) {
+                info!(
+                    candidate = %peer.name,
+                    checkpoint = %dcs::format_lsn(checkpoint),
+                    "the candidate has the shutdown checkpoint: not waiting for other replicas"
+                );
+                break;
+            }
+        }
+        self.stop_postgres(StopMode::Immediate, Duration::from_secs(10))
+            .await;
     }
 
     /// Stop Postgres; a stop that does not finish in `budget` escalates to immediate.

@@ -511,17 +511,7 @@ fn failover_request_as_leader(
             "I am ({me}) the requested candidate and hold the lock: switchover done"
         )));
     }
-    let eligible = |name: &str| {
-        cluster.members.iter().any(|m| {
-            m.name == name
-                && m.name != me
-                && m.data.is_running()
-                && m.data.role == Role::Replica
-                && m.data.tags.can_be_leader()
-                // Synchronous mode: an asynchronous standby may miss acknowledged writes.
-                && (!s.synchronous_mode || is_sync_standby(cluster, name))
-        })
-    };
+    let eligible = |name: &str| may_take_over(cluster, s, name);
     match candidate {
         Some(c) if eligible(c) => Some(LeaderFailoverStep::HandOver(format!(
             "switchover to {c} requested: handing over the leadership"
@@ -543,6 +533,40 @@ fn failover_request_as_leader(
         None => Some(LeaderFailoverStep::Clear(
             "switchover requested but no running replica may lead: removing the request".into(),
         )),
+    }
+}
+
+/// May `name` take over from me in a switchover: a running replica that may lead (in
+/// synchronous mode, a synchronous standby: an asynchronous one may miss acknowledged writes).
+fn may_take_over(cluster: &Cluster, s: &Settings, name: &str) -> bool {
+    cluster.members.iter().any(|m| {
+        m.name == name
+            && m.name != s.name
+            && m.data.is_running()
+            && m.data.role == Role::Replica
+            && m.data.tags.can_be_leader()
+            && (!s.synchronous_mode || is_sync_standby(cluster, name))
+    })
+}
+
+/// The members a switchover hands over to: the requested candidate, or else every member that
+/// may take over. Once one of them has received the old primary's shutdown checkpoint, the
+/// walsenders still trying to reach other replicas need not hold the handover up.
+pub fn handover_candidates(cluster: &Cluster, s: &Settings) -> Vec<String> {
+    let requested = cluster
+        .failover
+        .as_ref()
+        .filter(|f| !f.is_empty())
+        .and_then(|f| f.member.clone());
+    match requested {
+        Some(name) if may_take_over(cluster, s, &name) => vec![name],
+        Some(_) => Vec::new(),
+        None => cluster
+            .members
+            .iter()
+            .filter(|m| may_take_over(cluster, s, &m.name))
+            .map(|m| m.name.clone())
+            .collect(),
     }
 }
 
@@ -1566,6 +1590,55 @@ mod tests {
             version: None,
         });
         c
+    }
+
+    /// Whose receipt of the shutdown checkpoint lets a switchover stop waiting for the others.
+    #[test]
+    fn handover_candidates_follow_the_request_and_synchronous_mode() {
+        let mut stopped_c = with_request(Some("a"), Some("c"), None);
+        stopped_c.members[2].data.state = "stopped".into();
+        let mut sync_b = with_request(Some("a"), None, None);
+        sync_b.sync = sync_cluster(Some("a")).sync;
+        let synchronous = Settings {
+            synchronous_mode: true,
+            ..settings("a")
+        };
+        let plain = settings("a");
+        let cases: Vec<(&str, Cluster, &Settings, Vec<&str>)> = vec![
+            (
+                "the named candidate",
+                with_request(Some("a"), Some("c"), None),
+                &plain,
+                vec!["c"],
+            ),
+            (
+                "no candidate named: every running replica that may lead",
+                with_request(Some("a"), None, None),
+                &plain,
+                vec!["b", "c"],
+            ),
+            (
+                "a named candidate that is not running: nobody",
+                stopped_c,
+                &plain,
+                vec![],
+            ),
+            (
+                "synchronous mode: the synchronous standby only",
+                sync_b,
+                &synchronous,
+                vec!["b"],
+            ),
+            (
+                "no request (a handover for a nofailover tag): every replica that may lead",
+                initialized(Some("a")),
+                &plain,
+                vec!["b", "c"],
+            ),
+        ];
+        for (what, cluster, s, expected) in cases {
+            assert_eq!(handover_candidates(&cluster, s), expected, "{what}");
+        }
     }
 
     /// The lock holder's answer to a switchover request, and the candidate's after the lock

@@ -333,7 +333,8 @@ impl Postgres {
     }
 
     /// Wait for the postmaster to exit; false on timeout.
-    async fn wait_exit_within(&mut self, timeout: Duration) -> bool {
+    /// Has the postmaster exited within `timeout`? True when nothing runs.
+    pub async fn wait_exit_within(&mut self, timeout: Duration) -> bool {
         if let Some(child) = &mut self.child {
             return match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(_) => {
@@ -356,20 +357,9 @@ impl Postgres {
     /// Stop the postmaster with `mode`; after `timeout` escalate to an immediate shutdown and
     /// then SIGKILL. Ok when nothing was running.
     pub async fn stop(&mut self, mode: StopMode, timeout: Duration) -> Result<(), PgError> {
-        // Our own session would keep a smart shutdown waiting forever.
-        self.client = None;
-        self.unexpected_exit = None;
-        let Some(pid) = self.running_pid() else {
+        let Some(pid) = self.request_stop(mode)? else {
             return Ok(());
         };
-        self.stop_requested = true;
-        let signal = match mode {
-            StopMode::Smart => Signal::SIGTERM,
-            StopMode::Fast => Signal::SIGINT,
-            StopMode::Immediate => Signal::SIGQUIT,
-        };
-        tracing::info!(pid, ?mode, "stopping postmaster");
-        self.signal(pid, signal)?;
         if self.wait_exit_within(timeout).await {
             return Ok(());
         }
@@ -395,6 +385,26 @@ impl Postgres {
             return Ok(());
         }
         Err(PgError::StopFailed(pid))
+    }
+
+    /// Ask the postmaster to shut down with `mode` without waiting; the pid asked, None when
+    /// nothing runs.
+    pub fn request_stop(&mut self, mode: StopMode) -> Result<Option<i32>, PgError> {
+        // Our own session would keep a smart shutdown waiting forever.
+        self.client = None;
+        self.unexpected_exit = None;
+        let Some(pid) = self.running_pid() else {
+            return Ok(None);
+        };
+        self.stop_requested = true;
+        let signal = match mode {
+            StopMode::Smart => Signal::SIGTERM,
+            StopMode::Fast => Signal::SIGINT,
+            StopMode::Immediate => Signal::SIGQUIT,
+        };
+        tracing::info!(pid, ?mode, "stopping postmaster");
+        self.signal(pid, signal)?;
+        Ok(Some(pid))
     }
 
     /// Ask the postmaster to re-read its configuration files.
