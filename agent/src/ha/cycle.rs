@@ -16,6 +16,7 @@ use super::decide::{
     decide, handover_candidates, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole,
     Settings,
 };
+use super::repair::{divergence_repair, Repair};
 use crate::config::{Config, DynamicConfig};
 use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
 
@@ -1181,78 +1182,57 @@ impl Agent {
         };
         // A divergence seen while running is consumed by this check, whatever it finds.
         let divergence_seen = std::mem::take(&mut self.divergence_seen);
-        let local_timeline = local.replayed_timeline();
-        if local.is_crashed_replica() && !divergence_seen {
-            // pg_rewind would first finish crash recovery as a primary, writing a shutdown
-            // checkpoint the leader does not have: on the leader's own timeline it then finds
-            // "no rewind required" and the replica can never stream again. Recovery as a
-            // replica writes nothing; if it did run past a fork, the running check stops it
-            // cleanly and the next start rewinds.
-            return Ok(());
+        let use_pg_rewind = self.use_pg_rewind();
+        let mut repair = divergence_repair(&local, divergence_seen, None, use_pg_rewind);
+        if repair == Repair::NeedLeaderHistory {
+            let remote = match self.pg.remote_timeline_history(target).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("cannot read the timeline history of {leader}: {e}");
+                    self.divergence_seen = divergence_seen;
+                    return Err(PlanOutcome::Aborted);
+                }
+            };
+            repair = divergence_repair(&local, divergence_seen, Some(&remote), use_pg_rewind);
         }
-        let remote = match self.pg.remote_timeline_history(target).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("cannot read the timeline history of {leader}: {e}");
+        match repair {
+            Repair::Nothing => return Ok(()),
+            // Answered above; reaching it again would mean no history was read.
+            Repair::NeedLeaderHistory => {
                 self.divergence_seen = divergence_seen;
                 return Err(PlanOutcome::Aborted);
             }
-        };
-        if remote.timeline == local_timeline {
-            // Same timeline: nothing to repair, Postgres catches up by streaming.
-            return Ok(());
-        }
-        if remote
-            .checkpoint_timeline
-            .is_some_and(|t| t < remote.timeline)
-        {
-            // pg_rewind trusts the leader's pg_control, which names the new timeline only after
-            // the first checkpoint since its promotion.
-            info!(
-                leader,
-                "waiting for the leader's checkpoint after promotion before checking divergence"
-            );
-            self.divergence_seen = divergence_seen;
-            self.next_cycle_soon = Some(SOON);
-            return Err(PlanOutcome::Aborted);
-        }
-        let switch = remote
-            .history
-            .iter()
-            .find(|h| h.0 == local_timeline)
-            .map(|h| h.1);
-        let was_primary = local.state == "in production" || local.state == "shut down";
-        // How far our WAL goes, as far as pg_control tells without reading WAL.
-        let local_end = local.checkpoint_lsn.max(local.min_recovery_end_lsn);
-        let diverged = divergence_seen
-            || match switch {
-                // We ran on past the point where the leader's timeline forked off ours, or we
-                // crashed as a primary and cannot tell where our WAL ends.
-                Some(lsn) => local_end > lsn || local.state == "in production",
-                None => true,
-            };
-        if !diverged && !was_primary {
-            // A replica that stopped before the fork point: it follows the new timeline.
-            return Ok(());
-        }
-        if self.use_pg_rewind() {
-            self.state = PostgresState::RunningPgRewind;
-            info!(from = leader, diverged, was_primary, "running pg_rewind");
-            match self.pg.rewind(target).await {
-                Ok(RewindOutcome::Rewound) => {
-                    info!("pg_rewind done");
-                    return Ok(());
-                }
-                Ok(RewindOutcome::NotNeeded) => {
-                    info!("pg_rewind: no rewind required");
-                    return Ok(());
-                }
-                Err(e) => warn!("pg_rewind failed: {e}: cloning a fresh copy instead"),
+            Repair::WaitForLeaderCheckpoint => {
+                info!(
+                    leader,
+                    "waiting for the leader's checkpoint after promotion before checking divergence"
+                );
+                self.divergence_seen = divergence_seen;
+                self.next_cycle_soon = Some(SOON);
+                return Err(PlanOutcome::Aborted);
             }
-        } else if !diverged {
-            return Ok(());
-        } else {
-            warn!("the data directory diverged from {leader}'s timeline and use_pg_rewind is off: cloning a fresh copy");
+            Repair::Rewind {
+                diverged,
+                was_primary,
+            } => {
+                self.state = PostgresState::RunningPgRewind;
+                info!(from = leader, diverged, was_primary, "running pg_rewind");
+                match self.pg.rewind(target).await {
+                    Ok(RewindOutcome::Rewound) => {
+                        info!("pg_rewind done");
+                        return Ok(());
+                    }
+                    Ok(RewindOutcome::NotNeeded) => {
+                        info!("pg_rewind: no rewind required");
+                        return Ok(());
+                    }
+                    Err(e) => warn!("pg_rewind failed: {e}: cloning a fresh copy instead"),
+                }
+            }
+            Repair::Clone => warn!(
+                "the data directory diverged from {leader}'s timeline and use_pg_rewind is off: \
+                 cloning a fresh copy"
+            ),
         }
         self.state = PostgresState::CreatingReplica;
         self.publish_member().await;

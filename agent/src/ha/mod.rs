@@ -2,3 +2,4 @@
 
 pub mod cycle;
 pub mod decide;
+pub mod repair;
