@@ -1,6 +1,9 @@
 //! `regent --validate-config`: exit 0 for a valid configuration, exit 2 with
 //! `regent: invalid configuration: <key>: <problem>` otherwise.
 
+// A test file: its helpers, too, may stop the test on an unexpected value.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};

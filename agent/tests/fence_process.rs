@@ -5,6 +5,9 @@
 //! (i32), the target's start time in clock ticks since boot (u64, field 22 of /proc/<pid>/stat),
 //! the instant the fast stop starts and the lease deadline (u64 nanoseconds, CLOCK_MONOTONIC).
 
+// A test file: its helpers, too, may stop the test on an unexpected value.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};

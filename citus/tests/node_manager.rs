@@ -2,6 +2,9 @@
 //! installed, else the stand-in from tests/citus_standin: the error injection used here is
 //! stand-in-only and those steps are skipped on real Citus).
 
+// A test file: its helpers, too, may stop the test on an unexpected value.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -1,5 +1,8 @@
 //! The etcd v3 backend against a real etcd (started per test on free 127.0.0.1 ports).
 
+// A test file: its helpers, too, may stop the test on an unexpected value.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

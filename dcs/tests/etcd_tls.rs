@@ -1,6 +1,9 @@
 //! The etcd v3 backend over TLS against a real etcd that demands client certificates. The CA and
 //! certificates are made per run with the `openssl` command-line tool.
 
+// A test file: its helpers, too, may stop the test on an unexpected value.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,6 +4,9 @@
 //! bypass off, and every request carries Regent's User-Agent. Certificates are made per run with
 //! the `openssl` command-line tool.
 
+// A test file: its helpers, too, may stop the test on an unexpected value.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
