@@ -693,31 +693,12 @@ impl Agent {
 
     /// `GET /patroni` of the named members, in parallel.
     async fn fetch_peers_named(&self, cluster: &Cluster, names: &[String]) -> Vec<PeerStatus> {
-        let futures = cluster
+        let targets = cluster
             .members
             .iter()
-            .filter(|m| names.contains(&m.name) && m.name != self.cfg.name)
-            .filter_map(|m| m.data.api_url.clone().map(|u| (m.name.clone(), u)))
-            .map(|(name, url)| self.fetch_peer(name, url));
-        futures_util::future::join_all(futures)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
-    /// One member's `GET /patroni`; None when it does not answer with JSON.
-    fn fetch_peer(
-        &self,
-        name: String,
-        url: String,
-    ) -> impl std::future::Future<Output = Option<PeerStatus>> {
-        let http = self.http.clone();
-        async move {
-            let resp = http.get(&url).send().await.ok()?;
-            let body: Value = resp.json().await.ok()?;
-            Some(peer_from_status(&name, &body))
-        }
+            .filter(|m| names.contains(&m.name))
+            .filter_map(|m| m.data.api_url.clone().map(|u| (m.name.clone(), u)));
+        self.fetch_statuses(targets).await
     }
 
     /// `GET /patroni` of every other member, in parallel: input of the leader race.
@@ -736,10 +717,26 @@ impl Agent {
                 }
             }
         }
+        self.fetch_statuses(targets).await
+    }
+
+    /// `GET /patroni` of each (name, URL) other than this member, in parallel; members that do
+    /// not answer with JSON are left out.
+    async fn fetch_statuses(
+        &self,
+        targets: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<PeerStatus> {
         let futures = targets
             .into_iter()
             .filter(|(name, _)| *name != self.cfg.name)
-            .map(|(name, url)| self.fetch_peer(name, url));
+            .map(|(name, url)| {
+                let http = self.http.clone();
+                async move {
+                    let resp = http.get(&url).send().await.ok()?;
+                    let body: Value = resp.json().await.ok()?;
+                    Some(peer_from_status(&name, &body))
+                }
+            });
         futures_util::future::join_all(futures)
             .await
             .into_iter()
