@@ -12,6 +12,7 @@
 
 pub mod etcd;
 pub mod kubernetes;
+pub mod memory;
 pub mod model;
 
 use std::time::Duration;
