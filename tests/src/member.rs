@@ -356,6 +356,22 @@ impl Member {
         config
     }
 
+    /// SIGSTOP this replica's walreceiver: it stops confirming WAL, as a hung replica or one
+    /// behind a network that drops its packets does, while its agent and REST API go on. The
+    /// walreceiver gets SIGCONT when the returned guard is dropped.
+    pub async fn freeze_walreceiver(&self) -> Result<FrozenProcess> {
+        let client = self.pg_client().await?;
+        let pid: i32 = client
+            .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
+            .await
+            .with_context(|| format!("member {}: its walreceiver", self.name()))?
+            .get(0);
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, Signal::SIGSTOP)
+            .with_context(|| format!("member {}: SIGSTOP its walreceiver", self.name()))?;
+        Ok(FrozenProcess(pid))
+    }
+
     /// A connected client; the connection is driven by a task on the current runtime.
     pub async fn pg_client(&self) -> Result<Client> {
         let config = self.pg_config();
@@ -439,4 +455,14 @@ pub(crate) async fn query_one_timed(client: &Client, sql: &str) -> Result<tokio_
         .await
         .map_err(|_| anyhow!("query timed out after {PG_CONNECT_TIMEOUT:?}: {sql}"))?
         .with_context(|| format!("query failed: {sql}"))
+}
+
+/// A process stopped with SIGSTOP; SIGCONT when dropped, so a failing test leaves nothing
+/// frozen.
+pub struct FrozenProcess(nix::unistd::Pid);
+
+impl Drop for FrozenProcess {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, Signal::SIGCONT);
+    }
 }

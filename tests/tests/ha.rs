@@ -25,6 +25,7 @@ regent_tests::backend_tests! {
         [etcd, kubernetes, kubernetes_endpoints];
     leader_crash_fails_over_and_old_leader_rejoins: [etcd, kubernetes, kubernetes_endpoints];
     sigterm_on_leader_hands_over_quickly: [etcd, kubernetes];
+    sigterm_on_leader_does_not_wait_for_a_replica_that_stopped_answering: [etcd];
     frozen_dcs_makes_leader_stop_writes_before_lock_expiry: [etcd, kubernetes];
     isolated_leader_is_replaced_only_after_its_lock_expired: [etcd, kubernetes];
     unclaimed_bootstrap_is_cleared_and_the_cluster_bootstraps: [etcd, kubernetes];
@@ -469,6 +470,61 @@ async fn sigterm_on_leader_hands_over_quickly(backend: Backend) {
         .expect("probe ids");
     assert!(
         (1..=10).all(|id| on_new.contains(&id)),
+        "rows lost in the handover: {on_new:?}"
+    );
+    println!("{tag} {}", roles.summary());
+    roles.assert_never_two_primaries();
+}
+
+/// SIGTERM to the leader while one replica's walreceiver has stopped answering: after the
+/// shutdown checkpoint the walsender for it would wait up to wal_sender_timeout (60 s), holding
+/// the lock (and the Pod's grace period) with it. Once the other replica has every record the
+/// leader stops waiting and releases the lock: that replica accepts writes before the lock could
+/// even have lapsed (ttl − safety margin), and nothing acknowledged is lost.
+async fn sigterm_on_leader_does_not_wait_for_a_replica_that_stopped_answering(backend: Backend) {
+    let (cluster, old_name) = healthy_cluster(backend, "termstuck", 3).await;
+    let tag = tag(&cluster);
+    let old = cluster.member(&old_name);
+    let others = cluster.others(&old_name);
+    write_and_replicate(&cluster, old, &others, 1..=10).await;
+    let (stuck, candidate) = (others[0], others[1]);
+    let frozen = stuck
+        .freeze_walreceiver()
+        .await
+        .expect("freeze a replica's walreceiver");
+    for id in 11..=20 {
+        old.write_probe(id)
+            .await
+            .unwrap_or_else(|e| panic!("write probe {id} on the leader: {e:#}"));
+    }
+
+    let roles = RoleSampler::start(&cluster.all()).await;
+    let signalled_at = Instant::now();
+    old.send_sigterm();
+    let writable = [candidate];
+    let (exit, (new_name, writable_at)) = tokio::join!(
+        old.wait_exit(Duration::from_secs(90)),
+        first_writable(&writable, 1_000, Duration::from_secs(90)),
+    );
+    let status = exit.expect("the agent exits after SIGTERM");
+    let handover = writable_at - signalled_at;
+    println!(
+        "{tag} SIGTERM to {old_name} with {}'s walreceiver frozen: agent exited with {status}; \
+         {new_name} accepted writes after {:.3} s",
+        stuck.name(),
+        handover.as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(0), "agent exit status after SIGTERM");
+    let guard = cluster.ttl() - Duration::from_secs(2);
+    assert!(
+        handover < guard,
+        "the handover took {handover:?}: it waited for the frozen replica (the lock lapses \
+         from {guard:?} on)"
+    );
+    drop(frozen);
+    let on_new = candidate.probe_ids().await.expect("probe ids");
+    assert!(
+        (1..=20).all(|id| on_new.contains(&id)),
         "rows lost in the handover: {on_new:?}"
     );
     println!("{tag} {}", roles.summary());

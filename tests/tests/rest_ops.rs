@@ -172,15 +172,6 @@ async fn rest_switchover_hands_over_to_the_candidate(backend: Backend) {
     switchover(backend).await;
 }
 
-/// Sends SIGCONT to a stopped process when dropped, so a failing test leaves nothing frozen.
-struct Frozen(nix::unistd::Pid);
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
-    }
-}
-
 /// A replica whose walreceiver stopped answering (a hung process or a network that drops its
 /// packets) makes the old primary's fast shutdown wait: after the shutdown checkpoint, each
 /// walsender waits until its replica confirms it, for up to wal_sender_timeout (60 s). The
@@ -198,19 +189,11 @@ async fn switchover_does_not_wait_for_a_replica_that_stopped_answering(backend: 
     let candidate = others[0].name().to_string();
     let stuck = others[1].name().to_string();
 
-    let stuck_client = cluster
+    let frozen = cluster
         .member(&stuck)
-        .pg_client()
+        .freeze_walreceiver()
         .await
-        .expect("connect to the replica to freeze");
-    let walreceiver: i32 = stuck_client
-        .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
-        .await
-        .expect("the replica's walreceiver")
-        .get(0);
-    let frozen = Frozen(nix::unistd::Pid::from_raw(walreceiver));
-    nix::sys::signal::kill(frozen.0, nix::sys::signal::Signal::SIGSTOP)
-        .expect("SIGSTOP the walreceiver");
+        .expect("freeze the replica's walreceiver");
     // WAL the frozen replica will never confirm.
     let old_client = cluster
         .member(&old_name)

@@ -1632,8 +1632,9 @@ impl Agent {
         self.snapshot.send_replace(snap);
     }
 
-    /// SIGTERM/SIGINT: leader → CHECKPOINT, fast stop, delete the lock so a replica takes over at
-    /// once; replica → stop and remove the member key.
+    /// SIGTERM/SIGINT: leader → CHECKPOINT, fast stop (cut short as in a switchover once a
+    /// member that may take over has the shutdown checkpoint), delete the lock so a replica
+    /// takes over at once; replica → stop and remove the member key.
     async fn shutdown(mut self) -> Exit {
         info!("shutting down");
         let leader = self.lock_deadline.is_some() && self.role == Role::Primary;
@@ -1648,11 +1649,20 @@ impl Agent {
         if !leader {
             self.leave_sync_duty().await;
         }
-        self.stop_postgres(
-            StopMode::Fast,
-            Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
-        )
-        .await;
+        let budget = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+        if leader {
+            // As in a switchover: a replica that does not answer must not hold up the handover
+            // (and the Pod's termination grace period) once another one has every record.
+            let cluster = self.last_cluster.clone();
+            let candidates = cluster
+                .as_ref()
+                .map(|c| handover_candidates(c, &self.settings()))
+                .unwrap_or_default();
+            self.stop_for_handover(cluster.as_ref(), &candidates, budget)
+                .await;
+        } else {
+            self.stop_postgres(StopMode::Fast, budget).await;
+        }
         if leader {
             let optime = self.pg.controldata().await.ok().map(|cd| cd.checkpoint_lsn);
             match self.dcs.delete_leader(optime).await {
