@@ -228,7 +228,7 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
 
     tokio::spawn(forward_signals(shutdown_tx));
 
-    let mut agent = ha::cycle::Agent::new(cfg, dcs, pg, member_client, snapshot_tx)
+    let mut agent = ha::cycle::Agent::new(cfg, dcs, Box::new(pg), member_client, snapshot_tx)
         .with_commands(command_rx)
         .with_config_reloader(reloader)
         .with_failsafe_inbox(failsafe_inbox);

@@ -18,7 +18,9 @@ use super::decide::{
 };
 use super::repair::{divergence_repair, Repair};
 use crate::config::{Config, DynamicConfig};
-use crate::postgres::{ConfRole, ConnTarget, PgObservation, Postgres, RewindOutcome, StopMode};
+use crate::postgres::{
+    ConfRole, ConnTarget, PgObservation, PostgresControl, RewindOutcome, StopMode,
+};
 
 mod citus;
 mod failsafe;
@@ -72,7 +74,7 @@ pub struct Agent {
     cfg: Config,
     dynamic: DynamicConfig,
     dcs: Arc<dyn Dcs>,
-    pg: Postgres,
+    pg: Box<dyn PostgresControl>,
     http: reqwest::Client,
     snapshot: watch::Sender<rest::Snapshot>,
     /// Monotonic instant until which the lock we hold is guaranteed (renew start + ttl).
@@ -141,7 +143,7 @@ impl Agent {
     pub fn new(
         cfg: Config,
         dcs: Arc<dyn Dcs>,
-        pg: Postgres,
+        pg: Box<dyn PostgresControl>,
         http: reqwest::Client,
         snapshot: watch::Sender<rest::Snapshot>,
     ) -> Agent {
@@ -1500,7 +1502,7 @@ impl Agent {
                 && rule.get("type").and_then(Value::as_str) == Some("physical")
         });
         let keep = |slot: &str| ignore_all_physical || ignored.iter().any(|n| n == slot);
-        if let Err(e) = self.pg.ensure_physical_slots_keeping(&wanted, keep).await {
+        if let Err(e) = self.pg.ensure_physical_slots_keeping(&wanted, &keep).await {
             warn!("cannot manage replication slots: {e}");
         }
     }

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 mod conf;
+mod control;
 mod process;
 mod query;
 mod tls;
@@ -20,6 +21,7 @@ use std::time::Duration;
 // The public API of this module; not every item is referenced by the agent yet.
 #[allow(unused_imports)]
 pub use conf::{slot_name_for, synchronous_standby_names_for, ConfChange, ConfRole};
+pub use control::PostgresControl;
 #[allow(unused_imports)]
 pub use query::{PgObservation, RemoteTimeline, ReplicationRow, TimelineSwitch};
 #[allow(unused_imports)]
