@@ -8,6 +8,8 @@ mod ha;
 mod logging;
 mod pid1;
 mod postgres;
+#[cfg(test)]
+mod sim;
 mod snapshot;
 mod watchdog;
 

@@ -136,9 +136,23 @@ pub async fn output(mut cmd: Command) -> io::Result<Output> {
     out
 }
 
+/// Set once [`start_reaper`] ran: only then are exited children ours to reap (a test process
+/// running the HA loop must leave other tests' children alone).
+static REAPER_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reap unmanaged exited children if this process took the reaper's role.
+pub fn reap_orphans_if_reaper() -> usize {
+    if REAPER_STARTED.load(std::sync::atomic::Ordering::Relaxed) {
+        reap_orphans()
+    } else {
+        0
+    }
+}
+
 /// Become a child subreaper (when not PID 1) so orphans of our children come to us, and start
 /// reaping unmanaged exited children on SIGCHLD.
 pub fn start_reaper() {
+    REAPER_STARTED.store(true, std::sync::atomic::Ordering::Relaxed);
     let is_pid1 = std::process::id() == 1;
     if !is_pid1 {
         // SAFETY: plain prctl call with constant arguments.

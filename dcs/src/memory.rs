@@ -58,9 +58,26 @@ struct State {
     status: Status,
     failsafe: Option<FailsafeTopology>,
     cut: BTreeMap<String, Cut>,
+    /// Each call waits 0 ..= this long before it reaches the store (seeded, so reproducible).
+    max_latency: Duration,
+    latency_seed: u64,
 }
 
 impl State {
+    /// The next latency of the seeded sequence (SplitMix64).
+    fn latency(&mut self) -> Duration {
+        if self.max_latency.is_zero() {
+            return Duration::ZERO;
+        }
+        self.latency_seed = self.latency_seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.latency_seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let max = self.max_latency.as_micros() as u64;
+        Duration::from_micros(z % (max + 1))
+    }
+
     fn next_version(&mut self) -> u64 {
         self.revision += 1;
         self.revision
@@ -160,6 +177,14 @@ impl MemoryStore {
         }
     }
 
+    /// Every call waits a seeded pseudo-random 0 ..= `max` before it reaches the store, so the
+    /// calls of different members interleave as a network would make them.
+    pub fn set_latency(&self, max: Duration, seed: u64) {
+        let mut state = self.lock();
+        state.max_latency = max;
+        state.latency_seed = seed;
+    }
+
     /// Cut `member` off from the store (`None` heals it).
     pub fn cut(&self, member: &str, how: Option<Cut>) {
         let mut state = self.lock();
@@ -217,6 +242,10 @@ impl MemoryDcs {
 
     /// Fail the call when this member is cut off; otherwise the state, expired leases gone.
     async fn reach(&self) -> DcsResult<MutexGuard<'_, State>> {
+        let latency = self.store.lock().latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let cut = self.store.lock().cut.get(&self.name).copied();
         match cut {
             None => {}

@@ -35,6 +35,7 @@ pub use ops::{
     parse_schedule, postgres_version_to_int, FailoverAction, FailoverOutcome, FailoverRequest,
     OpBody, OpReply, RestartRequest,
 };
+pub use status::status_value;
 
 /// Everything the API shows, published by the HA loop after each cycle.
 #[derive(Debug, Clone, Default)]

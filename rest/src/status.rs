@@ -165,6 +165,11 @@ pub(crate) fn sync_matches(cluster: &dcs::Cluster, name: &str) -> bool {
         .any(|s| s.eq_ignore_ascii_case(name))
 }
 
+/// `GET /patroni`'s body for a snapshot, as JSON (what a simulated member answers).
+pub fn status_value(snapshot: &Snapshot) -> serde_json::Value {
+    serde_json::to_value(status_json(snapshot)).unwrap_or_default()
+}
+
 /// Build the status JSON from the snapshot.
 pub(crate) fn status_json(snapshot: &Snapshot) -> StatusJson {
     let pg = &snapshot.postgres;

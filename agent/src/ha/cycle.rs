@@ -5,17 +5,19 @@
 //! cancels whatever the loop is doing to take a primary down before its lock could expire.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dcs::{Cluster, Dcs, HistoryEntry, MemberData, PostgresState, Role, Timing};
 use serde_json::Value;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::decide::{
     decide, handover_candidates, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole,
     Settings,
 };
+use super::peers::{HttpStatus, MemberStatusSource};
 use super::repair::{divergence_repair, Repair};
 use crate::config::{Config, DynamicConfig};
 use crate::postgres::{
@@ -76,6 +78,8 @@ pub struct Agent {
     dcs: Arc<dyn Dcs>,
     pg: Box<dyn PostgresControl>,
     http: reqwest::Client,
+    /// Other members' `GET /patroni` (over `http`, or simulated).
+    member_status: Box<dyn MemberStatusSource>,
     snapshot: watch::Sender<rest::Snapshot>,
     /// Monotonic instant until which the lock we hold is guaranteed (renew start + ttl).
     lock_deadline: Option<Instant>,
@@ -159,6 +163,7 @@ impl Agent {
             dynamic,
             dcs,
             pg,
+            member_status: Box::new(HttpStatus(http.clone())),
             http,
             snapshot,
             lock_deadline: None,
@@ -247,6 +252,13 @@ impl Agent {
         )
     }
 
+    /// Read other members' `GET /patroni` from `source` instead of over HTTP (simulation).
+    #[cfg(test)]
+    pub fn with_member_status(mut self, source: Box<dyn MemberStatusSource>) -> Agent {
+        self.member_status = source;
+        self
+    }
+
     /// Run until shutdown is requested or a fatal condition occurs.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Exit {
         self.dcs.set_timing(self.timing());
@@ -280,7 +292,7 @@ impl Agent {
             }
             self.last_cycle_ms = Some(chrono::Utc::now().timestamp_millis());
             self.publish_snapshot();
-            crate::pid1::reap_orphans();
+            crate::pid1::reap_orphans_if_reaper();
 
             let mut wait = self
                 .next_cycle_soon
@@ -731,13 +743,9 @@ impl Agent {
         let futures = targets
             .into_iter()
             .filter(|(name, _)| *name != self.cfg.name)
-            .map(|(name, url)| {
-                let http = self.http.clone();
-                async move {
-                    let resp = http.get(&url).send().await.ok()?;
-                    let body: Value = resp.json().await.ok()?;
-                    Some(peer_from_status(&name, &body))
-                }
+            .map(|(name, url)| async move {
+                let body = self.member_status.status(&url).await?;
+                Some(peer_from_status(&name, &body))
             });
         futures_util::future::join_all(futures)
             .await
@@ -1732,7 +1740,7 @@ async fn next_command(
 
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

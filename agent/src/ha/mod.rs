@@ -2,4 +2,5 @@
 
 pub mod cycle;
 pub mod decide;
+pub mod peers;
 pub mod repair;

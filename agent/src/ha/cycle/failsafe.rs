@@ -11,9 +11,10 @@
 //! While the primary depends on rounds, the DCS calls of a cycle are cut short so a round always
 //! fits before the lease guard fires, however slowly the DCS answers.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{Agent, PlanOutcome};

@@ -129,15 +129,12 @@ impl Agent {
             self.sync_settings().enabled,
             members,
         )?;
-        let checks = members.iter().map(|m| {
-            let http = self.http.clone();
-            let url = m.data.api_url.clone();
-            async move {
-                let url = url?;
-                let resp = http.get(&url).send().await.ok()?;
-                let body: Value = resp.json().await.ok()?;
-                Some(failover_limitation(&body).is_none())
-            }
+        let checks = members.iter().map(|m| async move {
+            let body = self
+                .member_status
+                .status(m.data.api_url.as_deref()?)
+                .await?;
+            Some(failover_limitation(&body).is_none())
         });
         let answers = futures_util::future::join_all(checks).await;
         if answers.into_iter().any(|ok| ok == Some(true)) {

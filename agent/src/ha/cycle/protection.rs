@@ -85,7 +85,9 @@ impl Agent {
         let deadline = self.lock_deadline;
         if let FenceSlot::Running(fence) = &mut self.fence {
             let result = match (deadline, postmaster) {
-                (Some(deadline), Some(pid)) if leading => fence.arm(pid, deadline, margin),
+                (Some(deadline), Some(pid)) if leading => {
+                    fence.arm(pid, deadline.into_std(), margin)
+                }
                 _ if primary_being_demoted => Ok(()),
                 _ => fence.disarm(),
             };
