@@ -8,12 +8,15 @@
 //!   and it has not lapsed (a leader that cannot renew stops Postgres before its lease ends).
 //!
 //! And after the faults of a schedule are healed, within a bound, one member leads and every
-//! other member's Postgres runs as a standby that has all of the leader's WAL. DCS calls and
+//! other member's Postgres runs as a standby that has all of the leader's WAL; in
+//! synchronous_mode (odd seeds) the leader's WAL holds every write a client was told is
+//! committed. DCS calls and
 //! Postgres' slow operations take seeded random time, so members' actions interleave.
 //!
 //! Faults: Postgres killed, the agent killed (and with it Postgres, as the parent-death signal
-//! does) and started again, a member cut off from the DCS (refused or silent), a switchover
-//! request. A frozen agent is not simulated here: what stops its Postgres then is the fence
+//! does) and started again, a member cut off from the DCS (refused or silent), a replica cut
+//! off from the WAL stream (with or without the leader's Postgres dying meanwhile), a
+//! switchover request. A frozen agent is not simulated here: what stops its Postgres then is the fence
 //! process, which is tested as a process (agent/tests/fence_process.rs and tests/tests/fence.rs).
 //!
 //! A failing seed prints the schedule and what happened; `REGENT_SIM_SEED=<n>` replays one seed,
@@ -71,12 +74,24 @@ impl Rng {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    Nobody,
+    Leader,
+    LeaderAndOthers,
+}
+
 #[derive(Debug, Clone)]
 enum Fault {
     KillPostgres(usize),
     KillAgent(usize, Duration),
     Cut(usize, Cut, Duration),
     Switchover(usize),
+    /// A replica stops receiving WAL; halfway through, the agents of the leader (and, with
+    /// `Kill::LeaderAndOthers`, of every other member but that replica) are killed and stay
+    /// down for longer than ttl: a replica that missed acknowledged writes may then be the
+    /// only one left to take over.
+    CutWal(usize, Duration, Kill),
 }
 
 /// `GET /patroni` of the simulated members, from their agents' snapshots.
@@ -96,13 +111,13 @@ fn api_url(name: &str) -> String {
     format!("http://{name}:8008/patroni")
 }
 
-fn config(name: &str) -> Config {
+fn config(name: &str, synchronous: bool) -> Config {
     let yaml = format!(
         "scope: {SCOPE}\nname: {name}\n\
          restapi:\n  listen: 127.0.0.1:8008\n  connect_address: {name}:8008\n\
          etcd3:\n  hosts: ['127.0.0.1:2379']\n\
          bootstrap:\n  dcs:\n    ttl: {}\n    loop_wait: {}\n    retry_timeout: {}\n    \
-         maximum_lag_on_failover: 1048576\n\
+         maximum_lag_on_failover: 1048576\n    synchronous_mode: {synchronous}\n\
          postgresql:\n  data_dir: /nonexistent/regent-sim/{name}\n  listen: 0.0.0.0:5432\n  \
          connect_address: {name}:5432\n  authentication:\n    superuser:\n      username: postgres\n    \
          replication:\n      username: replicator\n\
@@ -130,10 +145,13 @@ struct Sim {
     started: tokio::time::Instant,
     /// The lock has been held at least once (bootstrap is over).
     ever_locked: bool,
+    synchronous: bool,
+    /// Synchronous mode: every (timeline, position) a client was told is committed.
+    acknowledged: Vec<(u32, u64)>,
 }
 
 impl Sim {
-    fn new(names: &[&str]) -> Sim {
+    fn new(names: &[&str], synchronous: bool) -> Sim {
         Sim {
             store: MemoryStore::new(),
             world: SimWorld::default(),
@@ -149,6 +167,8 @@ impl Sim {
             trace: Vec::new(),
             started: tokio::time::Instant::now(),
             ever_locked: false,
+            synchronous,
+            acknowledged: Vec::new(),
         }
     }
 
@@ -159,7 +179,7 @@ impl Sim {
 
     fn start_agent(&mut self, index: usize) {
         let name = self.members[index].name.clone();
-        let cfg = config(&name);
+        let cfg = config(&name, self.synchronous);
         let settings = PgSettings {
             name: name.clone(),
             scope: SCOPE.into(),
@@ -255,17 +275,46 @@ impl Sim {
         while tokio::time::Instant::now() < end {
             tokio::time::sleep(STEP).await;
             if let Some(primary) = self.world.primaries().first() {
-                self.world.write(primary, 128);
+                if let Some(ack) = self.world.write(primary, 128) {
+                    if self.synchronous {
+                        self.acknowledged.push(ack);
+                    }
+                }
             }
             self.check_safety()?;
         }
         Ok(())
     }
 
+    /// Synchronous mode: the leader's WAL holds every acknowledged write.
+    fn check_nothing_lost(&self, leader: &str) -> Result<(), String> {
+        let (_, data) = self.world.server(leader);
+        let Some(data) = data else {
+            return Err(format!("{leader} has no data directory"));
+        };
+        let has = |(timeline, lsn): (u32, u64)| {
+            if timeline == data.timeline {
+                return lsn <= data.end;
+            }
+            data.history
+                .iter()
+                .any(|(t, end)| *t == timeline && lsn <= *end)
+        };
+        match self.acknowledged.iter().find(|ack| !has(**ack)) {
+            Some((timeline, lsn)) => Err(format!(
+                "an acknowledged write (timeline {timeline}, position {lsn}) is not in {leader}'s \
+                 WAL (timeline {}, end {}, history {:?})",
+                data.timeline, data.end, data.history
+            )),
+            None => Ok(()),
+        }
+    }
+
     async fn converge(&mut self) -> Result<String, String> {
         let end = tokio::time::Instant::now() + CONVERGENCE;
         loop {
             if let Some(leader) = self.whole() {
+                self.check_nothing_lost(&leader)?;
                 return Ok(leader);
             }
             if tokio::time::Instant::now() >= end {
@@ -309,6 +358,33 @@ impl Sim {
                 self.note(format!("{name}: reaches the DCS again"));
                 Ok(())
             }
+            Fault::CutWal(i, hold, kill) => {
+                let name = self.members[*i].name.clone();
+                self.world.cut_wal(&name, true);
+                self.note(format!("{name}: receives no WAL for {hold:?}"));
+                self.run_for(*hold / 2).await?;
+                let mut killed = Vec::new();
+                if *kill != Kill::Nobody {
+                    let leader = self.store.leader();
+                    for j in 0..self.members.len() {
+                        let member = &self.members[j].name;
+                        let is_leader = leader.as_deref() == Some(member.as_str());
+                        if j != *i && (is_leader || *kill == Kill::LeaderAndOthers) {
+                            self.kill_agent(j);
+                            killed.push(j);
+                        }
+                    }
+                    self.run_for(Duration::from_secs(u64::from(TIMING.ttl) + 5))
+                        .await?;
+                }
+                self.run_for(*hold / 2).await?;
+                self.world.cut_wal(&name, false);
+                self.note(format!("{name}: receives WAL again"));
+                for j in killed {
+                    self.start_agent(j);
+                }
+                Ok(())
+            }
             Fault::Switchover(i) => {
                 let Some(leader) = self.store.leader() else {
                     self.note("switchover skipped: no leader".into());
@@ -337,7 +413,7 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
     (0..faults)
         .map(|_| {
             let who = rng.below(members as u64) as usize;
-            match rng.below(4) {
+            match rng.below(5) {
                 0 => Fault::KillPostgres(who),
                 1 => Fault::KillAgent(who, rng.millis(500, 2 * ttl)),
                 2 => {
@@ -347,6 +423,14 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
                         Cut::Silent
                     };
                     Fault::Cut(who, how, rng.millis(1_000, 2 * ttl))
+                }
+                3 => {
+                    let kill = match rng.below(3) {
+                        0 => Kill::Nobody,
+                        1 => Kill::Leader,
+                        _ => Kill::LeaderAndOthers,
+                    };
+                    Fault::CutWal(who, rng.millis(2_000, 2 * ttl), kill)
                 }
                 _ => Fault::Switchover(who),
             }
@@ -358,7 +442,8 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
 async fn run_schedule(seed: u64, faults: usize) -> Result<Vec<String>, (String, Vec<String>)> {
     let mut rng = Rng(seed);
     let plan = schedule(&mut rng, 3, faults);
-    let mut sim = Sim::new(&["m1", "m2", "m3"]);
+    // Odd seeds run in synchronous_mode.
+    let mut sim = Sim::new(&["m1", "m2", "m3"], seed % 2 == 1);
     sim.store.set_latency(Duration::from_millis(50), rng.next());
     sim.world
         .set_latency(Duration::from_millis(300), rng.next());
@@ -383,6 +468,15 @@ async fn run_schedule(seed: u64, faults: usize) -> Result<Vec<String>, (String, 
             task.abort();
         }
     }
+    let mode = if sim.synchronous {
+        format!(
+            "synchronous_mode: {} writes acknowledged",
+            sim.acknowledged.len()
+        )
+    } else {
+        "asynchronous".to_string()
+    };
+    sim.note(mode);
     match outcome {
         Ok(()) => Ok(sim.trace),
         Err(e) => Err((e, sim.trace)),

@@ -79,6 +79,12 @@ pub struct Server {
     pub upstream: Option<ConnTarget>,
     pub pid: i32,
     pub exited: Arc<Notify>,
+    /// Cut off from its upstream's WAL (the network between them drops everything).
+    pub wal_cut: bool,
+    /// `synchronous_standby_names` in the configuration files.
+    pub rendered_sync_names: Option<String>,
+    /// `synchronous_standby_names` in effect (the files' as of the last start or reload).
+    pub sync_names: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -114,9 +120,12 @@ impl World {
                 let Some(server) = self.servers.get(name) else {
                     continue;
                 };
-                let (Some(Running::Standby), Some(upstream), Some(data)) =
-                    (server.running, server.upstream.clone(), server.data.clone())
-                else {
+                let (Some(Running::Standby), Some(upstream), Some(data), false) = (
+                    server.running,
+                    server.upstream.clone(),
+                    server.data.clone(),
+                    server.wal_cut,
+                ) else {
                     continue;
                 };
                 let Some(source) = self.servers.get(&upstream.host) else {
@@ -194,18 +203,47 @@ impl SimWorld {
             .unwrap_or((None, None))
     }
 
-    /// A write on member `name` if it runs as a primary: (timeline, position) acknowledged.
+    /// A write on member `name` if it runs as a primary: the (timeline, position) the client
+    /// is told is committed. With `synchronous_standby_names` set, the commit waits until enough
+    /// of the named standbys have it; a write they never receive stays unacknowledged (None),
+    /// though it is in the primary's WAL.
     pub fn write(&self, name: &str, bytes: u64) -> Option<(u32, u64)> {
         let mut world = self.lock();
         let server = world.servers.get_mut(name)?;
         if server.running != Some(Running::Primary) {
             return None;
         }
+        let sync_names = server.sync_names.clone().filter(|n| !n.is_empty());
         let data = server.data.as_mut()?;
         data.end += bytes;
         let ack = (data.timeline, data.end);
         world.stream();
-        Some(ack)
+        let Some(sync_names) = sync_names else {
+            return Some(ack);
+        };
+        let (needed, names) = parse_sync_names(&sync_names);
+        let confirmed = world
+            .servers
+            .iter()
+            .filter(|(n, s)| {
+                (names.is_empty() || names.iter().any(|x| x == *n))
+                    && s.running == Some(Running::Standby)
+                    && s.upstream.as_ref().is_some_and(|u| u.host == name)
+                    && s.data
+                        .as_ref()
+                        .is_some_and(|d| d.timeline == ack.0 && d.end >= ack.1)
+            })
+            .count();
+        (confirmed >= needed).then_some(ack)
+    }
+
+    /// Cut (or heal) the WAL stream into member `name`'s standby.
+    pub fn cut_wal(&self, name: &str, cut: bool) {
+        self.lock()
+            .servers
+            .entry(name.to_string())
+            .or_default()
+            .wal_cut = cut;
     }
 
     /// The postmaster of `name` dies (kill -9); the data directory stays as it was.
@@ -217,6 +255,31 @@ impl SimWorld {
             }
         }
     }
+}
+
+/// `synchronous_standby_names` → (how many must confirm, the names; empty: any standby).
+fn parse_sync_names(text: &str) -> (usize, Vec<String>) {
+    let text = text.trim();
+    if text == "*" {
+        return (1, Vec::new());
+    }
+    let (needed, list) = match text.split_once('(') {
+        Some((count, rest)) => {
+            let count = count
+                .split_whitespace()
+                .last()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
+            (count, rest.trim_end_matches(')'))
+        }
+        None => (1, text),
+    };
+    let names = list
+        .split(',')
+        .map(|n| n.trim().trim_matches('"').to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    (needed, names)
 }
 
 /// One member's simulated Postgres.
@@ -290,6 +353,7 @@ impl SimPostgres {
                     server.upstream = None;
                 }
             }
+            server.sync_names = server.rendered_sync_names.clone();
             server.pid = pid;
             Ok(())
         })
@@ -335,10 +399,13 @@ impl PostgresControl for SimPostgres {
             ConfRole::Primary => Conf::Primary,
             ConfRole::Replica { primary, .. } => Conf::Standby(primary),
         };
+        let sync_names = self.sync_names.clone();
         self.with_server(|w, n| {
             let server = w.servers.entry(n.to_string()).or_default();
-            let changed = server.conf.as_ref() != Some(&wanted);
+            let changed =
+                server.conf.as_ref() != Some(&wanted) || server.rendered_sync_names != sync_names;
             server.conf = Some(wanted);
+            server.rendered_sync_names = sync_names;
             Ok(ConfChange {
                 changed,
                 needs_restart: false,
@@ -357,6 +424,7 @@ impl PostgresControl for SimPostgres {
             {
                 server.upstream = upstream;
             }
+            server.sync_names = server.rendered_sync_names.clone();
             Ok(())
         })
     }
@@ -404,6 +472,9 @@ impl PostgresControl for SimPostgres {
         let streaming = standby
             && self.with_server(|w, n| {
                 let server = w.servers.get(n);
+                if server.is_some_and(|s| s.wal_cut) {
+                    return false;
+                }
                 let upstream = server.and_then(|s| s.upstream.clone());
                 let source = upstream.and_then(|u| Self::source_data(w, &u));
                 source.is_some_and(|s| s.can_feed(&data) || s.end == data.end)
