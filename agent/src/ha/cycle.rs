@@ -31,6 +31,8 @@ mod protection;
 mod sync;
 
 pub use citus::{CitusRuntime, CoordinatorEvents};
+#[cfg(test)]
+pub use protection::FenceControl;
 
 /// Delay before a follow-up cycle when a state change is imminent.
 const SOON: Duration = Duration::from_millis(250);
@@ -250,6 +252,13 @@ impl Agent {
                 .checked_sub(Duration::from_secs_f64(self.safety_margin()))
                 .unwrap_or(deadline),
         )
+    }
+
+    /// Use `fence` instead of the fence process (simulation).
+    #[cfg(test)]
+    pub fn with_fence(mut self, fence: Box<dyn protection::FenceControl>) -> Agent {
+        self.fence = protection::FenceSlot::Running(fence);
+        self
     }
 
     /// Read other members' `GET /patroni` from `source` instead of over HTTP (simulation).

@@ -10,24 +10,28 @@
 //! And after the faults of a schedule are healed, within a bound, one member leads and every
 //! other member's Postgres runs as a standby that has all of the leader's WAL; in
 //! synchronous_mode (odd seeds) the leader's WAL holds every write a client was told is
-//! committed. DCS calls and
-//! Postgres' slow operations take seeded random time, so members' actions interleave.
+//! committed. DCS calls and Postgres' slow operations take seeded random time, so members'
+//! actions interleave.
 //!
 //! Faults: Postgres killed, the agent killed (and with it Postgres, as the parent-death signal
 //! does) and started again, a member cut off from the DCS (refused or silent), a replica cut
 //! off from the WAL stream (with or without the leader's Postgres dying meanwhile), a
-//! switchover request. A frozen agent is not simulated here: what stops its Postgres then is the fence
-//! process, which is tested as a process (agent/tests/fence_process.rs and tests/tests/fence.rs).
+//! switchover request, an agent frozen (its future is not polled, as SIGSTOP stops a process)
+//! while its Postgres runs. The fence is simulated by the world (`SimFence`): armed by the
+//! agent, it stops Postgres at its time whether or not the agent runs.
 //!
 //! A failing seed prints the schedule and what happened; `REGENT_SIM_SEED=<n>` replays one seed,
 //! `REGENT_SIM_SCHEDULES=<n>` runs more schedules.
 
 pub mod postgres;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -87,11 +91,49 @@ enum Fault {
     KillAgent(usize, Duration),
     Cut(usize, Cut, Duration),
     Switchover(usize),
+    /// The agent is frozen (SIGSTOP) for this long; its Postgres keeps running.
+    Freeze(usize, Duration),
     /// A replica stops receiving WAL; halfway through, the agents of the leader (and, with
     /// `Kill::LeaderAndOthers`, of every other member but that replica) are killed and stay
     /// down for longer than ttl: a replica that missed acknowledged writes may then be the
     /// only one left to take over.
     CutWal(usize, Duration, Kill),
+}
+
+/// An agent that can be frozen: while frozen its future is not polled at all, as a SIGSTOPped
+/// process runs no code — its timers, its lease guard included, wait with it.
+#[derive(Clone, Default)]
+struct Freeze {
+    frozen: Rc<Cell<bool>>,
+    waker: Rc<RefCell<Option<Waker>>>,
+}
+
+impl Freeze {
+    fn set(&self, frozen: bool) {
+        self.frozen.set(frozen);
+        if !frozen {
+            if let Some(waker) = self.waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+struct Freezable<F> {
+    inner: Pin<Box<F>>,
+    freeze: Freeze,
+}
+
+impl<F: Future> Future for Freezable<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if self.freeze.frozen.get() {
+            *self.freeze.waker.borrow_mut() = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        self.inner.as_mut().poll(cx)
+    }
 }
 
 /// `GET /patroni` of the simulated members, from their agents' snapshots.
@@ -134,6 +176,7 @@ struct SimMember {
     name: String,
     task: Option<JoinHandle<()>>,
     shutdown: Option<watch::Sender<bool>>,
+    freeze: Freeze,
 }
 
 struct Sim {
@@ -162,6 +205,7 @@ impl Sim {
                     name: n.to_string(),
                     task: None,
                     shutdown: None,
+                    freeze: Freeze::default(),
                 })
                 .collect(),
             trace: Vec::new(),
@@ -194,10 +238,16 @@ impl Sim {
             .borrow_mut()
             .insert(api_url(&name), snapshot_rx);
         let agent = Agent::new(cfg, dcs, pg, reqwest::Client::new(), snapshot_tx)
-            .with_member_status(Box::new(self.snapshots.clone()));
+            .with_member_status(Box::new(self.snapshots.clone()))
+            .with_fence(Box::new(self.world.fence(&name)));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = tokio::task::spawn_local(async move {
-            agent.run(shutdown_rx).await;
+        let freeze = Freeze::default();
+        self.members[index].freeze = freeze.clone();
+        let task = tokio::task::spawn_local(Freezable {
+            inner: Box::pin(async move {
+                agent.run(shutdown_rx).await;
+            }),
+            freeze,
         });
         self.members[index].task = Some(task);
         self.members[index].shutdown = Some(shutdown_tx);
@@ -274,6 +324,9 @@ impl Sim {
         let end = tokio::time::Instant::now() + duration;
         while tokio::time::Instant::now() < end {
             tokio::time::sleep(STEP).await;
+            for name in self.world.fire_fences(tokio::time::Instant::now()) {
+                self.note(format!("{name}: the fence stopped Postgres"));
+            }
             if let Some(primary) = self.world.primaries().first() {
                 if let Some(ack) = self.world.write(primary, 128) {
                     if self.synchronous {
@@ -385,6 +438,15 @@ impl Sim {
                 }
                 Ok(())
             }
+            Fault::Freeze(i, hold) => {
+                let name = self.members[*i].name.clone();
+                self.members[*i].freeze.set(true);
+                self.note(format!("{name}: agent frozen for {hold:?}"));
+                self.run_for(*hold).await?;
+                self.members[*i].freeze.set(false);
+                self.note(format!("{name}: agent resumed"));
+                Ok(())
+            }
             Fault::Switchover(i) => {
                 let Some(leader) = self.store.leader() else {
                     self.note("switchover skipped: no leader".into());
@@ -413,7 +475,7 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
     (0..faults)
         .map(|_| {
             let who = rng.below(members as u64) as usize;
-            match rng.below(5) {
+            match rng.below(6) {
                 0 => Fault::KillPostgres(who),
                 1 => Fault::KillAgent(who, rng.millis(500, 2 * ttl)),
                 2 => {
@@ -432,6 +494,7 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
                     };
                     Fault::CutWal(who, rng.millis(2_000, 2 * ttl), kill)
                 }
+                4 => Fault::Freeze(who, rng.millis(1_000, 2 * ttl)),
                 _ => Fault::Switchover(who),
             }
         })

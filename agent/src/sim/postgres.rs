@@ -79,6 +79,8 @@ pub struct Server {
     pub upstream: Option<ConnTarget>,
     pub pid: i32,
     pub exited: Arc<Notify>,
+    /// The fence's orders: (postmaster pid, when the stop starts).
+    pub fence: Option<(i32, tokio::time::Instant)>,
     /// Cut off from its upstream's WAL (the network between them drops everything).
     pub wal_cut: bool,
     /// `synchronous_standby_names` in the configuration files.
@@ -235,6 +237,42 @@ impl SimWorld {
             })
             .count();
         (confirmed >= needed).then_some(ack)
+    }
+
+    /// The fence of member `name`, acting on this world like the fence process on Postgres.
+    pub fn fence(&self, name: &str) -> SimFence {
+        SimFence {
+            world: self.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Let every armed fence whose time has come stop its postmaster (fast stop). The fence
+    /// does not depend on its agent: it acts while the agent is frozen.
+    pub fn fire_fences(&self, now: tokio::time::Instant) -> Vec<String> {
+        let mut world = self.lock();
+        let mut fired = Vec::new();
+        for (name, server) in world.servers.iter_mut() {
+            let Some((pid, at)) = server.fence else {
+                continue;
+            };
+            if now < at {
+                continue;
+            }
+            server.fence = None;
+            if server.running.is_some() && server.pid == pid {
+                let was = server.running.take();
+                if let Some(data) = server.data.as_mut() {
+                    data.state = match was {
+                        Some(Running::Primary) => "shut down",
+                        _ => "shut down in recovery",
+                    };
+                }
+                server.exited.notify_waiters();
+                fired.push(name.clone());
+            }
+        }
+        fired
     }
 
     /// Cut (or heal) the WAL stream into member `name`'s standby.
@@ -702,4 +740,46 @@ impl PostgresControl for SimPostgres {
     ) -> Result<(), PgError> {
         Ok(())
     }
+}
+
+/// A member's simulated fence process.
+pub struct SimFence {
+    world: SimWorld,
+    name: String,
+}
+
+impl crate::ha::cycle::FenceControl for SimFence {
+    fn is_alive(&mut self) -> bool {
+        true
+    }
+
+    fn arm(
+        &mut self,
+        pid: i32,
+        deadline: tokio::time::Instant,
+        margin: Duration,
+    ) -> std::io::Result<()> {
+        let at = deadline.checked_sub(margin).unwrap_or(deadline);
+        self.world
+            .lock()
+            .servers
+            .entry(self.name.clone())
+            .or_default()
+            .fence = Some((pid, at));
+        Ok(())
+    }
+
+    fn disarm(&mut self) -> std::io::Result<()> {
+        self.world
+            .lock()
+            .servers
+            .entry(self.name.clone())
+            .or_default()
+            .fence = None;
+        Ok(())
+    }
+
+    fn kill(self: Box<Self>) {}
+
+    fn shutdown(self: Box<Self>) {}
 }

@@ -9,14 +9,47 @@ use std::time::Duration;
 
 use tracing::{error, info};
 
+use tokio::time::Instant;
+
 use super::Agent;
 use crate::fence::Fence;
+
+/// What the loop asks of its fence: the fence process, or a simulated one.
+pub trait FenceControl {
+    /// Running and able to act (not exited, not stopped).
+    fn is_alive(&mut self) -> bool;
+    /// The postmaster `pid` must be down before `deadline`; the fast stop starts `margin` before.
+    fn arm(&mut self, pid: i32, deadline: Instant, margin: Duration) -> std::io::Result<()>;
+    fn disarm(&mut self) -> std::io::Result<()>;
+    /// Gone wrong: kill it.
+    fn kill(self: Box<Self>);
+    /// Clean exit: disarm and let it go.
+    fn shutdown(self: Box<Self>);
+}
+
+impl FenceControl for Fence {
+    fn is_alive(&mut self) -> bool {
+        Fence::is_alive(self)
+    }
+    fn arm(&mut self, pid: i32, deadline: Instant, margin: Duration) -> std::io::Result<()> {
+        Fence::arm(self, pid, deadline.into_std(), margin)
+    }
+    fn disarm(&mut self) -> std::io::Result<()> {
+        Fence::disarm(self)
+    }
+    fn kill(self: Box<Self>) {
+        Fence::kill(*self)
+    }
+    fn shutdown(self: Box<Self>) {
+        Fence::shutdown(*self)
+    }
+}
 
 /// The agent's fence process.
 pub(super) enum FenceSlot {
     /// `watchdog.fence: false`.
     Off,
-    Running(Fence),
+    Running(Box<dyn FenceControl>),
     /// It could not be started or died: this member does not lead until it runs again.
     Missing(String),
 }
@@ -27,7 +60,7 @@ impl FenceSlot {
             return FenceSlot::Off;
         }
         match Fence::spawn() {
-            Ok(f) => FenceSlot::Running(f),
+            Ok(f) => FenceSlot::Running(Box::new(f)),
             Err(e) => {
                 error!("cannot start the fence process: {e}");
                 FenceSlot::Missing(format!("the fence process could not be started: {e}"))
@@ -85,9 +118,7 @@ impl Agent {
         let deadline = self.lock_deadline;
         if let FenceSlot::Running(fence) = &mut self.fence {
             let result = match (deadline, postmaster) {
-                (Some(deadline), Some(pid)) if leading => {
-                    fence.arm(pid, deadline.into_std(), margin)
-                }
+                (Some(deadline), Some(pid)) if leading => fence.arm(pid, deadline, margin),
                 _ if primary_being_demoted => Ok(()),
                 _ => fence.disarm(),
             };
