@@ -932,6 +932,10 @@ fn is_healthiest(cluster: &Cluster, local: &LocalState, s: &Settings) -> (bool, 
 }
 
 #[cfg(test)]
+#[path = "decide_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
