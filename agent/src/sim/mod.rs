@@ -149,6 +149,13 @@ impl MemberStatusSource for Snapshots {
     }
 }
 
+/// One HTTP client for every simulated agent: building one reads the system trust store, which
+/// would dominate the simulation's time. The simulated agents never call it for `GET /patroni`.
+fn http_client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new).clone()
+}
+
 fn api_url(name: &str) -> String {
     format!("http://{name}:8008/patroni")
 }
@@ -237,7 +244,7 @@ impl Sim {
             .0
             .borrow_mut()
             .insert(api_url(&name), snapshot_rx);
-        let agent = Agent::new(cfg, dcs, pg, reqwest::Client::new(), snapshot_tx)
+        let agent = Agent::new(cfg, dcs, pg, http_client(), snapshot_tx)
             .with_member_status(Box::new(self.snapshots.clone()))
             .with_fence(Box::new(self.world.fence(&name)));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -554,7 +561,7 @@ fn env_number(key: &str) -> Option<u64> {
 fn seeded_schedules_keep_one_primary_and_heal() {
     let seeds: Vec<u64> = match env_number("REGENT_SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (1..=env_number("REGENT_SIM_SCHEDULES").unwrap_or(200)).collect(),
+        None => (1..=env_number("REGENT_SIM_SCHEDULES").unwrap_or(1000)).collect(),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
