@@ -277,8 +277,12 @@ def cell(pair, digits=1):
 def failover_lag_text(result):
     """The largest distance between a published optime and a promoted member's fork."""
     lag = result["max_failover_lag_bytes"]
-    text = ("no published optime known" if lag is None else
-            f"promoted member at most {lag / 1024:.0f} kB behind the published optime")
+    if lag is None:
+        text = "no published optime known"
+    elif lag <= 0:
+        text = "every promoted member at or past the optime published before it took the lock"
+    else:
+        text = f"promoted member at most {lag} bytes behind the published optime"
     text += f" (maximum_lag_on_failover {result['settings']['maximum_lag_on_failover'] / 1024:.0f} kB)"
     unknown = result["failovers_without_published_optime"]
     if unknown and lag is not None:
