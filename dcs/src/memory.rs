@@ -23,6 +23,31 @@ use crate::{
     Leader, Member, MemberData, Status, SyncState, Timing,
 };
 
+/// SplitMix64: a small seeded generator, so one seed names one sequence forever (latencies
+/// here, fault schedules in the HA loop's simulation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in 0 .. n (0 when n is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in 0 ..= max, to the microsecond.
+    pub fn duration_up_to(&mut self, max: Duration) -> Duration {
+        Duration::from_micros(self.below(max.as_micros() as u64 + 1))
+    }
+}
+
 /// How a member cut off from the store sees its calls fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -60,22 +85,12 @@ struct State {
     cut: BTreeMap<String, Cut>,
     /// Each call waits 0 ..= this long before it reaches the store (seeded, so reproducible).
     max_latency: Duration,
-    latency_seed: u64,
+    latency: SplitMix64,
 }
 
 impl State {
-    /// The next latency of the seeded sequence (SplitMix64).
     fn latency(&mut self) -> Duration {
-        if self.max_latency.is_zero() {
-            return Duration::ZERO;
-        }
-        self.latency_seed = self.latency_seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.latency_seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let max = self.max_latency.as_micros() as u64;
-        Duration::from_micros(z % (max + 1))
+        self.latency.duration_up_to(self.max_latency)
     }
 
     fn next_version(&mut self) -> u64 {
@@ -182,7 +197,7 @@ impl MemoryStore {
     pub fn set_latency(&self, max: Duration, seed: u64) {
         let mut state = self.lock();
         state.max_latency = max;
-        state.latency_seed = seed;
+        state.latency = SplitMix64(seed);
     }
 
     /// Cut `member` off from the store (`None` heals it).

@@ -35,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dcs::memory::{Cut, MemoryStore};
+use dcs::memory::{Cut, MemoryStore, SplitMix64};
 use dcs::{Dcs, Failover, Timing};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -57,20 +57,16 @@ const STEP: Duration = Duration::from_millis(100);
 /// After the last heal, the cluster must be whole again within this.
 const CONVERGENCE: Duration = Duration::from_secs(90);
 
-/// SplitMix64: a tiny seeded generator, so a seed names one schedule forever.
-struct Rng(u64);
+/// The schedule's generator: a seed names one schedule forever.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.below(n)
     }
 
     fn millis(&mut self, low: u64, high: u64) -> Duration {
@@ -510,7 +506,7 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
 
 /// One seeded schedule, start to end: its trace, or why and the trace when an invariant broke.
 async fn run_schedule(seed: u64, faults: usize) -> Result<Vec<String>, (String, Vec<String>)> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64(seed));
     let plan = schedule(&mut rng, 3, faults);
     // Odd seeds run in synchronous_mode.
     let mut sim = Sim::new(&["m1", "m2", "m3"], seed % 2 == 1);

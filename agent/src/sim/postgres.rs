@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dcs::memory::SplitMix64;
 use tokio::sync::Notify;
 
 use crate::postgres::{
@@ -96,21 +97,12 @@ struct World {
     next_sysid: u64,
     /// Start, stop, promote, clone and rewind take 0 ..= this long (seeded, so reproducible).
     max_latency: Duration,
-    latency_seed: u64,
+    latency: SplitMix64,
 }
 
 impl World {
-    /// The next latency of the seeded sequence (SplitMix64).
     fn latency(&mut self) -> Duration {
-        if self.max_latency.is_zero() {
-            return Duration::ZERO;
-        }
-        self.latency_seed = self.latency_seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.latency_seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Duration::from_micros(z % (self.max_latency.as_micros() as u64 + 1))
+        self.latency.duration_up_to(self.max_latency)
     }
 
     /// Let every running standby receive what its upstream has.
@@ -162,7 +154,7 @@ impl SimWorld {
     pub fn set_latency(&self, max: Duration, seed: u64) {
         let mut world = self.lock();
         world.max_latency = max;
-        world.latency_seed = seed;
+        world.latency = SplitMix64(seed);
     }
 
     /// Wait as long as the next slow operation takes.
