@@ -107,7 +107,10 @@ pub fn remote_tls(user: &PgUser) -> Result<RemoteTls, TlsOptionError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| option_error("sslmode", e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = match verification {
-        Verification::None => Arc::new(AnyServerCertificate(provider())),
+        Verification::None => Arc::new(WithoutHostName {
+            chain: None,
+            provider: provider(),
+        }),
         Verification::Chain | Verification::ChainAndName => {
             let roots = root_store(root_file, sslmode)?;
             let mut webpki =
@@ -119,7 +122,10 @@ pub fn remote_tls(user: &PgUser) -> Result<RemoteTls, TlsOptionError> {
                 .build()
                 .map_err(|e| option_error("sslrootcert", e.to_string()))?;
             if verification == Verification::Chain {
-                Arc::new(AnyHostName(webpki))
+                Arc::new(WithoutHostName {
+                    chain: Some(webpki),
+                    provider: provider(),
+                })
             } else {
                 webpki
             }
@@ -206,61 +212,16 @@ fn read_crls(path: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, T
         .map_err(|e| option_error("sslcrl", format!("{path}: {e}")))
 }
 
-/// `sslmode` prefer/require without a root certificate: encryption without authentication,
-/// as libpq does. Handshake signatures are still checked.
+/// The server check of `sslmode` prefer/require without a root certificate (`chain: None`:
+/// encryption without authentication, as libpq) and of verify-ca (the chain must lead to a
+/// trusted root; the name in it does not matter). Handshake signatures are always checked.
 #[derive(Debug)]
-struct AnyServerCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct WithoutHostName {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// `sslmode` verify-ca: the chain must lead to a trusted root; the name in it does not matter.
-#[derive(Debug)]
-struct AnyHostName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyHostName {
+impl ServerCertVerifier for WithoutHostName {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -269,10 +230,10 @@ impl ServerCertVerifier for AnyHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -286,7 +247,12 @@ impl ServerCertVerifier for AnyHostName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -295,10 +261,17 @@ impl ServerCertVerifier for AnyHostName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
