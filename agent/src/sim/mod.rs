@@ -17,7 +17,7 @@
 //! does) and started again, a member cut off from the DCS (refused or silent), a replica cut
 //! off from the WAL stream (with or without the leader's Postgres dying meanwhile), a
 //! switchover request, an agent frozen (its future is not polled, as SIGSTOP stops a process)
-//! while its Postgres runs. The fence is simulated by the world (`SimFence`): armed by the
+//! while its Postgres runs, the whole DCS down, a change of ttl and loop_wait. The fence is simulated by the world (`SimFence`): armed by the
 //! agent, it stops Postgres at its time whether or not the agent runs.
 //!
 //! A failing seed prints the schedule and what happened; `REGENT_SIM_SEED=<n>` replays one seed,
@@ -89,6 +89,10 @@ enum Fault {
     Switchover(usize),
     /// The agent is frozen (SIGSTOP) for this long; its Postgres keeps running.
     Freeze(usize, Duration),
+    /// Every member is cut off from the DCS for this long (the DCS is down).
+    DcsDown(Cut, Duration),
+    /// The dynamic configuration gets this ttl and loop_wait (retry_timeout stays 3).
+    Timing(u32, u32),
     /// A replica stops receiving WAL; halfway through, the agents of the leader (and, with
     /// `Kill::LeaderAndOthers`, of every other member but that replica) are killed and stay
     /// down for longer than ttl: a replica that missed acknowledged writes may then be the
@@ -441,6 +445,37 @@ impl Sim {
                 }
                 Ok(())
             }
+            Fault::DcsDown(how, hold) => {
+                let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+                for name in &names {
+                    self.store.cut(name, Some(*how));
+                }
+                self.note(format!("the DCS is down ({how:?}) for {hold:?}"));
+                self.run_for(*hold).await?;
+                for name in &names {
+                    self.store.cut(name, None);
+                }
+                self.note("the DCS is back".into());
+                Ok(())
+            }
+            Fault::Timing(ttl, loop_wait) => {
+                let client = self.store.client("sim-operator", TIMING);
+                let current = client
+                    .get_cluster()
+                    .await
+                    .ok()
+                    .and_then(|c| c.config)
+                    .map(|c| (c.raw, c.version));
+                let Some((mut raw, version)) = current else {
+                    self.note("timing change skipped: no config".into());
+                    return Ok(());
+                };
+                raw["ttl"] = (*ttl).into();
+                raw["loop_wait"] = (*loop_wait).into();
+                let written = client.set_config_value(&raw, version.as_deref()).await;
+                self.note(format!("ttl {ttl}, loop_wait {loop_wait}: {written:?}"));
+                self.run_for(rng.millis(1_000, 10_000)).await
+            }
             Fault::Freeze(i, hold) => {
                 let name = self.members[*i].name.clone();
                 self.members[*i].freeze.set(true);
@@ -478,7 +513,7 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
     (0..faults)
         .map(|_| {
             let who = rng.below(members as u64) as usize;
-            match rng.below(6) {
+            match rng.below(8) {
                 0 => Fault::KillPostgres(who),
                 1 => Fault::KillAgent(who, rng.millis(500, 2 * ttl)),
                 2 => {
@@ -498,6 +533,15 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
                     Fault::CutWal(who, rng.millis(2_000, 2 * ttl), kill)
                 }
                 4 => Fault::Freeze(who, rng.millis(1_000, 2 * ttl)),
+                5 => {
+                    let how = if rng.below(2) == 0 {
+                        Cut::Refused
+                    } else {
+                        Cut::Silent
+                    };
+                    Fault::DcsDown(how, rng.millis(1_000, 2 * ttl))
+                }
+                6 => Fault::Timing([10, 15, 20][rng.below(3) as usize], 1 + rng.below(3) as u32),
                 _ => Fault::Switchover(who),
             }
         })
