@@ -11,7 +11,7 @@ use dcs::{Cluster, Dcs, HistoryEntry, MemberData, PostgresState, Role, Timing};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::decide::{
     decide, handover_candidates, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole,
@@ -275,10 +275,15 @@ impl Agent {
             warn!("cannot check for an already running postmaster: {e}");
         }
         self.pg.adopt_rendered_synchronous_standby_names();
+        let mut cycles: u64 = 0;
         loop {
             let guard = self.guard_instant();
+            cycles += 1;
             let ended = {
-                let cycle = self.run_cycle();
+                // Everything one cycle logs carries its number.
+                let cycle = self
+                    .run_cycle()
+                    .instrument(tracing::info_span!("cycle", n = cycles));
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => Wake::Shutdown,
