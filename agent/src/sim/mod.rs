@@ -21,7 +21,8 @@
 //! agent, it stops Postgres at its time whether or not the agent runs.
 //!
 //! A failing seed prints the schedule and what happened; `REGENT_SIM_SEED=<n>` replays one seed,
-//! `REGENT_SIM_SCHEDULES=<n>` runs more schedules.
+//! `REGENT_SIM_SCHEDULES=<n>` runs more schedules (1000 by default), `REGENT_SIM_TRACE=1` prints
+//! the trace of passing seeds too.
 
 pub mod postgres;
 
