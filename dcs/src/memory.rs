@@ -213,7 +213,7 @@ impl MemoryStore {
     pub fn leader(&self) -> Option<String> {
         let mut state = self.lock();
         if state.expire(Instant::now()) {
-            self.changes.send_modify(|n| *n += 1);
+            self.notify();
         }
         state.leader.as_ref().map(|l| l.value.clone())
     }
@@ -284,6 +284,27 @@ impl MemoryDcs {
             self.store.notify();
         }
         Ok(state)
+    }
+}
+
+impl MemoryDcs {
+    /// Compare-and-swap one versioned key: when `expected` (None: no check) matches its
+    /// version, `new` replaces it (None removes it) and watchers are woken.
+    async fn swap<T>(
+        &self,
+        slot: impl Fn(&mut State) -> &mut Option<Versioned<T>>,
+        expected: Option<&str>,
+        new: Option<T>,
+    ) -> DcsResult<bool> {
+        let mut state = self.reach().await?;
+        if !version_matches(expected, slot(&mut state).as_ref().map(|v| v.version)) {
+            return Ok(false);
+        }
+        let version = state.next_version();
+        *slot(&mut state) = new.map(|value| Versioned { value, version });
+        drop(state);
+        self.store.notify();
+        Ok(true)
     }
 }
 
@@ -421,18 +442,8 @@ impl Dcs for MemoryDcs {
     }
 
     async fn set_config_value(&self, value: &Value, version: Option<&str>) -> DcsResult<bool> {
-        let mut state = self.reach().await?;
-        if !version_matches(version, state.config.as_ref().map(|c| c.version)) {
-            return Ok(false);
-        }
-        let next = state.next_version();
-        state.config = Some(Versioned {
-            value: value.clone(),
-            version: next,
-        });
-        drop(state);
-        self.store.notify();
-        Ok(true)
+        self.swap(|s| &mut s.config, version, Some(value.clone()))
+            .await
     }
 
     async fn set_history_value(&self, history: &[HistoryEntry]) -> DcsResult<()> {
@@ -447,63 +458,27 @@ impl Dcs for MemoryDcs {
         failover: &Failover,
         version: Option<&str>,
     ) -> DcsResult<bool> {
-        let mut state = self.reach().await?;
-        if !version_matches(version, state.failover.as_ref().map(|f| f.version)) {
-            return Ok(false);
-        }
-        let next = state.next_version();
-        state.failover = Some(Versioned {
-            value: Failover {
-                version: None,
-                ..failover.clone()
-            },
-            version: next,
-        });
-        drop(state);
-        self.store.notify();
-        Ok(true)
+        let value = Failover {
+            version: None,
+            ..failover.clone()
+        };
+        self.swap(|s| &mut s.failover, version, Some(value)).await
     }
 
     async fn delete_failover(&self, version: Option<&str>) -> DcsResult<bool> {
-        let mut state = self.reach().await?;
-        if !version_matches(version, state.failover.as_ref().map(|f| f.version)) {
-            return Ok(false);
-        }
-        state.failover = None;
-        state.next_version();
-        drop(state);
-        self.store.notify();
-        Ok(true)
+        self.swap(|s| &mut s.failover, version, None).await
     }
 
     async fn set_sync_state(&self, sync: &SyncState, version: Option<&str>) -> DcsResult<bool> {
-        let mut state = self.reach().await?;
-        if !version_matches(version, state.sync.as_ref().map(|s| s.version)) {
-            return Ok(false);
-        }
-        let next = state.next_version();
-        state.sync = Some(Versioned {
-            value: SyncState {
-                version: None,
-                ..sync.clone()
-            },
-            version: next,
-        });
-        drop(state);
-        self.store.notify();
-        Ok(true)
+        let value = SyncState {
+            version: None,
+            ..sync.clone()
+        };
+        self.swap(|s| &mut s.sync, version, Some(value)).await
     }
 
     async fn delete_sync_state(&self, version: Option<&str>) -> DcsResult<bool> {
-        let mut state = self.reach().await?;
-        if !version_matches(version, state.sync.as_ref().map(|s| s.version)) {
-            return Ok(false);
-        }
-        state.sync = None;
-        state.next_version();
-        drop(state);
-        self.store.notify();
-        Ok(true)
+        self.swap(|s| &mut s.sync, version, None).await
     }
 
     async fn write_status(&self, status: &Status) -> DcsResult<()> {

@@ -90,6 +90,21 @@ pub struct Server {
     pub sync_names: Option<String>,
 }
 
+impl Server {
+    /// A clean shutdown (fast stop): pg_control says so. The pid stopped, None when none ran.
+    fn shut_down(&mut self) -> Option<i32> {
+        let was = self.running.take()?;
+        if let Some(data) = self.data.as_mut() {
+            data.state = match was {
+                Running::Primary => "shut down",
+                Running::Standby => "shut down in recovery",
+            };
+        }
+        self.exited.notify_waiters();
+        Some(self.pid)
+    }
+}
+
 #[derive(Debug, Default)]
 struct World {
     servers: BTreeMap<String, Server>,
@@ -253,14 +268,7 @@ impl SimWorld {
             }
             server.fence = None;
             if server.running.is_some() && server.pid == pid {
-                let was = server.running.take();
-                if let Some(data) = server.data.as_mut() {
-                    data.state = match was {
-                        Some(Running::Primary) => "shut down",
-                        _ => "shut down in recovery",
-                    };
-                }
-                server.exited.notify_waiters();
+                server.shut_down();
                 fired.push(name.clone());
             }
         }
@@ -345,18 +353,7 @@ impl SimPostgres {
     }
 
     fn stop_now(&mut self) -> Option<i32> {
-        self.with_server(|world, name| {
-            let server = world.servers.get_mut(name)?;
-            let was = server.running.take()?;
-            if let Some(data) = server.data.as_mut() {
-                data.state = match was {
-                    Running::Primary => "shut down",
-                    Running::Standby => "shut down in recovery",
-                };
-            }
-            server.exited.notify_waiters();
-            Some(server.pid)
-        })
+        self.with_server(|world, name| world.servers.get_mut(name)?.shut_down())
     }
 
     fn start_now(&mut self) -> Result<(), PgError> {
