@@ -288,7 +288,7 @@ impl Fence {
     /// Stop the fence (clean exit of the agent): disarm, close the pipe, wait.
     pub fn shutdown(mut self) {
         if let Err(e) = self.disarm() {
-            warn!("cannot disarm the fence: {e}");
+            warn!(error = %e, "cannot disarm the fence");
         }
         drop(self.pipe);
         let _ = self.child.wait();

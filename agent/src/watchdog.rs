@@ -217,7 +217,7 @@ impl Watchdog {
                 }
                 Err(e) => {
                     if self.failure.as_deref() != Some(e.as_str()) {
-                        warn!(device = %self.cfg.device.display(), "cannot use the watchdog: {e}");
+                        warn!(device = %self.cfg.device.display(), error = %e, "cannot use the watchdog");
                     }
                     self.failure = Some(e);
                     return;
@@ -226,7 +226,7 @@ impl Watchdog {
         }
         if let Some(dev) = self.device.as_mut() {
             if let Err(e) = dev.write_all(b"1").and_then(|()| dev.flush()) {
-                warn!(device = %self.cfg.device.display(), "watchdog keepalive failed: {e}");
+                warn!(device = %self.cfg.device.display(), error = %e, "watchdog keepalive failed");
                 self.failure = Some(format!("keepalive failed: {e}"));
                 self.device = None;
             }
@@ -250,7 +250,7 @@ impl Watchdog {
     pub fn disable(&mut self) {
         if let Some(mut dev) = self.device.take() {
             if let Err(e) = dev.write_all(b"V").and_then(|()| dev.flush()) {
-                warn!(device = %self.cfg.device.display(), "cannot disable the watchdog: {e}");
+                warn!(device = %self.cfg.device.display(), error = %e, "cannot disable the watchdog");
             } else {
                 info!(device = %self.cfg.device.display(), "watchdog disabled");
             }

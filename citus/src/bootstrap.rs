@@ -40,7 +40,7 @@ impl AuthInfo {
         .filter_map(|(key, value)| {
             value
                 .as_deref()
-                .map(|v| format!("{key}={}", quote_conninfo(v)))
+                .map(|v| format!("{key}={}", pgquote::conninfo_value(v)))
         })
         .collect();
         (!pairs.is_empty()).then(|| pairs.join(" "))
@@ -84,7 +84,7 @@ pub async fn run(local: &Config, plan: &Bootstrap) -> Result<(), BootstrapError>
         let client = connect(local, "postgres")
             .await
             .map_err(fail("connect to database postgres"))?;
-        let create = format!("CREATE DATABASE {}", quote_ident(&plan.database));
+        let create = format!("CREATE DATABASE {}", pgquote::ident(&plan.database));
         match client.batch_execute(&create).await {
             Ok(()) => tracing::info!(database = %plan.database, "created the Citus database"),
             Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
@@ -146,31 +146,6 @@ async fn connect(local: &Config, database: &str) -> Result<Client, tokio_postgre
     Ok(client)
 }
 
-/// A SQL identifier in double quotes.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A libpq connection-string value: bare when safe, else single-quoted with `\` escapes.
-fn quote_conninfo(value: &str) -> String {
-    let bare = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c == '\'' || c == '\\' || c.is_whitespace());
-    if bare {
-        return value.to_string();
-    }
-    let mut out = String::from("'");
-    for c in value.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +176,7 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("citus"), "\"citus\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(pgquote::ident("citus"), "\"citus\"");
+        assert_eq!(pgquote::ident("a\"b"), "\"a\"\"b\"");
     }
 }

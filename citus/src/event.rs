@@ -75,36 +75,75 @@ pub struct CitusEvent {
     pub cooldown: Duration,
 }
 
-/// Parse a `POST /citus` body. The error is the 400 answer's text and names the field.
-pub fn parse_event(body: &Value) -> Result<CitusEvent, String> {
+/// Why a `POST /citus` body was refused: the 400 answer's text, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("the request body must be a JSON object")]
+    NotAnObject,
+    #[error("{field}: {problem}")]
+    Field {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn field_error(field: &'static str, problem: impl Into<String>) -> EventError {
+    EventError::Field {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// Parse a `POST /citus` body.
+pub fn parse_event(body: &Value) -> Result<CitusEvent, EventError> {
     let Value::Object(map) = body else {
-        return Err("the request body must be a JSON object".into());
+        return Err(EventError::NotAnObject);
     };
     let kind = match map.get("type") {
-        None | Some(Value::Null) => return Err("type: required field is missing".into()),
+        None | Some(Value::Null) => return Err(field_error("type", "required field is missing")),
         Some(Value::String(s)) => EventType::from_wire(s).ok_or_else(|| {
-            format!("type: expected one of before_demote, before_promote, after_promote, got {s:?}")
+            field_error(
+                "type",
+                format!("expected one of before_demote, before_promote, after_promote, got {s:?}"),
+            )
         })?,
-        Some(other) => return Err(format!("type: expected a string, got {other}")),
+        Some(other) => {
+            return Err(field_error(
+                "type",
+                format!("expected a string, got {other}"),
+            ))
+        }
     };
     let group = match map.get("group") {
-        None | Some(Value::Null) => return Err("group: required field is missing".into()),
+        None | Some(Value::Null) => return Err(field_error("group", "required field is missing")),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(g) if g <= i32::MAX as u64 => g as u32,
             _ => {
-                return Err(format!(
-                    "group: expected an integer from 0 to {}, got {n}",
-                    i32::MAX
+                return Err(field_error(
+                    "group",
+                    format!("expected an integer from 0 to {}, got {n}", i32::MAX),
                 ))
             }
         },
-        Some(other) => return Err(format!("group: expected an integer, got {other}")),
+        Some(other) => {
+            return Err(field_error(
+                "group",
+                format!("expected an integer, got {other}"),
+            ))
+        }
     };
     let leader = match map.get("leader") {
-        None | Some(Value::Null) => return Err("leader: required field is missing".into()),
-        Some(Value::String(s)) if s.is_empty() => return Err("leader: must not be empty".into()),
+        None | Some(Value::Null) => return Err(field_error("leader", "required field is missing")),
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(field_error("leader", "must not be empty"))
+        }
         Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(format!("leader: expected a string, got {other}")),
+        Some(other) => {
+            return Err(field_error(
+                "leader",
+                format!("expected a string, got {other}"),
+            ))
+        }
     };
     let timeout = seconds(map, "timeout", DEFAULT_TIMEOUT, MAX_TIMEOUT_SECS, false)?;
     let cooldown = seconds(map, "cooldown", DEFAULT_COOLDOWN, MAX_COOLDOWN_SECS, true)?;
@@ -120,15 +159,20 @@ pub fn parse_event(body: &Value) -> Result<CitusEvent, String> {
 /// An optional number of seconds in `0..=max` (`> 0` unless `zero_ok`).
 fn seconds(
     map: &Map<String, Value>,
-    key: &str,
+    key: &'static str,
     default: Duration,
     max: f64,
     zero_ok: bool,
-) -> Result<Duration, String> {
+) -> Result<Duration, EventError> {
     let n = match map.get(key) {
         None | Some(Value::Null) => return Ok(default),
         Some(Value::Number(n)) => n,
-        Some(other) => return Err(format!("{key}: expected a number of seconds, got {other}")),
+        Some(other) => {
+            return Err(field_error(
+                key,
+                format!("expected a number of seconds, got {other}"),
+            ))
+        }
     };
     let secs = n.as_f64().filter(|s| s.is_finite()).unwrap_or(-1.0);
     let in_range = if zero_ok { secs >= 0.0 } else { secs > 0.0 } && secs <= max;
@@ -138,8 +182,9 @@ fn seconds(
         } else {
             "greater than 0 and"
         };
-        return Err(format!(
-            "{key}: expected a number of seconds {low} up to {max}, got {n}"
+        return Err(field_error(
+            key,
+            format!("expected a number of seconds {low} up to {max}, got {n}"),
         ));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -288,7 +333,11 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            assert_eq!(parse_event(&body), Err(expected.to_string()), "body {body}");
+            assert_eq!(
+                parse_event(&body).map_err(|e| e.to_string()),
+                Err(expected.to_string()),
+                "body {body}"
+            );
         }
     }
 

@@ -39,32 +39,46 @@ pub struct NodeTarget {
     pub port: u16,
 }
 
+/// Why a node target cannot be written to `pg_dist_node`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("group {group}: empty host")]
+    EmptyHost { group: u32 },
+    #[error("group {group}: invalid host {host:?}")]
+    InvalidHost { group: u32, host: String },
+    #[error("group {group}: host {host:?} ends with {:?}", worker::DEMOTED_SUFFIX)]
+    DemotedHost { group: u32, host: String },
+    #[error("group {group}: port 0 is not in 1..65535")]
+    PortZero { group: u32 },
+    #[error("group {group} is out of range")]
+    GroupOutOfRange { group: u32 },
+}
+
 impl NodeTarget {
     /// A usable target: a host (without the `-demoted` suffix the manager uses itself) and a
     /// port in 1..=65535, in a group `pg_dist_node` can hold.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TargetError> {
+        let group = self.group;
         if self.host.trim().is_empty() {
-            return Err(format!("group {}: empty host", self.group));
+            return Err(TargetError::EmptyHost { group });
         }
         if self.host.contains(['\0', ' ', '\'', '"']) {
-            return Err(format!(
-                "group {}: invalid host {:?}",
-                self.group, self.host
-            ));
+            return Err(TargetError::InvalidHost {
+                group,
+                host: self.host.clone(),
+            });
         }
         if self.host.ends_with(worker::DEMOTED_SUFFIX) {
-            return Err(format!(
-                "group {}: host {:?} ends with {:?}",
-                self.group,
-                self.host,
-                worker::DEMOTED_SUFFIX
-            ));
+            return Err(TargetError::DemotedHost {
+                group,
+                host: self.host.clone(),
+            });
         }
         if self.port == 0 {
-            return Err(format!("group {}: port 0 is not in 1..65535", self.group));
+            return Err(TargetError::PortZero { group });
         }
-        if i32::try_from(self.group).is_err() {
-            return Err(format!("group {} is out of range", self.group));
+        if i32::try_from(group).is_err() {
+            return Err(TargetError::GroupOutOfRange { group });
         }
         Ok(())
     }
@@ -178,7 +192,9 @@ impl NodeManager {
                 ev.group, target.group
             )));
         }
-        target.validate().map_err(ManagerError::InvalidTarget)?;
+        target
+            .validate()
+            .map_err(|e| ManagerError::InvalidTarget(e.to_string()))?;
         let (reply, answer) = oneshot::channel();
         self.messages
             .send(Message::Rest {

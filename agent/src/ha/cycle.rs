@@ -17,6 +17,7 @@ use super::decide::{
     decide, handover_candidates, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole,
     Settings,
 };
+use super::error::{BootstrapError, Fatal};
 use super::peers::{HttpStatus, MemberStatusSource};
 use super::repair::{divergence_repair, Repair};
 use crate::config::{Config, DynamicConfig};
@@ -53,7 +54,7 @@ pub enum Exit {
 enum Wake {
     Shutdown,
     LeaseGuard,
-    CycleDone(Result<(), String>),
+    CycleDone(Result<(), Fatal>),
     Timer,
     /// A REST request for the loop (`None`: the API is gone).
     Command(Option<rest::Command>),
@@ -272,7 +273,7 @@ impl Agent {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Exit {
         self.dcs.set_timing(self.timing());
         if let Err(e) = self.pg.adopt_running().await {
-            warn!("cannot check for an already running postmaster: {e}");
+            warn!(error = %e, "cannot check for an already running postmaster");
         }
         self.pg.adopt_rendered_synchronous_standby_names();
         let mut cycles: u64 = 0;
@@ -294,7 +295,7 @@ impl Agent {
             match ended {
                 Wake::Shutdown => return self.shutdown().await,
                 Wake::LeaseGuard => self.lease_guard_fired().await,
-                Wake::CycleDone(Err(msg)) => {
+                Wake::CycleDone(Err(Fatal(msg))) => {
                     error!("{msg}");
                     self.stop_postgres(StopMode::Fast, Duration::from_secs(30))
                         .await;
@@ -352,7 +353,7 @@ impl Agent {
     }
 
     /// One HA cycle. `Err` is fatal.
-    async fn run_cycle(&mut self) -> Result<(), String> {
+    async fn run_cycle(&mut self) -> Result<(), Fatal> {
         self.finish_pending_start().await;
         let retry = Duration::from_secs(u64::from(self.dynamic.retry_timeout) + 1);
         let read = match self.dcs_call_budget(retry) {
@@ -378,7 +379,7 @@ impl Agent {
                 Some(c)
             }
             Ok(Err(e)) => {
-                warn!("cannot read the cluster from the DCS: {e}");
+                warn!(error = %e, "cannot read the cluster from the DCS");
                 None
             }
             Err(_) => {
@@ -419,7 +420,7 @@ impl Agent {
             self.log_decision(&decision.reason);
             match self.execute(view, &decision.actions).await {
                 PlanOutcome::Done | PlanOutcome::Aborted => break,
-                PlanOutcome::Fatal(msg) => return Err(msg),
+                PlanOutcome::Fatal(msg) => return Err(Fatal(msg)),
                 PlanOutcome::RenewFailed if !local.renew_failed => {
                     local.renew_failed = true;
                     local.holds_lock = false;
@@ -561,11 +562,11 @@ impl Agent {
                             "Postgres configuration changed: reloading"
                         );
                         if let Err(e) = self.pg.reload() {
-                            warn!("cannot reload Postgres: {e}");
+                            warn!(error = %e, "cannot reload Postgres");
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => warn!("cannot write the Postgres configuration: {e}"),
+                    Err(e) => warn!(error = %e, "cannot write the Postgres configuration"),
                 }
             }
         }
@@ -632,7 +633,7 @@ impl Agent {
             match self.pg.controldata().await {
                 Ok(cd) => DataDir::Valid { sysid: cd.sysid },
                 Err(e) => {
-                    warn!("cannot read pg_control: {e}");
+                    warn!(error = %e, "cannot read pg_control");
                     DataDir::Empty
                 }
             }
@@ -700,7 +701,7 @@ impl Agent {
         let remote = match self.pg.remote_timeline_history(&target).await {
             Ok(r) => r,
             Err(e) => {
-                debug!("cannot read the leader's timeline history: {e}");
+                debug!(error = %e, "cannot read the leader's timeline history");
                 return false;
             }
         };
@@ -782,14 +783,14 @@ impl Agent {
                         PlanOutcome::Aborted
                     }
                     Err(e) => {
-                        warn!("initialize race: {e}");
+                        warn!(error = %e, "initialize race");
                         PlanOutcome::Aborted
                     }
                 },
                 Action::CancelInitialization => {
                     match self.dcs.cancel_initialization().await {
                         Ok(()) => info!("removed the unclaimed bootstrap from initialize"),
-                        Err(e) => warn!("cannot remove the unclaimed bootstrap: {e}"),
+                        Err(e) => warn!(error = %e, "cannot remove the unclaimed bootstrap"),
                     }
                     self.bootstrap_unclaimed_since = None;
                     PlanOutcome::Done
@@ -803,7 +804,7 @@ impl Agent {
                 {
                     Ok(_) => PlanOutcome::Done,
                     Err(e) => {
-                        warn!("cannot write initialize: {e}");
+                        warn!(error = %e, "cannot write initialize");
                         PlanOutcome::Aborted
                     }
                 },
@@ -814,7 +815,7 @@ impl Agent {
                 {
                     Ok(_) => PlanOutcome::Done,
                     Err(e) => {
-                        warn!("cannot write config: {e}");
+                        warn!(error = %e, "cannot write config");
                         PlanOutcome::Aborted
                     }
                 },
@@ -855,7 +856,7 @@ impl Agent {
                     match self.dcs.delete_failover(version.as_deref()).await {
                         Ok(true) => info!("removed the switchover request"),
                         Ok(false) => info!("the switchover request changed meanwhile"),
-                        Err(e) => warn!("cannot remove the switchover request: {e}"),
+                        Err(e) => warn!(error = %e, "cannot remove the switchover request"),
                     }
                     PlanOutcome::Done
                 }
@@ -894,7 +895,7 @@ impl Agent {
                 PlanOutcome::Aborted
             }
             Err(e) => {
-                warn!("cannot acquire the leader lock: {e}");
+                warn!(error = %e, "cannot acquire the leader lock");
                 // Whether the lock is ours is unknown: as with an unreachable DCS.
                 PlanOutcome::DcsFailed
             }
@@ -947,7 +948,7 @@ impl Agent {
             }
             // No definite answer: the lock may still be ours, as with an unreachable DCS.
             Ok(Err(e)) => {
-                warn!("cannot renew the leader lock: {e}");
+                warn!(error = %e, "cannot renew the leader lock");
                 PlanOutcome::DcsFailed
             }
             Err(_) => {
@@ -980,7 +981,7 @@ impl Agent {
         let optime = self.last_obs.wal_position;
         match self.dcs.delete_leader(optime).await {
             Ok(_) => info!("released the leader lock"),
-            Err(e) => warn!("cannot release the leader lock: {e}"),
+            Err(e) => warn!(error = %e, "cannot release the leader lock"),
         }
         self.lock_deadline = None;
         self.sync_protection();
@@ -995,46 +996,35 @@ impl Agent {
                 PlanOutcome::Done
             }
             Err(e) => {
-                error!("bootstrap failed: {e}");
+                error!(error = %e, "bootstrap failed");
                 self.state = PostgresState::InitdbFailed;
                 self.stop_postgres(StopMode::Immediate, Duration::from_secs(10))
                     .await;
                 if let Err(e) = self.pg.wipe_data_dir() {
-                    error!("cannot clean the data directory after a failed bootstrap: {e}");
+                    error!(error = %e, "cannot clean the data directory after a failed bootstrap");
                 }
                 if let Err(e) = self.dcs.cancel_initialization().await {
-                    warn!("cannot cancel the initialization: {e}");
+                    warn!(error = %e, "cannot cancel the initialization");
                 }
                 PlanOutcome::Aborted
             }
         }
     }
 
-    async fn try_bootstrap(&mut self) -> Result<(), String> {
-        self.pg.initdb().await.map_err(|e| e.to_string())?;
-        self.pg
-            .write_config(ConfRole::Primary)
-            .map_err(|e| e.to_string())?;
-        self.pg.start().await.map_err(|e| e.to_string())?;
+    async fn try_bootstrap(&mut self) -> Result<(), BootstrapError> {
+        self.pg.initdb().await?;
+        self.pg.write_config(ConfRole::Primary)?;
+        self.pg.start().await?;
         self.pg_expected_up = true;
-        self.pg.post_bootstrap().await.map_err(|e| e.to_string())?;
-        let sysid = self
-            .pg
-            .controldata()
-            .await
-            .map_err(|e| e.to_string())?
-            .sysid;
-        self.dcs
-            .initialize(false, &sysid)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.pg.post_bootstrap().await?;
+        let sysid = self.pg.controldata().await?.sysid;
+        self.dcs.initialize(false, &sysid).await?;
         self.dcs
             .set_config_value(&self.bootstrap_dcs_config(), None)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         match self.acquire_lock().await {
             PlanOutcome::Done => {}
-            _ => return Err("could not take the leader lock after bootstrap".into()),
+            _ => return Err(BootstrapError::LockNotTaken),
         }
         self.role = Role::Primary;
         self.state = PostgresState::Running;
@@ -1059,7 +1049,7 @@ impl Agent {
         self.publish_member().await;
         info!(from = name, "cloning the data directory with pg_basebackup");
         if let Err(e) = self.pg.basebackup(&target).await {
-            error!("pg_basebackup from {name} failed: {e}");
+            error!(error = %e, "pg_basebackup from {name} failed");
             self.state = PostgresState::Stopped;
             return PlanOutcome::Aborted;
         }
@@ -1095,7 +1085,7 @@ impl Agent {
     ) -> PlanOutcome {
         let as_primary = matches!(role, ConfRole::Primary);
         if let Err(e) = self.pg.write_config(role) {
-            error!("cannot write the Postgres configuration: {e}");
+            error!(error = %e, "cannot write the Postgres configuration");
             return PlanOutcome::Aborted;
         }
         self.state = PostgresState::Starting;
@@ -1126,7 +1116,7 @@ impl Agent {
             Err(e) => {
                 self.start_failures += 1;
                 self.state = PostgresState::StartFailed;
-                error!(failures = self.start_failures, "cannot start Postgres: {e}");
+                error!(failures = self.start_failures, error = %e, "cannot start Postgres");
                 PlanOutcome::Aborted
             }
         }
@@ -1143,7 +1133,7 @@ impl Agent {
             Err(e) => {
                 self.start_failures += 1;
                 self.state = PostgresState::StartFailed;
-                error!(failures = self.start_failures, "cannot start Postgres: {e}");
+                error!(failures = self.start_failures, error = %e, "cannot start Postgres");
             }
         }
     }
@@ -1197,7 +1187,7 @@ impl Agent {
         let local = match self.pg.controldata().await {
             Ok(cd) => cd,
             Err(e) => {
-                warn!("cannot read pg_control: {e}");
+                warn!(error = %e, "cannot read pg_control");
                 return Err(PlanOutcome::Aborted);
             }
         };
@@ -1209,7 +1199,7 @@ impl Agent {
             let remote = match self.pg.remote_timeline_history(target).await {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!("cannot read the timeline history of {leader}: {e}");
+                    warn!(error = %e, "cannot read the timeline history of {leader}");
                     self.divergence_seen = divergence_seen;
                     return Err(PlanOutcome::Aborted);
                 }
@@ -1247,7 +1237,7 @@ impl Agent {
                         info!("pg_rewind: no rewind required");
                         return Ok(());
                     }
-                    Err(e) => warn!("pg_rewind failed: {e}: cloning a fresh copy instead"),
+                    Err(e) => warn!(error = %e, "pg_rewind failed: cloning a fresh copy instead"),
                 }
             }
             Repair::Clone => warn!(
@@ -1258,7 +1248,7 @@ impl Agent {
         self.state = PostgresState::CreatingReplica;
         self.publish_member().await;
         if let Err(e) = self.pg.basebackup(target).await {
-            error!("pg_basebackup from {leader} failed: {e}");
+            error!(error = %e, "pg_basebackup from {leader} failed");
             return Err(PlanOutcome::Aborted);
         }
         Ok(())
@@ -1274,7 +1264,7 @@ impl Agent {
                 self.role = Role::Primary;
                 self.following = None;
                 if let Err(e) = self.pg.write_config(ConfRole::Primary) {
-                    warn!("cannot rewrite the configuration after promotion: {e}");
+                    warn!(error = %e, "cannot rewrite the configuration after promotion");
                 }
                 info!("promoted: this member is now the primary");
                 // Tell peers at once: the state change is what replicas follow.
@@ -1288,12 +1278,12 @@ impl Agent {
                 // pg_control names the new timeline, i.e. after a checkpoint.
                 match self.pg.checkpoint().await {
                     Ok(()) => self.checkpoint_after_promote_pending = false,
-                    Err(e) => warn!("checkpoint after promotion failed: {e}"),
+                    Err(e) => warn!(error = %e, "checkpoint after promotion failed"),
                 }
                 PlanOutcome::Done
             }
             Err(e) => {
-                error!("promotion failed: {e}");
+                error!(error = %e, "promotion failed");
                 self.role = Role::Replica;
                 PlanOutcome::Aborted
             }
@@ -1332,7 +1322,7 @@ impl Agent {
                 // The checkpoint makes the shutdown checkpoint quick; the fast stop sends every
                 // WAL record to the streaming replicas before the walsenders exit.
                 if let Err(e) = self.pg.checkpoint().await {
-                    debug!("checkpoint before switchover failed: {e}");
+                    debug!(error = %e, "checkpoint before switchover failed");
                 }
                 // A Citus worker: the coordinator holds writes to this group until the new
                 // primary announces itself.
@@ -1356,7 +1346,7 @@ impl Agent {
                 let optime = self.pg.controldata().await.ok().map(|cd| cd.checkpoint_lsn);
                 match self.dcs.delete_leader(optime).await {
                     Ok(_) => info!("released the leader lock for the switchover"),
-                    Err(e) => warn!("cannot release the leader lock: {e}"),
+                    Err(e) => warn!(error = %e, "cannot release the leader lock"),
                 }
                 self.lock_deadline = None;
             }
@@ -1385,7 +1375,7 @@ impl Agent {
         }
         self.state = PostgresState::Stopping;
         if let Err(e) = self.pg.request_stop(StopMode::Fast) {
-            warn!("cannot ask Postgres to stop: {e}");
+            warn!(error = %e, "cannot ask Postgres to stop");
         }
         let deadline = Instant::now() + budget;
         loop {
@@ -1432,13 +1422,13 @@ impl Agent {
         }
         self.state = PostgresState::Stopping;
         if let Err(e) = self.pg.stop(mode, budget).await {
-            warn!("stopping Postgres ({mode:?}) failed: {e}: stopping immediately");
+            warn!(error = %e, ?mode, "stopping Postgres failed: stopping immediately");
             if let Err(e) = self
                 .pg
                 .stop(StopMode::Immediate, Duration::from_secs(10))
                 .await
             {
-                error!("cannot stop Postgres: {e}");
+                error!(error = %e, "cannot stop Postgres");
                 self.state = PostgresState::StopFailed;
                 return;
             }
@@ -1476,14 +1466,14 @@ impl Agent {
                 if change.changed {
                     info!(leader, "following a new leader: reloading Postgres");
                     if let Err(e) = self.pg.reload() {
-                        warn!("cannot reload Postgres: {e}");
+                        warn!(error = %e, "cannot reload Postgres");
                     }
                 }
                 self.following = Some(target);
                 PlanOutcome::Done
             }
             Err(e) => {
-                warn!("cannot write the replica configuration: {e}");
+                warn!(error = %e, "cannot write the replica configuration");
                 PlanOutcome::Aborted
             }
         }
@@ -1525,7 +1515,7 @@ impl Agent {
         });
         let keep = |slot: &str| ignore_all_physical || ignored.iter().any(|n| n == slot);
         if let Err(e) = self.pg.ensure_physical_slots_keeping(&wanted, &keep).await {
-            warn!("cannot manage replication slots: {e}");
+            warn!(error = %e, "cannot manage replication slots");
         }
     }
 
@@ -1537,7 +1527,7 @@ impl Agent {
         let rows = match self.pg.timeline_history(timeline).await {
             Ok(r) => r,
             Err(e) => {
-                warn!("cannot read the timeline history: {e}");
+                warn!(error = %e, "cannot read the timeline history");
                 return;
             }
         };
@@ -1562,7 +1552,7 @@ impl Agent {
         }
         match self.dcs.set_history_value(&history).await {
             Ok(()) => info!(timeline, "timeline history updated"),
-            Err(e) => warn!("cannot write the timeline history: {e}"),
+            Err(e) => warn!(error = %e, "cannot write the timeline history"),
         }
     }
 
@@ -1640,13 +1630,13 @@ impl Agent {
         if self.last_member.as_ref() == Some(&data) && self.dcs_last_seen.is_some() {
             // Unchanged: the backend still needs the call to keep the session alive.
             if let Err(e) = self.dcs.touch_member(&data).await {
-                debug!("cannot publish member data: {e}");
+                debug!(error = %e, "cannot publish member data");
             }
             return;
         }
         match self.dcs.touch_member(&data).await {
             Ok(()) => self.last_member = Some(data),
-            Err(e) => warn!("cannot publish member data: {e}"),
+            Err(e) => warn!(error = %e, "cannot publish member data"),
         }
         self.publish_snapshot();
     }
@@ -1664,7 +1654,7 @@ impl Agent {
         let leader = self.lock_deadline.is_some() && self.role == Role::Primary;
         if leader {
             if let Err(e) = self.pg.checkpoint().await {
-                debug!("checkpoint before shutdown failed: {e}");
+                debug!(error = %e, "checkpoint before shutdown failed");
             }
             self.notify_coordinator(::citus::event::EventType::BeforeDemote)
                 .await;
@@ -1691,13 +1681,13 @@ impl Agent {
             let optime = self.pg.controldata().await.ok().map(|cd| cd.checkpoint_lsn);
             match self.dcs.delete_leader(optime).await {
                 Ok(_) => info!("leader lock released"),
-                Err(e) => warn!("cannot release the leader lock: {e}"),
+                Err(e) => warn!(error = %e, "cannot release the leader lock"),
             }
         } else if let Err(e) = self.dcs.delete_member().await {
-            debug!("cannot remove the member key: {e}");
+            debug!(error = %e, "cannot remove the member key");
         }
         if let Err(e) = self.dcs.close().await {
-            debug!("cannot close the DCS session: {e}");
+            debug!(error = %e, "cannot close the DCS session");
         }
         self.stop_protection();
         info!("stopped");

@@ -2,5 +2,6 @@
 
 pub mod cycle;
 pub mod decide;
+pub mod error;
 pub mod peers;
 pub mod repair;

@@ -146,34 +146,6 @@ pub(super) fn quote_conf_value(value: &str) -> String {
     out
 }
 
-/// A libpq conninfo value: bare when safe, else single-quoted with `\` escapes.
-pub(super) fn quote_conninfo_value(value: &str) -> String {
-    let safe = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c == '\'' || c == '\\' || c.is_whitespace());
-    if safe {
-        return value.to_string();
-    }
-    let mut out = String::from("'");
-    for c in value.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
-}
-
-pub(super) fn format_conninfo(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", quote_conninfo_value(v)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Connection options for `user` towards `target`; the password comes from the passfile.
 pub(super) fn conninfo_for(
     user: &PgUser,
@@ -194,7 +166,7 @@ pub(super) fn conninfo_for(
     }
     pairs.extend(options);
     pairs.extend_from_slice(extra);
-    format_conninfo(&pairs)
+    pgquote::conninfo(&pairs)
 }
 
 /// Escape one pgpass field (`\` and `:`).
@@ -635,14 +607,6 @@ mod unit_tests {
         assert_eq!(quote_conf_value("on"), "'on'");
         assert_eq!(quote_conf_value("it's"), "'it''s'");
         assert_eq!(quote_conf_value(r"a\b"), r"'a\\b'");
-    }
-
-    #[test]
-    fn conninfo_values_are_escaped() {
-        assert_eq!(quote_conninfo_value("host1"), "host1");
-        assert_eq!(quote_conninfo_value(""), "''");
-        assert_eq!(quote_conninfo_value("a b"), "'a b'");
-        assert_eq!(quote_conninfo_value(r"it's\"), r"'it\'s\\'");
     }
 
     #[test]

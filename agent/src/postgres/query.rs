@@ -128,21 +128,6 @@ fn timeline_of_walfile(name: &str) -> Option<u32> {
     name.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok())
 }
 
-/// A SQL identifier in double quotes.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A SQL string literal that is correct whatever standard_conforming_strings says.
-fn quote_literal(value: &str) -> String {
-    let escaped = value.replace('\'', "''");
-    if value.contains('\\') {
-        format!("E'{}'", escaped.replace('\\', "\\\\"))
-    } else {
-        format!("'{escaped}'")
-    }
-}
-
 async fn timed<T>(
     step: &'static str,
     timeout: Duration,
@@ -568,7 +553,7 @@ impl Postgres {
     async fn create_or_update_role(&mut self, user: &PgUser, options: &str) -> Result<(), PgError> {
         let mut options = options.to_string();
         if let Some(p) = &user.password {
-            options.push_str(&format!(" PASSWORD {}", quote_literal(p)));
+            options.push_str(&format!(" PASSWORD {}", pgquote::literal(p)));
         }
         let sql = format!(
             "SET log_statement TO 'none'; SET log_min_duration_statement TO -1; \
@@ -580,8 +565,8 @@ impl Postgres {
                ELSE CREATE ROLE {ident} WITH {options}; END IF;\n\
              END $regent$;\n\
              RESET log_min_error_statement; RESET log_min_duration_statement; RESET log_statement;",
-            name_lit = quote_literal(&user.username),
-            ident = quote_ident(&user.username),
+            name_lit = pgquote::literal(&user.username),
+            ident = pgquote::ident(&user.username),
         );
         self.execute_local("create role", Duration::from_secs(30), &sql)
             .await
@@ -603,7 +588,7 @@ impl Postgres {
         if let Some(rewind) = self.settings.rewind.clone() {
             if rewind.username != superuser.username {
                 self.create_or_update_role(&rewind, "LOGIN").await?;
-                let ident = quote_ident(&rewind.username);
+                let ident = pgquote::ident(&rewind.username);
                 let grants: String = [
                     "pg_ls_dir(text, boolean, boolean)",
                     "pg_stat_file(text, boolean)",
@@ -790,7 +775,7 @@ impl Postgres {
         let messages = timed(
             step,
             QUERY_TIMEOUT * 5,
-            client.simple_query(&format!("SELECT pg_read_file({})", quote_literal(&path))),
+            client.simple_query(&format!("SELECT pg_read_file({})", pgquote::literal(&path))),
         )
         .await?;
         let text = messages
@@ -881,8 +866,8 @@ mod unit_tests {
 
     #[test]
     fn sql_quoting() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal(r"a\b'"), r"E'a\\b'''");
+        assert_eq!(pgquote::ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(pgquote::literal("it's"), "'it''s'");
+        assert_eq!(pgquote::literal(r"a\b'"), r"E'a\\b'''");
     }
 }

@@ -550,7 +550,7 @@ fn schedule(rng: &mut Rng, members: usize, faults: usize) -> Vec<Fault> {
 }
 
 /// One seeded schedule, start to end: its trace, or why and the trace when an invariant broke.
-async fn run_schedule(seed: u64, faults: usize) -> Result<Vec<String>, (String, Vec<String>)> {
+async fn run_schedule(seed: u64, faults: usize) -> ScheduleOutcome {
     let mut rng = Rng(SplitMix64(seed));
     let plan = schedule(&mut rng, 3, faults);
     // Odd seeds run in synchronous_mode.
@@ -598,12 +598,11 @@ fn env_number(key: &str) -> Option<u64> {
     std::env::var(key).ok().and_then(|v| v.parse().ok())
 }
 
-#[test]
-fn seeded_schedules_keep_one_primary_and_heal() {
-    let seeds: Vec<u64> = match env_number("REGENT_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (1..=env_number("REGENT_SIM_SCHEDULES").unwrap_or(1000)).collect(),
-    };
+/// A schedule's trace, or why it failed and its trace.
+type ScheduleOutcome = Result<Vec<String>, (String, Vec<String>)>;
+
+/// Runs one seed on a runtime of its own, so a seed replays the same way alone or in a batch.
+fn run_seed(seed: u64) -> ScheduleOutcome {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -612,10 +611,51 @@ fn seeded_schedules_keep_one_primary_and_heal() {
         Ok(r) => r,
         Err(e) => panic!("runtime: {e}"),
     };
+    LocalSet::new().block_on(&runtime, run_schedule(seed, 8))
+}
+
+#[test]
+fn seeded_schedules_keep_one_primary_and_heal() {
+    let seeds: Vec<u64> = match env_number("REGENT_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (1..=env_number("REGENT_SIM_SCHEDULES").unwrap_or(10_000)).collect(),
+    };
+    // Seeds are independent: one worker thread per core takes the next seed until none is left.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = std::time::Instant::now();
+    let results: Vec<(u64, Duration, ScheduleOutcome)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&seed) = seeds.get(i) else {
+                            return done;
+                        };
+                        let clock = std::time::Instant::now();
+                        let outcome = run_seed(seed);
+                        done.push((seed, clock.elapsed(), outcome));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(done) => done,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
     let mut failures = Vec::new();
-    for seed in &seeds {
-        let local = LocalSet::new();
-        match local.block_on(&runtime, run_schedule(*seed, 8)) {
+    let mut slowest: Option<(u64, Duration)> = None;
+    for (seed, took, outcome) in results {
+        if slowest.is_none_or(|(_, t)| took > t) {
+            slowest = Some((seed, took));
+        }
+        match outcome {
             Ok(trace) => {
                 if std::env::var_os("REGENT_SIM_TRACE").is_some() {
                     println!("seed {seed}:\n  {}", trace.join("\n  "));
@@ -626,6 +666,14 @@ fn seeded_schedules_keep_one_primary_and_heal() {
                 trace.join("\n  ")
             )),
         }
+    }
+    if let Some((seed, took)) = slowest {
+        println!(
+            "simulation: {} schedules on {workers} threads in {:.1} s; slowest seed {seed}: {:.2} s",
+            seeds.len(),
+            started.elapsed().as_secs_f64(),
+            took.as_secs_f64()
+        );
     }
     assert!(
         failures.is_empty(),

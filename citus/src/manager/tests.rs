@@ -536,6 +536,10 @@ fn cache_comparison_and_target_validation() {
         ),
     ];
     for (t, expected) in cases {
-        assert_eq!(t.validate().err().as_deref(), expected, "{t:?}");
+        assert_eq!(
+            t.validate().err().map(|e| e.to_string()).as_deref(),
+            expected,
+            "{t:?}"
+        );
     }
 }

@@ -289,7 +289,7 @@ impl Agent {
             let (mut client, connection) = match db.connect(tokio_postgres::NoTls).await {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!("provisioning: cannot connect: {e}");
+                    warn!(error = %e, "provisioning: cannot connect");
                     return false;
                 }
             };
@@ -302,7 +302,7 @@ impl Agent {
                     true
                 }
                 Err(e) => {
-                    warn!("provisioning failed (will retry): {e}");
+                    warn!(error = %e, "provisioning failed (will retry)");
                     false
                 }
             }
@@ -319,7 +319,7 @@ async fn send_event(
     let coordinator = match dcs.get_group(0).await {
         Ok(c) => c,
         Err(e) => {
-            warn!(event = ?event.kind, "cannot read the coordinator group from the DCS: {e}");
+            warn!(event = ?event.kind, error = %e, "cannot read the coordinator group from the DCS");
             return;
         }
     };
@@ -347,7 +347,7 @@ async fn send_event(
             let text = resp.text().await.unwrap_or_default();
             warn!(event = ?event.kind, code, "coordinator refused the event: {}", text.trim());
         }
-        Err(e) => warn!(event = ?event.kind, "cannot notify the coordinator at {url}: {e}"),
+        Err(e) => warn!(event = ?event.kind, error = %e, "cannot notify the coordinator at {url}"),
     }
 }
 
@@ -376,7 +376,7 @@ impl CoordinatorEvents {
     async fn handle_event(&self, body: Value) -> OpReply {
         let event = match citus::event::parse_event(&body) {
             Ok(e) => e,
-            Err(reason) => return OpReply::error(400, reason),
+            Err(reason) => return OpReply::error(400, reason.to_string()),
         };
         let manager = self.manager.lock().ok().and_then(|m| m.clone());
         let Some(manager) = manager else {
@@ -414,7 +414,7 @@ impl CoordinatorEvents {
             // or it would open a new hold) are answered once applied.
             tokio::spawn(async move {
                 if let Err(e) = manager.rest_event(event, target).await {
-                    warn!(event = ?kind, "citus event not applied: {e}");
+                    warn!(event = ?kind, error = %e, "citus event not applied");
                 }
             });
             return OpReply::text(200, "OK");
@@ -422,7 +422,7 @@ impl CoordinatorEvents {
         match manager.rest_event(event, target).await {
             Ok(()) => OpReply::text(200, "OK"),
             Err(e) => {
-                warn!(event = ?kind, "citus event not applied: {e}");
+                warn!(event = ?kind, error = %e, "citus event not applied");
                 OpReply::error(503, format!("not applied: {e}"))
             }
         }

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::{Agent, PlanOutcome};
 use crate::config::DynamicConfig;
+use crate::ha::error::{ClusterReadError, InvalidDynamicConfig, ReloadRefused};
 use crate::postgres::{ConfRole, StopMode};
 
 /// A restart waiting for its time (`POST /restart` with `schedule`).
@@ -64,19 +65,19 @@ impl Agent {
         }
     }
 
-    async fn fresh_cluster(&self) -> Result<Cluster, String> {
+    async fn fresh_cluster(&self) -> Result<Cluster, ClusterReadError> {
         let retry = Duration::from_secs(u64::from(self.dynamic.retry_timeout) + 1);
         match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(format!("cannot read the cluster from the DCS: {e}")),
-            Err(_) => Err("reading the cluster from the DCS timed out".into()),
+            Ok(Err(e)) => Err(ClusterReadError::Dcs(e)),
+            Err(_) => Err(ClusterReadError::Timeout),
         }
     }
 
     async fn cmd_failover(&mut self, request: FailoverRequest) -> FailoverOutcome {
         let cluster = match self.fresh_cluster().await {
             Ok(c) => c,
-            Err(e) => return FailoverOutcome::Refused(OpReply::text(503, e)),
+            Err(e) => return FailoverOutcome::Refused(OpReply::text(503, e.to_string())),
         };
         if request.scheduled_at.is_none() {
             if let Err(msg) = self.failover_possible(&cluster, &request).await {
@@ -150,7 +151,7 @@ impl Agent {
     async fn cmd_cancel_switchover(&mut self) -> OpReply {
         let cluster = match self.fresh_cluster().await {
             Ok(c) => c,
-            Err(e) => return OpReply::text(503, e),
+            Err(e) => return OpReply::text(503, e.to_string()),
         };
         match cluster.failover.as_ref() {
             Some(f) if f.scheduled_at.is_some() => {
@@ -171,7 +172,7 @@ impl Agent {
     async fn cmd_config(&mut self, value: Value, replace: bool) -> OpReply {
         let cluster = match self.fresh_cluster().await {
             Ok(c) => c,
-            Err(e) => return OpReply::text(503, e),
+            Err(e) => return OpReply::text(503, e.to_string()),
         };
         let current = cluster.config.as_ref();
         let (new, version, changed) = if replace {
@@ -204,7 +205,7 @@ impl Agent {
             // PATCH lost the CAS race against another writer.
             Ok(false) => OpReply::error(409, "Conflict"),
             Err(e) => {
-                warn!("cannot write the configuration: {e}");
+                warn!(error = %e, "cannot write the configuration");
                 if replace {
                     OpReply::error(502, "Bad Gateway")
                 } else {
@@ -228,9 +229,11 @@ impl Agent {
                         );
                         info!("configuration reloaded");
                     }
-                    Err(e) => warn!("reload: {e}: keeping the running configuration"),
+                    Err(e) => warn!(error = %e, "reload failed: keeping the running configuration"),
                 },
-                Err(e) => warn!("reload: invalid configuration: {e}: keeping the running one"),
+                Err(e) => {
+                    warn!(error = %e, "reload: invalid configuration: keeping the running one")
+                }
             }
         }
         if self.pg.is_running() {
@@ -243,10 +246,10 @@ impl Agent {
                         "reload requested: Postgres configuration rendered"
                     );
                     if let Err(e) = self.pg.reload() {
-                        warn!("cannot reload Postgres: {e}");
+                        warn!(error = %e, "cannot reload Postgres");
                     }
                 }
-                Err(e) => warn!("cannot write the Postgres configuration: {e}"),
+                Err(e) => warn!(error = %e, "cannot write the Postgres configuration"),
             }
         }
         OpReply::text(202, "reload scheduled")
@@ -392,7 +395,7 @@ impl Agent {
         let cluster = match self.fresh_cluster().await {
             Ok(c) => c,
             Err(e) => {
-                let _ = reply.send(OpReply::text(503, e));
+                let _ = reply.send(OpReply::text(503, e.to_string()));
                 return;
             }
         };
@@ -413,7 +416,7 @@ impl Agent {
             .await;
         self.following = None;
         if let Err(e) = self.pg.wipe_data_dir() {
-            warn!("cannot remove the data directory: {e}");
+            warn!(error = %e, "cannot remove the data directory");
             return;
         }
         let outcome = self.clone_from(Some(&cluster), &leader).await;
@@ -439,18 +442,21 @@ fn command_abandoned(command: &Command) -> bool {
 pub(crate) fn reloadable(
     old: &crate::config::Config,
     new: &crate::config::Config,
-) -> Result<(), String> {
+) -> Result<(), ReloadRefused> {
     if old.scope != new.scope {
-        return Err(format!(
-            "scope cannot change ({} -> {})",
-            old.scope, new.scope
-        ));
+        return Err(ReloadRefused::Scope {
+            old: old.scope.clone(),
+            new: new.scope.clone(),
+        });
     }
     if old.name != new.name {
-        return Err(format!("name cannot change ({} -> {})", old.name, new.name));
+        return Err(ReloadRefused::Name {
+            old: old.name.clone(),
+            new: new.name.clone(),
+        });
     }
     if old.postgresql.data_dir != new.postgresql.data_dir {
-        return Err("postgresql.data_dir cannot change".into());
+        return Err(ReloadRefused::DataDir);
     }
     Ok(())
 }
@@ -541,9 +547,14 @@ pub(crate) fn patch_config(target: &mut Value, patch: &Value) -> bool {
 
 /// Refuse a configuration that the parser would have to correct, unless the same problem was
 /// already there before the change (so an unrelated edit is not blocked by an old one).
-pub(crate) fn validate_config(before: Option<&Value>, after: &Value) -> Result<(), String> {
+pub(crate) fn validate_config(
+    before: Option<&Value>,
+    after: &Value,
+) -> Result<(), InvalidDynamicConfig> {
     if !after.is_object() {
-        return Err("the configuration must be a JSON object".into());
+        return Err(InvalidDynamicConfig(vec![
+            "the configuration must be a JSON object".into(),
+        ]));
     }
     let (_, old) = before
         .map(DynamicConfig::from_value)
@@ -553,7 +564,7 @@ pub(crate) fn validate_config(before: Option<&Value>, after: &Value) -> Result<(
     if fresh.is_empty() {
         Ok(())
     } else {
-        Err(fresh.join("; "))
+        Err(InvalidDynamicConfig(fresh))
     }
 }
 
@@ -588,9 +599,13 @@ mod tests {
             &json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "pause": true})
         )
         .is_ok());
-        let err = validate_config(Some(&ok), &json!({"ttl": "soon"})).unwrap_err();
+        let err = validate_config(Some(&ok), &json!({"ttl": "soon"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ttl"), "{err}");
-        let err = validate_config(Some(&ok), &json!({"maximum_lag_on_failover": "x"})).unwrap_err();
+        let err = validate_config(Some(&ok), &json!({"maximum_lag_on_failover": "x"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("maximum_lag_on_failover"), "{err}");
         // A problem that was already there does not block an unrelated change.
         let bad = json!({"ttl": "soon"});

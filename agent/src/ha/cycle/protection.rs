@@ -62,7 +62,7 @@ impl FenceSlot {
         match Fence::spawn() {
             Ok(f) => FenceSlot::Running(Box::new(f)),
             Err(e) => {
-                error!("cannot start the fence process: {e}");
+                error!(error = %e, "cannot start the fence process");
                 FenceSlot::Missing(format!("the fence process could not be started: {e}"))
             }
         }
@@ -128,7 +128,7 @@ impl Agent {
                 if postmaster.is_some_and(|pid| crate::fence::process_start_ticks(pid).is_none()) {
                     let _ = fence.disarm();
                 } else {
-                    error!("cannot reach the fence process: {e}");
+                    error!(error = %e, "cannot reach the fence process");
                     self.fence =
                         FenceSlot::Missing(format!("the fence process is unreachable: {e}"));
                 }

@@ -332,7 +332,7 @@ impl Agent {
                             return;
                         }
                         Err(e) => {
-                            warn!("cannot write the sync state: {e}");
+                            warn!(error = %e, "cannot write the sync state");
                             return;
                         }
                     }
@@ -346,7 +346,7 @@ impl Agent {
                         Ok(true) => info!("synchronous_mode is off: sync state removed"),
                         Ok(false) => return,
                         Err(e) => {
-                            warn!("cannot remove the sync state: {e}");
+                            warn!(error = %e, "cannot remove the sync state");
                             return;
                         }
                     }
@@ -361,12 +361,12 @@ impl Agent {
                         Ok(change) if change.changed => {
                             info!(synchronous_standby_names = ?names, "synchronous_standby_names changed: reloading");
                             if let Err(e) = self.pg.reload() {
-                                warn!("cannot reload Postgres: {e}");
+                                warn!(error = %e, "cannot reload Postgres");
                             }
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            warn!("cannot write the Postgres configuration: {e}");
+                            warn!(error = %e, "cannot write the Postgres configuration");
                             // Render again next cycle.
                             self.pg.set_synchronous_standby_names(None);
                             return;
