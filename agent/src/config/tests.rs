@@ -1,5 +1,7 @@
 use super::*;
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Modelled on Patroni's postgres0.yml, with etcd3.
