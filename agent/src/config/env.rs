@@ -99,13 +99,6 @@ fn section<'m>(root: &'m mut Map<String, Value>, name: &str) -> &'m mut Map<Stri
     }
 }
 
-fn env_error(var: &str, msg: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: var.to_string(),
-        msg,
-    }
-}
-
 /// A YAML list, brackets optional (`a,b` ≡ `[a, b]`; block lists starting with `-` also work).
 fn parse_list(var: &str, raw: &str) -> Result<Value, ConfigError> {
     let text = if raw.trim().starts_with('-') || raw.contains('[') {
@@ -114,7 +107,7 @@ fn parse_list(var: &str, raw: &str) -> Result<Value, ConfigError> {
         format!("[{raw}]")
     };
     parse_yaml(&text)
-        .map_err(|(_, _, msg)| env_error(var, format!("cannot parse as a YAML list: {msg}")))
+        .map_err(|e| ConfigError::invalid(var, format!("cannot parse as a YAML list: {e}")))
 }
 
 /// A YAML mapping, braces optional (`a: b` ≡ `{a: b}`).
@@ -125,7 +118,7 @@ fn parse_dict(var: &str, raw: &str) -> Result<Value, ConfigError> {
         format!("{{{raw}}}")
     };
     parse_yaml(&text)
-        .map_err(|(_, _, msg)| env_error(var, format!("cannot parse as a YAML mapping: {msg}")))
+        .map_err(|e| ConfigError::invalid(var, format!("cannot parse as a YAML mapping: {e}")))
 }
 
 /// Booleans and integers that do not parse stay strings, so typed loading names the key.

@@ -1,17 +1,18 @@
 //! The error of loading and checking a configuration: which file or key, and what is wrong.
 
-use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A file or directory could not be read.
+    #[error("cannot read {}: {source}", .path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     /// YAML that does not parse. `line`/`column` are 1-based; 0 when unknown.
     /// For `PATRONI_CONFIGURATION`, `path` is the variable name.
+    #[error("{}", syntax_message(.path, *.line, *.column, .msg))]
     Syntax {
         path: PathBuf,
         line: usize,
@@ -20,49 +21,35 @@ pub enum ConfigError {
     },
     /// A value that is missing, has the wrong type or makes no sense. `key` is the dotted key
     /// path (or the environment variable / file it came from); empty for whole-config problems.
+    #[error("{}", keyed_message(.key, .msg))]
     Invalid { key: String, msg: String },
 }
 
 impl ConfigError {
-    pub(crate) fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, msg: impl std::fmt::Display) -> ConfigError {
         ConfigError::Invalid {
             key: key.into(),
-            msg: msg.into(),
+            msg: msg.to_string(),
         }
     }
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Io { path, source } => {
-                write!(f, "cannot read {}: {source}", path.display())
-            }
-            ConfigError::Syntax {
-                path,
-                line,
-                column,
-                msg,
-            } if *line > 0 => write!(
-                f,
-                "{}: YAML syntax error at line {line}, column {column}: {msg}",
-                path.display()
-            ),
-            ConfigError::Syntax { path, msg, .. } => {
-                write!(f, "{}: YAML error: {msg}", path.display())
-            }
-            ConfigError::Invalid { key, msg } if key.is_empty() => f.write_str(msg),
-            ConfigError::Invalid { key, msg } => write!(f, "{key}: {msg}"),
-        }
+fn syntax_message(path: &Path, line: usize, column: usize, msg: &str) -> String {
+    if line > 0 {
+        format!(
+            "{}: YAML syntax error at line {line}, column {column}: {msg}",
+            path.display()
+        )
+    } else {
+        format!("{}: YAML error: {msg}", path.display())
     }
 }
 
-impl std::error::Error for ConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ConfigError::Io { source, .. } => Some(source),
-            _ => None,
-        }
+fn keyed_message(key: &str, msg: &str) -> String {
+    if key.is_empty() {
+        msg.to_string()
+    } else {
+        format!("{key}: {msg}")
     }
 }
 

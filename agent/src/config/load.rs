@@ -16,6 +16,7 @@ use super::types::{
 use super::validate::{check_dcs_sections, check_initdb_options, no_dcs_error, validate};
 use super::value::{
     flag_option, join_host_port, parse_yaml, patch, show, split_host_port, strip_nulls, u64_of,
+    AddressError, YamlError,
 };
 use super::{env, ConfigError, DynamicConfig};
 
@@ -35,10 +36,36 @@ const BASEBACKUP_RESERVED: &[&str] = &[
     "password",
 ];
 
+/// A problem in the `etcd3` section, naming its sub-key (`hosts[1]`, `protocol`).
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct Etcd3Error {
+    key: String,
+    problem: Etcd3Problem,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Etcd3Problem {
+    #[error("DNS SRV discovery is not supported; list the endpoints in etcd3.hosts")]
+    SrvDiscovery,
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error("'{item}' has no host")]
+    NoHost { item: String },
+    #[error("expected host:port, got {value}")]
+    NotAnEndpoint { value: String },
+    #[error("expected a list or a comma-separated string, got {value}")]
+    NotListOrString { value: String },
+    #[error("no etcd endpoints: set etcd3.host, etcd3.hosts or etcd3.url")]
+    NoEndpoints,
+    #[error("invalid value '{protocol}', expected 'http' or 'https'")]
+    Protocol { protocol: String },
+}
+
 impl TryFrom<Etcd3Raw> for Etcd3Config {
-    type Error = String;
-    fn try_from(raw: Etcd3Raw) -> Result<Self, String> {
-        Etcd3Config::from_raw(raw).map_err(|(key, msg)| format!("{key}: {msg}"))
+    type Error = Etcd3Error;
+    fn try_from(raw: Etcd3Raw) -> Result<Self, Etcd3Error> {
+        Etcd3Config::from_raw(raw)
     }
 }
 
@@ -56,19 +83,18 @@ fn split_url(url: &str) -> (Option<&str>, Option<&str>, &str) {
 }
 
 impl Etcd3Config {
-    /// Errors are (sub-key, message).
-    fn from_raw(raw: Etcd3Raw) -> Result<Etcd3Config, (String, String)> {
-        let err = |k: &str, m: String| (k.to_string(), m);
+    fn from_raw(raw: Etcd3Raw) -> Result<Etcd3Config, Etcd3Error> {
+        let err = |key: &str, problem: Etcd3Problem| Etcd3Error {
+            key: key.to_string(),
+            problem,
+        };
         for (key, v) in [
             ("srv", &raw.srv),
             ("discovery_srv", &raw.discovery_srv),
             ("srv_domain", &raw.srv_domain),
         ] {
             if v.is_some() {
-                return Err(err(
-                    key,
-                    "DNS SRV discovery is not supported; list the endpoints in etcd3.hosts".into(),
-                ));
+                return Err(err(key, Etcd3Problem::SrvDiscovery));
             }
         }
         let default_port = raw.port.unwrap_or(2379);
@@ -77,22 +103,25 @@ impl Etcd3Config {
         let mut password = raw.password.clone();
         let mut hosts = Vec::new();
 
-        let mut add = |key: &str,
-                       item: &str,
-                       protocol: &mut Option<String>|
-         -> Result<(), (String, String)> {
-            let (scheme, _, authority) = split_url(item.trim());
-            if let Some(s) = scheme {
-                protocol.get_or_insert_with(|| s.to_string());
-            }
-            let (hs, port) =
-                split_host_port(authority, Some(default_port)).map_err(|m| err(key, m))?;
-            if hs.is_empty() {
-                return Err(err(key, format!("'{item}' has no host")));
-            }
-            hosts.extend(hs.iter().map(|h| join_host_port(h, port)));
-            Ok(())
-        };
+        let mut add =
+            |key: &str, item: &str, protocol: &mut Option<String>| -> Result<(), Etcd3Error> {
+                let (scheme, _, authority) = split_url(item.trim());
+                if let Some(s) = scheme {
+                    protocol.get_or_insert_with(|| s.to_string());
+                }
+                let (hs, port) = split_host_port(authority, Some(default_port))
+                    .map_err(|e| err(key, e.into()))?;
+                if hs.is_empty() {
+                    return Err(err(
+                        key,
+                        Etcd3Problem::NoHost {
+                            item: item.to_string(),
+                        },
+                    ));
+                }
+                hosts.extend(hs.iter().map(|h| join_host_port(h, port)));
+                Ok(())
+            };
 
         // A proxy is used as a single fixed endpoint (Patroni: `url` with `use_proxies`).
         if let Some(url) = raw.proxy.as_deref().or(raw.url.as_deref()) {
@@ -124,7 +153,7 @@ impl Etcd3Config {
                             other => {
                                 return Err(err(
                                     &format!("hosts[{i}]"),
-                                    format!("expected host:port, got {}", show(other)),
+                                    Etcd3Problem::NotAnEndpoint { value: show(other) },
                                 ))
                             }
                         }
@@ -133,10 +162,7 @@ impl Etcd3Config {
                 other => {
                     return Err(err(
                         "hosts",
-                        format!(
-                            "expected a list or a comma-separated string, got {}",
-                            show(other)
-                        ),
+                        Etcd3Problem::NotListOrString { value: show(other) },
                     ))
                 }
             }
@@ -144,19 +170,13 @@ impl Etcd3Config {
             add("host", h, &mut protocol)?;
         }
         if hosts.is_empty() {
-            return Err(err(
-                "hosts",
-                "no etcd endpoints: set etcd3.host, etcd3.hosts or etcd3.url".into(),
-            ));
+            return Err(err("hosts", Etcd3Problem::NoEndpoints));
         }
         let protocol = protocol
             .unwrap_or_else(|| "http".to_string())
             .to_ascii_lowercase();
         if protocol != "http" && protocol != "https" {
-            return Err(err(
-                "protocol",
-                format!("invalid value '{protocol}', expected 'http' or 'https'"),
-            ));
+            return Err(err("protocol", Etcd3Problem::Protocol { protocol }));
         }
         Ok(Etcd3Config {
             hosts,
@@ -280,7 +300,7 @@ impl Config {
         let dcs = match (raw.etcd3, raw.kubernetes) {
             (Some(etcd), None) => DcsConfig::Etcd3(
                 Etcd3Config::from_raw(etcd)
-                    .map_err(|(k, m)| ConfigError::invalid(format!("etcd3.{k}"), m))?,
+                    .map_err(|e| ConfigError::invalid(format!("etcd3.{}", e.key), e.problem))?,
             ),
             (None, Some(k8s)) => DcsConfig::Kubernetes(k8s),
             // check_dcs_sections guarantees exactly one.
@@ -517,7 +537,7 @@ fn citus_provision_from_value(v: &Value) -> Result<CitusProvision, ConfigError> 
 }
 
 fn parse_text(text: &str, origin: &Path) -> Result<Value, ConfigError> {
-    parse_yaml(text).map_err(|(line, column, msg)| ConfigError::Syntax {
+    parse_yaml(text).map_err(|YamlError { line, column, msg }| ConfigError::Syntax {
         path: origin.to_path_buf(),
         line,
         column,
