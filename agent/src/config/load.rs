@@ -242,7 +242,7 @@ fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ConfigError> {
                 key.push('.');
             }
             key.push_str(field);
-            return ConfigError::invalid(key, "required setting is missing");
+            return missing(&key);
         }
         ConfigError::invalid(key, msg)
     })
@@ -434,29 +434,9 @@ fn citus_from_value(v: &Value) -> Result<CitusConfig, ConfigError> {
             ),
         ));
     };
-    let group = match m.get("group") {
-        None => {
-            return Err(ConfigError::invalid(
-                "citus.group",
-                "required setting is missing",
-            ))
-        }
-        Some(g) => u64_of(g)
-            .and_then(|g| u32::try_from(g).ok())
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    "citus.group",
-                    format!("invalid value {}, expected an integer >= 0", show(g)),
-                )
-            })?,
-    };
+    let group = citus_u32(m, "group")?.ok_or_else(|| missing("citus.group"))?;
     let database = match m.get("database") {
-        None => {
-            return Err(ConfigError::invalid(
-                "citus.database",
-                "required setting is missing",
-            ))
-        }
+        None => return Err(missing("citus.database")),
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(other) => {
             return Err(ConfigError::invalid(
@@ -465,17 +445,7 @@ fn citus_from_value(v: &Value) -> Result<CitusConfig, ConfigError> {
             ))
         }
     };
-    let minimum_workers = match m.get("minimum_workers") {
-        None => 0,
-        Some(n) => u64_of(n)
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    "citus.minimum_workers",
-                    format!("invalid value {}, expected an integer >= 0", show(n)),
-                )
-            })?,
-    };
+    let minimum_workers = citus_u32(m, "minimum_workers")?.unwrap_or(0);
     let provision = match m.get("provision") {
         None => CitusProvision::default(),
         Some(p) => citus_provision_from_value(p)?,
@@ -486,6 +456,26 @@ fn citus_from_value(v: &Value) -> Result<CitusConfig, ConfigError> {
         minimum_workers,
         provision,
     })
+}
+
+/// `citus.<name>` as a non-negative integer; `None` when not set.
+fn citus_u32(m: &Map<String, Value>, name: &str) -> Result<Option<u32>, ConfigError> {
+    m.get(name)
+        .map(|v| {
+            u64_of(v)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("citus.{name}"),
+                        format!("invalid value {}, expected an integer >= 0", show(v)),
+                    )
+                })
+        })
+        .transpose()
+}
+
+fn missing(key: &str) -> ConfigError {
+    ConfigError::invalid(key, "required setting is missing")
 }
 
 fn citus_provision_from_value(v: &Value) -> Result<CitusProvision, ConfigError> {

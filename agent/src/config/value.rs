@@ -170,14 +170,17 @@ pub(crate) fn scalar_string(v: &Value) -> Option<String> {
     }
 }
 
-pub(crate) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    let v = Value::deserialize(d)?;
-    bool_of(&v).ok_or_else(|| {
-        D::Error::custom(format!(
+fn expect_bool<E: serde::de::Error>(v: &Value) -> Result<bool, E> {
+    bool_of(v).ok_or_else(|| {
+        E::custom(format!(
             "invalid value {}, expected a boolean (true/false, on/off, yes/no, 1/0)",
-            show(&v)
+            show(v)
         ))
     })
+}
+
+pub(crate) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    expect_bool(&Value::deserialize(d)?)
 }
 
 pub(crate) fn de_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
@@ -185,12 +188,7 @@ pub(crate) fn de_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool
     if v.is_null() {
         return Ok(None);
     }
-    bool_of(&v).map(Some).ok_or_else(|| {
-        D::Error::custom(format!(
-            "invalid value {}, expected a boolean (true/false, on/off, yes/no, 1/0)",
-            show(&v)
-        ))
-    })
+    expect_bool(&v).map(Some)
 }
 
 pub(crate) fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
