@@ -59,27 +59,25 @@ impl<'de> Deserialize<'de> for LogType {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct LogConfig {
     /// Python logging level name (`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`).
-    #[serde(default = "default_log_level")]
     pub level: String,
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type")]
     pub type_: LogType,
     /// Python `%(...)s` format string. The JSON-logger field-list form is not kept.
-    #[serde(default, deserialize_with = "de_log_format")]
+    #[serde(deserialize_with = "de_log_format")]
     pub format: Option<String>,
-    #[serde(default)]
     pub dateformat: Option<String>,
-    #[serde(default)]
     pub dir: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_string_map")]
+    #[serde(deserialize_with = "de_string_map")]
     pub static_fields: BTreeMap<String, String>,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: default_log_level(),
+            level: "INFO".to_string(),
             type_: LogType::Plain,
             format: None,
             dateformat: None,
@@ -87,10 +85,6 @@ impl Default for LogConfig {
             static_fields: BTreeMap::new(),
         }
     }
-}
-
-fn default_log_level() -> String {
-    "INFO".to_string()
 }
 
 fn de_log_format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -140,18 +134,14 @@ pub struct RestApiConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct CtlConfig {
-    #[serde(default)]
     pub authentication: Option<BasicAuth>,
-    #[serde(default, deserialize_with = "de_bool")]
+    #[serde(deserialize_with = "de_bool")]
     pub insecure: bool,
-    #[serde(default)]
     pub cacert: Option<PathBuf>,
-    #[serde(default)]
     pub certfile: Option<PathBuf>,
-    #[serde(default)]
     pub keyfile: Option<PathBuf>,
-    #[serde(default)]
     pub keyfile_password: Option<String>,
 }
 
@@ -199,86 +189,65 @@ impl Etcd3Config {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub(super) struct Etcd3Raw {
-    #[serde(default)]
     pub(super) host: Option<String>,
-    #[serde(default)]
     pub(super) hosts: Option<Value>,
-    #[serde(default)]
     pub(super) url: Option<String>,
-    #[serde(default)]
     pub(super) proxy: Option<String>,
-    #[serde(default)]
     pub(super) srv: Option<String>,
-    #[serde(default)]
     pub(super) discovery_srv: Option<String>,
-    #[serde(default)]
     pub(super) srv_domain: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_port")]
+    #[serde(deserialize_with = "de_opt_port")]
     pub(super) port: Option<u16>,
-    #[serde(default)]
     pub(super) protocol: Option<String>,
-    #[serde(default)]
     pub(super) username: Option<String>,
-    #[serde(default)]
     pub(super) password: Option<String>,
-    #[serde(default)]
     pub(super) cacert: Option<PathBuf>,
-    #[serde(default)]
     pub(super) cert: Option<PathBuf>,
-    #[serde(default)]
     pub(super) key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct KubernetesConfig {
     /// Kubernetes namespace. A top-level `namespace` overrides it, as in Patroni.
-    #[serde(default = "default_k8s_namespace")]
     pub namespace: String,
-    #[serde(default, deserialize_with = "de_string_map")]
+    #[serde(deserialize_with = "de_string_map")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default = "default_scope_label")]
     pub scope_label: String,
-    #[serde(default = "default_role_label")]
     pub role_label: String,
-    #[serde(default = "default_primary_label_value")]
     pub leader_label_value: String,
-    #[serde(default = "default_replica_label_value")]
     pub follower_label_value: String,
-    #[serde(default = "default_primary_label_value")]
     pub standby_leader_label_value: String,
-    #[serde(default)]
     pub tmp_role_label: Option<String>,
-    #[serde(default, deserialize_with = "de_bool")]
+    #[serde(deserialize_with = "de_bool")]
     pub use_endpoints: bool,
-    #[serde(default)]
     pub pod_ip: Option<String>,
     /// Endpoint ports (`[{name, port, protocol}]`), default `[{port: 5432}]`.
-    #[serde(default = "default_k8s_ports", deserialize_with = "de_k8s_ports")]
+    #[serde(deserialize_with = "de_k8s_ports")]
     pub ports: Vec<Value>,
-    #[serde(default)]
     pub cacert: Option<PathBuf>,
     /// kubeconfig context when running outside a cluster (Patroni defaults to `kind-kind`).
-    #[serde(default)]
     pub context: Option<String>,
-    #[serde(default, deserialize_with = "de_bool")]
+    #[serde(deserialize_with = "de_bool")]
     pub bypass_api_service: bool,
-    #[serde(default, deserialize_with = "de_http_codes")]
+    #[serde(deserialize_with = "de_http_codes")]
     pub retriable_http_codes: Vec<u16>,
-    #[serde(default, deserialize_with = "de_string_map")]
+    #[serde(deserialize_with = "de_string_map")]
     pub bootstrap_labels: BTreeMap<String, String>,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
         KubernetesConfig {
-            namespace: default_k8s_namespace(),
+            namespace: "default".to_string(),
             labels: BTreeMap::new(),
-            scope_label: default_scope_label(),
-            role_label: default_role_label(),
-            leader_label_value: default_primary_label_value(),
-            follower_label_value: default_replica_label_value(),
-            standby_leader_label_value: default_primary_label_value(),
+            scope_label: "cluster-name".to_string(),
+            role_label: "role".to_string(),
+            leader_label_value: "primary".to_string(),
+            follower_label_value: "replica".to_string(),
+            standby_leader_label_value: "primary".to_string(),
             tmp_role_label: None,
             use_endpoints: false,
             pod_ip: None,
@@ -292,21 +261,6 @@ impl Default for KubernetesConfig {
     }
 }
 
-fn default_k8s_namespace() -> String {
-    "default".to_string()
-}
-fn default_scope_label() -> String {
-    "cluster-name".to_string()
-}
-fn default_role_label() -> String {
-    "role".to_string()
-}
-fn default_primary_label_value() -> String {
-    "primary".to_string()
-}
-fn default_replica_label_value() -> String {
-    "replica".to_string()
-}
 fn default_k8s_ports() -> Vec<Value> {
     vec![serde_json::json!({"port": 5432})]
 }
@@ -364,21 +318,20 @@ fn de_http_codes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> 
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct BootstrapConfig {
     /// Initial dynamic configuration written to the DCS by the member that initialises the
     /// cluster (a mapping; see [`DynamicConfig`]).
-    #[serde(default = "empty_object", deserialize_with = "de_object")]
+    #[serde(deserialize_with = "de_object")]
     pub dcs: Value,
     /// `initdb` options as long flags (`--data-checksums`, `--encoding=UTF8`).
-    #[serde(default, deserialize_with = "de_tool_flags")]
+    #[serde(deserialize_with = "de_tool_flags")]
     pub initdb: Vec<String>,
     /// Legacy: lines added to pg_hba.conf after initdb.
-    #[serde(default)]
     pub pg_hba: Vec<String>,
     /// `initdb` (default) or the name of a custom bootstrap section.
-    #[serde(default)]
     pub method: Option<String>,
-    #[serde(default, alias = "post_init")]
+    #[serde(alias = "post_init")]
     pub post_bootstrap: Option<String>,
     /// The `bootstrap.<method>` section of a custom method (`command`, `no_params`,
     /// `keep_existing_recovery_conf`, `recovery_conf`, extra `--k=v` arguments).
@@ -523,10 +476,9 @@ pub struct CitusConfig {
 /// `citus.provision.coordinator` / `.worker`: SQL files (or directories of `*.sql` files), in the
 /// order they run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct CitusProvision {
-    #[serde(default)]
     pub coordinator: Vec<PathBuf>,
-    #[serde(default)]
     pub worker: Vec<PathBuf>,
 }
 
