@@ -36,160 +36,113 @@ const BASEBACKUP_RESERVED: &[&str] = &[
     "password",
 ];
 
-/// A problem in the `etcd3` section, naming its sub-key (`hosts[1]`, `protocol`).
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: {problem}")]
-pub struct Etcd3Error {
-    key: String,
-    problem: Etcd3Problem,
+/// Load from a file or directory, with `PATRONI_*` variables of this process applied on top.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_env(Some(path), &process_env())
 }
 
-#[derive(Debug, thiserror::Error)]
-enum Etcd3Problem {
-    #[error("DNS SRV discovery is not supported; list the endpoints in etcd3.hosts")]
-    SrvDiscovery,
-    #[error(transparent)]
-    Address(#[from] AddressError),
-    #[error("'{item}' has no host")]
-    NoHost { item: String },
-    #[error("expected host:port, got {value}")]
-    NotAnEndpoint { value: String },
-    #[error("expected a list or a comma-separated string, got {value}")]
-    NotListOrString { value: String },
-    #[error("no etcd endpoints: set etcd3.host, etcd3.hosts or etcd3.url")]
-    NoEndpoints,
-    #[error("invalid value '{protocol}', expected 'http' or 'https'")]
-    Protocol { protocol: String },
+/// Load without a file: `PATRONI_CONFIGURATION`, or else the `PATRONI_*` variables.
+pub fn load_from_env() -> Result<Config, ConfigError> {
+    load_with_env(None, &process_env())
 }
 
-impl TryFrom<Etcd3Raw> for Etcd3Config {
-    type Error = Etcd3Error;
-    fn try_from(raw: Etcd3Raw) -> Result<Self, Etcd3Error> {
-        Etcd3Config::from_raw(raw)
-    }
-}
-
-/// Strip `scheme://` and any path; returns (scheme, userinfo, host[:port]).
-fn split_url(url: &str) -> (Option<&str>, Option<&str>, &str) {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, url),
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    match authority.rsplit_once('@') {
-        Some((user, host)) => (scheme, Some(user), host),
-        None => (scheme, None, authority),
-    }
-}
-
-impl Etcd3Config {
-    fn from_raw(raw: Etcd3Raw) -> Result<Etcd3Config, Etcd3Error> {
-        let err = |key: &str, problem: Etcd3Problem| Etcd3Error {
-            key: key.to_string(),
-            problem,
-        };
-        for (key, v) in [
-            ("srv", &raw.srv),
-            ("discovery_srv", &raw.discovery_srv),
-            ("srv_domain", &raw.srv_domain),
-        ] {
-            if v.is_some() {
-                return Err(err(key, Etcd3Problem::SrvDiscovery));
-            }
+/// [`load`] / [`load_from_env`] with an explicit environment.
+pub fn load_with_env(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let tree = match path {
+        Some(p) => {
+            let mut base = read_path(p)?;
+            patch(&mut base, env::overlay(env)?);
+            Value::Object(base)
         }
-        let default_port = raw.port.unwrap_or(2379);
-        let mut protocol = raw.protocol.clone();
-        let mut username = raw.username.clone();
-        let mut password = raw.password.clone();
-        let mut hosts = Vec::new();
-
-        let mut add =
-            |key: &str, item: &str, protocol: &mut Option<String>| -> Result<(), Etcd3Error> {
-                let (scheme, _, authority) = split_url(item.trim());
-                if let Some(s) = scheme {
-                    protocol.get_or_insert_with(|| s.to_string());
+        None => {
+            let whole = env.get(CONFIG_ENV_VAR).filter(|t| !t.trim().is_empty());
+            match whole
+                .map(|t| parse_text(t, Path::new(CONFIG_ENV_VAR)))
+                .transpose()?
+            {
+                Some(Value::Object(m)) if !m.is_empty() => Value::Object(m),
+                Some(Value::Object(_)) | Some(Value::Null) | None => {
+                    Value::Object(env::overlay(env)?)
                 }
-                let (hs, port) = split_host_port(authority, Some(default_port))
-                    .map_err(|e| err(key, e.into()))?;
-                if hs.is_empty() {
-                    return Err(err(
-                        key,
-                        Etcd3Problem::NoHost {
-                            item: item.to_string(),
-                        },
-                    ));
-                }
-                hosts.extend(hs.iter().map(|h| join_host_port(h, port)));
-                Ok(())
-            };
-
-        // A proxy is used as a single fixed endpoint (Patroni: `url` with `use_proxies`).
-        if let Some(url) = raw.proxy.as_deref().or(raw.url.as_deref()) {
-            let key = if raw.proxy.is_some() { "proxy" } else { "url" };
-            let (scheme, userinfo, _) = split_url(url);
-            if let Some(s) = scheme {
-                protocol = Some(s.to_string());
-            }
-            if let Some(info) = userinfo {
-                let (u, p) = info
-                    .split_once(':')
-                    .map(|(u, p)| (u, Some(p)))
-                    .unwrap_or((info, None));
-                username = Some(u.to_string());
-                password = p.map(str::to_string).or(password);
-            }
-            add(key, url, &mut protocol)?;
-        } else if let Some(v) = &raw.hosts {
-            match v {
-                Value::String(s) => {
-                    for item in s.split(',').filter(|i| !i.trim().is_empty()) {
-                        add("hosts", item, &mut protocol)?;
-                    }
-                }
-                Value::Array(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        match item {
-                            Value::String(s) => add(&format!("hosts[{i}]"), s, &mut protocol)?,
-                            other => {
-                                return Err(err(
-                                    &format!("hosts[{i}]"),
-                                    Etcd3Problem::NotAnEndpoint { value: show(other) },
-                                ))
-                            }
-                        }
-                    }
-                }
-                other => {
-                    return Err(err(
-                        "hosts",
-                        Etcd3Problem::NotListOrString { value: show(other) },
+                Some(other) => {
+                    return Err(ConfigError::invalid(
+                        CONFIG_ENV_VAR,
+                        format!("expected a YAML mapping, got {}", show(&other)),
                     ))
                 }
             }
-        } else if let Some(h) = &raw.host {
-            add("host", h, &mut protocol)?;
         }
-        if hosts.is_empty() {
-            return Err(err("hosts", Etcd3Problem::NoEndpoints));
-        }
-        let protocol = protocol
-            .unwrap_or_else(|| "http".to_string())
-            .to_ascii_lowercase();
-        if protocol != "http" && protocol != "https" {
-            return Err(err("protocol", Etcd3Problem::Protocol { protocol }));
-        }
-        Ok(Etcd3Config {
-            hosts,
-            protocol,
-            username,
-            password,
-            cacert: raw.cacert,
-            cert: raw.cert,
-            key: raw.key,
-        })
+    };
+    Config::from_tree(tree)
+}
+
+fn parse_text(text: &str, origin: &Path) -> Result<Value, ConfigError> {
+    parse_yaml(text).map_err(|YamlError { line, column, msg }| ConfigError::Syntax {
+        path: origin.to_path_buf(),
+        line,
+        column,
+        msg,
+    })
+}
+
+fn read_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match parse_text(&text, path)? {
+        Value::Object(m) => Ok(m),
+        other => Err(ConfigError::invalid(
+            path.display().to_string(),
+            format!(
+                "expected a YAML mapping at the top level, got {}",
+                show(&other)
+            ),
+        )),
     }
 }
 
+/// A file, or a directory whose `*.yml`/`*.yaml` files are merged in name order.
+fn read_path(path: &Path) -> Result<Map<String, Value>, ConfigError> {
+    let io_err = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if !meta.is_dir() {
+        return read_file(path);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let p = entry.path();
+        let is_yaml = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".yml") || n.ends_with(".yaml"));
+        if is_yaml && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    let mut merged = Map::new();
+    for f in files {
+        patch(&mut merged, read_file(&f)?);
+    }
+    Ok(merged)
+}
+
+fn process_env() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// The whole file as deserialized; DCS and Citus sections are converted afterwards so their
+/// errors can name sub-keys.
 #[derive(Deserialize)]
 struct RawConfig {
     scope: String,
@@ -526,107 +479,156 @@ fn citus_provision_from_value(v: &Value) -> Result<CitusProvision, ConfigError> 
     Ok(out)
 }
 
-fn parse_text(text: &str, origin: &Path) -> Result<Value, ConfigError> {
-    parse_yaml(text).map_err(|YamlError { line, column, msg }| ConfigError::Syntax {
-        path: origin.to_path_buf(),
-        line,
-        column,
-        msg,
-    })
+/// A problem in the `etcd3` section, naming its sub-key (`hosts[1]`, `protocol`).
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct Etcd3Error {
+    key: String,
+    problem: Etcd3Problem,
 }
 
-fn read_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    match parse_text(&text, path)? {
-        Value::Object(m) => Ok(m),
-        other => Err(ConfigError::invalid(
-            path.display().to_string(),
-            format!(
-                "expected a YAML mapping at the top level, got {}",
-                show(&other)
-            ),
-        )),
+#[derive(Debug, thiserror::Error)]
+enum Etcd3Problem {
+    #[error("DNS SRV discovery is not supported; list the endpoints in etcd3.hosts")]
+    SrvDiscovery,
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error("'{item}' has no host")]
+    NoHost { item: String },
+    #[error("expected host:port, got {value}")]
+    NotAnEndpoint { value: String },
+    #[error("expected a list or a comma-separated string, got {value}")]
+    NotListOrString { value: String },
+    #[error("no etcd endpoints: set etcd3.host, etcd3.hosts or etcd3.url")]
+    NoEndpoints,
+    #[error("invalid value '{protocol}', expected 'http' or 'https'")]
+    Protocol { protocol: String },
+}
+
+impl TryFrom<Etcd3Raw> for Etcd3Config {
+    type Error = Etcd3Error;
+    fn try_from(raw: Etcd3Raw) -> Result<Self, Etcd3Error> {
+        Etcd3Config::from_raw(raw)
     }
 }
 
-/// A file, or a directory whose `*.yml`/`*.yaml` files are merged in name order.
-fn read_path(path: &Path) -> Result<Map<String, Value>, ConfigError> {
-    let io_err = |source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
+/// Strip `scheme://` and any path; returns (scheme, userinfo, host[:port]).
+fn split_url(url: &str) -> (Option<&str>, Option<&str>, &str) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
     };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    if !meta.is_dir() {
-        return read_file(path);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => (scheme, Some(user), host),
+        None => (scheme, None, authority),
     }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(io_err)? {
-        let entry = entry.map_err(io_err)?;
-        let p = entry.path();
-        let is_yaml = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".yml") || n.ends_with(".yaml"));
-        if is_yaml && p.is_file() {
-            files.push(p);
+}
+
+impl Etcd3Config {
+    fn from_raw(raw: Etcd3Raw) -> Result<Etcd3Config, Etcd3Error> {
+        let err = |key: &str, problem: Etcd3Problem| Etcd3Error {
+            key: key.to_string(),
+            problem,
+        };
+        for (key, v) in [
+            ("srv", &raw.srv),
+            ("discovery_srv", &raw.discovery_srv),
+            ("srv_domain", &raw.srv_domain),
+        ] {
+            if v.is_some() {
+                return Err(err(key, Etcd3Problem::SrvDiscovery));
+            }
         }
-    }
-    files.sort();
-    let mut merged = Map::new();
-    for f in files {
-        patch(&mut merged, read_file(&f)?);
-    }
-    Ok(merged)
-}
+        let default_port = raw.port.unwrap_or(2379);
+        let mut protocol = raw.protocol.clone();
+        let mut username = raw.username.clone();
+        let mut password = raw.password.clone();
+        let mut hosts = Vec::new();
 
-fn process_env() -> BTreeMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
-}
-
-/// Load from a file or directory, with `PATRONI_*` variables of this process applied on top.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    load_with_env(Some(path), &process_env())
-}
-
-/// Load without a file: `PATRONI_CONFIGURATION`, or else the `PATRONI_*` variables.
-pub fn load_from_env() -> Result<Config, ConfigError> {
-    load_with_env(None, &process_env())
-}
-
-/// [`load`] / [`load_from_env`] with an explicit environment.
-pub fn load_with_env(
-    path: Option<&Path>,
-    env: &BTreeMap<String, String>,
-) -> Result<Config, ConfigError> {
-    let tree = match path {
-        Some(p) => {
-            let mut base = read_path(p)?;
-            patch(&mut base, env::overlay(env)?);
-            Value::Object(base)
-        }
-        None => {
-            let whole = env.get(CONFIG_ENV_VAR).filter(|t| !t.trim().is_empty());
-            match whole
-                .map(|t| parse_text(t, Path::new(CONFIG_ENV_VAR)))
-                .transpose()?
-            {
-                Some(Value::Object(m)) if !m.is_empty() => Value::Object(m),
-                Some(Value::Object(_)) | Some(Value::Null) | None => {
-                    Value::Object(env::overlay(env)?)
+        let mut add =
+            |key: &str, item: &str, protocol: &mut Option<String>| -> Result<(), Etcd3Error> {
+                let (scheme, _, authority) = split_url(item.trim());
+                if let Some(s) = scheme {
+                    protocol.get_or_insert_with(|| s.to_string());
                 }
-                Some(other) => {
-                    return Err(ConfigError::invalid(
-                        CONFIG_ENV_VAR,
-                        format!("expected a YAML mapping, got {}", show(&other)),
+                let (hs, port) = split_host_port(authority, Some(default_port))
+                    .map_err(|e| err(key, e.into()))?;
+                if hs.is_empty() {
+                    return Err(err(
+                        key,
+                        Etcd3Problem::NoHost {
+                            item: item.to_string(),
+                        },
+                    ));
+                }
+                hosts.extend(hs.iter().map(|h| join_host_port(h, port)));
+                Ok(())
+            };
+
+        // A proxy is used as a single fixed endpoint (Patroni: `url` with `use_proxies`).
+        if let Some(url) = raw.proxy.as_deref().or(raw.url.as_deref()) {
+            let key = if raw.proxy.is_some() { "proxy" } else { "url" };
+            let (scheme, userinfo, _) = split_url(url);
+            if let Some(s) = scheme {
+                protocol = Some(s.to_string());
+            }
+            if let Some(info) = userinfo {
+                let (u, p) = info
+                    .split_once(':')
+                    .map(|(u, p)| (u, Some(p)))
+                    .unwrap_or((info, None));
+                username = Some(u.to_string());
+                password = p.map(str::to_string).or(password);
+            }
+            add(key, url, &mut protocol)?;
+        } else if let Some(v) = &raw.hosts {
+            match v {
+                Value::String(s) => {
+                    for item in s.split(',').filter(|i| !i.trim().is_empty()) {
+                        add("hosts", item, &mut protocol)?;
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        match item {
+                            Value::String(s) => add(&format!("hosts[{i}]"), s, &mut protocol)?,
+                            other => {
+                                return Err(err(
+                                    &format!("hosts[{i}]"),
+                                    Etcd3Problem::NotAnEndpoint { value: show(other) },
+                                ))
+                            }
+                        }
+                    }
+                }
+                other => {
+                    return Err(err(
+                        "hosts",
+                        Etcd3Problem::NotListOrString { value: show(other) },
                     ))
                 }
             }
+        } else if let Some(h) = &raw.host {
+            add("host", h, &mut protocol)?;
         }
-    };
-    Config::from_tree(tree)
+        if hosts.is_empty() {
+            return Err(err("hosts", Etcd3Problem::NoEndpoints));
+        }
+        let protocol = protocol
+            .unwrap_or_else(|| "http".to_string())
+            .to_ascii_lowercase();
+        if protocol != "http" && protocol != "https" {
+            return Err(err("protocol", Etcd3Problem::Protocol { protocol }));
+        }
+        Ok(Etcd3Config {
+            hosts,
+            protocol,
+            username,
+            password,
+            cacert: raw.cacert,
+            cert: raw.cert,
+            key: raw.key,
+        })
+    }
 }

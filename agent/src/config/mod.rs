@@ -11,6 +11,11 @@
 //!
 //! Dynamic settings (`ttl`, `loop_wait`, `postgresql.use_slots`, ...) live in the DCS; see
 //! [`DynamicConfig`].
+//!
+//! Modules: `types` (the keys as structs, with their defaults), `load` (file, environment, and
+//! the merged tree into a [`Config`]), `env` (the `PATRONI_*` overlay), `validate` (the checks),
+//! `error` ([`ConfigError`]), `value` (YAML parsing, merging, lenient scalars), `dynamic` (the
+//! DCS settings) and `http` (the client for other members' REST APIs).
 
 // The structs mirror Patroni's full key set; not every key has a consumer yet.
 #![allow(dead_code)]

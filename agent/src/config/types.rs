@@ -493,8 +493,6 @@ impl CitusConfig {
     }
 }
 
-/// The whole file as deserialized; DCS and Citus sections are converted afterwards so their
-/// errors can name sub-keys.
 impl Config {
     /// Hosts for `listen_addresses` and the port, from `postgresql.listen`.
     pub fn postgres_listen_host_port(&self) -> (Vec<String>, u16) {
