@@ -717,6 +717,51 @@ fn invalid_configurations_name_the_key() {
             "kubernetes: {ports: [{port: http}]}",
             "kubernetes.ports: item 0: expected a mapping with a valid 'port'",
         ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {database: citus}\n",
+            "citus.group: required setting is missing",
+        ),
+        (
+            "listen: \"127.0.0.1:8008\"",
+            "listen: \" \"",
+            "restapi.listen: empty address, expected host:port",
+        ),
+        (
+            "etcd3: {hosts: \"127.0.0.1:2379\"}",
+            "etcd3: {hosts: 5}",
+            "etcd3.hosts: expected a list or a comma-separated string, got 5",
+        ),
+        (
+            "etcd3: {hosts: \"127.0.0.1:2379\"}",
+            "etcd3: {url: \"http://:2379\"}",
+            "etcd3.url: 'http://:2379' has no host",
+        ),
+        (
+            "etcd3: {hosts: \"127.0.0.1:2379\"}",
+            "etcd3: {hosts: \"127.0.0.1:2379\", protocol: ftp}",
+            "etcd3.protocol: invalid value 'ftp', expected 'http' or 'https'",
+        ),
+        (
+            "name: n\n",
+            "name: n\nbootstrap: {initdb: [{encoding: [a]}]}\n",
+            "bootstrap.initdb: item 0: option 'encoding' must have a scalar value, got [\"a\"]",
+        ),
+        (
+            "name: n\n",
+            "name: n\nbootstrap: {initdb: ['--']}\n",
+            "bootstrap.initdb: item 0: expected an option name or a single `name: value` pair, got '--'",
+        ),
+        (
+            "name: n\n",
+            "name: n\nbootstrap: {initdb: {'-': x}}\n",
+            "bootstrap.initdb: empty option name",
+        ),
+        (
+            "name: n\n",
+            "name: n\nbootstrap: {initdb: data-checksums}\n",
+            "bootstrap.initdb: invalid value 'data-checksums', expected a list or a mapping of options",
+        ),
     ];
     for (find, replace, want) in cases {
         assert!(
@@ -732,6 +777,15 @@ fn invalid_configurations_name_the_key() {
     }
     // And the unmodified minimal config is fine.
     must(load_str(MINIMAL, &no_env()));
+}
+
+#[test]
+fn yaml_error_without_a_location_names_the_source() {
+    let msg = Config::from_yaml_str("x: {<<: 5}\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.starts_with("<config>: YAML error: "), "{msg}");
 }
 
 #[test]
