@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 const VALID: &str = r#"
 scope: batman
@@ -28,32 +27,12 @@ postgresql:
     replication: {username: replicator, password: rep-pass}
 "#;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "regent-config-cli-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-        TempDir(p)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// `text` as `patroni.yml` in a scratch directory (removed when the directory is dropped).
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("patroni.yml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
 }
 
 /// Run `regent --validate-config <path>` with no inherited `PATRONI_*` variables.
@@ -75,8 +54,8 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn valid_configuration_exits_zero() {
-    let dir = TempDir::new();
-    let out = validate(&dir.write("patroni.yml", VALID), &[]);
+    let (_dir, path) = config_file(VALID);
+    let out = validate(&path, &[]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
 }
 
@@ -126,8 +105,8 @@ fn invalid_configurations_exit_two_naming_the_problem() {
     for (find, replace, env, want) in cases {
         assert!(VALID.contains(find), "test setup: {find:?}");
         let text = VALID.replacen(find, replace, 1);
-        let dir = TempDir::new();
-        let out = validate(&dir.write("patroni.yml", &text), env);
+        let (_dir, path) = config_file(&text);
+        let out = validate(&path, env);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{replace:?}: stderr: {err}");
         assert!(
@@ -139,8 +118,8 @@ fn invalid_configurations_exit_two_naming_the_problem() {
 
 #[test]
 fn missing_file_exits_two() {
-    let dir = TempDir::new();
-    let out = validate(&dir.0.join("absent.yml"), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = validate(&dir.path().join("absent.yml"), &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
 }

@@ -133,56 +133,40 @@ impl<'a> Reader<'a> {
         });
     }
 
-    fn bool(&mut self, names: &[&str], default: bool) -> bool {
+    /// The value under `names` as `parse` reads it; when it does not parse, the default, and an
+    /// issue saying what was `expected`.
+    fn scalar<T: std::fmt::Display + Copy>(
+        &mut self,
+        names: &[&str],
+        default: T,
+        expected: &str,
+        parse: impl Fn(&Value) -> Option<T>,
+    ) -> T {
         let Some((key, v)) = self.get(names) else {
             return default;
         };
-        match bool_of(v) {
-            Some(b) => b,
-            None => {
-                self.invalid(key, v, "a boolean", default);
-                default
-            }
-        }
+        parse(v).unwrap_or_else(|| {
+            self.invalid(key, v, expected, default);
+            default
+        })
+    }
+
+    fn bool(&mut self, names: &[&str], default: bool) -> bool {
+        self.scalar(names, default, "a boolean", bool_of)
     }
 
     fn u64(&mut self, names: &[&str], default: u64) -> u64 {
-        let Some((key, v)) = self.get(names) else {
-            return default;
-        };
-        match u64_of(v) {
-            Some(n) => n,
-            None => {
-                self.invalid(key, v, "a non-negative integer", default);
-                default
-            }
-        }
+        self.scalar(names, default, "a non-negative integer", u64_of)
     }
 
     fn u32(&mut self, names: &[&str], default: u32) -> u32 {
-        let Some((key, v)) = self.get(names) else {
-            return default;
-        };
-        match u64_of(v).and_then(|n| u32::try_from(n).ok()) {
-            Some(n) => n,
-            None => {
-                self.invalid(key, v, "a non-negative integer", default);
-                default
-            }
-        }
+        self.scalar(names, default, "a non-negative integer", |v| {
+            u64_of(v).and_then(|n| u32::try_from(n).ok())
+        })
     }
 
     fn i64(&mut self, names: &[&str], default: i64) -> i64 {
-        let Some((key, v)) = self.get(names) else {
-            return default;
-        };
-        match i64_of(v) {
-            Some(n) => n,
-            None => {
-                self.invalid(key, v, "an integer", default);
-                default
-            }
-        }
+        self.scalar(names, default, "an integer", i64_of)
     }
 
     fn object(&mut self, names: &[&str]) -> Option<Map<String, Value>> {

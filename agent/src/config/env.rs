@@ -71,6 +71,11 @@ const GENERIC_SUFFIXES: &[&str] = &[
     "BOOTSTRAP_LABELS",
 ];
 
+/// `PATRONI_<NAME>` for a setting's name (`restapi_allowlist`).
+fn var_name(name: &str) -> String {
+    format!("{PREFIX}{}", name.to_ascii_uppercase())
+}
+
 struct EnvReader<'a> {
     env: &'a BTreeMap<String, String>,
     used: BTreeSet<String>,
@@ -79,7 +84,7 @@ struct EnvReader<'a> {
 impl EnvReader<'_> {
     /// `PATRONI_<name>`, marked as consumed; empty values count as unset (as in Patroni).
     fn take(&mut self, name: &str) -> Option<String> {
-        let key = format!("{PREFIX}{}", name.to_ascii_uppercase());
+        let key = var_name(name);
         let value = self.env.get(&key).filter(|v| !v.is_empty()).cloned();
         self.used.insert(key);
         value
@@ -99,13 +104,6 @@ fn section<'m>(root: &'m mut Map<String, Value>, name: &str) -> &'m mut Map<Stri
     }
 }
 
-fn env_error(var: &str, msg: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: var.to_string(),
-        msg,
-    }
-}
-
 /// A YAML list, brackets optional (`a,b` ≡ `[a, b]`; block lists starting with `-` also work).
 fn parse_list(var: &str, raw: &str) -> Result<Value, ConfigError> {
     let text = if raw.trim().starts_with('-') || raw.contains('[') {
@@ -113,8 +111,7 @@ fn parse_list(var: &str, raw: &str) -> Result<Value, ConfigError> {
     } else {
         format!("[{raw}]")
     };
-    parse_yaml(&text)
-        .map_err(|(_, _, msg)| env_error(var, format!("cannot parse as a YAML list: {msg}")))
+    parse_yaml_as(var, &text, "a YAML list")
 }
 
 /// A YAML mapping, braces optional (`a: b` ≡ `{a: b}`).
@@ -124,8 +121,11 @@ fn parse_dict(var: &str, raw: &str) -> Result<Value, ConfigError> {
     } else {
         format!("{{{raw}}}")
     };
-    parse_yaml(&text)
-        .map_err(|(_, _, msg)| env_error(var, format!("cannot parse as a YAML mapping: {msg}")))
+    parse_yaml_as(var, &text, "a YAML mapping")
+}
+
+fn parse_yaml_as(var: &str, text: &str, what: &str) -> Result<Value, ConfigError> {
+    parse_yaml(text).map_err(|e| ConfigError::invalid(var, format!("cannot parse as {what}: {e}")))
 }
 
 /// Booleans and integers that do not parse stay strings, so typed loading names the key.
@@ -259,13 +259,9 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
     }
 
     for (sec, key) in [("restapi", "allowlist"), ("raft", "partner_addrs")] {
-        if let Some(v) = r.take(&format!("{sec}_{key}")) {
-            let var = format!(
-                "{PREFIX}{}_{}",
-                sec.to_ascii_uppercase(),
-                key.to_ascii_uppercase()
-            );
-            section(&mut out, sec).insert(key.to_string(), parse_list(&var, &v)?);
+        let name = format!("{sec}_{key}");
+        if let Some(v) = r.take(&name) {
+            section(&mut out, sec).insert(key.to_string(), parse_list(&var_name(&name), &v)?);
         }
     }
 
@@ -285,13 +281,9 @@ pub(crate) fn overlay(env: &BTreeMap<String, String>) -> Result<Map<String, Valu
         ("log", "static_fields"),
         ("log", "loggers"),
     ] {
-        if let Some(v) = r.take(&format!("{sec}_{key}")) {
-            let var = format!(
-                "{PREFIX}{}_{}",
-                sec.to_ascii_uppercase(),
-                key.to_ascii_uppercase()
-            );
-            section(&mut out, sec).insert(key.to_string(), parse_dict(&var, &v)?);
+        let name = format!("{sec}_{key}");
+        if let Some(v) = r.take(&name) {
+            section(&mut out, sec).insert(key.to_string(), parse_dict(&var_name(&name), &v)?);
         }
     }
 

@@ -1,6 +1,7 @@
 use super::*;
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// Modelled on Patroni's postgres0.yml, with etcd3.
 const POSTGRES0: &str = r#"
@@ -106,38 +107,20 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "regent-config-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-        TempDir(p)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-        p
-    }
+/// A scratch directory, removed on drop.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("create a temporary directory: {e}"))
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    p
 }
 
 fn load_str(text: &str, e: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
-    let dir = TempDir::new();
-    let path = dir.write("patroni.yml", text);
+    let dir = temp_dir();
+    let path = write(&dir, "patroni.yml", text);
     load_with_env(Some(&path), e)
 }
 
@@ -538,15 +521,16 @@ fn patroni_configuration_variable_replaces_everything() {
 
 #[test]
 fn directory_is_merged_in_name_order() {
-    let dir = TempDir::new();
-    dir.write("10-base.yml", POSTGRES0);
-    dir.write(
+    let dir = temp_dir();
+    write(&dir, "10-base.yml", POSTGRES0);
+    write(
+        &dir,
         "20-local.yaml",
         "name: postgresql9\npostgresql:\n  listen: 127.0.0.1:5439\n  parameters: {work_mem: 8MB}\ntags: {nofailover: true}\n",
     );
-    dir.write("30-drop.yml", "ctl: ~\n");
-    dir.write("README.md", "not: [yaml");
-    let cfg = must(load_with_env(Some(&dir.0), &no_env()));
+    write(&dir, "30-drop.yml", "ctl: ~\n");
+    write(&dir, "README.md", "not: [yaml");
+    let cfg = must(load_with_env(Some(dir.path()), &no_env()));
     assert_eq!(cfg.name, "postgresql9");
     assert_eq!(cfg.postgresql.listen, "127.0.0.1:5439");
     // Deep merge keeps sibling keys from earlier files.
@@ -733,6 +717,51 @@ fn invalid_configurations_name_the_key() {
             "kubernetes: {ports: [{port: http}]}",
             "kubernetes.ports: item 0: expected a mapping with a valid 'port'",
         ),
+        (
+            "name: n\n",
+            "name: n\ncitus: {database: citus}\n",
+            "citus.group: required setting is missing",
+        ),
+        (
+            "listen: \"127.0.0.1:8008\"",
+            "listen: \" \"",
+            "restapi.listen: empty address, expected host:port",
+        ),
+        (
+            "etcd3: {hosts: \"127.0.0.1:2379\"}",
+            "etcd3: {hosts: 5}",
+            "etcd3.hosts: expected a list or a comma-separated string, got 5",
+        ),
+        (
+            "etcd3: {hosts: \"127.0.0.1:2379\"}",
+            "etcd3: {url: \"http://:2379\"}",
+            "etcd3.url: 'http://:2379' has no host",
+        ),
+        (
+            "etcd3: {hosts: \"127.0.0.1:2379\"}",
+            "etcd3: {hosts: \"127.0.0.1:2379\", protocol: ftp}",
+            "etcd3.protocol: invalid value 'ftp', expected 'http' or 'https'",
+        ),
+        (
+            "name: n\n",
+            "name: n\nbootstrap: {initdb: [{encoding: [a]}]}\n",
+            "bootstrap.initdb: item 0: option 'encoding' must have a scalar value, got [\"a\"]",
+        ),
+        (
+            "name: n\n",
+            "name: n\nbootstrap: {initdb: ['--']}\n",
+            "bootstrap.initdb: item 0: expected an option name or a single `name: value` pair, got '--'",
+        ),
+        (
+            "name: n\n",
+            "name: n\nbootstrap: {initdb: {'-': x}}\n",
+            "bootstrap.initdb: empty option name",
+        ),
+        (
+            "name: n\n",
+            "name: n\nbootstrap: {initdb: data-checksums}\n",
+            "bootstrap.initdb: invalid value 'data-checksums', expected a list or a mapping of options",
+        ),
     ];
     for (find, replace, want) in cases {
         assert!(
@@ -751,6 +780,15 @@ fn invalid_configurations_name_the_key() {
 }
 
 #[test]
+fn yaml_error_without_a_location_names_the_source() {
+    let msg = Config::from_yaml_str("x: {<<: 5}\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.starts_with("<config>: YAML error: "), "{msg}");
+}
+
+#[test]
 fn unsupported_dcs_from_environment() {
     let msg = error_text(load_str(
         MINIMAL,
@@ -765,8 +803,8 @@ fn unsupported_dcs_from_environment() {
 #[test]
 fn yaml_syntax_error_reports_line_and_column() {
     let text = "scope: s\nname: n\nrestapi:\n  listen: [oops\n  connect_address: x\n";
-    let dir = TempDir::new();
-    let path = dir.write("bad.yml", text);
+    let dir = temp_dir();
+    let path = write(&dir, "bad.yml", text);
     match load_with_env(Some(&path), &no_env()) {
         Err(ConfigError::Syntax {
             path: p,
@@ -797,21 +835,21 @@ fn yaml_syntax_error_reports_line_and_column() {
 
 #[test]
 fn io_and_shape_errors() {
-    let dir = TempDir::new();
-    let missing = dir.0.join("nope.yml");
+    let dir = temp_dir();
+    let missing = dir.path().join("nope.yml");
     match load_with_env(Some(&missing), &no_env()) {
         Err(e @ ConfigError::Io { .. }) => {
             assert!(e.to_string().starts_with("cannot read "), "{e}")
         }
         other => panic!("expected an I/O error, got {other:?}"),
     }
-    let list = dir.write("list.yml", "- a\n- b\n");
+    let list = write(&dir, "list.yml", "- a\n- b\n");
     let msg = error_text(load_with_env(Some(&list), &no_env()));
     assert!(
         msg.contains("expected a YAML mapping at the top level"),
         "{msg}"
     );
-    let empty = dir.write("empty.yml", "");
+    let empty = write(&dir, "empty.yml", "");
     let msg = error_text(load_with_env(Some(&empty), &no_env()));
     assert!(msg.contains("expected a YAML mapping"), "{msg}");
 }

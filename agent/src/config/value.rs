@@ -7,8 +7,17 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-/// Parse YAML text into a JSON tree. Errors carry (line, column, message); 0 means unknown.
-pub(crate) fn parse_yaml(text: &str) -> Result<Value, (usize, usize, String)> {
+/// YAML that does not parse: the message, and where (1-based; 0 when unknown).
+#[derive(Debug, Default, thiserror::Error)]
+#[error("{msg}")]
+pub(crate) struct YamlError {
+    pub(crate) line: usize,
+    pub(crate) column: usize,
+    pub(crate) msg: String,
+}
+
+/// Parse YAML text into a JSON tree.
+pub(crate) fn parse_yaml(text: &str) -> Result<Value, YamlError> {
     let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
         let (line, column) = e
             .location()
@@ -18,10 +27,13 @@ pub(crate) fn parse_yaml(text: &str) -> Result<Value, (usize, usize, String)> {
         let msg = e
             .to_string()
             .replacen(&format!(" at line {line} column {column}"), "", 1);
-        (line, column, msg)
+        YamlError { line, column, msg }
     })?;
     // `<<: *anchor` merge keys, which Patroni's YAML loader also honours.
-    yaml.apply_merge().map_err(|e| (0, 0, e.to_string()))?;
+    yaml.apply_merge().map_err(|e| YamlError {
+        msg: e.to_string(),
+        ..YamlError::default()
+    })?;
     Ok(yaml_to_json(yaml))
 }
 
@@ -158,14 +170,17 @@ pub(crate) fn scalar_string(v: &Value) -> Option<String> {
     }
 }
 
-pub(crate) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    let v = Value::deserialize(d)?;
-    bool_of(&v).ok_or_else(|| {
-        D::Error::custom(format!(
+fn expect_bool<E: serde::de::Error>(v: &Value) -> Result<bool, E> {
+    bool_of(v).ok_or_else(|| {
+        E::custom(format!(
             "invalid value {}, expected a boolean (true/false, on/off, yes/no, 1/0)",
-            show(&v)
+            show(v)
         ))
     })
+}
+
+pub(crate) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    expect_bool(&Value::deserialize(d)?)
 }
 
 pub(crate) fn de_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
@@ -173,12 +188,7 @@ pub(crate) fn de_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool
     if v.is_null() {
         return Ok(None);
     }
-    bool_of(&v).map(Some).ok_or_else(|| {
-        D::Error::custom(format!(
-            "invalid value {}, expected a boolean (true/false, on/off, yes/no, 1/0)",
-            show(&v)
-        ))
-    })
+    expect_bool(&v).map(Some)
 }
 
 pub(crate) fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -266,13 +276,31 @@ fn flag_name(raw: &str) -> String {
     raw.trim().trim_start_matches('-').to_string()
 }
 
+/// Why tool options (`initdb`, `basebackup`) cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ToolFlagsError {
+    #[error("empty option name")]
+    EmptyName,
+    #[error("option '{name}' must have a scalar value, got {value}")]
+    NotScalar { name: String, value: String },
+    #[error("item {index}: {problem}")]
+    InItem {
+        index: usize,
+        problem: Box<ToolFlagsError>,
+    },
+    #[error("item {index}: expected an option name or a single `name: value` pair, got {value}")]
+    NotAnOption { index: usize, value: String },
+    #[error("invalid value {value}, expected a list or a mapping of options")]
+    NotListOrMapping { value: String },
+}
+
 /// Tool options (`initdb`, `basebackup`) in Patroni's list-or-mapping form, as long flags:
 /// `data-checksums` → `--data-checksums`, `{encoding: UTF8}` → `--encoding=UTF8`.
-pub(crate) fn tool_flags(v: &Value) -> Result<Vec<String>, String> {
-    fn pair(name: &str, value: &Value) -> Result<Option<String>, String> {
+pub(crate) fn tool_flags(v: &Value) -> Result<Vec<String>, ToolFlagsError> {
+    fn pair(name: &str, value: &Value) -> Result<Option<String>, ToolFlagsError> {
         let name = flag_name(name);
         if name.is_empty() {
-            return Err("empty option name".to_string());
+            return Err(ToolFlagsError::EmptyName);
         }
         match value {
             Value::Null | Value::Bool(false) => Ok(None),
@@ -280,10 +308,10 @@ pub(crate) fn tool_flags(v: &Value) -> Result<Vec<String>, String> {
             other => match scalar_string(other) {
                 Some(s) if s.is_empty() => Ok(None),
                 Some(s) => Ok(Some(format!("--{name}={}", unquote(&s)))),
-                None => Err(format!(
-                    "option '{name}' must have a scalar value, got {}",
-                    show(other)
-                )),
+                None => Err(ToolFlagsError::NotScalar {
+                    name,
+                    value: show(other),
+                }),
             },
         }
     }
@@ -303,24 +331,24 @@ pub(crate) fn tool_flags(v: &Value) -> Result<Vec<String>, String> {
                     }
                     Value::Object(m) if m.len() == 1 => {
                         for (k, val) in m {
-                            flags.extend(pair(k, val).map_err(|e| format!("item {i}: {e}"))?);
+                            flags.extend(pair(k, val).map_err(|problem| {
+                                ToolFlagsError::InItem {
+                                    index: i,
+                                    problem: Box::new(problem),
+                                }
+                            })?);
                         }
                     }
                     other => {
-                        return Err(format!(
-                        "item {i}: expected an option name or a single `name: value` pair, got {}",
-                        show(other)
-                    ))
+                        return Err(ToolFlagsError::NotAnOption {
+                            index: i,
+                            value: show(other),
+                        })
                     }
                 }
             }
         }
-        other => {
-            return Err(format!(
-                "invalid value {}, expected a list or a mapping of options",
-                show(other)
-            ))
-        }
+        other => return Err(ToolFlagsError::NotListOrMapping { value: show(other) }),
     }
     Ok(flags)
 }
@@ -336,16 +364,27 @@ pub(crate) fn flag_option(flag: &str) -> &str {
     body.split_once('=').map(|(n, _)| n).unwrap_or(body)
 }
 
+/// Why a `host:port` value does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("empty address, expected host:port")]
+    Empty,
+    #[error("invalid port '{port}' in '{value}'")]
+    InvalidPort { port: String, value: String },
+    #[error("'{value}' has no port, expected host:port")]
+    NoPort { value: String },
+}
+
 /// Split Patroni's `host:port` forms: `h:p`, `*:p`, `h1,h2:p`, `[v6]:p`, or a bare host (then
 /// `default_port` applies; `None` makes the port mandatory). Hosts come back without brackets;
 /// an empty host list means "all interfaces".
 pub fn split_host_port(
     value: &str,
     default_port: Option<u16>,
-) -> Result<(Vec<String>, u16), String> {
+) -> Result<(Vec<String>, u16), AddressError> {
     let value = value.trim();
     if value.is_empty() {
-        return Err("empty address, expected host:port".to_string());
+        return Err(AddressError::Empty);
     }
     let (hosts, port) = match value.rsplit_once(':') {
         Some((h, p)) if !p.contains(']') => {
@@ -354,12 +393,19 @@ pub fn split_host_port(
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("invalid port '{}' in '{value}'", p.trim()))?;
+                .ok_or_else(|| AddressError::InvalidPort {
+                    port: p.trim().to_string(),
+                    value: value.to_string(),
+                })?;
             (h, port)
         }
         _ => match default_port {
             Some(p) => (value, p),
-            None => return Err(format!("'{value}' has no port, expected host:port")),
+            None => {
+                return Err(AddressError::NoPort {
+                    value: value.to_string(),
+                })
+            }
         },
     };
     let hosts = hosts
@@ -489,7 +535,7 @@ mod tests {
     #[test]
     fn yaml_syntax_error_has_location() {
         let err = parse_yaml("a: 1\nb: [1, 2\nc: 3\n").err();
-        let (line, column, msg) = err.unwrap_or_default();
+        let YamlError { line, column, msg } = err.unwrap_or_default();
         assert!(line >= 2, "line {line}: {msg}");
         assert!(column > 0);
         assert!(
