@@ -15,6 +15,25 @@ use std::path::PathBuf;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::config::ConfigError;
+
+/// Why the watchdog device cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    #[error("cannot open {}: {source}", .device.display())]
+    Open {
+        device: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a watchdog device ({0})")]
+    NotAWatchdog(std::io::Error),
+    #[error("its timeout could not be set to {wanted}s (it is {})", .actual.map_or("unknown".to_string(), |a| format!("{a}s")))]
+    Timeout {
+        wanted: u32,
+        actual: Option<libc::c_int>,
+    },
+}
+
 /// `watchdog.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchdogMode {
@@ -57,19 +76,32 @@ impl Default for WatchdogConfig {
 impl WatchdogConfig {
     /// Parse the section; `Err` names the key. An unknown mode turns the watchdog off with a
     /// warning, as the YAML `off` (a boolean false) does.
-    pub fn from_value(v: &Value, warnings: &mut Vec<String>) -> Result<WatchdogConfig, String> {
+    pub fn from_value(
+        v: &Value,
+        warnings: &mut Vec<String>,
+    ) -> Result<WatchdogConfig, ConfigError> {
         let mut cfg = WatchdogConfig::default();
         let map = match v {
             Value::Null => return Ok(cfg),
             Value::Object(m) => m,
-            other => return Err(format!("watchdog: expected a mapping, got {other}")),
+            other => {
+                return Err(ConfigError::invalid(
+                    "watchdog",
+                    format!("expected a mapping, got {other}"),
+                ))
+            }
         };
         for (key, value) in map {
             match key.as_str() {
                 "mode" => cfg.mode = parse_mode(value, warnings),
                 "device" => match value {
                     Value::String(s) if !s.is_empty() => cfg.device = PathBuf::from(s),
-                    other => return Err(format!("watchdog.device: expected a path, got {other}")),
+                    other => {
+                        return Err(ConfigError::invalid(
+                            "watchdog.device",
+                            format!("expected a path, got {other}"),
+                        ))
+                    }
                 },
                 "safety_margin" => {
                     cfg.safety_margin = match value {
@@ -79,7 +111,10 @@ impl WatchdogConfig {
                     }
                     .filter(|m| *m >= -1)
                     .ok_or_else(|| {
-                        format!("watchdog.safety_margin: expected an integer ≥ -1, got {value}")
+                        ConfigError::invalid(
+                            "watchdog.safety_margin",
+                            format!("expected an integer ≥ -1, got {value}"),
+                        )
                     })?
                 }
                 "driver" => {
@@ -87,8 +122,9 @@ impl WatchdogConfig {
                         Some("default") => WatchdogDriver::Default,
                         Some("testing") => WatchdogDriver::Testing,
                         _ => {
-                            return Err(format!(
-                                "watchdog.driver: expected default or testing, got {value}"
+                            return Err(ConfigError::invalid(
+                                "watchdog.driver",
+                                format!("expected default or testing, got {value}"),
                             ))
                         }
                     }
@@ -97,10 +133,16 @@ impl WatchdogConfig {
                     cfg.fence = match value {
                         Value::Bool(b) => *b,
                         Value::String(s) => crate::config::parse_bool_str(s).ok_or_else(|| {
-                            format!("watchdog.fence: expected a boolean, got {value}")
+                            ConfigError::invalid(
+                                "watchdog.fence",
+                                format!("expected a boolean, got {value}"),
+                            )
                         })?,
                         other => {
-                            return Err(format!("watchdog.fence: expected a boolean, got {other}"))
+                            return Err(ConfigError::invalid(
+                                "watchdog.fence",
+                                format!("expected a boolean, got {other}"),
+                            ))
                         }
                     }
                 }
@@ -216,6 +258,7 @@ impl Watchdog {
                     self.failure = None;
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     if self.failure.as_deref() != Some(e.as_str()) {
                         warn!(device = %self.cfg.device.display(), error = %e, "cannot use the watchdog");
                     }
@@ -257,13 +300,16 @@ impl Watchdog {
         }
     }
 
-    fn open(&self, ttl: u32) -> Result<File, String> {
+    fn open(&self, ttl: u32) -> Result<File, WatchdogError> {
         // The testing driver's file keeps every byte a device would have received.
         let dev = std::fs::OpenOptions::new()
             .write(true)
             .append(self.cfg.driver == WatchdogDriver::Testing)
             .open(&self.cfg.device)
-            .map_err(|e| format!("cannot open {}: {e}", self.cfg.device.display()))?;
+            .map_err(|source| WatchdogError::Open {
+                device: self.cfg.device.clone(),
+                source,
+            })?;
         if self.cfg.driver == WatchdogDriver::Testing {
             return Ok(dev);
         }
@@ -278,7 +324,7 @@ impl Watchdog {
         if unsafe { libc::ioctl(fd, WDIOC_GETSUPPORT as _, &mut info) } != 0 {
             let e = std::io::Error::last_os_error();
             let _ = (&dev).write_all(b"V");
-            return Err(format!("not a watchdog device ({e})"));
+            return Err(WatchdogError::NotAWatchdog(e));
         }
         if info.options & WDIOF_SETTIMEOUT != 0 {
             let mut t: libc::c_int = timeout as libc::c_int;
@@ -290,14 +336,10 @@ impl Watchdog {
         let got = unsafe { libc::ioctl(fd, WDIOC_GETTIMEOUT as _, &mut actual) };
         if got != 0 || actual <= 0 || actual as u32 > timeout {
             let _ = (&dev).write_all(b"V");
-            return Err(format!(
-                "its timeout could not be set to {timeout}s (it is {})",
-                if got != 0 {
-                    "unknown".to_string()
-                } else {
-                    format!("{actual}s")
-                }
-            ));
+            return Err(WatchdogError::Timeout {
+                wanted: timeout,
+                actual: (got == 0).then_some(actual),
+            });
         }
         Ok(dev)
     }
@@ -346,7 +388,9 @@ mod tests {
             (json!({"driver": "fancy"}), "watchdog.driver"),
             (json!("on"), "watchdog:"),
         ] {
-            let e = WatchdogConfig::from_value(&v, &mut w).unwrap_err();
+            let e = WatchdogConfig::from_value(&v, &mut w)
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with(key), "{e}");
         }
     }

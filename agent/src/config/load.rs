@@ -260,11 +260,7 @@ impl Config {
             _ => return Err(no_dcs_error()),
         };
 
-        let watchdog = crate::watchdog::WatchdogConfig::from_value(&raw.watchdog, &mut warnings)
-            .map_err(|e| match e.split_once(": ") {
-                Some((key, msg)) => ConfigError::invalid(key.to_string(), msg.to_string()),
-                None => ConfigError::invalid("watchdog".to_string(), e.clone()),
-            })?;
+        let watchdog = crate::watchdog::WatchdogConfig::from_value(&raw.watchdog, &mut warnings)?;
 
         let citus = match raw.citus {
             None => None,
