@@ -19,7 +19,7 @@ pub(crate) fn cluster(snapshot: &Snapshot) -> Response {
     }
 }
 
-pub(crate) fn cluster_json(snapshot: &Snapshot, cluster: &dcs::Cluster) -> Value {
+pub(crate) fn cluster_json(snapshot: &Snapshot, cluster: &model::Cluster) -> Value {
     let global = GlobalView::of(snapshot);
     let leader_name = cluster.leader_name();
     let cluster_lsn = cluster.status.optime.unwrap_or(0);
@@ -90,7 +90,7 @@ pub(crate) fn cluster_json(snapshot: &Snapshot, cluster: &dcs::Cluster) -> Value
                     let (lsn_value, lag_value) = match lsn.filter(|l| *l > 0) {
                         None => (Value::from("unknown"), Value::from("unknown")),
                         Some(lsn) => (
-                            Value::from(dcs::format_lsn(lsn)),
+                            Value::from(model::format_lsn(lsn)),
                             Value::from(cluster_lsn.saturating_sub(lsn)),
                         ),
                     };
@@ -130,7 +130,7 @@ pub(crate) fn history(snapshot: &Snapshot) -> Response {
     let rows: Vec<Value> = snapshot
         .cluster
         .as_ref()
-        .map(|c| c.history.iter().map(dcs::HistoryEntry::to_json).collect())
+        .map(|c| c.history.iter().map(model::HistoryEntry::to_json).collect())
         .unwrap_or_default();
     reply::json(StatusCode::OK, &rows)
 }

@@ -106,7 +106,7 @@ pub(crate) async fn post_failsafe(
         Err(e) => return reply::error_page(StatusCode::BAD_REQUEST, &e),
     };
     let pg = &snapshot.postgres;
-    if pg.state == dcs::PostgresState::Running && pg.role == dcs::Role::Primary {
+    if pg.state == model::PostgresState::Running && pg.role == model::Role::Primary {
         return OpReply::text(500, "Running as a leader").into_response();
     }
     state.failsafe.record(call);

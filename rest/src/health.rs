@@ -1,7 +1,7 @@
 //! Health-check status codes (docs/compatibility.md, *REST API*): role endpoints, `/liveness`, `/readiness`.
 
 use axum::http::StatusCode;
-use dcs::{PostgresState, Role};
+use model::{PostgresState, Role};
 
 use crate::lag::parse_size;
 use crate::status::{GlobalView, StatusJson};

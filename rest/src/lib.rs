@@ -46,7 +46,7 @@ pub struct Snapshot {
     pub version: String,
     pub api_url: String,
     /// Last DCS view; `None` before the first successful read.
-    pub cluster: Option<dcs::Cluster>,
+    pub cluster: Option<model::Cluster>,
     /// Unix seconds of the last successful DCS round-trip.
     pub dcs_last_seen: Option<i64>,
     /// This member holds an unexpired leader lock.
@@ -55,7 +55,7 @@ pub struct Snapshot {
     pub standby_cluster: bool,
     pub postgres: PostgresStatus,
     /// Configured tags, plus any the HA loop injects (e.g. `nosync` while leaving sync duty).
-    pub tags: dcs::Tags,
+    pub tags: model::Tags,
     /// Maintenance mode (`pause: true` in the dynamic configuration).
     pub paused: bool,
     pub ttl: u32,
@@ -79,8 +79,8 @@ pub struct Snapshot {
 /// What the HA loop last learned about the local Postgres.
 #[derive(Debug, Clone, Default)]
 pub struct PostgresStatus {
-    pub state: dcs::PostgresState,
-    pub role: dcs::Role,
+    pub state: model::PostgresState,
+    pub role: model::Role,
     /// `server_version_num`, e.g. 150004.
     pub server_version: Option<u32>,
     /// `pg_postmaster_start_time()` as text, e.g. `2024-06-01 10:00:00.123+00:00`.

@@ -295,7 +295,7 @@ pub(crate) fn render(snapshot: &Snapshot, now: f64) -> String {
 
     // Patroni numbers its known states; anything else is -1.
     let state_index = status.state.metric_code().map_or(-1, |(_, index)| index);
-    let descriptions: Vec<String> = dcs::PostgresState::metric_codes()
+    let descriptions: Vec<String> = model::PostgresState::metric_codes()
         .map(|(_, name, index)| format!("{index}={name}"))
         .collect();
     // Patroni lists the state codes in a comment between HELP and TYPE.
@@ -365,7 +365,7 @@ fn format_float(value: f64) -> String {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use dcs::{Cluster, ClusterConfig, Leader, Member, MemberData, Role};
+    use model::{Cluster, ClusterConfig, Leader, Member, MemberData, Role};
     use serde_json::json;
 
     use super::*;
@@ -402,7 +402,7 @@ mod tests {
                 name: "pg-0".into(),
                 version: None,
             }),
-            status: dcs::Status {
+            status: model::Status {
                 optime: Some(OPTIME),
                 ..Default::default()
             },

@@ -953,8 +953,8 @@ mod tests {
             scope: "demo".into(),
             name: "pg-0".into(),
             version: "4.1.5".into(),
-            cluster: Some(dcs::Cluster {
-                leader: Some(dcs::Leader {
+            cluster: Some(model::Cluster {
+                leader: Some(model::Leader {
                     name: "pg-0".into(),
                     version: None,
                 }),
@@ -968,7 +968,7 @@ mod tests {
             dynamic_config: Some(json!({"ttl": 30})),
             postgres: PostgresStatus {
                 state: "running".into(),
-                role: dcs::Role::Primary,
+                role: model::Role::Primary,
                 timeline: Some(1),
                 wal: Wal::Primary { location: 1 << 24 },
                 ..Default::default()

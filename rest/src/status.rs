@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{ReplicationInfo, Snapshot, Wal};
-use dcs::PostgresState;
+use model::PostgresState;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct StatusJson {
@@ -39,7 +39,7 @@ pub(crate) struct StatusJson {
     pub failsafe_mode_is_active: Option<bool>,
     pub dcs_last_seen: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tags: Option<dcs::Tags>,
+    pub tags: Option<model::Tags>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_system_identifier: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,7 +157,7 @@ fn truthy(v: &Value) -> bool {
 
 /// Is `name` in the `/sync` key's member list? Case-insensitive, like Postgres' matching of
 /// `synchronous_standby_names`.
-pub(crate) fn sync_matches(cluster: &dcs::Cluster, name: &str) -> bool {
+pub(crate) fn sync_matches(cluster: &model::Cluster, name: &str) -> bool {
     cluster
         .sync
         .sync_standby
@@ -194,7 +194,7 @@ pub(crate) fn status_json(snapshot: &Snapshot) -> StatusJson {
         cluster_unlocked: (!snapshot
             .cluster
             .as_ref()
-            .is_some_and(dcs::Cluster::is_locked))
+            .is_some_and(model::Cluster::is_locked))
         .then_some(true),
         failsafe_mode_is_active: snapshot.failsafe_mode_is_active.then_some(true),
         dcs_last_seen: snapshot.dcs_last_seen.unwrap_or(0),

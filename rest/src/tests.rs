@@ -2,11 +2,11 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use dcs::{
+use http_body_util::BodyExt;
+use model::{
     Cluster, ClusterConfig, Failover, HistoryEntry, Leader, Member, MemberData, Role, SyncState,
     Tags,
 };
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -52,7 +52,7 @@ fn cluster() -> Cluster {
             name: "pg-0".into(),
             version: None,
         }),
-        status: dcs::Status {
+        status: model::Status {
             optime: Some(LEADER_OPTIME),
             ..Default::default()
         },
@@ -755,7 +755,7 @@ async fn cluster_view() {
     assert_eq!(sync["role"], "sync_standby");
     assert_eq!(sync["state"], "streaming");
     assert_eq!(sync["lag"], 1024);
-    assert_eq!(sync["lsn"], dcs::format_lsn(LEADER_OPTIME - 1024));
+    assert_eq!(sync["lsn"], model::format_lsn(LEADER_OPTIME - 1024));
     assert_eq!(sync["receive_lag"], "unknown");
     let unknown = &members[2];
     assert_eq!(unknown["role"], "replica");

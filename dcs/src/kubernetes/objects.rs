@@ -863,7 +863,7 @@ pub(crate) fn build_cluster(
             continue;
         };
         let parsed = match raw.as_str() {
-            Some(s) => MemberData::parse(s),
+            Some(s) => MemberData::parse(s).map_err(|e| e.to_string()),
             None => Err("annotation 'status' is not a string".to_string()),
         };
         match parsed {

@@ -30,9 +30,9 @@ fn snapshot_with_members(api_urls: &[&str]) -> tokio::sync::watch::Receiver<Snap
         .iter()
         .enumerate()
         .map(|(i, url)| {
-            dcs::Member::new(
+            model::Member::new(
                 format!("m{i}"),
-                dcs::MemberData {
+                model::MemberData {
                     api_url: Some(url.to_string()),
                     ..Default::default()
                 },
@@ -40,7 +40,7 @@ fn snapshot_with_members(api_urls: &[&str]) -> tokio::sync::watch::Receiver<Snap
         })
         .collect();
     let snapshot = Snapshot {
-        cluster: Some(dcs::Cluster {
+        cluster: Some(model::Cluster {
             members,
             ..Default::default()
         }),

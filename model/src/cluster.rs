@@ -351,11 +351,25 @@ fn default_role() -> Role {
     Role::Uninitialized
 }
 
+/// Why member data could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberDataError {
+    #[error("member data is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("member data is not a JSON object")]
+    NotObject,
+    /// A known field holds a value of the wrong type.
+    #[error("member data field '{field}' has an invalid value: {value}")]
+    InvalidField { field: String, value: Value },
+    #[error("member data: {0}")]
+    Invalid(serde_json::Error),
+}
+
 impl MemberData {
     /// Parse member data written by anyone (Regent, Patroni, a human). Errors name the field.
     ///
     /// Accepts the legacy plain value `postgres://u:p@host:port/db?application_name=<api_url>`.
-    pub fn parse(raw: &str) -> Result<MemberData, String> {
+    pub fn parse(raw: &str) -> Result<MemberData, MemberDataError> {
         let trimmed = raw.trim();
         if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
             let (conn, query) = trimmed.split_once('?').unwrap_or((trimmed, ""));
@@ -371,11 +385,10 @@ impl MemberData {
                 ..Default::default()
             });
         }
-        let value: Value =
-            serde_json::from_str(trimmed).map_err(|e| format!("member data is not JSON: {e}"))?;
+        let value: Value = serde_json::from_str(trimmed).map_err(MemberDataError::NotJson)?;
         let mut obj = match value {
             Value::Object(m) => m,
-            _ => return Err("member data is not a JSON object".into()),
+            _ => return Err(MemberDataError::NotObject),
         };
         // Patroni readers accept conn_kwargs instead of conn_url.
         if !obj.contains_key("conn_url") {
@@ -428,14 +441,15 @@ impl MemberData {
 }
 
 /// Deserialize a member object and, on failure, name the offending field.
-fn serde_path_to_error_lite(v: Value) -> Result<MemberData, String> {
+fn serde_path_to_error_lite(v: Value) -> Result<MemberData, MemberDataError> {
     if let Value::Object(m) = &v {
         // Check each typed field on its own so the error names it.
-        let probe = |name: &str, ok: fn(&Value) -> bool| -> Result<(), String> {
+        let probe = |name: &str, ok: fn(&Value) -> bool| -> Result<(), MemberDataError> {
             match m.get(name) {
-                Some(val) if !val.is_null() && !ok(val) => Err(format!(
-                    "member data field '{name}' has an invalid value: {val}"
-                )),
+                Some(val) if !val.is_null() && !ok(val) => Err(MemberDataError::InvalidField {
+                    field: name.to_string(),
+                    value: val.clone(),
+                }),
                 _ => Ok(()),
             }
         };
@@ -453,7 +467,7 @@ fn serde_path_to_error_lite(v: Value) -> Result<MemberData, String> {
         probe("checkpoint_after_promote", Value::is_boolean)?;
         probe("pause", Value::is_boolean)?;
     }
-    serde_json::from_value(v).map_err(|e| format!("member data: {e}"))
+    serde_json::from_value(v).map_err(MemberDataError::Invalid)
 }
 
 /// Parse `scheme://[user[:pw]@]host[:port][/...]` into host and port.
@@ -527,6 +541,26 @@ pub struct HistoryEntry {
     pub new_leader: Option<String>,
 }
 
+/// Why the timeline history, or one of its rows, could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("history is not a JSON list")]
+    NotList,
+    #[error("history row is not a list")]
+    RowNotList,
+    #[error("history row has fewer than 3 items")]
+    RowTooShort,
+    /// `item` names the column: `timeline` or `lsn`.
+    #[error("history {item} is not a non-negative integer")]
+    Negative { item: &'static str },
+    #[error("history {item} is not an integer")]
+    NotInteger { item: &'static str },
+    #[error("history timeline too large")]
+    TimelineTooLarge,
+}
+
 impl HistoryEntry {
     pub fn to_json(&self) -> Value {
         let mut row = vec![
@@ -543,25 +577,21 @@ impl HistoryEntry {
         Value::Array(row)
     }
 
-    pub fn from_json(v: &Value) -> Result<HistoryEntry, String> {
-        let row = v.as_array().ok_or("history row is not a list")?;
+    pub fn from_json(v: &Value) -> Result<HistoryEntry, HistoryError> {
+        let row = v.as_array().ok_or(HistoryError::RowNotList)?;
         if row.len() < 3 {
-            return Err("history row has fewer than 3 items".into());
+            return Err(HistoryError::RowTooShort);
         }
-        let num = |i: usize, what: &str| -> Result<u64, String> {
+        let num = |i: usize, item: &'static str| -> Result<u64, HistoryError> {
             match &row[i] {
-                Value::Number(n) => n
-                    .as_u64()
-                    .ok_or(format!("history {what} is not a non-negative integer")),
-                Value::String(s) => s
-                    .parse()
-                    .map_err(|_| format!("history {what} is not an integer")),
-                _ => Err(format!("history {what} is not an integer")),
+                Value::Number(n) => n.as_u64().ok_or(HistoryError::Negative { item }),
+                Value::String(s) => s.parse().map_err(|_| HistoryError::NotInteger { item }),
+                _ => Err(HistoryError::NotInteger { item }),
             }
         };
         Ok(HistoryEntry {
             timeline: u32::try_from(num(0, "timeline")?)
-                .map_err(|_| "history timeline too large")?,
+                .map_err(|_| HistoryError::TimelineTooLarge)?,
             lsn: num(1, "lsn")?,
             reason: row[2].as_str().unwrap_or_default().to_string(),
             timestamp: row.get(3).and_then(Value::as_str).map(str::to_string),
@@ -571,9 +601,9 @@ impl HistoryEntry {
 }
 
 /// Parse the `history` value (a JSON list of rows); bad rows are reported, not fatal.
-pub fn parse_history(raw: &str) -> Result<Vec<HistoryEntry>, String> {
-    let v: Value = serde_json::from_str(raw).map_err(|e| format!("history is not JSON: {e}"))?;
-    let rows = v.as_array().ok_or("history is not a JSON list")?;
+pub fn parse_history(raw: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
+    let v: Value = serde_json::from_str(raw).map_err(HistoryError::NotJson)?;
+    let rows = v.as_array().ok_or(HistoryError::NotList)?;
     rows.iter().map(HistoryEntry::from_json).collect()
 }
 
@@ -582,16 +612,28 @@ pub fn parse_history(raw: &str) -> Result<Vec<HistoryEntry>, String> {
 /// over REST, and only listed members may take a free lock.
 pub type FailsafeTopology = BTreeMap<String, String>;
 
+/// Why a `failsafe` value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FailsafeError {
+    #[error("failsafe is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("failsafe is not a JSON object")]
+    NotObject,
+    /// The member's `api_url` is not a string.
+    #[error("failsafe entry {member:?} is not a string")]
+    EntryNotString { member: String },
+}
+
 /// Parse a `failsafe` value (`{"<name>": "<api_url>"}`).
-pub fn parse_failsafe(raw: &str) -> Result<FailsafeTopology, String> {
-    let v: Value = serde_json::from_str(raw).map_err(|e| format!("failsafe is not JSON: {e}"))?;
+pub fn parse_failsafe(raw: &str) -> Result<FailsafeTopology, FailsafeError> {
+    let v: Value = serde_json::from_str(raw).map_err(FailsafeError::NotJson)?;
     let Value::Object(m) = v else {
-        return Err("failsafe is not a JSON object".into());
+        return Err(FailsafeError::NotObject);
     };
     m.into_iter()
         .map(|(name, url)| match url {
             Value::String(u) => Ok((name, u)),
-            _ => Err(format!("failsafe entry {name:?} is not a string")),
+            _ => Err(FailsafeError::EntryNotString { member: name }),
         })
         .collect()
 }
@@ -619,15 +661,23 @@ pub struct Failover {
     pub version: Option<String>,
 }
 
+/// Why a `failover` value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    /// A JSON object that is not a failover request.
+    #[error("failover value: {0}")]
+    Invalid(serde_json::Error),
+}
+
 impl Failover {
     /// Parse JSON or the legacy `leader:candidate` form.
-    pub fn parse(raw: &str) -> Result<Failover, String> {
+    pub fn parse(raw: &str) -> Result<Failover, FailoverError> {
         let t = raw.trim();
         if t.is_empty() {
             return Ok(Failover::default());
         }
         if t.starts_with('{') {
-            return serde_json::from_str(t).map_err(|e| format!("failover value: {e}"));
+            return serde_json::from_str(t).map_err(FailoverError::Invalid);
         }
         let (l, m) = t.split_once(':').unwrap_or((t, ""));
         Ok(Failover {
@@ -651,6 +701,15 @@ pub struct SyncState {
     pub version: Option<String>,
 }
 
+/// Why a `sync` value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncStateError {
+    #[error("sync value is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("sync value is not a JSON object")]
+    NotObject,
+}
+
 impl SyncState {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -670,10 +729,9 @@ impl SyncState {
         Value::Object(m)
     }
 
-    pub fn parse(raw: &str) -> Result<SyncState, String> {
-        let v: Value =
-            serde_json::from_str(raw).map_err(|e| format!("sync value is not JSON: {e}"))?;
-        let obj = v.as_object().ok_or("sync value is not a JSON object")?;
+    pub fn parse(raw: &str) -> Result<SyncState, SyncStateError> {
+        let v: Value = serde_json::from_str(raw).map_err(SyncStateError::NotJson)?;
+        let obj = v.as_object().ok_or(SyncStateError::NotObject)?;
         let mut names: Vec<String> = obj
             .get("sync_standby")
             .and_then(Value::as_str)
@@ -711,6 +769,15 @@ pub struct Status {
     pub retain_slots: Vec<String>,
 }
 
+/// Why a `status` value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("status value is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("status value is not a JSON object")]
+    NotObject,
+}
+
 impl Status {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -729,7 +796,7 @@ impl Status {
         Value::Object(m)
     }
 
-    pub fn parse(raw: &str) -> Result<Status, String> {
+    pub fn parse(raw: &str) -> Result<Status, StatusError> {
         let t = raw.trim();
         // Legacy: a bare integer optime.
         if let Ok(n) = t.parse::<u64>() {
@@ -738,9 +805,8 @@ impl Status {
                 ..Default::default()
             });
         }
-        let v: Value =
-            serde_json::from_str(t).map_err(|e| format!("status value is not JSON: {e}"))?;
-        let obj = v.as_object().ok_or("status value is not a JSON object")?;
+        let v: Value = serde_json::from_str(t).map_err(StatusError::NotJson)?;
+        let obj = v.as_object().ok_or(StatusError::NotObject)?;
         Ok(Status {
             optime: obj.get("optime").and_then(|o| match o {
                 Value::Number(n) => n.as_u64(),
@@ -909,9 +975,97 @@ mod tests {
     #[test]
     fn member_bad_field_is_named() {
         let e = MemberData::parse(r#"{"role":"replica","xlog_location":"abc"}"#).unwrap_err();
-        assert!(e.contains("xlog_location"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            r#"member data field 'xlog_location' has an invalid value: "abc""#
+        );
         let e = MemberData::parse(r#"{"tags":[1]}"#).unwrap_err();
-        assert!(e.contains("tags"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "member data field 'tags' has an invalid value: [1]"
+        );
+    }
+
+    #[test]
+    fn parse_errors_read_as_before() {
+        let not_json = |raw: &str| serde_json::from_str::<Value>(raw).unwrap_err().to_string();
+        let message = |e: &dyn std::error::Error| e.to_string();
+        assert_eq!(
+            message(&MemberData::parse("{").unwrap_err()),
+            format!("member data is not JSON: {}", not_json("{"))
+        );
+        assert_eq!(
+            message(&MemberData::parse("[]").unwrap_err()),
+            "member data is not a JSON object"
+        );
+        assert_eq!(
+            message(&parse_history("[").unwrap_err()),
+            format!("history is not JSON: {}", not_json("["))
+        );
+        assert_eq!(
+            message(&parse_history("{}").unwrap_err()),
+            "history is not a JSON list"
+        );
+        assert_eq!(
+            message(&parse_history("[1]").unwrap_err()),
+            "history row is not a list"
+        );
+        assert_eq!(
+            message(&parse_history("[[1,2]]").unwrap_err()),
+            "history row has fewer than 3 items"
+        );
+        assert_eq!(
+            message(&parse_history(r#"[[-1,2,""]]"#).unwrap_err()),
+            "history timeline is not a non-negative integer"
+        );
+        assert_eq!(
+            message(&parse_history(r#"[[1,"x",""]]"#).unwrap_err()),
+            "history lsn is not an integer"
+        );
+        assert_eq!(
+            message(&parse_history(r#"[[1,null,""]]"#).unwrap_err()),
+            "history lsn is not an integer"
+        );
+        assert_eq!(
+            message(&parse_history(r#"[[4294967296,2,""]]"#).unwrap_err()),
+            "history timeline too large"
+        );
+        assert_eq!(
+            message(&parse_failsafe("x").unwrap_err()),
+            format!("failsafe is not JSON: {}", not_json("x"))
+        );
+        assert_eq!(
+            message(&parse_failsafe("[]").unwrap_err()),
+            "failsafe is not a JSON object"
+        );
+        assert_eq!(
+            message(&parse_failsafe(r#"{"pg-1":1}"#).unwrap_err()),
+            r#"failsafe entry "pg-1" is not a string"#
+        );
+        let bad_failover = r#"{"member":1}"#;
+        assert_eq!(
+            message(&Failover::parse(bad_failover).unwrap_err()),
+            format!(
+                "failover value: {}",
+                serde_json::from_str::<Failover>(bad_failover).unwrap_err()
+            )
+        );
+        assert_eq!(
+            message(&SyncState::parse("x").unwrap_err()),
+            format!("sync value is not JSON: {}", not_json("x"))
+        );
+        assert_eq!(
+            message(&SyncState::parse("[]").unwrap_err()),
+            "sync value is not a JSON object"
+        );
+        assert_eq!(
+            message(&Status::parse("x").unwrap_err()),
+            format!("status value is not JSON: {}", not_json("x"))
+        );
+        assert_eq!(
+            message(&Status::parse("[]").unwrap_err()),
+            "status value is not a JSON object"
+        );
     }
 
     #[test]
