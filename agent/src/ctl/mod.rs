@@ -4,9 +4,15 @@
 //! an operator asks for (dynamic config, failover object).
 
 mod api;
-mod commands;
+mod cmd;
+mod context;
 mod edit;
+#[cfg(test)]
+mod fixtures;
+mod listing;
+mod members;
 mod output;
+mod prompt;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -75,6 +81,29 @@ struct ListArgs {
     watch: Option<f64>,
 }
 
+/// The values of `--role` (patronictl's, with its old names).
+const ROLES: [&str; 7] = [
+    "leader",
+    "primary",
+    "standby-leader",
+    "replica",
+    "standby",
+    "any",
+    "master",
+];
+
+/// The members a command acts on: named ones (all when none), of a role.
+#[derive(Args, Debug, Clone)]
+struct MemberSelection {
+    cluster_name: String,
+    member_names: Vec<String>,
+    #[arg(long)]
+    group: Option<u32>,
+    /// Only members with this role.
+    #[arg(short = 'r', long, value_parser = ROLES)]
+    role: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List the members of a cluster.
@@ -100,24 +129,8 @@ enum Command {
         cluster_name: Option<String>,
         #[arg(long)]
         group: Option<u32>,
-        /// Do not show the diff.
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        /// key=value, dotted keys, YAML value (empty value or null removes the key).
-        #[arg(short = 's', long = "set")]
-        set: Vec<String>,
-        /// Postgres parameter name=value (postgresql.parameters).
-        #[arg(short = 'p', long = "pg")]
-        pg: Vec<String>,
-        /// Merge the YAML of FILE (- for stdin) into the configuration.
-        #[arg(long)]
-        apply: Option<String>,
-        /// Replace the configuration with the YAML of FILE (- for stdin).
-        #[arg(long)]
-        replace: Option<String>,
-        /// Write without asking.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        edit: cmd::edit_config::EditArgs,
     },
     /// Versions of regent ctl and of the members.
     Version {
@@ -174,39 +187,15 @@ enum Command {
     },
     /// Restart Postgres on members.
     Restart {
-        cluster_name: String,
-        member_names: Vec<String>,
-        #[arg(long)]
-        group: Option<u32>,
-        /// Only members with this role.
-        #[arg(short = 'r', long, value_parser = ["leader", "primary", "standby-leader", "replica", "standby", "any", "master"])]
-        role: Option<String>,
-        /// Restart one member chosen at random.
-        #[arg(long)]
-        any: bool,
-        /// When (ISO 8601 timestamp with time zone).
-        #[arg(long)]
-        scheduled: Option<String>,
-        /// Only if the Postgres version is older than this.
-        #[arg(long = "pg-version")]
-        pg_version: Option<String>,
-        /// Only members with a pending restart.
-        #[arg(short = 'p', long)]
-        pending: bool,
-        /// Seconds to wait for Postgres to start.
-        #[arg(long)]
-        timeout: Option<String>,
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        members: MemberSelection,
+        #[command(flatten)]
+        options: cmd::restart::RestartOptions,
     },
     /// Reload the configuration of members.
     Reload {
-        cluster_name: String,
-        member_names: Vec<String>,
-        #[arg(long)]
-        group: Option<u32>,
-        #[arg(short = 'r', long, value_parser = ["leader", "primary", "standby-leader", "replica", "standby", "any", "master"])]
-        role: Option<String>,
+        #[command(flatten)]
+        members: MemberSelection,
         #[arg(long)]
         force: bool,
     },
@@ -218,7 +207,7 @@ enum Command {
         rest: Vec<String>,
         #[arg(long)]
         group: Option<u32>,
-        #[arg(short = 'r', long, value_parser = ["leader", "primary", "standby-leader", "replica", "standby", "any", "master"])]
+        #[arg(short = 'r', long, value_parser = ROLES)]
         role: Option<String>,
         #[arg(long)]
         force: bool,
@@ -249,10 +238,12 @@ impl Command {
             | Command::Resume { cluster_name, .. }
             | Command::Switchover { cluster_name, .. }
             | Command::Failover { cluster_name, .. } => cluster_name.as_deref(),
-            Command::Restart { cluster_name, .. }
-            | Command::Reload { cluster_name, .. }
-            | Command::Reinit { cluster_name, .. }
-            | Command::Flush { cluster_name, .. } => Some(cluster_name),
+            Command::Restart { members, .. } | Command::Reload { members, .. } => {
+                Some(&members.cluster_name)
+            }
+            Command::Reinit { cluster_name, .. } | Command::Flush { cluster_name, .. } => {
+                Some(cluster_name)
+            }
         }
     }
 
@@ -285,10 +276,9 @@ impl Command {
             | Command::Resume { group, .. }
             | Command::Switchover { group, .. }
             | Command::Failover { group, .. }
-            | Command::Restart { group, .. }
-            | Command::Reload { group, .. }
             | Command::Reinit { group, .. }
             | Command::Flush { group, .. } => *group,
+            Command::Restart { members, .. } | Command::Reload { members, .. } => members.group,
         }
     }
 }
@@ -312,17 +302,24 @@ pub struct CtlError {
 }
 
 impl CtlError {
-    fn failed(msg: impl Into<String>) -> CtlError {
+    fn failed(msg: impl std::fmt::Display) -> CtlError {
         CtlError {
             code: EXIT_FAILED,
-            msg: msg.into(),
+            msg: msg.to_string(),
         }
     }
-    fn usage(msg: impl Into<String>) -> CtlError {
+    fn usage(msg: impl std::fmt::Display) -> CtlError {
         CtlError {
             code: EXIT_USAGE,
-            msg: msg.into(),
+            msg: msg.to_string(),
         }
+    }
+}
+
+/// Output that cannot be written (a closed pipe): the command cannot go on.
+impl From<std::io::Error> for CtlError {
+    fn from(e: std::io::Error) -> CtlError {
+        CtlError::failed(format!("cannot write the output: {e}"))
     }
 }
 
@@ -371,7 +368,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Some(_) if cli.command.group().is_none() && cli.command.spans_all_groups() => Groups::All,
         Some(c) => Groups::One(c.group),
     };
-    match runtime.block_on(commands::run(cli, cfg, groups)) {
+    match runtime.block_on(cmd::run(cli, cfg, groups)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {}", e.msg);
