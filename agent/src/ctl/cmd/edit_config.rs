@@ -7,9 +7,10 @@ use serde_json::{Map, Value};
 
 use crate::config::DynamicConfig;
 use crate::ctl::context::{write_config, Ctx};
+use crate::ctl::load::{parse_yaml, write_private};
 use crate::ctl::output::to_yaml;
 use crate::ctl::prompt::confirm;
-use crate::ctl::{edit, parse_yaml, write_private, CtlError, CtlResult};
+use crate::ctl::{edit, CtlError, CtlResult};
 
 /// What to change, and how to ask.
 #[derive(clap::Args, Debug, Clone)]

@@ -185,12 +185,16 @@ pub async fn run(
             .await
         {
             Ok(a) if a.status == 501 => {
-                debug!("POST /{action} answered 501: not offered by this member");
+                debug!(
+                    endpoint = action,
+                    status = 501,
+                    "not offered by this member"
+                );
                 None
             }
             Ok(a) => Some(a),
             Err(e) => {
-                debug!(error = %e, "POST /{action} got no answer");
+                debug!(endpoint = action, error = %e, "no answer");
                 None
             }
         },
@@ -202,7 +206,7 @@ pub async fn run(
             // The cluster as it is now (patronictl shows it after the operation too).
             match read_cluster(dcs.as_ref()).await {
                 Ok(now) => cluster = now,
-                Err(e) => debug!(error = %e.msg, "cannot read the cluster after the {action}"),
+                Err(e) => debug!(error = %e.msg, "cannot read the cluster after the operation"),
             }
         }
         Some(a) => {
