@@ -31,15 +31,7 @@ pub fn cfg() -> Config {
 
 /// `list` with its defaults and `format`.
 pub fn args(format: Format) -> ListArgs {
-    ListArgs {
-        cluster_name: None,
-        group: None,
-        extended: false,
-        timestamp: false,
-        format,
-        watch_default: false,
-        watch: None,
-    }
+    ListArgs::once(format)
 }
 
 /// Three members: m0 leads, m1 is the synchronous standby, m2 replicates from m1 with a pending

@@ -78,6 +78,21 @@ struct ListArgs {
     watch: Option<f64>,
 }
 
+impl ListArgs {
+    /// A single listing of every member in `format`, nothing extended.
+    fn once(format: Format) -> ListArgs {
+        ListArgs {
+            cluster_name: None,
+            group: None,
+            extended: false,
+            timestamp: false,
+            format,
+            watch_default: false,
+            watch: None,
+        }
+    }
+}
+
 /// The values of `--role` (patronictl's, with its old names).
 const ROLES: [&str; 7] = [
     "leader",

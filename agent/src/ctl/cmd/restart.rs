@@ -122,3 +122,62 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctl::fixtures::{cluster, memory_ctx, text};
+
+    fn options() -> RestartOptions {
+        RestartOptions {
+            any: false,
+            scheduled: None,
+            pg_version: None,
+            pending: false,
+            timeout: None,
+            force: true,
+        }
+    }
+
+    fn selection(role: Option<&str>) -> MemberSelection {
+        MemberSelection {
+            cluster_name: "demo".into(),
+            member_names: Vec::new(),
+            group: None,
+            role: role.map(String::from),
+        }
+    }
+
+    #[tokio::test]
+    async fn restart_reports_each_member_it_cannot_call() {
+        let ctx = memory_ctx(&cluster()).await;
+        let mut out = Vec::new();
+        let result = run(&ctx, &selection(Some("replica")), &options(), &mut out).await;
+        assert_eq!(
+            result.err().map(|e| e.msg).as_deref(),
+            Some("restart failed on some members")
+        );
+        assert_eq!(
+            text(out),
+            "Failed: restart for member m1, no api_url\nFailed: restart for member m2, no api_url\n"
+        );
+    }
+
+    /// `--pending` without a schedule keeps the members that report one: only m2 here.
+    #[tokio::test]
+    async fn pending_restart_keeps_the_members_that_need_one() {
+        let ctx = memory_ctx(&cluster()).await;
+        let mut out = Vec::new();
+        let pending = RestartOptions {
+            pending: true,
+            ..options()
+        };
+        let result = run(&ctx, &selection(Some("leader")), &pending, &mut out).await;
+        assert!(result.is_ok());
+        assert_eq!(text(out), "No member has a pending restart\n");
+        let mut out = Vec::new();
+        let result = run(&ctx, &selection(None), &pending, &mut out).await;
+        assert!(result.is_err());
+        assert_eq!(text(out), "Failed: restart for member m2, no api_url\n");
+    }
+}

@@ -33,15 +33,7 @@ pub async fn run(
     let mut dcs = ctx.dcs.clone();
     let mut groups = ctx.groups;
     writeln!(out, "Current cluster topology")?;
-    let list_args = ListArgs {
-        cluster_name: None,
-        group: None,
-        extended: false,
-        timestamp: false,
-        format: Format::Pretty,
-        watch_default: false,
-        watch: None,
-    };
+    let list_args = ListArgs::once(Format::Pretty);
     write!(
         out,
         "{}",
@@ -245,4 +237,91 @@ pub async fn run(
         render_members(&ctx.cfg, groups, &cluster, &list_args, false)
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctl::fixtures::{cluster, memory_ctx, text};
+
+    /// No member answers: the failover object goes to the DCS, between the two listings.
+    #[tokio::test]
+    async fn switchover_falls_back_to_the_dcs_when_no_member_answers() {
+        let ctx = memory_ctx(&cluster()).await;
+        let mut out = Vec::new();
+        run(
+            &ctx,
+            true,
+            Some("m0".into()),
+            Some("m1".into()),
+            None,
+            true,
+            &mut out,
+        )
+        .await
+        .expect("switchover");
+        let out = text(out);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "Current cluster topology", "{out}");
+        assert!(lines[1].starts_with("+ Cluster: demo (7379) -"), "{out}");
+        let fallback = lines
+            .iter()
+            .position(|l| {
+                l.ends_with(" Could not switchover using Patroni api, falling back to DCS")
+            })
+            .expect("the fallback line");
+        assert_eq!(fallback, 8, "after the 7 lines of the first listing: {out}");
+        assert!(lines[9].starts_with("+ Cluster: demo (7379) -"), "{out}");
+        assert_eq!(lines.len(), 16, "{out}");
+        let failover = ctx
+            .cluster()
+            .await
+            .expect("cluster")
+            .failover
+            .expect("failover");
+        assert_eq!(failover.leader.as_deref(), Some("m0"));
+        assert_eq!(failover.member.as_deref(), Some("m1"));
+        assert_eq!(failover.scheduled_at, None);
+    }
+
+    #[tokio::test]
+    async fn switchover_and_failover_refuse_wrong_members() {
+        let ctx = memory_ctx(&cluster()).await;
+        let refusal = |switchover: bool, leader: Option<&str>, candidate: Option<&str>| {
+            let ctx = &ctx;
+            let leader = leader.map(String::from);
+            let candidate = candidate.map(String::from);
+            async move {
+                run(
+                    ctx,
+                    switchover,
+                    leader,
+                    candidate,
+                    None,
+                    true,
+                    &mut Vec::new(),
+                )
+                .await
+                .err()
+                .map(|e| e.msg)
+            }
+        };
+        assert_eq!(
+            refusal(true, Some("m1"), Some("m2")).await.as_deref(),
+            Some("Member m1 is not the leader of cluster demo")
+        );
+        assert_eq!(
+            refusal(true, Some("m0"), Some("m0")).await.as_deref(),
+            Some("Member m0 is already the leader of cluster demo")
+        );
+        assert_eq!(
+            refusal(true, None, Some("m9")).await.as_deref(),
+            Some("Member m9 does not exist in cluster demo or is tagged as nofailover")
+        );
+        assert_eq!(
+            refusal(false, None, None).await.as_deref(),
+            Some("Failover could be performed only to a specific candidate")
+        );
+        assert!(ctx.cluster().await.expect("cluster").failover.is_none());
+    }
 }
