@@ -7,6 +7,29 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+/// Why a call to a member got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The `ctl`/`restapi` TLS or credential settings cannot make a client.
+    #[error("REST client settings: {0}")]
+    ClientSettings(#[source] crate::config::ConfigError),
+    /// No answer at all: connection refused, TLS failure, timeout.
+    #[error("{method} {url}: {source}")]
+    Unreachable {
+        method: reqwest::Method,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An answer whose body is not the JSON asked for.
+    #[error("GET {endpoint}: not JSON ({source})")]
+    NotJson {
+        endpoint: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// A member's answer: status code and body text.
 #[derive(Debug)]
 pub struct Answer {
@@ -30,12 +53,12 @@ pub fn endpoint_url(api_url: &str, endpoint: &str) -> String {
 
 impl Api {
     /// `insecure`: `-k`, skip certificate checks as `ctl.insecure` does.
-    pub fn new(cfg: &Config, insecure: bool) -> Result<Api, String> {
+    pub fn new(cfg: &Config, insecure: bool) -> Result<Api, ApiError> {
         let mut cfg = cfg.clone();
         cfg.ctl.insecure |= insecure;
         let client =
             crate::config::member_client(&cfg, Duration::from_secs(30), Duration::from_secs(5))
-                .map_err(|e| format!("REST client settings: {e}"))?;
+                .map_err(ApiError::ClientSettings)?;
         Ok(Api { client })
     }
 
@@ -47,7 +70,7 @@ impl Api {
         endpoint: &str,
         body: Option<&Value>,
         timeout: Option<Duration>,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, ApiError> {
         let url = endpoint_url(api_url, endpoint);
         let mut req = self.client.request(method.clone(), &url);
         if let Some(t) = timeout {
@@ -57,17 +80,18 @@ impl Api {
             req = req.json(b);
         }
         tracing::debug!(%method, %url, body = ?body, "REST request");
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let resp = req.send().await.map_err(|source| ApiError::Unreachable {
+            method: method.clone(),
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         tracing::debug!(%url, status, %body, "REST answer");
         Ok(Answer { status, body })
     }
 
-    pub async fn get_json(&self, api_url: &str, endpoint: &str) -> Result<Value, String> {
+    pub async fn get_json(&self, api_url: &str, endpoint: &str) -> Result<Value, ApiError> {
         let a = self
             .request(
                 api_url,
@@ -77,7 +101,10 @@ impl Api {
                 Some(Duration::from_secs(5)),
             )
             .await?;
-        serde_json::from_str(&a.body).map_err(|e| format!("GET {endpoint}: not JSON ({e})"))
+        serde_json::from_str(&a.body).map_err(|source| ApiError::NotJson {
+            endpoint: endpoint.to_string(),
+            source,
+        })
     }
 }
 

@@ -3,6 +3,39 @@
 
 use serde_json::{Map, Value};
 
+/// A `--set` or `--pg` assignment that cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// Text typed as a value that is not YAML.
+    #[error("'{text}' is not a YAML value: {source}")]
+    NotYaml {
+        text: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// No `=` between the key and the value.
+    #[error("{option} {assignment}: expected {expected}")]
+    NoEquals {
+        option: &'static str,
+        assignment: String,
+        expected: &'static str,
+    },
+    /// A dotted key with an empty segment (`a..b`).
+    #[error("--set {assignment}: empty key in '{path}'")]
+    EmptyKey { assignment: String, path: String },
+    /// `--pg =value`.
+    #[error("--pg {assignment}: empty parameter name")]
+    EmptyParameter { assignment: String },
+    /// The value of one key or parameter is not YAML.
+    #[error("{option} {key}: {source}")]
+    BadValue {
+        option: &'static str,
+        key: String,
+        #[source]
+        source: Box<EditError>,
+    },
+}
+
 /// Deep merge `overlay` into `base`; a `null` removes the key (as Patroni's PATCH /config).
 pub fn merge(base: &mut Map<String, Value>, overlay: Map<String, Value>) {
     for (k, v) in overlay {
@@ -26,38 +59,66 @@ pub fn merge(base: &mut Map<String, Value>, overlay: Map<String, Value>) {
 }
 
 /// A YAML scalar or structure typed on the command line; empty text means "remove".
-pub fn parse_value(text: &str) -> Result<Value, String> {
+pub fn parse_value(text: &str) -> Result<Value, EditError> {
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_yaml_ng::from_str::<Value>(text).map_err(|e| format!("'{text}' is not a YAML value: {e}"))
+    serde_yaml_ng::from_str::<Value>(text).map_err(|source| EditError::NotYaml {
+        text: text.to_string(),
+        source,
+    })
+}
+
+/// `key=value` split at the first `=`.
+fn split_assignment<'a>(
+    option: &'static str,
+    assignment: &'a str,
+    expected: &'static str,
+) -> Result<(&'a str, &'a str), EditError> {
+    assignment
+        .split_once('=')
+        .ok_or_else(|| EditError::NoEquals {
+            option,
+            assignment: assignment.to_string(),
+            expected,
+        })
+}
+
+/// The value of `key` given with `option`, parsed as YAML.
+fn parse_option_value(option: &'static str, key: &str, text: &str) -> Result<Value, EditError> {
+    parse_value(text).map_err(|e| EditError::BadValue {
+        option,
+        key: key.to_string(),
+        source: Box::new(e),
+    })
 }
 
 /// Apply `key.sub=value` to `config` (the `null` value removes the key).
-pub fn apply_set(config: &mut Map<String, Value>, assignment: &str) -> Result<(), String> {
-    let (path, value) = assignment
-        .split_once('=')
-        .ok_or_else(|| format!("--set {assignment}: expected key=value"))?;
+pub fn apply_set(config: &mut Map<String, Value>, assignment: &str) -> Result<(), EditError> {
+    let (path, value) = split_assignment("--set", assignment, "key=value")?;
     let segments: Vec<&str> = path.trim().split('.').collect();
     if segments.iter().any(|s| s.is_empty()) {
-        return Err(format!("--set {assignment}: empty key in '{path}'"));
+        return Err(EditError::EmptyKey {
+            assignment: assignment.to_string(),
+            path: path.to_string(),
+        });
     }
-    let value = parse_value(value).map_err(|e| format!("--set {path}: {e}"))?;
+    let value = parse_option_value("--set", path, value)?;
     set_path(config, &segments, value);
     Ok(())
 }
 
 /// `--pg name=value`: `postgresql.parameters.name`; the value is kept as text unless YAML gives
 /// a number or boolean, as patronictl does.
-pub fn apply_pg(config: &mut Map<String, Value>, assignment: &str) -> Result<(), String> {
-    let (name, value) = assignment
-        .split_once('=')
-        .ok_or_else(|| format!("--pg {assignment}: expected name=value"))?;
+pub fn apply_pg(config: &mut Map<String, Value>, assignment: &str) -> Result<(), EditError> {
+    let (name, value) = split_assignment("--pg", assignment, "name=value")?;
     let name = name.trim();
     if name.is_empty() {
-        return Err(format!("--pg {assignment}: empty parameter name"));
+        return Err(EditError::EmptyParameter {
+            assignment: assignment.to_string(),
+        });
     }
-    let value = parse_value(value).map_err(|e| format!("--pg {name}: {e}"))?;
+    let value = parse_option_value("--pg", name, value)?;
     set_path(config, &["postgresql", "parameters", name], value);
     Ok(())
 }
@@ -172,6 +233,34 @@ mod tests {
         assert!(apply_set(&mut c, "ttl").is_err());
         assert!(apply_set(&mut c, "a..b=1").is_err());
         assert!(apply_pg(&mut c, "=1").is_err());
+    }
+
+    /// The messages name the option and the key as the command line gave them.
+    #[test]
+    fn errors_say_which_assignment_is_wrong() {
+        let mut c = Map::new();
+        let text = |r: Result<(), EditError>| r.map_err(|e| e.to_string()).err();
+        assert_eq!(
+            text(apply_set(&mut c, "ttl")).as_deref(),
+            Some("--set ttl: expected key=value")
+        );
+        assert_eq!(
+            text(apply_set(&mut c, "a..b=1")).as_deref(),
+            Some("--set a..b=1: empty key in 'a..b'")
+        );
+        assert_eq!(
+            text(apply_pg(&mut c, "x")).as_deref(),
+            Some("--pg x: expected name=value")
+        );
+        assert_eq!(
+            text(apply_pg(&mut c, " =1")).as_deref(),
+            Some("--pg  =1: empty parameter name")
+        );
+        let bad = text(apply_set(&mut c, "ttl=[1")).unwrap_or_default();
+        assert!(
+            bad.starts_with("--set ttl: '[1' is not a YAML value: "),
+            "{bad}"
+        );
     }
 
     #[test]

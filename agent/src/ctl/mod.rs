@@ -4,27 +4,30 @@
 //! an operator asks for (dynamic config, failover object).
 
 mod api;
-mod commands;
+mod cmd;
+mod context;
 mod edit;
+#[cfg(test)]
+mod fixtures;
+mod listing;
+mod load;
+mod members;
 mod output;
+mod prompt;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Map, Value};
 
-use crate::config::{self, Config};
+use load::load_config;
 use output::Format;
 
 /// Exit codes: 0 done, 1 the operation failed or was refused, 2 usage or configuration error.
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
-
-/// Placeholder member name: ctl is no member, but the loader and backends want one.
-const CTL_NAME: &str = "regent-ctl";
 
 #[derive(Parser, Debug)]
 // bin_name: `main` hands clap the arguments from "ctl" on, and clap would otherwise name the
@@ -75,6 +78,44 @@ struct ListArgs {
     watch: Option<f64>,
 }
 
+impl ListArgs {
+    /// A single listing of every member in `format`, nothing extended.
+    fn once(format: Format) -> ListArgs {
+        ListArgs {
+            cluster_name: None,
+            group: None,
+            extended: false,
+            timestamp: false,
+            format,
+            watch_default: false,
+            watch: None,
+        }
+    }
+}
+
+/// The values of `--role` (patronictl's, with its old names).
+const ROLES: [&str; 7] = [
+    "leader",
+    "primary",
+    "standby-leader",
+    "replica",
+    "standby",
+    "any",
+    "master",
+];
+
+/// The members a command acts on: named ones (all when none), of a role.
+#[derive(Args, Debug, Clone)]
+struct MemberSelection {
+    cluster_name: String,
+    member_names: Vec<String>,
+    #[arg(long)]
+    group: Option<u32>,
+    /// Only members with this role.
+    #[arg(short = 'r', long, value_parser = ROLES)]
+    role: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List the members of a cluster.
@@ -100,24 +141,8 @@ enum Command {
         cluster_name: Option<String>,
         #[arg(long)]
         group: Option<u32>,
-        /// Do not show the diff.
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        /// key=value, dotted keys, YAML value (empty value or null removes the key).
-        #[arg(short = 's', long = "set")]
-        set: Vec<String>,
-        /// Postgres parameter name=value (postgresql.parameters).
-        #[arg(short = 'p', long = "pg")]
-        pg: Vec<String>,
-        /// Merge the YAML of FILE (- for stdin) into the configuration.
-        #[arg(long)]
-        apply: Option<String>,
-        /// Replace the configuration with the YAML of FILE (- for stdin).
-        #[arg(long)]
-        replace: Option<String>,
-        /// Write without asking.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        edit: cmd::edit_config::EditArgs,
     },
     /// Versions of regent ctl and of the members.
     Version {
@@ -174,39 +199,15 @@ enum Command {
     },
     /// Restart Postgres on members.
     Restart {
-        cluster_name: String,
-        member_names: Vec<String>,
-        #[arg(long)]
-        group: Option<u32>,
-        /// Only members with this role.
-        #[arg(short = 'r', long, value_parser = ["leader", "primary", "standby-leader", "replica", "standby", "any", "master"])]
-        role: Option<String>,
-        /// Restart one member chosen at random.
-        #[arg(long)]
-        any: bool,
-        /// When (ISO 8601 timestamp with time zone).
-        #[arg(long)]
-        scheduled: Option<String>,
-        /// Only if the Postgres version is older than this.
-        #[arg(long = "pg-version")]
-        pg_version: Option<String>,
-        /// Only members with a pending restart.
-        #[arg(short = 'p', long)]
-        pending: bool,
-        /// Seconds to wait for Postgres to start.
-        #[arg(long)]
-        timeout: Option<String>,
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        members: MemberSelection,
+        #[command(flatten)]
+        options: cmd::restart::RestartOptions,
     },
     /// Reload the configuration of members.
     Reload {
-        cluster_name: String,
-        member_names: Vec<String>,
-        #[arg(long)]
-        group: Option<u32>,
-        #[arg(short = 'r', long, value_parser = ["leader", "primary", "standby-leader", "replica", "standby", "any", "master"])]
-        role: Option<String>,
+        #[command(flatten)]
+        members: MemberSelection,
         #[arg(long)]
         force: bool,
     },
@@ -218,7 +219,7 @@ enum Command {
         rest: Vec<String>,
         #[arg(long)]
         group: Option<u32>,
-        #[arg(short = 'r', long, value_parser = ["leader", "primary", "standby-leader", "replica", "standby", "any", "master"])]
+        #[arg(short = 'r', long, value_parser = ROLES)]
         role: Option<String>,
         #[arg(long)]
         force: bool,
@@ -249,10 +250,12 @@ impl Command {
             | Command::Resume { cluster_name, .. }
             | Command::Switchover { cluster_name, .. }
             | Command::Failover { cluster_name, .. } => cluster_name.as_deref(),
-            Command::Restart { cluster_name, .. }
-            | Command::Reload { cluster_name, .. }
-            | Command::Reinit { cluster_name, .. }
-            | Command::Flush { cluster_name, .. } => Some(cluster_name),
+            Command::Restart { members, .. } | Command::Reload { members, .. } => {
+                Some(&members.cluster_name)
+            }
+            Command::Reinit { cluster_name, .. } | Command::Flush { cluster_name, .. } => {
+                Some(cluster_name)
+            }
         }
     }
 
@@ -285,10 +288,9 @@ impl Command {
             | Command::Resume { group, .. }
             | Command::Switchover { group, .. }
             | Command::Failover { group, .. }
-            | Command::Restart { group, .. }
-            | Command::Reload { group, .. }
             | Command::Reinit { group, .. }
             | Command::Flush { group, .. } => *group,
+            Command::Restart { members, .. } | Command::Reload { members, .. } => members.group,
         }
     }
 }
@@ -312,17 +314,24 @@ pub struct CtlError {
 }
 
 impl CtlError {
-    fn failed(msg: impl Into<String>) -> CtlError {
+    fn failed(msg: impl std::fmt::Display) -> CtlError {
         CtlError {
             code: EXIT_FAILED,
-            msg: msg.into(),
+            msg: msg.to_string(),
         }
     }
-    fn usage(msg: impl Into<String>) -> CtlError {
+    fn usage(msg: impl std::fmt::Display) -> CtlError {
         CtlError {
             code: EXIT_USAGE,
-            msg: msg.into(),
+            msg: msg.to_string(),
         }
+    }
+}
+
+/// Output that cannot be written (a closed pipe): the command cannot go on.
+impl From<std::io::Error> for CtlError {
+    fn from(e: std::io::Error) -> CtlError {
+        CtlError::failed(format!("cannot write the output: {e}"))
     }
 }
 
@@ -371,226 +380,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Some(_) if cli.command.group().is_none() && cli.command.spans_all_groups() => Groups::All,
         Some(c) => Groups::One(c.group),
     };
-    match runtime.block_on(commands::run(cli, cfg, groups)) {
+    match runtime.block_on(cmd::run(cli, cfg, groups)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {}", e.msg);
             ExitCode::from(e.code)
-        }
-    }
-}
-
-/// The agent's loader, made lenient: ctl needs only the scope, the DCS section and the REST
-/// credentials, so keys a member needs (name, restapi, postgresql) get placeholders when absent.
-fn load_config(cli: &CtlCli, env: &BTreeMap<String, String>) -> CtlResult<Config> {
-    let mut env = env.clone();
-    let path = match &cli.config_file {
-        Some(p) => {
-            if !p.exists() {
-                return Err(CtlError::usage(format!(
-                    "configuration file {} does not exist",
-                    p.display()
-                )));
-            }
-            Some(p.clone())
-        }
-        None if env.contains_key("PATRONICTL_CONFIG_FILE") => {
-            let p = PathBuf::from(&env["PATRONICTL_CONFIG_FILE"]);
-            if !p.exists() {
-                return Err(CtlError::usage(format!(
-                    "configuration file {} (PATRONICTL_CONFIG_FILE) does not exist",
-                    p.display()
-                )));
-            }
-            Some(p)
-        }
-        None => std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".config/patroni/patronictl.yaml"))
-            .filter(|p| p.exists()),
-    };
-    let mut tree = match &path {
-        Some(p) => read_tree(p)?,
-        None => match env
-            .get("PATRONI_CONFIGURATION")
-            .filter(|t| !t.trim().is_empty())
-        {
-            Some(text) => parse_yaml(text, "PATRONI_CONFIGURATION")?,
-            None => Map::new(),
-        },
-    };
-    env.remove("PATRONI_CONFIGURATION");
-    if let Some(url) = &cli.dcs_url {
-        let (hosts, namespace) = parse_dcs_url(url)?;
-        tree.remove("kubernetes");
-        tree.insert("etcd3".into(), serde_json::json!({ "hosts": hosts }));
-        if let Some(ns) = namespace {
-            tree.insert("namespace".into(), Value::String(ns));
-        }
-        env.retain(|k, _| {
-            !k.starts_with("PATRONI_KUBERNETES_") && !k.starts_with("PATRONI_ETCD3_")
-        });
-    }
-    if let Some(name) = cli.command.cluster_name() {
-        tree.insert("scope".into(), Value::String(name.to_string()));
-        env.remove("PATRONI_SCOPE");
-    }
-    let scope_known =
-        tree.get("scope").is_some_and(|s| !s.is_null()) || env.contains_key("PATRONI_SCOPE");
-    if !scope_known {
-        return Err(CtlError::usage(
-            "no cluster name: give CLUSTER_NAME or set scope in the configuration",
-        ));
-    }
-    // --group wins over the file and over PATRONI_CITUS_GROUP (in a Pod: the Pod's own group),
-    // and makes any cluster a Citus one, as in patronictl. A command spanning every group reads
-    // from the coordinator (group 0), whose one DCS read also brings every worker group.
-    let citus_configured =
-        env.contains_key("PATRONI_CITUS_GROUP") || tree.get("citus").is_some_and(Value::is_object);
-    let group = match cli.command.group() {
-        Some(g) => Some(g),
-        None if citus_configured && cli.command.spans_all_groups() => Some(0),
-        None => None,
-    };
-    if let Some(g) = group {
-        env.remove("PATRONI_CITUS_GROUP");
-        let citus = tree
-            .entry("citus")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !citus.is_object() {
-            *citus = Value::Object(Map::new());
-        }
-        if let Value::Object(c) = citus {
-            c.insert("group".into(), Value::from(g));
-            // Only the DCS layout matters to ctl; PATRONI_CITUS_DATABASE still wins when set.
-            c.entry("database")
-                .or_insert_with(|| Value::String("postgres".into()));
-        }
-    }
-    fill_placeholders(&mut tree);
-
-    // The loader reads files; hand it the merged tree through a private temporary file.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = std::env::temp_dir().join(format!("regent-ctl-{}-{seq}.yaml", std::process::id()));
-    let text = serde_yaml_ng::to_string(&Value::Object(tree))
-        .map_err(|e| CtlError::failed(format!("cannot serialise the configuration: {e}")))?;
-    write_private(&tmp, &text)
-        .map_err(|e| CtlError::failed(format!("cannot write {}: {e}", tmp.display())))?;
-    let loaded = config::load_with_env(Some(&tmp), &env);
-    let _ = std::fs::remove_file(&tmp);
-    let origin = path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "the environment".into());
-    loaded.map_err(|e| CtlError::usage(format!("invalid configuration in {origin}: {e}")))
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
-}
-
-fn parse_yaml(text: &str, origin: &str) -> CtlResult<Map<String, Value>> {
-    let v: Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| CtlError::usage(format!("{origin}: not valid YAML: {e}")))?;
-    match v {
-        Value::Object(m) => Ok(m),
-        Value::Null => Ok(Map::new()),
-        _ => Err(CtlError::usage(format!(
-            "{origin}: expected a YAML mapping"
-        ))),
-    }
-}
-
-/// A file, or a directory whose `*.yml`/`*.yaml` files are merged in name order.
-fn read_tree(path: &Path) -> CtlResult<Map<String, Value>> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map_err(|e| CtlError::usage(format!("cannot read {}: {e}", p.display())))
-    };
-    if !path.is_dir() {
-        return parse_yaml(&read(path)?, &path.display().to_string());
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| CtlError::usage(format!("cannot read {}: {e}", path.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
-        .collect();
-    files.sort();
-    let mut tree = Map::new();
-    for f in files {
-        let part = parse_yaml(&read(&f)?, &f.display().to_string())?;
-        edit::merge(&mut tree, part);
-    }
-    Ok(tree)
-}
-
-/// `etcd3://host:port[,host:port][/namespace]` (also `etcd://`).
-fn parse_dcs_url(url: &str) -> CtlResult<(Vec<String>, Option<String>)> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| CtlError::usage(format!("--dcs-url {url}: expected etcd3://host:port")))?;
-    if scheme != "etcd3" && scheme != "etcd" {
-        return Err(CtlError::usage(format!(
-            "--dcs-url {url}: only etcd3:// is supported (a Kubernetes DCS needs a configuration file)"
-        )));
-    }
-    let (hosts, ns) = match rest.split_once('/') {
-        Some((h, ns)) if !ns.is_empty() => (h, Some(format!("/{}", ns.trim_matches('/')))),
-        Some((h, _)) => (h, None),
-        None => (rest, None),
-    };
-    let hosts: Vec<String> = hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            if h.contains(':') {
-                h.to_string()
-            } else {
-                format!("{h}:2379")
-            }
-        })
-        .collect();
-    if hosts.is_empty() {
-        return Err(CtlError::usage(format!("--dcs-url {url}: no host")));
-    }
-    Ok((hosts, ns))
-}
-
-fn fill_placeholders(tree: &mut Map<String, Value>) {
-    let placeholders = serde_json::json!({
-        "name": CTL_NAME,
-        "restapi": {"listen": "127.0.0.1:8008", "connect_address": "127.0.0.1:8008"},
-        "postgresql": {
-            "listen": "127.0.0.1:5432",
-            "connect_address": "127.0.0.1:5432",
-            "data_dir": "/nonexistent/regent-ctl",
-            "authentication": {
-                "superuser": {"username": "postgres"},
-                "replication": {"username": "replicator"}
-            }
-        }
-    });
-    if let Value::Object(p) = placeholders {
-        fill_missing(tree, p);
-    }
-}
-
-fn fill_missing(tree: &mut Map<String, Value>, defaults: Map<String, Value>) {
-    for (k, v) in defaults {
-        match (tree.get_mut(&k), v) {
-            (Some(Value::Object(t)), Value::Object(d)) => fill_missing(t, d),
-            (Some(existing), _) if !existing.is_null() => {}
-            (_, v) => {
-                tree.insert(k, v);
-            }
         }
     }
 }
@@ -621,97 +415,5 @@ mod tests {
             "{wrong}"
         );
         assert!(!wrong.contains("Usage: ctl"), "{wrong}");
-    }
-
-    /// The Citus group ctl reads for `args` with a configuration naming worker group 1.
-    fn group_read(args: &[&str], env: &[(&str, &str)]) -> Option<u32> {
-        let dir = std::env::temp_dir().join(format!(
-            "regent-ctl-test-{}-{}",
-            std::process::id(),
-            args.join("_").replace(['-', ' '], "")
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("ctl.yaml");
-        std::fs::write(
-            &path,
-            "scope: demo\netcd3: {hosts: 127.0.0.1:2379}\ncitus: {group: 1, database: citus}\n",
-        )
-        .expect("write config");
-        let mut argv = vec!["ctl".to_string(), "-c".into(), path.display().to_string()];
-        argv.extend(args.iter().map(|a| a.to_string()));
-        let cli = CtlCli::try_parse_from(argv).expect("arguments");
-        let env: BTreeMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let cfg = load_config(&cli, &env).expect("configuration");
-        let _ = std::fs::remove_dir_all(&dir);
-        cfg.citus.map(|c| c.group)
-    }
-
-    /// patronictl's rule: listings and member commands without --group read the coordinator
-    /// (which brings every worker group); pause/history/config default to the configured group;
-    /// --group wins over the file and PATRONI_CITUS_GROUP.
-    #[test]
-    fn citus_group_read_follows_the_command() {
-        assert_eq!(group_read(&["list"], &[]), Some(0));
-        assert_eq!(group_read(&["topology"], &[]), Some(0));
-        assert_eq!(group_read(&["restart", "demo", "--force"], &[]), Some(0));
-        assert_eq!(
-            group_read(&["list"], &[("PATRONI_CITUS_GROUP", "2")]),
-            Some(0)
-        );
-        assert_eq!(group_read(&["list", "--group", "2"], &[]), Some(2));
-        assert_eq!(group_read(&["pause"], &[]), Some(1));
-        assert_eq!(group_read(&["show-config"], &[]), Some(1));
-        assert_eq!(group_read(&["history", "--group", "0"], &[]), Some(0));
-        assert_eq!(
-            group_read(&["pause"], &[("PATRONI_CITUS_GROUP", "2")]),
-            Some(2)
-        );
-    }
-
-    #[test]
-    fn group_option_makes_any_cluster_a_citus_one() {
-        let cli = CtlCli::try_parse_from([
-            "ctl",
-            "--dcs-url",
-            "etcd3://127.0.0.1:2379",
-            "list",
-            "demo",
-            "--group",
-            "3",
-        ])
-        .expect("arguments");
-        let cfg = load_config(&cli, &BTreeMap::new()).expect("configuration");
-        assert_eq!(cfg.citus.map(|c| c.group), Some(3));
-        let cli =
-            CtlCli::try_parse_from(["ctl", "--dcs-url", "etcd3://127.0.0.1:2379", "list", "demo"])
-                .expect("arguments");
-        let cfg = load_config(&cli, &BTreeMap::new()).expect("configuration");
-        assert!(cfg.citus.is_none());
-    }
-
-    #[test]
-    fn dcs_url_gives_hosts_and_namespace() {
-        let (h, ns) = parse_dcs_url("etcd3://127.0.0.1:2379/service").unwrap();
-        assert_eq!(h, vec!["127.0.0.1:2379"]);
-        assert_eq!(ns.as_deref(), Some("/service"));
-        let (h, ns) = parse_dcs_url("etcd3://a,b:1").unwrap();
-        assert_eq!(h, vec!["a:2379", "b:1"]);
-        assert!(ns.is_none());
-        assert!(parse_dcs_url("consul://x").is_err());
-    }
-
-    #[test]
-    fn placeholders_fill_only_what_is_missing() {
-        let mut t = serde_json::json!({"name": "m1", "postgresql": {"data_dir": "/d"}})
-            .as_object()
-            .cloned()
-            .unwrap();
-        fill_placeholders(&mut t);
-        assert_eq!(t["name"], "m1");
-        assert_eq!(t["postgresql"]["data_dir"], "/d");
-        assert_eq!(t["postgresql"]["listen"], "127.0.0.1:5432");
     }
 }

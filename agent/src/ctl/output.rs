@@ -21,7 +21,8 @@ pub struct Table {
     pub title: String,
 }
 
-fn cell_text(v: &Value) -> String {
+/// A JSON value as the text of a cell: strings unquoted, null empty.
+pub fn cell_text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -172,6 +173,13 @@ impl Table {
         out.push('\n');
         out
     }
+}
+
+/// The local time patronictl prints before the result of an operation.
+pub fn timestamp() -> String {
+    chrono::Local::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string()
 }
 
 /// YAML text of a value (block style, keys in their order).
