@@ -110,10 +110,8 @@ fn main() -> ExitCode {
     // `POST /reload` reads the same file with the environment as it was at start.
     let reload_path = cli.config_file.clone();
     let reloader: ha::cycle::ConfigReloader = Box::new(move || {
-        let cfg = config::load_with_env(reload_path.as_deref(), &env).map_err(|e| e.to_string())?;
-        config::validate(&cfg)
-            .and_then(|()| config::check_supported(&cfg))
-            .map_err(|e| e.to_string())?;
+        let cfg = config::load_with_env(reload_path.as_deref(), &env)?;
+        config::validate(&cfg).and_then(|()| config::check_supported(&cfg))?;
         Ok(cfg)
     });
     runtime.block_on(run(cfg, reloader))
@@ -129,14 +127,14 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
     let dcs: Arc<dyn dcs::Dcs> = match build_dcs(&cfg).await {
         Ok(d) => d,
         Err(e) => {
-            error!("cannot set up the DCS: {e}");
+            error!(error = %e, "cannot set up the DCS");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let pg = match postgres::Postgres::new(pg_settings(&cfg)) {
         Ok(p) => p,
         Err(e) => {
-            error!("cannot set up Postgres control: {e}");
+            error!(error = %e, "cannot set up Postgres control");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -150,7 +148,7 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
     ) {
         Ok(c) => c,
         Err(e) => {
-            error!("invalid configuration: {e}");
+            error!(error = %e, "invalid configuration");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -171,7 +169,7 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(listen_addr(&listen)).await {
         Ok(l) => l,
         Err(e) => {
-            error!("cannot listen on restapi.listen {listen}: {e}");
+            error!(error = %e, "cannot listen on restapi.listen {listen}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -185,7 +183,7 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
         }) {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            error!("REST API security settings: {e}");
+            error!(error = %e, "REST API security settings");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -193,10 +191,8 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
     let reload_security = security.clone();
     let reloader: ha::cycle::ConfigReloader = Box::new(move || {
         let cfg = reloader()?;
-        let settings = cfg.restapi.security_settings().map_err(|e| e.to_string())?;
-        reload_security
-            .reload(&settings)
-            .map_err(|e| e.to_string())?;
+        let settings = cfg.restapi.security_settings()?;
+        reload_security.reload(&settings)?;
         Ok(cfg)
     });
     // Citus: the coordinator's manager is shared by the HA loop and the `/citus` handler.
@@ -224,7 +220,7 @@ async fn run(cfg: Config, reloader: ha::cycle::ConfigReloader) -> ExitCode {
         };
         let app = rest::router(api_state);
         if let Err(e) = rest::security::serve(listener, app, security, stop).await {
-            error!("REST API stopped: {e}");
+            error!(error = %e, "REST API stopped");
         }
     });
 
@@ -296,7 +292,7 @@ fn listen_addr(listen: &str) -> String {
     }
 }
 
-async fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
+async fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, dcs::DcsError> {
     let (dynamic, _) = DynamicConfig::from_value(&cfg.bootstrap.dcs);
     let timing = dcs::Timing {
         ttl: dynamic.ttl,
@@ -318,8 +314,7 @@ async fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
                 username: e.username.clone(),
                 password: e.password.clone(),
                 timing,
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
             Ok(Arc::new(backend))
         }
         DcsConfig::Kubernetes(k) => {
@@ -346,8 +341,7 @@ async fn build_dcs(cfg: &Config) -> Result<Arc<dyn dcs::Dcs>, String> {
                 timing,
                 kubeconfig: None,
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             Ok(Arc::new(backend))
         }
     }
@@ -424,7 +418,7 @@ fn socket_dir(run_as: Option<(u32, u32)>) -> PathBuf {
                     let _ = std::os::unix::fs::chown(&dir, Some(uid), Some(gid));
                 }
             }
-            Err(e) => warn!("cannot create the socket directory {}: {e}", dir.display()),
+            Err(e) => warn!(error = %e, "cannot create the socket directory {}", dir.display()),
         }
     }
     dir

@@ -49,35 +49,51 @@ impl FailsafeInbox {
     }
 }
 
+/// A `POST /failsafe` body that cannot be used: the 400 answer's text, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FailsafeCallError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> FailsafeCallError {
+    FailsafeCallError {
+        field,
+        problem: problem.into(),
+    }
+}
+
 /// Validate a `POST /failsafe` body: `name` is required; `conn_url`, `api_url` are strings;
-/// `slots` an object of positions. `Err` names the field.
+/// `slots` an object of positions.
 pub fn parse_failsafe_call(
     body: &Map<String, Value>,
     received: Instant,
-) -> Result<FailsafeCall, String> {
+) -> Result<FailsafeCall, FailsafeCallError> {
     let leader = match body.get("name") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) | None | Some(Value::Null) => {
-            return Err("name: the sender's member name is required".into())
+            return Err(invalid("name", "the sender's member name is required"))
         }
-        Some(other) => return Err(format!("name: expected a string, got {other}")),
+        Some(other) => return Err(invalid("name", format!("expected a string, got {other}"))),
     };
-    let string = |key: &str| match body.get(key) {
+    let string = |key: &'static str| match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!("{key}: expected a string, got {other}")),
+        Some(other) => Err(invalid(key, format!("expected a string, got {other}"))),
     };
     let slots = match body.get("slots") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => {
             if let Some((name, _)) = m.iter().find(|(_, v)| v.as_u64().is_none()) {
-                return Err(format!(
-                    "slots: position of {name:?} is not a non-negative integer"
+                return Err(invalid(
+                    "slots",
+                    format!("position of {name:?} is not a non-negative integer"),
                 ));
             }
             m.clone()
         }
-        Some(other) => return Err(format!("slots: expected an object, got {other}")),
+        Some(other) => return Err(invalid("slots", format!("expected an object, got {other}"))),
     };
     Ok(FailsafeCall {
         leader,
@@ -103,7 +119,7 @@ pub(crate) async fn post_failsafe(
     };
     let call = match parse_failsafe_call(&body, Instant::now()) {
         Ok(c) => c,
-        Err(e) => return reply::error_page(StatusCode::BAD_REQUEST, &e),
+        Err(e) => return reply::error_page(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let pg = &snapshot.postgres;
     if pg.state == model::PostgresState::Running && pg.role == model::Role::Primary {

@@ -29,7 +29,7 @@ use axum::response::Response;
 use axum::Router;
 
 pub use citus::CitusHandler;
-pub use failsafe::{parse_failsafe_call, FailsafeCall, FailsafeInbox};
+pub use failsafe::{parse_failsafe_call, FailsafeCall, FailsafeCallError, FailsafeInbox};
 pub use lag::parse_size;
 pub use ops::{
     parse_schedule, postgres_version_to_int, FailoverAction, FailoverOutcome, FailoverRequest,

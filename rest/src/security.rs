@@ -94,7 +94,7 @@ impl Access {
             if entry.contains('/') {
                 allowlist.push(
                     IpNet::parse_cidr(entry)
-                        .map_err(|m| SecurityError::new("restapi.allowlist", m))?,
+                        .map_err(|m| SecurityError::new("restapi.allowlist", m.to_string()))?,
                 );
             } else {
                 // As Patroni: a name that does not resolve is reported and skipped, so a DNS

@@ -17,7 +17,7 @@ use super::decide::{
     decide, handover_candidates, Action, DataDir, DemoteMode, LocalState, PeerStatus, PgRole,
     Settings,
 };
-use super::error::{BootstrapError, Fatal};
+use super::error::{BootstrapError, Fatal, ReloadError};
 use super::peers::{HttpStatus, MemberStatusSource};
 use super::repair::{divergence_repair, Repair};
 use crate::config::{Config, DynamicConfig};
@@ -139,7 +139,7 @@ pub struct Agent {
 }
 
 /// Reads the configuration file (and environment) again; `Err` names what is wrong.
-pub type ConfigReloader = Box<dyn Fn() -> Result<Config, String> + Send>;
+pub type ConfigReloader = Box<dyn Fn() -> Result<Config, ReloadError> + Send>;
 
 fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()

@@ -35,6 +35,16 @@ pub enum ReloadRefused {
     DataDir,
 }
 
+/// The configuration file (or the REST API's credentials it names) could not be read again;
+/// the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Security(#[from] rest::security::SecurityError),
+}
+
 /// A dynamic configuration the parser would have to correct: one problem per key, each naming
 /// the key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

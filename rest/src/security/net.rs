@@ -9,6 +9,17 @@ pub struct IpNet {
     prefix: u8,
 }
 
+/// Why an allowlist entry is not a network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("'{0}' is not a network (address/prefix)")]
+    NotANetwork(String),
+    #[error("'{network}': '{addr}' is not an IP address")]
+    NotAnAddress { network: String, addr: String },
+    #[error("'{network}': prefix must be 0..={max}")]
+    Prefix { network: String, max: u8 },
+}
+
 impl IpNet {
     pub fn host(addr: IpAddr) -> IpNet {
         let addr = addr.to_canonical();
@@ -17,21 +28,27 @@ impl IpNet {
     }
 
     /// `addr/prefix`; host bits may be set (Patroni parses with `strict=False`).
-    pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
-        let (addr, prefix) = text
+    pub fn parse_cidr(text: &str) -> Result<IpNet, CidrError> {
+        let (addr_text, prefix) = text
             .split_once('/')
-            .ok_or_else(|| format!("'{text}' is not a network (address/prefix)"))?;
-        let addr: IpAddr = addr
+            .ok_or_else(|| CidrError::NotANetwork(text.to_string()))?;
+        let addr: IpAddr = addr_text
             .trim()
             .parse()
-            .map_err(|_| format!("'{text}': '{addr}' is not an IP address"))?;
+            .map_err(|_| CidrError::NotAnAddress {
+                network: text.to_string(),
+                addr: addr_text.to_string(),
+            })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix: u8 = prefix
             .trim()
             .parse()
             .ok()
             .filter(|p| *p <= max)
-            .ok_or_else(|| format!("'{text}': prefix must be 0..={max}"))?;
+            .ok_or_else(|| CidrError::Prefix {
+                network: text.to_string(),
+                max,
+            })?;
         Ok(IpNet { addr, prefix })
     }
 
