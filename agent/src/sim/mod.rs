@@ -17,12 +17,14 @@
 //! does) and started again, a member cut off from the DCS (refused or silent), a replica cut
 //! off from the WAL stream (with or without the leader's Postgres dying meanwhile), a
 //! switchover request, an agent frozen (its future is not polled, as SIGSTOP stops a process)
-//! while its Postgres runs, the whole DCS down, a change of ttl and loop_wait. The fence is simulated by the world (`SimFence`): armed by the
-//! agent, it stops Postgres at its time whether or not the agent runs.
+//! while its Postgres runs, the whole DCS down, a change of ttl and loop_wait. The fence is
+//! simulated by the world (`SimFence`): armed by the agent, it stops Postgres at its time
+//! whether or not the agent runs.
 //!
 //! A failing seed prints the schedule and what happened; `REGENT_SIM_SEED=<n>` replays one seed,
-//! `REGENT_SIM_SCHEDULES=<n>` runs more schedules (1000 by default), `REGENT_SIM_TRACE=1` prints
-//! the trace of passing seeds too.
+//! `REGENT_SIM_SCHEDULES=<n>` runs another number of schedules (10,000 by default, spread over
+//! every core), `REGENT_SIM_TRACE=1` prints the trace of passing seeds too. Each seed runs on a
+//! runtime of its own, so it replays alone exactly as it ran in the batch.
 
 pub mod postgres;
 
