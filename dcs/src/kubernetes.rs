@@ -33,7 +33,7 @@ use self::client::{error_chain, pem_certs_to_der, ApiClient, CallError, Req};
 use self::objects::{
     annotation, has_annotations, resource_version, Kind, LabelSettings, Layout, LeaderRecord,
 };
-use self::state::{KindState, PodCache};
+use self::state::{KindState, Owner, PodCache};
 use crate::model::{
     history_to_json, Cluster, Failover, FailsafeTopology, HistoryEntry, MemberData, Status,
     SyncState,
@@ -125,6 +125,29 @@ pub(crate) struct Shared {
     notify: Notify,
     /// Endpoints mode: the headless `<scope>-config` Service still has to be created.
     config_service_pending: AtomicBool,
+}
+
+/// How [`Kubernetes::change_kind`] applies annotations.
+enum Change {
+    /// [`Kubernetes::write_kind`]: creates the object when needed.
+    Write,
+    /// [`Kubernetes::clear_kind`]: an absent object counts as cleared.
+    Clear,
+}
+
+/// What a write of our own lock does.
+#[derive(Clone, Copy)]
+enum LockChange {
+    Renew,
+    Release,
+}
+
+/// How a write of our own lock ended.
+enum LockWrite {
+    /// Written (`true`), or the lock is not ours to write (`false`).
+    Done(bool),
+    /// The leader object was deleted.
+    Gone,
 }
 
 /// The Kubernetes DCS backend bound to one member (Pod) of one cluster.
@@ -356,8 +379,10 @@ impl Kubernetes {
     }
 
     fn offer(&self, name: &str, obj: Option<Value>, rv: Option<&str>) {
-        let leader = self.layout().leader.clone();
-        self.kinds().offer(&leader, name, obj, rv, Instant::now());
+        let owner = Owner::Ours {
+            leader: &self.layout().leader,
+        };
+        self.kinds().offer(owner, name, obj, rv, Instant::now());
     }
 
     /// Remember an object returned by a write.
@@ -445,11 +470,17 @@ impl Kubernetes {
             .collect();
         for name in st.other_leader_names() {
             if !leaders.values().any(|(n, _)| *n == name) {
-                st.offer_other_leader(&name, None, Some(list_rv), now);
+                st.offer(Owner::OtherGroupLeader, &name, None, Some(list_rv), now);
             }
         }
         for (name, obj) in leaders.values() {
-            st.offer_other_leader(name, obj.clone(), Some(list_rv), now);
+            st.offer(
+                Owner::OtherGroupLeader,
+                name,
+                obj.clone(),
+                Some(list_rv),
+                now,
+            );
         }
         leaders
     }
@@ -607,11 +638,8 @@ impl Kubernetes {
                 Err(CallError::Status {
                     code: 409, retried, ..
                 }) => {
-                    if retried {
-                        self.applied_anyway(name, &annotations, deadline).await
-                    } else {
-                        Ok(false)
-                    }
+                    self.conflict_outcome(name, &annotations, retried, deadline)
+                        .await
                 }
                 Err(CallError::Status { code: 404, .. }) => Ok(false),
                 Err(e) => Err(e.into()),
@@ -656,13 +684,41 @@ impl Kubernetes {
             Err(CallError::Status {
                 code: 409, retried, ..
             }) => {
-                if retried {
-                    self.applied_anyway(name, &annotations, deadline).await
-                } else {
-                    Ok(false)
-                }
+                self.conflict_outcome(name, &annotations, retried, deadline)
+                    .await
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A compare-and-swap answered 409: lost, unless the request was sent more than once and an
+    /// earlier attempt applied it.
+    async fn conflict_outcome(
+        &self,
+        name: &str,
+        annotations: &Map<String, Value>,
+        retried: bool,
+        deadline: Instant,
+    ) -> DcsResult<bool> {
+        if retried {
+            self.applied_anyway(name, annotations, deadline).await
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Write or clear annotations of the object `object` picks from our layout.
+    async fn change_kind(
+        &self,
+        object: fn(&Layout) -> &String,
+        change: Change,
+        annotations: Map<String, Value>,
+        version: Option<&str>,
+    ) -> DcsResult<bool> {
+        let name = object(self.layout()).clone();
+        match change {
+            Change::Write => self.write_kind(&name, annotations, version).await,
+            Change::Clear => self.clear_kind(&name, annotations, version).await,
         }
     }
 
@@ -716,6 +772,55 @@ impl Kubernetes {
                 Ok(false)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Write `annotations` to the leader object we hold, a compare-and-swap on `current`'s
+    /// version; after a 409 re-read it and, while it is still ours, try once more.
+    async fn write_own_lock(
+        &self,
+        current: &Value,
+        annotations: &Map<String, Value>,
+        change: LockChange,
+        deadline: Instant,
+    ) -> DcsResult<LockWrite> {
+        let leader = self.layout().leader.clone();
+        let rv = resource_version(current).map(str::to_string);
+        let subsets = self.lock_subsets(change, current, deadline).await;
+        match self
+            .patch_kind(&leader, annotations, rv.as_deref(), subsets, deadline)
+            .await
+        {
+            Ok(()) => return Ok(LockWrite::Done(true)),
+            Err(CallError::Status { code: 409, .. }) => {
+                tracing::warn!(object = %leader, "concurrent update of the leader object");
+            }
+            Err(CallError::Status { code: 404, .. }) => return Ok(LockWrite::Gone),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
+            return Ok(LockWrite::Done(false));
+        };
+        // Our earlier attempt may have been applied before its answer was lost.
+        if has_annotations(&fresh, annotations) {
+            return Ok(LockWrite::Done(true));
+        }
+        let subsets = self.lock_subsets(change, &fresh, deadline).await;
+        self.patch_lock_once_more(&leader, annotations, &fresh, subsets, deadline)
+            .await
+            .map(LockWrite::Done)
+    }
+
+    /// Endpoints subsets to send with a lock write: ours while renewing, none on release.
+    async fn lock_subsets(
+        &self,
+        change: LockChange,
+        current: &Value,
+        deadline: Instant,
+    ) -> Option<Value> {
+        match change {
+            LockChange::Renew => self.wanted_subsets(Some(current), deadline).await,
+            LockChange::Release => (self.layout().kind == Kind::Endpoints).then(|| json!([])),
         }
     }
 
@@ -821,7 +926,10 @@ impl Dcs for Kubernetes {
         let (lock_held, others_held) = {
             let mut st = self.kinds();
             for n in layout.names() {
-                st.offer(&layout.leader, n, ours.get(n).cloned(), Some(&list_rv), now);
+                let owner = Owner::Ours {
+                    leader: &layout.leader,
+                };
+                st.offer(owner, n, ours.get(n).cloned(), Some(&list_rv), now);
             }
             let mut read = ours.clone();
             let mut others_held = BTreeMap::new();
@@ -904,7 +1012,13 @@ impl Dcs for Kubernetes {
             let mut st = self.kinds();
             let leader = objs.get(&target.leader).cloned();
             let listed = LeaderRecord::from_object(leader.as_ref());
-            st.offer_other_leader(&target.leader, leader, Some(&list_rv), now);
+            st.offer(
+                Owner::OtherGroupLeader,
+                &target.leader,
+                leader,
+                Some(&list_rv),
+                now,
+            );
             listed.leader().is_some()
                 && st.other_holder(&target.leader, self.ttl(), now) == listed.leader()
         };
@@ -1061,7 +1175,6 @@ impl Dcs for Kubernetes {
     ) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
         let me = self.shared.name.clone();
-        let leader = self.layout().leader.clone();
         let Some(current) = self.current_leader(deadline).await? else {
             return self
                 .recreate_leader(cluster, optime, failsafe, deadline)
@@ -1083,45 +1196,21 @@ impl Dcs for Kubernetes {
         if let Some(topology) = failsafe {
             annotations.extend(objects::failsafe_annotation(topology));
         }
-        let rv = resource_version(&current).map(str::to_string);
-        let subsets = self.wanted_subsets(Some(&current), deadline).await;
         match self
-            .patch_kind(
-                &leader,
-                &annotations,
-                rv.as_deref(),
-                subsets.clone(),
-                deadline,
-            )
-            .await
+            .write_own_lock(&current, &annotations, LockChange::Renew, deadline)
+            .await?
         {
-            Ok(()) => return Ok(true),
-            Err(CallError::Status { code: 409, .. }) => {
-                tracing::warn!(object = %leader, "concurrent update of the leader object");
+            LockWrite::Done(written) => Ok(written),
+            LockWrite::Gone => {
+                self.recreate_leader(cluster, optime, failsafe, deadline)
+                    .await
             }
-            Err(CallError::Status { code: 404, .. }) => {
-                return self
-                    .recreate_leader(cluster, optime, failsafe, deadline)
-                    .await;
-            }
-            Err(e) => return Err(e.into()),
         }
-        let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
-            return Ok(false);
-        };
-        // Our earlier attempt may have been applied before its answer was lost.
-        if has_annotations(&fresh, &annotations) {
-            return Ok(true);
-        }
-        let subsets = self.wanted_subsets(Some(&fresh), deadline).await;
-        self.patch_lock_once_more(&leader, &annotations, &fresh, subsets, deadline)
-            .await
     }
 
     async fn delete_leader(&self, optime: Option<u64>) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
         let me = self.shared.name.clone();
-        let leader = self.layout().leader.clone();
         let Some(current) = self.current_leader(deadline).await? else {
             return Ok(false);
         };
@@ -1133,28 +1222,10 @@ impl Dcs for Kubernetes {
         if let Some(o) = optime {
             annotations.insert("optime".into(), Value::String(o.to_string()));
         }
-        let subsets = (self.layout().kind == Kind::Endpoints).then(|| json!([]));
-        let rv = resource_version(&current).map(str::to_string);
-        match self
-            .patch_kind(
-                &leader,
-                &annotations,
-                rv.as_deref(),
-                subsets.clone(),
-                deadline,
-            )
-            .await
-        {
-            Ok(()) => return Ok(true),
-            Err(CallError::Status { code: 409, .. }) => {}
-            Err(CallError::Status { code: 404, .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-        let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
-            return Ok(false);
-        };
-        self.patch_lock_once_more(&leader, &annotations, &fresh, subsets, deadline)
-            .await
+        let outcome = self
+            .write_own_lock(&current, &annotations, LockChange::Release, deadline)
+            .await?;
+        Ok(matches!(outcome, LockWrite::Done(true)))
     }
 
     async fn initialize(&self, create_new: bool, sysid: &str) -> DcsResult<bool> {
@@ -1223,35 +1294,27 @@ impl Dcs for Kubernetes {
         failover: &Failover,
         version: Option<&str>,
     ) -> DcsResult<bool> {
-        let name = self.layout().failover.clone();
-        self.write_kind(&name, objects::failover_annotations(failover), version)
+        let annotations = objects::failover_annotations(failover);
+        self.change_kind(|l| &l.failover, Change::Write, annotations, version)
             .await
     }
 
     async fn delete_failover(&self, version: Option<&str>) -> DcsResult<bool> {
-        let name = self.layout().failover.clone();
-        self.clear_kind(
-            &name,
-            objects::failover_annotations(&Failover::default()),
-            version,
-        )
-        .await
+        let annotations = objects::failover_annotations(&Failover::default());
+        self.change_kind(|l| &l.failover, Change::Clear, annotations, version)
+            .await
     }
 
     async fn set_sync_state(&self, sync: &SyncState, version: Option<&str>) -> DcsResult<bool> {
-        let name = self.layout().sync.clone();
-        self.write_kind(&name, objects::sync_annotations(sync), version)
+        let annotations = objects::sync_annotations(sync);
+        self.change_kind(|l| &l.sync, Change::Write, annotations, version)
             .await
     }
 
     async fn delete_sync_state(&self, version: Option<&str>) -> DcsResult<bool> {
-        let name = self.layout().sync.clone();
-        self.clear_kind(
-            &name,
-            objects::sync_annotations(&SyncState::default()),
-            version,
-        )
-        .await
+        let annotations = objects::sync_annotations(&SyncState::default());
+        self.change_kind(|l| &l.sync, Change::Clear, annotations, version)
+            .await
     }
 
     async fn write_status(&self, status: &Status) -> DcsResult<()> {

@@ -960,6 +960,15 @@ mod tests {
         json!({"metadata": {"name": name, "resourceVersion": rv, "annotations": annotations}})
     }
 
+    /// The config, leader, failover and sync objects with these versions and annotations.
+    fn kind_objects(l: &Layout, objects: [(&str, Value); 4]) -> HashMap<String, Value> {
+        [&l.config, &l.leader, &l.failover, &l.sync]
+            .into_iter()
+            .zip(objects)
+            .map(|(name, (rv, annotations))| (name.clone(), obj(name, rv, annotations)))
+            .collect()
+    }
+
     fn pod(name: &str, rv: &str, group: Option<&str>, status: Option<&str>) -> Value {
         let mut labels = json!({"application": "patroni", "cluster-name": "demo"});
         if let Some(g) = group {
@@ -1260,33 +1269,26 @@ mod tests {
         s.standby_leader_label_value = "standby".into();
         s.follower_label_value = "follower".into();
         let role = |d: &MemberData, lock: bool| member_labels(&s, d, lock)["role"].clone();
-        assert_eq!(
-            role(&member(Role::Primary, "running"), true).as_deref(),
-            Some("master")
-        );
-        assert_eq!(role(&member(Role::Primary, "running"), false), None);
-        assert_eq!(
-            role(&member(Role::StandbyLeader, "running"), true).as_deref(),
-            Some("standby")
-        );
-        assert_eq!(
-            role(&member(Role::StandbyLeader, "running"), false).as_deref(),
-            Some("standby_leader")
-        );
-        assert_eq!(
-            role(&member(Role::Replica, "running"), false).as_deref(),
-            Some("follower")
-        );
-        assert_eq!(role(&member(Role::Replica, "starting"), false), None);
-        assert_eq!(
-            role(&member(Role::Demoted, "running"), false).as_deref(),
-            Some("demoted")
-        );
-        assert_eq!(
-            role(&member(Role::Uninitialized, "running"), false).as_deref(),
-            Some("uninitialized")
-        );
-        assert_eq!(role(&member(Role::Uninitialized, "stopped"), false), None);
+        let cases = [
+            (Role::Primary, "running", true, Some("master")),
+            (Role::Primary, "running", false, None),
+            (Role::StandbyLeader, "running", true, Some("standby")),
+            (
+                Role::StandbyLeader,
+                "running",
+                false,
+                Some("standby_leader"),
+            ),
+            (Role::Replica, "running", false, Some("follower")),
+            (Role::Replica, "starting", false, None),
+            (Role::Demoted, "running", false, Some("demoted")),
+            (Role::Uninitialized, "running", false, Some("uninitialized")),
+            (Role::Uninitialized, "stopped", false, None),
+        ];
+        for (r, state, lock, want) in cases {
+            let got = role(&member(r.clone(), state), lock);
+            assert_eq!(got.as_deref(), want, "{r:?} {state} lock={lock}");
+        }
     }
 
     #[test]
@@ -1415,36 +1417,25 @@ mod tests {
     #[test]
     fn full_cluster_from_objects() {
         let l = layout(None, false);
-        let mut kinds = HashMap::new();
-        kinds.insert(
-            l.config.clone(),
-            obj(
-                "demo-config",
-                "11",
-                json!({"config": r#"{"ttl":30,"pause":true}"#, "initialize": "7123456789012345678",
+        let kinds = kind_objects(
+            &l,
+            [
+                (
+                    "11",
+                    json!({"config": r#"{"ttl":30,"pause":true}"#, "initialize": "7123456789012345678",
                         "history": r#"[[1,25623960,"no recovery target specified","2024-06-01T09:59:00+02:00","pg-1"],[2,"bad"]]"#}),
-            ),
-        );
-        kinds.insert(
-            l.leader.clone(),
-            obj(
-                "demo-leader",
-                "12",
-                json!({"leader": "a", "acquireTime": "T", "renewTime": "T", "ttl": "30", "transitions": "1",
+                ),
+                (
+                    "12",
+                    json!({"leader": "a", "acquireTime": "T", "renewTime": "T", "ttl": "30", "transitions": "1",
                         "optime": "67108960", "slots": r#"{"s":5}"#}),
-            ),
-        );
-        kinds.insert(
-            l.failover.clone(),
-            obj("demo-failover", "13", json!({"leader": "a", "member": "b"})),
-        );
-        kinds.insert(
-            l.sync.clone(),
-            obj(
-                "demo-sync",
-                "14",
-                json!({"leader": "a", "sync_standby": "c,b", "quorum": "1"}),
-            ),
+                ),
+                ("13", json!({"leader": "a", "member": "b"})),
+                (
+                    "14",
+                    json!({"leader": "a", "sync_standby": "c,b", "quorum": "1"}),
+                ),
+            ],
         );
         let pods = vec![
             pod(
@@ -1513,28 +1504,18 @@ mod tests {
     #[test]
     fn garbage_annotations_are_warnings() {
         let l = layout(None, false);
-        let mut kinds = HashMap::new();
-        kinds.insert(
-            l.config.clone(),
-            obj(
-                "demo-config",
-                "1",
-                json!({"config": "[1,2]", "history": "{"}),
-            ),
+        let kinds = kind_objects(
+            &l,
+            [
+                ("1", json!({"config": "[1,2]", "history": "{"})),
+                (
+                    "2",
+                    json!({"leader": "a", "optime": "x", "slots": "[1]", "failsafe": "{\"a\":1}"}),
+                ),
+                ("4", json!({})),
+                ("3", json!({"leader": "a", "quorum": "many"})),
+            ],
         );
-        kinds.insert(
-            l.leader.clone(),
-            obj(
-                "demo-leader",
-                "2",
-                json!({"leader": "a", "optime": "x", "slots": "[1]", "failsafe": "{\"a\":1}"}),
-            ),
-        );
-        kinds.insert(
-            l.sync.clone(),
-            obj("demo-sync", "3", json!({"leader": "a", "quorum": "many"})),
-        );
-        kinds.insert(l.failover.clone(), obj("demo-failover", "4", json!({})));
         let c = build_cluster(&l, &kinds, &[], true);
         assert!(c.config.is_none());
         assert!(c.history.is_empty());

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::client::{random_u64, status_message, Req};
 use super::objects::{self, annotation, resource_version, Layout, LeaderRecord};
+use super::state::Owner;
 use super::Shared;
 
 /// Server-side end of one watch request (plus jitter so members do not reconnect in step).
@@ -288,12 +289,13 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
             let now = Instant::now();
             let mut st = shared.kinds.lock().unwrap_or_else(|p| p.into_inner());
             for n in names {
-                let obj = ours.get(n).cloned();
-                if layout.is_ours(n) {
-                    st.offer(&layout.leader, n, obj, Some(&list_rv), now);
-                } else {
-                    st.offer_other_leader(n, obj, Some(&list_rv), now);
-                }
+                st.offer(
+                    Owner::of(layout, n),
+                    n,
+                    ours.get(n).cloned(),
+                    Some(&list_rv),
+                    now,
+                );
             }
         }
         if wake {
@@ -328,23 +330,13 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
                     }
                     {
                         let mut st = shared.kinds.lock().unwrap_or_else(|p| p.into_inner());
-                        let rv = new_rv.map(str::to_string);
-                        if layout.is_ours(&name) {
-                            st.offer(
-                                &layout.leader,
-                                &name,
-                                new.cloned(),
-                                rv.as_deref(),
-                                Instant::now(),
-                            );
-                        } else {
-                            st.offer_other_leader(
-                                &name,
-                                new.cloned(),
-                                rv.as_deref(),
-                                Instant::now(),
-                            );
-                        }
+                        st.offer(
+                            Owner::of(layout, &name),
+                            &name,
+                            new.cloned(),
+                            new_rv,
+                            Instant::now(),
+                        );
                     }
                     if kind == "DELETED" {
                         view.remove(&name);
@@ -481,32 +473,23 @@ mod tests {
         // Same version seen twice: nothing happened.
         assert!(!wakes(&l, "b", "demo-leader", Some(&a1), Some(&a1)));
         // Config: the config and initialize annotations, not history.
-        let c1 = obj("demo-config", "4", json!({"config": "{}", "history": "[]"}));
-        let c2 = obj(
-            "demo-config",
-            "5",
-            json!({"config": "{}", "history": "[[1,2,\"x\"]]"}),
-        );
-        let c3 = obj(
-            "demo-config",
-            "6",
-            json!({"config": "{}", "initialize": ""}),
-        );
+        let config = |rv, annotations| obj("demo-config", rv, annotations);
+        let c1 = config("4", json!({"config": "{}", "history": "[]"}));
+        let c2 = config("5", json!({"config": "{}", "history": "[[1,2,\"x\"]]"}));
+        let c3 = config("6", json!({"config": "{}", "initialize": ""}));
         assert!(!wakes(&l, "b", "demo-config", Some(&c1), Some(&c2)));
         assert!(wakes(&l, "b", "demo-config", Some(&c2), Some(&c3)));
         assert!(wakes(&l, "b", "demo-config", None, Some(&c1)));
         let f = obj("demo-failover", "7", json!({"member": "b"}));
         assert!(wakes(&l, "a", "demo-failover", None, Some(&f)));
-        let s1 = obj(
-            "demo-sync",
-            "8",
-            json!({"leader": "a", "sync_standby": "b"}),
-        );
-        let s2 = obj(
-            "demo-sync",
-            "9",
-            json!({"leader": "a", "sync_standby": "c"}),
-        );
+        let sync = |rv, standby| {
+            obj(
+                "demo-sync",
+                rv,
+                json!({"leader": "a", "sync_standby": standby}),
+            )
+        };
+        let (s1, s2) = (sync("8", "b"), sync("9", "c"));
         assert!(wakes(&l, "a", "demo-sync", Some(&s1), Some(&s2)));
         // Objects of other groups or clusters never wake.
         assert!(!wakes(&l, "a", "other-leader", None, Some(&a1)));
