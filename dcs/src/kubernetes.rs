@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{EndpointPort, EndpointSubset};
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -119,7 +120,7 @@ pub(crate) struct Shared {
     name: String,
     labels: LabelSettings,
     pod_ip: Option<String>,
-    ports: Vec<Value>,
+    ports: Vec<EndpointPort>,
     kinds: Mutex<KindState>,
     pods: Mutex<PodCache>,
     notify: Notify,
@@ -518,7 +519,11 @@ impl Kubernetes {
 
     /// Endpoints mode: the subsets the leader object should get, `None` when they are already
     /// right (or our IP is unknown).
-    async fn wanted_subsets(&self, current: Option<&Value>, deadline: Instant) -> Option<Value> {
+    async fn wanted_subsets(
+        &self,
+        current: Option<&Value>,
+        deadline: Instant,
+    ) -> Option<Vec<EndpointSubset>> {
         if self.layout().kind != Kind::Endpoints {
             return None;
         }
@@ -527,8 +532,17 @@ impl Kubernetes {
             Some(ip) => ip.clone(),
             None => objects::pod_ip(pod.as_ref()?)?.to_string(),
         };
-        let existing = current.and_then(|c| c.get("subsets"));
-        if !objects::subsets_changed(existing, &ip, &self.shared.ports) {
+        let what = self.layout().describe(&self.layout().leader);
+        // Subsets we cannot read are replaced by ours, as if they were wrong.
+        let existing = match current.map(|c| objects::endpoint_subsets(&what, c)) {
+            None => Vec::new(),
+            Some(Ok(subsets)) => subsets,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the leader Endpoints' subsets are unreadable");
+                Vec::new()
+            }
+        };
+        if !objects::subsets_changed(&existing, &ip, &self.shared.ports) {
             return None;
         }
         Some(objects::leader_subsets(
@@ -537,7 +551,7 @@ impl Kubernetes {
             pod.as_ref(),
             self.ns(),
             &self.shared.name,
-            existing,
+            &existing,
         ))
     }
 
@@ -578,13 +592,20 @@ impl Kubernetes {
         &self,
         name: &str,
         annotations: &Map<String, Value>,
-        subsets: Option<Value>,
+        subsets: Option<Vec<EndpointSubset>>,
         deadline: Instant,
     ) -> Result<(), CallError> {
         if name == self.layout().config {
             self.ensure_config_service(deadline).await;
         }
-        let body = objects::kind_body(self.layout(), name, annotations, None, true, subsets);
+        let body = objects::kind_body(
+            self.layout(),
+            name,
+            annotations,
+            None,
+            true,
+            subsets.as_deref(),
+        );
         let req = Req::create(self.resource(), self.ns(), &body);
         let resp = self.shared.api.call(&req, deadline).await?;
         self.offer_answer(name, &resp, &req);
@@ -597,10 +618,17 @@ impl Kubernetes {
         name: &str,
         annotations: &Map<String, Value>,
         rv: Option<&str>,
-        subsets: Option<Value>,
+        subsets: Option<Vec<EndpointSubset>>,
         deadline: Instant,
     ) -> Result<(), CallError> {
-        let body = objects::kind_body(self.layout(), name, annotations, rv, false, subsets);
+        let body = objects::kind_body(
+            self.layout(),
+            name,
+            annotations,
+            rv,
+            false,
+            subsets.as_deref(),
+        );
         let req = Req::patch(self.resource(), self.ns(), name, &body);
         let resp = self.shared.api.call(&req, deadline).await?;
         self.offer_answer(name, &resp, &req);
@@ -817,10 +845,10 @@ impl Kubernetes {
         change: LockChange,
         current: &Value,
         deadline: Instant,
-    ) -> Option<Value> {
+    ) -> Option<Vec<EndpointSubset>> {
         match change {
             LockChange::Renew => self.wanted_subsets(Some(current), deadline).await,
-            LockChange::Release => (self.layout().kind == Kind::Endpoints).then(|| json!([])),
+            LockChange::Release => (self.layout().kind == Kind::Endpoints).then(Vec::new),
         }
     }
 
@@ -831,7 +859,7 @@ impl Kubernetes {
         leader: &str,
         annotations: &Map<String, Value>,
         fresh: &Value,
-        subsets: Option<Value>,
+        subsets: Option<Vec<EndpointSubset>>,
         deadline: Instant,
     ) -> DcsResult<bool> {
         match self

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, ObjectReference};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 pub(crate) use crate::model::parse_group;
@@ -452,7 +454,7 @@ pub(crate) fn kind_body(
     annotations: &Map<String, Value>,
     resource_version: Option<&str>,
     create: bool,
-    subsets: Option<Value>,
+    subsets: Option<&[EndpointSubset]>,
 ) -> Value {
     let annotations: Map<String, Value> = if create {
         annotations
@@ -479,7 +481,7 @@ pub(crate) fn kind_body(
     }
     if let Some(s) = subsets {
         if layout.kind == Kind::Endpoints {
-            body["subsets"] = s;
+            body["subsets"] = json!(s);
         }
     }
     body
@@ -607,11 +609,31 @@ pub(crate) fn pod_patch(
 
 // ---- Endpoints subsets -------------------------------------------------------------------------
 
+/// `value` (a part of `what`) as the typed Kubernetes object `T`. Fields `T` does not know are
+/// ignored; a field of the wrong type is an error that names `what` and the field's path.
+pub(crate) fn typed<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{what}: field '{path}': {}", e.into_inner())
+    })
+}
+
+/// The `subsets` of an Endpoints object (none when absent).
+pub(crate) fn endpoint_subsets(what: &str, obj: &Value) -> Result<Vec<EndpointSubset>, String> {
+    match obj.get("subsets") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(subsets) => typed(&format!("{what}: subsets"), subsets),
+    }
+}
+
 /// `kubernetes.ports` normalised the way Patroni sends them: `port` as an integer (default 5432),
 /// `name` and `protocol` only when set.
-pub(crate) fn normalise_ports(ports: &[Value]) -> Result<Vec<Value>, String> {
+pub(crate) fn normalise_ports(ports: &[Value]) -> Result<Vec<EndpointPort>, String> {
     if ports.is_empty() {
-        return Ok(vec![json!({"port": 5432})]);
+        return Ok(vec![EndpointPort {
+            port: 5432,
+            ..EndpointPort::default()
+        }]);
     }
     ports
         .iter()
@@ -626,116 +648,112 @@ pub(crate) fn normalise_ports(ports: &[Value]) -> Result<Vec<Value>, String> {
                 Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
                 Some(_) => 0,
             };
-            if port == 0 || port > 65535 {
-                return Err(format!("kubernetes.ports: item {i} has no valid 'port'"));
-            }
-            let mut out = Map::new();
-            out.insert("port".into(), Value::from(port));
-            for key in ["name", "protocol"] {
-                if let Some(v) = obj
-                    .get(key)
+            let port = i32::try_from(port)
+                .ok()
+                .filter(|p| (1..=65535).contains(p))
+                .ok_or(format!("kubernetes.ports: item {i} has no valid 'port'"))?;
+            let text = |key: &str| {
+                obj.get(key)
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty())
-                {
-                    out.insert(key.into(), str_value(v));
-                }
-            }
-            Ok(Value::Object(out))
+                    .map(str::to_string)
+            };
+            Ok(EndpointPort {
+                port,
+                name: text("name"),
+                protocol: text("protocol"),
+                ..EndpointPort::default()
+            })
         })
         .collect()
 }
 
-fn same_port(a: &Value, b: &Value) -> bool {
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    a.get("port").and_then(Value::as_u64) == b.get("port").and_then(Value::as_u64)
-        && s(a, "name") == s(b, "name")
-        && s(a, "protocol").unwrap_or_else(|| "TCP".into())
-            == s(b, "protocol").unwrap_or_else(|| "TCP".into())
+/// The same port, the protocol defaulting to TCP as the API server fills it in.
+fn same_port(a: &EndpointPort, b: &EndpointPort) -> bool {
+    let protocol = |p: &EndpointPort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
+    a.port == b.port && a.name == b.name && protocol(a) == protocol(b)
 }
 
 /// Do the Endpoints subsets differ from one address `ip` with `ports`?
-pub(crate) fn subsets_changed(subsets: Option<&Value>, ip: &str, ports: &[Value]) -> bool {
-    let Some([subset]) = subsets.and_then(Value::as_array).map(Vec::as_slice) else {
+pub(crate) fn subsets_changed(
+    subsets: &[EndpointSubset],
+    ip: &str,
+    ports: &[EndpointPort],
+) -> bool {
+    let [subset] = subsets else {
         return true;
     };
-    let addresses = subset
-        .get("addresses")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let observed = subset
-        .get("ports")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if addresses.len() != 1
-        || addresses[0].get("ip").and_then(Value::as_str) != Some(ip)
-        || observed.len() != ports.len()
-    {
+    let addresses = subset.addresses.as_deref().unwrap_or_default();
+    let observed = subset.ports.as_deref().unwrap_or_default();
+    if addresses.len() != 1 || addresses[0].ip != ip || observed.len() != ports.len() {
         return true;
     }
     if ports.len() == 1 {
         return !same_port(&observed[0], &ports[0]);
     }
-    let mut by_name: HashMap<Option<&str>, &Value> = observed
+    let mut by_name: HashMap<Option<&str>, &EndpointPort> =
+        observed.iter().map(|p| (p.name.as_deref(), p)).collect();
+    ports
         .iter()
-        .map(|p| (p.get("name").and_then(Value::as_str), p))
-        .collect();
-    ports.iter().any(
-        |p| match by_name.remove(&p.get("name").and_then(Value::as_str)) {
+        .any(|p| match by_name.remove(&p.name.as_deref()) {
             Some(o) => !same_port(p, o),
             None => true,
-        },
-    )
+        })
 }
 
 /// The leader Endpoints subsets: our address (with a reference to our Pod) and the ports.
 pub(crate) fn leader_subsets(
     ip: &str,
-    ports: &[Value],
+    ports: &[EndpointPort],
     pod: Option<&Value>,
     namespace: &str,
     me: &str,
-    existing: Option<&Value>,
-) -> Value {
-    let mut address = Map::new();
-    address.insert("ip".into(), str_value(ip));
+    existing: &[EndpointSubset],
+) -> Vec<EndpointSubset> {
+    let mut address = EndpointAddress {
+        ip: ip.to_string(),
+        ..EndpointAddress::default()
+    };
     if let Some(pod) = pod {
-        let spec = pod.get("spec");
-        for (from, to) in [("hostname", "hostname"), ("nodeName", "nodeName")] {
-            if let Some(v) = spec.and_then(|s| s.get(from)).and_then(Value::as_str) {
-                address.insert(to.into(), str_value(v));
-            }
-        }
+        let spec = |key: &str| {
+            pod.get("spec")
+                .and_then(|s| s.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        address.hostname = spec("hostname");
+        address.node_name = spec("nodeName");
         // Keep an existing reference to our Pod at this address (as Patroni does).
         let reuse = existing
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.get("addresses").and_then(Value::as_array))
-            .flatten()
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
             .find(|a| {
-                a.get("ip").and_then(Value::as_str) == Some(ip)
-                    && a.get("targetRef")
-                        .and_then(|t| t.get("name"))
-                        .and_then(Value::as_str)
-                        == Some(me)
+                a.ip == ip && a.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some(me)
             })
-            .and_then(|a| a.get("targetRef").cloned());
+            .and_then(|a| a.target_ref.clone());
         let target = reuse.unwrap_or_else(|| {
-            let meta = metadata(pod);
-            let field = |k: &str| meta.and_then(|m| m.get(k)).cloned().unwrap_or(Value::Null);
-            json!({
-                "kind": "Pod",
-                "uid": field("uid"),
-                "namespace": namespace,
-                "name": me,
-                "resourceVersion": field("resourceVersion"),
-            })
+            let field = |key: &str| {
+                metadata(pod)
+                    .and_then(|m| m.get(key))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            ObjectReference {
+                kind: Some("Pod".into()),
+                uid: field("uid"),
+                namespace: Some(namespace.to_string()),
+                name: Some(me.to_string()),
+                resource_version: field("resourceVersion"),
+                ..ObjectReference::default()
+            }
         });
-        address.insert("targetRef".into(), target);
+        address.target_ref = Some(target);
     }
-    json!([{ "addresses": [Value::Object(address)], "ports": ports }])
+    vec![EndpointSubset {
+        addresses: Some(vec![address]),
+        ports: Some(ports.to_vec()),
+        ..EndpointSubset::default()
+    }]
 }
 
 /// The Pod's `status.podIP`.
@@ -1210,7 +1228,7 @@ mod tests {
         let mut ann = Map::new();
         ann.insert("leader".into(), json!("a"));
         ann.insert("slots".into(), Value::Null);
-        let create = kind_body(&l, "demo-1", &ann, None, true, Some(json!([])));
+        let create = kind_body(&l, "demo-1", &ann, None, true, Some(&[]));
         assert_eq!(create["metadata"]["annotations"], json!({"leader": "a"}));
         assert_eq!(create["metadata"]["labels"]["citus-group"], "1");
         assert_eq!(create["kind"], "Endpoints");
@@ -1221,14 +1239,7 @@ mod tests {
         assert_eq!(patch["metadata"]["annotations"]["slots"], Value::Null);
         assert!(patch.get("kind").is_none() && patch.get("subsets").is_none());
         // ConfigMaps never carry subsets.
-        let cm = kind_body(
-            &layout(None, false),
-            "x",
-            &ann,
-            None,
-            false,
-            Some(json!([])),
-        );
+        let cm = kind_body(&layout(None, false), "x", &ann, None, false, Some(&[]));
         assert!(cm.get("subsets").is_none());
     }
 
@@ -1357,61 +1368,91 @@ mod tests {
 
     #[test]
     fn ports_and_subsets() {
-        assert_eq!(normalise_ports(&[]).unwrap(), vec![json!({"port": 5432})]);
+        let port = |v: Value| -> EndpointPort { serde_json::from_value(v).unwrap() };
+        let subsets = |v: Value| -> Vec<EndpointSubset> { serde_json::from_value(v).unwrap() };
+        assert_eq!(normalise_ports(&[]).unwrap(), [port(json!({"port": 5432}))]);
         assert_eq!(
             normalise_ports(&[json!({"name": "postgresql", "port": "5433", "protocol": ""})])
                 .unwrap(),
-            vec![json!({"name": "postgresql", "port": 5433})]
+            [port(json!({"name": "postgresql", "port": 5433}))]
         );
         assert!(normalise_ports(&[json!({"port": "http"})]).is_err());
+        assert!(normalise_ports(&[json!({"port": 65536})]).is_err());
         assert!(normalise_ports(&[json!(5432)]).is_err());
 
-        let ports = vec![json!({"port": 5432})];
-        assert!(subsets_changed(None, "10.0.0.5", &ports));
-        assert!(subsets_changed(Some(&json!([])), "10.0.0.5", &ports));
+        let ports = vec![port(json!({"port": 5432}))];
+        assert!(subsets_changed(&[], "10.0.0.5", &ports));
         let p = pod("demo-0", "7", None, None);
-        let s = leader_subsets("10.0.0.5", &ports, Some(&p), "default", "demo-0", None);
+        let s = leader_subsets("10.0.0.5", &ports, Some(&p), "default", "demo-0", &[]);
         assert_eq!(
-            s,
+            json!(s),
             json!([{"addresses": [{"ip": "10.0.0.5", "hostname": "h", "nodeName": "n1",
                 "targetRef": {"kind": "Pod", "uid": "u-1", "namespace": "default", "name": "demo-0", "resourceVersion": "7"}}],
                 "ports": [{"port": 5432}]}])
         );
-        assert!(!subsets_changed(Some(&s), "10.0.0.5", &ports));
-        assert!(subsets_changed(Some(&s), "10.0.0.6", &ports));
+        assert!(!subsets_changed(&s, "10.0.0.5", &ports));
+        assert!(subsets_changed(&s, "10.0.0.6", &ports));
         assert!(subsets_changed(
-            Some(&s),
+            &s,
             "10.0.0.5",
-            &[json!({"port": 5433})]
+            &[port(json!({"port": 5433}))]
         ));
         // The server fills in the default protocol; it is still the same port.
-        let with_proto = json!([{"addresses": [{"ip": "10.0.0.5"}], "ports": [{"port": 5432, "protocol": "TCP"}]}]);
-        assert!(!subsets_changed(Some(&with_proto), "10.0.0.5", &ports));
-        let two = vec![
-            json!({"name": "a", "port": 1}),
-            json!({"name": "b", "port": 2}),
+        let with_proto = subsets(
+            json!([{"addresses": [{"ip": "10.0.0.5"}], "ports": [{"port": 5432, "protocol": "TCP"}]}]),
+        );
+        assert!(!subsets_changed(&with_proto, "10.0.0.5", &ports));
+        let two = [
+            port(json!({"name": "a", "port": 1})),
+            port(json!({"name": "b", "port": 2})),
         ];
-        let swapped = json!([{"addresses": [{"ip": "1.2.3.4"}], "ports": [{"name": "b", "port": 2}, {"name": "a", "port": 1}]}]);
-        assert!(!subsets_changed(Some(&swapped), "1.2.3.4", &two));
-        let three = vec![
-            json!({"name": "b", "port": 2}),
-            json!({"name": "c", "port": 3}),
+        let swapped = subsets(
+            json!([{"addresses": [{"ip": "1.2.3.4"}], "ports": [{"name": "b", "port": 2}, {"name": "a", "port": 1}]}]),
+        );
+        assert!(!subsets_changed(&swapped, "1.2.3.4", &two));
+        let three = [
+            port(json!({"name": "b", "port": 2})),
+            port(json!({"name": "c", "port": 3})),
         ];
-        assert!(subsets_changed(Some(&swapped), "1.2.3.4", &three));
+        assert!(subsets_changed(&swapped, "1.2.3.4", &three));
         // An existing reference to our Pod is kept (its resourceVersion does not churn).
         let p2 = pod("demo-0", "8", None, None);
-        let again = leader_subsets("10.0.0.5", &ports, Some(&p2), "default", "demo-0", Some(&s));
+        let again = leader_subsets("10.0.0.5", &ports, Some(&p2), "default", "demo-0", &s);
         assert_eq!(
-            again[0]["addresses"][0]["targetRef"]["resourceVersion"],
+            json!(again)[0]["addresses"][0]["targetRef"]["resourceVersion"],
             "7"
         );
         // Without our Pod only the IP is known.
-        let bare = leader_subsets("10.0.0.9", &ports, None, "default", "demo-0", None);
+        let bare = leader_subsets("10.0.0.9", &ports, None, "default", "demo-0", &[]);
         assert_eq!(
-            bare,
+            json!(bare),
             json!([{"addresses": [{"ip": "10.0.0.9"}], "ports": [{"port": 5432}]}])
         );
         assert_eq!(pod_ip(&p), Some("10.0.0.5"));
+    }
+
+    #[test]
+    fn endpoints_read_leniently_with_named_errors() {
+        // Fields the types do not know are ignored, missing ones default.
+        let obj = json!({"subsets": [{"addresses": [{"ip": "10.0.0.5", "future": 1}],
+            "ports": [{"port": 5432, "appProtocol": "postgresql"}], "extra": true}]});
+        let s = endpoint_subsets("Endpoints demo-leader", &obj).unwrap();
+        assert!(!subsets_changed(
+            &s,
+            "10.0.0.5",
+            &normalise_ports(&[]).unwrap()
+        ));
+        assert!(endpoint_subsets("x", &json!({})).unwrap().is_empty());
+        assert!(endpoint_subsets("x", &json!({"subsets": null}))
+            .unwrap()
+            .is_empty());
+        // A field of the wrong type names the object and the field.
+        let bad = json!({"subsets": [{"ports": [{"port": "5432"}]}]});
+        let e = endpoint_subsets("Endpoints demo-leader", &bad).unwrap_err();
+        assert!(
+            e.starts_with("Endpoints demo-leader: subsets: field '[0].ports[0].port'"),
+            "{e}"
+        );
     }
 
     #[test]
