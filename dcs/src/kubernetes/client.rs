@@ -32,6 +32,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One API request, described well enough to name it in errors.
+///
+/// Requests are built by hand and sent with `kube::Client::send` rather than through
+/// `kube::Api`: `Api` turns every answer that is not a success into an error that keeps the code
+/// but drops the headers, while the retry loop acts on the status code (409: a compare-and-swap
+/// lost, 404: the object is gone, 410: a watch's version expired, 429 and the retriable codes)
+/// together with `Retry-After`, and logs `Warning` headers.
 #[derive(Debug, Clone)]
 pub(crate) struct Req {
     pub method: Method,
