@@ -561,16 +561,7 @@ impl Kubernetes {
         if !self.shared.config_service_pending.load(Ordering::Relaxed) {
             return;
         }
-        let body = json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": self.layout().config,
-                "namespace": self.ns(),
-                "labels": self.layout().object_labels,
-            },
-            "spec": {"clusterIP": "None"},
-        });
+        let body = objects::config_service(self.layout());
         let req = Req::create("services", self.ns(), &body);
         match self.shared.api.call(&req, deadline).await {
             Ok(_) | Err(CallError::Status { code: 409, .. }) => {}
@@ -598,14 +589,7 @@ impl Kubernetes {
         if name == self.layout().config {
             self.ensure_config_service(deadline).await;
         }
-        let body = objects::kind_body(
-            self.layout(),
-            name,
-            annotations,
-            None,
-            true,
-            subsets.as_deref(),
-        );
+        let body = objects::create_body(self.layout(), name, annotations, subsets.as_deref());
         let req = Req::create(self.resource(), self.ns(), &body);
         let resp = self.shared.api.call(&req, deadline).await?;
         self.offer_answer(name, &resp, &req);
@@ -621,14 +605,7 @@ impl Kubernetes {
         subsets: Option<Vec<EndpointSubset>>,
         deadline: Instant,
     ) -> Result<(), CallError> {
-        let body = objects::kind_body(
-            self.layout(),
-            name,
-            annotations,
-            rv,
-            false,
-            subsets.as_deref(),
-        );
+        let body = objects::patch_body(self.layout(), name, annotations, rv, subsets.as_deref());
         let req = Req::patch(self.resource(), self.ns(), name, &body);
         let resp = self.shared.api.call(&req, deadline).await?;
         self.offer_answer(name, &resp, &req);

@@ -6,7 +6,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, ObjectReference};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service,
+    ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
@@ -446,25 +450,46 @@ pub(crate) fn sync_annotations(s: &SyncState) -> Map<String, Value> {
     m
 }
 
-/// Body of a POST (create) or strategic-merge PATCH of one of our kind objects. Creation drops
-/// null annotations; a `resourceVersion` makes the PATCH a compare-and-swap.
-pub(crate) fn kind_body(
+/// Body of a POST creating one of our kind objects (null annotations are left out).
+pub(crate) fn create_body(
+    layout: &Layout,
+    name: &str,
+    annotations: &Map<String, Value>,
+    subsets: Option<&[EndpointSubset]>,
+) -> Value {
+    let annotations = annotations
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    let metadata = ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(layout.namespace.clone()),
+        labels: Some(layout.object_labels.clone()),
+        annotations: Some(annotations),
+        ..ObjectMeta::default()
+    };
+    match layout.kind {
+        Kind::ConfigMaps => json!(ConfigMap {
+            metadata,
+            ..ConfigMap::default()
+        }),
+        Kind::Endpoints => json!(Endpoints {
+            metadata,
+            subsets: subsets.map(<[EndpointSubset]>::to_vec),
+        }),
+    }
+}
+
+/// Body of a strategic-merge PATCH of one of our kind objects: a null annotation removes it, a
+/// `resourceVersion` makes the PATCH a compare-and-swap. Built as JSON, not typed: the typed
+/// annotations cannot hold the nulls.
+pub(crate) fn patch_body(
     layout: &Layout,
     name: &str,
     annotations: &Map<String, Value>,
     resource_version: Option<&str>,
-    create: bool,
     subsets: Option<&[EndpointSubset]>,
 ) -> Value {
-    let annotations: Map<String, Value> = if create {
-        annotations
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    } else {
-        annotations.clone()
-    };
     let mut meta = json!({
         "name": name,
         "namespace": layout.namespace,
@@ -475,16 +500,30 @@ pub(crate) fn kind_body(
         meta["resourceVersion"] = str_value(rv);
     }
     let mut body = json!({ "metadata": meta });
-    if create {
-        body["apiVersion"] = str_value("v1");
-        body["kind"] = str_value(layout.kind.kind_name());
-    }
     if let Some(s) = subsets {
         if layout.kind == Kind::Endpoints {
             body["subsets"] = json!(s);
         }
     }
     body
+}
+
+/// Endpoints mode: the headless `<scope>-config` Service, which keeps the config Endpoints from
+/// being cleaned up.
+pub(crate) fn config_service(layout: &Layout) -> Value {
+    json!(Service {
+        metadata: ObjectMeta {
+            name: Some(layout.config.clone()),
+            namespace: Some(layout.namespace.clone()),
+            labels: Some(layout.object_labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
 }
 
 /// Do the object's annotations already carry every value of `wanted` (null = absent)?
@@ -1228,19 +1267,33 @@ mod tests {
         let mut ann = Map::new();
         ann.insert("leader".into(), json!("a"));
         ann.insert("slots".into(), Value::Null);
-        let create = kind_body(&l, "demo-1", &ann, None, true, Some(&[]));
+        let create = create_body(&l, "demo-1", &ann, Some(&[]));
         assert_eq!(create["metadata"]["annotations"], json!({"leader": "a"}));
         assert_eq!(create["metadata"]["labels"]["citus-group"], "1");
         assert_eq!(create["kind"], "Endpoints");
         assert_eq!(create["subsets"], json!([]));
         assert!(create["metadata"].get("resourceVersion").is_none());
-        let patch = kind_body(&l, "demo-1", &ann, Some("42"), false, None);
+        let patch = patch_body(&l, "demo-1", &ann, Some("42"), None);
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
         assert_eq!(patch["metadata"]["annotations"]["slots"], Value::Null);
         assert!(patch.get("kind").is_none() && patch.get("subsets").is_none());
         // ConfigMaps never carry subsets.
-        let cm = kind_body(&layout(None, false), "x", &ann, None, false, Some(&[]));
+        let cm = patch_body(&layout(None, false), "x", &ann, None, Some(&[]));
         assert!(cm.get("subsets").is_none());
+        let cm = create_body(&layout(None, false), "demo-config", &ann, Some(&[]));
+        assert_eq!(
+            (&cm["apiVersion"], &cm["kind"]),
+            (&json!("v1"), &json!("ConfigMap"))
+        );
+        assert!(cm.get("subsets").is_none() && cm.get("data").is_none());
+        let service = config_service(&l);
+        assert_eq!(
+            (&service["apiVersion"], &service["kind"]),
+            (&json!("v1"), &json!("Service"))
+        );
+        assert_eq!(service["metadata"]["name"], "demo-1-config");
+        assert_eq!(service["metadata"]["labels"]["citus-group"], "1");
+        assert_eq!(service["spec"], json!({"clusterIP": "None"}));
     }
 
     #[test]
