@@ -634,21 +634,10 @@ impl Kubernetes {
         version: Option<&str>,
     ) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
-        if let Some(v) = version {
-            return match self
-                .patch_kind(name, &annotations, Some(v), None, deadline)
-                .await
-            {
-                Ok(()) => Ok(true),
-                Err(CallError::Status {
-                    code: 409, retried, ..
-                }) => {
-                    self.conflict_outcome(name, &annotations, retried, deadline)
-                        .await
-                }
-                Err(CallError::Status { code: 404, .. }) => Ok(false),
-                Err(e) => Err(e.into()),
-            };
+        if version.is_some() {
+            return self
+                .patch_checked(name, &annotations, version, Change::Write, deadline)
+                .await;
         }
         let exists = self.kinds().get(name).is_some();
         if exists {
@@ -680,35 +669,34 @@ impl Kubernetes {
         version: Option<&str>,
     ) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
-        match self
-            .patch_kind(name, &annotations, version, None, deadline)
+        self.patch_checked(name, &annotations, version, Change::Clear, deadline)
             .await
-        {
-            Ok(()) => Ok(true),
-            Err(CallError::Status { code: 404, .. }) => Ok(true),
-            Err(CallError::Status {
-                code: 409, retried, ..
-            }) => {
-                self.conflict_outcome(name, &annotations, retried, deadline)
-                    .await
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
-    /// A compare-and-swap answered 409: lost, unless the request was sent more than once and an
-    /// earlier attempt applied it.
-    async fn conflict_outcome(
+    /// PATCH annotations of `name`, a compare-and-swap on `version` when given. A 409 means
+    /// lost, unless the request was sent more than once and an earlier attempt applied it; an
+    /// absent object counts as cleared for [`Change::Clear`] and as lost for [`Change::Write`].
+    async fn patch_checked(
         &self,
         name: &str,
         annotations: &Map<String, Value>,
-        retried: bool,
+        version: Option<&str>,
+        change: Change,
         deadline: Instant,
     ) -> DcsResult<bool> {
-        if retried {
-            self.applied_anyway(name, annotations, deadline).await
-        } else {
-            Ok(false)
+        match self
+            .patch_kind(name, annotations, version, None, deadline)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(CallError::Status { code: 404, .. }) => Ok(matches!(change, Change::Clear)),
+            Err(CallError::Status {
+                code: 409,
+                retried: true,
+                ..
+            }) => self.applied_anyway(name, annotations, deadline).await,
+            Err(CallError::Status { code: 409, .. }) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -363,60 +363,40 @@ pub(crate) fn renew_annotations(
     m
 }
 
+/// An annotation value to write: the text, or null (which removes the annotation) when there is
+/// none or it is empty.
+fn text_or_null(text: Option<String>) -> Value {
+    text.filter(|t| !t.is_empty())
+        .map(Value::String)
+        .unwrap_or(Value::Null)
+}
+
 /// The `failsafe` annotation of the leader object; an empty topology removes it.
 pub(crate) fn failsafe_annotation(topology: &FailsafeTopology) -> Map<String, Value> {
-    let mut m = Map::new();
-    let value = if topology.is_empty() {
-        Value::Null
-    } else {
-        str_value(failsafe_to_json(topology))
-    };
-    m.insert("failsafe".into(), value);
-    m
+    let failsafe = (!topology.is_empty()).then(|| failsafe_to_json(topology));
+    Map::from_iter([("failsafe".into(), text_or_null(failsafe))])
 }
 
 /// `optime`, `slots`, `retain_slots` annotations (null removes them).
 pub(crate) fn status_annotations(status: &Status) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(
-        "optime".into(),
-        status
-            .optime
-            .map(|o| str_value(o.to_string()))
-            .unwrap_or(Value::Null),
-    );
-    m.insert(
-        "slots".into(),
-        if status.slots.is_empty() {
-            Value::Null
-        } else {
-            str_value(Value::Object(status.slots.clone()).to_string())
-        },
-    );
-    m.insert(
-        "retain_slots".into(),
-        if status.retain_slots.is_empty() {
-            Value::Null
-        } else {
-            str_value(Value::from(status.retain_slots.clone()).to_string())
-        },
-    );
-    m
+    let optime = status.optime.map(|o| o.to_string());
+    let slots = (!status.slots.is_empty()).then(|| Value::Object(status.slots.clone()).to_string());
+    let retain_slots = (!status.retain_slots.is_empty())
+        .then(|| Value::from(status.retain_slots.clone()).to_string());
+    Map::from_iter([
+        ("optime".into(), text_or_null(optime)),
+        ("slots".into(), text_or_null(slots)),
+        ("retain_slots".into(), text_or_null(retain_slots)),
+    ])
 }
 
 /// `leader`, `member`, `scheduled_at` of a failover request (null clears).
 pub(crate) fn failover_annotations(f: &Failover) -> Map<String, Value> {
-    let opt = |v: &Option<String>| {
-        v.as_ref()
-            .filter(|s| !s.is_empty())
-            .map(|s| str_value(s.as_str()))
-            .unwrap_or(Value::Null)
-    };
-    let mut m = Map::new();
-    m.insert("leader".into(), opt(&f.leader));
-    m.insert("member".into(), opt(&f.member));
-    m.insert("scheduled_at".into(), opt(&f.scheduled_at));
-    m
+    Map::from_iter([
+        ("leader".into(), text_or_null(f.leader.clone())),
+        ("member".into(), text_or_null(f.member.clone())),
+        ("scheduled_at".into(), text_or_null(f.scheduled_at.clone())),
+    ])
 }
 
 /// `leader`, `sync_standby` (sorted, comma-joined), `quorum` (int as string).
@@ -424,30 +404,17 @@ pub(crate) fn sync_annotations(s: &SyncState) -> Map<String, Value> {
     let mut names = s.sync_standby.clone();
     names.sort();
     names.dedup();
-    let mut m = Map::new();
-    m.insert(
-        "leader".into(),
-        s.leader
-            .as_ref()
-            .filter(|l| !l.is_empty())
-            .map(|l| str_value(l.as_str()))
-            .unwrap_or(Value::Null),
-    );
-    m.insert(
-        "sync_standby".into(),
-        if names.is_empty() {
-            Value::Null
-        } else {
-            str_value(names.join(","))
-        },
-    );
-    m.insert(
-        "quorum".into(),
-        s.quorum
-            .map(|q| str_value(q.to_string()))
-            .unwrap_or(Value::Null),
-    );
-    m
+    Map::from_iter([
+        ("leader".into(), text_or_null(s.leader.clone())),
+        (
+            "sync_standby".into(),
+            text_or_null((!names.is_empty()).then(|| names.join(","))),
+        ),
+        (
+            "quorum".into(),
+            text_or_null(s.quorum.map(|q| q.to_string())),
+        ),
+    ])
 }
 
 /// Body of a POST creating one of our kind objects (null annotations are left out).
