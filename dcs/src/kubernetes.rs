@@ -386,13 +386,20 @@ impl Kubernetes {
         self.kinds().offer(owner, name, obj, rv, Instant::now());
     }
 
-    /// Remember an object returned by a write.
-    fn offer_answer(&self, name: &str, resp: &client::Resp, req: &Req) {
+    /// Send a write of our kind object `name` and remember the object it returns.
+    async fn write_request(
+        &self,
+        name: &str,
+        req: &Req,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        let resp = self.shared.api.call(req, deadline).await?;
         if let Ok(obj) = resp.json(req) {
             if objects::name(&obj) == Some(name) {
                 self.offer(name, Some(obj), None);
             }
         }
+        Ok(())
     }
 
     fn holds_lock(&self) -> bool {
@@ -591,9 +598,7 @@ impl Kubernetes {
         }
         let body = objects::create_body(self.layout(), name, annotations, subsets.as_deref());
         let req = Req::create(self.resource(), self.ns(), &body);
-        let resp = self.shared.api.call(&req, deadline).await?;
-        self.offer_answer(name, &resp, &req);
-        Ok(())
+        self.write_request(name, &req, deadline).await
     }
 
     /// Strategic-merge PATCH of one of our kind objects, a compare-and-swap with `rv`.
@@ -607,9 +612,7 @@ impl Kubernetes {
     ) -> Result<(), CallError> {
         let body = objects::patch_body(self.layout(), name, annotations, rv, subsets.as_deref());
         let req = Req::patch(self.resource(), self.ns(), name, &body);
-        let resp = self.shared.api.call(&req, deadline).await?;
-        self.offer_answer(name, &resp, &req);
-        Ok(())
+        self.write_request(name, &req, deadline).await
     }
 
     /// After a 409 of a request that was sent more than once: did an earlier attempt apply it?
