@@ -615,6 +615,27 @@ impl Kubernetes {
         self.write_request(name, &req, deadline).await
     }
 
+    /// PATCH our Pod's labels and `status` annotation (`None` removes them) and keep the Pod it
+    /// returns in the cache.
+    async fn patch_own_pod(
+        &self,
+        labels: &BTreeMap<String, Option<String>>,
+        status: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        let body = objects::pod_patch(self.ns(), &self.shared.name, labels, status);
+        let req = Req::patch("pods", self.ns(), &self.shared.name, &body);
+        let resp = self.shared.api.call(&req, deadline).await?;
+        if let Ok(pod) = resp.json(&req) {
+            self.shared
+                .pods
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .offer(pod);
+        }
+        Ok(())
+    }
+
     /// After a 409 of a request that was sent more than once: did an earlier attempt apply it?
     async fn applied_anyway(
         &self,
@@ -1038,18 +1059,8 @@ impl Dcs for Kubernetes {
         if !unchanged {
             let status = serde_json::to_string(data)
                 .map_err(|e| DcsError::Protocol(format!("cannot serialise member data: {e}")))?;
-            let body = objects::pod_patch(self.ns(), &self.shared.name, &labels, Some(&status));
-            let req = Req::patch("pods", self.ns(), &self.shared.name, &body);
-            match self.shared.api.call(&req, deadline).await {
-                Ok(resp) => {
-                    if let Ok(pod) = resp.json(&req) {
-                        self.shared
-                            .pods
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .offer(pod);
-                    }
-                }
+            match self.patch_own_pod(&labels, Some(&status), deadline).await {
+                Ok(()) => {}
                 Err(CallError::Status { code: 404, .. }) => {
                     return Err(DcsError::Protocol(format!(
                         "Pod \"{}\" not found in namespace \"{}\": on Kubernetes the member name must be the name of its Pod",
@@ -1077,20 +1088,8 @@ impl Dcs for Kubernetes {
         {
             labels.insert(t.clone(), None);
         }
-        let body = objects::pod_patch(self.ns(), &self.shared.name, &labels, None);
-        let req = Req::patch("pods", self.ns(), &self.shared.name, &body);
-        match self.shared.api.call(&req, deadline).await {
-            Ok(resp) => {
-                if let Ok(pod) = resp.json(&req) {
-                    self.shared
-                        .pods
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .offer(pod);
-                }
-                Ok(())
-            }
-            Err(CallError::Status { code: 404, .. }) => Ok(()),
+        match self.patch_own_pod(&labels, None, deadline).await {
+            Ok(()) | Err(CallError::Status { code: 404, .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
