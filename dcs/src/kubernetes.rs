@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{EndpointPort, EndpointSubset};
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -33,7 +34,7 @@ use self::client::{error_chain, pem_certs_to_der, ApiClient, CallError, Req};
 use self::objects::{
     annotation, has_annotations, resource_version, Kind, LabelSettings, Layout, LeaderRecord,
 };
-use self::state::{KindState, PodCache};
+use self::state::{KindState, Owner, PodCache};
 use crate::model::{
     history_to_json, Cluster, Failover, FailsafeTopology, HistoryEntry, MemberData, Status,
     SyncState,
@@ -119,12 +120,35 @@ pub(crate) struct Shared {
     name: String,
     labels: LabelSettings,
     pod_ip: Option<String>,
-    ports: Vec<Value>,
+    ports: Vec<EndpointPort>,
     kinds: Mutex<KindState>,
     pods: Mutex<PodCache>,
     notify: Notify,
     /// Endpoints mode: the headless `<scope>-config` Service still has to be created.
     config_service_pending: AtomicBool,
+}
+
+/// How [`Kubernetes::change_kind`] applies annotations.
+enum Change {
+    /// [`Kubernetes::write_kind`]: creates the object when needed.
+    Write,
+    /// [`Kubernetes::clear_kind`]: an absent object counts as cleared.
+    Clear,
+}
+
+/// What a write of our own lock does.
+#[derive(Clone, Copy)]
+enum LockChange {
+    Renew,
+    Release,
+}
+
+/// How a write of our own lock ended.
+enum LockWrite {
+    /// Written (`true`), or the lock is not ours to write (`false`).
+    Done(bool),
+    /// The leader object was deleted.
+    Gone,
 }
 
 /// The Kubernetes DCS backend bound to one member (Pod) of one cluster.
@@ -356,17 +380,26 @@ impl Kubernetes {
     }
 
     fn offer(&self, name: &str, obj: Option<Value>, rv: Option<&str>) {
-        let leader = self.layout().leader.clone();
-        self.kinds().offer(&leader, name, obj, rv, Instant::now());
+        let owner = Owner::Ours {
+            leader: &self.layout().leader,
+        };
+        self.kinds().offer(owner, name, obj, rv, Instant::now());
     }
 
-    /// Remember an object returned by a write.
-    fn offer_answer(&self, name: &str, resp: &client::Resp, req: &Req) {
+    /// Send a write of our kind object `name` and remember the object it returns.
+    async fn write_request(
+        &self,
+        name: &str,
+        req: &Req,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        let resp = self.shared.api.call(req, deadline).await?;
         if let Ok(obj) = resp.json(req) {
             if objects::name(&obj) == Some(name) {
                 self.offer(name, Some(obj), None);
             }
         }
+        Ok(())
     }
 
     fn holds_lock(&self) -> bool {
@@ -445,11 +478,17 @@ impl Kubernetes {
             .collect();
         for name in st.other_leader_names() {
             if !leaders.values().any(|(n, _)| *n == name) {
-                st.offer_other_leader(&name, None, Some(list_rv), now);
+                st.offer(Owner::OtherGroupLeader, &name, None, Some(list_rv), now);
             }
         }
         for (name, obj) in leaders.values() {
-            st.offer_other_leader(name, obj.clone(), Some(list_rv), now);
+            st.offer(
+                Owner::OtherGroupLeader,
+                name,
+                obj.clone(),
+                Some(list_rv),
+                now,
+            );
         }
         leaders
     }
@@ -487,7 +526,11 @@ impl Kubernetes {
 
     /// Endpoints mode: the subsets the leader object should get, `None` when they are already
     /// right (or our IP is unknown).
-    async fn wanted_subsets(&self, current: Option<&Value>, deadline: Instant) -> Option<Value> {
+    async fn wanted_subsets(
+        &self,
+        current: Option<&Value>,
+        deadline: Instant,
+    ) -> Option<Vec<EndpointSubset>> {
         if self.layout().kind != Kind::Endpoints {
             return None;
         }
@@ -496,8 +539,17 @@ impl Kubernetes {
             Some(ip) => ip.clone(),
             None => objects::pod_ip(pod.as_ref()?)?.to_string(),
         };
-        let existing = current.and_then(|c| c.get("subsets"));
-        if !objects::subsets_changed(existing, &ip, &self.shared.ports) {
+        let what = self.layout().describe(&self.layout().leader);
+        // Subsets we cannot read are replaced by ours, as if they were wrong.
+        let existing = match current.map(|c| objects::endpoint_subsets(&what, c)) {
+            None => Vec::new(),
+            Some(Ok(subsets)) => subsets,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the leader Endpoints' subsets are unreadable");
+                Vec::new()
+            }
+        };
+        if !objects::subsets_changed(&existing, &ip, &self.shared.ports) {
             return None;
         }
         Some(objects::leader_subsets(
@@ -506,7 +558,7 @@ impl Kubernetes {
             pod.as_ref(),
             self.ns(),
             &self.shared.name,
-            existing,
+            &existing,
         ))
     }
 
@@ -516,16 +568,7 @@ impl Kubernetes {
         if !self.shared.config_service_pending.load(Ordering::Relaxed) {
             return;
         }
-        let body = json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": self.layout().config,
-                "namespace": self.ns(),
-                "labels": self.layout().object_labels,
-            },
-            "spec": {"clusterIP": "None"},
-        });
+        let body = objects::config_service(self.layout());
         let req = Req::create("services", self.ns(), &body);
         match self.shared.api.call(&req, deadline).await {
             Ok(_) | Err(CallError::Status { code: 409, .. }) => {}
@@ -547,17 +590,15 @@ impl Kubernetes {
         &self,
         name: &str,
         annotations: &Map<String, Value>,
-        subsets: Option<Value>,
+        subsets: Option<Vec<EndpointSubset>>,
         deadline: Instant,
     ) -> Result<(), CallError> {
         if name == self.layout().config {
             self.ensure_config_service(deadline).await;
         }
-        let body = objects::kind_body(self.layout(), name, annotations, None, true, subsets);
+        let body = objects::create_body(self.layout(), name, annotations, subsets.as_deref());
         let req = Req::create(self.resource(), self.ns(), &body);
-        let resp = self.shared.api.call(&req, deadline).await?;
-        self.offer_answer(name, &resp, &req);
-        Ok(())
+        self.write_request(name, &req, deadline).await
     }
 
     /// Strategic-merge PATCH of one of our kind objects, a compare-and-swap with `rv`.
@@ -566,13 +607,32 @@ impl Kubernetes {
         name: &str,
         annotations: &Map<String, Value>,
         rv: Option<&str>,
-        subsets: Option<Value>,
+        subsets: Option<Vec<EndpointSubset>>,
         deadline: Instant,
     ) -> Result<(), CallError> {
-        let body = objects::kind_body(self.layout(), name, annotations, rv, false, subsets);
+        let body = objects::patch_body(self.layout(), name, annotations, rv, subsets.as_deref());
         let req = Req::patch(self.resource(), self.ns(), name, &body);
+        self.write_request(name, &req, deadline).await
+    }
+
+    /// PATCH our Pod's labels and `status` annotation (`None` removes them) and keep the Pod it
+    /// returns in the cache.
+    async fn patch_own_pod(
+        &self,
+        labels: &BTreeMap<String, Option<String>>,
+        status: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        let body = objects::pod_patch(self.ns(), &self.shared.name, labels, status);
+        let req = Req::patch("pods", self.ns(), &self.shared.name, &body);
         let resp = self.shared.api.call(&req, deadline).await?;
-        self.offer_answer(name, &resp, &req);
+        if let Ok(pod) = resp.json(&req) {
+            self.shared
+                .pods
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .offer(pod);
+        }
         Ok(())
     }
 
@@ -598,24 +658,10 @@ impl Kubernetes {
         version: Option<&str>,
     ) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
-        if let Some(v) = version {
-            return match self
-                .patch_kind(name, &annotations, Some(v), None, deadline)
-                .await
-            {
-                Ok(()) => Ok(true),
-                Err(CallError::Status {
-                    code: 409, retried, ..
-                }) => {
-                    if retried {
-                        self.applied_anyway(name, &annotations, deadline).await
-                    } else {
-                        Ok(false)
-                    }
-                }
-                Err(CallError::Status { code: 404, .. }) => Ok(false),
-                Err(e) => Err(e.into()),
-            };
+        if version.is_some() {
+            return self
+                .patch_checked(name, &annotations, version, Change::Write, deadline)
+                .await;
         }
         let exists = self.kinds().get(name).is_some();
         if exists {
@@ -647,22 +693,49 @@ impl Kubernetes {
         version: Option<&str>,
     ) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
+        self.patch_checked(name, &annotations, version, Change::Clear, deadline)
+            .await
+    }
+
+    /// PATCH annotations of `name`, a compare-and-swap on `version` when given. A 409 means
+    /// lost, unless the request was sent more than once and an earlier attempt applied it; an
+    /// absent object counts as cleared for [`Change::Clear`] and as lost for [`Change::Write`].
+    async fn patch_checked(
+        &self,
+        name: &str,
+        annotations: &Map<String, Value>,
+        version: Option<&str>,
+        change: Change,
+        deadline: Instant,
+    ) -> DcsResult<bool> {
         match self
-            .patch_kind(name, &annotations, version, None, deadline)
+            .patch_kind(name, annotations, version, None, deadline)
             .await
         {
             Ok(()) => Ok(true),
-            Err(CallError::Status { code: 404, .. }) => Ok(true),
+            Err(CallError::Status { code: 404, .. }) => Ok(matches!(change, Change::Clear)),
             Err(CallError::Status {
-                code: 409, retried, ..
-            }) => {
-                if retried {
-                    self.applied_anyway(name, &annotations, deadline).await
-                } else {
-                    Ok(false)
-                }
-            }
+                code: 409,
+                retried: true,
+                ..
+            }) => self.applied_anyway(name, annotations, deadline).await,
+            Err(CallError::Status { code: 409, .. }) => Ok(false),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Write or clear annotations of the object `object` picks from our layout.
+    async fn change_kind(
+        &self,
+        object: fn(&Layout) -> &String,
+        change: Change,
+        annotations: Map<String, Value>,
+        version: Option<&str>,
+    ) -> DcsResult<bool> {
+        let name = object(self.layout()).clone();
+        match change {
+            Change::Write => self.write_kind(&name, annotations, version).await,
+            Change::Clear => self.clear_kind(&name, annotations, version).await,
         }
     }
 
@@ -719,6 +792,55 @@ impl Kubernetes {
         }
     }
 
+    /// Write `annotations` to the leader object we hold, a compare-and-swap on `current`'s
+    /// version; after a 409 re-read it and, while it is still ours, try once more.
+    async fn write_own_lock(
+        &self,
+        current: &Value,
+        annotations: &Map<String, Value>,
+        change: LockChange,
+        deadline: Instant,
+    ) -> DcsResult<LockWrite> {
+        let leader = self.layout().leader.clone();
+        let rv = resource_version(current).map(str::to_string);
+        let subsets = self.lock_subsets(change, current, deadline).await;
+        match self
+            .patch_kind(&leader, annotations, rv.as_deref(), subsets, deadline)
+            .await
+        {
+            Ok(()) => return Ok(LockWrite::Done(true)),
+            Err(CallError::Status { code: 409, .. }) => {
+                tracing::warn!(object = %leader, "concurrent update of the leader object");
+            }
+            Err(CallError::Status { code: 404, .. }) => return Ok(LockWrite::Gone),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
+            return Ok(LockWrite::Done(false));
+        };
+        // Our earlier attempt may have been applied before its answer was lost.
+        if has_annotations(&fresh, annotations) {
+            return Ok(LockWrite::Done(true));
+        }
+        let subsets = self.lock_subsets(change, &fresh, deadline).await;
+        self.patch_lock_once_more(&leader, annotations, &fresh, subsets, deadline)
+            .await
+            .map(LockWrite::Done)
+    }
+
+    /// Endpoints subsets to send with a lock write: ours while renewing, none on release.
+    async fn lock_subsets(
+        &self,
+        change: LockChange,
+        current: &Value,
+        deadline: Instant,
+    ) -> Option<Vec<EndpointSubset>> {
+        match change {
+            LockChange::Renew => self.wanted_subsets(Some(current), deadline).await,
+            LockChange::Release => (self.layout().kind == Kind::Endpoints).then(Vec::new),
+        }
+    }
+
     /// The second and last attempt on our own lock after a 409, with the version just re-read:
     /// another conflict (or the object gone) means the lock is not ours to write.
     async fn patch_lock_once_more(
@@ -726,7 +848,7 @@ impl Kubernetes {
         leader: &str,
         annotations: &Map<String, Value>,
         fresh: &Value,
-        subsets: Option<Value>,
+        subsets: Option<Vec<EndpointSubset>>,
         deadline: Instant,
     ) -> DcsResult<bool> {
         match self
@@ -821,7 +943,10 @@ impl Dcs for Kubernetes {
         let (lock_held, others_held) = {
             let mut st = self.kinds();
             for n in layout.names() {
-                st.offer(&layout.leader, n, ours.get(n).cloned(), Some(&list_rv), now);
+                let owner = Owner::Ours {
+                    leader: &layout.leader,
+                };
+                st.offer(owner, n, ours.get(n).cloned(), Some(&list_rv), now);
             }
             let mut read = ours.clone();
             let mut others_held = BTreeMap::new();
@@ -904,7 +1029,13 @@ impl Dcs for Kubernetes {
             let mut st = self.kinds();
             let leader = objs.get(&target.leader).cloned();
             let listed = LeaderRecord::from_object(leader.as_ref());
-            st.offer_other_leader(&target.leader, leader, Some(&list_rv), now);
+            st.offer(
+                Owner::OtherGroupLeader,
+                &target.leader,
+                leader,
+                Some(&list_rv),
+                now,
+            );
             listed.leader().is_some()
                 && st.other_holder(&target.leader, self.ttl(), now) == listed.leader()
         };
@@ -928,18 +1059,8 @@ impl Dcs for Kubernetes {
         if !unchanged {
             let status = serde_json::to_string(data)
                 .map_err(|e| DcsError::Protocol(format!("cannot serialise member data: {e}")))?;
-            let body = objects::pod_patch(self.ns(), &self.shared.name, &labels, Some(&status));
-            let req = Req::patch("pods", self.ns(), &self.shared.name, &body);
-            match self.shared.api.call(&req, deadline).await {
-                Ok(resp) => {
-                    if let Ok(pod) = resp.json(&req) {
-                        self.shared
-                            .pods
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .offer(pod);
-                    }
-                }
+            match self.patch_own_pod(&labels, Some(&status), deadline).await {
+                Ok(()) => {}
                 Err(CallError::Status { code: 404, .. }) => {
                     return Err(DcsError::Protocol(format!(
                         "Pod \"{}\" not found in namespace \"{}\": on Kubernetes the member name must be the name of its Pod",
@@ -967,20 +1088,8 @@ impl Dcs for Kubernetes {
         {
             labels.insert(t.clone(), None);
         }
-        let body = objects::pod_patch(self.ns(), &self.shared.name, &labels, None);
-        let req = Req::patch("pods", self.ns(), &self.shared.name, &body);
-        match self.shared.api.call(&req, deadline).await {
-            Ok(resp) => {
-                if let Ok(pod) = resp.json(&req) {
-                    self.shared
-                        .pods
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .offer(pod);
-                }
-                Ok(())
-            }
-            Err(CallError::Status { code: 404, .. }) => Ok(()),
+        match self.patch_own_pod(&labels, None, deadline).await {
+            Ok(()) | Err(CallError::Status { code: 404, .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -1061,7 +1170,6 @@ impl Dcs for Kubernetes {
     ) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
         let me = self.shared.name.clone();
-        let leader = self.layout().leader.clone();
         let Some(current) = self.current_leader(deadline).await? else {
             return self
                 .recreate_leader(cluster, optime, failsafe, deadline)
@@ -1083,45 +1191,21 @@ impl Dcs for Kubernetes {
         if let Some(topology) = failsafe {
             annotations.extend(objects::failsafe_annotation(topology));
         }
-        let rv = resource_version(&current).map(str::to_string);
-        let subsets = self.wanted_subsets(Some(&current), deadline).await;
         match self
-            .patch_kind(
-                &leader,
-                &annotations,
-                rv.as_deref(),
-                subsets.clone(),
-                deadline,
-            )
-            .await
+            .write_own_lock(&current, &annotations, LockChange::Renew, deadline)
+            .await?
         {
-            Ok(()) => return Ok(true),
-            Err(CallError::Status { code: 409, .. }) => {
-                tracing::warn!(object = %leader, "concurrent update of the leader object");
+            LockWrite::Done(written) => Ok(written),
+            LockWrite::Gone => {
+                self.recreate_leader(cluster, optime, failsafe, deadline)
+                    .await
             }
-            Err(CallError::Status { code: 404, .. }) => {
-                return self
-                    .recreate_leader(cluster, optime, failsafe, deadline)
-                    .await;
-            }
-            Err(e) => return Err(e.into()),
         }
-        let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
-            return Ok(false);
-        };
-        // Our earlier attempt may have been applied before its answer was lost.
-        if has_annotations(&fresh, &annotations) {
-            return Ok(true);
-        }
-        let subsets = self.wanted_subsets(Some(&fresh), deadline).await;
-        self.patch_lock_once_more(&leader, &annotations, &fresh, subsets, deadline)
-            .await
     }
 
     async fn delete_leader(&self, optime: Option<u64>) -> DcsResult<bool> {
         let deadline = self.shared.api.budget();
         let me = self.shared.name.clone();
-        let leader = self.layout().leader.clone();
         let Some(current) = self.current_leader(deadline).await? else {
             return Ok(false);
         };
@@ -1133,28 +1217,10 @@ impl Dcs for Kubernetes {
         if let Some(o) = optime {
             annotations.insert("optime".into(), Value::String(o.to_string()));
         }
-        let subsets = (self.layout().kind == Kind::Endpoints).then(|| json!([]));
-        let rv = resource_version(&current).map(str::to_string);
-        match self
-            .patch_kind(
-                &leader,
-                &annotations,
-                rv.as_deref(),
-                subsets.clone(),
-                deadline,
-            )
-            .await
-        {
-            Ok(()) => return Ok(true),
-            Err(CallError::Status { code: 409, .. }) => {}
-            Err(CallError::Status { code: 404, .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-        let Some(fresh) = self.reread_own_lock(rv.as_deref(), deadline).await? else {
-            return Ok(false);
-        };
-        self.patch_lock_once_more(&leader, &annotations, &fresh, subsets, deadline)
-            .await
+        let outcome = self
+            .write_own_lock(&current, &annotations, LockChange::Release, deadline)
+            .await?;
+        Ok(matches!(outcome, LockWrite::Done(true)))
     }
 
     async fn initialize(&self, create_new: bool, sysid: &str) -> DcsResult<bool> {
@@ -1223,35 +1289,27 @@ impl Dcs for Kubernetes {
         failover: &Failover,
         version: Option<&str>,
     ) -> DcsResult<bool> {
-        let name = self.layout().failover.clone();
-        self.write_kind(&name, objects::failover_annotations(failover), version)
+        let annotations = objects::failover_annotations(failover);
+        self.change_kind(|l| &l.failover, Change::Write, annotations, version)
             .await
     }
 
     async fn delete_failover(&self, version: Option<&str>) -> DcsResult<bool> {
-        let name = self.layout().failover.clone();
-        self.clear_kind(
-            &name,
-            objects::failover_annotations(&Failover::default()),
-            version,
-        )
-        .await
+        let annotations = objects::failover_annotations(&Failover::default());
+        self.change_kind(|l| &l.failover, Change::Clear, annotations, version)
+            .await
     }
 
     async fn set_sync_state(&self, sync: &SyncState, version: Option<&str>) -> DcsResult<bool> {
-        let name = self.layout().sync.clone();
-        self.write_kind(&name, objects::sync_annotations(sync), version)
+        let annotations = objects::sync_annotations(sync);
+        self.change_kind(|l| &l.sync, Change::Write, annotations, version)
             .await
     }
 
     async fn delete_sync_state(&self, version: Option<&str>) -> DcsResult<bool> {
-        let name = self.layout().sync.clone();
-        self.clear_kind(
-            &name,
-            objects::sync_annotations(&SyncState::default()),
-            version,
-        )
-        .await
+        let annotations = objects::sync_annotations(&SyncState::default());
+        self.change_kind(|l| &l.sync, Change::Clear, annotations, version)
+            .await
     }
 
     async fn write_status(&self, status: &Status) -> DcsResult<()> {

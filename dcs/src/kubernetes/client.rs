@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderValue, Method};
+use k8s_openapi::api::core::v1::Endpoints;
 use kube::client::Body;
 use serde_json::Value;
 
+use super::objects;
 use crate::{DcsError, Timing};
 
 pub(crate) const MERGE_PATCH: &str = "application/strategic-merge-patch+json";
@@ -30,6 +32,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One API request, described well enough to name it in errors.
+///
+/// Requests are built by hand and sent with `kube::Client::send` rather than through
+/// `kube::Api`: `Api` turns every answer that is not a success into an error that keeps the code
+/// but drops the headers, while the retry loop acts on the status code (409: a compare-and-swap
+/// lost, 404: the object is gone, 410: a watch's version expired, 429 and the retriable codes)
+/// together with `Retry-After`, and logs `Warning` headers.
 #[derive(Debug, Clone)]
 pub(crate) struct Req {
     pub method: Method,
@@ -275,37 +283,24 @@ pub(crate) fn random_u64() -> u64 {
 }
 
 /// The `https` addresses of the `default/kubernetes` Endpoints, shuffled.
-pub(crate) fn api_server_urls(endpoints: &Value) -> Vec<String> {
+pub(crate) fn api_server_urls(endpoints: &Endpoints) -> Vec<String> {
     let mut urls = Vec::new();
-    for subset in endpoints
-        .get("subsets")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let port = subset
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|p| {
-                p.get("name").and_then(Value::as_str) == Some("https")
-                    && p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == "TCP"
-            })
-            .and_then(|p| p.get("port").and_then(Value::as_u64));
-        let Some(port) = port else { continue };
-        for a in subset
-            .get("addresses")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(ip) = a.get("ip").and_then(Value::as_str) {
-                if ip.contains(':') {
-                    urls.push(format!("https://[{ip}]:{port}"));
-                } else {
-                    urls.push(format!("https://{ip}:{port}"));
-                }
+    for subset in endpoints.subsets.iter().flatten() {
+        let port = subset.ports.iter().flatten().find(|p| {
+            p.name.as_deref() == Some("https") && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+        });
+        let Some(port) = port.map(|p| p.port) else {
+            continue;
+        };
+        for address in subset.addresses.iter().flatten() {
+            let ip = &address.ip;
+            if ip.is_empty() {
+                continue;
+            }
+            if ip.contains(':') {
+                urls.push(format!("https://[{ip}]:{port}"));
+            } else {
+                urls.push(format!("https://{ip}:{port}"));
             }
         }
     }
@@ -597,7 +592,11 @@ impl ApiClient {
         let req = Req::get("endpoints", "default", "kubernetes");
         let deadline = Instant::now() + self.attempt_timeout();
         let answer = match self.call(&req, deadline).await {
-            Ok(resp) => resp.json(&req).map_err(CallError::Dcs),
+            // Typed: a malformed object is reported with the field at fault.
+            Ok(resp) => resp.json(&req).map_err(CallError::Dcs).and_then(|v| {
+                objects::typed::<Endpoints>("the default/kubernetes Endpoints", &v)
+                    .map_err(|e| CallError::Dcs(DcsError::Protocol(e)))
+            }),
             Err(e) => Err(e),
         };
         let mut b = self.bypass.lock().unwrap_or_else(|p| p.into_inner());
@@ -788,11 +787,12 @@ mod tests {
 
     #[test]
     fn api_server_addresses() {
-        let ep = json!({"subsets": [
+        let ep: Endpoints = serde_json::from_value(json!({"subsets": [
             {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}, {"ip": "fd00::1"}],
              "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]},
             {"addresses": [{"ip": "10.0.0.9"}], "ports": [{"name": "metrics", "port": 1}]}
-        ]});
+        ]}))
+        .unwrap();
         let mut urls = api_server_urls(&ep);
         urls.sort();
         assert_eq!(
@@ -803,7 +803,7 @@ mod tests {
                 "https://[fd00::1]:6443"
             ]
         );
-        assert!(api_server_urls(&json!({})).is_empty());
+        assert!(api_server_urls(&Endpoints::default()).is_empty());
     }
 
     #[test]

@@ -6,6 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use k8s_openapi::api::core::v1::{
+    ConfigMap, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service,
+    ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 pub(crate) use crate::model::parse_group;
@@ -357,60 +363,40 @@ pub(crate) fn renew_annotations(
     m
 }
 
+/// An annotation value to write: the text, or null (which removes the annotation) when there is
+/// none or it is empty.
+fn text_or_null(text: Option<String>) -> Value {
+    text.filter(|t| !t.is_empty())
+        .map(Value::String)
+        .unwrap_or(Value::Null)
+}
+
 /// The `failsafe` annotation of the leader object; an empty topology removes it.
 pub(crate) fn failsafe_annotation(topology: &FailsafeTopology) -> Map<String, Value> {
-    let mut m = Map::new();
-    let value = if topology.is_empty() {
-        Value::Null
-    } else {
-        str_value(failsafe_to_json(topology))
-    };
-    m.insert("failsafe".into(), value);
-    m
+    let failsafe = (!topology.is_empty()).then(|| failsafe_to_json(topology));
+    Map::from_iter([("failsafe".into(), text_or_null(failsafe))])
 }
 
 /// `optime`, `slots`, `retain_slots` annotations (null removes them).
 pub(crate) fn status_annotations(status: &Status) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(
-        "optime".into(),
-        status
-            .optime
-            .map(|o| str_value(o.to_string()))
-            .unwrap_or(Value::Null),
-    );
-    m.insert(
-        "slots".into(),
-        if status.slots.is_empty() {
-            Value::Null
-        } else {
-            str_value(Value::Object(status.slots.clone()).to_string())
-        },
-    );
-    m.insert(
-        "retain_slots".into(),
-        if status.retain_slots.is_empty() {
-            Value::Null
-        } else {
-            str_value(Value::from(status.retain_slots.clone()).to_string())
-        },
-    );
-    m
+    let optime = status.optime.map(|o| o.to_string());
+    let slots = (!status.slots.is_empty()).then(|| Value::Object(status.slots.clone()).to_string());
+    let retain_slots = (!status.retain_slots.is_empty())
+        .then(|| Value::from(status.retain_slots.clone()).to_string());
+    Map::from_iter([
+        ("optime".into(), text_or_null(optime)),
+        ("slots".into(), text_or_null(slots)),
+        ("retain_slots".into(), text_or_null(retain_slots)),
+    ])
 }
 
 /// `leader`, `member`, `scheduled_at` of a failover request (null clears).
 pub(crate) fn failover_annotations(f: &Failover) -> Map<String, Value> {
-    let opt = |v: &Option<String>| {
-        v.as_ref()
-            .filter(|s| !s.is_empty())
-            .map(|s| str_value(s.as_str()))
-            .unwrap_or(Value::Null)
-    };
-    let mut m = Map::new();
-    m.insert("leader".into(), opt(&f.leader));
-    m.insert("member".into(), opt(&f.member));
-    m.insert("scheduled_at".into(), opt(&f.scheduled_at));
-    m
+    Map::from_iter([
+        ("leader".into(), text_or_null(f.leader.clone())),
+        ("member".into(), text_or_null(f.member.clone())),
+        ("scheduled_at".into(), text_or_null(f.scheduled_at.clone())),
+    ])
 }
 
 /// `leader`, `sync_standby` (sorted, comma-joined), `quorum` (int as string).
@@ -418,51 +404,59 @@ pub(crate) fn sync_annotations(s: &SyncState) -> Map<String, Value> {
     let mut names = s.sync_standby.clone();
     names.sort();
     names.dedup();
-    let mut m = Map::new();
-    m.insert(
-        "leader".into(),
-        s.leader
-            .as_ref()
-            .filter(|l| !l.is_empty())
-            .map(|l| str_value(l.as_str()))
-            .unwrap_or(Value::Null),
-    );
-    m.insert(
-        "sync_standby".into(),
-        if names.is_empty() {
-            Value::Null
-        } else {
-            str_value(names.join(","))
-        },
-    );
-    m.insert(
-        "quorum".into(),
-        s.quorum
-            .map(|q| str_value(q.to_string()))
-            .unwrap_or(Value::Null),
-    );
-    m
+    Map::from_iter([
+        ("leader".into(), text_or_null(s.leader.clone())),
+        (
+            "sync_standby".into(),
+            text_or_null((!names.is_empty()).then(|| names.join(","))),
+        ),
+        (
+            "quorum".into(),
+            text_or_null(s.quorum.map(|q| q.to_string())),
+        ),
+    ])
 }
 
-/// Body of a POST (create) or strategic-merge PATCH of one of our kind objects. Creation drops
-/// null annotations; a `resourceVersion` makes the PATCH a compare-and-swap.
-pub(crate) fn kind_body(
+/// Body of a POST creating one of our kind objects (null annotations are left out).
+pub(crate) fn create_body(
+    layout: &Layout,
+    name: &str,
+    annotations: &Map<String, Value>,
+    subsets: Option<&[EndpointSubset]>,
+) -> Value {
+    let annotations = annotations
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    let metadata = ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(layout.namespace.clone()),
+        labels: Some(layout.object_labels.clone()),
+        annotations: Some(annotations),
+        ..ObjectMeta::default()
+    };
+    match layout.kind {
+        Kind::ConfigMaps => json!(ConfigMap {
+            metadata,
+            ..ConfigMap::default()
+        }),
+        Kind::Endpoints => json!(Endpoints {
+            metadata,
+            subsets: subsets.map(<[EndpointSubset]>::to_vec),
+        }),
+    }
+}
+
+/// Body of a strategic-merge PATCH of one of our kind objects: a null annotation removes it, a
+/// `resourceVersion` makes the PATCH a compare-and-swap. Built as JSON, not typed: the typed
+/// annotations cannot hold the nulls.
+pub(crate) fn patch_body(
     layout: &Layout,
     name: &str,
     annotations: &Map<String, Value>,
     resource_version: Option<&str>,
-    create: bool,
-    subsets: Option<Value>,
+    subsets: Option<&[EndpointSubset]>,
 ) -> Value {
-    let annotations: Map<String, Value> = if create {
-        annotations
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    } else {
-        annotations.clone()
-    };
     let mut meta = json!({
         "name": name,
         "namespace": layout.namespace,
@@ -473,16 +467,30 @@ pub(crate) fn kind_body(
         meta["resourceVersion"] = str_value(rv);
     }
     let mut body = json!({ "metadata": meta });
-    if create {
-        body["apiVersion"] = str_value("v1");
-        body["kind"] = str_value(layout.kind.kind_name());
-    }
     if let Some(s) = subsets {
         if layout.kind == Kind::Endpoints {
-            body["subsets"] = s;
+            body["subsets"] = json!(s);
         }
     }
     body
+}
+
+/// Endpoints mode: the headless `<scope>-config` Service, which keeps the config Endpoints from
+/// being cleaned up.
+pub(crate) fn config_service(layout: &Layout) -> Value {
+    json!(Service {
+        metadata: ObjectMeta {
+            name: Some(layout.config.clone()),
+            namespace: Some(layout.namespace.clone()),
+            labels: Some(layout.object_labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
 }
 
 /// Do the object's annotations already carry every value of `wanted` (null = absent)?
@@ -607,11 +615,31 @@ pub(crate) fn pod_patch(
 
 // ---- Endpoints subsets -------------------------------------------------------------------------
 
+/// `value` (a part of `what`) as the typed Kubernetes object `T`. Fields `T` does not know are
+/// ignored; a field of the wrong type is an error that names `what` and the field's path.
+pub(crate) fn typed<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{what}: field '{path}': {}", e.into_inner())
+    })
+}
+
+/// The `subsets` of an Endpoints object (none when absent).
+pub(crate) fn endpoint_subsets(what: &str, obj: &Value) -> Result<Vec<EndpointSubset>, String> {
+    match obj.get("subsets") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(subsets) => typed(&format!("{what}: subsets"), subsets),
+    }
+}
+
 /// `kubernetes.ports` normalised the way Patroni sends them: `port` as an integer (default 5432),
 /// `name` and `protocol` only when set.
-pub(crate) fn normalise_ports(ports: &[Value]) -> Result<Vec<Value>, String> {
+pub(crate) fn normalise_ports(ports: &[Value]) -> Result<Vec<EndpointPort>, String> {
     if ports.is_empty() {
-        return Ok(vec![json!({"port": 5432})]);
+        return Ok(vec![EndpointPort {
+            port: 5432,
+            ..EndpointPort::default()
+        }]);
     }
     ports
         .iter()
@@ -626,116 +654,112 @@ pub(crate) fn normalise_ports(ports: &[Value]) -> Result<Vec<Value>, String> {
                 Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
                 Some(_) => 0,
             };
-            if port == 0 || port > 65535 {
-                return Err(format!("kubernetes.ports: item {i} has no valid 'port'"));
-            }
-            let mut out = Map::new();
-            out.insert("port".into(), Value::from(port));
-            for key in ["name", "protocol"] {
-                if let Some(v) = obj
-                    .get(key)
+            let port = i32::try_from(port)
+                .ok()
+                .filter(|p| (1..=65535).contains(p))
+                .ok_or(format!("kubernetes.ports: item {i} has no valid 'port'"))?;
+            let text = |key: &str| {
+                obj.get(key)
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty())
-                {
-                    out.insert(key.into(), str_value(v));
-                }
-            }
-            Ok(Value::Object(out))
+                    .map(str::to_string)
+            };
+            Ok(EndpointPort {
+                port,
+                name: text("name"),
+                protocol: text("protocol"),
+                ..EndpointPort::default()
+            })
         })
         .collect()
 }
 
-fn same_port(a: &Value, b: &Value) -> bool {
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    a.get("port").and_then(Value::as_u64) == b.get("port").and_then(Value::as_u64)
-        && s(a, "name") == s(b, "name")
-        && s(a, "protocol").unwrap_or_else(|| "TCP".into())
-            == s(b, "protocol").unwrap_or_else(|| "TCP".into())
+/// The same port, the protocol defaulting to TCP as the API server fills it in.
+fn same_port(a: &EndpointPort, b: &EndpointPort) -> bool {
+    let protocol = |p: &EndpointPort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
+    a.port == b.port && a.name == b.name && protocol(a) == protocol(b)
 }
 
 /// Do the Endpoints subsets differ from one address `ip` with `ports`?
-pub(crate) fn subsets_changed(subsets: Option<&Value>, ip: &str, ports: &[Value]) -> bool {
-    let Some([subset]) = subsets.and_then(Value::as_array).map(Vec::as_slice) else {
+pub(crate) fn subsets_changed(
+    subsets: &[EndpointSubset],
+    ip: &str,
+    ports: &[EndpointPort],
+) -> bool {
+    let [subset] = subsets else {
         return true;
     };
-    let addresses = subset
-        .get("addresses")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let observed = subset
-        .get("ports")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if addresses.len() != 1
-        || addresses[0].get("ip").and_then(Value::as_str) != Some(ip)
-        || observed.len() != ports.len()
-    {
+    let addresses = subset.addresses.as_deref().unwrap_or_default();
+    let observed = subset.ports.as_deref().unwrap_or_default();
+    if addresses.len() != 1 || addresses[0].ip != ip || observed.len() != ports.len() {
         return true;
     }
     if ports.len() == 1 {
         return !same_port(&observed[0], &ports[0]);
     }
-    let mut by_name: HashMap<Option<&str>, &Value> = observed
+    let mut by_name: HashMap<Option<&str>, &EndpointPort> =
+        observed.iter().map(|p| (p.name.as_deref(), p)).collect();
+    ports
         .iter()
-        .map(|p| (p.get("name").and_then(Value::as_str), p))
-        .collect();
-    ports.iter().any(
-        |p| match by_name.remove(&p.get("name").and_then(Value::as_str)) {
+        .any(|p| match by_name.remove(&p.name.as_deref()) {
             Some(o) => !same_port(p, o),
             None => true,
-        },
-    )
+        })
 }
 
 /// The leader Endpoints subsets: our address (with a reference to our Pod) and the ports.
 pub(crate) fn leader_subsets(
     ip: &str,
-    ports: &[Value],
+    ports: &[EndpointPort],
     pod: Option<&Value>,
     namespace: &str,
     me: &str,
-    existing: Option<&Value>,
-) -> Value {
-    let mut address = Map::new();
-    address.insert("ip".into(), str_value(ip));
+    existing: &[EndpointSubset],
+) -> Vec<EndpointSubset> {
+    let mut address = EndpointAddress {
+        ip: ip.to_string(),
+        ..EndpointAddress::default()
+    };
     if let Some(pod) = pod {
-        let spec = pod.get("spec");
-        for (from, to) in [("hostname", "hostname"), ("nodeName", "nodeName")] {
-            if let Some(v) = spec.and_then(|s| s.get(from)).and_then(Value::as_str) {
-                address.insert(to.into(), str_value(v));
-            }
-        }
+        let spec = |key: &str| {
+            pod.get("spec")
+                .and_then(|s| s.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        address.hostname = spec("hostname");
+        address.node_name = spec("nodeName");
         // Keep an existing reference to our Pod at this address (as Patroni does).
         let reuse = existing
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.get("addresses").and_then(Value::as_array))
-            .flatten()
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
             .find(|a| {
-                a.get("ip").and_then(Value::as_str) == Some(ip)
-                    && a.get("targetRef")
-                        .and_then(|t| t.get("name"))
-                        .and_then(Value::as_str)
-                        == Some(me)
+                a.ip == ip && a.target_ref.as_ref().and_then(|t| t.name.as_deref()) == Some(me)
             })
-            .and_then(|a| a.get("targetRef").cloned());
+            .and_then(|a| a.target_ref.clone());
         let target = reuse.unwrap_or_else(|| {
-            let meta = metadata(pod);
-            let field = |k: &str| meta.and_then(|m| m.get(k)).cloned().unwrap_or(Value::Null);
-            json!({
-                "kind": "Pod",
-                "uid": field("uid"),
-                "namespace": namespace,
-                "name": me,
-                "resourceVersion": field("resourceVersion"),
-            })
+            let field = |key: &str| {
+                metadata(pod)
+                    .and_then(|m| m.get(key))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            ObjectReference {
+                kind: Some("Pod".into()),
+                uid: field("uid"),
+                namespace: Some(namespace.to_string()),
+                name: Some(me.to_string()),
+                resource_version: field("resourceVersion"),
+                ..ObjectReference::default()
+            }
         });
-        address.insert("targetRef".into(), target);
+        address.target_ref = Some(target);
     }
-    json!([{ "addresses": [Value::Object(address)], "ports": ports }])
+    vec![EndpointSubset {
+        addresses: Some(vec![address]),
+        ports: Some(ports.to_vec()),
+        ..EndpointSubset::default()
+    }]
 }
 
 /// The Pod's `status.podIP`.
@@ -958,6 +982,15 @@ mod tests {
 
     fn obj(name: &str, rv: &str, annotations: Value) -> Value {
         json!({"metadata": {"name": name, "resourceVersion": rv, "annotations": annotations}})
+    }
+
+    /// The config, leader, failover and sync objects with these versions and annotations.
+    fn kind_objects(l: &Layout, objects: [(&str, Value); 4]) -> HashMap<String, Value> {
+        [&l.config, &l.leader, &l.failover, &l.sync]
+            .into_iter()
+            .zip(objects)
+            .map(|(name, (rv, annotations))| (name.clone(), obj(name, rv, annotations)))
+            .collect()
     }
 
     fn pod(name: &str, rv: &str, group: Option<&str>, status: Option<&str>) -> Value {
@@ -1201,26 +1234,33 @@ mod tests {
         let mut ann = Map::new();
         ann.insert("leader".into(), json!("a"));
         ann.insert("slots".into(), Value::Null);
-        let create = kind_body(&l, "demo-1", &ann, None, true, Some(json!([])));
+        let create = create_body(&l, "demo-1", &ann, Some(&[]));
         assert_eq!(create["metadata"]["annotations"], json!({"leader": "a"}));
         assert_eq!(create["metadata"]["labels"]["citus-group"], "1");
         assert_eq!(create["kind"], "Endpoints");
         assert_eq!(create["subsets"], json!([]));
         assert!(create["metadata"].get("resourceVersion").is_none());
-        let patch = kind_body(&l, "demo-1", &ann, Some("42"), false, None);
+        let patch = patch_body(&l, "demo-1", &ann, Some("42"), None);
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
         assert_eq!(patch["metadata"]["annotations"]["slots"], Value::Null);
         assert!(patch.get("kind").is_none() && patch.get("subsets").is_none());
         // ConfigMaps never carry subsets.
-        let cm = kind_body(
-            &layout(None, false),
-            "x",
-            &ann,
-            None,
-            false,
-            Some(json!([])),
-        );
+        let cm = patch_body(&layout(None, false), "x", &ann, None, Some(&[]));
         assert!(cm.get("subsets").is_none());
+        let cm = create_body(&layout(None, false), "demo-config", &ann, Some(&[]));
+        assert_eq!(
+            (&cm["apiVersion"], &cm["kind"]),
+            (&json!("v1"), &json!("ConfigMap"))
+        );
+        assert!(cm.get("subsets").is_none() && cm.get("data").is_none());
+        let service = config_service(&l);
+        assert_eq!(
+            (&service["apiVersion"], &service["kind"]),
+            (&json!("v1"), &json!("Service"))
+        );
+        assert_eq!(service["metadata"]["name"], "demo-1-config");
+        assert_eq!(service["metadata"]["labels"]["citus-group"], "1");
+        assert_eq!(service["spec"], json!({"clusterIP": "None"}));
     }
 
     #[test]
@@ -1260,33 +1300,26 @@ mod tests {
         s.standby_leader_label_value = "standby".into();
         s.follower_label_value = "follower".into();
         let role = |d: &MemberData, lock: bool| member_labels(&s, d, lock)["role"].clone();
-        assert_eq!(
-            role(&member(Role::Primary, "running"), true).as_deref(),
-            Some("master")
-        );
-        assert_eq!(role(&member(Role::Primary, "running"), false), None);
-        assert_eq!(
-            role(&member(Role::StandbyLeader, "running"), true).as_deref(),
-            Some("standby")
-        );
-        assert_eq!(
-            role(&member(Role::StandbyLeader, "running"), false).as_deref(),
-            Some("standby_leader")
-        );
-        assert_eq!(
-            role(&member(Role::Replica, "running"), false).as_deref(),
-            Some("follower")
-        );
-        assert_eq!(role(&member(Role::Replica, "starting"), false), None);
-        assert_eq!(
-            role(&member(Role::Demoted, "running"), false).as_deref(),
-            Some("demoted")
-        );
-        assert_eq!(
-            role(&member(Role::Uninitialized, "running"), false).as_deref(),
-            Some("uninitialized")
-        );
-        assert_eq!(role(&member(Role::Uninitialized, "stopped"), false), None);
+        let cases = [
+            (Role::Primary, "running", true, Some("master")),
+            (Role::Primary, "running", false, None),
+            (Role::StandbyLeader, "running", true, Some("standby")),
+            (
+                Role::StandbyLeader,
+                "running",
+                false,
+                Some("standby_leader"),
+            ),
+            (Role::Replica, "running", false, Some("follower")),
+            (Role::Replica, "starting", false, None),
+            (Role::Demoted, "running", false, Some("demoted")),
+            (Role::Uninitialized, "running", false, Some("uninitialized")),
+            (Role::Uninitialized, "stopped", false, None),
+        ];
+        for (r, state, lock, want) in cases {
+            let got = role(&member(r.clone(), state), lock);
+            assert_eq!(got.as_deref(), want, "{r:?} {state} lock={lock}");
+        }
     }
 
     #[test]
@@ -1355,96 +1388,115 @@ mod tests {
 
     #[test]
     fn ports_and_subsets() {
-        assert_eq!(normalise_ports(&[]).unwrap(), vec![json!({"port": 5432})]);
+        let port = |v: Value| -> EndpointPort { serde_json::from_value(v).unwrap() };
+        let subsets = |v: Value| -> Vec<EndpointSubset> { serde_json::from_value(v).unwrap() };
+        assert_eq!(normalise_ports(&[]).unwrap(), [port(json!({"port": 5432}))]);
         assert_eq!(
             normalise_ports(&[json!({"name": "postgresql", "port": "5433", "protocol": ""})])
                 .unwrap(),
-            vec![json!({"name": "postgresql", "port": 5433})]
+            [port(json!({"name": "postgresql", "port": 5433}))]
         );
         assert!(normalise_ports(&[json!({"port": "http"})]).is_err());
+        assert!(normalise_ports(&[json!({"port": 65536})]).is_err());
         assert!(normalise_ports(&[json!(5432)]).is_err());
 
-        let ports = vec![json!({"port": 5432})];
-        assert!(subsets_changed(None, "10.0.0.5", &ports));
-        assert!(subsets_changed(Some(&json!([])), "10.0.0.5", &ports));
+        let ports = vec![port(json!({"port": 5432}))];
+        assert!(subsets_changed(&[], "10.0.0.5", &ports));
         let p = pod("demo-0", "7", None, None);
-        let s = leader_subsets("10.0.0.5", &ports, Some(&p), "default", "demo-0", None);
+        let s = leader_subsets("10.0.0.5", &ports, Some(&p), "default", "demo-0", &[]);
         assert_eq!(
-            s,
+            json!(s),
             json!([{"addresses": [{"ip": "10.0.0.5", "hostname": "h", "nodeName": "n1",
                 "targetRef": {"kind": "Pod", "uid": "u-1", "namespace": "default", "name": "demo-0", "resourceVersion": "7"}}],
                 "ports": [{"port": 5432}]}])
         );
-        assert!(!subsets_changed(Some(&s), "10.0.0.5", &ports));
-        assert!(subsets_changed(Some(&s), "10.0.0.6", &ports));
+        assert!(!subsets_changed(&s, "10.0.0.5", &ports));
+        assert!(subsets_changed(&s, "10.0.0.6", &ports));
         assert!(subsets_changed(
-            Some(&s),
+            &s,
             "10.0.0.5",
-            &[json!({"port": 5433})]
+            &[port(json!({"port": 5433}))]
         ));
         // The server fills in the default protocol; it is still the same port.
-        let with_proto = json!([{"addresses": [{"ip": "10.0.0.5"}], "ports": [{"port": 5432, "protocol": "TCP"}]}]);
-        assert!(!subsets_changed(Some(&with_proto), "10.0.0.5", &ports));
-        let two = vec![
-            json!({"name": "a", "port": 1}),
-            json!({"name": "b", "port": 2}),
+        let with_proto = subsets(
+            json!([{"addresses": [{"ip": "10.0.0.5"}], "ports": [{"port": 5432, "protocol": "TCP"}]}]),
+        );
+        assert!(!subsets_changed(&with_proto, "10.0.0.5", &ports));
+        let two = [
+            port(json!({"name": "a", "port": 1})),
+            port(json!({"name": "b", "port": 2})),
         ];
-        let swapped = json!([{"addresses": [{"ip": "1.2.3.4"}], "ports": [{"name": "b", "port": 2}, {"name": "a", "port": 1}]}]);
-        assert!(!subsets_changed(Some(&swapped), "1.2.3.4", &two));
-        let three = vec![
-            json!({"name": "b", "port": 2}),
-            json!({"name": "c", "port": 3}),
+        let swapped = subsets(
+            json!([{"addresses": [{"ip": "1.2.3.4"}], "ports": [{"name": "b", "port": 2}, {"name": "a", "port": 1}]}]),
+        );
+        assert!(!subsets_changed(&swapped, "1.2.3.4", &two));
+        let three = [
+            port(json!({"name": "b", "port": 2})),
+            port(json!({"name": "c", "port": 3})),
         ];
-        assert!(subsets_changed(Some(&swapped), "1.2.3.4", &three));
+        assert!(subsets_changed(&swapped, "1.2.3.4", &three));
         // An existing reference to our Pod is kept (its resourceVersion does not churn).
         let p2 = pod("demo-0", "8", None, None);
-        let again = leader_subsets("10.0.0.5", &ports, Some(&p2), "default", "demo-0", Some(&s));
+        let again = leader_subsets("10.0.0.5", &ports, Some(&p2), "default", "demo-0", &s);
         assert_eq!(
-            again[0]["addresses"][0]["targetRef"]["resourceVersion"],
+            json!(again)[0]["addresses"][0]["targetRef"]["resourceVersion"],
             "7"
         );
         // Without our Pod only the IP is known.
-        let bare = leader_subsets("10.0.0.9", &ports, None, "default", "demo-0", None);
+        let bare = leader_subsets("10.0.0.9", &ports, None, "default", "demo-0", &[]);
         assert_eq!(
-            bare,
+            json!(bare),
             json!([{"addresses": [{"ip": "10.0.0.9"}], "ports": [{"port": 5432}]}])
         );
         assert_eq!(pod_ip(&p), Some("10.0.0.5"));
     }
 
     #[test]
+    fn endpoints_read_leniently_with_named_errors() {
+        // Fields the types do not know are ignored, missing ones default.
+        let obj = json!({"subsets": [{"addresses": [{"ip": "10.0.0.5", "future": 1}],
+            "ports": [{"port": 5432, "appProtocol": "postgresql"}], "extra": true}]});
+        let s = endpoint_subsets("Endpoints demo-leader", &obj).unwrap();
+        assert!(!subsets_changed(
+            &s,
+            "10.0.0.5",
+            &normalise_ports(&[]).unwrap()
+        ));
+        assert!(endpoint_subsets("x", &json!({})).unwrap().is_empty());
+        assert!(endpoint_subsets("x", &json!({"subsets": null}))
+            .unwrap()
+            .is_empty());
+        // A field of the wrong type names the object and the field.
+        let bad = json!({"subsets": [{"ports": [{"port": "5432"}]}]});
+        let e = endpoint_subsets("Endpoints demo-leader", &bad).unwrap_err();
+        assert!(
+            e.starts_with("Endpoints demo-leader: subsets: field '[0].ports[0].port'"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn full_cluster_from_objects() {
         let l = layout(None, false);
-        let mut kinds = HashMap::new();
-        kinds.insert(
-            l.config.clone(),
-            obj(
-                "demo-config",
-                "11",
-                json!({"config": r#"{"ttl":30,"pause":true}"#, "initialize": "7123456789012345678",
+        let kinds = kind_objects(
+            &l,
+            [
+                (
+                    "11",
+                    json!({"config": r#"{"ttl":30,"pause":true}"#, "initialize": "7123456789012345678",
                         "history": r#"[[1,25623960,"no recovery target specified","2024-06-01T09:59:00+02:00","pg-1"],[2,"bad"]]"#}),
-            ),
-        );
-        kinds.insert(
-            l.leader.clone(),
-            obj(
-                "demo-leader",
-                "12",
-                json!({"leader": "a", "acquireTime": "T", "renewTime": "T", "ttl": "30", "transitions": "1",
+                ),
+                (
+                    "12",
+                    json!({"leader": "a", "acquireTime": "T", "renewTime": "T", "ttl": "30", "transitions": "1",
                         "optime": "67108960", "slots": r#"{"s":5}"#}),
-            ),
-        );
-        kinds.insert(
-            l.failover.clone(),
-            obj("demo-failover", "13", json!({"leader": "a", "member": "b"})),
-        );
-        kinds.insert(
-            l.sync.clone(),
-            obj(
-                "demo-sync",
-                "14",
-                json!({"leader": "a", "sync_standby": "c,b", "quorum": "1"}),
-            ),
+                ),
+                ("13", json!({"leader": "a", "member": "b"})),
+                (
+                    "14",
+                    json!({"leader": "a", "sync_standby": "c,b", "quorum": "1"}),
+                ),
+            ],
         );
         let pods = vec![
             pod(
@@ -1513,28 +1565,18 @@ mod tests {
     #[test]
     fn garbage_annotations_are_warnings() {
         let l = layout(None, false);
-        let mut kinds = HashMap::new();
-        kinds.insert(
-            l.config.clone(),
-            obj(
-                "demo-config",
-                "1",
-                json!({"config": "[1,2]", "history": "{"}),
-            ),
+        let kinds = kind_objects(
+            &l,
+            [
+                ("1", json!({"config": "[1,2]", "history": "{"})),
+                (
+                    "2",
+                    json!({"leader": "a", "optime": "x", "slots": "[1]", "failsafe": "{\"a\":1}"}),
+                ),
+                ("4", json!({})),
+                ("3", json!({"leader": "a", "quorum": "many"})),
+            ],
         );
-        kinds.insert(
-            l.leader.clone(),
-            obj(
-                "demo-leader",
-                "2",
-                json!({"leader": "a", "optime": "x", "slots": "[1]", "failsafe": "{\"a\":1}"}),
-            ),
-        );
-        kinds.insert(
-            l.sync.clone(),
-            obj("demo-sync", "3", json!({"leader": "a", "quorum": "many"})),
-        );
-        kinds.insert(l.failover.clone(), obj("demo-failover", "4", json!({})));
         let c = build_cluster(&l, &kinds, &[], true);
         assert!(c.config.is_none());
         assert!(c.history.is_empty());

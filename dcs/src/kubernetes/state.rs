@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::objects::{self, LeaderRecord};
+use super::objects::{self, Layout, LeaderRecord};
 
 /// Tracks when the lock record last changed, in local time.
 #[derive(Debug, Default, Clone)]
@@ -61,6 +61,28 @@ impl LockTracker {
     }
 }
 
+/// Whose object an offer to [`KindState`] is, which decides the lock tracker it feeds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Owner<'a> {
+    /// One of our group's objects; the one named `leader` feeds our lock tracker.
+    Ours { leader: &'a str },
+    /// Another Citus group's leader object, with a tracker of its own.
+    OtherGroupLeader,
+}
+
+impl<'a> Owner<'a> {
+    /// The owner of `name`, an object `layout`'s watch follows.
+    pub(crate) fn of(layout: &'a Layout, name: &str) -> Owner<'a> {
+        if layout.is_ours(name) {
+            Owner::Ours {
+                leader: &layout.leader,
+            }
+        } else {
+            Owner::OtherGroupLeader
+        }
+    }
+}
+
 /// Our group's kind objects (latest version seen from any source) and the lock tracker fed by
 /// every change of the leader object. With Citus also the other groups' leader objects, each
 /// with its own tracker, judged the same way (they arrive anyway: the selector spans all groups).
@@ -90,37 +112,31 @@ impl KindState {
     /// Returns whether anything changed.
     pub(crate) fn offer(
         &mut self,
-        leader_name: &str,
+        owner: Owner<'_>,
         name: &str,
         obj: Option<Value>,
         rv: Option<&str>,
         now: Instant,
     ) -> bool {
         let changed = self.store(name, obj, rv);
-        if changed && name == leader_name {
-            let record = LeaderRecord::from_object(self.objects.get(name));
-            self.tracker.observe(record, now);
-        }
-        changed
-    }
-
-    /// [`KindState::offer`] for another Citus group's leader object `name`.
-    pub(crate) fn offer_other_leader(
-        &mut self,
-        name: &str,
-        obj: Option<Value>,
-        rv: Option<&str>,
-        now: Instant,
-    ) -> bool {
-        let changed = self.store(name, obj, rv);
-        let tracked = self.other_trackers.contains_key(name);
-        if changed || !tracked {
-            // Even "absent" starts the tracker, so the group is known from now on.
-            let record = LeaderRecord::from_object(self.objects.get(name));
-            self.other_trackers
-                .entry(name.to_string())
-                .or_default()
-                .observe(record, now);
+        match owner {
+            Owner::Ours { leader } => {
+                if changed && name == leader {
+                    let record = LeaderRecord::from_object(self.objects.get(name));
+                    self.tracker.observe(record, now);
+                }
+            }
+            Owner::OtherGroupLeader => {
+                let tracked = self.other_trackers.contains_key(name);
+                if changed || !tracked {
+                    // Even "absent" starts the tracker, so the group is known from now on.
+                    let record = LeaderRecord::from_object(self.objects.get(name));
+                    self.other_trackers
+                        .entry(name.to_string())
+                        .or_default()
+                        .observe(record, now);
+                }
+            }
         }
         changed
     }
@@ -291,12 +307,16 @@ mod tests {
         assert_eq!(t.holder(3, t0 + Duration::from_secs(9)), Some("a"));
     }
 
+    const OURS: Owner<'static> = Owner::Ours {
+        leader: "demo-leader",
+    };
+
     #[test]
     fn old_information_never_restarts_the_clock() {
         let t0 = Instant::now();
         let mut s = KindState::default();
         assert!(s.offer(
-            "demo-leader",
+            OURS,
             "demo-leader",
             Some(leader(Some("a"), "R2", "20")),
             None,
@@ -305,21 +325,21 @@ mod tests {
         // A LIST answer that was served before the watch event arrives later: ignored.
         let late = t0 + Duration::from_secs(9);
         assert!(!s.offer(
-            "demo-leader",
+            OURS,
             "demo-leader",
             Some(leader(Some("a"), "R1", "19")),
             None,
             late
         ));
-        assert!(!s.offer("demo-leader", "demo-leader", None, Some("19"), late));
+        assert!(!s.offer(OURS, "demo-leader", None, Some("19"), late));
         assert_eq!(s.tracker().holder(30, t0 + Duration::from_secs(11)), None);
         // Deleted after what we have: gone.
-        assert!(s.offer("demo-leader", "demo-leader", None, Some("21"), late));
+        assert!(s.offer(OURS, "demo-leader", None, Some("21"), late));
         assert!(s.get("demo-leader").is_none());
         assert_eq!(s.tracker().observed(), &LeaderRecord::default());
         // Other objects do not touch the tracker.
         assert!(s.offer(
-            "demo-leader",
+            OURS,
             "demo-config",
             Some(json!({"metadata": {"resourceVersion": "5"}})),
             None,
@@ -338,7 +358,8 @@ mod tests {
             o
         };
         assert!(s.other_leader_names().is_empty());
-        s.offer_other_leader(
+        s.offer(
+            Owner::OtherGroupLeader,
             "demo-1-leader",
             Some(worker(Some("w1"), "R1", "3")),
             None,
@@ -352,13 +373,15 @@ mod tests {
         let late = t0 + Duration::from_millis(10_001);
         assert_eq!(s.other_holder("demo-1-leader", 30, late), None);
         // A renewal seen later keeps it alive; older information is ignored.
-        s.offer_other_leader(
+        s.offer(
+            Owner::OtherGroupLeader,
             "demo-1-leader",
             Some(worker(Some("w1"), "R2", "4")),
             None,
             t0 + Duration::from_secs(9),
         );
-        assert!(!s.offer_other_leader(
+        assert!(!s.offer(
+            Owner::OtherGroupLeader,
             "demo-1-leader",
             Some(worker(Some("w1"), "R1", "3")),
             None,
@@ -366,10 +389,22 @@ mod tests {
         ));
         assert_eq!(s.other_holder("demo-1-leader", 30, late), Some("w1"));
         // Gone as of a newer list: no holder.
-        assert!(s.offer_other_leader("demo-1-leader", None, Some("9"), late));
+        assert!(s.offer(
+            Owner::OtherGroupLeader,
+            "demo-1-leader",
+            None,
+            Some("9"),
+            late
+        ));
         assert_eq!(s.other_holder("demo-1-leader", 30, late), None);
         // A group first seen without a leader object is tracked from then on.
-        s.offer_other_leader("demo-2-leader", None, Some("9"), late);
+        s.offer(
+            Owner::OtherGroupLeader,
+            "demo-2-leader",
+            None,
+            Some("9"),
+            late,
+        );
         assert_eq!(s.other_leader_names().len(), 2);
         assert_eq!(s.other_holder("unknown", 30, late), None);
     }

@@ -4,6 +4,28 @@
 //! Each watch starts at the resourceVersion of its LIST, asks for bookmarks and ends itself after
 //! a few minutes; a clean end or an error resumes from the last version seen (with backoff after
 //! errors), a 410 Gone (or many errors in a row) starts again with a LIST.
+//!
+//! Why not kube-runtime's `watcher`: it lists, resumes from the last version, re-lists after 410
+//! and announces a re-list (`Init` … `InitDone`), but this backend needs three things it does not
+//! give:
+//! - The LIST's resourceVersion. Every followed object absent from a LIST is offered to
+//!   [`super::state::KindState`] as "absent as of that version", so a LIST served before a
+//!   concurrent read (or write answer) cannot erase the newer object that read stored. The
+//!   watcher keeps that version to itself (`InitDone` carries none), so an absence could only be
+//!   applied blindly.
+//! - The moment a watch is open again after an error. The Pod cache is marked complete then
+//!   (the server replays every change since the version asked for) and readers stop listing Pods
+//!   themselves; the watcher reopens without an event, so the cache would stay incomplete until
+//!   the next Pod change and every `get_cluster` would LIST Pods meanwhile.
+//! - Requests through [`super::client::ApiClient`]: a watcher is bound to one `kube::Client`, so it
+//!   would not move to the next API server with `bypass_api_service`, its LIST and watch requests
+//!   would have no time limit (the client has no read timeout: watches are long) instead of the
+//!   attempt timeout, and the LIST would skip the retry rules (`Retry-After`, retriable codes,
+//!   403 naming verb and resource) and the logging of `Warning` headers.
+//!
+//! Event lines are read leniently rather than as kube-core's `WatchEvent`, which rejects
+//! bookmarks without `apiVersion`/`kind` and event types it does not know: here those are
+//! skipped.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -14,6 +36,7 @@ use serde_json::Value;
 
 use super::client::{random_u64, status_message, Req};
 use super::objects::{self, annotation, resource_version, Layout, LeaderRecord};
+use super::state::Owner;
 use super::Shared;
 
 /// Server-side end of one watch request (plus jitter so members do not reconnect in step).
@@ -95,14 +118,20 @@ fn is_followed(layout: &Layout, name: &str, obj: &Value) -> bool {
     layout.is_ours(name) || (layout.group.is_some() && layout.other_group_leader(obj).is_some())
 }
 
+/// Wait `backoff`, then double it (up to [`MAX_BACKOFF`]) for the next failure.
+async fn back_off(backoff: &mut Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
 /// After a watch ended cleanly: a long-lived one is resumed at once; one that ended right away
 /// (a proxy cutting streams short) is resumed with growing pauses so it cannot spin.
-async fn closed_pause(opened: Instant, backoff: Duration) -> Duration {
+async fn closed_pause(opened: Instant, backoff: &mut Duration) {
     if opened.elapsed() >= Duration::from_secs(1) {
-        return FIRST_BACKOFF;
+        *backoff = FIRST_BACKOFF;
+    } else {
+        back_off(backoff).await;
     }
-    tokio::time::sleep(backoff).await;
-    (backoff * 2).min(MAX_BACKOFF)
 }
 
 /// Take every complete line off the front of `buf` as a watch event.
@@ -254,8 +283,7 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
             Ok(l) => l,
             Err(e) => {
                 tracing::debug!(error = %e, "kubernetes watch: LIST failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                back_off(&mut backoff).await;
                 continue;
             }
         };
@@ -288,12 +316,13 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
             let now = Instant::now();
             let mut st = shared.kinds.lock().unwrap_or_else(|p| p.into_inner());
             for n in names {
-                let obj = ours.get(n).cloned();
-                if layout.is_ours(n) {
-                    st.offer(&layout.leader, n, obj, Some(&list_rv), now);
-                } else {
-                    st.offer_other_leader(n, obj, Some(&list_rv), now);
-                }
+                st.offer(
+                    Owner::of(layout, n),
+                    n,
+                    ours.get(n).cloned(),
+                    Some(&list_rv),
+                    now,
+                );
             }
         }
         if wake {
@@ -328,23 +357,13 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
                     }
                     {
                         let mut st = shared.kinds.lock().unwrap_or_else(|p| p.into_inner());
-                        let rv = new_rv.map(str::to_string);
-                        if layout.is_ours(&name) {
-                            st.offer(
-                                &layout.leader,
-                                &name,
-                                new.cloned(),
-                                rv.as_deref(),
-                                Instant::now(),
-                            );
-                        } else {
-                            st.offer_other_leader(
-                                &name,
-                                new.cloned(),
-                                rv.as_deref(),
-                                Instant::now(),
-                            );
-                        }
+                        st.offer(
+                            Owner::of(layout, &name),
+                            &name,
+                            new.cloned(),
+                            new_rv,
+                            Instant::now(),
+                        );
                     }
                     if kind == "DELETED" {
                         view.remove(&name);
@@ -357,7 +376,7 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
             match outcome {
                 Ok(End::Closed) => {
                     errors = 0;
-                    backoff = closed_pause(opened, backoff).await;
+                    closed_pause(opened, &mut backoff).await;
                 }
                 Ok(End::Expired) => {
                     tracing::debug!("kubernetes watch: resourceVersion expired, listing again");
@@ -366,8 +385,7 @@ pub(crate) async fn run_kinds(shared: Arc<Shared>) {
                 Err(e) => {
                     errors += 1;
                     tracing::debug!(error = %e, errors, "kubernetes watch failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                     if errors >= RELIST_AFTER_ERRORS {
                         break;
                     }
@@ -387,8 +405,7 @@ pub(crate) async fn run_pods(shared: Arc<Shared>) {
             Err(e) => {
                 shared.pods.lock().unwrap_or_else(|p| p.into_inner()).synced = false;
                 tracing::debug!(error = %e, "kubernetes pod watch: LIST failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                back_off(&mut backoff).await;
                 continue;
             }
         };
@@ -419,7 +436,7 @@ pub(crate) async fn run_pods(shared: Arc<Shared>) {
             match outcome {
                 Ok(End::Closed) => {
                     errors = 0;
-                    backoff = closed_pause(opened, backoff).await;
+                    closed_pause(opened, &mut backoff).await;
                 }
                 Ok(End::Expired) => break false,
                 Err(e) => {
@@ -430,16 +447,14 @@ pub(crate) async fn run_pods(shared: Arc<Shared>) {
                     if errors >= RELIST_AFTER_ERRORS {
                         break true;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                 }
             }
         };
         // Until the next LIST the cache may miss changes: readers LIST pods themselves.
         shared.pods.lock().unwrap_or_else(|p| p.into_inner()).synced = false;
         if failed {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            back_off(&mut backoff).await;
         }
     }
 }
@@ -481,32 +496,23 @@ mod tests {
         // Same version seen twice: nothing happened.
         assert!(!wakes(&l, "b", "demo-leader", Some(&a1), Some(&a1)));
         // Config: the config and initialize annotations, not history.
-        let c1 = obj("demo-config", "4", json!({"config": "{}", "history": "[]"}));
-        let c2 = obj(
-            "demo-config",
-            "5",
-            json!({"config": "{}", "history": "[[1,2,\"x\"]]"}),
-        );
-        let c3 = obj(
-            "demo-config",
-            "6",
-            json!({"config": "{}", "initialize": ""}),
-        );
+        let config = |rv, annotations| obj("demo-config", rv, annotations);
+        let c1 = config("4", json!({"config": "{}", "history": "[]"}));
+        let c2 = config("5", json!({"config": "{}", "history": "[[1,2,\"x\"]]"}));
+        let c3 = config("6", json!({"config": "{}", "initialize": ""}));
         assert!(!wakes(&l, "b", "demo-config", Some(&c1), Some(&c2)));
         assert!(wakes(&l, "b", "demo-config", Some(&c2), Some(&c3)));
         assert!(wakes(&l, "b", "demo-config", None, Some(&c1)));
         let f = obj("demo-failover", "7", json!({"member": "b"}));
         assert!(wakes(&l, "a", "demo-failover", None, Some(&f)));
-        let s1 = obj(
-            "demo-sync",
-            "8",
-            json!({"leader": "a", "sync_standby": "b"}),
-        );
-        let s2 = obj(
-            "demo-sync",
-            "9",
-            json!({"leader": "a", "sync_standby": "c"}),
-        );
+        let sync = |rv, standby| {
+            obj(
+                "demo-sync",
+                rv,
+                json!({"leader": "a", "sync_standby": standby}),
+            )
+        };
+        let (s1, s2) = (sync("8", "b"), sync("9", "c"));
         assert!(wakes(&l, "a", "demo-sync", Some(&s1), Some(&s2)));
         // Objects of other groups or clusters never wake.
         assert!(!wakes(&l, "a", "other-leader", None, Some(&a1)));
