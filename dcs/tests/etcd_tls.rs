@@ -1,5 +1,5 @@
 //! The etcd v3 backend over TLS against a real etcd that demands client certificates. The CA and
-//! certificates are made per run with the `openssl` command-line tool.
+//! certificates are made per run (test-pki).
 
 // A test file: its helpers, too, may stop the test on an unexpected value.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,8 +15,7 @@ use dcs::etcd::{Etcd3, EtcdConfig};
 use dcs::{Dcs, DcsError, Timing};
 use serde_json::{json, Value};
 
-mod support;
-use support::pki::{make_ca, make_leaf};
+use test_pki::{write_ca, Ca, Subject, Usage};
 
 const ETCD_BIN: &str = "/usr/bin/etcd";
 
@@ -65,43 +64,22 @@ fn pki() -> &'static Pki {
         let dir = std::env::temp_dir().join(format!("{PKI_DIR_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create pki dir");
-        make_ca(&dir, "ca");
-        make_ca(&dir, "other-ca");
+        let ca = Ca::new("ca");
+        ca.write(&dir, "ca");
+        write_ca(&dir, "other-ca");
         // etcd's JSON gateway presents the server certificate as a client to etcd itself, so the
         // server certificate must allow client authentication too.
-        make_leaf(
-            &dir,
-            "server",
-            "/CN=127.0.0.1",
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1\n",
-            "2",
-        );
-        make_leaf(
-            &dir,
-            "client",
-            "/CN=regent-client",
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=clientAuth\n",
-            "3",
-        );
+        let server = Subject::CommonName("127.0.0.1");
+        ca.issue_to(&dir, "server", server, &["127.0.0.1"], Usage::ServerAndClient);
+        let client = ca.issue(Subject::CommonName("regent-client"), &[], Usage::Client);
+        client.write(&dir, "client");
         // etcd's JSON gateway refuses client certificates with a common name once
         // authentication is enabled: members using passwords need one without.
-        make_leaf(
-            &dir,
-            "client-no-cn",
-            "/O=regent test client",
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=clientAuth\n",
-            "4",
-        );
+        let no_cn = Subject::Organization("regent test client");
+        ca.issue_to(&dir, "client-no-cn", no_cn, &[], Usage::Client);
         // Certificate and key in one file, the form used when etcd3.key is not set.
-        let combined = [
-            std::fs::read_to_string(dir.join("client.crt")).expect("client.crt"),
-            std::fs::read_to_string(dir.join("client.key")).expect("client.key"),
-        ]
-        .concat();
-        std::fs::write(dir.join("client-with-key.pem"), combined).expect("write combined pem");
+        std::fs::write(dir.join("client-with-key.pem"), client.combined_pem())
+            .expect("write combined pem");
         Pki { dir }
     })
 }
