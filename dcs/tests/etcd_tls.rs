@@ -70,7 +70,13 @@ fn pki() -> &'static Pki {
         // etcd's JSON gateway presents the server certificate as a client to etcd itself, so the
         // server certificate must allow client authentication too.
         let server = Subject::CommonName("127.0.0.1");
-        ca.issue_to(&dir, "server", server, &["127.0.0.1"], Usage::ServerAndClient);
+        ca.issue_to(
+            &dir,
+            "server",
+            server,
+            &["127.0.0.1"],
+            Usage::ServerAndClient,
+        );
         let client = ca.issue(Subject::CommonName("regent-client"), &[], Usage::Client);
         client.write(&dir, "client");
         // etcd's JSON gateway refuses client certificates with a common name once

@@ -35,7 +35,10 @@ fn pki() -> &'static PathBuf {
         let ca = Ca::new("ca");
         ca.write(&dir, "ca");
         write_ca(&dir, "other-ca");
-        for (name, san) in [("by-ip", "127.0.0.1"), ("by-service", "kubernetes.default.svc")] {
+        for (name, san) in [
+            ("by-ip", "127.0.0.1"),
+            ("by-service", "kubernetes.default.svc"),
+        ] {
             ca.issue_to(&dir, name, Subject::CommonName(name), &[san], Usage::Server);
         }
         dir

@@ -153,13 +153,19 @@ mod tests {
     #[test]
     fn leaf_certificates_are_pem_and_distinct() {
         let ca = Ca::new("ca");
-        let a = ca.issue(Subject::CommonName("127.0.0.1"), &["127.0.0.1", "localhost"], Usage::Server);
+        let a = ca.issue(
+            Subject::CommonName("127.0.0.1"),
+            &["127.0.0.1", "localhost"],
+            Usage::Server,
+        );
         let b = ca.issue(Subject::Organization("client"), &[], Usage::Client);
         assert!(a.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(a.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         assert_ne!(a.cert_pem, b.cert_pem);
         let encrypted = encrypted_key_envelope(&a.key_pem);
         assert!(encrypted.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
-        assert!(encrypted.trim_end().ends_with("-----END ENCRYPTED PRIVATE KEY-----"));
+        assert!(encrypted
+            .trim_end()
+            .ends_with("-----END ENCRYPTED PRIVATE KEY-----"));
     }
 }

@@ -11,8 +11,6 @@ use regent_tests::tools::patronictl_bin;
 use regent_tests::{regent_bin, wait_until, TestCluster};
 use serde_json::Value;
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
-
 /// `regent ctl -c <config> args...` with the member's environment (KUBECONFIG on Kubernetes).
 fn ctl_env(config: &std::path::Path, env: &[(String, String)], args: &[&str]) -> Output {
     std::process::Command::new(regent_bin())
@@ -100,10 +98,7 @@ regent_tests::backend_tests! {
 
 async fn regent_ctl_on_a_live_cluster(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "ctl", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let config = cluster.member(&leader).config_path();
     // On Kubernetes ctl has its own token, so the test server counts its requests apart.
     let env = if backend.is_kubernetes() {

@@ -1972,7 +1972,7 @@ mod kubernetes_only {
         let b = kube_member(&kube, "b", timing(10, 3), |_| {}).await;
         full_workflow(&a, &b).await;
         // A kubeconfig with a CA that did not sign the server certificate is refused.
-        let other_ca = regent_tests::kube::make_test_ca(kube.dir(), "other");
+        let other_ca = test_pki::write_ca(kube.dir(), "other");
         let pem = std::fs::read_to_string(&other_ca).expect("read the other CA");
         let path = kube.write_kubeconfig_with_ca(&kube.dir().join("kubeconfig-c"), "c", Some(&pem));
         kube.create_pod(NS, "c", &labels(), "10.0.0.77").await;

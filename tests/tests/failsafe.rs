@@ -20,7 +20,6 @@ use regent_tests::config::Backend;
 use regent_tests::{wait_until, wait_until_ok, Member, RoleSampler, TestCluster};
 use serde_json::{json, Value};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// A misbehaving DCS fails for longer than `retry_timeout` (so retries do not hide it) ...
 const FAULT_SPELL: Duration = Duration::from_secs(4);
 /// ... then answers for a moment, again and again.
@@ -48,10 +47,7 @@ async fn failsafe_cluster(backend: Backend, scope: &str) -> (TestCluster, String
         })
         .start()
         .await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let names: Vec<String> = cluster.all().iter().map(|m| m.name().to_string()).collect();
     let member = cluster.member(&leader);
     wait_until_ok(

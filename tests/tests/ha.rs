@@ -11,11 +11,11 @@ use chrono::Utc;
 use regent_tests::cluster::{pod_ip, LeaderRecord};
 use regent_tests::config::Backend;
 use regent_tests::writer::{missing_ids, written_ids};
-use regent_tests::{wait_until, wait_until_ok, Member, RoleSampler, TestCluster, Writer};
+use regent_tests::{
+    wait_until, wait_until_ok, Member, RoleSampler, TestCluster, Writer, BOOTSTRAP_DEADLINE,
+};
 use serde_json::Value;
 
-/// initdb + first start + two base backups on a 2-core machine.
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// A restarted member may need crash recovery and pg_rewind before it streams again.
 const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(30);
@@ -882,10 +882,7 @@ async fn isolated_leader_is_replaced_only_after_its_lock_expired(backend: Backen
         .dcs_relays(true)
         .start()
         .await;
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let tag = tag(&cluster);
     println!(
         "{tag} bootstrap: leader {old_name}, replicas streaming after {:.3} s",

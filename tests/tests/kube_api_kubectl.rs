@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use regent_tests::kube::{make_test_ca, KubeApiServer};
+use regent_tests::kube::KubeApiServer;
 use regent_tests::tools::kubectl_bin;
 use regent_tests::wait_until;
 use serde_json::Value;
@@ -543,7 +543,7 @@ async fn kubectl_over_https_sends_its_token_and_checks_the_certificate() {
 
     // A kubeconfig trusting another CA: the handshake fails, nothing reaches the API.
     server.reset_request_counts().await;
-    let other_ca = make_test_ca(&dir, "other-ca");
+    let other_ca = test_pki::write_ca(&dir, "other-ca");
     let other_pem = std::fs::read_to_string(&other_ca).expect("read other CA");
     let wrong = server.write_kubeconfig_with_ca(
         &dir.join("kubeconfig-wrong-ca"),

@@ -17,7 +17,6 @@ use regent_tests::config::{Backend, KUBE_APP_LABEL, KUBE_NAMESPACE};
 use regent_tests::tools::patronictl_bin;
 use regent_tests::{wait_until, Member, TestCluster};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// Bearer token of patronictl's kubeconfig: the name its API requests are counted under.
 const PATRONICTL_TOKEN: &str = "patronictl";
 
@@ -116,10 +115,7 @@ async fn patronictl_operates_a_regent_cluster(backend: Backend) {
     let bin = patronictl_bin();
     let cluster = TestCluster::start_on(backend, "pctl", 3).await;
     let tag = format!("[patronictl/{}]", backend.label());
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let ctl = Patronictl::for_cluster(bin, &cluster);
     if backend.is_kubernetes() {
         cluster.kube().reset_request_counts().await;

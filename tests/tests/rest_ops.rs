@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use regent_tests::config::Backend;
 use regent_tests::writer::{missing_ids, written_ids};
-use regent_tests::{wait_until, RoleSampler, TestCluster, Writer};
+use regent_tests::{wait_until, RoleSampler, TestCluster, Writer, BOOTSTRAP_DEADLINE};
 use serde_json::{json, Value};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest time the writer may go without an acknowledged write during a REST switchover: the
 /// old leader's fast shutdown, the handover, the candidate's promotion and the writer's
 /// reconnect (1 s connect timeout per host). Measured 0.20–0.38 s; the margin is for a loaded
@@ -51,10 +50,7 @@ async fn post(url: &str, body: Value) -> (u16, String) {
 async fn switchover(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rsw", 3).await;
     let tag = format!("[rest-switchover/{}]", backend.label());
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let old = cluster.member(&old_name);
     let candidate = cluster.others(&old_name)[0].name().to_string();
     let api = old.api_base();
@@ -181,10 +177,7 @@ async fn rest_switchover_hands_over_to_the_candidate(backend: Backend) {
 async fn switchover_does_not_wait_for_a_replica_that_stopped_answering(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rswstuck", 3).await;
     let tag = format!("[rest-switchover-stuck/{}]", backend.label());
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let others = cluster.others(&old_name);
     let candidate = others[0].name().to_string();
     let stuck = others[1].name().to_string();
@@ -254,10 +247,7 @@ async fn get_json(url: &str) -> Option<Value> {
 
 async fn rest_config_reload_and_scheduled_switchover(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rcfg", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let replica = cluster.others(&leader)[0];
     let api = replica.api_base();
 
@@ -430,10 +420,7 @@ async fn status(member: &regent_tests::Member) -> Option<Value> {
 
 async fn rest_restart_reinitialize_and_pause(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rrst", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let replica = cluster.others(&leader)[0];
     let api = replica.api_base();
     let leader_api = cluster.member(&leader).api_base();
@@ -621,10 +608,7 @@ regent_tests::backend_tests! {
 /// names the member that must.
 async fn rest_failover_without_a_leader_promotes_the_candidate(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rfo", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let others = cluster.others(&leader);
     let (candidate, third) = (others[0], others[1]);
     let (code, text) = send(
@@ -726,10 +710,7 @@ regent_tests::backend_tests! {
 /// resume the members elect exactly one leader.
 async fn pause_survives_a_killed_leader_postgres(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "pkl", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let leader_member = cluster.member(&leader);
     let (code, text) = send(
         reqwest::Method::PATCH,

@@ -1,107 +1,30 @@
 //! The REST API's access control end to end, on a one-member cluster served over TLS with basic
 //! authentication and an allowlist: reads are open to any client trusting the CA, plain HTTP is
 //! not served, unsafe requests need the credentials (401 otherwise, and nothing happens) and an
-//! allowed source address (403 otherwise). Certificates are made per run with `openssl`.
+//! allowed source address (403 otherwise). Certificates are made per run (test-pki).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use regent_tests::process::chown_to_postgres;
 use regent_tests::{run_regent, wait_until, MemberConfig, MemberSpec, TestCluster, TestDir};
 use serde_json::{json, Value};
+use test_pki::{encrypted_key_envelope, Ca, Subject, Usage};
 
 const USER: &str = "admin";
 const PASSWORD: &str = "s3cret";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `openssl` ({e}): install the openssl command-line tool to run these tests")
-        });
-    assert!(
-        output.status.success(),
-        "openssl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// A CA and a server certificate for 127.0.0.1 it signed, readable by the agent.
 fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-new"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=regent rest test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req", "-new"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write extension file");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            "7",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
-    for file in ["ca.crt", "server.crt", "server.key"] {
-        chown_to_postgres(&dir.join(file));
+    let ca = Ca::new("rest test CA");
+    let ca_cert = ca.write(dir, "ca");
+    let subject = Subject::CommonName("127.0.0.1");
+    let (cert, key) = ca.issue_to(dir, "server", subject, &["127.0.0.1"], Usage::Server);
+    for file in [&ca_cert, &cert, &key] {
+        chown_to_postgres(file);
     }
-    (
-        dir.join("ca.crt"),
-        dir.join("server.crt"),
-        dir.join("server.key"),
-    )
+    (ca_cert, cert, key)
 }
 
 /// An https client trusting `ca`, connecting from `source` when given.
@@ -322,19 +245,8 @@ async fn validate_config_checks_the_tls_files() {
     let pki = dir.path().join("pki");
     std::fs::create_dir(&pki).expect("pki dir");
     let (ca, cert, key) = make_pki(&pki);
-    openssl(
-        &pki,
-        &[
-            "pkey",
-            "-in",
-            "server.key",
-            "-aes256",
-            "-passout",
-            "pass:pw",
-            "-out",
-            "enc.key",
-        ],
-    );
+    let plain_key = std::fs::read_to_string(&key).expect("read key");
+    std::fs::write(pki.join("enc.key"), encrypted_key_envelope(&plain_key)).expect("write key");
     chown_to_postgres(&pki.join("enc.key"));
     let spec = MemberSpec::new(
         "validate",

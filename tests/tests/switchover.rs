@@ -10,7 +10,6 @@ use regent_tests::config::Backend;
 use regent_tests::writer::{missing_ids, written_ids};
 use regent_tests::{wait_until, RoleSampler, TestCluster, Timing, Writer};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest time the writer may go without an acknowledged write around the switchover: the old
 /// leader's fast shutdown with its checkpoint, the lock handover (itself bounded by
 /// loop_wait / 2 below), the candidate's promotion, and the writer's reconnect through hosts
@@ -38,10 +37,7 @@ async fn switchover_through_the_dcs_failover_object(backend: Backend) {
         .start()
         .await;
     let tag = format!("[swo/{}]", backend.label());
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let old = cluster.member(&old_name);
     let candidate = cluster.others(&old_name)[0].name().to_string();
 

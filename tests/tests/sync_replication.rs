@@ -14,7 +14,6 @@ use regent_tests::writer::{missing_ids, written_ids, WRITER_TABLE};
 use regent_tests::{poll_until, wait_until_ok, RoleSampler, TestCluster, Writer};
 use serde_json::{json, Value};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
 const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest time without an acknowledged write while a synchronous standby stops. Its release
@@ -199,10 +198,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         .start()
         .await;
     let tag = format!("[sync/{}]", backend.label());
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let standby = wait_for_one_sync_standby(&cluster, &leader, 1).await;
     let async_name = cluster
         .others(&leader)
@@ -471,10 +467,7 @@ async fn strict_mode_holds_writes_without_a_standby(backend: Backend) {
         .start()
         .await;
     let tag = format!("[strict/{}]", backend.label());
-    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader_name = cluster.wait_for_bootstrap().await;
     let replica_name = wait_for_one_sync_standby(&cluster, &leader_name, 0).await;
     let leader = cluster.member(&leader_name);
     let client = leader.pg_client().await.expect("connect to the leader");
@@ -584,11 +577,8 @@ async fn strict_mode_holds_writes_without_a_standby(backend: Backend) {
 async fn paused_primary_outlives_a_dcs_outage(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "pdcs", 2).await;
     let tag = format!("[pause-dcs/{}]", backend.label());
-    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
     // The role sampler below needs every member's Postgres up.
-    cluster
-        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader_name = cluster.wait_for_bootstrap().await;
     let leader = cluster.member(&leader_name);
     leader
         .create_probe_table()
