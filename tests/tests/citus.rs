@@ -494,17 +494,23 @@ async fn bad_citus_bodies_are_refused_and_change_nothing(backend: Backend) {
     assert_eq!(before, after, "pg_dist_node changed");
     // Writes to the worker group are not held: a probe write through the coordinator returns.
     create_distributed_table(&cluster).await;
-    let client = citus_client(coordinator).await.expect("connect");
-    tokio::time::timeout(
+    let insert = "INSERT INTO events SELECT g, 'y' FROM generate_series(1, 20) g";
+    execute_within(
+        coordinator,
+        insert,
         Duration::from_secs(3),
-        client.execute(
-            "INSERT INTO events SELECT g, 'y' FROM generate_series(1, 20) g",
-            &[],
-        ),
+        "writes are not paused",
     )
-    .await
-    .expect("writes are not paused")
-    .expect("insert");
+    .await;
+}
+
+/// Run `sql` through `coordinator`; it must succeed within `limit` (else panics with `in_time`).
+async fn execute_within(coordinator: &Member, sql: &str, limit: Duration, in_time: &str) {
+    let client = citus_client(coordinator).await.expect("connect");
+    tokio::time::timeout(limit, client.execute(sql, &[]))
+        .await
+        .expect(in_time)
+        .expect("insert");
 }
 
 /// An error as SQLSTATE and message (a closed connection has no SQLSTATE).
@@ -556,17 +562,9 @@ async fn coordinator_and_worker_switchovers_at_once_do_not_deadlock(backend: Bac
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(30)).await;
     let settled = started.elapsed();
     let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(5)).await;
-    let client = citus_client(coordinator).await.expect("connect");
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        client.execute(
-            "INSERT INTO events SELECT g, 'z' FROM generate_series(1, 50) g",
-            &[],
-        ),
-    )
-    .await
-    .expect("writes are not held after both switchovers")
-    .expect("insert");
+    let insert = "INSERT INTO events SELECT g, 'z' FROM generate_series(1, 50) g";
+    let held = "writes are not held after both switchovers";
+    execute_within(coordinator, insert, Duration::from_secs(10), held).await;
     eprintln!(
         "{tag} both switchovers done, pg_dist_node right {:.3?} after they started",
         settled

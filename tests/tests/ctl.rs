@@ -83,15 +83,6 @@ fn rows(json: &str) -> Vec<(String, String, String)> {
     out
 }
 
-async fn show(member: &regent_tests::Member, setting: &str) -> Option<String> {
-    let client = member.pg_client().await.ok()?;
-    let row = client
-        .query_one(&format!("SHOW {setting}"), &[])
-        .await
-        .ok()?;
-    row.try_get::<_, String>(0).ok()
-}
-
 regent_tests::backend_tests! {
     regent_ctl_on_a_live_cluster: [etcd, kubernetes];
 }
@@ -244,7 +235,7 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
         wait_until(
             &format!("{} to apply work_mem", m.name()),
             Duration::from_secs(40),
-            || async move { (show(m, "work_mem").await.as_deref() == Some("7MB")).then_some(()) },
+            || async move { (m.show("work_mem").await.as_deref() == Some("7MB")).then_some(()) },
         )
         .await;
     }
@@ -277,7 +268,7 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
             wait_until(
                 &format!("{} to apply work_mem 6MB", m.name()),
                 Duration::from_secs(40),
-                || async move { (show(m, "work_mem").await.as_deref() == Some("6MB")).then_some(()) },
+                || async move { (m.show("work_mem").await.as_deref() == Some("6MB")).then_some(()) },
             )
             .await;
         }

@@ -136,6 +136,19 @@ fn only_primary_throughout(
     );
 }
 
+/// Enough writes went through `leader` to tell, and it refused none while the DCS `during`.
+fn every_write_accepted(leader: &str, acked: &[i64], refused: &[f64], during: &str) {
+    assert!(
+        acked.len() >= 50,
+        "too few writes to prove anything: {}",
+        acked.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "{leader} refused writes while the DCS {during}: {refused:?}"
+    );
+}
+
 /// After the DCS is back: `leader` leads again (lock and role), alone, and every acknowledged
 /// write is on every member.
 async fn same_leader_and_no_write_lost(cluster: &TestCluster, leader: &str, acked: &[i64]) {
@@ -200,15 +213,7 @@ async fn frozen_dcs_primary_stays_up_with_failsafe(backend: Backend) {
         roles.summary()
     );
     only_primary_throughout(&roles, &cluster, &leader_name, paused_at, resumed_at);
-    assert!(
-        acked.len() >= 50,
-        "too few writes to prove anything: {}",
-        acked.len()
-    );
-    assert!(
-        refused.is_empty(),
-        "{leader_name} refused writes while the DCS was frozen: {refused:?}"
-    );
+    every_write_accepted(&leader_name, &acked, &refused, "was frozen");
     assert!(
         active,
         "{leader_name} did not report failsafe_mode_is_active while the DCS was frozen"
@@ -359,14 +364,6 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
         roles.summary()
     );
     only_primary_throughout(&roles, &cluster, &leader_name, started, ended);
-    assert!(
-        acked.len() >= 50,
-        "too few writes to prove anything: {}",
-        acked.len()
-    );
-    assert!(
-        refused.is_empty(),
-        "{leader_name} refused writes while the DCS misbehaved: {refused:?}"
-    );
+    every_write_accepted(&leader_name, &acked, &refused, "misbehaved");
     same_leader_and_no_write_lost(&cluster, &leader_name, &acked).await;
 }

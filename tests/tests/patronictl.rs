@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use regent_tests::config::{Backend, KUBE_APP_LABEL, KUBE_NAMESPACE};
 use regent_tests::tools::patronictl_bin;
-use regent_tests::{wait_until, Member, TestCluster};
+use regent_tests::{wait_until, TestCluster};
 
 /// Bearer token of patronictl's kubeconfig: the name its API requests are counted under.
 const PATRONICTL_TOKEN: &str = "patronictl";
@@ -98,15 +98,6 @@ fn list_row<'a>(table: &'a str, member: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no row for {member} in:\n{table}"))
 }
 
-async fn show(member: &Member, setting: &str) -> Option<String> {
-    let client = member.pg_client().await.ok()?;
-    let row = client
-        .query_one(&format!("SHOW {setting}"), &[])
-        .await
-        .ok()?;
-    row.try_get::<_, String>(0).ok()
-}
-
 regent_tests::backend_tests! {
     patronictl_operates_a_regent_cluster: [etcd, kubernetes, kubernetes_endpoints];
 }
@@ -160,7 +151,7 @@ async fn patronictl_operates_a_regent_cluster(backend: Backend) {
         wait_until(
             "the member to apply work_mem from the DCS",
             Duration::from_secs(30),
-            || async { (show(m, "work_mem").await.as_deref() == Some("5MB")).then_some(()) },
+            || async { (m.show("work_mem").await.as_deref() == Some("5MB")).then_some(()) },
         )
         .await;
     }

@@ -27,6 +27,34 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (ca_cert, cert, key)
 }
 
+/// A cluster of `members` serving the REST API over https only, with a certificate of a CA made
+/// for it and basic authentication; `configure` adds settings. Returns the directory of the
+/// certificates (removed on drop) and the CA certificate's path.
+async fn secured_cluster(
+    scope: &str,
+    members: usize,
+    configure: impl Fn(usize, &mut MemberConfig) + Send + Sync + 'static,
+) -> (TestDir, PathBuf, TestCluster) {
+    let pki = TestDir::new(&format!("{scope}-pki"));
+    let (ca, cert, key) = make_pki(pki.path());
+    let cafile = ca.clone();
+    let cluster = TestCluster::builder(scope)
+        .members(members)
+        .configure(move |_, cfg| {
+            cfg.set("restapi.certfile", cert.display().to_string())
+                .set("restapi.keyfile", key.display().to_string())
+                .set("restapi.cafile", cafile.display().to_string())
+                .set(
+                    "restapi.authentication",
+                    json!({"username": USER, "password": PASSWORD}),
+                );
+        })
+        .configure(configure)
+        .start()
+        .await;
+    (pki, ca, cluster)
+}
+
 /// An https client trusting `ca`, connecting from `source` when given.
 fn client(ca: &Path, source: Option<IpAddr>) -> reqwest::Client {
     let pem = std::fs::read(ca).expect("read CA");
@@ -41,28 +69,13 @@ fn client(ca: &Path, source: Option<IpAddr>) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_authentication_and_allowlist_guard_the_rest_api() {
-    let pki = TestDir::new("rest-security-pki");
-    let (ca, cert, key) = make_pki(pki.path());
-    let settings = (cert.clone(), key.clone(), ca.clone());
-    let cluster = TestCluster::builder("restsec")
-        .members(1)
-        .configure(move |_, cfg| {
-            let (cert, key, ca) = &settings;
-            cfg.set("restapi.certfile", cert.display().to_string())
-                .set("restapi.keyfile", key.display().to_string())
-                .set("restapi.cafile", ca.display().to_string())
-                .set(
-                    "restapi.authentication",
-                    json!({"username": USER, "password": PASSWORD}),
-                )
-                .set("restapi.allowlist", json!(["127.0.0.1"]))
-                .set(
-                    "restapi.https_extra_headers",
-                    json!({"X-Regent-Test": "tls"}),
-                );
-        })
-        .start()
-        .await;
+    let (_pki, ca, cluster) = secured_cluster("restsec", 1, |_, cfg| {
+        cfg.set("restapi.allowlist", json!(["127.0.0.1"])).set(
+            "restapi.https_extra_headers",
+            json!({"X-Regent-Test": "tls"}),
+        );
+    })
+    .await;
     let member = cluster.member("restsec-0");
     let base = format!("https://127.0.0.1:{}", member.api_port());
     let https = client(&ca, None);
@@ -322,24 +335,10 @@ async fn validate_config_checks_the_tls_files() {
 /// member's address is carried out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_switch_over_through_the_secured_api() {
-    let pki = TestDir::new("rest-security-pki2");
-    let (ca, cert, key) = make_pki(pki.path());
-    let settings = (cert.clone(), key.clone(), ca.clone());
-    let cluster = TestCluster::builder("restsec2")
-        .members(2)
-        .configure(move |_, cfg| {
-            let (cert, key, ca) = &settings;
-            cfg.set("restapi.certfile", cert.display().to_string())
-                .set("restapi.keyfile", key.display().to_string())
-                .set("restapi.cafile", ca.display().to_string())
-                .set(
-                    "restapi.authentication",
-                    json!({"username": USER, "password": PASSWORD}),
-                )
-                .set("restapi.allowlist_include_members", true);
-        })
-        .start()
-        .await;
+    let (_pki, ca, cluster) = secured_cluster("restsec2", 2, |_, cfg| {
+        cfg.set("restapi.allowlist_include_members", true);
+    })
+    .await;
     let https = client(&ca, None);
     let base = |m: &regent_tests::Member| format!("https://127.0.0.1:{}", m.api_port());
     let roles = || async {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use regent_tests::config::{Backend, MemberConfig};
 use regent_tests::member::Member;
-use regent_tests::writer::{missing_ids, written_ids, WRITER_TABLE};
+use regent_tests::writer::{assert_acked_rows_on, WRITER_TABLE};
 use regent_tests::{poll_until, wait_until_ok, RoleSampler, TestCluster, Writer};
 use serde_json::{json, Value};
 
@@ -146,18 +146,6 @@ async fn fresh_writer(cluster: &TestCluster) -> Writer {
     Writer::start(&cluster.all(), Duration::from_secs(30)).await
 }
 
-/// Every row the writer had acknowledged is on `member`.
-async fn assert_nothing_lost(member: &Member, acked: &[i64], tag: &str) {
-    let client = member.pg_client().await.expect("connect to the new leader");
-    let present = written_ids(&client).await.expect("rows on the new leader");
-    let lost = missing_ids(acked, &present);
-    assert!(
-        lost.is_empty(),
-        "{tag}: acknowledged rows lost on {}: {lost:?}",
-        member.name()
-    );
-}
-
 /// Watch `member` for `window` after the lock became free: it must never leave recovery. The
 /// window starts once its log shows that it considered the free lock and refused it.
 async fn assert_stays_replica(member: &Member, window: Duration) {
@@ -250,18 +238,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     // Crash of the leader (agent and Postgres): the sync standby takes over with every
     // acknowledged write; the asynchronous member does not.
     let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
-    wait_until_ok(
-        "writer acknowledged rows",
-        Duration::from_secs(20),
-        || async {
-            if writer.acked_count() > 20 {
-                Ok(())
-            } else {
-                bail!("{} acknowledged", writer.acked_count())
-            }
-        },
-    )
-    .await;
+    writer.wait_for_acks(21, Duration::from_secs(20)).await;
     let roles = RoleSampler::start(&cluster.all()).await;
     let killed_at = Instant::now();
     cluster.member(&leader).kill9_with_postmaster();
@@ -301,7 +278,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         "failover took {writable_after:?}, more than ttl + 2 s"
     );
     assert_eq!(cluster.sql_primaries().await, vec![standby.clone()]);
-    assert_nothing_lost(sync_member, &report.acked, &tag).await;
+    assert_acked_rows_on(sync_member, &report.acked).await;
     println!("{tag} {}", roles.summary());
     roles.assert_never_two_primaries();
 
@@ -326,18 +303,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     // not promote (it may miss acknowledged writes). The sync standby, once back, takes over
     // with everything.
     let writer = fresh_writer(&cluster).await;
-    wait_until_ok(
-        "writer acknowledged rows",
-        Duration::from_secs(20),
-        || async {
-            if writer.acked_count() > 20 {
-                Ok(())
-            } else {
-                bail!("{} acknowledged", writer.acked_count())
-            }
-        },
-    )
-    .await;
+    writer.wait_for_acks(21, Duration::from_secs(20)).await;
     cluster.member(&standby).kill9_with_postmaster();
     cluster.member(&second_sync).kill9_with_postmaster();
     let report = writer.stop().await;
@@ -355,7 +321,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         last_leader, second_sync,
         "the synchronous standby took over"
     );
-    assert_nothing_lost(cluster.member(&second_sync), &report.acked, &tag).await;
+    assert_acked_rows_on(cluster.member(&second_sync), &report.acked).await;
     roles.assert_never_two_primaries();
     println!(
         "{tag} {second_async} stayed a replica; {second_sync} took over with all {} acknowledged rows",
@@ -373,18 +339,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     }
     let leaving = wait_for_one_sync_standby(&cluster, &leader_now, 1).await;
     let writer = fresh_writer(&cluster).await;
-    wait_until_ok(
-        "writer acknowledged rows",
-        Duration::from_secs(20),
-        || async {
-            if writer.acked_count() > 20 {
-                Ok(())
-            } else {
-                bail!("{} acknowledged", writer.acked_count())
-            }
-        },
-    )
-    .await;
+    writer.wait_for_acks(21, Duration::from_secs(20)).await;
     let stopping = cluster.member(&leaving);
     let stop_requested = Instant::now();
     stopping
@@ -400,18 +355,9 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     let replacement = wait_for_one_sync_standby(&cluster, &leader_now, 0).await;
     assert_ne!(replacement, leaving);
     let before = writer.acked_count();
-    wait_until_ok(
-        "writes after the standby stopped",
-        Duration::from_secs(20),
-        || async {
-            if writer.acked_count() > before + 20 {
-                Ok(())
-            } else {
-                bail!("{} acknowledged", writer.acked_count())
-            }
-        },
-    )
-    .await;
+    writer
+        .wait_for_acks(before + 21, Duration::from_secs(20))
+        .await;
     let report = writer.stop().await;
     // From the SIGTERM until the writer had 20 more acknowledgements after the replacement
     // took over: the stop, the release, the exit and the choice of a new synchronous standby.
@@ -438,7 +384,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         "commits stalled {stop_gap:?} while the synchronous standby stopped: {}",
         report.summary()
     );
-    assert_nothing_lost(cluster.member(&leader_now), &report.acked, &tag).await;
+    assert_acked_rows_on(cluster.member(&leader_now), &report.acked).await;
 
     // POST /restart of the synchronous standby: released first, synchronous again once back.
     let restarting = cluster.member(&replacement);
