@@ -565,21 +565,7 @@ async fn watch_survives_an_etcd_restart() {
 #[tokio::test]
 async fn authentication_with_token_renewal() {
     let server = EtcdServer::start_plain().await;
-    server
-        .raw_post(
-            "/v3/auth/user/add",
-            json!({"name": "root", "password": "pw"}),
-            None,
-        )
-        .await;
-    server
-        .raw_post(
-            "/v3/auth/user/grant",
-            json!({"user": "root", "role": "root"}),
-            None,
-        )
-        .await;
-    server.raw_post("/v3/auth/enable", json!({}), None).await;
+    server.enable_auth("pw").await;
     let with = |user: Option<&str>, password: &str, name: &str| {
         Etcd3::new(EtcdConfig {
             hosts: vec![server.url()],

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use dcs::etcd::{Etcd3, EtcdConfig};
 use dcs::{Dcs, DcsError, Timing};
-use serde_json::json;
 
 use test_pki::{write_ca, Ca, Subject, Usage};
 
@@ -196,8 +195,9 @@ async fn lock_race_read_and_watch_over_mutual_tls() {
     b.close().await.expect("close b");
 }
 
-/// Time and message of the first failed cluster read.
-async fn failed_read(dcs: &Etcd3) -> (Duration, String) {
+/// The message of the first failed cluster read, which must fail as unreachable within the
+/// retry timeout (3 s; one more for the last attempt and scheduling).
+async fn refused_within_retry_timeout(dcs: &Etcd3) -> String {
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(20), dcs.get_cluster())
         .await
@@ -210,7 +210,12 @@ async fn failed_read(dcs: &Etcd3) -> (Duration, String) {
         matches!(err, DcsError::Unreachable(_)),
         "expected unreachable, got {err:?}"
     );
-    (started.elapsed(), err.to_string())
+    let (elapsed, message) = (started.elapsed(), err.to_string());
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "took {elapsed:?}: {message}"
+    );
+    message
 }
 
 #[tokio::test]
@@ -222,12 +227,7 @@ async fn missing_client_certificate_fails_within_retry_timeout() {
         ..tls_config(&server, "tls", "anonymous")
     })
     .expect("config");
-    let (elapsed, message) = failed_read(&dcs).await;
-    // retry_timeout is 3 s; one more for the last attempt and scheduling.
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "took {elapsed:?}: {message}"
-    );
+    let message = refused_within_retry_timeout(&dcs).await;
     assert!(
         message.contains("BadCertificate") && message.contains("set etcd3.cert"),
         "the error must say a client certificate is needed: {message}"
@@ -242,11 +242,7 @@ async fn server_signed_by_another_ca_is_rejected() {
         ..tls_config(&server, "tls", "wrong-ca")
     })
     .expect("config");
-    let (elapsed, message) = failed_read(&dcs).await;
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "took {elapsed:?}: {message}"
-    );
+    let message = refused_within_retry_timeout(&dcs).await;
     assert!(
         message.contains("UnknownIssuer") && message.contains("etcd3.cacert"),
         "the error must name the certificate problem: {message}"
@@ -256,21 +252,7 @@ async fn server_signed_by_another_ca_is_rejected() {
 #[tokio::test]
 async fn password_authentication_over_tls() {
     let server = start_tls_etcd().await;
-    server
-        .raw_post(
-            "/v3/auth/user/add",
-            json!({"name": "root", "password": "pw"}),
-            None,
-        )
-        .await;
-    server
-        .raw_post(
-            "/v3/auth/user/grant",
-            json!({"user": "root", "role": "root"}),
-            None,
-        )
-        .await;
-    server.raw_post("/v3/auth/enable", json!({}), None).await;
+    server.enable_auth("pw").await;
     let with = |username: Option<&str>, password: &str, name: &str| {
         Etcd3::new(EtcdConfig {
             username: username.map(String::from),

@@ -306,12 +306,7 @@ async fn citus_cluster_registers_every_group_and_follows_worker_switchovers(back
         })
         .await
         .expect("writes go through before the switchover");
-        let old = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
-        let candidate = group_members(&cluster, 1)
-            .into_iter()
-            .find(|m| m.name() != old.name())
-            .expect("a second group 1 member");
-        wait_streaming(candidate).await;
+        let (old, candidate) = primary_and_standby(&cluster, 1).await;
         let switch_started = Instant::now();
         let (code, text) = post(
             old,
@@ -379,12 +374,7 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right(backend: Backe
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(90)).await;
 
     // kill -9 of the worker group's leader (agent and postmaster).
-    let old = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
-    let survivor = group_members(&cluster, 1)
-        .into_iter()
-        .find(|m| m.name() != old.name())
-        .expect("a second group 1 member");
-    wait_streaming(survivor).await;
+    let (old, survivor) = primary_and_standby(&cluster, 1).await;
     old.kill9_with_postmaster();
     let killed = Instant::now();
     poll_until(Duration::from_secs(60), || async {
@@ -409,12 +399,7 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right(backend: Backe
 
     // kill -9 of the coordinator's leader: the new coordinator leader takes over, then a worker
     // switchover is reflected by it.
-    let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(5)).await;
-    let next = group_members(&cluster, 0)
-        .into_iter()
-        .find(|m| m.name() != coordinator.name())
-        .expect("a second coordinator member");
-    wait_streaming(next).await;
+    let (coordinator, next) = primary_and_standby(&cluster, 0).await;
     coordinator.kill9_with_postmaster();
     poll_until(Duration::from_secs(60), || async {
         group_primary(&cluster, 0)
@@ -424,12 +409,7 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right(backend: Backe
     .await
     .expect("the second coordinator member leads");
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(15)).await;
-    let worker = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
-    let other = group_members(&cluster, 1)
-        .into_iter()
-        .find(|m| m.name() != worker.name())
-        .expect("a second group 1 member");
-    wait_streaming(other).await;
+    let (worker, other) = primary_and_standby(&cluster, 1).await;
     let (code, text) = post(
         worker,
         "/switchover",
@@ -479,10 +459,7 @@ async fn bad_citus_bodies_are_refused_and_change_nothing(backend: Backend) {
         assert_eq!(code, 400, "{body} → {code} {text}");
     }
     // A valid event from a member that is not its group's leader is accepted and ignored.
-    let replica = group_members(&cluster, 1)
-        .into_iter()
-        .find(|m| m.name() != worker.name())
-        .expect("a second group 1 member");
+    let replica = other_member(&cluster, 1, worker);
     let (code, _) = post(
         coordinator,
         "/citus",
@@ -531,12 +508,7 @@ async fn coordinator_and_worker_switchovers_at_once_do_not_deadlock(backend: Bac
     create_distributed_table(&cluster).await;
     let mut pairs = Vec::new();
     for group in [0, 1] {
-        let old = wait_group_primary(&cluster, group, Duration::from_secs(5)).await;
-        let candidate = group_members(&cluster, group)
-            .into_iter()
-            .find(|m| m.name() != old.name())
-            .expect("a second member");
-        wait_streaming(candidate).await;
+        let (old, candidate) = primary_and_standby(&cluster, group).await;
         pairs.push((group, old, candidate));
     }
     let started = Instant::now();
@@ -699,6 +671,22 @@ async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, Str
         .unwrap_or_else(|e| panic!("POST {path} to {}: {e}", member.name()));
     let code = resp.status().as_u16();
     (code, resp.text().await.unwrap_or_default())
+}
+
+/// The member of `group` other than `than` (groups have two).
+fn other_member<'a>(cluster: &'a TestCluster, group: usize, than: &Member) -> &'a Member {
+    group_members(cluster, group)
+        .into_iter()
+        .find(|m| m.name() != than.name())
+        .unwrap_or_else(|| panic!("a second member in group {group}"))
+}
+
+/// `group`'s primary and its other member, once that one streams as the synchronous standby.
+async fn primary_and_standby(cluster: &TestCluster, group: usize) -> (&Member, &Member) {
+    let primary = wait_group_primary(cluster, group, Duration::from_secs(5)).await;
+    let standby = other_member(cluster, group, primary);
+    wait_streaming(standby).await;
+    (primary, standby)
 }
 
 /// Streaming, and the group's synchronous standby: Citus groups run `synchronous_mode`, where

@@ -36,7 +36,8 @@ fn tag(cluster: &TestCluster) -> String {
 }
 
 /// Three members with failsafe mode on; returns the cluster and its leader once both replicas
-/// stream and the leader publishes a failsafe topology naming all three.
+/// stream and the leader publishes a failsafe topology naming all three, with the probe table
+/// created on the leader.
 async fn failsafe_cluster(backend: Backend, scope: &str) -> (TestCluster, String) {
     let started = Instant::now();
     let cluster = TestCluster::builder(scope)
@@ -82,6 +83,10 @@ async fn failsafe_cluster(backend: Backend, scope: &str) -> (TestCluster, String
         tag(&cluster),
         started.elapsed().as_secs_f64()
     );
+    member
+        .create_probe_table()
+        .await
+        .expect("create probe table");
     (cluster, leader)
 }
 
@@ -192,10 +197,6 @@ async fn frozen_dcs_primary_stays_up_with_failsafe(backend: Backend) {
     let (cluster, leader_name) = failsafe_cluster(backend, "fsfrz").await;
     let tag = tag(&cluster);
     let leader = cluster.member(&leader_name);
-    leader
-        .create_probe_table()
-        .await
-        .expect("create probe table");
     let frozen_for = cluster.ttl() * 2 + Duration::from_secs(5);
     let mut roles = RoleSampler::start(&cluster.all()).await;
     let paused_at = Instant::now();
@@ -225,10 +226,6 @@ async fn frozen_dcs_and_a_dead_replica_make_the_primary_step_down(backend: Backe
     let (cluster, leader_name) = failsafe_cluster(backend, "fsdead").await;
     let tag = tag(&cluster);
     let leader = cluster.member(&leader_name);
-    leader
-        .create_probe_table()
-        .await
-        .expect("create probe table");
     let others = cluster.others(&leader_name);
     let (victim, survivor) = (others[0], others[1]);
     let mut roles = RoleSampler::start(&cluster.all()).await;
@@ -303,10 +300,6 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
     let (cluster, leader_name) = failsafe_cluster(backend, "fsflap").await;
     let tag = tag(&cluster);
     let leader = cluster.member(&leader_name);
-    leader
-        .create_probe_table()
-        .await
-        .expect("create probe table");
     let misbehave_for = cluster.ttl() * 2 + Duration::from_secs(5);
     let mut roles = RoleSampler::start(&cluster.all()).await;
     let started = Instant::now();

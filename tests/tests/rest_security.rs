@@ -55,6 +55,16 @@ async fn secured_cluster(
     (pki, ca, cluster)
 }
 
+/// `POST /reload` with the user `USER` and `password`.
+async fn post_reload(client: &reqwest::Client, base: &str, password: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/reload"))
+        .basic_auth(USER, Some(password))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {base}/reload: {e}"))
+}
+
 /// An https client trusting `ca`, connecting from `source` when given.
 fn client(ca: &Path, source: Option<IpAddr>) -> reqwest::Client {
     let pem = std::fs::read(ca).expect("read CA");
@@ -156,12 +166,7 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
         response.text().await.expect("body"),
         "no auth header received"
     );
-    let response = https
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some("wrong"))
-        .send()
-        .await
-        .expect("POST /reload");
+    let response = post_reload(&https, &base, "wrong").await;
     assert_eq!(response.status().as_u16(), 401);
     assert_eq!(response.text().await.expect("body"), "not authenticated");
     let response = https
@@ -183,12 +188,7 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
     );
 
     // With the credentials the request reaches its handler.
-    let response = https
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .expect("POST /reload");
+    let response = post_reload(&https, &base, PASSWORD).await;
     let code = response.status().as_u16();
     assert!(
         code != 401 && code != 403,
@@ -202,12 +202,7 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
         json!({"username": USER, "password": "n3w"}),
     );
     config.write_to(&member.config_path());
-    let response = https
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .expect("POST /reload");
+    let response = post_reload(&https, &base, PASSWORD).await;
     assert_eq!(response.status().as_u16(), 202, "reload accepted");
     wait_until(
         "the reloaded password to be required",
@@ -223,23 +218,13 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
         },
     )
     .await;
-    let response = https
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some("n3w"))
-        .send()
-        .await
-        .expect("POST /reload");
+    let response = post_reload(&https, &base, "n3w").await;
     let code = response.status().as_u16();
     assert!(code != 401 && code != 403, "new password answered {code}");
 
     // A client outside the allowlist is refused even with the credentials; reads stay open.
     let outsider = client(&ca, Some("127.0.0.2".parse().expect("ip")));
-    let response = outsider
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some("n3w"))
-        .send()
-        .await
-        .expect("POST /reload from 127.0.0.2");
+    let response = post_reload(&outsider, &base, "n3w").await;
     assert_eq!(response.status().as_u16(), 403);
     assert_eq!(response.text().await.expect("body"), "Access is denied");
     let response = outsider

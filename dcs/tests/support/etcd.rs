@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const ETCD_BIN: &str = "/usr/bin/etcd";
 
@@ -156,6 +156,15 @@ impl EtcdServer {
     /// The client URL, as written into `etcd3.hosts`.
     pub fn url(&self) -> String {
         self.url.clone()
+    }
+
+    /// Turn authentication on with the user `root` (role `root`) and `password`.
+    pub async fn enable_auth(&self, password: &str) {
+        let user = json!({"name": "root", "password": password});
+        self.raw_post("/v3/auth/user/add", user, None).await;
+        let grant = json!({"user": "root", "role": "root"});
+        self.raw_post("/v3/auth/user/grant", grant, None).await;
+        self.raw_post("/v3/auth/enable", json!({}), None).await;
     }
 
     /// POST to the gateway (as another tool would), asserting success; returns the answer.
