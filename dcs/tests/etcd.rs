@@ -12,7 +12,7 @@ use dcs::{Dcs, DcsError, Failover, MemberData, Role, Status, SyncState, Tags, Ti
 use serde_json::json;
 
 mod support;
-use support::etcd::{free_port, EtcdServer};
+use support::etcd::{assert_acquisition_wakes, free_port, EtcdServer};
 
 /// Send a signal (`STOP`, `CONT`) to the etcd process.
 fn signal(server: &EtcdServer, sig: &str) {
@@ -464,18 +464,7 @@ async fn watch_wakes_on_leader_change_and_new_members_not_on_member_updates() {
         !b.watch(Duration::from_millis(800)).await,
         "woken by a member/status/history write"
     );
-    let started = Instant::now();
-    let (woke, acquired) = tokio::join!(b.watch(Duration::from_secs(5)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        a.attempt_to_acquire_leader().await
-    });
-    assert!(acquired.expect("acquire"));
-    assert!(woke, "watch must wake on the leader key");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "wake too slow: {:?}",
-        started.elapsed()
-    );
+    assert_acquisition_wakes(&a, &b).await;
     // A deleted lock is noticed within milliseconds.
     let ((woke, woke_at), deleted_at) = tokio::join!(
         async { (b.watch(Duration::from_secs(5)).await, Instant::now()) },

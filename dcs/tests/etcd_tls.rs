@@ -15,7 +15,7 @@ use dcs::{Dcs, DcsError, Timing};
 use test_pki::{write_ca, Ca, Subject, Usage};
 
 mod support;
-use support::etcd::EtcdServer;
+use support::etcd::{assert_acquisition_wakes, EtcdServer};
 
 /// Certificates of one test run: a CA signing the server (IP SAN 127.0.0.1) and client
 /// certificates, and an unrelated CA.
@@ -175,18 +175,7 @@ async fn lock_race_read_and_watch_over_mutual_tls() {
         !b.watch(Duration::from_millis(200)).await,
         "nothing changed yet"
     );
-    let started = Instant::now();
-    let (woke, acquired) = tokio::join!(b.watch(Duration::from_secs(5)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        a.attempt_to_acquire_leader().await
-    });
-    assert!(acquired.expect("acquire"));
-    assert!(woke, "watch over TLS must wake on the leader key");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "wake too slow: {:?}",
-        started.elapsed()
-    );
+    assert_acquisition_wakes(&a, &b).await;
     assert_eq!(
         b.get_cluster().await.expect("read").leader_name(),
         Some("a")

@@ -604,14 +604,13 @@ async fn minimum_workers_holds_provisioning_back(backend: Backend) {
         m.start();
     }
     let worker = wait_group_primary(&cluster, 1, Duration::from_secs(90)).await;
-    poll_until(Duration::from_secs(60), || async {
-        provisioned(worker)
-            .await
-            .contains(&"worker/10-worker.sql".to_string())
-            .then_some(())
-    })
-    .await
-    .expect("the worker group's script ran");
+    wait_provisioned(
+        worker,
+        "worker/10-worker.sql",
+        Duration::from_secs(60),
+        "the worker group's script ran",
+    )
+    .await;
     let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(60)).await;
     // The coordinator has registered the one worker group and says it waits for a second.
     poll_until(Duration::from_secs(30), || async {
@@ -635,30 +634,41 @@ async fn minimum_workers_holds_provisioning_back(backend: Backend) {
     for m in group_members(&cluster, 2) {
         m.start();
     }
-    poll_until(Duration::from_secs(90), || async {
-        provisioned(coordinator)
-            .await
-            .contains(&"coordinator/10-coordinator.sql".to_string())
-            .then_some(())
-    })
-    .await
-    .expect("the coordinator script runs once two worker groups are registered");
+    wait_provisioned(
+        coordinator,
+        "coordinator/10-coordinator.sql",
+        Duration::from_secs(90),
+        "the coordinator script runs once two worker groups are registered",
+    )
+    .await;
     eprintln!(
         "{tag} coordinator script ran {:.3?} after the second worker group was started",
         started.elapsed()
     );
     // Each script ran exactly once, and the second worker group ran its own.
     let worker2 = wait_group_primary(&cluster, 2, Duration::from_secs(30)).await;
-    poll_until(Duration::from_secs(60), || async {
-        provisioned(worker2)
+    wait_provisioned(
+        worker2,
+        "worker/10-worker.sql",
+        Duration::from_secs(60),
+        "the second worker group's script ran",
+    )
+    .await;
+    let rows = provisioned(coordinator).await;
+    assert_eq!(rows, vec!["coordinator/10-coordinator.sql".to_string()]);
+}
+
+/// Wait until `member` records that `script` ran; panics with `what` after `deadline`.
+async fn wait_provisioned(member: &Member, script: &str, deadline: Duration, what: &str) {
+    poll_until(deadline, || async {
+        provisioned(member)
             .await
-            .contains(&"worker/10-worker.sql".to_string())
+            .iter()
+            .any(|s| s == script)
             .then_some(())
     })
     .await
-    .expect("the second worker group's script ran");
-    let rows = provisioned(coordinator).await;
-    assert_eq!(rows, vec!["coordinator/10-coordinator.sql".to_string()]);
+    .expect(what);
 }
 
 async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, String) {

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use dcs::etcd::Etcd3;
+use dcs::Dcs;
 use serde_json::{json, Value};
 
 const ETCD_BIN: &str = "/usr/bin/etcd";
@@ -184,4 +186,20 @@ impl Drop for EtcdServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `watcher`'s watch wakes within 2 s when `acquirer` takes the free leader lock during it.
+pub async fn assert_acquisition_wakes(acquirer: &Etcd3, watcher: &Etcd3) {
+    let started = Instant::now();
+    let (woke, acquired) = tokio::join!(watcher.watch(Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        acquirer.attempt_to_acquire_leader().await
+    });
+    assert!(acquired.expect("acquire"));
+    assert!(woke, "watch must wake on the leader key");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "wake too slow: {:?}",
+        started.elapsed()
+    );
 }
