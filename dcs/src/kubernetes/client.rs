@@ -256,7 +256,7 @@ fn forbidden(req: &Req, code: u16, message: &str) -> DcsError {
     }
 }
 
-/// The same error formatting as the etcd backend's: the top-level message often hides the cause.
+/// An error with its sources, formatted as the etcd backend does.
 pub(crate) use crate::etcd::error_chain;
 
 /// A random number without a dependency, for shuffling API server addresses.
