@@ -12,7 +12,7 @@ use dcs::{Dcs, DcsError, Failover, MemberData, Role, Status, SyncState, Tags, Ti
 use serde_json::json;
 
 mod support;
-use support::etcd::{assert_acquisition_wakes, free_port, EtcdServer};
+use support::etcd::{assert_acquisition_wakes, free_port, race, EtcdServer};
 
 /// Send a signal (`STOP`, `CONT`) to the etcd process.
 fn signal(server: &EtcdServer, sig: &str) {
@@ -74,13 +74,7 @@ async fn lock_race_has_exactly_one_winner_and_only_the_holder_renews_or_deletes(
     let a = member(&server, "race", "a", timing(10, 3));
     let b = member(&server, "race", "b", timing(10, 3));
     for round in 0..20 {
-        let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
-        let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
-        assert!(
-            ra ^ rb,
-            "round {round}: exactly one must win (a={ra}, b={rb})"
-        );
-        let (holder, other, holder_name) = if ra { (&a, &b, "a") } else { (&b, &a, "b") };
+        let (holder, other, holder_name) = race(&a, &b, round).await;
         let cluster = holder.get_cluster().await.expect("read");
         assert_eq!(cluster.leader_name(), Some(holder_name));
         // A second attempt while the lock is held loses, even for the holder's rival.

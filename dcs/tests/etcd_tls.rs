@@ -15,7 +15,7 @@ use dcs::{Dcs, DcsError, Timing};
 use test_pki::{write_ca, Ca, Subject, Usage};
 
 mod support;
-use support::etcd::{assert_acquisition_wakes, EtcdServer};
+use support::etcd::{assert_acquisition_wakes, race, EtcdServer};
 
 /// Certificates of one test run: a CA signing the server (IP SAN 127.0.0.1) and client
 /// certificates, and an unrelated CA.
@@ -153,13 +153,7 @@ async fn lock_race_read_and_watch_over_mutual_tls() {
     .expect("config b");
 
     for round in 0..3 {
-        let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
-        let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
-        assert!(
-            ra ^ rb,
-            "round {round}: exactly one must win (a={ra}, b={rb})"
-        );
-        let (holder, other, holder_name) = if ra { (&a, &b, "a") } else { (&b, &a, "b") };
+        let (holder, other, holder_name) = race(&a, &b, round).await;
         let cluster = other.get_cluster().await.expect("read");
         assert_eq!(cluster.leader_name(), Some(holder_name));
         assert!(holder

@@ -308,13 +308,7 @@ async fn citus_cluster_registers_every_group_and_follows_worker_switchovers(back
         .expect("writes go through before the switchover");
         let (old, candidate) = primary_and_standby(&cluster, 1).await;
         let switch_started = Instant::now();
-        let (code, text) = post(
-            old,
-            "/switchover",
-            json!({"leader": old.name(), "candidate": candidate.name()}),
-        )
-        .await;
-        assert_eq!(code, 200, "switchover: {text}");
+        request_switchover(old, candidate).await;
         let new = poll_until(Duration::from_secs(30), || async {
             group_primary(&cluster, 1)
                 .await
@@ -410,13 +404,7 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right(backend: Backe
     .expect("the second coordinator member leads");
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(15)).await;
     let (worker, other) = primary_and_standby(&cluster, 1).await;
-    let (code, text) = post(
-        worker,
-        "/switchover",
-        json!({"leader": worker.name(), "candidate": other.name()}),
-    )
-    .await;
-    assert_eq!(code, 200, "switchover: {text}");
+    request_switchover(worker, other).await;
     poll_until(Duration::from_secs(30), || async {
         group_primary(&cluster, 1)
             .await
@@ -669,6 +657,13 @@ async fn wait_provisioned(member: &Member, script: &str, deadline: Duration, wha
     })
     .await
     .expect(what);
+}
+
+/// `POST /switchover` to `leader` naming `candidate`; it must be accepted.
+async fn request_switchover(leader: &Member, candidate: &Member) {
+    let body = json!({"leader": leader.name(), "candidate": candidate.name()});
+    let (code, text) = post(leader, "/switchover", body).await;
+    assert_eq!(code, 200, "switchover: {text}");
 }
 
 async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, String) {

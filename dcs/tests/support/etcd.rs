@@ -203,3 +203,23 @@ pub async fn assert_acquisition_wakes(acquirer: &Etcd3, watcher: &Etcd3) {
         started.elapsed()
     );
 }
+
+/// `a` and `b` try to take the free leader lock at once: exactly one wins. Returns the winner,
+/// the loser and the winner's name.
+pub async fn race<'a>(
+    a: &'a Etcd3,
+    b: &'a Etcd3,
+    round: impl std::fmt::Display,
+) -> (&'a Etcd3, &'a Etcd3, &'static str) {
+    let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
+    let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
+    assert!(
+        ra ^ rb,
+        "round {round}: exactly one must win (a={ra}, b={rb})"
+    );
+    if ra {
+        (a, b, "a")
+    } else {
+        (b, a, "b")
+    }
+}
