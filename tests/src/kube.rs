@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -93,6 +93,89 @@ impl TlsFiles {
             server_cert,
             server_key,
         }
+    }
+}
+
+/// `kubectl` against a test server, with its own kubeconfig and a discovery cache in the server's
+/// directory.
+pub struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache_dir: PathBuf,
+    timeout: Duration,
+}
+
+impl Kubectl {
+    /// As the user with bearer token `token` (a kubeconfig written for it).
+    pub fn new(bin: PathBuf, server: &KubeApiServer, token: &str) -> Kubectl {
+        Kubectl::with_kubeconfig(bin, server, server.kubeconfig(token))
+    }
+
+    pub fn with_kubeconfig(bin: PathBuf, server: &KubeApiServer, kubeconfig: PathBuf) -> Kubectl {
+        Kubectl {
+            bin,
+            kubeconfig,
+            cache_dir: server.dir().join("kubectl-cache"),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// How long one command may take (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Kubectl {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `kubectl args...` with this kubeconfig and cache, not yet started.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .arg("--cache-dir")
+            .arg(&self.cache_dir)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .kill_on_drop(true);
+        cmd
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        match tokio::time::timeout(self.timeout, cmd.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => panic!("run kubectl {args:?}: {e}"),
+            Err(_) => panic!("kubectl {args:?} did not finish within {:?}", self.timeout),
+        }
+    }
+
+    /// Run and require success; returns stdout.
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// Run and require failure; returns stderr.
+    pub async fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args).await;
+        assert!(
+            !output.status.success(),
+            "kubectl {args:?} should fail but printed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Run with `-o json` and require success; returns the parsed output.
+    pub async fn json(&self, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let out = self.ok(&full).await;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
     }
 }
 
