@@ -18,6 +18,7 @@ import base64
 import compileall
 import http.client
 import datetime
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -67,25 +68,16 @@ SHUTDOWN_TIMEOUT = 60.0
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class BenchError(Exception):
-    """A measurement or cluster operation did not reach its expected state."""
+# The chaos campaign's helpers (scripts/chaos/common.py): the same log lines, wait loop and
+# kubeconfig. Its error type is the bench's: a measurement or cluster operation did not reach its
+# expected state.
+sys.path.append(os.path.join(REPO_ROOT, "scripts", "chaos"))
+import common as chaos  # noqa: E402
 
-
-def log(message):
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", flush=True)
-
-
-def wait_until(condition, timeout, what, interval=0.05):
-    """Poll `condition` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+BenchError = chaos.CampaignError
+log = chaos.log
+# Polled more often than the campaign does: bench timings are finer.
+wait_until = functools.partial(chaos.wait_until, interval=0.05)
 
 
 # --------------------------------------------------------------------------
@@ -205,6 +197,12 @@ def kill_quietly(pid, sig):
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def kill_and_reap(process):
+    if process and process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def tail(path, lines=40):
@@ -350,9 +348,7 @@ class Etcd:
         return LeaderKeyWatch(self)
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_and_reap(self.process)
 
 
 class LeaseMonitor(threading.Thread):
@@ -557,15 +553,8 @@ class KubeApi:
         if status != 200:
             raise BenchError(f"patch Pod {member.name} status: HTTP {status}: {body}")
         member.kubeconfig = os.path.join(member.dir, "kubeconfig")
-        kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "kind-kind",
-            "clusters": [{"name": "kind-kind", "cluster": {"server": self.url}}],
-            "users": [{"name": "kind-kind", "user": {"token": member.name}}],
-            "contexts": [{"name": "kind-kind", "context": {"cluster": "kind-kind", "user": "kind-kind",
-                                                           "namespace": KUBE_NAMESPACE}}],
-        }
         with open(member.kubeconfig, "w") as kubeconfig_file:
-            json.dump(kubeconfig, kubeconfig_file)  # JSON is YAML
+            json.dump(chaos.kubeconfig(self.url, member.name, KUBE_NAMESPACE), kubeconfig_file)
         run_as.chown(member.kubeconfig)
 
     def member_settings(self, member):
@@ -614,9 +603,7 @@ class KubeApi:
         return KubeLeaderWatch(self)
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_and_reap(self.process)
 
 
 class KubeLeaderWatch(threading.Thread):

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub(crate) use self::client::error_chain;
 use self::client::{b64, json_i64, CallError, Client};
 use crate::model::{
     failsafe_to_json, history_to_json, Cluster, Failover, FailsafeTopology, HistoryEntry,

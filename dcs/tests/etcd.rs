@@ -3,169 +3,25 @@
 // A test file: its helpers, too, may stop the test on an unexpected value.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use dcs::etcd::{Etcd3, EtcdConfig};
 use dcs::{Dcs, DcsError, Failover, MemberData, Role, Status, SyncState, Tags, Timing};
-use serde_json::{json, Value};
+use serde_json::json;
 
-const ETCD_BIN: &str = "/usr/bin/etcd";
+mod support;
+use support::etcd::{assert_acquisition_wakes, free_port, race, EtcdServer};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot find a free port on 127.0.0.1")
-}
-
-/// A throw-away single-node etcd, killed and removed on drop.
-struct EtcdServer {
-    child: Option<Child>,
-    dir: PathBuf,
-    url: String,
-    peer: String,
-    extra_args: Vec<String>,
-}
-
-impl EtcdServer {
-    async fn start() -> EtcdServer {
-        EtcdServer::start_with(&[]).await
-    }
-
-    async fn start_with(extra_args: &[&str]) -> EtcdServer {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        assert!(
-            std::path::Path::new(ETCD_BIN).exists(),
-            "{ETCD_BIN} is missing: install etcd 3.4+ (Debian package `etcd-server`) to run these tests"
-        );
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("dcs-etcd-test-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create etcd test dir");
-        let mut server = EtcdServer {
-            child: None,
-            dir,
-            url: format!("http://127.0.0.1:{}", free_port()),
-            peer: format!("http://127.0.0.1:{}", free_port()),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        server.spawn();
-        server.wait_healthy().await;
-        server
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("etcd.log"))
-            .expect("open etcd log");
-        let (url, peer) = (&self.url, &self.peer);
-        let child = Command::new(ETCD_BIN)
-            .args(["--name", "t", "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
-            .args([
-                "--listen-peer-urls",
-                peer,
-                "--initial-advertise-peer-urls",
-                peer,
-            ])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
-    }
-
-    /// Kill and start again on the same ports and data.
-    async fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-        self.wait_healthy().await;
-    }
-
-    async fn wait_healthy(&mut self) {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("http client");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("etcd exited with {status}: {}", self.log_tail());
-            }
-            let health = http
-                .get(format!("{}/health", self.url))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await;
-            if let Ok(resp) = health {
-                if resp
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["health"].as_str().map(String::from))
-                    == Some("true".into())
-                {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become healthy: {}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-        log.lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Send a signal (`STOP`, `CONT`) to the etcd process.
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("etcd running").id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {pid} failed");
-    }
-
-    fn host(&self) -> String {
-        self.url.clone()
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Send a signal (`STOP`, `CONT`) to the etcd process.
+fn signal(server: &EtcdServer, sig: &str) {
+    let pid = server.pid().to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
 fn timing(ttl: u32, retry_timeout: u32) -> Timing {
@@ -178,7 +34,7 @@ fn timing(ttl: u32, retry_timeout: u32) -> Timing {
 
 fn member(server: &EtcdServer, scope: &str, name: &str, timing: Timing) -> Etcd3 {
     Etcd3::new(EtcdConfig {
-        hosts: vec![server.host()],
+        hosts: vec![server.url()],
         scope: scope.into(),
         name: name.into(),
         timing,
@@ -203,44 +59,22 @@ fn data(role: Role) -> MemberData {
 /// Write a raw value the way another tool (or a broken peer) would.
 async fn raw_put(server: &EtcdServer, key: &str, value: &str) {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    raw_post(
-        server,
-        "/v3/kv/put",
-        json!({"key": b64(key), "value": b64(value)}),
-        None,
-    )
-    .await;
-}
-
-/// POST to the gateway, asserting success; returns the answer.
-async fn raw_post(server: &EtcdServer, path: &str, body: Value, token: Option<&str>) -> Value {
-    let mut req = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("http client")
-        .post(format!("{}{path}", server.url))
-        .json(&body);
-    if let Some(t) = token {
-        req = req.header("Authorization", t);
-    }
-    let resp = req.send().await.expect("raw request");
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    resp.json().await.expect("raw answer is JSON")
+    server
+        .raw_post(
+            "/v3/kv/put",
+            json!({"key": b64(key), "value": b64(value)}),
+            None,
+        )
+        .await;
 }
 
 #[tokio::test]
 async fn lock_race_has_exactly_one_winner_and_only_the_holder_renews_or_deletes() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     let a = member(&server, "race", "a", timing(10, 3));
     let b = member(&server, "race", "b", timing(10, 3));
     for round in 0..20 {
-        let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
-        let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
-        assert!(
-            ra ^ rb,
-            "round {round}: exactly one must win (a={ra}, b={rb})"
-        );
-        let (holder, other, holder_name) = if ra { (&a, &b, "a") } else { (&b, &a, "b") };
+        let (holder, other, holder_name) = race(&a, &b, round).await;
         let cluster = holder.get_cluster().await.expect("read");
         assert_eq!(cluster.leader_name(), Some(holder_name));
         // A second attempt while the lock is held loses, even for the holder's rival.
@@ -265,7 +99,7 @@ async fn lock_race_has_exactly_one_winner_and_only_the_holder_renews_or_deletes(
 
 #[tokio::test]
 async fn renew_records_optime_and_delete_leader_keeps_slots() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     let a = member(&server, "optime", "a", timing(10, 3));
     let b = member(&server, "optime", "b", timing(10, 3));
     // Without a lease nothing can be renewed.
@@ -303,7 +137,7 @@ async fn renew_records_optime_and_delete_leader_keeps_slots() {
 
 #[tokio::test]
 async fn lock_expires_without_renewal_and_a_watcher_wakes() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     // etcd's minimum lease TTL with default election timing is 2 s.
     let a = member(&server, "expiry", "a", timing(2, 2));
     let b = member(&server, "expiry", "b", timing(2, 2));
@@ -382,7 +216,7 @@ async fn wait_until_lock_free(reader: &Etcd3) {
 
 #[tokio::test]
 async fn compare_and_swap_on_config_failover_and_sync() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     let a = member(&server, "cas", "a", timing(10, 3));
     let b = member(&server, "cas", "b", timing(10, 3));
     assert!(a
@@ -479,7 +313,7 @@ async fn compare_and_swap_on_config_failover_and_sync() {
 
 #[tokio::test]
 async fn initialize_race_has_one_winner() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     let a = member(&server, "init", "a", timing(10, 3));
     let b = member(&server, "init", "b", timing(10, 3));
     for round in 0..10 {
@@ -508,7 +342,7 @@ async fn initialize_race_has_one_winner() {
 
 #[tokio::test]
 async fn garbage_written_by_others_is_reported_not_fatal() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     let a = member(&server, "garbage", "a", timing(10, 3));
     a.touch_member(&data(Role::Replica)).await.expect("touch");
     raw_put(&server, "/service/garbage/members/broken", "{not json").await;
@@ -541,11 +375,11 @@ async fn garbage_written_by_others_is_reported_not_fatal() {
 
 #[tokio::test]
 async fn member_data_round_trip_and_lifecycle() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     // A dead first host: requests must move on to the live one.
     let dead = format!("127.0.0.1:{}", free_port());
     let a = Etcd3::new(EtcdConfig {
-        hosts: vec![dead, server.host()],
+        hosts: vec![dead, server.url()],
         namespace: "/regent/".into(),
         scope: "members".into(),
         name: "a".into(),
@@ -594,7 +428,7 @@ async fn member_data_round_trip_and_lifecycle() {
 
 #[tokio::test]
 async fn watch_wakes_on_leader_change_and_new_members_not_on_member_updates() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     let a = member(&server, "watch", "a", timing(10, 3));
     let b = member(&server, "watch", "b", timing(10, 3));
     b.get_cluster().await.expect("read");
@@ -624,18 +458,7 @@ async fn watch_wakes_on_leader_change_and_new_members_not_on_member_updates() {
         !b.watch(Duration::from_millis(800)).await,
         "woken by a member/status/history write"
     );
-    let started = Instant::now();
-    let (woke, acquired) = tokio::join!(b.watch(Duration::from_secs(5)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        a.attempt_to_acquire_leader().await
-    });
-    assert!(acquired.expect("acquire"));
-    assert!(woke, "watch must wake on the leader key");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "wake too slow: {:?}",
-        started.elapsed()
-    );
+    assert_acquisition_wakes(&a, &b).await;
     // A deleted lock is noticed within milliseconds.
     let ((woke, woke_at), deleted_at) = tokio::join!(
         async { (b.watch(Duration::from_secs(5)).await, Instant::now()) },
@@ -672,7 +495,7 @@ async fn watch_wakes_on_leader_change_and_new_members_not_on_member_updates() {
 
 #[tokio::test]
 async fn stopped_etcd_gives_unreachable_within_retry_timeout() {
-    let mut server = EtcdServer::start().await;
+    let mut server = EtcdServer::start_plain().await;
     let a = member(&server, "down", "a", timing(10, 2));
     a.touch_member(&data(Role::Primary)).await.expect("touch");
     assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
@@ -701,7 +524,7 @@ async fn stopped_etcd_gives_unreachable_within_retry_timeout() {
 
 #[tokio::test]
 async fn watch_survives_an_etcd_restart() {
-    let mut server = EtcdServer::start().await;
+    let mut server = EtcdServer::start_plain().await;
     let a = member(&server, "restart", "a", timing(10, 5));
     let b = member(&server, "restart", "b", timing(10, 5));
     b.get_cluster().await.expect("read");
@@ -724,25 +547,11 @@ async fn watch_survives_an_etcd_restart() {
 
 #[tokio::test]
 async fn authentication_with_token_renewal() {
-    let server = EtcdServer::start().await;
-    raw_post(
-        &server,
-        "/v3/auth/user/add",
-        json!({"name": "root", "password": "pw"}),
-        None,
-    )
-    .await;
-    raw_post(
-        &server,
-        "/v3/auth/user/grant",
-        json!({"user": "root", "role": "root"}),
-        None,
-    )
-    .await;
-    raw_post(&server, "/v3/auth/enable", json!({}), None).await;
+    let server = EtcdServer::start_plain().await;
+    server.enable_auth("pw").await;
     let with = |user: Option<&str>, password: &str, name: &str| {
         Etcd3::new(EtcdConfig {
-            hosts: vec![server.host()],
+            hosts: vec![server.url()],
             scope: "auth".into(),
             name: name.into(),
             username: user.map(String::from),
@@ -767,26 +576,26 @@ async fn authentication_with_token_renewal() {
         Err(DcsError::Forbidden(_))
     ));
     // Changing the password invalidates every token of the user: a must authenticate again.
-    let token = raw_post(
-        &server,
-        "/v3/auth/authenticate",
-        json!({"name": "root", "password": "pw"}),
-        None,
-    )
-    .await;
+    let token = server
+        .raw_post(
+            "/v3/auth/authenticate",
+            json!({"name": "root", "password": "pw"}),
+            None,
+        )
+        .await;
     let token = token["token"].as_str().expect("token").to_string();
-    raw_post(
-        &server,
-        "/v3/auth/user/changepw",
-        json!({"name": "root", "password": "pw"}),
-        Some(&token),
-    )
-    .await;
+    server
+        .raw_post(
+            "/v3/auth/user/changepw",
+            json!({"name": "root", "password": "pw"}),
+            Some(&token),
+        )
+        .await;
     let stale = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("http client")
-        .post(format!("{}/v3/kv/range", server.url))
+        .post(format!("{}/v3/kv/range", server.url()))
         .header("Authorization", &token)
         .json(&json!({"key": "YQ=="}))
         .send()
@@ -810,7 +619,7 @@ async fn authentication_with_token_renewal() {
 
 #[tokio::test]
 async fn watch_resumes_after_compaction() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     let a = member(&server, "compact", "a", timing(10, 3));
     let b = member(&server, "compact", "b", timing(10, 3));
     b.get_cluster().await.expect("read");
@@ -824,18 +633,20 @@ async fn watch_resumes_after_compaction() {
         .await
         .expect("status");
     }
-    let head = raw_post(&server, "/v3/kv/range", json!({"key": "YQ=="}), None).await;
+    let head = server
+        .raw_post("/v3/kv/range", json!({"key": "YQ=="}), None)
+        .await;
     let revision = head["header"]["revision"]
         .as_str()
         .expect("revision")
         .to_string();
-    raw_post(
-        &server,
-        "/v3/kv/compaction",
-        json!({"revision": revision, "physical": true}),
-        None,
-    )
-    .await;
+    server
+        .raw_post(
+            "/v3/kv/compaction",
+            json!({"revision": revision, "physical": true}),
+            None,
+        )
+        .await;
     assert!(
         b.watch(Duration::from_secs(5)).await,
         "compaction must wake the loop"
@@ -851,18 +662,18 @@ async fn watch_resumes_after_compaction() {
 
 #[tokio::test]
 async fn hung_etcd_times_out_and_recovers() {
-    let server = EtcdServer::start().await;
+    let server = EtcdServer::start_plain().await;
     let a = member(&server, "hung", "a", timing(10, 2));
     let b = member(&server, "hung", "b", timing(10, 2));
     assert!(a.attempt_to_acquire_leader().await.expect("acquire"));
     let cluster = b.get_cluster().await.expect("read");
     assert!(!b.watch(Duration::from_millis(100)).await);
     // A frozen server accepts connections but never answers: only timeouts can save us.
-    server.signal("STOP");
+    signal(&server, "STOP");
     let started = Instant::now();
     let (read, renew) = tokio::join!(b.get_cluster(), a.update_leader(&cluster, None, None));
     let elapsed = started.elapsed();
-    server.signal("CONT");
+    signal(&server, "CONT");
     assert!(matches!(read, Err(DcsError::Unreachable(_))), "{read:?}");
     assert!(matches!(renew, Err(DcsError::Unreachable(_))), "{renew:?}");
     assert!(

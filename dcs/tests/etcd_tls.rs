@@ -1,31 +1,21 @@
 //! The etcd v3 backend over TLS against a real etcd that demands client certificates. The CA and
-//! certificates are made per run with the `openssl` command-line tool.
+//! certificates are made per run (test-pki).
 
 // A test file: its helpers, too, may stop the test on an unexpected value.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dcs::etcd::{Etcd3, EtcdConfig};
 use dcs::{Dcs, DcsError, Timing};
-use serde_json::{json, Value};
+
+use test_pki::{write_ca, Ca, Subject, Usage};
 
 mod support;
-use support::pki::{make_ca, make_leaf};
-
-const ETCD_BIN: &str = "/usr/bin/etcd";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot find a free port on 127.0.0.1")
-}
+use support::etcd::{assert_acquisition_wakes, race, EtcdServer};
 
 /// Certificates of one test run: a CA signing the server (IP SAN 127.0.0.1) and client
 /// certificates, and an unrelated CA.
@@ -65,174 +55,62 @@ fn pki() -> &'static Pki {
         let dir = std::env::temp_dir().join(format!("{PKI_DIR_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create pki dir");
-        make_ca(&dir, "ca");
-        make_ca(&dir, "other-ca");
+        let ca = Ca::new("ca");
+        ca.write(&dir, "ca");
+        write_ca(&dir, "other-ca");
         // etcd's JSON gateway presents the server certificate as a client to etcd itself, so the
         // server certificate must allow client authentication too.
-        make_leaf(
+        let server = Subject::CommonName("127.0.0.1");
+        ca.issue_to(
             &dir,
             "server",
-            "/CN=127.0.0.1",
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1\n",
-            "2",
+            server,
+            &["127.0.0.1"],
+            Usage::ServerAndClient,
         );
-        make_leaf(
-            &dir,
-            "client",
-            "/CN=regent-client",
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=clientAuth\n",
-            "3",
-        );
+        let client = ca.issue(Subject::CommonName("regent-client"), &[], Usage::Client);
+        client.write(&dir, "client");
         // etcd's JSON gateway refuses client certificates with a common name once
         // authentication is enabled: members using passwords need one without.
-        make_leaf(
-            &dir,
-            "client-no-cn",
-            "/O=regent test client",
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=clientAuth\n",
-            "4",
-        );
+        let no_cn = Subject::Organization("regent test client");
+        ca.issue_to(&dir, "client-no-cn", no_cn, &[], Usage::Client);
         // Certificate and key in one file, the form used when etcd3.key is not set.
-        let combined = [
-            std::fs::read_to_string(dir.join("client.crt")).expect("client.crt"),
-            std::fs::read_to_string(dir.join("client.key")).expect("client.key"),
-        ]
-        .concat();
-        std::fs::write(dir.join("client-with-key.pem"), combined).expect("write combined pem");
+        std::fs::write(dir.join("client-with-key.pem"), client.combined_pem())
+            .expect("write combined pem");
         Pki { dir }
     })
 }
 
 /// A throw-away single-node etcd serving clients over TLS only, demanding client certificates
 /// signed by the test CA.
-struct TlsEtcd {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
+async fn start_tls_etcd() -> EtcdServer {
+    let pki = pki();
+    let mut args: Vec<OsString> = Vec::new();
+    for (flag, file) in [
+        ("--cert-file", "server.crt"),
+        ("--key-file", "server.key"),
+        ("--trusted-ca-file", "ca.crt"),
+    ] {
+        args.push(flag.into());
+        args.push(pki.path(file).into());
+    }
+    args.push("--client-cert-auth".into());
+    EtcdServer::start("https", args, raw_client()).await
 }
 
-impl TlsEtcd {
-    async fn start() -> TlsEtcd {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        assert!(
-            Path::new(ETCD_BIN).exists(),
-            "{ETCD_BIN} is missing: install etcd 3.4+ (Debian package `etcd-server`) to run these tests"
-        );
-        let pki = pki();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("dcs-etcd-tls-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create etcd test dir");
-        let port = free_port();
-        let url = format!("https://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.join("etcd.log")).expect("create etcd log");
-        let child = Command::new(ETCD_BIN)
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .arg("--cert-file")
-            .arg(pki.path("server.crt"))
-            .arg("--key-file")
-            .arg(pki.path("server.key"))
-            .arg("--trusted-ca-file")
-            .arg(pki.path("ca.crt"))
-            .arg("--client-cert-auth")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        let mut server = TlsEtcd { child, dir, port };
-        server.wait_healthy().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    /// An HTTP client trusting the test CA and presenting the client certificate.
-    fn raw_client() -> reqwest::Client {
-        let pki = pki();
-        let ca = std::fs::read(pki.path("ca.crt")).expect("read ca.crt");
-        let identity = std::fs::read(pki.path("client-with-key.pem")).expect("read client pem");
-        reqwest::Client::builder()
-            .no_proxy()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca cert"))
-            .identity(reqwest::Identity::from_pem(&identity).expect("client identity"))
-            .build()
-            .expect("https client")
-    }
-
-    async fn wait_healthy(&mut self) {
-        let http = TlsEtcd::raw_client();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("etcd exited with {status}: {}", self.log_tail());
-            }
-            let health = http
-                .get(format!("{}/health", self.url()))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await;
-            if let Ok(resp) = health {
-                let body = resp.json::<Value>().await.unwrap_or_default();
-                if body["health"].as_str() == Some("true") {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become healthy over TLS: {}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn raw_post(&self, path: &str, body: Value, token: Option<&str>) -> Value {
-        let mut req = TlsEtcd::raw_client()
-            .post(format!("{}{path}", self.url()))
-            .json(&body);
-        if let Some(t) = token {
-            req = req.header("Authorization", t);
-        }
-        let resp = req.send().await.expect("raw etcd request");
-        assert!(resp.status().is_success(), "{path}: HTTP {}", resp.status());
-        resp.json().await.expect("raw answer is JSON")
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// An HTTP client trusting the test CA and presenting the client certificate.
+fn raw_client() -> reqwest::Client {
+    let pki = pki();
+    let ca = std::fs::read(pki.path("ca.crt")).expect("read ca.crt");
+    let identity = std::fs::read(pki.path("client-with-key.pem")).expect("read client pem");
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca cert"))
+        .identity(reqwest::Identity::from_pem(&identity).expect("client identity"))
+        .build()
+        .expect("https client")
 }
 
 fn timing(retry_timeout: u32) -> Timing {
@@ -245,10 +123,10 @@ fn timing(retry_timeout: u32) -> Timing {
 
 /// Settings of a member that trusts the test CA and presents the client certificate as
 /// separate certificate and key files, with the scheme coming from `protocol`.
-fn tls_config(server: &TlsEtcd, scope: &str, name: &str) -> EtcdConfig {
+fn tls_config(server: &EtcdServer, scope: &str, name: &str) -> EtcdConfig {
     let pki = pki();
     EtcdConfig {
-        hosts: vec![format!("127.0.0.1:{}", server.port)],
+        hosts: vec![format!("127.0.0.1:{}", server.port())],
         protocol: "https".into(),
         cacert: Some(pki.path("ca.crt")),
         cert: Some(pki.path("client.crt")),
@@ -262,7 +140,7 @@ fn tls_config(server: &TlsEtcd, scope: &str, name: &str) -> EtcdConfig {
 
 #[tokio::test]
 async fn lock_race_read_and_watch_over_mutual_tls() {
-    let server = TlsEtcd::start().await;
+    let server = start_tls_etcd().await;
     let a = Etcd3::new(tls_config(&server, "tls", "a")).expect("config a");
     // b: scheme in the host, certificate and key in one file.
     let b = Etcd3::new(EtcdConfig {
@@ -275,13 +153,7 @@ async fn lock_race_read_and_watch_over_mutual_tls() {
     .expect("config b");
 
     for round in 0..3 {
-        let (ra, rb) = tokio::join!(a.attempt_to_acquire_leader(), b.attempt_to_acquire_leader());
-        let (ra, rb) = (ra.expect("a acquire"), rb.expect("b acquire"));
-        assert!(
-            ra ^ rb,
-            "round {round}: exactly one must win (a={ra}, b={rb})"
-        );
-        let (holder, other, holder_name) = if ra { (&a, &b, "a") } else { (&b, &a, "b") };
+        let (holder, other, holder_name) = race(&a, &b, round).await;
         let cluster = other.get_cluster().await.expect("read");
         assert_eq!(cluster.leader_name(), Some(holder_name));
         assert!(holder
@@ -297,18 +169,7 @@ async fn lock_race_read_and_watch_over_mutual_tls() {
         !b.watch(Duration::from_millis(200)).await,
         "nothing changed yet"
     );
-    let started = Instant::now();
-    let (woke, acquired) = tokio::join!(b.watch(Duration::from_secs(5)), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        a.attempt_to_acquire_leader().await
-    });
-    assert!(acquired.expect("acquire"));
-    assert!(woke, "watch over TLS must wake on the leader key");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "wake too slow: {:?}",
-        started.elapsed()
-    );
+    assert_acquisition_wakes(&a, &b).await;
     assert_eq!(
         b.get_cluster().await.expect("read").leader_name(),
         Some("a")
@@ -317,8 +178,9 @@ async fn lock_race_read_and_watch_over_mutual_tls() {
     b.close().await.expect("close b");
 }
 
-/// Time and message of the first failed cluster read.
-async fn failed_read(dcs: &Etcd3) -> (Duration, String) {
+/// The message of the first failed cluster read, which must fail as unreachable within the
+/// retry timeout (3 s; one more for the last attempt and scheduling).
+async fn refused_within_retry_timeout(dcs: &Etcd3) -> String {
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(20), dcs.get_cluster())
         .await
@@ -331,24 +193,24 @@ async fn failed_read(dcs: &Etcd3) -> (Duration, String) {
         matches!(err, DcsError::Unreachable(_)),
         "expected unreachable, got {err:?}"
     );
-    (started.elapsed(), err.to_string())
+    let (elapsed, message) = (started.elapsed(), err.to_string());
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "took {elapsed:?}: {message}"
+    );
+    message
 }
 
 #[tokio::test]
 async fn missing_client_certificate_fails_within_retry_timeout() {
-    let server = TlsEtcd::start().await;
+    let server = start_tls_etcd().await;
     let dcs = Etcd3::new(EtcdConfig {
         cert: None,
         key: None,
         ..tls_config(&server, "tls", "anonymous")
     })
     .expect("config");
-    let (elapsed, message) = failed_read(&dcs).await;
-    // retry_timeout is 3 s; one more for the last attempt and scheduling.
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "took {elapsed:?}: {message}"
-    );
+    let message = refused_within_retry_timeout(&dcs).await;
     assert!(
         message.contains("BadCertificate") && message.contains("set etcd3.cert"),
         "the error must say a client certificate is needed: {message}"
@@ -357,17 +219,13 @@ async fn missing_client_certificate_fails_within_retry_timeout() {
 
 #[tokio::test]
 async fn server_signed_by_another_ca_is_rejected() {
-    let server = TlsEtcd::start().await;
+    let server = start_tls_etcd().await;
     let dcs = Etcd3::new(EtcdConfig {
         cacert: Some(pki().path("other-ca.crt")),
         ..tls_config(&server, "tls", "wrong-ca")
     })
     .expect("config");
-    let (elapsed, message) = failed_read(&dcs).await;
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "took {elapsed:?}: {message}"
-    );
+    let message = refused_within_retry_timeout(&dcs).await;
     assert!(
         message.contains("UnknownIssuer") && message.contains("etcd3.cacert"),
         "the error must name the certificate problem: {message}"
@@ -376,22 +234,8 @@ async fn server_signed_by_another_ca_is_rejected() {
 
 #[tokio::test]
 async fn password_authentication_over_tls() {
-    let server = TlsEtcd::start().await;
-    server
-        .raw_post(
-            "/v3/auth/user/add",
-            json!({"name": "root", "password": "pw"}),
-            None,
-        )
-        .await;
-    server
-        .raw_post(
-            "/v3/auth/user/grant",
-            json!({"user": "root", "role": "root"}),
-            None,
-        )
-        .await;
-    server.raw_post("/v3/auth/enable", json!({}), None).await;
+    let server = start_tls_etcd().await;
+    server.enable_auth("pw").await;
     let with = |username: Option<&str>, password: &str, name: &str| {
         Etcd3::new(EtcdConfig {
             username: username.map(String::from),

@@ -1,13 +1,13 @@
 //! The Kubernetes backend over HTTPS against a small TLS fake of the API server: the kubeconfig
 //! CA is enforced, `bypass_api_service` talks to the API server IPs from the `default/kubernetes`
 //! Endpoints verifying them as `kubernetes.default.svc`, a 403 on those Endpoints turns the
-//! bypass off, and every request carries Regent's User-Agent. Certificates are made per run with
-//! the `openssl` command-line tool.
+//! bypass off, and every request carries Regent's User-Agent. Certificates are made per run
+//! (test-pki).
 
 // A test file: its helpers, too, may stop the test on an unexpected value.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,16 +21,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-mod support;
-use support::pki::{make_ca, make_leaf};
-
-fn make_server_cert(dir: &Path, name: &str, san: &str, serial: &str) {
-    let ext = format!(
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\nsubjectAltName={san}\n"
-    );
-    make_leaf(dir, name, &format!("/CN={name}"), &ext, serial);
-}
+use test_pki::{write_ca, Ca, Subject, Usage};
 
 /// A CA with two server certificates: one for the address in the kubeconfig (IP 127.0.0.1) and
 /// one valid only for `kubernetes.default.svc` (what the API server IPs are verified as); and an
@@ -41,10 +32,15 @@ fn pki() -> &'static PathBuf {
         let dir = std::env::temp_dir().join(format!("dcs-k8s-tls-pki-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create pki dir");
-        make_ca(&dir, "ca");
-        make_ca(&dir, "other-ca");
-        make_server_cert(&dir, "by-ip", "IP:127.0.0.1", "2");
-        make_server_cert(&dir, "by-service", "DNS:kubernetes.default.svc", "3");
+        let ca = Ca::new("ca");
+        ca.write(&dir, "ca");
+        write_ca(&dir, "other-ca");
+        for (name, san) in [
+            ("by-ip", "127.0.0.1"),
+            ("by-service", "kubernetes.default.svc"),
+        ] {
+            ca.issue_to(&dir, name, Subject::CommonName(name), &[san], Usage::Server);
+        }
         dir
     })
 }

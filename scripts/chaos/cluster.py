@@ -20,7 +20,7 @@ import psycopg2
 
 import net
 from leader_log import EtcdLeaderLog, KubeLeaderLog
-from common import CampaignError, log, run, tail, wait_until
+from common import CampaignError, kubeconfig, log, run, tail, terminate, wait_until
 
 PG_BIN_DIR = "/usr/lib/postgresql/15/bin"
 ETCD_BIN = "/usr/bin/etcd"
@@ -151,14 +151,7 @@ class EtcdDcs:
         return self.process.pid
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            signal_pid(self.process.pid, signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def shutdown(self):
         self.stop()
@@ -260,16 +253,8 @@ class KubeDcs:
     def prepare_member(self, member):
         self.members.append(member)
         member.kubeconfig = os.path.join(member.dir, "kubeconfig")
-        kubeconfig = {
-            # Patroni reads the context named by `kubernetes.context`, by default "kind-kind".
-            "apiVersion": "v1", "kind": "Config", "current-context": "kind-kind",
-            "clusters": [{"name": "kind-kind", "cluster": {"server": self.url}}],
-            "users": [{"name": "kind-kind", "user": {"token": member.name}}],
-            "contexts": [{"name": "kind-kind", "context": {"cluster": "kind-kind", "user": "kind-kind",
-                                                           "namespace": KUBE_NAMESPACE}}],
-        }
         with open(member.kubeconfig, "w") as handle:
-            json.dump(kubeconfig, handle)  # JSON is YAML
+            json.dump(kubeconfig(self.url, member.name, KUBE_NAMESPACE), handle)
         os.chown(member.kubeconfig, *postgres_ids())
 
     def member_settings(self, member):
@@ -281,13 +266,7 @@ class KubeDcs:
         """SIGTERM: the server saves its objects and exits."""
         self.set_flaky(False)
         if self.process is not None and self.process.poll() is None:
-            signal_pid(self.process.pid, signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            terminate(self.process)
             if self.process.returncode != 0:
                 raise CampaignError(f"the Kubernetes API test server did not save its state "
                                     f"(exit {self.process.returncode}):\n{tail(self.log_path)}")

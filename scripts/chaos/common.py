@@ -1,6 +1,7 @@
 """Small helpers shared by the campaign modules."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,34 @@ def tail(path, lines=30):
     except OSError as error:
         return f"<cannot read {path}: {error}>"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def terminate(process, timeout=20):
+    """SIGTERM (after SIGCONT, in case it is frozen), SIGKILL if it is still there after `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.kill(process.pid, signal.SIGCONT)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def kubeconfig(server, token, namespace):
+    """A kubeconfig (JSON is YAML) whose user and context are both `kind-kind`, Patroni's default
+    `kubernetes.context`, pointing at `server` with bearer token `token`."""
+    return {
+        "apiVersion": "v1", "kind": "Config", "current-context": "kind-kind",
+        "clusters": [{"name": "kind-kind", "cluster": {"server": server}}],
+        "users": [{"name": "kind-kind", "user": {"token": token}}],
+        "contexts": [{"name": "kind-kind", "context": {"cluster": "kind-kind", "user": "kind-kind",
+                                                       "namespace": namespace}}],
+    }
 
 
 def die(message):

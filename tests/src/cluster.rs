@@ -21,7 +21,7 @@ use crate::kube::KubeApiServer;
 use crate::member::Member;
 use crate::process::TestDir;
 use crate::proxy::DcsRelay;
-use crate::{regent_bin, wait_until, wait_until_ok};
+use crate::{regent_bin, wait_until, wait_until_ok, BOOTSTRAP_DEADLINE};
 
 /// Generate one test per backend from `async fn <case>(backend: Backend)`:
 ///
@@ -737,6 +737,15 @@ impl TestCluster {
             }
         }
         names
+    }
+
+    /// Wait until a single leader is elected and every member whose agent runs streams from it
+    /// (up to [`BOOTSTRAP_DEADLINE`] each); returns the leader's name.
+    pub async fn wait_for_bootstrap(&self) -> String {
+        let leader = self.wait_for_leader(BOOTSTRAP_DEADLINE).await;
+        self.wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
+            .await;
+        leader
     }
 
     /// Wait until exactly one member answers `/primary` 200 and the DCS leader key names it.

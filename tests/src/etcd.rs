@@ -1,20 +1,17 @@
 //! A real single-node etcd (v3, JSON gateway) on 127.0.0.1 for one test.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use crate::ports::free_port;
-use crate::process::{signal_all, tail_file, TestDir};
+use crate::process::TestDir;
+use crate::server::ServerProcess;
 
 /// Path of the etcd server binary: `$ETCD_BIN`, else `/usr/bin/etcd`.
 pub fn etcd_bin() -> PathBuf {
@@ -46,11 +43,11 @@ pub struct KeyValue {
 /// The process can be stopped and started again on the same data directory and ports, and
 /// frozen with SIGSTOP (`pause`) to simulate an unreachable DCS without losing its state.
 pub struct Etcd {
+    // Declared before `dir`: the process is killed before its directory is removed.
+    process: ServerProcess,
     dir: TestDir,
     client_port: u16,
     peer_port: u16,
-    child: Mutex<Option<Child>>,
-    paused: Mutex<bool>,
     http: reqwest::Client,
 }
 
@@ -66,12 +63,12 @@ impl Etcd {
             .pool_max_idle_per_host(0)
             .build()
             .unwrap_or_else(|e| panic!("build HTTP client: {e}"));
+        let dir = TestDir::new("etcd");
         let etcd = Etcd {
-            dir: TestDir::new("etcd"),
+            process: ServerProcess::new("etcd", dir.path().join("etcd.log")),
+            dir,
             client_port: free_port(),
             peer_port: free_port(),
-            child: Mutex::new(None),
-            paused: Mutex::new(false),
             http,
         };
         etcd.start().await;
@@ -92,7 +89,7 @@ impl Etcd {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("etcd.log")
+        self.process.log_path().to_path_buf()
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -101,31 +98,15 @@ impl Etcd {
 
     /// Process id of the running server, if any.
     pub fn pid(&self) -> Option<i32> {
-        let guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().map(|c| c.id() as i32)
+        self.process.pid()
     }
 
     /// Start the server (again) on the same data directory and ports; waits until it is healthy.
     pub async fn start(&self) {
-        {
-            let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(child) = guard.as_mut() {
-                if matches!(child.try_wait(), Ok(None)) {
-                    panic!("etcd is already running (pid {})", child.id());
-                }
-            }
-            let mut log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.log_path())
-                .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path().display()));
-            let _ = writeln!(log, "=== starting etcd ===");
-            let log_err = log
-                .try_clone()
-                .unwrap_or_else(|e| panic!("clone log handle: {e}"));
-            let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-            let client_url = self.client_url();
-            let child = Command::new(etcd_bin())
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let client_url = self.client_url();
+        self.process.spawn(
+            Command::new(etcd_bin())
                 .arg("--name=regent-test")
                 .arg(format!("--data-dir={}", self.data_dir().display()))
                 .arg(format!("--listen-client-urls={client_url}"))
@@ -137,95 +118,36 @@ impl Etcd {
                 .arg("--initial-cluster-token=regent-test")
                 .arg("--heartbeat-interval=100")
                 .arg("--election-timeout=500")
-                .env_remove("ETCDCTL_API")
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(log_err))
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", etcd_bin().display()));
-            *guard = Some(child);
-            *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        }
-        let started = Instant::now();
-        loop {
-            match self.range_raw("health-probe", None).await {
-                Ok(_) => return,
-                Err(e) => {
-                    if let Some(status) = self.try_wait_exit() {
-                        panic!(
-                            "etcd exited during startup with {status}; log tail:\n{}",
-                            tail_file(&self.log_path(), 40)
-                        );
-                    }
-                    if started.elapsed() > Self::STARTUP_DEADLINE {
-                        panic!(
-                            "etcd did not become healthy within {:?}: {e:#}; log tail:\n{}",
-                            Self::STARTUP_DEADLINE,
-                            tail_file(&self.log_path(), 40)
-                        );
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn try_wait_exit(&self) -> Option<std::process::ExitStatus> {
-        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+                .env_remove("ETCDCTL_API"),
+        );
+        let probe = || async {
+            let answer = self.range_raw("health-probe", None).await;
+            answer.map(drop).map_err(|e| format!("{e:#}"))
+        };
+        let interval = Duration::from_millis(50);
+        self.process
+            .wait_ready(Self::STARTUP_DEADLINE, interval, 40, probe)
+            .await;
     }
 
     /// Kill the server with SIGKILL and reap it. Data directory and ports are kept for `start`.
     pub fn stop(&self) {
-        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut child) = guard.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.process.stop();
     }
 
     /// Stop the server with SIGTERM, waiting up to `deadline` before falling back to SIGKILL.
     pub async fn stop_graceful(&self, deadline: Duration) {
-        self.resume();
-        if let Some(pid) = self.pid() {
-            signal_all(&[pid], Signal::SIGTERM);
-        }
-        let started = Instant::now();
-        while started.elapsed() < deadline {
-            let exited = {
-                let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-                match guard.as_mut() {
-                    None => true,
-                    Some(child) => matches!(child.try_wait(), Ok(Some(_))),
-                }
-            };
-            if exited {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.stop();
+        self.process.stop_graceful(deadline).await;
     }
 
     /// Freeze the server (SIGSTOP): connections hang, leases do not expire until `resume`.
     pub fn pause(&self) {
-        let pid = self
-            .pid()
-            .unwrap_or_else(|| panic!("cannot pause etcd: it is not running"));
-        crate::process::stop_process(pid);
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.process.pause();
     }
 
     /// Undo `pause` (SIGCONT).
     pub fn resume(&self) {
-        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-        if *paused {
-            if let Some(pid) = self.pid() {
-                signal_all(&[pid], Signal::SIGCONT);
-            }
-            *paused = false;
-        }
+        self.process.resume();
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value> {
@@ -367,19 +289,6 @@ impl Etcd {
     /// Directory holding the data dir and the log.
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- etcd log tail ({}) -----\n{}",
-                self.log_path().display(),
-                tail_file(&self.log_path(), 15)
-            );
-        }
-        self.stop();
     }
 }
 

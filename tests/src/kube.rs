@@ -6,26 +6,24 @@
 //! apart from the members' requests (and are never refused by RBAC rules).
 //!
 //! Plain HTTP by default. [`KubeApiServer::launch_tls`] serves HTTPS with a certificate for
-//! 127.0.0.1/localhost signed by a CA made for that server with the openssl CLI; kubeconfigs
+//! 127.0.0.1/localhost signed by a CA made for that server (test-pki); kubeconfigs
 //! then carry the CA as `certificate-authority-data`. [`KubeApiServer::enforce_rbac`] (or
 //! [`KubeApiServerBuilder::rbac_file`]) makes the server enforce the Roles of a YAML file such
 //! as kubernetes/rbac.yaml for every other token.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Output};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use crate::ports::free_port;
-use crate::process::{signal_all, tail_file, TestDir};
+use crate::process::TestDir;
+use crate::server::ServerProcess;
 
 /// Bearer token of the fixture's own requests.
 pub const FIXTURE_TOKEN: &str = "regent-test-fixture";
@@ -75,111 +73,6 @@ fn collection_path(resource: &str, namespace: &str) -> String {
     }
 }
 
-/// Make a self-signed CA (EC P-256, valid 2 days) as `<dir>/<name>.crt` and `<name>.key` with
-/// the openssl CLI; returns the certificate's path. Panics if openssl fails.
-pub fn make_test_ca(dir: &Path, name: &str) -> PathBuf {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=regent test {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    dir.join(format!("{name}.crt"))
-}
-
-/// A server certificate for 127.0.0.1 and localhost signed by the CA `<dir>/<ca>.crt`, as
-/// `<dir>/<name>.crt` and `<name>.key`.
-fn make_server_cert(dir: &Path, ca: &str, name: &str) {
-    let ext = format!("{name}.ext");
-    let ext_path = dir.join(&ext);
-    std::fs::write(
-        &ext_path,
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap_or_else(|e| panic!("write {}: {e}", ext_path.display()));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    // A serial of its own per certificate: clients may cache by issuer and serial.
-    let serial = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(1)
-        .to_string();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-set_serial",
-            &serial,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("run openssl (needed for the HTTPS test server; install it): {e}")
-        });
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Certificates of an HTTPS test server.
 #[derive(Debug, Clone)]
 struct TlsFiles {
@@ -190,13 +83,99 @@ struct TlsFiles {
 
 impl TlsFiles {
     fn create(dir: &Path) -> TlsFiles {
-        let ca_cert = make_test_ca(dir, "ca");
-        make_server_cert(dir, "ca", "server");
+        let ca = test_pki::Ca::new("ca");
+        let subject = test_pki::Subject::CommonName("127.0.0.1");
+        let names = ["127.0.0.1", "localhost"];
+        let (server_cert, server_key) =
+            ca.issue_to(dir, "server", subject, &names, test_pki::Usage::Server);
         TlsFiles {
-            ca_cert,
-            server_cert: dir.join("server.crt"),
-            server_key: dir.join("server.key"),
+            ca_cert: ca.write(dir, "ca"),
+            server_cert,
+            server_key,
         }
+    }
+}
+
+/// `kubectl` against a test server, with its own kubeconfig and a discovery cache in the server's
+/// directory.
+pub struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache_dir: PathBuf,
+    timeout: Duration,
+}
+
+impl Kubectl {
+    /// As the user with bearer token `token` (a kubeconfig written for it).
+    pub fn new(bin: PathBuf, server: &KubeApiServer, token: &str) -> Kubectl {
+        Kubectl::with_kubeconfig(bin, server, server.kubeconfig(token))
+    }
+
+    pub fn with_kubeconfig(bin: PathBuf, server: &KubeApiServer, kubeconfig: PathBuf) -> Kubectl {
+        Kubectl {
+            bin,
+            kubeconfig,
+            cache_dir: server.dir().join("kubectl-cache"),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// How long one command may take (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Kubectl {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `kubectl args...` with this kubeconfig and cache, not yet started.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .arg("--cache-dir")
+            .arg(&self.cache_dir)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .kill_on_drop(true);
+        cmd
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        match tokio::time::timeout(self.timeout, cmd.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => panic!("run kubectl {args:?}: {e}"),
+            Err(_) => panic!("kubectl {args:?} did not finish within {:?}", self.timeout),
+        }
+    }
+
+    /// Run and require success; returns stdout.
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// Run and require failure; returns stderr.
+    pub async fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args).await;
+        assert!(
+            !output.status.success(),
+            "kubectl {args:?} should fail but printed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Run with `-o json` and require success; returns the parsed output.
+    pub async fn json(&self, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let out = self.ok(&full).await;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
     }
 }
 
@@ -214,7 +193,7 @@ impl KubeApiServerBuilder {
         self
     }
 
-    /// Serve HTTPS (certificates made with the openssl CLI).
+    /// Serve HTTPS (certificates made per server, see test-pki).
     pub fn tls(mut self) -> Self {
         self.tls = true;
         self
@@ -256,14 +235,14 @@ impl KubeApiServerBuilder {
         let http = http
             .build()
             .unwrap_or_else(|e| panic!("build HTTP client: {e}"));
+        let log = dir.path().join("kube-apiserver.log");
         let server = KubeApiServer {
+            process: ServerProcess::new("regent-kube-apiserver", log),
             dir,
             port: free_port(),
             extra_args: self.args,
             tls,
             rbac: Mutex::new(None),
-            child: Mutex::new(None),
-            paused: Mutex::new(false),
             http,
         };
         server.start().await;
@@ -273,14 +252,14 @@ impl KubeApiServerBuilder {
 
 /// The test API server process; state lives in its memory only.
 pub struct KubeApiServer {
+    // Declared before `dir`: the process is killed before its directory is removed.
+    process: ServerProcess,
     dir: TestDir,
     port: u16,
     extra_args: Vec<String>,
     tls: Option<TlsFiles>,
     /// The body of the last `enforce_rbac`, applied again after a restart.
     rbac: Mutex<Option<Value>>,
-    child: Mutex<Option<Child>>,
-    paused: Mutex<bool>,
     http: reqwest::Client,
 }
 
@@ -339,7 +318,7 @@ impl KubeApiServer {
 
     /// Its stdout/stderr: the listening line and one line per request.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("kube-apiserver.log")
+        self.process.log_path().to_path_buf()
     }
 
     /// Directory holding the log (and kubeconfigs written with `kubeconfig`).
@@ -348,115 +327,54 @@ impl KubeApiServer {
     }
 
     pub fn pid(&self) -> Option<i32> {
-        let guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().map(|c| c.id() as i32)
+        self.process.pid()
     }
 
     /// Start the server (again, after `stop`) on the same port; it starts empty.
     pub async fn start(&self) {
-        {
-            let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(child) = guard.as_mut() {
-                if matches!(child.try_wait(), Ok(None)) {
-                    panic!("the API server is already running (pid {})", child.id());
-                }
-            }
-            let mut log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.log_path())
-                .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path().display()));
-            let _ = writeln!(log, "=== starting regent-kube-apiserver ===");
-            let log_err = log
-                .try_clone()
-                .unwrap_or_else(|e| panic!("clone log handle: {e}"));
-            let bin = kube_apiserver_bin();
-            let mut command = Command::new(&bin);
+        let mut command = Command::new(kube_apiserver_bin());
+        command
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port));
+        if let Some(tls) = &self.tls {
             command
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{}", self.port));
-            if let Some(tls) = &self.tls {
-                command
-                    .arg("--tls-cert")
-                    .arg(&tls.server_cert)
-                    .arg("--tls-key")
-                    .arg(&tls.server_key);
-            }
-            let child = command
-                .args(&self.extra_args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(log_err))
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-            *guard = Some(child);
-            *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                .arg("--tls-cert")
+                .arg(&tls.server_cert)
+                .arg("--tls-key")
+                .arg(&tls.server_key);
         }
-        let started = Instant::now();
-        loop {
-            let healthy = self
-                .http
-                .get(format!("{}/healthz", self.url()))
-                .send()
-                .await
-                .map(|r| r.status().is_success());
-            if let Ok(true) = healthy {
-                break;
+        self.process.spawn(command.args(&self.extra_args));
+        let probe = || async {
+            let url = format!("{}/healthz", self.url());
+            match self.http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("GET {url} answered {}", r.status())),
+                Err(e) => Err(format!("GET {url}: {e}")),
             }
-            if let Some(status) = self.try_wait_exit() {
-                panic!(
-                    "regent-kube-apiserver exited during startup with {status}; log tail:\n{}",
-                    tail_file(&self.log_path(), 20)
-                );
-            }
-            if started.elapsed() > Self::STARTUP_DEADLINE {
-                panic!(
-                    "regent-kube-apiserver did not answer within {:?}; log tail:\n{}",
-                    Self::STARTUP_DEADLINE,
-                    tail_file(&self.log_path(), 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        let interval = Duration::from_millis(20);
+        self.process
+            .wait_ready(Self::STARTUP_DEADLINE, interval, 20, probe)
+            .await;
         let rbac = self.rbac.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(body) = rbac {
             self.post_rbac(&body).await;
         }
     }
 
-    fn try_wait_exit(&self) -> Option<std::process::ExitStatus> {
-        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-
     /// Kill the server (SIGKILL): every connection breaks and all state is lost.
     pub fn stop(&self) {
-        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut child) = guard.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.process.stop();
     }
 
     /// Freeze the server (SIGSTOP): connections hang until `resume`.
     pub fn pause(&self) {
-        let pid = self
-            .pid()
-            .unwrap_or_else(|| panic!("cannot pause the API server: it is not running"));
-        crate::process::stop_process(pid);
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.process.pause();
     }
 
     /// Undo `pause` (SIGCONT).
     pub fn resume(&self) {
-        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-        if *paused {
-            if let Some(pid) = self.pid() {
-                signal_all(&[pid], Signal::SIGCONT);
-            }
-            *paused = false;
-        }
+        self.process.resume();
     }
 
     /// Write a kubeconfig at `path` whose context and current-context are both `kind-kind`,
@@ -740,17 +658,4 @@ pub fn encode_query(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-impl Drop for KubeApiServer {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- kube-apiserver log tail ({}) -----\n{}",
-                self.log_path().display(),
-                tail_file(&self.log_path(), 15)
-            );
-        }
-        self.stop();
-    }
 }

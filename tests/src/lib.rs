@@ -22,6 +22,7 @@ pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod roles;
+pub mod server;
 pub mod tools;
 pub mod writer;
 
@@ -38,6 +39,10 @@ pub use ports::{free_port, free_ports};
 pub use process::TestDir;
 pub use roles::RoleSampler;
 pub use writer::{Writer, WriterReport};
+
+/// How long a new cluster may take to elect its leader and to stream to each replica: initdb,
+/// first start and base backups on a 2-core machine.
+pub const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 
 /// How often the wait helpers poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);

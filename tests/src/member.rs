@@ -387,6 +387,16 @@ impl Member {
         Ok(client)
     }
 
+    /// The value of the Postgres setting `setting` (`SHOW`), `None` if it cannot be read.
+    pub async fn show(&self, setting: &str) -> Option<String> {
+        let client = self.pg_client().await.ok()?;
+        let row = client
+            .query_one(&format!("SHOW {setting}"), &[])
+            .await
+            .ok()?;
+        row.try_get::<_, String>(0).ok()
+    }
+
     /// `pg_is_in_recovery()` of this member's Postgres.
     pub async fn pg_in_recovery(&self) -> Result<bool> {
         let client = self.pg_client().await?;

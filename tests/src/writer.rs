@@ -218,6 +218,24 @@ impl Writer {
             .len()
     }
 
+    /// Wait until at least `count` writes are acknowledged; panics (with the count reached)
+    /// after `deadline`.
+    pub async fn wait_for_acks(&self, count: usize, deadline: Duration) {
+        crate::wait_until_ok(
+            &format!("{count} acknowledged writes"),
+            deadline,
+            || async {
+                let acked = self.acked_count();
+                if acked >= count {
+                    Ok(())
+                } else {
+                    Err(anyhow!("{acked} acknowledged"))
+                }
+            },
+        )
+        .await;
+    }
+
     /// Time of the latest acknowledgement so far.
     pub fn last_ack(&self) -> Option<Instant> {
         self.record
@@ -317,6 +335,19 @@ pub async fn written_ids(client: &Client) -> Result<Vec<i64>> {
     rows.iter()
         .map(|row| row.try_get(0).context("writer id column"))
         .collect()
+}
+
+/// Panics unless every id in `acked` is in the writer table on `member`: no acknowledged write
+/// was lost.
+pub async fn assert_acked_rows_on(member: &Member, acked: &[i64]) {
+    let name = member.name();
+    let client = (member.pg_client().await).unwrap_or_else(|e| panic!("connect to {name}: {e:#}"));
+    let present = (written_ids(&client).await).unwrap_or_else(|e| panic!("rows on {name}: {e:#}"));
+    let lost = missing_ids(acked, &present);
+    assert!(
+        lost.is_empty(),
+        "acknowledged rows lost on {name}: {lost:?}"
+    );
 }
 
 /// Acknowledged ids missing from `present` (both ascending or not; result ascending).

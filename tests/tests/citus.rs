@@ -306,20 +306,9 @@ async fn citus_cluster_registers_every_group_and_follows_worker_switchovers(back
         })
         .await
         .expect("writes go through before the switchover");
-        let old = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
-        let candidate = group_members(&cluster, 1)
-            .into_iter()
-            .find(|m| m.name() != old.name())
-            .expect("a second group 1 member");
-        wait_streaming(candidate).await;
+        let (old, candidate) = primary_and_standby(&cluster, 1).await;
         let switch_started = Instant::now();
-        let (code, text) = post(
-            old,
-            "/switchover",
-            json!({"leader": old.name(), "candidate": candidate.name()}),
-        )
-        .await;
-        assert_eq!(code, 200, "switchover: {text}");
+        request_switchover(old, candidate).await;
         let new = poll_until(Duration::from_secs(30), || async {
             group_primary(&cluster, 1)
                 .await
@@ -379,12 +368,7 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right(backend: Backe
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(90)).await;
 
     // kill -9 of the worker group's leader (agent and postmaster).
-    let old = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
-    let survivor = group_members(&cluster, 1)
-        .into_iter()
-        .find(|m| m.name() != old.name())
-        .expect("a second group 1 member");
-    wait_streaming(survivor).await;
+    let (old, survivor) = primary_and_standby(&cluster, 1).await;
     old.kill9_with_postmaster();
     let killed = Instant::now();
     poll_until(Duration::from_secs(60), || async {
@@ -409,12 +393,7 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right(backend: Backe
 
     // kill -9 of the coordinator's leader: the new coordinator leader takes over, then a worker
     // switchover is reflected by it.
-    let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(5)).await;
-    let next = group_members(&cluster, 0)
-        .into_iter()
-        .find(|m| m.name() != coordinator.name())
-        .expect("a second coordinator member");
-    wait_streaming(next).await;
+    let (coordinator, next) = primary_and_standby(&cluster, 0).await;
     coordinator.kill9_with_postmaster();
     poll_until(Duration::from_secs(60), || async {
         group_primary(&cluster, 0)
@@ -424,19 +403,8 @@ async fn worker_and_coordinator_failovers_keep_pg_dist_node_right(backend: Backe
     .await
     .expect("the second coordinator member leads");
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(15)).await;
-    let worker = wait_group_primary(&cluster, 1, Duration::from_secs(5)).await;
-    let other = group_members(&cluster, 1)
-        .into_iter()
-        .find(|m| m.name() != worker.name())
-        .expect("a second group 1 member");
-    wait_streaming(other).await;
-    let (code, text) = post(
-        worker,
-        "/switchover",
-        json!({"leader": worker.name(), "candidate": other.name()}),
-    )
-    .await;
-    assert_eq!(code, 200, "switchover: {text}");
+    let (worker, other) = primary_and_standby(&cluster, 1).await;
+    request_switchover(worker, other).await;
     poll_until(Duration::from_secs(30), || async {
         group_primary(&cluster, 1)
             .await
@@ -479,10 +447,7 @@ async fn bad_citus_bodies_are_refused_and_change_nothing(backend: Backend) {
         assert_eq!(code, 400, "{body} → {code} {text}");
     }
     // A valid event from a member that is not its group's leader is accepted and ignored.
-    let replica = group_members(&cluster, 1)
-        .into_iter()
-        .find(|m| m.name() != worker.name())
-        .expect("a second group 1 member");
+    let replica = other_member(&cluster, 1, worker);
     let (code, _) = post(
         coordinator,
         "/citus",
@@ -494,17 +459,23 @@ async fn bad_citus_bodies_are_refused_and_change_nothing(backend: Backend) {
     assert_eq!(before, after, "pg_dist_node changed");
     // Writes to the worker group are not held: a probe write through the coordinator returns.
     create_distributed_table(&cluster).await;
-    let client = citus_client(coordinator).await.expect("connect");
-    tokio::time::timeout(
+    let insert = "INSERT INTO events SELECT g, 'y' FROM generate_series(1, 20) g";
+    execute_within(
+        coordinator,
+        insert,
         Duration::from_secs(3),
-        client.execute(
-            "INSERT INTO events SELECT g, 'y' FROM generate_series(1, 20) g",
-            &[],
-        ),
+        "writes are not paused",
     )
-    .await
-    .expect("writes are not paused")
-    .expect("insert");
+    .await;
+}
+
+/// Run `sql` through `coordinator`; it must succeed within `limit` (else panics with `in_time`).
+async fn execute_within(coordinator: &Member, sql: &str, limit: Duration, in_time: &str) {
+    let client = citus_client(coordinator).await.expect("connect");
+    tokio::time::timeout(limit, client.execute(sql, &[]))
+        .await
+        .expect(in_time)
+        .expect("insert");
 }
 
 /// An error as SQLSTATE and message (a closed connection has no SQLSTATE).
@@ -525,12 +496,7 @@ async fn coordinator_and_worker_switchovers_at_once_do_not_deadlock(backend: Bac
     create_distributed_table(&cluster).await;
     let mut pairs = Vec::new();
     for group in [0, 1] {
-        let old = wait_group_primary(&cluster, group, Duration::from_secs(5)).await;
-        let candidate = group_members(&cluster, group)
-            .into_iter()
-            .find(|m| m.name() != old.name())
-            .expect("a second member");
-        wait_streaming(candidate).await;
+        let (old, candidate) = primary_and_standby(&cluster, group).await;
         pairs.push((group, old, candidate));
     }
     let started = Instant::now();
@@ -556,17 +522,9 @@ async fn coordinator_and_worker_switchovers_at_once_do_not_deadlock(backend: Bac
     wait_dist_nodes_match(&cluster, 2, Duration::from_secs(30)).await;
     let settled = started.elapsed();
     let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(5)).await;
-    let client = citus_client(coordinator).await.expect("connect");
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        client.execute(
-            "INSERT INTO events SELECT g, 'z' FROM generate_series(1, 50) g",
-            &[],
-        ),
-    )
-    .await
-    .expect("writes are not held after both switchovers")
-    .expect("insert");
+    let insert = "INSERT INTO events SELECT g, 'z' FROM generate_series(1, 50) g";
+    let held = "writes are not held after both switchovers";
+    execute_within(coordinator, insert, Duration::from_secs(10), held).await;
     eprintln!(
         "{tag} both switchovers done, pg_dist_node right {:.3?} after they started",
         settled
@@ -634,14 +592,13 @@ async fn minimum_workers_holds_provisioning_back(backend: Backend) {
         m.start();
     }
     let worker = wait_group_primary(&cluster, 1, Duration::from_secs(90)).await;
-    poll_until(Duration::from_secs(60), || async {
-        provisioned(worker)
-            .await
-            .contains(&"worker/10-worker.sql".to_string())
-            .then_some(())
-    })
-    .await
-    .expect("the worker group's script ran");
+    wait_provisioned(
+        worker,
+        "worker/10-worker.sql",
+        Duration::from_secs(60),
+        "the worker group's script ran",
+    )
+    .await;
     let coordinator = wait_group_primary(&cluster, 0, Duration::from_secs(60)).await;
     // The coordinator has registered the one worker group and says it waits for a second.
     poll_until(Duration::from_secs(30), || async {
@@ -665,30 +622,48 @@ async fn minimum_workers_holds_provisioning_back(backend: Backend) {
     for m in group_members(&cluster, 2) {
         m.start();
     }
-    poll_until(Duration::from_secs(90), || async {
-        provisioned(coordinator)
-            .await
-            .contains(&"coordinator/10-coordinator.sql".to_string())
-            .then_some(())
-    })
-    .await
-    .expect("the coordinator script runs once two worker groups are registered");
+    wait_provisioned(
+        coordinator,
+        "coordinator/10-coordinator.sql",
+        Duration::from_secs(90),
+        "the coordinator script runs once two worker groups are registered",
+    )
+    .await;
     eprintln!(
         "{tag} coordinator script ran {:.3?} after the second worker group was started",
         started.elapsed()
     );
     // Each script ran exactly once, and the second worker group ran its own.
     let worker2 = wait_group_primary(&cluster, 2, Duration::from_secs(30)).await;
-    poll_until(Duration::from_secs(60), || async {
-        provisioned(worker2)
+    wait_provisioned(
+        worker2,
+        "worker/10-worker.sql",
+        Duration::from_secs(60),
+        "the second worker group's script ran",
+    )
+    .await;
+    let rows = provisioned(coordinator).await;
+    assert_eq!(rows, vec!["coordinator/10-coordinator.sql".to_string()]);
+}
+
+/// Wait until `member` records that `script` ran; panics with `what` after `deadline`.
+async fn wait_provisioned(member: &Member, script: &str, deadline: Duration, what: &str) {
+    poll_until(deadline, || async {
+        provisioned(member)
             .await
-            .contains(&"worker/10-worker.sql".to_string())
+            .iter()
+            .any(|s| s == script)
             .then_some(())
     })
     .await
-    .expect("the second worker group's script ran");
-    let rows = provisioned(coordinator).await;
-    assert_eq!(rows, vec!["coordinator/10-coordinator.sql".to_string()]);
+    .expect(what);
+}
+
+/// `POST /switchover` to `leader` naming `candidate`; it must be accepted.
+async fn request_switchover(leader: &Member, candidate: &Member) {
+    let body = json!({"leader": leader.name(), "candidate": candidate.name()});
+    let (code, text) = post(leader, "/switchover", body).await;
+    assert_eq!(code, 200, "switchover: {text}");
 }
 
 async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, String) {
@@ -701,6 +676,22 @@ async fn post(member: &Member, path: &str, body: serde_json::Value) -> (u16, Str
         .unwrap_or_else(|e| panic!("POST {path} to {}: {e}", member.name()));
     let code = resp.status().as_u16();
     (code, resp.text().await.unwrap_or_default())
+}
+
+/// The member of `group` other than `than` (groups have two).
+fn other_member<'a>(cluster: &'a TestCluster, group: usize, than: &Member) -> &'a Member {
+    group_members(cluster, group)
+        .into_iter()
+        .find(|m| m.name() != than.name())
+        .unwrap_or_else(|| panic!("a second member in group {group}"))
+}
+
+/// `group`'s primary and its other member, once that one streams as the synchronous standby.
+async fn primary_and_standby(cluster: &TestCluster, group: usize) -> (&Member, &Member) {
+    let primary = wait_group_primary(cluster, group, Duration::from_secs(5)).await;
+    let standby = other_member(cluster, group, primary);
+    wait_streaming(standby).await;
+    (primary, standby)
 }
 
 /// Streaming, and the group's synchronous standby: Citus groups run `synchronous_mode`, where

@@ -11,8 +11,6 @@ use regent_tests::tools::patronictl_bin;
 use regent_tests::{regent_bin, wait_until, TestCluster};
 use serde_json::Value;
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
-
 /// `regent ctl -c <config> args...` with the member's environment (KUBECONFIG on Kubernetes).
 fn ctl_env(config: &std::path::Path, env: &[(String, String)], args: &[&str]) -> Output {
     std::process::Command::new(regent_bin())
@@ -85,25 +83,13 @@ fn rows(json: &str) -> Vec<(String, String, String)> {
     out
 }
 
-async fn show(member: &regent_tests::Member, setting: &str) -> Option<String> {
-    let client = member.pg_client().await.ok()?;
-    let row = client
-        .query_one(&format!("SHOW {setting}"), &[])
-        .await
-        .ok()?;
-    row.try_get::<_, String>(0).ok()
-}
-
 regent_tests::backend_tests! {
     regent_ctl_on_a_live_cluster: [etcd, kubernetes];
 }
 
 async fn regent_ctl_on_a_live_cluster(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "ctl", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let config = cluster.member(&leader).config_path();
     // On Kubernetes ctl has its own token, so the test server counts its requests apart.
     let env = if backend.is_kubernetes() {
@@ -249,7 +235,7 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
         wait_until(
             &format!("{} to apply work_mem", m.name()),
             Duration::from_secs(40),
-            || async move { (show(m, "work_mem").await.as_deref() == Some("7MB")).then_some(()) },
+            || async move { (m.show("work_mem").await.as_deref() == Some("7MB")).then_some(()) },
         )
         .await;
     }
@@ -282,7 +268,7 @@ async fn regent_ctl_on_a_live_cluster(backend: Backend) {
             wait_until(
                 &format!("{} to apply work_mem 6MB", m.name()),
                 Duration::from_secs(40),
-                || async move { (show(m, "work_mem").await.as_deref() == Some("6MB")).then_some(()) },
+                || async move { (m.show("work_mem").await.as_deref() == Some("6MB")).then_some(()) },
             )
             .await;
         }

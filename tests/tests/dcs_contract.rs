@@ -67,19 +67,23 @@ impl Store {
         self.kube.as_ref().expect("a Kubernetes store")
     }
 
+    /// An etcd member of Citus group `group` (`None`: no Citus) with default settings.
+    fn etcd_member(&self, name: &str, group: Option<u32>, timing: Timing) -> Etcd3 {
+        Etcd3::new(EtcdConfig {
+            hosts: vec![self.etcd.as_ref().expect("etcd").client_url()],
+            scope: SCOPE.into(),
+            name: name.into(),
+            group,
+            timing,
+            ..Default::default()
+        })
+        .expect("valid etcd config")
+    }
+
     /// A member with default settings.
     async fn member(&self, name: &str, timing: Timing) -> Box<dyn Dcs> {
         match self.backend {
-            Backend::Etcd => Box::new(
-                Etcd3::new(EtcdConfig {
-                    hosts: vec![self.etcd.as_ref().expect("etcd").client_url()],
-                    scope: SCOPE.into(),
-                    name: name.into(),
-                    timing,
-                    ..Default::default()
-                })
-                .expect("valid etcd config"),
-            ),
+            Backend::Etcd => Box::new(self.etcd_member(name, None, timing)),
             Backend::Kubernetes => Box::new(kube_member(self.kube(), name, timing, |_| {}).await),
         }
     }
@@ -107,25 +111,10 @@ impl Store {
             }
             Backend::Kubernetes => {
                 let kube = self.kube();
-                kube.create_pod(NS, "broken", &labels(), "10.0.0.99").await;
-                patch(
-                    kube,
-                    "pods",
-                    "broken",
-                    json!({"metadata": {"annotations": {"status": "{garbage"}}}),
-                )
-                .await;
+                create_broken_pod(kube, &labels(), "10.0.0.99").await;
                 let cm = json!({"metadata": {"name": "demo-config", "labels": labels(),
                     "annotations": {"config": "[1, 2", "history": "[[1,\"x\"]"}}});
-                let (status, body) = kube
-                    .request(
-                        reqwest::Method::POST,
-                        "/api/v1/namespaces/default/configmaps",
-                        "application/json",
-                        Some(&cm),
-                    )
-                    .await
-                    .expect("create config map");
+                let (status, body) = post_config_map(kube, &cm).await;
                 if status == 409 {
                     patch(
                         kube,
@@ -169,6 +158,35 @@ async fn kube_member(
     };
     adjust(&mut cfg);
     Kubernetes::connect(cfg).await.expect("connect")
+}
+
+/// A Pod `broken` whose `status` annotation is not JSON, as a broken peer would leave it.
+async fn create_broken_pod(kube: &KubeApiServer, pod_labels: &BTreeMap<String, String>, ip: &str) {
+    kube.create_pod(NS, "broken", pod_labels, ip).await;
+    let garbage = json!({"metadata": {"annotations": {"status": "{garbage"}}});
+    patch(kube, "pods", "broken", garbage).await;
+}
+
+/// POST the ConfigMap `cm` as the test fixture; returns the status and the answer.
+async fn post_config_map(kube: &KubeApiServer, cm: &Value) -> (u16, Value) {
+    kube.request(
+        reqwest::Method::POST,
+        &format!("/api/v1/namespaces/{NS}/configmaps"),
+        "application/json",
+        Some(cm),
+    )
+    .await
+    .expect("create config map")
+}
+
+/// DELETE the ConfigMap `demo-leader` as the test fixture, as an administrator might.
+async fn delete_leader_object(kube: &KubeApiServer) {
+    let path = format!("/api/v1/namespaces/{NS}/configmaps/demo-leader");
+    let (code, body) = kube
+        .request(reqwest::Method::DELETE, &path, "application/json", None)
+        .await
+        .expect("delete the leader object");
+    assert_eq!(code, 200, "DELETE {path}: {body}");
 }
 
 /// Strategic-merge PATCH as the test fixture (someone other than the members).
@@ -724,20 +742,21 @@ async fn race_never_two_winners(backend: Backend) {
 // ---- Citus groups ------------------------------------------------------------------------------
 
 impl Store {
+    /// The coordinator `c0` (group 0), `w1` and `w1b` (group 1) and `w2` (group 2).
+    async fn citus_groups(&self) -> [Box<dyn Dcs>; 4] {
+        let t = timing(10, 3);
+        [
+            self.citus_member("c0", 0, t).await,
+            self.citus_member("w1", 1, t).await,
+            self.citus_member("w1b", 1, t).await,
+            self.citus_member("w2", 2, t).await,
+        ]
+    }
+
     /// A member of Citus group `group` (Kubernetes: its Pod carries the `citus-group` label).
     async fn citus_member(&self, name: &str, group: u32, timing: Timing) -> Box<dyn Dcs> {
         match self.backend {
-            Backend::Etcd => Box::new(
-                Etcd3::new(EtcdConfig {
-                    hosts: vec![self.etcd.as_ref().expect("etcd").client_url()],
-                    scope: SCOPE.into(),
-                    name: name.into(),
-                    group: Some(group),
-                    timing,
-                    ..Default::default()
-                })
-                .expect("valid etcd config"),
-            ),
+            Backend::Etcd => Box::new(self.etcd_member(name, Some(group), timing)),
             Backend::Kubernetes => {
                 let mut pod_labels = labels();
                 pod_labels.insert("citus-group".into(), group.to_string());
@@ -818,11 +837,7 @@ fn member_names(c: &dcs::Cluster) -> Vec<&str> {
 /// reported naming the object and never fails the read.
 async fn citus_coordinator_reads_every_group(backend: Backend) {
     let store = Store::start(backend).await;
-    let t = timing(10, 3);
-    let c0 = store.citus_member("c0", 0, t).await;
-    let w1 = store.citus_member("w1", 1, t).await;
-    let w1b = store.citus_member("w1b", 1, t).await;
-    let w2 = store.citus_member("w2", 2, t).await;
+    let [c0, w1, w1b, w2] = store.citus_groups().await;
     for (m, name, role) in [
         (&c0, "c0", Role::Primary),
         (&w1, "w1", Role::Primary),
@@ -983,28 +998,12 @@ async fn citus_coordinator_reads_every_group(backend: Backend) {
             let kube = store.kube();
             let mut pod_labels = labels();
             pod_labels.insert("citus-group".into(), "2".into());
-            kube.create_pod(NS, "broken", &pod_labels, "10.0.2.99")
-                .await;
-            patch(
-                kube,
-                "pods",
-                "broken",
-                json!({"metadata": {"annotations": {"status": "{garbage"}}}),
-            )
-            .await;
+            create_broken_pod(kube, &pod_labels, "10.0.2.99").await;
             let mut cm_labels = labels();
             cm_labels.insert("citus-group".into(), "2".into());
             let cm = json!({"metadata": {"name": "demo-2-config", "labels": cm_labels,
                 "annotations": {"config": "[1, 2"}}});
-            let (status, body) = kube
-                .request(
-                    reqwest::Method::POST,
-                    "/api/v1/namespaces/default/configmaps",
-                    "application/json",
-                    Some(&cm),
-                )
-                .await
-                .expect("create config map");
+            let (status, body) = post_config_map(kube, &cm).await;
             assert_eq!(status, 201, "{body}");
             vec!["Pod broken".into(), "ConfigMap demo-2-config".into()]
         }
@@ -1055,11 +1054,7 @@ async fn citus_coordinator_reads_every_group(backend: Backend) {
 /// other groups' locks.
 async fn citus_worker_leader_change_wakes_coordinator(backend: Backend) {
     let store = Store::start(backend).await;
-    let t = timing(10, 3);
-    let c0 = store.citus_member("c0", 0, t).await;
-    let w1 = store.citus_member("w1", 1, t).await;
-    let w1b = store.citus_member("w1b", 1, t).await;
-    let w2 = store.citus_member("w2", 2, t).await;
+    let [c0, w1, w1b, w2] = store.citus_groups().await;
     for m in [&c0, &w1, &w1b, &w2] {
         m.get_cluster().await.expect("read");
     }
@@ -1399,12 +1394,7 @@ mod kubernetes_only {
             .get("configmaps", NS, "demo-leader")
             .await
             .expect("leader object");
-        let path = format!("/api/v1/namespaces/{NS}/configmaps/demo-leader");
-        let (code, _) = kube
-            .request(reqwest::Method::DELETE, &path, "application/json", None)
-            .await
-            .expect("delete the leader object");
-        assert_eq!(code, 200);
+        delete_leader_object(&kube).await;
         assert!(a
             .update_leader(&cluster, Some(11), None)
             .await
@@ -1420,24 +1410,12 @@ mod kubernetes_only {
         assert_eq!(ann(&after, "transitions"), ann(&before, "transitions"));
 
         // Deleted again, and b creates it first: a's renew must fail and leave b's lock alone.
-        let (code, _) = kube
-            .request(reqwest::Method::DELETE, &path, "application/json", None)
-            .await
-            .expect("delete the leader object");
-        assert_eq!(code, 200);
+        delete_leader_object(&kube).await;
         let created = json!({"metadata": {"name": "demo-leader", "namespace": NS,
             "labels": {"application": "patroni", "cluster-name": "demo"},
             "annotations": {"leader": "b", "ttl": "10", "renewTime": "2026-01-01T00:00:00.000000+00:00"}}});
-        let (code, _) = kube
-            .request(
-                reqwest::Method::POST,
-                &format!("/api/v1/namespaces/{NS}/configmaps"),
-                "application/json",
-                Some(&created),
-            )
-            .await
-            .expect("create the leader object as b");
-        assert_eq!(code, 201);
+        let (code, body) = post_config_map(&kube, &created).await;
+        assert_eq!(code, 201, "create the leader object as b: {body}");
         assert!(!a
             .update_leader(&cluster, Some(12), None)
             .await
@@ -1972,7 +1950,7 @@ mod kubernetes_only {
         let b = kube_member(&kube, "b", timing(10, 3), |_| {}).await;
         full_workflow(&a, &b).await;
         // A kubeconfig with a CA that did not sign the server certificate is refused.
-        let other_ca = regent_tests::kube::make_test_ca(kube.dir(), "other");
+        let other_ca = test_pki::write_ca(kube.dir(), "other");
         let pem = std::fs::read_to_string(&other_ca).expect("read the other CA");
         let path = kube.write_kubeconfig_with_ca(&kube.dir().join("kubeconfig-c"), "c", Some(&pem));
         kube.create_pod(NS, "c", &labels(), "10.0.0.77").await;

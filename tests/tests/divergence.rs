@@ -15,8 +15,6 @@ use nix::unistd::Pid;
 use regent_tests::config::Backend;
 use regent_tests::{wait_until, wait_until_ok, TestCluster};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
-
 regent_tests::backend_tests! {
     replica_ahead_of_the_new_leader_is_rewound_and_follows: [etcd, kubernetes];
     replica_killed_after_a_timeline_switch_streams_again_without_rewind: [etcd];
@@ -36,10 +34,7 @@ async fn replica_killed_after_a_timeline_switch_streams_again_without_rewind(bac
         .backend(backend)
         .start()
         .await;
-    let old_leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_leader = cluster.wait_for_bootstrap().await;
     let others = cluster.others(&old_leader);
     let (candidate, bystander) = (others[0], others[1]);
     let candidate_name = candidate.name().to_string();
@@ -140,10 +135,7 @@ async fn replica_ahead_of_the_new_leader_is_rewound_and_follows(backend: Backend
         })
         .start()
         .await;
-    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader_name = cluster.wait_for_bootstrap().await;
     let leader = cluster.member(&leader_name);
     let ahead = cluster.member("diverge-2");
     let candidate = cluster

@@ -9,15 +9,6 @@ use regent_tests::config::Backend;
 use regent_tests::{wait_until, TestCluster};
 use serde_json::Value;
 
-async fn show(member: &regent_tests::Member, setting: &str) -> Option<String> {
-    let client = member.pg_client().await.ok()?;
-    let row = client
-        .query_one(&format!("SHOW {setting}"), &[])
-        .await
-        .ok()?;
-    row.try_get::<_, String>(0).ok()
-}
-
 regent_tests::backend_tests! {
     a_parameter_changed_in_the_dcs_reaches_every_member: [etcd, kubernetes];
 }
@@ -84,7 +75,7 @@ async fn a_parameter_changed_in_the_dcs_reaches_every_member(backend: Backend) {
         wait_until(
             &format!("work_mem = 8MB on {}", member.name()),
             Duration::from_secs(30),
-            || async move { (show(member, "work_mem").await.as_deref() == Some("8MB")).then_some(()) },
+            || async move { (member.show("work_mem").await.as_deref() == Some("8MB")).then_some(()) },
         )
         .await;
     }

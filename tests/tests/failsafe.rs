@@ -20,7 +20,6 @@ use regent_tests::config::Backend;
 use regent_tests::{wait_until, wait_until_ok, Member, RoleSampler, TestCluster};
 use serde_json::{json, Value};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// A misbehaving DCS fails for longer than `retry_timeout` (so retries do not hide it) ...
 const FAULT_SPELL: Duration = Duration::from_secs(4);
 /// ... then answers for a moment, again and again.
@@ -37,7 +36,8 @@ fn tag(cluster: &TestCluster) -> String {
 }
 
 /// Three members with failsafe mode on; returns the cluster and its leader once both replicas
-/// stream and the leader publishes a failsafe topology naming all three.
+/// stream and the leader publishes a failsafe topology naming all three, with the probe table
+/// created on the leader.
 async fn failsafe_cluster(backend: Backend, scope: &str) -> (TestCluster, String) {
     let started = Instant::now();
     let cluster = TestCluster::builder(scope)
@@ -48,10 +48,7 @@ async fn failsafe_cluster(backend: Backend, scope: &str) -> (TestCluster, String
         })
         .start()
         .await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let names: Vec<String> = cluster.all().iter().map(|m| m.name().to_string()).collect();
     let member = cluster.member(&leader);
     wait_until_ok(
@@ -86,6 +83,10 @@ async fn failsafe_cluster(backend: Backend, scope: &str) -> (TestCluster, String
         tag(&cluster),
         started.elapsed().as_secs_f64()
     );
+    member
+        .create_probe_table()
+        .await
+        .expect("create probe table");
     (cluster, leader)
 }
 
@@ -140,6 +141,19 @@ fn only_primary_throughout(
     );
 }
 
+/// Enough writes went through `leader` to tell, and it refused none while the DCS `during`.
+fn every_write_accepted(leader: &str, acked: &[i64], refused: &[f64], during: &str) {
+    assert!(
+        acked.len() >= 50,
+        "too few writes to prove anything: {}",
+        acked.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "{leader} refused writes while the DCS {during}: {refused:?}"
+    );
+}
+
 /// After the DCS is back: `leader` leads again (lock and role), alone, and every acknowledged
 /// write is on every member.
 async fn same_leader_and_no_write_lost(cluster: &TestCluster, leader: &str, acked: &[i64]) {
@@ -183,10 +197,6 @@ async fn frozen_dcs_primary_stays_up_with_failsafe(backend: Backend) {
     let (cluster, leader_name) = failsafe_cluster(backend, "fsfrz").await;
     let tag = tag(&cluster);
     let leader = cluster.member(&leader_name);
-    leader
-        .create_probe_table()
-        .await
-        .expect("create probe table");
     let frozen_for = cluster.ttl() * 2 + Duration::from_secs(5);
     let mut roles = RoleSampler::start(&cluster.all()).await;
     let paused_at = Instant::now();
@@ -204,15 +214,7 @@ async fn frozen_dcs_primary_stays_up_with_failsafe(backend: Backend) {
         roles.summary()
     );
     only_primary_throughout(&roles, &cluster, &leader_name, paused_at, resumed_at);
-    assert!(
-        acked.len() >= 50,
-        "too few writes to prove anything: {}",
-        acked.len()
-    );
-    assert!(
-        refused.is_empty(),
-        "{leader_name} refused writes while the DCS was frozen: {refused:?}"
-    );
+    every_write_accepted(&leader_name, &acked, &refused, "was frozen");
     assert!(
         active,
         "{leader_name} did not report failsafe_mode_is_active while the DCS was frozen"
@@ -224,10 +226,6 @@ async fn frozen_dcs_and_a_dead_replica_make_the_primary_step_down(backend: Backe
     let (cluster, leader_name) = failsafe_cluster(backend, "fsdead").await;
     let tag = tag(&cluster);
     let leader = cluster.member(&leader_name);
-    leader
-        .create_probe_table()
-        .await
-        .expect("create probe table");
     let others = cluster.others(&leader_name);
     let (victim, survivor) = (others[0], others[1]);
     let mut roles = RoleSampler::start(&cluster.all()).await;
@@ -302,10 +300,6 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
     let (cluster, leader_name) = failsafe_cluster(backend, "fsflap").await;
     let tag = tag(&cluster);
     let leader = cluster.member(&leader_name);
-    leader
-        .create_probe_table()
-        .await
-        .expect("create probe table");
     let misbehave_for = cluster.ttl() * 2 + Duration::from_secs(5);
     let mut roles = RoleSampler::start(&cluster.all()).await;
     let started = Instant::now();
@@ -363,14 +357,6 @@ async fn misbehaving_dcs_primary_stays_up_with_failsafe(backend: Backend) {
         roles.summary()
     );
     only_primary_throughout(&roles, &cluster, &leader_name, started, ended);
-    assert!(
-        acked.len() >= 50,
-        "too few writes to prove anything: {}",
-        acked.len()
-    );
-    assert!(
-        refused.is_empty(),
-        "{leader_name} refused writes while the DCS misbehaved: {refused:?}"
-    );
+    every_write_accepted(&leader_name, &acked, &refused, "misbehaved");
     same_leader_and_no_write_lost(&cluster, &leader_name, &acked).await;
 }

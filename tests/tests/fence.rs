@@ -24,9 +24,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use regent_tests::config::Backend;
 use regent_tests::probe::insert_probe;
-use regent_tests::{wait_until, Member, TestCluster};
+use regent_tests::{wait_until, Member, TestCluster, BOOTSTRAP_DEADLINE};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 
 regent_tests::backend_tests! {
@@ -120,10 +119,7 @@ async fn freeze_the_leader_agent(backend: Backend, fenced: bool) {
         backend.label(),
         if fenced { "" } else { "/no fence" }
     );
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let old = cluster.member(&old_name);
     old.create_probe_table().await.expect("create probe table");
     let old_postmaster = old.postmaster_pid().expect("the leader's postmaster pid");

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use chrono::Utc;
-use regent_tests::cluster::{pod_ip, LeaderRecord};
+use regent_tests::cluster::{pod_ip, LeaderRecord, LeaderWatch};
 use regent_tests::config::Backend;
-use regent_tests::writer::{missing_ids, written_ids};
-use regent_tests::{wait_until, wait_until_ok, Member, RoleSampler, TestCluster, Writer};
+use regent_tests::writer::assert_acked_rows_on;
+use regent_tests::{
+    wait_until, wait_until_ok, Member, RoleSampler, TestCluster, Writer, BOOTSTRAP_DEADLINE,
+};
 use serde_json::Value;
 
-/// initdb + first start + two base backups on a 2-core machine.
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// A restarted member may need crash recovery and pg_rewind before it streams again.
 const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(30);
@@ -343,10 +343,7 @@ async fn leader_crash_fails_over_and_old_leader_rejoins(backend: Backend) {
     let old = cluster.member(&old_name);
     write_and_replicate(&cluster, old, &cluster.others(&old_name), 1..=20).await;
 
-    let lock_left = cluster
-        .dcs_lock_remaining()
-        .await
-        .expect("time left on the leader lock before the crash");
+    let (lock_left, _) = lock_remaining(&cluster, "crash").await;
     let roles = RoleSampler::start(&cluster.all()).await;
     let killed_at = Instant::now();
     old.kill9_with_postmaster();
@@ -603,30 +600,13 @@ async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend
     let tag = tag(&cluster);
     let old = cluster.member(&old_name);
     old.create_probe_table().await.expect("create probe table");
-    let leader_watch = match backend {
-        Backend::Kubernetes { .. } => Some(
-            cluster
-                .watch_kube_leader()
-                .await
-                .expect("watch the leader object"),
-        ),
-        Backend::Etcd => None,
-    };
+    let leader_watch = kube_leader_watch(&cluster, backend).await;
     let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
-    wait_until(
-        "20 acknowledged writes",
-        Duration::from_secs(30),
-        || async { (writer.acked_count() >= 20).then_some(()) },
-    )
-    .await;
+    writer.wait_for_acks(20, Duration::from_secs(30)).await;
 
     let ttl = cluster.ttl();
     let roles = RoleSampler::start(&cluster.all()).await;
-    let lock_left = cluster
-        .dcs_lock_remaining()
-        .await
-        .expect("time left on the leader lock before the freeze");
-    let lock_read_at = Instant::now();
+    let (lock_left, lock_read_at) = lock_remaining(&cluster, "freeze").await;
     let paused_wall = Utc::now();
     let paused_at = Instant::now();
     cluster.pause_dcs();
@@ -830,17 +810,27 @@ async fn frozen_dcs_makes_leader_stop_writes_before_lock_expiry(backend: Backend
         }
     }
 
-    let client = cluster
-        .member(&primary)
-        .pg_client()
-        .await
-        .expect("connect to the primary");
-    let present = written_ids(&client).await.expect("ids on the primary");
-    let missing = missing_ids(&report.acked, &present);
-    assert!(
-        missing.is_empty(),
-        "acknowledged writes missing on {primary}: {missing:?}"
-    );
+    assert_acked_rows_on(cluster.member(&primary), &report.acked).await;
+}
+
+/// On Kubernetes, every version of the leader object from now on (on etcd: nothing).
+async fn kube_leader_watch(cluster: &TestCluster, backend: Backend) -> Option<LeaderWatch> {
+    match backend {
+        Backend::Kubernetes { .. } => Some(
+            cluster
+                .watch_kube_leader()
+                .await
+                .expect("watch the leader object"),
+        ),
+        Backend::Etcd => None,
+    }
+}
+
+/// Time left on the leader lock before the `event`, and when it was read.
+async fn lock_remaining(cluster: &TestCluster, event: &str) -> (Duration, Instant) {
+    let left = (cluster.dcs_lock_remaining().await)
+        .unwrap_or_else(|e| panic!("time left on the leader lock before the {event}: {e:#}"));
+    (left, Instant::now())
 }
 
 /// A chrono duration in seconds.
@@ -882,10 +872,7 @@ async fn isolated_leader_is_replaced_only_after_its_lock_expired(backend: Backen
         .dcs_relays(true)
         .start()
         .await;
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let tag = tag(&cluster);
     println!(
         "{tag} bootstrap: leader {old_name}, replicas streaming after {:.3} s",
@@ -894,23 +881,11 @@ async fn isolated_leader_is_replaced_only_after_its_lock_expired(backend: Backen
     let old = cluster.member(&old_name);
     let others = cluster.others(&old_name);
     write_and_replicate(&cluster, old, &others, 1..=10).await;
-    let leader_watch = match backend {
-        Backend::Kubernetes { .. } => Some(
-            cluster
-                .watch_kube_leader()
-                .await
-                .expect("watch the leader object"),
-        ),
-        Backend::Etcd => None,
-    };
+    let leader_watch = kube_leader_watch(&cluster, backend).await;
 
     let ttl = cluster.ttl();
     let roles = RoleSampler::start(&cluster.all()).await;
-    let lock_left = cluster
-        .dcs_lock_remaining()
-        .await
-        .expect("time left on the leader lock before the cut");
-    let lock_read_at = Instant::now();
+    let (lock_left, lock_read_at) = lock_remaining(&cluster, "cut").await;
     let cut_wall = Utc::now();
     let cut_at = Instant::now();
     cluster.cut_from_dcs(&old_name);

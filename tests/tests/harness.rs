@@ -294,12 +294,7 @@ async fn member_fixture_and_writer_with_stand_in_agent() {
     .await;
 
     let writer = Writer::start(&[m1, m0], Duration::from_secs(30)).await;
-    wait_until(
-        "writer acknowledgements",
-        Duration::from_secs(30),
-        || async { (writer.acked_count() >= 10).then_some(()) },
-    )
-    .await;
+    writer.wait_for_acks(10, Duration::from_secs(30)).await;
 
     // Crash m0 entirely: the writer fails, then recovers once m0 is back.
     m0.kill9_with_postmaster();

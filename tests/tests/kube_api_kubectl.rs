@@ -7,79 +7,13 @@
 //! kubectl is `$KUBECTL_BIN`, else the first on PATH (.ci/run installs it); without it the tests
 //! fail.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::Duration;
 
-use regent_tests::kube::{make_test_ca, KubeApiServer};
+use regent_tests::kube::{KubeApiServer, Kubectl};
 use regent_tests::tools::kubectl_bin;
 use regent_tests::wait_until;
 use serde_json::Value;
-
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    cache_dir: PathBuf,
-}
-
-impl Kubectl {
-    fn new(bin: PathBuf, server: &KubeApiServer, token: &str) -> Kubectl {
-        Kubectl::with_kubeconfig(bin, server, server.kubeconfig(token))
-    }
-
-    fn with_kubeconfig(bin: PathBuf, server: &KubeApiServer, kubeconfig: PathBuf) -> Kubectl {
-        Kubectl {
-            bin,
-            kubeconfig,
-            cache_dir: server.dir().join("kubectl-cache"),
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.args(args)
-            .arg("--cache-dir")
-            .arg(&self.cache_dir)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .kill_on_drop(true);
-        match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(e)) => panic!("run kubectl {args:?}: {e}"),
-            Err(_) => panic!("kubectl {args:?} did not finish within 30s"),
-        }
-    }
-
-    /// Run and require success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args).await;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "kubectl {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    }
-
-    /// Run and require failure; returns stderr.
-    async fn fails(&self, args: &[&str]) -> String {
-        let output = self.run(args).await;
-        assert!(
-            !output.status.success(),
-            "kubectl {args:?} should fail but printed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    }
-
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut full = args.to_vec();
-        full.extend(["-o", "json"]);
-        let out = self.ok(&full).await;
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
-    }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -361,20 +295,10 @@ async fn kubectl_manages_objects_on_the_test_server() {
     );
 
     // get -w streams Table rows; it ends when the server closes the watch.
-    let mut watcher = tokio::process::Command::new(&k.bin);
+    let mut watcher = k.command(&["get", "configmaps", "-w", "--output-watch-events"]);
     watcher
-        .args([
-            "get",
-            "configmaps",
-            "-w",
-            "--output-watch-events",
-            "--cache-dir",
-        ])
-        .arg(&k.cache_dir)
-        .env("KUBECONFIG", &k.kubeconfig)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(std::process::Stdio::piped());
     let watcher = watcher.spawn().expect("spawn kubectl get -w");
     wait_until(
         "kubectl's watch request",
@@ -543,7 +467,7 @@ async fn kubectl_over_https_sends_its_token_and_checks_the_certificate() {
 
     // A kubeconfig trusting another CA: the handshake fails, nothing reaches the API.
     server.reset_request_counts().await;
-    let other_ca = make_test_ca(&dir, "other-ca");
+    let other_ca = test_pki::write_ca(&dir, "other-ca");
     let other_pem = std::fs::read_to_string(&other_ca).expect("read other CA");
     let wrong = server.write_kubeconfig_with_ca(
         &dir.join("kubeconfig-wrong-ca"),

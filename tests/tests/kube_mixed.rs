@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use regent_tests::config::Backend;
 use regent_tests::tools::patroni_bin;
-use regent_tests::writer::{missing_ids, written_ids};
+use regent_tests::writer::assert_acked_rows_on;
 use regent_tests::{wait_until, wait_until_ok, TestCluster, Writer};
 use serde_json::Value;
 
@@ -82,12 +82,7 @@ async fn patroni_and_regent_share_a_kubernetes_cluster_and_switch_over() {
     // Switchover to the Patroni member, requested through the failover object while a client
     // keeps writing.
     let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
-    wait_until(
-        "writer acknowledgements",
-        Duration::from_secs(30),
-        || async { (writer.acked_count() >= 10).then_some(()) },
-    )
-    .await;
+    writer.wait_for_acks(10, Duration::from_secs(30)).await;
     let requested_at = Instant::now();
     cluster
         .request_switchover("kmix-0", "kmix-2")
@@ -160,13 +155,7 @@ async fn patroni_and_regent_share_a_kubernetes_cluster_and_switch_over() {
     .await;
     let report = writer.stop().await;
     println!("[kmix] {}", report.summary());
-    let client = patroni.pg_client().await.expect("connect to Patroni");
-    let present = written_ids(&client).await.expect("writer ids on Patroni");
-    let missing = missing_ids(&report.acked, &present);
-    assert!(
-        missing.is_empty(),
-        "acknowledged writes missing: {missing:?}"
-    );
+    assert_acked_rows_on(patroni, &report.acked).await;
     cluster
         .wait_for_probe_on(&cluster.all(), next_id, Duration::from_secs(30))
         .await;

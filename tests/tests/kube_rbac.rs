@@ -17,8 +17,6 @@ use regent_tests::kube::KubeApiServer;
 use regent_tests::{wait_until, Member, TestCluster};
 use serde_json::Value;
 
-/// initdb + first start + base backups on a 2-core machine.
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(30);
 
 fn rbac_yaml() -> String {
@@ -139,10 +137,7 @@ async fn bootstrap_and_failover_under_rbac_yaml(backend: Backend) {
     let roles = roles_for(backend);
     let cluster = cluster_under_rbac(scope, backend, 3, &rbac_yaml(), roles).await;
 
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let bootstrapped = started.elapsed();
     let old = cluster.member(&leader);
     old.create_probe_table().await.expect("create probe table");

@@ -17,8 +17,6 @@ use regent_tests::TestCluster;
 
 type Counts = BTreeMap<String, BTreeMap<String, u64>>;
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
-
 fn idle_window() -> Duration {
     let secs = std::env::var("REGENT_KUBE_IDLE_SECS")
         .ok()
@@ -31,10 +29,7 @@ fn idle_window() -> Duration {
 /// every member's requests over `window`; returns the counts of the members and the real length
 /// of the window.
 async fn idle_requests(cluster: &TestCluster, window: Duration) -> (Counts, Duration) {
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     for member in cluster.all() {
         let want = if member.name() == leader {
             "primary"

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dcs::kubernetes::{Kubernetes, KubernetesConfig};
 use dcs::{Dcs, DcsError, MemberData, Role, Timing};
-use regent_tests::kube::{make_test_ca, KubeApiServer};
+use regent_tests::kube::KubeApiServer;
 use regent_tests::wait_until;
 
 const SCOPE: &str = "tls";
@@ -156,7 +156,7 @@ async fn failed_read(dcs: &Kubernetes) -> (Duration, DcsError) {
 async fn backend_refuses_a_certificate_its_ca_did_not_sign() {
     let server = KubeApiServer::launch_tls().await;
     let dir = server.dir().to_path_buf();
-    let other_ca = make_test_ca(&dir, "other-ca");
+    let other_ca = test_pki::write_ca(&dir, "other-ca");
     let other_pem = std::fs::read_to_string(&other_ca).expect("read other CA");
     let wrong_ca = server.write_kubeconfig_with_ca(
         &dir.join("kubeconfig-wrong-ca"),

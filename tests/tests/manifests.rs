@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use regent_tests::config::KubeSpec;
-use regent_tests::kube::{KubeApiServer, FIXTURE_TOKEN};
+use regent_tests::kube::{KubeApiServer, Kubectl, FIXTURE_TOKEN};
 use regent_tests::tools::kubectl_bin;
 use regent_tests::{
     run_regent, wait_until, wait_until_ok, Member, MemberConfig, MemberSpec, TestDir, FAST_TIMING,
@@ -1259,28 +1259,6 @@ fn supported_documents(set: &ManifestSet) -> String {
         .join("---\n")
 }
 
-async fn kubectl(bin: &Path, server: &KubeApiServer, args: &[&str]) -> String {
-    let cache = server.dir().join("kubectl-cache");
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .env("KUBECONFIG", server.kubeconfig(FIXTURE_TOKEN))
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60s"))
-        .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_server_dry_run_accepts_configmaps_and_services() {
     let bin = kubectl_bin();
@@ -1292,19 +1270,17 @@ async fn kubectl_server_dry_run_accepts_configmaps_and_services() {
         std::fs::write(&file, supported_documents(&set))
             .unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
         let file_arg = file.display().to_string();
-        let out = kubectl(
-            &bin,
-            &server,
-            &[
+        let out = Kubectl::new(bin.clone(), &server, FIXTURE_TOKEN)
+            .timeout(Duration::from_secs(60))
+            .ok(&[
                 "apply",
                 "--dry-run=server",
                 "-n",
                 "default",
                 "-f",
                 &file_arg,
-            ],
-        )
-        .await;
+            ])
+            .await;
         let expected = set
             .docs
             .iter()

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use regent_tests::config::{Backend, KUBE_APP_LABEL, KUBE_NAMESPACE};
 use regent_tests::tools::patronictl_bin;
-use regent_tests::{wait_until, Member, TestCluster};
+use regent_tests::{wait_until, TestCluster};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// Bearer token of patronictl's kubeconfig: the name its API requests are counted under.
 const PATRONICTL_TOKEN: &str = "patronictl";
 
@@ -99,15 +98,6 @@ fn list_row<'a>(table: &'a str, member: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no row for {member} in:\n{table}"))
 }
 
-async fn show(member: &Member, setting: &str) -> Option<String> {
-    let client = member.pg_client().await.ok()?;
-    let row = client
-        .query_one(&format!("SHOW {setting}"), &[])
-        .await
-        .ok()?;
-    row.try_get::<_, String>(0).ok()
-}
-
 regent_tests::backend_tests! {
     patronictl_operates_a_regent_cluster: [etcd, kubernetes, kubernetes_endpoints];
 }
@@ -116,10 +106,7 @@ async fn patronictl_operates_a_regent_cluster(backend: Backend) {
     let bin = patronictl_bin();
     let cluster = TestCluster::start_on(backend, "pctl", 3).await;
     let tag = format!("[patronictl/{}]", backend.label());
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let ctl = Patronictl::for_cluster(bin, &cluster);
     if backend.is_kubernetes() {
         cluster.kube().reset_request_counts().await;
@@ -164,7 +151,7 @@ async fn patronictl_operates_a_regent_cluster(backend: Backend) {
         wait_until(
             "the member to apply work_mem from the DCS",
             Duration::from_secs(30),
-            || async { (show(m, "work_mem").await.as_deref() == Some("5MB")).then_some(()) },
+            || async { (m.show("work_mem").await.as_deref() == Some("5MB")).then_some(()) },
         )
         .await;
     }

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use regent_tests::config::Backend;
 use regent_tests::{wait_until, RoleSampler, TestCluster};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
-
 regent_tests::backend_tests! {
     crashed_postgres_on_the_leader_is_restarted_without_failover: [etcd, kubernetes];
     leader_that_cannot_restart_postgres_releases_the_lock: [etcd, kubernetes];
@@ -41,10 +39,7 @@ fn zombie_children(pid: i32) -> Vec<i32> {
 async fn crashed_postgres_on_the_leader_is_restarted_without_failover(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "crash", 2).await;
     let tag = format!("[crash/{}]", backend.label());
-    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader_name = cluster.wait_for_bootstrap().await;
     let leader = cluster.member(&leader_name);
     leader.create_probe_table().await.expect("probe table");
     leader.write_probe(1).await.expect("write before the crash");
@@ -136,10 +131,7 @@ async fn crashed_postgres_on_the_leader_is_restarted_without_failover(backend: B
 async fn leader_that_cannot_restart_postgres_releases_the_lock(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "nostart", 2).await;
     let tag = format!("[nostart/{}]", backend.label());
-    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader_name = cluster.wait_for_bootstrap().await;
     let leader = cluster.member(&leader_name);
     let replica = cluster.others(&leader_name)[0];
     leader.create_probe_table().await.expect("probe table");

@@ -17,10 +17,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use regent_tests::config::{Backend, Timing};
 use regent_tests::member::Member;
 use regent_tests::tools::{patroni_bin, patronictl_bin};
-use regent_tests::{regent_bin, wait_until_ok, TestCluster};
+use regent_tests::{regent_bin, wait_until_ok, TestCluster, BOOTSTRAP_DEADLINE};
 use serde_json::{json, Value};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Long enough that the short DCS freeze below changes nothing but the metric, and that a loaded
@@ -270,10 +269,7 @@ async fn metrics_follow_the_cluster(backend: Backend) {
     let scope = cluster.scope().to_string();
     let scope = scope.as_str();
     let tag = format!("[metrics/{}]", backend.label());
-    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader_name = cluster.wait_for_bootstrap().await;
     let leader = cluster.member(&leader_name);
     let replicas = cluster.others(&leader_name);
     let replica_names: BTreeSet<String> = replicas.iter().map(|m| m.name().to_string()).collect();

@@ -6,11 +6,10 @@
 use std::time::{Duration, Instant};
 
 use regent_tests::config::Backend;
-use regent_tests::writer::{missing_ids, written_ids};
-use regent_tests::{wait_until, RoleSampler, TestCluster, Writer};
+use regent_tests::writer::assert_acked_rows_on;
+use regent_tests::{wait_until, RoleSampler, TestCluster, Writer, BOOTSTRAP_DEADLINE};
 use serde_json::{json, Value};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest time the writer may go without an acknowledged write during a REST switchover: the
 /// old leader's fast shutdown, the handover, the candidate's promotion and the writer's
 /// reconnect (1 s connect timeout per host). Measured 0.20–0.38 s; the margin is for a loaded
@@ -51,10 +50,7 @@ async fn post(url: &str, body: Value) -> (u16, String) {
 async fn switchover(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rsw", 3).await;
     let tag = format!("[rest-switchover/{}]", backend.label());
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let old = cluster.member(&old_name);
     let candidate = cluster.others(&old_name)[0].name().to_string();
     let api = old.api_base();
@@ -99,12 +95,7 @@ async fn switchover(backend: Backend) {
     );
 
     let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
-    wait_until(
-        "writer acknowledged rows",
-        Duration::from_secs(10),
-        || async { (writer.acked_count() > 5).then_some(()) },
-    )
-    .await;
+    writer.wait_for_acks(6, Duration::from_secs(10)).await;
 
     // Ask a replica that is not the candidate: any member's API serves the request.
     let third = cluster
@@ -158,14 +149,7 @@ async fn switchover(backend: Backend) {
     );
     println!("{tag} {}", roles.summary());
     roles.assert_never_two_primaries();
-    let client = cluster
-        .member(&candidate)
-        .pg_client()
-        .await
-        .expect("connect to the new leader");
-    let on_new = written_ids(&client).await.expect("rows on the new leader");
-    let lost = missing_ids(&report.acked, &on_new);
-    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    assert_acked_rows_on(cluster.member(&candidate), &report.acked).await;
 }
 
 async fn rest_switchover_hands_over_to_the_candidate(backend: Backend) {
@@ -181,10 +165,7 @@ async fn rest_switchover_hands_over_to_the_candidate(backend: Backend) {
 async fn switchover_does_not_wait_for_a_replica_that_stopped_answering(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rswstuck", 3).await;
     let tag = format!("[rest-switchover-stuck/{}]", backend.label());
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let others = cluster.others(&old_name);
     let candidate = others[0].name().to_string();
     let stuck = others[1].name().to_string();
@@ -254,10 +235,7 @@ async fn get_json(url: &str) -> Option<Value> {
 
 async fn rest_config_reload_and_scheduled_switchover(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rcfg", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let replica = cluster.others(&leader)[0];
     let api = replica.api_base();
 
@@ -428,12 +406,31 @@ async fn status(member: &regent_tests::Member) -> Option<Value> {
     get_json(&format!("{}/patroni", member.api_base())).await
 }
 
+/// Maintenance mode on through `through`'s `PATCH /config`; waits until every member reports it
+/// in `/patroni` and `/`.
+async fn pause_cluster(cluster: &TestCluster, through: &regent_tests::Member) {
+    let (code, text) = send(
+        reqwest::Method::PATCH,
+        &format!("{}/config", through.api_base()),
+        Some(r#"{"pause":true}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    for m in cluster.all() {
+        wait_until(
+            &format!("{} reports pause", m.name()),
+            Duration::from_secs(20),
+            || async { (status(m).await?["pause"] == json!(true)).then_some(()) },
+        )
+        .await;
+        let root = get_json(&format!("{}/", m.api_base())).await;
+        assert_eq!(root.map(|r| r["pause"].clone()), Some(json!(true)));
+    }
+}
+
 async fn rest_restart_reinitialize_and_pause(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rrst", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let replica = cluster.others(&leader)[0];
     let api = replica.api_base();
     let leader_api = cluster.member(&leader).api_base();
@@ -559,26 +556,7 @@ async fn rest_restart_reinitialize_and_pause(backend: Backend) {
     assert!(!marker.exists(), "the data directory was not recreated");
 
     // Pause: every member says so, and a crashed Postgres is left alone until resume.
-    let (code, text) = send(
-        reqwest::Method::PATCH,
-        &format!("{leader_api}/config"),
-        Some(r#"{"pause":true}"#),
-    )
-    .await;
-    assert_eq!(code, 200, "{text}");
-    for m in cluster.all() {
-        wait_until(
-            &format!("{} reports pause", m.name()),
-            Duration::from_secs(20),
-            || async {
-                let s = status(m).await?;
-                (s["pause"] == json!(true)).then_some(())
-            },
-        )
-        .await;
-        let root = get_json(&format!("{}/", m.api_base())).await;
-        assert_eq!(root.map(|r| r["pause"].clone()), Some(json!(true)));
-    }
+    pause_cluster(&cluster, cluster.member(&leader)).await;
     let pid = replica.postmaster_pid().expect("replica postmaster");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -621,27 +599,10 @@ regent_tests::backend_tests! {
 /// names the member that must.
 async fn rest_failover_without_a_leader_promotes_the_candidate(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "rfo", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let others = cluster.others(&leader);
     let (candidate, third) = (others[0], others[1]);
-    let (code, text) = send(
-        reqwest::Method::PATCH,
-        &format!("{}/config", third.api_base()),
-        Some(r#"{"pause":true}"#),
-    )
-    .await;
-    assert_eq!(code, 200, "{text}");
-    for m in cluster.all() {
-        wait_until(
-            &format!("{} reports pause", m.name()),
-            Duration::from_secs(20),
-            || async { (status(m).await?["pause"] == json!(true)).then_some(()) },
-        )
-        .await;
-    }
+    pause_cluster(&cluster, third).await;
 
     // A switchover to a named candidate is allowed in maintenance mode; the old leader runs on
     // as its replica.
@@ -726,26 +687,9 @@ regent_tests::backend_tests! {
 /// resume the members elect exactly one leader.
 async fn pause_survives_a_killed_leader_postgres(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "pkl", 3).await;
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let leader_member = cluster.member(&leader);
-    let (code, text) = send(
-        reqwest::Method::PATCH,
-        &format!("{}/config", leader_member.api_base()),
-        Some(r#"{"pause":true}"#),
-    )
-    .await;
-    assert_eq!(code, 200, "{text}");
-    for m in cluster.all() {
-        wait_until(
-            &format!("{} reports pause", m.name()),
-            Duration::from_secs(20),
-            || async { (status(m).await?["pause"] == json!(true)).then_some(()) },
-        )
-        .await;
-    }
+    pause_cluster(&cluster, leader_member).await;
     let pid = leader_member.postmaster_pid().expect("leader postmaster");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

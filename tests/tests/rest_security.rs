@@ -1,107 +1,68 @@
 //! The REST API's access control end to end, on a one-member cluster served over TLS with basic
 //! authentication and an allowlist: reads are open to any client trusting the CA, plain HTTP is
 //! not served, unsafe requests need the credentials (401 otherwise, and nothing happens) and an
-//! allowed source address (403 otherwise). Certificates are made per run with `openssl`.
+//! allowed source address (403 otherwise). Certificates are made per run (test-pki).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use regent_tests::process::chown_to_postgres;
 use regent_tests::{run_regent, wait_until, MemberConfig, MemberSpec, TestCluster, TestDir};
 use serde_json::{json, Value};
+use test_pki::{encrypted_key_envelope, Ca, Subject, Usage};
 
 const USER: &str = "admin";
 const PASSWORD: &str = "s3cret";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `openssl` ({e}): install the openssl command-line tool to run these tests")
-        });
-    assert!(
-        output.status.success(),
-        "openssl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// A CA and a server certificate for 127.0.0.1 it signed, readable by the agent.
 fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-new"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=regent rest test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req", "-new"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write extension file");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            "7",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
-    for file in ["ca.crt", "server.crt", "server.key"] {
-        chown_to_postgres(&dir.join(file));
+    let ca = Ca::new("rest test CA");
+    let ca_cert = ca.write(dir, "ca");
+    let subject = Subject::CommonName("127.0.0.1");
+    let (cert, key) = ca.issue_to(dir, "server", subject, &["127.0.0.1"], Usage::Server);
+    for file in [&ca_cert, &cert, &key] {
+        chown_to_postgres(file);
     }
-    (
-        dir.join("ca.crt"),
-        dir.join("server.crt"),
-        dir.join("server.key"),
-    )
+    (ca_cert, cert, key)
+}
+
+/// A cluster of `members` serving the REST API over https only, with a certificate of a CA made
+/// for it and basic authentication; `configure` adds settings. Returns the directory of the
+/// certificates (removed on drop) and the CA certificate's path.
+async fn secured_cluster(
+    scope: &str,
+    members: usize,
+    configure: impl Fn(usize, &mut MemberConfig) + Send + Sync + 'static,
+) -> (TestDir, PathBuf, TestCluster) {
+    let pki = TestDir::new(&format!("{scope}-pki"));
+    let (ca, cert, key) = make_pki(pki.path());
+    let cafile = ca.clone();
+    let cluster = TestCluster::builder(scope)
+        .members(members)
+        .configure(move |_, cfg| {
+            cfg.set("restapi.certfile", cert.display().to_string())
+                .set("restapi.keyfile", key.display().to_string())
+                .set("restapi.cafile", cafile.display().to_string())
+                .set(
+                    "restapi.authentication",
+                    json!({"username": USER, "password": PASSWORD}),
+                );
+        })
+        .configure(configure)
+        .start()
+        .await;
+    (pki, ca, cluster)
+}
+
+/// `POST /reload` with the user `USER` and `password`.
+async fn post_reload(client: &reqwest::Client, base: &str, password: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/reload"))
+        .basic_auth(USER, Some(password))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {base}/reload: {e}"))
 }
 
 /// An https client trusting `ca`, connecting from `source` when given.
@@ -118,28 +79,13 @@ fn client(ca: &Path, source: Option<IpAddr>) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_authentication_and_allowlist_guard_the_rest_api() {
-    let pki = TestDir::new("rest-security-pki");
-    let (ca, cert, key) = make_pki(pki.path());
-    let settings = (cert.clone(), key.clone(), ca.clone());
-    let cluster = TestCluster::builder("restsec")
-        .members(1)
-        .configure(move |_, cfg| {
-            let (cert, key, ca) = &settings;
-            cfg.set("restapi.certfile", cert.display().to_string())
-                .set("restapi.keyfile", key.display().to_string())
-                .set("restapi.cafile", ca.display().to_string())
-                .set(
-                    "restapi.authentication",
-                    json!({"username": USER, "password": PASSWORD}),
-                )
-                .set("restapi.allowlist", json!(["127.0.0.1"]))
-                .set(
-                    "restapi.https_extra_headers",
-                    json!({"X-Regent-Test": "tls"}),
-                );
-        })
-        .start()
-        .await;
+    let (_pki, ca, cluster) = secured_cluster("restsec", 1, |_, cfg| {
+        cfg.set("restapi.allowlist", json!(["127.0.0.1"])).set(
+            "restapi.https_extra_headers",
+            json!({"X-Regent-Test": "tls"}),
+        );
+    })
+    .await;
     let member = cluster.member("restsec-0");
     let base = format!("https://127.0.0.1:{}", member.api_port());
     let https = client(&ca, None);
@@ -220,12 +166,7 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
         response.text().await.expect("body"),
         "no auth header received"
     );
-    let response = https
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some("wrong"))
-        .send()
-        .await
-        .expect("POST /reload");
+    let response = post_reload(&https, &base, "wrong").await;
     assert_eq!(response.status().as_u16(), 401);
     assert_eq!(response.text().await.expect("body"), "not authenticated");
     let response = https
@@ -247,12 +188,7 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
     );
 
     // With the credentials the request reaches its handler.
-    let response = https
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .expect("POST /reload");
+    let response = post_reload(&https, &base, PASSWORD).await;
     let code = response.status().as_u16();
     assert!(
         code != 401 && code != 403,
@@ -266,12 +202,7 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
         json!({"username": USER, "password": "n3w"}),
     );
     config.write_to(&member.config_path());
-    let response = https
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .expect("POST /reload");
+    let response = post_reload(&https, &base, PASSWORD).await;
     assert_eq!(response.status().as_u16(), 202, "reload accepted");
     wait_until(
         "the reloaded password to be required",
@@ -287,23 +218,13 @@ async fn tls_authentication_and_allowlist_guard_the_rest_api() {
         },
     )
     .await;
-    let response = https
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some("n3w"))
-        .send()
-        .await
-        .expect("POST /reload");
+    let response = post_reload(&https, &base, "n3w").await;
     let code = response.status().as_u16();
     assert!(code != 401 && code != 403, "new password answered {code}");
 
     // A client outside the allowlist is refused even with the credentials; reads stay open.
     let outsider = client(&ca, Some("127.0.0.2".parse().expect("ip")));
-    let response = outsider
-        .post(format!("{base}/reload"))
-        .basic_auth(USER, Some("n3w"))
-        .send()
-        .await
-        .expect("POST /reload from 127.0.0.2");
+    let response = post_reload(&outsider, &base, "n3w").await;
     assert_eq!(response.status().as_u16(), 403);
     assert_eq!(response.text().await.expect("body"), "Access is denied");
     let response = outsider
@@ -322,19 +243,8 @@ async fn validate_config_checks_the_tls_files() {
     let pki = dir.path().join("pki");
     std::fs::create_dir(&pki).expect("pki dir");
     let (ca, cert, key) = make_pki(&pki);
-    openssl(
-        &pki,
-        &[
-            "pkey",
-            "-in",
-            "server.key",
-            "-aes256",
-            "-passout",
-            "pass:pw",
-            "-out",
-            "enc.key",
-        ],
-    );
+    let plain_key = std::fs::read_to_string(&key).expect("read key");
+    std::fs::write(pki.join("enc.key"), encrypted_key_envelope(&plain_key)).expect("write key");
     chown_to_postgres(&pki.join("enc.key"));
     let spec = MemberSpec::new(
         "validate",
@@ -410,24 +320,10 @@ async fn validate_config_checks_the_tls_files() {
 /// member's address is carried out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_switch_over_through_the_secured_api() {
-    let pki = TestDir::new("rest-security-pki2");
-    let (ca, cert, key) = make_pki(pki.path());
-    let settings = (cert.clone(), key.clone(), ca.clone());
-    let cluster = TestCluster::builder("restsec2")
-        .members(2)
-        .configure(move |_, cfg| {
-            let (cert, key, ca) = &settings;
-            cfg.set("restapi.certfile", cert.display().to_string())
-                .set("restapi.keyfile", key.display().to_string())
-                .set("restapi.cafile", ca.display().to_string())
-                .set(
-                    "restapi.authentication",
-                    json!({"username": USER, "password": PASSWORD}),
-                )
-                .set("restapi.allowlist_include_members", true);
-        })
-        .start()
-        .await;
+    let (_pki, ca, cluster) = secured_cluster("restsec2", 2, |_, cfg| {
+        cfg.set("restapi.allowlist_include_members", true);
+    })
+    .await;
     let https = client(&ca, None);
     let base = |m: &regent_tests::Member| format!("https://127.0.0.1:{}", m.api_port());
     let roles = || async {

@@ -7,10 +7,9 @@
 use std::time::{Duration, Instant};
 
 use regent_tests::config::Backend;
-use regent_tests::writer::{missing_ids, written_ids};
+use regent_tests::writer::assert_acked_rows_on;
 use regent_tests::{wait_until, RoleSampler, TestCluster, Timing, Writer};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest time the writer may go without an acknowledged write around the switchover: the old
 /// leader's fast shutdown with its checkpoint, the lock handover (itself bounded by
 /// loop_wait / 2 below), the candidate's promotion, and the writer's reconnect through hosts
@@ -38,10 +37,7 @@ async fn switchover_through_the_dcs_failover_object(backend: Backend) {
         .start()
         .await;
     let tag = format!("[swo/{}]", backend.label());
-    let old_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&old_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let old_name = cluster.wait_for_bootstrap().await;
     let old = cluster.member(&old_name);
     let candidate = cluster.others(&old_name)[0].name().to_string();
 
@@ -51,12 +47,7 @@ async fn switchover_through_the_dcs_failover_object(backend: Backend) {
     std::fs::write(&marker, b"kept").expect("write marker into the old leader's data dir");
 
     let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
-    wait_until(
-        "writer acknowledged rows",
-        Duration::from_secs(10),
-        || async { (writer.acked_count() > 5).then_some(()) },
-    )
-    .await;
+    writer.wait_for_acks(6, Duration::from_secs(10)).await;
 
     let roles = RoleSampler::start(&cluster.all()).await;
     let requested_at = Instant::now();
@@ -128,14 +119,7 @@ async fn switchover_through_the_dcs_failover_object(backend: Backend) {
     );
     println!("{tag} {}", roles.summary());
     roles.assert_never_two_primaries();
-    let client = cluster
-        .member(&new_name)
-        .pg_client()
-        .await
-        .expect("connect to the new leader");
-    let on_new = written_ids(&client).await.expect("rows on the new leader");
-    let lost = missing_ids(&report.acked, &on_new);
-    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    assert_acked_rows_on(cluster.member(&new_name), &report.acked).await;
 }
 
 /// Patroni clears the Kubernetes failover object by nulling its annotations; etcd deletes the

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use regent_tests::config::{Backend, MemberConfig};
 use regent_tests::member::Member;
-use regent_tests::writer::{missing_ids, written_ids, WRITER_TABLE};
+use regent_tests::writer::{assert_acked_rows_on, WRITER_TABLE};
 use regent_tests::{poll_until, wait_until_ok, RoleSampler, TestCluster, Writer};
 use serde_json::{json, Value};
 
-const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
 const REJOIN_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest time without an acknowledged write while a synchronous standby stops. Its release
@@ -147,18 +146,6 @@ async fn fresh_writer(cluster: &TestCluster) -> Writer {
     Writer::start(&cluster.all(), Duration::from_secs(30)).await
 }
 
-/// Every row the writer had acknowledged is on `member`.
-async fn assert_nothing_lost(member: &Member, acked: &[i64], tag: &str) {
-    let client = member.pg_client().await.expect("connect to the new leader");
-    let present = written_ids(&client).await.expect("rows on the new leader");
-    let lost = missing_ids(acked, &present);
-    assert!(
-        lost.is_empty(),
-        "{tag}: acknowledged rows lost on {}: {lost:?}",
-        member.name()
-    );
-}
-
 /// Watch `member` for `window` after the lock became free: it must never leave recovery. The
 /// window starts once its log shows that it considered the free lock and refused it.
 async fn assert_stays_replica(member: &Member, window: Duration) {
@@ -199,10 +186,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         .start()
         .await;
     let tag = format!("[sync/{}]", backend.label());
-    let leader = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader = cluster.wait_for_bootstrap().await;
     let standby = wait_for_one_sync_standby(&cluster, &leader, 1).await;
     let async_name = cluster
         .others(&leader)
@@ -254,18 +238,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     // Crash of the leader (agent and Postgres): the sync standby takes over with every
     // acknowledged write; the asynchronous member does not.
     let writer = Writer::start(&cluster.all(), Duration::from_secs(30)).await;
-    wait_until_ok(
-        "writer acknowledged rows",
-        Duration::from_secs(20),
-        || async {
-            if writer.acked_count() > 20 {
-                Ok(())
-            } else {
-                bail!("{} acknowledged", writer.acked_count())
-            }
-        },
-    )
-    .await;
+    writer.wait_for_acks(21, Duration::from_secs(20)).await;
     let roles = RoleSampler::start(&cluster.all()).await;
     let killed_at = Instant::now();
     cluster.member(&leader).kill9_with_postmaster();
@@ -305,7 +278,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         "failover took {writable_after:?}, more than ttl + 2 s"
     );
     assert_eq!(cluster.sql_primaries().await, vec![standby.clone()]);
-    assert_nothing_lost(sync_member, &report.acked, &tag).await;
+    assert_acked_rows_on(sync_member, &report.acked).await;
     println!("{tag} {}", roles.summary());
     roles.assert_never_two_primaries();
 
@@ -330,18 +303,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     // not promote (it may miss acknowledged writes). The sync standby, once back, takes over
     // with everything.
     let writer = fresh_writer(&cluster).await;
-    wait_until_ok(
-        "writer acknowledged rows",
-        Duration::from_secs(20),
-        || async {
-            if writer.acked_count() > 20 {
-                Ok(())
-            } else {
-                bail!("{} acknowledged", writer.acked_count())
-            }
-        },
-    )
-    .await;
+    writer.wait_for_acks(21, Duration::from_secs(20)).await;
     cluster.member(&standby).kill9_with_postmaster();
     cluster.member(&second_sync).kill9_with_postmaster();
     let report = writer.stop().await;
@@ -359,7 +321,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         last_leader, second_sync,
         "the synchronous standby took over"
     );
-    assert_nothing_lost(cluster.member(&second_sync), &report.acked, &tag).await;
+    assert_acked_rows_on(cluster.member(&second_sync), &report.acked).await;
     roles.assert_never_two_primaries();
     println!(
         "{tag} {second_async} stayed a replica; {second_sync} took over with all {} acknowledged rows",
@@ -377,18 +339,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     }
     let leaving = wait_for_one_sync_standby(&cluster, &leader_now, 1).await;
     let writer = fresh_writer(&cluster).await;
-    wait_until_ok(
-        "writer acknowledged rows",
-        Duration::from_secs(20),
-        || async {
-            if writer.acked_count() > 20 {
-                Ok(())
-            } else {
-                bail!("{} acknowledged", writer.acked_count())
-            }
-        },
-    )
-    .await;
+    writer.wait_for_acks(21, Duration::from_secs(20)).await;
     let stopping = cluster.member(&leaving);
     let stop_requested = Instant::now();
     stopping
@@ -404,18 +355,9 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
     let replacement = wait_for_one_sync_standby(&cluster, &leader_now, 0).await;
     assert_ne!(replacement, leaving);
     let before = writer.acked_count();
-    wait_until_ok(
-        "writes after the standby stopped",
-        Duration::from_secs(20),
-        || async {
-            if writer.acked_count() > before + 20 {
-                Ok(())
-            } else {
-                bail!("{} acknowledged", writer.acked_count())
-            }
-        },
-    )
-    .await;
+    writer
+        .wait_for_acks(before + 21, Duration::from_secs(20))
+        .await;
     let report = writer.stop().await;
     // From the SIGTERM until the writer had 20 more acknowledgements after the replacement
     // took over: the stop, the release, the exit and the choice of a new synchronous standby.
@@ -442,7 +384,7 @@ async fn only_the_sync_standby_takes_over(backend: Backend) {
         "commits stalled {stop_gap:?} while the synchronous standby stopped: {}",
         report.summary()
     );
-    assert_nothing_lost(cluster.member(&leader_now), &report.acked, &tag).await;
+    assert_acked_rows_on(cluster.member(&leader_now), &report.acked).await;
 
     // POST /restart of the synchronous standby: released first, synchronous again once back.
     let restarting = cluster.member(&replacement);
@@ -471,10 +413,7 @@ async fn strict_mode_holds_writes_without_a_standby(backend: Backend) {
         .start()
         .await;
     let tag = format!("[strict/{}]", backend.label());
-    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
-    cluster
-        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader_name = cluster.wait_for_bootstrap().await;
     let replica_name = wait_for_one_sync_standby(&cluster, &leader_name, 0).await;
     let leader = cluster.member(&leader_name);
     let client = leader.pg_client().await.expect("connect to the leader");
@@ -584,11 +523,8 @@ async fn strict_mode_holds_writes_without_a_standby(backend: Backend) {
 async fn paused_primary_outlives_a_dcs_outage(backend: Backend) {
     let cluster = TestCluster::start_on(backend, "pdcs", 2).await;
     let tag = format!("[pause-dcs/{}]", backend.label());
-    let leader_name = cluster.wait_for_leader(BOOTSTRAP_DEADLINE).await;
     // The role sampler below needs every member's Postgres up.
-    cluster
-        .wait_for_replicas_streaming(&leader_name, BOOTSTRAP_DEADLINE)
-        .await;
+    let leader_name = cluster.wait_for_bootstrap().await;
     let leader = cluster.member(&leader_name);
     leader
         .create_probe_table()

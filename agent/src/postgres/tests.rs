@@ -416,43 +416,21 @@ struct TestCertificates {
 }
 
 fn test_certificates(dir: &Path) -> TestCertificates {
-    let make_ca = |name: &str| {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        (cert, key)
-    };
-    let (ca, ca_key) = make_ca("regent test CA");
-    let (other_ca, _) = make_ca("another CA");
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca, &ca_key)
-        .unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "certuser");
-    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    use test_pki::{write_ca, Ca, Subject, Usage};
+    let ca = Ca::new("CA");
+    let localhost = Subject::CommonName("localhost");
+    let (server_cert, server_key) =
+        ca.issue_to(dir, "server", localhost, &["localhost"], Usage::Server);
+    let certuser = Subject::CommonName("certuser");
+    let (client_cert, client_key) = ca.issue_to(dir, "client", certuser, &[], Usage::Client);
     let files = TestCertificates {
-        client_cert: dir.join("client.crt"),
-        client_key: dir.join("client.key"),
-        ca: dir.join("ca.crt"),
-        other_ca: dir.join("other-ca.crt"),
-        server_cert: dir.join("server.crt"),
-        server_key: dir.join("server.key"),
+        ca: ca.write(dir, "ca"),
+        other_ca: write_ca(dir, "other-ca"),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
     };
-    std::fs::write(&files.ca, ca.pem()).unwrap();
-    std::fs::write(&files.other_ca, other_ca.pem()).unwrap();
-    std::fs::write(&files.server_cert, server.pem()).unwrap();
-    std::fs::write(&files.server_key, server_key.serialize_pem()).unwrap();
-    std::fs::write(&files.client_cert, client.pem()).unwrap();
-    std::fs::write(&files.client_key, client_key.serialize_pem()).unwrap();
     // Postgres refuses a key file others can read.
     std::fs::set_permissions(&files.server_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     if let Some((uid, gid)) = run_as() {

@@ -98,8 +98,8 @@ pub(crate) fn normalise_host(raw: &str, default_scheme: &str) -> Result<String, 
     }
 }
 
-/// An error with its sources: reqwest's own message hides the cause (refused connection,
-/// certificate rejected, ...).
+/// An error with its sources: the top-level message of reqwest's and kube's errors hides the
+/// cause (refused connection, certificate rejected, ...). The Kubernetes backend uses it too.
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -16,6 +16,8 @@ use http::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderValue, Method};
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::client::Body;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::objects;
@@ -262,20 +264,8 @@ fn forbidden(req: &Req, code: u16, message: &str) -> DcsError {
     }
 }
 
-/// An error with its sources: the top-level message often hides the cause.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        source = cause.source();
-    }
-    out
-}
+/// An error with its sources, formatted as the etcd backend does.
+pub(crate) use crate::etcd::error_chain;
 
 /// A random number without a dependency, for shuffling API server addresses.
 pub(crate) fn random_u64() -> u64 {
@@ -653,39 +643,16 @@ impl ApiClient {
 
 /// PEM certificates → DER, for a CA bundle given as a file.
 pub(crate) fn pem_certs_to_der(text: &str, path: &Path) -> Result<Vec<Vec<u8>>, DcsError> {
-    use base64::Engine;
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let after = &rest[start + "-----BEGIN CERTIFICATE-----".len()..];
-        let Some(end) = after.find("-----END CERTIFICATE-----") else {
-            return Err(DcsError::Protocol(format!(
-                "kubernetes.cacert: {}: unterminated certificate block",
-                path.display()
-            )));
-        };
-        let b64: String = after[..end]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| {
-                DcsError::Protocol(format!(
-                    "kubernetes.cacert: {}: bad certificate encoding: {e}",
-                    path.display()
-                ))
-            })?;
-        out.push(der);
-        rest = &after[end..];
+    let invalid =
+        |why: String| DcsError::Protocol(format!("kubernetes.cacert: {}: {why}", path.display()));
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .map(|cert| cert.map(|der| der.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("bad certificate block: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("no PEM certificate found".into()));
     }
-    if out.is_empty() {
-        return Err(DcsError::Protocol(format!(
-            "kubernetes.cacert: {}: no PEM certificate found",
-            path.display()
-        )));
-    }
-    Ok(out)
+    Ok(certs)
 }
 
 #[cfg(test)]

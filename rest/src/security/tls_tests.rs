@@ -1,97 +1,41 @@
-//! TLS serving end to end on 127.0.0.1, with certificates made by the `openssl` command-line tool.
+//! TLS serving end to end on 127.0.0.1, with certificates made per test (test-pki).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use test_pki::{encrypted_key_envelope, Ca, Subject, Usage};
 
 use super::*;
 
-/// A directory of certificates, removed on drop.
-struct Pki(PathBuf);
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, in a directory
+/// removed on drop.
+struct Pki {
+    dir: PathBuf,
+    ca: Ca,
+}
 
 impl Drop for Pki {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Pki {
     fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
+        self.dir.join(file)
+    }
+
+    /// A new key and certificate for 127.0.0.1 written as server.crt / server.key.
+    fn issue_server(&self) {
+        let subject = Subject::CommonName("regent-test");
+        self.ca
+            .issue_to(&self.dir, "server", subject, &["127.0.0.1"], Usage::Server);
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run openssl ({e}): install the openssl command-line tool")
-        });
-    assert!(
-        output.status.success(),
-        "openssl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-const EC: [&str; 5] = [
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:prime256v1",
-    "-nodes",
-];
-
-fn leaf(dir: &Path, name: &str, ext: &str) {
-    let mut csr = vec!["req", "-new"];
-    csr.extend(EC);
-    let (key, csr_file, crt, ext_file) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.crt"),
-        format!("{name}.ext"),
-    );
-    csr.extend([
-        "-keyout",
-        &key,
-        "-out",
-        &csr_file,
-        "-subj",
-        "/CN=regent-test",
-    ]);
-    openssl(dir, &csr);
-    std::fs::write(dir.join(&ext_file), ext).expect("write extensions");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr_file,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            "3",
-            "-days",
-            "2",
-            "-extfile",
-            &ext_file,
-            "-out",
-            &crt,
-        ],
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed.
 fn make_pki() -> Pki {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -100,30 +44,13 @@ fn make_pki() -> Pki {
         NEXT.fetch_add(1, Ordering::SeqCst)
     ));
     std::fs::create_dir_all(&dir).expect("pki dir");
-    let pki = Pki(dir.clone());
-    let mut ca = vec!["req", "-x509", "-new"];
-    ca.extend(EC);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=regent test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&dir, &ca);
-    leaf(
-        &dir,
-        "server",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
-    leaf(&dir, "client", "extendedKeyUsage=clientAuth\n");
+    let ca = Ca::new("CA");
+    ca.write(&dir, "ca");
+    let pki = Pki { dir, ca };
+    pki.issue_server();
+    let client = Subject::CommonName("regent-test");
+    pki.ca
+        .issue_to(&pki.dir, "client", client, &[], Usage::Client);
     pki
 }
 
@@ -251,19 +178,8 @@ async fn required_client_certificates_are_checked_in_the_handshake() {
 #[test]
 fn encrypted_keys_and_missing_ca_are_refused_by_name() {
     let pki = make_pki();
-    openssl(
-        &pki.0,
-        &[
-            "pkey",
-            "-in",
-            "server.key",
-            "-aes256",
-            "-passout",
-            "pass:pw",
-            "-out",
-            "enc.key",
-        ],
-    );
+    let key = std::fs::read_to_string(pki.path("server.key")).expect("key");
+    std::fs::write(pki.path("enc.key"), encrypted_key_envelope(&key)).expect("write");
     let settings = TlsSettings {
         keyfile: Some(pki.path("enc.key")),
         keyfile_password: Some("pw".into()),
@@ -321,11 +237,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     };
     let first = serial(&pki).await.expect("served over https");
     // Renew: a new key and certificate written over the old files.
-    leaf(
-        &pki.0,
-        "server",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
+    pki.issue_server();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let now = serial(&pki).await.expect("still served");

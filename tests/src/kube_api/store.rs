@@ -95,6 +95,16 @@ pub struct Store {
 
 type Key = (String, String);
 
+impl Inner {
+    /// A copy of the stored object `key` of `res`, if any.
+    fn stored(&self, res: &ResourceDef, key: &Key) -> Option<Value> {
+        self.objects
+            .get(res.plural)
+            .and_then(|m| m.get(key))
+            .cloned()
+    }
+}
+
 impl Store {
     /// A store holding what a fresh cluster has: the system namespaces and the `kubernetes`
     /// Service. `window` is how many events per resource stay available to resuming watches.
@@ -257,12 +267,7 @@ impl Store {
         }
         let mut inner = self.lock();
         let key = object_key(res, ns, name);
-        let Some(old) = inner
-            .objects
-            .get(res.plural)
-            .and_then(|m| m.get(&key))
-            .cloned()
-        else {
+        let Some(old) = inner.stored(res, &key) else {
             if res.create_on_update && subresource.is_none() {
                 drop(inner);
                 return self.create(res, ns, object, dry_run).map(|o| (o, true));
@@ -287,14 +292,9 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let key = object_key(res, ns, name);
-        let Some(old) = inner
-            .objects
-            .get(res.plural)
-            .and_then(|m| m.get(&key))
-            .cloned()
-        else {
-            return Err(ApiError::not_found(res, name));
-        };
+        let old = inner
+            .stored(res, &key)
+            .ok_or_else(|| ApiError::not_found(res, name))?;
         let typed = with_type(res, &old);
         let patched =
             patch::apply(&typed, patch_body, patch_type, res.kind).map_err(|e| match e {
@@ -373,14 +373,9 @@ impl Store {
         }
         let mut inner = self.lock();
         let key = object_key(res, ns, name);
-        let Some(old) = inner
-            .objects
-            .get(res.plural)
-            .and_then(|m| m.get(&key))
-            .cloned()
-        else {
-            return Err(ApiError::not_found(res, name));
-        };
+        let old = inner
+            .stored(res, &key)
+            .ok_or_else(|| ApiError::not_found(res, name))?;
         let failed = |what: &str, wanted: &str, actual: &str| {
             ApiError::conflict(
                 res,
