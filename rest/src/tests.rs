@@ -179,6 +179,11 @@ async fn call(snapshot: Snapshot, method: Method, uri: &str) -> Reply {
         .body(Body::empty())
         .expect("valid request");
     let response = app.oneshot(request).await.expect("router is infallible");
+    reply_of(response).await
+}
+
+/// The status, content type and body of a router's answer.
+async fn reply_of(response: axum::response::Response) -> Reply {
     let status = response.status();
     let content_type = response
         .headers()
@@ -997,24 +1002,7 @@ async fn call_ops(
     let response = app.oneshot(request).await.expect("router is infallible");
     drop(keep);
     loop_task.abort();
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body reads")
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        content_type,
-        body,
-    }
+    reply_of(response).await
 }
 
 fn no_loop(cmd: Command) {

@@ -5,3 +5,5 @@ pub mod decide;
 pub mod error;
 pub mod peers;
 pub mod repair;
+pub mod requests;
+pub mod sync_rules;
