@@ -470,14 +470,24 @@ fn serde_path_to_error_lite(v: Value) -> Result<MemberData, MemberDataError> {
     serde_json::from_value(v).map_err(MemberDataError::Invalid)
 }
 
+/// `[scheme://][userinfo@]host[:port][/path][?query]` split into (scheme, userinfo,
+/// `host[:port]`); the path and query are dropped. Addresses in configuration and in member
+/// data come with and without a scheme, so neither part is required.
+pub fn split_url(url: &str) -> (Option<&str>, Option<&str>, &str) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => (scheme, Some(user), host),
+        None => (scheme, None, authority),
+    }
+}
+
 /// Parse `scheme://[user[:pw]@]host[:port][/...]` into host and port.
 pub fn parse_url_host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = rest.split(['/', '?']).next()?;
-    let hostport = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
+    let (_, _, hostport) = split_url(url);
     if hostport.is_empty() {
         return None;
     }

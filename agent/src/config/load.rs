@@ -508,19 +508,6 @@ impl TryFrom<Etcd3Raw> for Etcd3Config {
     }
 }
 
-/// Strip `scheme://` and any path; returns (scheme, userinfo, host[:port]).
-fn split_url(url: &str) -> (Option<&str>, Option<&str>, &str) {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, url),
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    match authority.rsplit_once('@') {
-        Some((user, host)) => (scheme, Some(user), host),
-        None => (scheme, None, authority),
-    }
-}
-
 impl Etcd3Config {
     fn from_raw(raw: Etcd3Raw) -> Result<Etcd3Config, Etcd3Error> {
         let err = |key: &str, problem: Etcd3Problem| Etcd3Error {
@@ -544,7 +531,7 @@ impl Etcd3Config {
 
         let mut add =
             |key: &str, item: &str, protocol: &mut Option<String>| -> Result<(), Etcd3Error> {
-                let (scheme, _, authority) = split_url(item.trim());
+                let (scheme, _, authority) = dcs::split_url(item.trim());
                 if let Some(s) = scheme {
                     protocol.get_or_insert_with(|| s.to_string());
                 }
@@ -565,7 +552,7 @@ impl Etcd3Config {
         // A proxy is used as a single fixed endpoint (Patroni: `url` with `use_proxies`).
         if let Some(url) = raw.proxy.as_deref().or(raw.url.as_deref()) {
             let key = if raw.proxy.is_some() { "proxy" } else { "url" };
-            let (scheme, userinfo, _) = split_url(url);
+            let (scheme, userinfo, _) = dcs::split_url(url);
             if let Some(s) = scheme {
                 protocol = Some(s.to_string());
             }
