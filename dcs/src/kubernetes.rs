@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use self::client::{error_chain, pem_certs_to_der, ApiClient, CallError, Req};
+use self::client::{error_chain, ApiClient, CallError, Req};
 use self::objects::{
     annotation, has_annotations, resource_version, Kind, LabelSettings, Layout, LeaderRecord,
 };
@@ -172,9 +172,8 @@ fn incluster_url(host: &str, port: &str) -> String {
 }
 
 fn read_ca(path: &Path, key: &str) -> DcsResult<Vec<Vec<u8>>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| config_error(format!("{key}: cannot read {}: {e}", path.display())))?;
-    pem_certs_to_der(&text, path)
+    let certs = pemfiles::certificates(path).map_err(|e| config_error(format!("{key}: {e}")))?;
+    Ok(certs.into_iter().map(|der| der.to_vec()).collect())
 }
 
 /// Service account credentials of the Pod we run in (`sa` holds `token` and `ca.crt`).

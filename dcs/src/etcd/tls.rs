@@ -56,160 +56,57 @@ impl TlsMaterial {
     }
 }
 
-fn invalid(key: &str, path: &Path, why: impl std::fmt::Display) -> DcsError {
-    DcsError::Protocol(format!("{key}: {}: {why}", path.display()))
-}
-
-fn read(key: &str, path: &Path) -> Result<String, DcsError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| DcsError::Protocol(format!("{key}: cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes).map_err(|_| invalid(key, path, "not a PEM file (not text)"))
+/// The configuration key, then what the file holds wrong (the error names the file).
+fn invalid(key: &str, error: pemfiles::PemError) -> DcsError {
+    DcsError::Protocol(format!("{key}: {error}"))
 }
 
 fn load_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, DcsError> {
     const KEY: &str = "etcd3.cacert";
-    let text = read(KEY, path)?;
-    let blocks = pem_blocks(&text).map_err(|why| invalid(KEY, path, why))?;
-    let pem: String = blocks
+    pemfiles::certificates(path)
+        .map_err(|e| invalid(KEY, e))?
         .iter()
-        .filter(|b| b.label == "CERTIFICATE")
-        .map(|b| b.text)
-        .collect::<Vec<_>>()
-        .join("\n");
-    if pem.is_empty() {
-        return Err(invalid(KEY, path, "contains no PEM certificate"));
-    }
-    let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-        .map_err(|e| invalid(KEY, path, super::client::error_chain(&e)))?;
-    Ok(certs)
+        .map(|der| {
+            reqwest::Certificate::from_der(der).map_err(|e| {
+                DcsError::Protocol(format!(
+                    "{KEY}: {}: {}",
+                    path.display(),
+                    super::client::error_chain(&e)
+                ))
+            })
+        })
+        .collect()
 }
 
 fn load_identity(cert: &Path, key: Option<&Path>) -> Result<reqwest::Identity, DcsError> {
     const CERT: &str = "etcd3.cert";
     const KEY: &str = "etcd3.key";
-    let cert_text = read(CERT, cert)?;
-    let cert_blocks = pem_blocks(&cert_text).map_err(|why| invalid(CERT, cert, why))?;
-    let certs: Vec<&str> = cert_blocks
-        .iter()
-        .filter(|b| b.label == "CERTIFICATE")
-        .map(|b| b.text)
-        .collect();
-    if certs.is_empty() {
-        return Err(invalid(CERT, cert, "contains no PEM certificate"));
-    }
+    let certs = pemfiles::certificates(cert).map_err(|e| invalid(CERT, e))?;
     // The key comes from etcd3.key when set, else from the certificate file itself.
-    let key_text;
-    let (key_name, key_path, key_blocks) = match key {
-        Some(path) => {
-            key_text = read(KEY, path)?;
-            let blocks = pem_blocks(&key_text).map_err(|why| invalid(KEY, path, why))?;
-            (KEY, path, blocks)
-        }
-        None => (CERT, cert, cert_blocks),
+    let private_key = match key {
+        Some(path) => pemfiles::private_key(path).map_err(|e| invalid(KEY, e))?,
+        None => pemfiles::private_key(cert).map_err(|e| match e {
+            pemfiles::PemError::NoPrivateKey { .. } => {
+                DcsError::Protocol(format!("{CERT}: {e}; set etcd3.key to the key file"))
+            }
+            e => invalid(CERT, e),
+        })?,
     };
-    if key_blocks
-        .iter()
-        .any(|b| b.label == "ENCRYPTED PRIVATE KEY")
-    {
-        return Err(invalid(
-            key_name,
-            key_path,
-            "encrypted private keys are not supported",
-        ));
-    }
-    let keys: Vec<&str> = key_blocks
-        .iter()
-        .filter(|b| is_private_key(b.label))
-        .map(|b| b.text)
-        .collect();
-    let Some(private_key) = keys.first() else {
-        let why = if key.is_some() {
-            "contains no PEM private key"
-        } else {
-            "contains no PEM private key; set etcd3.key to the key file"
-        };
-        return Err(invalid(key_name, key_path, why));
-    };
-    if keys.len() > 1 {
-        return Err(invalid(
-            key_name,
-            key_path,
-            "contains more than one private key",
-        ));
-    }
-    let mut pem = certs.join("\n");
-    pem.push('\n');
-    pem.push_str(private_key);
-    pem.push('\n');
+    // reqwest takes a client identity as PEM only.
+    let mut pem: String = certs.iter().map(pemfiles::certificate_pem).collect();
+    pem.push_str(&pemfiles::private_key_pem(&private_key));
     reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| {
-        invalid(
-            CERT,
-            cert,
-            format!(
-                "unusable as a client certificate: {}",
-                super::client::error_chain(&e)
-            ),
-        )
+        DcsError::Protocol(format!(
+            "{CERT}: {}: unusable as a client certificate: {}",
+            cert.display(),
+            super::client::error_chain(&e)
+        ))
     })
-}
-
-fn is_private_key(label: &str) -> bool {
-    matches!(label, "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY")
-}
-
-/// One `-----BEGIN <label>-----` ... `-----END <label>-----` block, `text` including both lines.
-struct PemBlock<'a> {
-    label: &'a str,
-    text: &'a str,
-}
-
-/// Split PEM text into blocks; text between blocks (OpenSSL's "Bag Attributes", comments) is
-/// skipped. Keeping only the blocks we need lets files with extra sections (`EC PARAMETERS`)
-/// work.
-fn pem_blocks(text: &str) -> Result<Vec<PemBlock<'_>>, String> {
-    const BEGIN: &str = "-----BEGIN ";
-    const END: &str = "-----END ";
-    let mut blocks = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(BEGIN) {
-        let block = &rest[start..];
-        let label_end = block[BEGIN.len()..]
-            .find("-----")
-            .ok_or_else(|| "malformed PEM BEGIN line".to_string())?;
-        let label = &block[BEGIN.len()..BEGIN.len() + label_end];
-        let end_line = format!("{END}{label}-----");
-        let end = block
-            .find(&end_line)
-            .ok_or_else(|| format!("PEM block '{label}' has no END line"))?;
-        let len = end + end_line.len();
-        blocks.push(PemBlock {
-            label,
-            text: &block[..len],
-        });
-        rest = &block[len..];
-    }
-    Ok(blocks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pem_blocks_are_split_and_extra_text_skipped() {
-        let text =
-            "Bag Attributes\n-----BEGIN EC PARAMETERS-----\nBggq\n-----END EC PARAMETERS-----\n\
-                    -----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n";
-        let blocks = pem_blocks(text).unwrap();
-        let labels: Vec<_> = blocks.iter().map(|b| b.label).collect();
-        assert_eq!(labels, ["EC PARAMETERS", "EC PRIVATE KEY"]);
-        assert_eq!(
-            blocks[1].text,
-            "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----"
-        );
-        assert!(pem_blocks("-----BEGIN CERTIFICATE-----\nabc\n").is_err());
-        assert!(pem_blocks("no pem here").unwrap().is_empty());
-    }
 
     #[test]
     fn unreadable_and_empty_files_name_the_key() {

@@ -6,7 +6,6 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,8 +15,6 @@ use http::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderValue, Method};
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::client::Body;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::objects;
@@ -641,20 +638,6 @@ impl ApiClient {
     }
 }
 
-/// PEM certificates → DER, for a CA bundle given as a file.
-pub(crate) fn pem_certs_to_der(text: &str, path: &Path) -> Result<Vec<Vec<u8>>, DcsError> {
-    let invalid =
-        |why: String| DcsError::Protocol(format!("kubernetes.cacert: {}: {why}", path.display()));
-    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
-        .map(|cert| cert.map(|der| der.to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(format!("bad certificate block: {e}")))?;
-    if certs.is_empty() {
-        return Err(invalid("no PEM certificate found".into()));
-    }
-    Ok(certs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -771,25 +754,5 @@ mod tests {
             ]
         );
         assert!(api_server_urls(&Endpoints::default()).is_empty());
-    }
-
-    #[test]
-    fn pem_parsing() {
-        let p = Path::new("/x/ca.crt");
-        let text = "junk\n-----BEGIN CERTIFICATE-----\nAAEC\nAw==\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nBA==\n-----END CERTIFICATE-----\n";
-        assert_eq!(
-            pem_certs_to_der(text, p).unwrap(),
-            vec![vec![0, 1, 2, 3], vec![4]]
-        );
-        let e = pem_certs_to_der("nothing", p).unwrap_err().to_string();
-        assert!(
-            e.contains("kubernetes.cacert") && e.contains("/x/ca.crt"),
-            "{e}"
-        );
-        assert!(pem_certs_to_der(
-            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----",
-            p
-        )
-        .is_err());
     }
 }
