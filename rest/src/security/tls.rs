@@ -10,7 +10,6 @@ use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
@@ -58,23 +57,8 @@ pub struct TlsSettings {
     pub verify_client: VerifyClient,
 }
 
-fn read(key: &str, path: &Path) -> Result<Vec<u8>, SecurityError> {
-    std::fs::read(path)
-        .map_err(|e| SecurityError::new(key, format!("cannot read {}: {e}", path.display())))
-}
-
 fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
-    let pem = read(key, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| SecurityError::new(key, format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(SecurityError::new(
-            key,
-            format!("{}: no PEM certificate found", path.display()),
-        ));
-    }
-    Ok(certs)
+    pemfiles::certificates(path).map_err(|e| SecurityError::new(key, e.to_string()))
 }
 
 fn load_key(settings: &TlsSettings) -> Result<PrivateKeyDer<'static>, SecurityError> {
@@ -82,32 +66,23 @@ fn load_key(settings: &TlsSettings) -> Result<PrivateKeyDer<'static>, SecurityEr
         Some(p) => ("restapi.keyfile", p.as_path()),
         None => ("restapi.certfile", settings.certfile.as_path()),
     };
-    let pem = read(key, path)?;
-    let text = String::from_utf8_lossy(&pem);
-    // rustls cannot decrypt keys, and no small maintained crate does it for every format OpenSSL
-    // writes: say so instead of failing with an obscure parse error.
-    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
-        || text.contains("Proc-Type: 4,ENCRYPTED")
-    {
-        let hint = if settings.keyfile_password.is_some() {
-            "restapi.keyfile_password is set, but"
-        } else {
-            "the key is encrypted and"
-        };
-        return Err(SecurityError::new(
-            key,
-            format!(
-                "{}: {hint} encrypted private keys are not supported; store it unencrypted \
-                 (openssl pkey -in ENCRYPTED -out PLAIN) with restrictive permissions",
-                path.display()
-            ),
-        ));
-    }
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        SecurityError::new(
-            key,
-            format!("{}: no usable private key: {e}", path.display()),
-        )
+    pemfiles::private_key(path).map_err(|e| match e {
+        pemfiles::PemError::EncryptedKey { .. } => {
+            let hint = if settings.keyfile_password.is_some() {
+                "restapi.keyfile_password is set, but"
+            } else {
+                "the key is encrypted and"
+            };
+            SecurityError::new(
+                key,
+                format!(
+                    "{}: {hint} encrypted private keys are not supported; store it unencrypted \
+                     (openssl pkey -in ENCRYPTED -out PLAIN) with restrictive permissions",
+                    path.display()
+                ),
+            )
+        }
+        e => SecurityError::new(key, e.to_string()),
     })
 }
 
