@@ -8,9 +8,8 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
 use super::{Config, ConfigError};
 
-fn read(key: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path)
-        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+fn invalid(key: &str, error: pemfiles::PemError) -> ConfigError {
+    ConfigError::invalid(key, error.to_string())
 }
 
 /// A client builder with TLS and credentials set; callers add timeouts.
@@ -22,26 +21,33 @@ pub fn member_client_builder(cfg: &Config) -> Result<reqwest::ClientBuilder, Con
         (None, None) => None,
     };
     if let Some((key, path)) = ca {
-        let pem = read(key, path)?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?
-        {
+        for der in pemfiles::certificates(path).map_err(|e| invalid(key, e))? {
+            let cert = reqwest::Certificate::from_der(&der)
+                .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
             builder = builder.add_root_certificate(cert);
         }
     }
     if let Some(certfile) = &cfg.ctl.certfile {
-        let mut pem = read("ctl.certfile", certfile)?;
-        if let Some(keyfile) = &cfg.ctl.keyfile {
-            pem.push(b'\n');
-            pem.extend(read("ctl.keyfile", keyfile)?);
-        }
-        if cfg.ctl.keyfile_password.is_some() {
+        let certs = pemfiles::certificates(certfile).map_err(|e| invalid("ctl.certfile", e))?;
+        let (key_setting, keyfile) = match &cfg.ctl.keyfile {
+            Some(keyfile) => ("ctl.keyfile", keyfile),
+            None => ("ctl.certfile", certfile),
+        };
+        let key = pemfiles::private_key(keyfile);
+        // A password is never used: whether the key is encrypted or not, refuse it by name.
+        if cfg.ctl.keyfile_password.is_some()
+            && matches!(key, Ok(_) | Err(pemfiles::PemError::EncryptedKey { .. }))
+        {
             return Err(ConfigError::invalid(
                 "ctl.keyfile_password",
                 "encrypted private keys are not supported; store the key unencrypted",
             ));
         }
-        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+        let key = key.map_err(|e| invalid(key_setting, e))?;
+        // reqwest takes a client identity as PEM only.
+        let mut pem: String = certs.iter().map(pemfiles::certificate_pem).collect();
+        pem.push_str(&pemfiles::private_key_pem(&key));
+        let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| {
             ConfigError::invalid("ctl.certfile", format!("{}: {e}", certfile.display()))
         })?;
         builder = builder.identity(identity);

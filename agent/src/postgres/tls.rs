@@ -19,10 +19,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -143,8 +140,8 @@ pub fn remote_tls(user: &PgUser) -> Result<RemoteTls, TlsOptionError> {
                 ));
             }
             let chain = read_certificates("sslcert", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| option_error("sslkey", format!("{key}: {e}")))?;
+            let key = pemfiles::private_key(Path::new(key))
+                .map_err(|e| option_error("sslkey", e.to_string()))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| option_error("sslkey", e.to_string()))?
@@ -194,22 +191,11 @@ fn read_certificates(
     field: &'static str,
     path: &str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsOptionError> {
-    let certs = CertificateDer::pem_file_iter(Path::new(path))
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| option_error(field, format!("{path}: {e}")))?;
-    if certs.is_empty() {
-        return Err(option_error(
-            field,
-            format!("{path}: no PEM certificate in it"),
-        ));
-    }
-    Ok(certs)
+    pemfiles::certificates(Path::new(path)).map_err(|e| option_error(field, e.to_string()))
 }
 
 fn read_crls(path: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsOptionError> {
-    CertificateRevocationListDer::pem_file_iter(Path::new(path))
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| option_error("sslcrl", format!("{path}: {e}")))
+    pemfiles::revocation_lists(Path::new(path)).map_err(|e| option_error("sslcrl", e.to_string()))
 }
 
 /// The server check of `sslmode` prefer/require without a root certificate (`chain: None`:
