@@ -1379,6 +1379,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ca_bundles_are_read_and_refusals_name_the_key_and_file() {
+        let dir = std::env::temp_dir().join(format!("dcs-kube-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.crt");
+        let two = format!(
+            "{}{}",
+            test_pki::Ca::new("a").cert_pem(),
+            test_pki::Ca::new("b").cert_pem()
+        );
+        std::fs::write(&ca, two).unwrap();
+        assert_eq!(read_ca(&ca, "kubernetes.cacert").unwrap().len(), 2);
+
+        let empty = dir.join("empty.crt");
+        std::fs::write(&empty, "nothing").unwrap();
+        let e = read_ca(&empty, "kubernetes.cacert")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kubernetes.cacert: ") && e.contains("empty.crt: no PEM certificate"),
+            "{e}"
+        );
+        let e = read_ca(&dir.join("missing.crt"), "kubernetes.cacert")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kubernetes.cacert: cannot read"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn incluster_addresses() {
         assert_eq!(incluster_url("10.96.0.1", "443"), "https://10.96.0.1:443");
         assert_eq!(incluster_url("fd00::1", "6443"), "https://[fd00::1]:6443");
