@@ -512,11 +512,12 @@ async fn sigterm_on_leader_does_not_wait_for_a_replica_that_stopped_answering(ba
         handover.as_secs_f64()
     );
     assert_eq!(status.code(), Some(0), "agent exit status after SIGTERM");
-    let guard = cluster.ttl() - Duration::from_secs(2);
+    // Waiting for the frozen replica ends only when the fence stops Postgres, ttl - 2 s after
+    // the last renew (about 7.5 s here); handing over at once takes about a second.
+    let bound = cluster.ttl() / 2;
     assert!(
-        handover < guard,
-        "the handover took {handover:?}: it waited for the frozen replica (the lock lapses \
-         from {guard:?} on)"
+        handover < bound,
+        "the handover took {handover:?}: it waited for the frozen replica (bound {bound:?})"
     );
     drop(frozen);
     let on_new = candidate.probe_ids().await.expect("probe ids");

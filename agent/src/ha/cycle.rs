@@ -50,6 +50,10 @@ pub enum Exit {
     Fatal(String),
 }
 
+/// How long a shutting-down leader waits for a fresh view of the cluster before handing over
+/// with the last cycle's.
+const SHUTDOWN_READ: Duration = Duration::from_secs(1);
+
 /// What ended a wait in the main loop.
 enum Wake {
     Shutdown,
@@ -1667,7 +1671,12 @@ impl Agent {
         if leader {
             // As in a switchover: a replica that does not answer must not hold up the handover
             // (and the Pod's termination grace period) once another one has every record.
-            let cluster = self.last_cluster.clone();
+            // A fresh view: the last cycle's may predate a replica that has started since, and
+            // a candidate missing from it would leave only replicas that may never answer.
+            let cluster = match tokio::time::timeout(SHUTDOWN_READ, self.dcs.get_cluster()).await {
+                Ok(Ok(fresh)) => Some(fresh),
+                _ => self.last_cluster.clone(),
+            };
             let candidates = cluster
                 .as_ref()
                 .map(|c| handover_candidates(c, &self.settings()))
